@@ -1,0 +1,179 @@
+//! Map keys and values shared by netbpf's kernel programs and its userspace.
+//!
+//! Every type here is `#[repr(C)]`, made of fields of explicit width with
+//! explicit padding, and its size is asserted at compile time, so the kernel
+//! side and the userspace side can never disagree on a layout. With the
+//! `user` feature the types implement `aya::Pod`.
+#![no_std]
+
+use core::mem::size_of;
+
+/// `AF_INET`, as the kernel reports a socket's family.
+pub const AF_INET: u16 = 2;
+/// `AF_INET6`, as the kernel reports a socket's family.
+pub const AF_INET6: u16 = 10;
+/// `IPPROTO_TCP`.
+pub const PROTO_TCP: u8 = 6;
+/// `IPPROTO_UDP`.
+pub const PROTO_UDP: u8 = 17;
+
+/// Capacity of the cgroup and netns scope maps, each.
+pub const MAX_SCOPES: u32 = 4096;
+/// Capacity of the per-rule statistics array: rule ids are `0..MAX_RULES`.
+pub const MAX_RULES: u32 = 4096;
+/// Capacity of the forward trie, in prefixes (a port range takes up to 30).
+pub const MAX_FORWARD_PREFIXES: u32 = 65_536;
+/// Capacity of the table of localhost ports bound inside scopes.
+pub const MAX_LOCAL_BINDS: u32 = 65_536;
+/// Capacity of the LRU table that remembers what each socket dialed.
+pub const MAX_REVERSE_ENTRIES: u32 = 262_144;
+/// How many cgroup ancestors the programs look at to find a scope.
+pub const MAX_CGROUP_DEPTH: i32 = 32;
+
+/// Bits of a [`ForwardKey`] before the port: scope (32) and protocol (8).
+pub const FORWARD_KEY_PORT_OFFSET_BITS: u32 = 40;
+/// Bits of a [`ForwardKey`] that a full (single port) match compares.
+pub const FORWARD_KEY_BITS: u32 = FORWARD_KEY_PORT_OFFSET_BITS + 16;
+
+/// Key of the localhost-forward LPM trie. Its bytes are in network order so
+/// that a prefix of it selects a scope, then a protocol, then a block of
+/// ports: a port range is stored as the few prefixes that cover it, and
+/// "every port" as the 40-bit prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ForwardKey {
+    /// Scope id, big endian.
+    pub scope: [u8; 4],
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    /// Destination port, big endian.
+    pub port: [u8; 2],
+    /// Never matched: no prefix is longer than [`FORWARD_KEY_BITS`].
+    pub _pad: u8,
+}
+
+impl ForwardKey {
+    /// The key of `scope`, `protocol` and a port in host byte order.
+    #[must_use]
+    pub const fn new(scope: u32, protocol: u8, port: u16) -> Self {
+        Self {
+            scope: scope.to_be_bytes(),
+            protocol,
+            port: port.to_be_bytes(),
+            _pad: 0,
+        }
+    }
+}
+
+/// Where a localhost destination goes: the value of the forward trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardTarget {
+    /// Target address in network order; IPv4 in `addr[0]`, the rest zero.
+    pub addr: [u32; 4],
+    /// `AF_INET` or `AF_INET6`: the family of `addr`.
+    pub family: u16,
+    /// Added (wrapping, host order) to the dialed port to give the target
+    /// port: 0 keeps the port, as "every port" rules do.
+    pub port_delta: u16,
+    /// Index of the rule in the statistics array.
+    pub rule: u32,
+}
+
+/// An address and port as the kernel's socket hooks see them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockAddr {
+    /// Address in network order; IPv4 in `addr[0]`, the rest zero.
+    pub addr: [u32; 4],
+    /// Port in network byte order, as in `bpf_sock_addr.user_port`.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`: the family of the socket.
+    pub family: u16,
+}
+
+/// Key of the reverse table: a socket (by cookie) and the rewritten
+/// destination it talks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReverseKey {
+    /// `bpf_get_socket_cookie` of the socket.
+    pub cookie: u64,
+    /// The destination after the rewrite.
+    pub peer: SockAddr,
+    pub _pad: u32,
+}
+
+/// A port bound inside a scope on a localhost or wildcard address: such a
+/// port belongs to the scope's own service and is never forwarded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalBindKey {
+    pub scope: u32,
+    /// Port in host byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
+/// Counters of one rule, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// `connect()` calls rewritten (TCP and connected UDP).
+    pub connects: u64,
+    /// Datagrams whose destination `sendmsg()` rewrote.
+    pub datagrams: u64,
+    /// Connections and datagrams left alone because the port is bound by a
+    /// socket inside the scope.
+    pub local_skips: u64,
+}
+
+const _: () = assert!(size_of::<ForwardKey>() == 8);
+const _: () = assert!(size_of::<ForwardTarget>() == 24);
+const _: () = assert!(size_of::<SockAddr>() == 20);
+const _: () = assert!(size_of::<ReverseKey>() == 32);
+const _: () = assert!(size_of::<LocalBindKey>() == 8);
+const _: () = assert!(size_of::<RuleStats>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is `repr(C)`, `Copy`, made of integers only and has
+    // no implicit padding (the sizes are asserted above).
+    unsafe impl aya::Pod for super::ForwardKey {}
+    unsafe impl aya::Pod for super::ForwardTarget {}
+    unsafe impl aya::Pod for super::SockAddr {}
+    unsafe impl aya::Pod for super::ReverseKey {}
+    unsafe impl aya::Pod for super::LocalBindKey {}
+    unsafe impl aya::Pod for super::RuleStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::mem::{align_of, offset_of};
+
+    use super::*;
+
+    #[test]
+    fn forward_key_bytes_are_in_prefix_order() {
+        let key = ForwardKey::new(0x0102_0304, PROTO_UDP, 0x1f92);
+        // SAFETY: ForwardKey is repr(C) with no padding: 8 initialised bytes.
+        let bytes: [u8; 8] = unsafe { core::mem::transmute(key) };
+        assert_eq!(bytes, [1, 2, 3, 4, 17, 0x1f, 0x92, 0]);
+    }
+
+    #[test]
+    fn field_offsets_match_the_kernel_side() {
+        assert_eq!(offset_of!(ForwardTarget, family), 16);
+        assert_eq!(offset_of!(ForwardTarget, port_delta), 18);
+        assert_eq!(offset_of!(ForwardTarget, rule), 20);
+        assert_eq!(offset_of!(SockAddr, port), 16);
+        assert_eq!(offset_of!(SockAddr, family), 18);
+        assert_eq!(offset_of!(ReverseKey, peer), 8);
+        assert_eq!(offset_of!(LocalBindKey, port), 4);
+        assert_eq!(offset_of!(LocalBindKey, protocol), 6);
+        assert_eq!(offset_of!(RuleStats, local_skips), 16);
+        assert_eq!(align_of::<ReverseKey>(), 8);
+    }
+}

@@ -1,0 +1,97 @@
+//! Addresses as the socket hooks see them: reading and writing the user
+//! address of a `bpf_sock_addr`, and classifying addresses.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::bindings::bpf_sock_addr;
+use netbpf_common::{AF_INET, AF_INET6, SockAddr};
+
+/// `::ffff:0:0/96` marker word of an IPv4-mapped IPv6 address.
+const V4_MAPPED_MARKER: u32 = 0x0000_ffff_u32.to_be();
+
+/// The user address of `ctx` (the destination of connect and sendmsg, the
+/// source of recvmsg, the peer of getpeername), for a socket of `family`.
+///
+/// Each field is read with its own 4-byte load, the only size the verifier
+/// accepts for every field of the context.
+#[inline(always)]
+pub fn read_user(ctx: *const bpf_sock_addr, family: u16) -> SockAddr {
+    // SAFETY: `ctx` is the program's context; the fields are in bounds.
+    unsafe {
+        let mut addr = [0u32; 4];
+        if family == AF_INET {
+            addr[0] = read_volatile(addr_of!((*ctx).user_ip4));
+        } else {
+            let ip6 = addr_of!((*ctx).user_ip6).cast::<u32>();
+            addr = [
+                read_volatile(ip6),
+                read_volatile(ip6.add(1)),
+                read_volatile(ip6.add(2)),
+                read_volatile(ip6.add(3)),
+            ];
+        }
+        #[expect(clippy::cast_possible_truncation, reason = "the port is the low 16 bits")]
+        let port = read_volatile(addr_of!((*ctx).user_port)) as u16;
+        SockAddr { addr, port, family }
+    }
+}
+
+/// Replaces the user address of `ctx` with `to` (of the same family).
+#[inline(always)]
+pub fn write_user(ctx: *mut bpf_sock_addr, to: &SockAddr) {
+    // SAFETY: `ctx` is the program's context; these fields are writable in
+    // every hook netbpf attaches to `bpf_sock_addr`.
+    unsafe {
+        if to.family == AF_INET {
+            write_volatile(addr_of_mut!((*ctx).user_ip4), to.addr[0]);
+        } else {
+            let ip6 = addr_of_mut!((*ctx).user_ip6).cast::<u32>();
+            write_volatile(ip6, to.addr[0]);
+            write_volatile(ip6.add(1), to.addr[1]);
+            write_volatile(ip6.add(2), to.addr[2]);
+            write_volatile(ip6.add(3), to.addr[3]);
+        }
+        write_volatile(addr_of_mut!((*ctx).user_port), u32::from(to.port));
+    }
+}
+
+/// Whether an IPv4 address (network order) is in 127.0.0.0/8.
+#[inline(always)]
+fn is_loopback4(addr: u32) -> bool {
+    u32::from_be(addr) >> 24 == 127
+}
+
+/// Whether `addr` of `family` is localhost: 127.0.0.0/8, `::1` or
+/// `::ffff:127.0.0.0/104`.
+#[inline(always)]
+pub fn is_localhost(addr: &[u32; 4], family: u16) -> bool {
+    if family == AF_INET {
+        return is_loopback4(addr[0]);
+    }
+    if addr[0] != 0 || addr[1] != 0 {
+        return false;
+    }
+    (addr[2] == 0 && addr[3] == 1u32.to_be()) || (addr[2] == V4_MAPPED_MARKER && is_loopback4(addr[3]))
+}
+
+/// Whether `addr` of `family` is a wildcard: `0.0.0.0`, `::` or
+/// `::ffff:0.0.0.0`.
+#[inline(always)]
+pub fn is_wildcard(addr: &[u32; 4], family: u16) -> bool {
+    if family == AF_INET {
+        return addr[0] == 0;
+    }
+    addr[0] == 0 && addr[1] == 0 && (addr[2] == 0 || addr[2] == V4_MAPPED_MARKER) && addr[3] == 0
+}
+
+/// `target` (of `target_family`) as an address of a socket of
+/// `socket_family`: IPv4 targets of IPv6 sockets become IPv4-mapped; an
+/// IPv6 target cannot be reached from an IPv4 socket.
+#[inline(always)]
+pub fn for_socket(target: &[u32; 4], target_family: u16, socket_family: u16) -> Option<[u32; 4]> {
+    match (target_family, socket_family) {
+        (AF_INET, AF_INET6) => Some([0, 0, V4_MAPPED_MARKER, target[0]]),
+        (a, b) if a == b => Some(*target),
+        _ => None,
+    }
+}

@@ -1,0 +1,30 @@
+//! netbpf's kernel programs, built for `bpfel-unknown-none` and embedded in
+//! the `netbpf` binary. One module per hook family; shared logic in small
+//! modules beside them.
+#![no_std]
+#![no_main]
+// The BPF target has no `core::sync::atomic` types; map counters shared by
+// CPUs are updated with the atomic intrinsics, which the BPF backend lowers
+// to BPF_ATOMIC instructions.
+#![feature(core_intrinsics)]
+#![expect(internal_features, reason = "atomic intrinsics, see above")]
+
+mod addr;
+mod forward;
+mod maps;
+mod scope;
+mod sock;
+mod sock_addr;
+
+/// Verdict of a cgroup socket program that lets the syscall go on.
+const ALLOW: i32 = 1;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,43 @@
+//! Every map of netbpf's datapath, each with what it holds.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use netbpf_common::{
+    ForwardKey, ForwardTarget, LocalBindKey, MAX_FORWARD_PREFIXES, MAX_LOCAL_BINDS,
+    MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, ReverseKey, RuleStats, SockAddr,
+};
+
+/// cgroup v2 id of a container's cgroup directory -> scope id.
+#[map]
+pub static CGROUP_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, 0);
+
+/// Network namespace cookie -> scope id.
+#[map]
+pub static NETNS_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, 0);
+
+/// (scope, protocol, localhost port prefix) -> where that destination goes.
+#[map]
+pub static FORWARDS: LpmTrie<ForwardKey, ForwardTarget> =
+    LpmTrie::with_max_entries(MAX_FORWARD_PREFIXES, 0);
+
+/// Per-CPU counters of each forward rule, indexed by rule id.
+#[map]
+pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// (scope, protocol, port) bound on localhost or a wildcard address inside
+/// the scope -> number of sockets bound there.
+#[map]
+pub static LOCAL_BINDS: HashMap<LocalBindKey, u32> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
+
+/// Socket cookie of a socket counted in `LOCAL_BINDS` -> its key there.
+#[map]
+pub static BOUND_SOCKETS: HashMap<u64, LocalBindKey> =
+    HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
+
+/// (socket cookie, rewritten destination) -> the destination the
+/// application dialed, to answer recvmsg and getpeername with it.
+#[map]
+pub static REVERSE: LruHashMap<ReverseKey, SockAddr> =
+    LruHashMap::with_max_entries(MAX_REVERSE_ENTRIES, 0);

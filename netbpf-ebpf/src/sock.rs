@@ -1,0 +1,125 @@
+//! Programs on the cgroup `bpf_sock` hooks: they track the localhost ports
+//! bound inside each scope, so that its own services are never forwarded.
+
+use core::{
+    intrinsics::{AtomicOrdering, atomic_xadd},
+    ptr::{addr_of, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, bpf_sock},
+    helpers::bpf_get_socket_cookie,
+    macros::cgroup_sock,
+    programs::SockContext,
+};
+use netbpf_common::{AF_INET, AF_INET6, LocalBindKey, PROTO_TCP, PROTO_UDP};
+
+use crate::{
+    ALLOW, addr,
+    maps::{BOUND_SOCKETS, LOCAL_BINDS},
+    scope,
+};
+
+/// Counts a successful IPv4 bind on localhost or 0.0.0.0 inside a scope.
+#[cgroup_sock(post_bind4)]
+pub fn netbpf_bound4(ctx: SockContext) -> i32 {
+    record_bind(ctx.sock, AF_INET);
+    ALLOW
+}
+
+/// Counts a successful IPv6 bind on `::1`, `::` or their mapped forms
+/// inside a scope.
+#[cgroup_sock(post_bind6)]
+pub fn netbpf_bound6(ctx: SockContext) -> i32 {
+    record_bind(ctx.sock, AF_INET6);
+    ALLOW
+}
+
+/// Forgets a counted socket when it is released.
+#[cgroup_sock(sock_release)]
+pub fn netbpf_release(ctx: SockContext) -> i32 {
+    forget_bind(ctx.sock);
+    ALLOW
+}
+
+#[inline(always)]
+fn record_bind(sk: *mut bpf_sock, family: u16) {
+    // SAFETY: `sk` is the program's context; post_bind hooks may read the
+    // source address and port (host byte order).
+    let (protocol, port, local) = unsafe {
+        let mut local = [0u32; 4];
+        if family == AF_INET {
+            local[0] = read_volatile(addr_of!((*sk).src_ip4));
+        } else {
+            let ip6 = addr_of!((*sk).src_ip6).cast::<u32>();
+            local = [
+                read_volatile(ip6),
+                read_volatile(ip6.add(1)),
+                read_volatile(ip6.add(2)),
+                read_volatile(ip6.add(3)),
+            ];
+        }
+        (
+            read_volatile(addr_of!((*sk).protocol)),
+            read_volatile(addr_of!((*sk).src_port)),
+            local,
+        )
+    };
+    let (Ok(protocol), Ok(port)) = (u8::try_from(protocol), u16::try_from(port)) else {
+        return;
+    };
+    if (protocol != PROTO_TCP && protocol != PROTO_UDP) || port == 0 {
+        return;
+    }
+    if !addr::is_localhost(&local, family) && !addr::is_wildcard(&local, family) {
+        return;
+    }
+    let Some(scope) = scope::current(sk.cast()) else {
+        return;
+    };
+    let key = LocalBindKey {
+        scope,
+        port,
+        protocol,
+        _pad: 0,
+    };
+    // SAFETY: `sk` is the program's context, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    if BOUND_SOCKETS.insert(&cookie, &key, u64::from(BPF_NOEXIST)).is_err() {
+        return;
+    }
+    if LOCAL_BINDS.insert(&key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+        return;
+    }
+    if let Some(count) = LOCAL_BINDS.get_ptr_mut(&key) {
+        // SAFETY: `count` points at a live, aligned u32 map value.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1) };
+    }
+}
+
+#[inline(always)]
+fn forget_bind(sk: *mut bpf_sock) {
+    // SAFETY: `sk` is the program's context, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    // SAFETY: the key is copied out at once.
+    let Some(key) = (unsafe { BOUND_SOCKETS.get(&cookie) }).copied() else {
+        return;
+    };
+    let _ = BOUND_SOCKETS.remove(&cookie);
+    let Some(count) = LOCAL_BINDS.get_ptr_mut(&key) else {
+        return;
+    };
+    // Adding u32::MAX subtracts one. The BPF CPU version rustc targets has
+    // no fetching atomics, so the result is read back separately.
+    // SAFETY: `count` points at a live, aligned u32 map value.
+    let left = unsafe {
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, u32::MAX);
+        read_volatile(count)
+    };
+    if left == 0 {
+        // A bind racing with this release on the same port can lose its
+        // count here; it is counted again at its next bind. Rare enough
+        // (SO_REUSEPORT siblings closing and opening at once) to accept.
+        let _ = LOCAL_BINDS.remove(&key);
+    }
+}

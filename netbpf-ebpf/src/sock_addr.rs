@@ -1,0 +1,66 @@
+//! Programs on the cgroup `bpf_sock_addr` hooks: the socket calls whose
+//! address netbpf rewrites, or restores for the application.
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use netbpf_common::{AF_INET, AF_INET6};
+
+use crate::{
+    ALLOW,
+    forward::{self, Syscall},
+};
+
+/// Forwards an IPv4 `connect()` to localhost.
+#[cgroup_sock_addr(connect4)]
+pub fn netbpf_connect4(ctx: SockAddrContext) -> i32 {
+    forward::rewrite_destination(ctx.sock_addr, AF_INET, Syscall::Connect);
+    ALLOW
+}
+
+/// Forwards an IPv6 `connect()` to `::1` or `::ffff:127.0.0.0/104`.
+#[cgroup_sock_addr(connect6)]
+pub fn netbpf_connect6(ctx: SockAddrContext) -> i32 {
+    forward::rewrite_destination(ctx.sock_addr, AF_INET6, Syscall::Connect);
+    ALLOW
+}
+
+/// Forwards an IPv4 UDP datagram sent to localhost.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn netbpf_sendmsg4(ctx: SockAddrContext) -> i32 {
+    forward::rewrite_destination(ctx.sock_addr, AF_INET, Syscall::SendMsg);
+    ALLOW
+}
+
+/// Forwards an IPv6 UDP datagram sent to localhost.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn netbpf_sendmsg6(ctx: SockAddrContext) -> i32 {
+    forward::rewrite_destination(ctx.sock_addr, AF_INET6, Syscall::SendMsg);
+    ALLOW
+}
+
+/// Shows an IPv4 UDP reply as coming from the address the socket dialed.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn netbpf_recvmsg4(ctx: SockAddrContext) -> i32 {
+    forward::restore_peer(ctx.sock_addr, AF_INET);
+    ALLOW
+}
+
+/// Shows an IPv6 UDP reply as coming from the address the socket dialed.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn netbpf_recvmsg6(ctx: SockAddrContext) -> i32 {
+    forward::restore_peer(ctx.sock_addr, AF_INET6);
+    ALLOW
+}
+
+/// Answers IPv4 `getpeername()` with the address the socket dialed.
+#[cgroup_sock_addr(getpeername4)]
+pub fn netbpf_getpeer4(ctx: SockAddrContext) -> i32 {
+    forward::restore_peer(ctx.sock_addr, AF_INET);
+    ALLOW
+}
+
+/// Answers IPv6 `getpeername()` with the address the socket dialed.
+#[cgroup_sock_addr(getpeername6)]
+pub fn netbpf_getpeer6(ctx: SockAddrContext) -> i32 {
+    forward::restore_peer(ctx.sock_addr, AF_INET6);
+    ALLOW
+}

@@ -1,0 +1,32 @@
+//! The `netbpf` command line: one module per verb.
+
+mod run;
+mod status;
+
+use clap::{Parser, Subcommand};
+
+/// netbpf: container-to-host networking fixed in the kernel, with eBPF.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load the datapath, apply a policy and serve until SIGINT or SIGTERM.
+    Run(run::RunArgs),
+    /// Show the programs, scopes, rules and counters of a running netbpf.
+    Status(status::StatusArgs),
+}
+
+impl Cli {
+    /// Runs the verb the command line asked for.
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self.command {
+            Command::Run(args) => run::run(&args),
+            Command::Status(args) => status::status(&args),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Loads netbpf's kernel programs, fills their maps from a plan, attaches
+//! them to a cgroup through bpf links and reads their counters. Dropping a
+//! [`Datapath`] detaches and unloads everything it loaded.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{HashMap, LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
+    programs::{CgroupAttachMode, Program, ProgramError},
+};
+use netbpf_common::{ForwardKey, ForwardTarget, RuleStats};
+
+use crate::plan::Plan;
+
+/// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));
+
+/// Prefix of every program netbpf loads, so its attachments can be told
+/// from anybody else's (`bpftool cgroup tree`).
+pub const PROGRAM_PREFIX: &str = "netbpf_";
+
+/// Why the datapath could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading netbpf's eBPF object")]
+    Object(#[source] EbpfError),
+    #[error("loading program {name} into the kernel")]
+    Load {
+        name: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching program {name} to cgroup {}", cgroup.display())]
+    Attach {
+        name: String,
+        cgroup: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("opening cgroup {}", path.display())]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("netbpf's eBPF object has no map {0}")]
+    MissingMap(&'static str),
+}
+
+/// A program of the datapath, as the kernel knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadedProgram {
+    pub name: String,
+    /// The kernel's id of the program (`bpftool prog show id ID`).
+    pub id: u32,
+}
+
+/// netbpf's programs and maps, loaded into the kernel.
+pub struct Datapath {
+    ebpf: Ebpf,
+    programs: Vec<LoadedProgram>,
+}
+
+impl Datapath {
+    /// Loads every program into the kernel (the verifier runs here), with
+    /// empty maps and nothing attached.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf = Ebpf::load(PROGRAMS_OBJECT).map_err(DatapathError::Object)?;
+        let mut programs = Vec::new();
+        for (name, program) in ebpf.programs_mut() {
+            let load = |error| DatapathError::Load {
+                name: name.to_owned(),
+                source: error,
+            };
+            match program {
+                Program::CgroupSockAddr(program) => program.load(),
+                Program::CgroupSock(program) => program.load(),
+                other => unreachable!("netbpf has no {:?} program", other.prog_type()),
+            }
+            .map_err(load)?;
+            let id = program.info().map_err(load)?.id();
+            programs.push(LoadedProgram {
+                name: name.to_owned(),
+                id,
+            });
+        }
+        programs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { ebpf, programs })
+    }
+
+    /// Writes a plan into the empty maps. Call before [`Self::attach`], so
+    /// that the programs act on the whole plan from their first run.
+    pub fn apply(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+        let mut cgroups: HashMap<_, u64, u32> = self.map_mut("CGROUP_SCOPES")?;
+        for (id, scope) in &plan.cgroup_scopes {
+            cgroups.insert(id, scope, 0).map_err(map_error("CGROUP_SCOPES"))?;
+        }
+        let mut namespaces: HashMap<_, u64, u32> = self.map_mut("NETNS_SCOPES")?;
+        for (cookie, scope) in &plan.netns_scopes {
+            namespaces.insert(cookie, scope, 0).map_err(map_error("NETNS_SCOPES"))?;
+        }
+        let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
+        for (prefix_len, key, target) in &plan.forwards {
+            forwards
+                .insert(&Key::new(*prefix_len, *key), target, 0)
+                .map_err(map_error("FORWARDS"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches every program to the cgroup at `cgroup_root` through bpf
+    /// links: they see the sockets of every process below it, and coexist
+    /// with the programs other tools attached there.
+    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), DatapathError> {
+        let cgroup = File::open(cgroup_root).map_err(|source| DatapathError::Cgroup {
+            path: cgroup_root.to_owned(),
+            source,
+        })?;
+        for (name, program) in self.ebpf.programs_mut() {
+            // On the kernels netbpf runs on (5.8+, for netns cookies in
+            // socket programs) aya attaches through a bpf link, which is
+            // always multi-attach and takes no mode flags.
+            let mode = CgroupAttachMode::Single;
+            match program {
+                Program::CgroupSockAddr(program) => program.attach(&cgroup, mode).map(drop),
+                Program::CgroupSock(program) => program.attach(&cgroup, mode).map(drop),
+                other => unreachable!("netbpf has no {:?} program", other.prog_type()),
+            }
+            .map_err(|source| DatapathError::Attach {
+                name: name.to_owned(),
+                cgroup: cgroup_root.to_owned(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The loaded programs, by name.
+    #[must_use]
+    pub fn programs(&self) -> &[LoadedProgram] {
+        &self.programs
+    }
+
+    /// The counters of rule `rule`, summed over CPUs.
+    pub fn rule_stats(&self, rule: u32) -> Result<RuleStats, DatapathError> {
+        const NAME: &str = "RULE_STATS";
+        let map = self.ebpf.map(NAME).ok_or(DatapathError::MissingMap(NAME))?;
+        let stats: PerCpuArray<_, RuleStats> = PerCpuArray::try_from(map).map_err(map_error(NAME))?;
+        let per_cpu = stats.get(&rule, 0).map_err(map_error(NAME))?;
+        Ok(per_cpu.iter().fold(RuleStats::default(), |sum, cpu| RuleStats {
+            connects: sum.connects + cpu.connects,
+            datagrams: sum.datagrams + cpu.datagrams,
+            local_skips: sum.local_skips + cpu.local_skips,
+        }))
+    }
+
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DatapathError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+        T::try_from(map).map_err(map_error(name))
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}

@@ -1,0 +1,13 @@
+//! netbpf: an eBPF datapath and node agent that fixes container-to-host
+//! networking in the kernel. This library holds the logic; the `netbpf`
+//! binary is a thin command line over [`cli`].
+
+pub mod cgroup;
+pub mod cli;
+pub mod control;
+pub mod datapath;
+pub mod netns;
+pub mod plan;
+pub mod policy;
+pub mod resolve;
+pub mod status;

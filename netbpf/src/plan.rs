@@ -1,0 +1,115 @@
+//! Compiles a validated policy into the entries of the kernel maps.
+
+use std::{net::IpAddr, ops::RangeInclusive};
+
+use netbpf_common::{AF_INET, AF_INET6, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget};
+
+use crate::policy::{Policy, Selector};
+
+/// Everything the kernel maps hold for one policy.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// cgroup id -> scope id.
+    pub cgroup_scopes: Vec<(u64, u32)>,
+    /// netns cookie -> scope id.
+    pub netns_scopes: Vec<(u64, u32)>,
+    /// (prefix length in bits, key) -> target, for the forward trie.
+    pub forwards: Vec<(u32, ForwardKey, ForwardTarget)>,
+}
+
+/// The map entries of `policy`. A scope's id is its index in the policy.
+#[must_use]
+pub fn compile(policy: &Policy) -> Plan {
+    let mut plan = Plan::default();
+    for (scope_id, scope) in (0u32..).zip(&policy.scopes) {
+        match scope.selector {
+            Selector::Cgroup { id, .. } => plan.cgroup_scopes.push((id, scope_id)),
+            Selector::Netns { cookie, .. } => plan.netns_scopes.push((cookie, scope_id)),
+        }
+        for forward in &scope.forwards {
+            let (addr, family) = target_words(forward.to.addr);
+            let target = ForwardTarget {
+                addr,
+                family,
+                port_delta: forward.port_delta(),
+                rule: forward.rule,
+            };
+            for &protocol in forward.protocols.numbers() {
+                for (port, port_bits) in port_prefixes(forward.from.range()) {
+                    let key = ForwardKey::new(scope_id, protocol, port);
+                    plan.forwards.push((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key, target));
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// An address as the kernel programs store it: network-order words, IPv4
+/// in the first.
+fn target_words(addr: IpAddr) -> ([u32; 4], u16) {
+    match addr {
+        IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
+        IpAddr::V6(v6) => {
+            let octets = v6.octets();
+            let word = |at: usize| u32::from_ne_bytes([octets[at], octets[at + 1], octets[at + 2], octets[at + 3]]);
+            ([word(0), word(4), word(8), word(12)], AF_INET6)
+        }
+    }
+}
+
+/// The fewest port prefixes that cover `ports` exactly, as (first port,
+/// number of leading port bits fixed).
+fn port_prefixes(ports: RangeInclusive<u16>) -> Vec<(u16, u32)> {
+    let (mut low, high) = (u32::from(*ports.start()), u32::from(*ports.end()));
+    let mut prefixes = Vec::new();
+    while low <= high {
+        // The largest aligned block that starts at `low` and ends by `high`.
+        let mut size: u32 = if low == 0 { 1 << 16 } else { 1 << low.trailing_zeros() };
+        while low + size - 1 > high {
+            size >>= 1;
+        }
+        let port = u16::try_from(low).expect("low is a port");
+        prefixes.push((port, 16 - size.trailing_zeros()));
+        low += size;
+    }
+    prefixes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ports a list of prefixes covers, in order.
+    fn covered(prefixes: &[(u16, u32)]) -> Vec<u32> {
+        prefixes
+            .iter()
+            .flat_map(|&(port, bits)| {
+                let port = u32::from(port);
+                port..port + (1 << (16 - bits))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefixes_cover_a_range_exactly() {
+        for (low, high) in [(9000, 9010), (1, 65535), (8082, 8082), (0, 65535), (1024, 2047), (65535, 65535)] {
+            let prefixes = port_prefixes(low..=high);
+            assert_eq!(covered(&prefixes), (u32::from(low)..=u32::from(high)).collect::<Vec<_>>());
+            assert!(prefixes.len() <= 30, "{low}-{high}: {} prefixes", prefixes.len());
+        }
+        assert_eq!(port_prefixes(0..=65535), vec![(0, 0)]);
+        assert_eq!(port_prefixes(8082..=8082), vec![(8082, 16)]);
+    }
+
+    #[test]
+    fn targets_are_stored_in_network_order() {
+        let (words, family) = target_words("10.200.1.1".parse().unwrap());
+        assert_eq!(family, AF_INET);
+        assert_eq!(words[0].to_ne_bytes(), [10, 200, 1, 1]);
+        let (words, family) = target_words("fd00::53".parse().unwrap());
+        assert_eq!(family, AF_INET6);
+        assert_eq!(words[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+        assert_eq!(words[3].to_ne_bytes(), [0, 0, 0, 0x53]);
+    }
+}

@@ -1,0 +1,89 @@
+//! Policy errors that say where: file, line, column and field.
+
+use std::{fmt, ops::Range, path::PathBuf};
+
+/// One thing wrong with a policy, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    /// The policy file.
+    pub file: PathBuf,
+    /// 1-based line of the offending text.
+    pub line: usize,
+    /// 1-based column of the offending text.
+    pub column: usize,
+    /// Dotted path of the offending field, e.g. `scope[0].forward[1].to`;
+    /// empty where the file as a whole is at fault.
+    pub field: String,
+    /// What is wrong and what would be valid.
+    pub message: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Turns byte spans of one policy text into located errors.
+pub struct Locator<'a> {
+    file: PathBuf,
+    text: &'a str,
+}
+
+impl<'a> Locator<'a> {
+    #[must_use]
+    pub fn new(file: impl Into<PathBuf>, text: &'a str) -> Self {
+        Self {
+            file: file.into(),
+            text,
+        }
+    }
+
+    /// An error about `field`, whose text is at byte `span` of the policy.
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> PolicyError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(start, |newline| start - newline - 1) + 1;
+        PolicyError {
+            file: self.file.clone(),
+            line,
+            column,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML syntax or schema error (unknown key, wrong type, missing field).
+    pub fn toml_error(&self, error: &toml::de::Error) -> PolicyError {
+        self.error(
+            error.span().unwrap_or(0..0),
+            "",
+            error.message().trim_end().to_owned(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_lines_and_columns_from_one() {
+        let text = "a = 1\nbb = 2\n";
+        let locator = Locator::new("p.toml", text);
+        let error = locator.error(8..9, "bb", "bad");
+        assert_eq!((error.line, error.column), (2, 3));
+        assert_eq!(error.to_string(), "p.toml:2:3: bb: bad");
+        assert_eq!(locator.error(0..1, "", "x").to_string(), "p.toml:1:1: x");
+    }
+}

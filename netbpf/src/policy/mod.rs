@@ -1,0 +1,352 @@
+//! The policy file (TOML, version 1): which scopes exist and what each one
+//! gets. A policy is validated whole, scopes resolved to kernel keys
+//! included, before anything is written to the kernel; every error names
+//! its file, line, column and field. `docs/policy.md` is the reference.
+
+mod endpoint;
+mod error;
+
+use std::{
+    collections::HashMap,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+pub use self::{
+    endpoint::{Ports, Target},
+    error::{Locator, PolicyError},
+};
+
+/// The only policy version this netbpf reads.
+pub const VERSION: u32 = 1;
+
+/// A validated policy whose scopes are resolved to kernel keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub scopes: Vec<Scope>,
+}
+
+/// A set of sockets that share rules: a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub name: String,
+    pub selector: Selector,
+    pub forwards: Vec<Forward>,
+}
+
+/// What makes a socket part of a scope, resolved to the key the kernel
+/// programs look up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selector {
+    /// Sockets of processes in this cgroup v2 directory or below it.
+    Cgroup { path: PathBuf, id: u64 },
+    /// Sockets of this network namespace.
+    Netns { path: PathBuf, cookie: u64 },
+}
+
+/// Transport protocols a forward applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocols {
+    /// TCP only, as `docker run -p` publishes by default.
+    #[default]
+    Tcp,
+    Udp,
+    /// TCP and UDP.
+    Both,
+}
+
+impl Protocols {
+    /// The IP protocol numbers, as the kernel programs see them.
+    #[must_use]
+    pub fn numbers(self) -> &'static [u8] {
+        use netbpf_common::{PROTO_TCP, PROTO_UDP};
+        match self {
+            Self::Tcp => &[PROTO_TCP],
+            Self::Udp => &[PROTO_UDP],
+            Self::Both => &[PROTO_TCP, PROTO_UDP],
+        }
+    }
+}
+
+/// Localhost on `from` ports goes to `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    /// Index of the rule across the policy: its counters' slot.
+    pub rule: u32,
+    pub protocols: Protocols,
+    pub from: Ports,
+    pub to: Target,
+}
+
+impl Forward {
+    /// What to add (wrapping) to a dialed port to get the target port.
+    #[must_use]
+    pub fn port_delta(&self) -> u16 {
+        match (self.from, self.to.ports) {
+            (_, Ports::Every) => 0,
+            (from, to) => to.range().start().wrapping_sub(*from.range().start()),
+        }
+    }
+}
+
+/// Turns the paths a policy names into the keys the kernel looks up; a
+/// path that names nothing is an error in the policy.
+pub trait Resolver {
+    /// The cgroup v2 id of a cgroup path as written in the policy.
+    fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String>;
+    /// The cookie of the network namespace at `path`.
+    fn netns(&self, path: &str) -> Result<(PathBuf, u64), String>;
+}
+
+/// Reads, validates and resolves the policy at `file`.
+pub fn load(file: &Path, resolver: &impl Resolver) -> Result<Policy, PolicyError> {
+    let text = std::fs::read_to_string(file).map_err(|error| PolicyError {
+        file: file.to_owned(),
+        line: 1,
+        column: 1,
+        field: String::new(),
+        message: format!("cannot read the policy: {error}"),
+    })?;
+    parse(file, &text, resolver)
+}
+
+/// Validates and resolves a policy text; `file` is only used in errors.
+pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy, PolicyError> {
+    let locator = Locator::new(file, text);
+    let raw: RawPolicy = toml::from_str(text).map_err(|error| locator.toml_error(&error))?;
+    if *raw.version.get_ref() != VERSION {
+        return Err(locator.error(
+            raw.version.span(),
+            "version",
+            format!(
+                "unsupported policy version {}: this netbpf reads version {VERSION}",
+                raw.version.get_ref()
+            ),
+        ));
+    }
+    let mut validator = Validator {
+        locator: &locator,
+        resolver,
+        next_rule: 0,
+        names: HashMap::new(),
+        keys: HashMap::new(),
+    };
+    let scopes = raw
+        .scope
+        .into_iter()
+        .enumerate()
+        .map(|(index, scope)| validator.scope(index, scope))
+        .collect::<Result<_, _>>()?;
+    Ok(Policy { scopes })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: Spanned<u32>,
+    #[serde(default)]
+    scope: Vec<Spanned<RawScope>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScope {
+    name: Spanned<String>,
+    #[serde(rename = "match")]
+    selector: Spanned<RawSelector>,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSelector {
+    cgroup: Option<Spanned<String>>,
+    netns: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    proto: Protocols,
+}
+
+/// Checks one policy, scope by scope, keeping what must be unique.
+struct Validator<'a, R> {
+    locator: &'a Locator<'a>,
+    resolver: &'a R,
+    next_rule: u32,
+    /// Scope name -> index of the scope that took it.
+    names: HashMap<String, usize>,
+    /// Resolved selector -> index of the scope that took it.
+    keys: HashMap<(bool, u64), usize>,
+}
+
+impl<R: Resolver> Validator<'_, R> {
+    fn scope(&mut self, index: usize, raw: Spanned<RawScope>) -> Result<Scope, PolicyError> {
+        let raw = raw.into_inner();
+        let field = format!("scope[{index}]");
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(self.error(raw.name.span(), format!("{field}.name"), "a scope needs a non-empty name"));
+        }
+        if let Some(first) = self.names.insert(name.clone(), index) {
+            return Err(self.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                format!("scope name {name:?} is already taken by scope[{first}]: names must be unique"),
+            ));
+        }
+        let selector = self.selector(index, raw.selector)?;
+        let mut forwards: Vec<Forward> = Vec::new();
+        for (rule, raw) in raw.forward.into_iter().enumerate() {
+            let rule_field = format!("{field}.forward[{rule}]");
+            let from_span = raw.get_ref().from.span();
+            let forward = self.forward(&rule_field, raw)?;
+            if let Some(earlier) = forwards.iter().position(|earlier| overlaps(earlier, &forward)) {
+                return Err(self.error(
+                    from_span,
+                    format!("{rule_field}.from"),
+                    format!(
+                        "localhost:{} overlaps {field}.forward[{earlier}] (localhost:{}) on the same protocol: \
+                         each localhost port of a scope goes to one place",
+                        forward.from, forwards[earlier].from
+                    ),
+                ));
+            }
+            forwards.push(forward);
+        }
+        Ok(Scope {
+            name,
+            selector,
+            forwards,
+        })
+    }
+
+    fn selector(&mut self, index: usize, raw: Spanned<RawSelector>) -> Result<Selector, PolicyError> {
+        let span = raw.span();
+        let field = format!("scope[{index}].match");
+        let selector = match raw.into_inner() {
+            RawSelector {
+                cgroup: Some(path),
+                netns: None,
+            } => {
+                let (resolved, id) = self
+                    .resolver
+                    .cgroup(path.get_ref())
+                    .map_err(|message| self.error(path.span(), format!("{field}.cgroup"), message))?;
+                Selector::Cgroup { path: resolved, id }
+            }
+            RawSelector {
+                cgroup: None,
+                netns: Some(path),
+            } => {
+                let (resolved, cookie) = self
+                    .resolver
+                    .netns(path.get_ref())
+                    .map_err(|message| self.error(path.span(), format!("{field}.netns"), message))?;
+                Selector::Netns { path: resolved, cookie }
+            }
+            _ => {
+                return Err(self.error(
+                    span,
+                    field,
+                    "a scope matches exactly one of: cgroup = \"PATH\" or netns = \"PATH\"",
+                ));
+            }
+        };
+        let key = match &selector {
+            Selector::Cgroup { id, .. } => (true, *id),
+            Selector::Netns { cookie, .. } => (false, *cookie),
+        };
+        if let Some(first) = self.keys.insert(key, index) {
+            return Err(self.error(
+                span,
+                field,
+                format!("scope[{first}] already matches this cgroup or network namespace"),
+            ));
+        }
+        Ok(selector)
+    }
+
+    fn forward(&mut self, field: &str, raw: Spanned<RawForward>) -> Result<Forward, PolicyError> {
+        let raw = raw.into_inner();
+        let from = endpoint::parse_from(raw.from.get_ref())
+            .map_err(|message| self.error(raw.from.span(), format!("{field}.from"), message))?;
+        let to = endpoint::parse_to(raw.to.get_ref())
+            .map_err(|message| self.error(raw.to.span(), format!("{field}.to"), message))?;
+        let to_error = |message: String| self.error(raw.to.span(), format!("{field}.to"), message);
+        if to.addr.is_unspecified() || to.addr.is_multicast() {
+            return Err(to_error(format!("{} cannot be dialed: give a unicast address", to.addr)));
+        }
+        check_port_mapping(from, to.ports).map_err(to_error)?;
+        if self.next_rule >= netbpf_common::MAX_RULES {
+            return Err(self.error(
+                raw.from.span(),
+                field.to_owned(),
+                format!("too many forwards: this netbpf holds at most {}", netbpf_common::MAX_RULES),
+            ));
+        }
+        let forward = Forward {
+            rule: self.next_rule,
+            protocols: raw.proto,
+            from,
+            to,
+        };
+        self.next_rule += 1;
+        Ok(forward)
+    }
+
+    fn error(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> PolicyError {
+        self.locator.error(span, field, message)
+    }
+}
+
+/// Checks that `from` ports map onto `to` ports one to one.
+fn check_port_mapping(from: Ports, to: Ports) -> Result<(), String> {
+    match (from, to) {
+        (_, Ports::Every) | (Ports::Single(_), Ports::Single(_)) => Ok(()),
+        (Ports::Range(from_low, from_high), Ports::Range(to_low, to_high)) => {
+            if from_high - from_low == to_high - to_low {
+                Ok(())
+            } else {
+                Err(format!(
+                    "the range {from_low}-{from_high} ({} ports) maps onto {to_low}-{to_high} ({} ports): \
+                     a range maps onto a range of the same length",
+                    from_high - from_low + 1,
+                    to_high - to_low + 1
+                ))
+            }
+        }
+        (Ports::Every, _) => Err(
+            "every port forwards to the port that was dialed: write the address alone (\"ADDR\" or \"ADDR:*\")"
+                .to_owned(),
+        ),
+        (Ports::Range(..), _) => {
+            Err("a range maps onto a range of the same length (or onto \"ADDR\" to keep the ports)".to_owned())
+        }
+        (Ports::Single(_), _) => Err("one port maps onto one port".to_owned()),
+    }
+}
+
+/// Whether two forwards of one scope claim a port on the same protocol.
+fn overlaps(a: &Forward, b: &Forward) -> bool {
+    let shares_protocol = a
+        .protocols
+        .numbers()
+        .iter()
+        .any(|protocol| b.protocols.numbers().contains(protocol));
+    let (a, b) = (a.from.range(), b.from.range());
+    shares_protocol && a.start() <= b.end() && b.start() <= a.end()
+}
+
+#[cfg(test)]
+mod tests;

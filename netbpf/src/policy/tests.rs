@@ -1,0 +1,217 @@
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// Resolves `/cg/NAME` and `/ns/NAME` to made-up keys; anything else does
+/// not exist.
+struct FakeHost;
+
+impl Resolver for FakeHost {
+    fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String> {
+        match path.strip_prefix("/cg/") {
+            Some(name) => Ok((PathBuf::from(path), 1000 + name.len() as u64)),
+            None => Err(format!("cgroup {path:?} does not exist")),
+        }
+    }
+
+    fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
+        match path.strip_prefix("/ns/") {
+            Some(name) => Ok((PathBuf::from(path), 2000 + name.len() as u64)),
+            None => Err(format!("network namespace {path:?} does not exist")),
+        }
+    }
+}
+
+fn parse_text(text: &str) -> Result<Policy, PolicyError> {
+    parse(Path::new("policy.toml"), text, &FakeHost)
+}
+
+/// Asserts that `text` is rejected at `line` for `field` with a message
+/// containing `needle`.
+#[track_caller]
+fn assert_rejected(text: &str, line: usize, field: &str, needle: &str) {
+    let error = parse_text(text).expect_err("the policy must be rejected");
+    assert_eq!(error.line, line, "wrong line in: {error}");
+    assert_eq!(error.field, field, "wrong field in: {error}");
+    assert!(error.message.contains(needle), "{needle:?} not in: {error}");
+    assert!(error.to_string().starts_with(&format!("policy.toml:{line}:")), "{error}");
+}
+
+const GOOD: &str = r#"
+version = 1
+
+[[scope]]
+name = "desktop"
+match = { cgroup = "/cg/desktop" }
+forward = [
+  { from = "localhost:8082", to = "10.200.1.1:80" },
+  { from = "localhost:9000-9010", to = "10.200.1.1:19000-19010", proto = "udp" },
+  { from = "localhost:53", to = "[fd00::53]", proto = "both" },
+]
+
+[[scope]]
+name = "pod"
+match = { netns = "/ns/pod" }
+forward = [{ from = "localhost:*", to = "10.0.0.1" }]
+"#;
+
+#[test]
+fn accepts_a_complete_policy() {
+    let policy = parse_text(GOOD).unwrap();
+    assert_eq!(policy.scopes.len(), 2);
+    let desktop = &policy.scopes[0];
+    assert_eq!(desktop.name, "desktop");
+    assert_eq!(
+        desktop.selector,
+        Selector::Cgroup {
+            path: "/cg/desktop".into(),
+            id: 1007
+        }
+    );
+    let [http, range, dns] = desktop.forwards.as_slice() else {
+        panic!("three forwards expected: {:?}", desktop.forwards);
+    };
+    assert_eq!((http.rule, http.protocols, http.from), (0, Protocols::Tcp, Ports::Single(8082)));
+    assert_eq!(http.port_delta(), 80u16.wrapping_sub(8082));
+    assert_eq!((range.protocols, range.port_delta()), (Protocols::Udp, 10_000));
+    assert_eq!((dns.protocols, dns.port_delta()), (Protocols::Both, 0));
+    let pod = &policy.scopes[1];
+    assert_eq!(pod.selector, Selector::Netns { path: "/ns/pod".into(), cookie: 2003 });
+    assert_eq!((pod.forwards[0].rule, pod.forwards[0].from), (3, Ports::Every));
+}
+
+#[test]
+fn an_empty_policy_is_valid() {
+    assert_eq!(parse_text("version = 1\n").unwrap().scopes, vec![]);
+}
+
+#[test]
+fn rejects_an_unknown_key_where_it_stands() {
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nfoward = []\n",
+        5,
+        "",
+        "unknown field `foward`",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nforward = [{ from = \"localhost:1\", to = \"10.0.0.1\", port = 2 }]\n",
+        5,
+        "",
+        "unknown field `port`",
+    );
+}
+
+#[test]
+fn rejects_another_version() {
+    assert_rejected("version = 2\n", 1, "version", "unsupported policy version 2");
+}
+
+#[test]
+fn rejects_a_missing_version() {
+    let error = parse_text("[[scope]]\n").unwrap_err();
+    assert!(error.message.contains("missing field `version`"), "{error}");
+}
+
+fn one_forward(forward: &str) -> String {
+    format!("version = 1\n[[scope]]\nname = \"a\"\nmatch = {{ cgroup = \"/cg/a\" }}\nforward = [\n  {forward},\n]\n")
+}
+
+#[test]
+fn rejects_bad_addresses_and_ports() {
+    let field = "scope[0].forward[0]";
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:80", to = "10.200.1.300:80" }"#),
+        6,
+        &format!("{field}.to"),
+        "not an IPv4 or IPv6 address",
+    );
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:0", to = "10.0.0.1:80" }"#),
+        6,
+        &format!("{field}.from"),
+        "port 0",
+    );
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:80", to = "10.0.0.1:65536" }"#),
+        6,
+        &format!("{field}.to"),
+        "out of range",
+    );
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:80", to = "0.0.0.0:80" }"#),
+        6,
+        &format!("{field}.to"),
+        "unicast",
+    );
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:80", to = "10.0.0.1:80", proto = "sctp" }"#),
+        6,
+        "",
+        "unknown variant `sctp`",
+    );
+}
+
+#[test]
+fn rejects_ranges_of_different_lengths() {
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:9000-9010", to = "10.0.0.1:9000-9005" }"#),
+        6,
+        "scope[0].forward[0].to",
+        "same length",
+    );
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:*", to = "10.0.0.1:80" }"#),
+        6,
+        "scope[0].forward[0].to",
+        "port that was dialed",
+    );
+}
+
+#[test]
+fn rejects_overlapping_forwards_on_one_protocol() {
+    let text = "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nforward = [\n  \
+                { from = \"localhost:9000-9010\", to = \"10.0.0.1\" },\n  \
+                { from = \"localhost:9010\", to = \"10.0.0.2\", proto = \"both\" },\n]\n";
+    assert_rejected(text, 7, "scope[0].forward[1].from", "overlaps scope[0].forward[0]");
+    // The same ports on different protocols do not overlap.
+    let split = text.replace("proto = \"both\"", "proto = \"udp\"");
+    assert_eq!(parse_text(&split).unwrap().scopes[0].forwards.len(), 2);
+}
+
+#[test]
+fn rejects_scopes_that_do_not_exist() {
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/nowhere\" }\n",
+        4,
+        "scope[0].match.cgroup",
+        "does not exist",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { netns = \"/run/netns/gone\" }\n",
+        4,
+        "scope[0].match.netns",
+        "does not exist",
+    );
+}
+
+#[test]
+fn rejects_ambiguous_and_duplicate_scopes() {
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\", netns = \"/ns/a\" }\n",
+        4,
+        "scope[0].match",
+        "exactly one of",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/b\" }\n",
+        6,
+        "scope[1].name",
+        "already taken",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\n[[scope]]\nname = \"b\"\nmatch = { cgroup = \"/cg/a\" }\n",
+        7,
+        "scope[1].match",
+        "already matches",
+    );
+}

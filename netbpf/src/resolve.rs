@@ -1,0 +1,54 @@
+//! Resolves the scopes a policy names against this host: cgroup paths to
+//! cgroup ids, network namespace paths to netns cookies.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use crate::{cgroup, netns, policy::Resolver};
+
+/// Resolves policy paths on this host, for programs attached at
+/// `attach_root`.
+pub struct HostResolver {
+    /// Where the cgroup v2 hierarchy is mounted: relative cgroup paths in a
+    /// policy start here.
+    mount: PathBuf,
+    /// The cgroup netbpf's programs attach to: a scope's cgroup must be in
+    /// it, or its sockets never reach the programs.
+    attach_root: PathBuf,
+}
+
+impl HostResolver {
+    pub fn new(attach_root: &Path) -> io::Result<Self> {
+        let mount = cgroup::cgroup2_mount()?.canonicalize()?;
+        let attach_root = attach_root.canonicalize()?;
+        cgroup::cgroup_id(&attach_root)?;
+        Ok(Self { mount, attach_root })
+    }
+}
+
+impl Resolver for HostResolver {
+    fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String> {
+        let full = self.mount.join(path);
+        let full = full
+            .canonicalize()
+            .map_err(|error| format!("cgroup {} does not exist: {error}", full.display()))?;
+        if !full.starts_with(&self.attach_root) {
+            return Err(format!(
+                "cgroup {} is not under the cgroup root netbpf attaches to ({}): its sockets would \
+                 never reach netbpf",
+                full.display(),
+                self.attach_root.display()
+            ));
+        }
+        let id = cgroup::cgroup_id(&full).map_err(|error| error.to_string())?;
+        Ok((full, id))
+    }
+
+    fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
+        let cookie = netns::netns_cookie(Path::new(path))
+            .map_err(|error| format!("network namespace {path}: {error}"))?;
+        Ok((PathBuf::from(path), cookie))
+    }
+}
