@@ -36,13 +36,15 @@ pub fn read_user(ctx: *const bpf_sock_addr, family: u16) -> SockAddr {
     }
 }
 
-/// Replaces the user address of `ctx` with `to` (of the same family).
+/// Replaces the user address of `ctx`, a context of a socket of `family`,
+/// with `to`. `family` must be a constant of the calling program: the
+/// verifier rejects even an untaken store to the other family's field.
 #[inline(always)]
-pub fn write_user(ctx: *mut bpf_sock_addr, to: &SockAddr) {
+pub fn write_user(ctx: *mut bpf_sock_addr, family: u16, to: &SockAddr) {
     // SAFETY: `ctx` is the program's context; these fields are writable in
     // every hook netbpf attaches to `bpf_sock_addr`.
     unsafe {
-        if to.family == AF_INET {
+        if family == AF_INET {
             write_volatile(addr_of_mut!((*ctx).user_ip4), to.addr[0]);
         } else {
             let ip6 = addr_of_mut!((*ctx).user_ip6).cast::<u32>();

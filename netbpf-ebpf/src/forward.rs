@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use netbpf_common::{
-    FORWARD_KEY_BITS, ForwardKey, LocalBindKey, PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats,
+    AF_INET, AF_INET6, FORWARD_KEY_BITS, ForwardKey, LocalBindKey, PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats,
     SockAddr,
 };
 
@@ -68,6 +68,12 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         stats.local_skips += 1;
         return;
     }
+    // udpv6_sendmsg() refuses a destination that a program rewrote to an
+    // IPv4-mapped address (ENOTSUPP): such datagrams are left alone, and
+    // reach an IPv4 target only through a connected socket.
+    if matches!(syscall, Syscall::SendMsg) && family == AF_INET6 && target.family == AF_INET {
+        return;
+    }
     let Some(to_addr) = addr::for_socket(&target.addr, target.family, family) else {
         return;
     };
@@ -77,7 +83,7 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         family,
     };
     remember(ctx.cast(), to, dialed);
-    addr::write_user(ctx, &to);
+    addr::write_user(ctx, family, &to);
     match syscall {
         Syscall::Connect => stats.connects += 1,
         Syscall::SendMsg => stats.datagrams += 1,
@@ -105,7 +111,7 @@ pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16) {
     let key = reverse_key(ctx.cast(), addr::read_user(ctx, family));
     // SAFETY: the value is copied out at once.
     if let Some(dialed) = unsafe { REVERSE.get(&key) }.copied() {
-        addr::write_user(ctx, &dialed);
+        addr::write_user(ctx, family, &dialed);
     }
 }
 

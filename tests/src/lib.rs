@@ -1,1 +1,51 @@
+//! Throw-away network topologies for netbpf's privileged tests and demo:
+//! network namespaces, veth pairs, bridges, cgroups and processes placed in
+//! them. Every guard removes what it created when dropped, also when a test
+//! panics; every name is unique, so tests run in parallel.
+//!
+//! Nothing here touches the host's own network namespace beyond creating
+//! veth pairs that move straight into test namespaces, and nothing attaches
+//! anywhere but under the cgroup subtree of a [`Cgroup`] made here.
 
+mod agent;
+mod cgroup;
+mod netns;
+mod process;
+mod topology;
+
+pub use self::{
+    agent::{NetbpfRun, netbpf_binary},
+    cgroup::Cgroup,
+    netns::Netns,
+    process::{Process, Spawn, run_checked, write_file},
+    topology::{BRIDGE_V4, BRIDGE_V6, DesktopTopology, Place, wait_for_listener},
+};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name no other test of any process on this machine uses at the same
+/// time: `prefix`, this process id and a counter, at most 15 characters
+/// (the limit of interface names).
+#[must_use]
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}{:x}x{:x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    assert!(name.len() <= 15, "{name} is longer than an interface name may be");
+    name
+}
+
+/// Fails with a clear message unless this process may do what the
+/// privileged tests do (load BPF programs, create namespaces and cgroups).
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "netbpf's privileged tests load eBPF programs and create network namespaces and cgroups: \
+         run them as root (`sudo cargo xtask test`)"
+    );
+}

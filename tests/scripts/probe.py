@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""One TCP connection or one UDP exchange, reported as JSON on stdout.
+
+Used by netbpf's tests as the application inside a container:
+  probe.py tcp HOST PORT            connect, read until the server closes
+  probe.py udp HOST PORT            sendto() a datagram, recvfrom() the reply
+  probe.py udp-connected HOST PORT  connect(), send(), recvfrom()
+"peer" is what getpeername() returns, "source" where recvfrom() says the
+reply came from.
+"""
+import json
+import socket
+import sys
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def tcp(host, port):
+    with socket.create_connection((host, port), timeout=5) as sock:
+        peer = sock.getpeername()[:2]
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return {"peer": list(peer), "data": data.decode().strip()}
+
+
+def udp(host, port, connected):
+    with socket.socket(family(host), socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        peer = None
+        if connected:
+            sock.connect((host, port))
+            peer = list(sock.getpeername()[:2])
+            sock.send(b"ping")
+        else:
+            sock.sendto(b"ping", (host, port))
+        data, source = sock.recvfrom(4096)
+    return {"peer": peer, "source": list(source[:2]), "data": data.decode().strip()}
+
+
+def main():
+    mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "tcp":
+        result = tcp(host, port)
+    elif mode in ("udp", "udp-connected"):
+        result = udp(host, port, mode == "udp-connected")
+    else:
+        sys.exit(f"unknown mode {mode!r}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

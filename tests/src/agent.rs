@@ -1,0 +1,127 @@
+//! `netbpf run` as a child process: started with a policy, ready once its
+//! control socket answers, stopped with SIGTERM (and killed on drop).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::Signal;
+
+use crate::Process;
+
+/// The `netbpf` binary under test: `$NETBPF_BIN`, else the one cargo built
+/// beside the running test (`target/<profile>/netbpf`).
+#[must_use]
+pub fn netbpf_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NETBPF_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> -> target/<profile>/netbpf
+    let profile_dir = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+    let binary = profile_dir.join("netbpf");
+    assert!(
+        binary.is_file(),
+        "the netbpf binary is not built at {}: run the tests with `cargo xtask test`, which builds it",
+        binary.display()
+    );
+    binary
+}
+
+/// A running `netbpf run`.
+pub struct NetbpfRun {
+    process: Process,
+    binary: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl NetbpfRun {
+    /// Starts `netbpf run` with `policy`, attached at `cgroup_root`, with
+    /// its run directory and log in `work`; returns once it serves status.
+    pub fn start(binary: &Path, policy: &Path, cgroup_root: &Path, work: &Path) -> anyhow::Result<Self> {
+        let run_dir = work.join("run");
+        let log = work.join("netbpf.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(binary)
+            .arg("run")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(cgroup_root)
+            .arg("--run-dir")
+            .arg(&run_dir)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut run = Self {
+            process: Process::from_child(child, log),
+            binary: binary.to_owned(),
+            run_dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.status_json().is_err() {
+            if run.process.has_exited() {
+                bail!("netbpf run exited before it was ready:\n{}", run.process.log());
+            }
+            if Instant::now() > deadline {
+                bail!("netbpf run was not ready after 30 s:\n{}", run.process.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(run)
+    }
+
+    /// `netbpf status --json`, parsed.
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        let output = self.status(&["--json"])?;
+        Ok(serde_json::from_str(&output)?)
+    }
+
+    /// `netbpf status` with `args`: what it prints.
+    pub fn status(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(&self.binary)
+            .arg("status")
+            .arg("--run-dir")
+            .arg(&self.run_dir)
+            .args(args)
+            .output()?;
+        if !output.status.success() {
+            bail!("netbpf status failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// What `netbpf run` printed so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// The kernel ids of the programs it loaded.
+    pub fn program_ids(&self) -> anyhow::Result<Vec<u64>> {
+        let status = self.status_json()?;
+        status["programs"]
+            .as_array()
+            .context("status has programs")?
+            .iter()
+            .map(|program| program["id"].as_u64().context("a program has an id"))
+            .collect()
+    }
+
+    /// Stops it with SIGTERM, as a service manager would.
+    pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.process.stop(Signal::SIGTERM, Duration::from_secs(10))
+    }
+
+    #[must_use]
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+}

@@ -1,0 +1,79 @@
+//! cgroup v2 directories made for one test, removed with their processes.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+/// A cgroup v2 directory this test created, with the child cgroups made
+/// through it. On drop every process in it is killed and the directories
+/// are removed, deepest first.
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// A new cgroup `name` directly under the cgroup v2 mount: the subtree
+    /// a test attaches netbpf to (never the root cgroup itself).
+    pub fn new_test_root(name: &str) -> anyhow::Result<Self> {
+        Self::create(cgroup2_mount()?.join(name))
+    }
+
+    /// A new child cgroup `name` of this one.
+    pub fn child(&self, name: &str) -> anyhow::Result<Self> {
+        Self::create(self.path.join(name))
+    }
+
+    fn create(path: PathBuf) -> anyhow::Result<Self> {
+        fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        remove_tree(&self.path);
+    }
+}
+
+/// Kills every process of the cgroup tree at `path` and removes it.
+fn remove_tree(path: &Path) {
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    for _ in 0..100 {
+        // cgroup.kill (5.14+) kills the whole subtree at once.
+        let _ = fs::write(path.join("cgroup.kill"), "1");
+        if fs::remove_dir(path).is_ok() || !path.exists() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("warning: could not remove cgroup {}", path.display());
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            (filesystem.split_whitespace().next()? == "cgroup2")
+                .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .context("no cgroup2 file system is mounted")
+}

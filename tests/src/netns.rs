@@ -1,0 +1,55 @@
+//! Network namespaces made for one test, deleted on drop.
+
+use std::path::PathBuf;
+
+use crate::{run_checked, unique_name};
+
+/// A named network namespace (`ip netns add`), with `lo` up.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A new namespace whose name starts with `prefix`.
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let name = unique_name(prefix);
+        run_checked("ip", ["netns", "add", &name])?;
+        let netns = Self { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `/run/netns/NAME`: what a policy or `setns` takes.
+    #[must_use]
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// Runs `ip ARGS` inside the namespace.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_checked("ip", ["-n", self.name.as_str()].iter().chain(args))
+    }
+
+    /// Creates a veth pair from this namespace to `peer`: `(ours, theirs)`
+    /// are the interface names. The pair never stays in the host's own
+    /// namespace: it is created in this one.
+    pub fn veth_to(&self, peer: &Netns) -> anyhow::Result<(String, String)> {
+        let (ours, theirs) = (unique_name("nbv"), unique_name("nbv"));
+        self.ip(&["link", "add", &ours, "type", "veth", "peer", "name", &theirs, "netns", peer.name()])?;
+        Ok((ours, theirs))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace removes its interfaces (and veth peers).
+        if let Err(error) = run_checked("ip", ["netns", "del", self.name.as_str()]) {
+            eprintln!("warning: {error:#}");
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Processes started inside a cgroup and a network namespace, killed when
+//! their guard is dropped.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::process::CommandExt as _,
+    },
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Builds commands that start in a given cgroup and network namespace.
+///
+/// The child joins the cgroup before the namespace and before `exec`, so
+/// that its sockets belong to the cgroup from the start (`ip netns exec`
+/// would remount /sys and hide the cgroup).
+pub struct Spawn {
+    command: Command,
+}
+
+impl Spawn {
+    /// `program` with `args`, to run in `cgroup` (a cgroup v2 directory)
+    /// and in the network namespace at `netns` (None: this one).
+    pub fn new<S: AsRef<std::ffi::OsStr>>(
+        cgroup: &Path,
+        netns: Option<&Path>,
+        program: &str,
+        args: impl IntoIterator<Item = S>,
+    ) -> anyhow::Result<Self> {
+        let procs = OpenOptions::new()
+            .write(true)
+            .open(cgroup.join("cgroup.procs"))
+            .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
+        let namespace = netns
+            .map(|path| File::open(path).with_context(|| format!("opening netns {}", path.display())))
+            .transpose()?;
+        let mut command = Command::new(program);
+        command.args(args);
+        // SAFETY: the closure only makes async-signal-safe system calls
+        // (write, setns) on descriptors opened before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                let written = libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                if written != 1 {
+                    return Err(io::Error::last_os_error());
+                }
+                if let Some(namespace) = &namespace {
+                    setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET)?;
+                }
+                Ok(())
+            });
+        }
+        Ok(Self { command })
+    }
+
+    /// Sets an environment variable of the child.
+    #[must_use]
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.command.env(key, value);
+        self
+    }
+
+    /// Starts the command in the background; its output goes to `log`.
+    pub fn start(mut self, log: &Path) -> anyhow::Result<Process> {
+        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = self
+            .command
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.command))?;
+        Ok(Process {
+            child,
+            log: log.to_owned(),
+        })
+    }
+
+    /// Runs the command to completion, for at most `timeout`.
+    pub fn output(mut self, timeout: Duration) -> anyhow::Result<Output> {
+        let child = self
+            .command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.command))?;
+        let described = format!("{:?}", self.command);
+        wait_with_timeout(child, timeout).with_context(|| described)
+    }
+}
+
+/// Waits for `child` and collects its output; kills it after `timeout`.
+fn wait_with_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<Output> {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output()?;
+            bail!(
+                "still running after {timeout:?}, killed; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child.wait_with_output()?)
+}
+
+/// Runs `program` with `args` in this namespace and fails unless it exits 0.
+pub fn run_checked<S: AsRef<std::ffi::OsStr>>(program: &str, args: impl IntoIterator<Item = S>) -> anyhow::Result<String> {
+    let mut command = Command::new(program);
+    command.args(args);
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?} (is it installed? `cargo xtask setup` installs it)"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A background process, killed and reaped when dropped.
+pub struct Process {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Process {
+    /// Takes charge of a child started elsewhere, whose output is in `log`.
+    #[must_use]
+    pub fn from_child(child: Child, log: std::path::PathBuf) -> Self {
+        Self { child, log }
+    }
+
+    /// The process id.
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the process wrote so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and waits up to `timeout` for the process to exit;
+    /// returns its exit status.
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("process {pid} did not exit within {timeout:?} of {signal}; log:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `contents` to `path`, for scripts' input files.
+pub fn write_file(path: &Path, contents: &str) -> io::Result<()> {
+    File::create(path)?.write_all(contents.as_bytes())
+}
