@@ -10,7 +10,10 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let workspace = manifest_dir.parent().context("netbpf/ has a parent")?;
-    println!("cargo:rerun-if-changed={}", workspace.join("netbpf-common").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("netbpf-common").display()
+    );
 
     // `cargo xtask setup` installs bpf-linker here, built against the
     // nightly toolchain's own LLVM.

@@ -49,7 +49,7 @@ pub struct ForwardKey {
     /// Destination port, big endian.
     pub port: [u8; 2],
     /// Never matched: no prefix is longer than [`FORWARD_KEY_BITS`].
-    pub _pad: u8,
+    _pad: u8,
 }
 
 impl ForwardKey {
@@ -101,7 +101,18 @@ pub struct ReverseKey {
     pub cookie: u64,
     /// The destination after the rewrite.
     pub peer: SockAddr,
-    pub _pad: u32,
+    _pad: u32,
+}
+
+impl ReverseKey {
+    #[must_use]
+    pub const fn new(cookie: u64, peer: SockAddr) -> Self {
+        Self {
+            cookie,
+            peer,
+            _pad: 0,
+        }
+    }
 }
 
 /// A port bound inside a scope on a localhost or wildcard address: such a
@@ -114,7 +125,20 @@ pub struct LocalBindKey {
     pub port: u16,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub protocol: u8,
-    pub _pad: u8,
+    _pad: u8,
+}
+
+impl LocalBindKey {
+    /// The key of `port` (host byte order) of `protocol` in `scope`.
+    #[must_use]
+    pub const fn new(scope: u32, port: u16, protocol: u8) -> Self {
+        Self {
+            scope,
+            port,
+            protocol,
+            _pad: 0,
+        }
+    }
 }
 
 /// Counters of one rule, per CPU.

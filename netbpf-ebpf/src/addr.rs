@@ -30,7 +30,10 @@ pub fn read_user(ctx: *const bpf_sock_addr, family: u16) -> SockAddr {
                 read_volatile(ip6.add(3)),
             ];
         }
-        #[expect(clippy::cast_possible_truncation, reason = "the port is the low 16 bits")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the port is the low 16 bits"
+        )]
         let port = read_volatile(addr_of!((*ctx).user_port)) as u16;
         SockAddr { addr, port, family }
     }
@@ -73,7 +76,8 @@ pub fn is_localhost(addr: &[u32; 4], family: u16) -> bool {
     if addr[0] != 0 || addr[1] != 0 {
         return false;
     }
-    (addr[2] == 0 && addr[3] == 1u32.to_be()) || (addr[2] == V4_MAPPED_MARKER && is_loopback4(addr[3]))
+    (addr[2] == 0 && addr[3] == 1u32.to_be())
+        || (addr[2] == V4_MAPPED_MARKER && is_loopback4(addr[3]))
 }
 
 /// Whether `addr` of `family` is a wildcard: `0.0.0.0`, `::` or

@@ -3,14 +3,10 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::bpf_get_socket_cookie,
-    maps::lpm_trie::Key,
-};
+use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key};
 use netbpf_common::{
-    AF_INET, AF_INET6, FORWARD_KEY_BITS, ForwardKey, LocalBindKey, PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats,
-    SockAddr,
+    AF_INET, AF_INET6, FORWARD_KEY_BITS, ForwardKey, LocalBindKey, PROTO_TCP, PROTO_UDP,
+    ReverseKey, RuleStats, SockAddr,
 };
 
 use crate::{
@@ -57,14 +53,9 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     };
     // SAFETY: `stats` points at this CPU's slot of a valid array element.
     let stats: &mut RuleStats = unsafe { &mut *stats };
-    let bound = LocalBindKey {
-        scope,
-        port,
-        protocol,
-        _pad: 0,
-    };
+    let bound = LocalBindKey::new(scope, port, protocol);
     // SAFETY: the value is only tested for presence.
-    if unsafe { LOCAL_BINDS.get(&bound) }.is_some() {
+    if unsafe { LOCAL_BINDS.get(bound) }.is_some() {
         stats.local_skips += 1;
         return;
     }
@@ -95,12 +86,12 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
 fn remember(ctx: *mut c_void, to: SockAddr, dialed: SockAddr) {
     let key = reverse_key(ctx, to);
     // SAFETY: the value is copied out at once.
-    if unsafe { REVERSE.get(&key) } == Some(&dialed) {
+    if unsafe { REVERSE.get(key) } == Some(&dialed) {
         return;
     }
     // A full table evicts its least recently used entry: a failure here
     // only means replies show the target's address.
-    let _ = REVERSE.insert(&key, &dialed, 0);
+    let _ = REVERSE.insert(key, dialed, 0);
 }
 
 /// Makes a peer address that netbpf rewrote look like the address the
@@ -110,17 +101,13 @@ fn remember(ctx: *mut c_void, to: SockAddr, dialed: SockAddr) {
 pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16) {
     let key = reverse_key(ctx.cast(), addr::read_user(ctx, family));
     // SAFETY: the value is copied out at once.
-    if let Some(dialed) = unsafe { REVERSE.get(&key) }.copied() {
+    if let Some(dialed) = unsafe { REVERSE.get(key) }.copied() {
         addr::write_user(ctx, family, &dialed);
     }
 }
 
 #[inline(always)]
 fn reverse_key(ctx: *mut c_void, peer: SockAddr) -> ReverseKey {
-    ReverseKey {
-        // SAFETY: `ctx` is the program's context, as the helper requires.
-        cookie: unsafe { bpf_get_socket_cookie(ctx) },
-        peer,
-        _pad: 0,
-    }
+    // SAFETY: `ctx` is the program's context, as the helper requires.
+    ReverseKey::new(unsafe { bpf_get_socket_cookie(ctx) }, peer)
 }

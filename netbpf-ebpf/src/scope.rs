@@ -20,7 +20,7 @@ pub fn current(ctx: *mut c_void) -> Option<u32> {
             break;
         }
         // SAFETY: the value is a plain u32, copied out at once.
-        if let Some(scope) = unsafe { CGROUP_SCOPES.get(&id) } {
+        if let Some(scope) = unsafe { CGROUP_SCOPES.get(id) } {
             found = Some(*scope);
         }
     }
@@ -30,5 +30,5 @@ pub fn current(ctx: *mut c_void) -> Option<u32> {
     // SAFETY: `ctx` is the program's context, as the helper requires.
     let cookie = unsafe { bpf_get_netns_cookie(ctx) };
     // SAFETY: as above.
-    unsafe { NETNS_SCOPES.get(&cookie) }.copied()
+    unsafe { NETNS_SCOPES.get(cookie) }.copied()
 }

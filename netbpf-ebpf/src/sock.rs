@@ -1,5 +1,9 @@
 //! Programs on the cgroup `bpf_sock` hooks: they track the localhost ports
 //! bound inside each scope, so that its own services are never forwarded.
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},
@@ -77,21 +81,19 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
     let Some(scope) = scope::current(sk.cast()) else {
         return;
     };
-    let key = LocalBindKey {
-        scope,
-        port,
-        protocol,
-        _pad: 0,
-    };
+    let key = LocalBindKey::new(scope, port, protocol);
     // SAFETY: `sk` is the program's context, as the helper requires.
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
-    if BOUND_SOCKETS.insert(&cookie, &key, u64::from(BPF_NOEXIST)).is_err() {
+    if BOUND_SOCKETS
+        .insert(cookie, key, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         return;
     }
-    if LOCAL_BINDS.insert(&key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+    if LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
         return;
     }
-    if let Some(count) = LOCAL_BINDS.get_ptr_mut(&key) {
+    if let Some(count) = LOCAL_BINDS.get_ptr_mut(key) {
         // SAFETY: `count` points at a live, aligned u32 map value.
         unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1) };
     }
@@ -102,11 +104,11 @@ fn forget_bind(sk: *mut bpf_sock) {
     // SAFETY: `sk` is the program's context, as the helper requires.
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
     // SAFETY: the key is copied out at once.
-    let Some(key) = (unsafe { BOUND_SOCKETS.get(&cookie) }).copied() else {
+    let Some(key) = (unsafe { BOUND_SOCKETS.get(cookie) }).copied() else {
         return;
     };
-    let _ = BOUND_SOCKETS.remove(&cookie);
-    let Some(count) = LOCAL_BINDS.get_ptr_mut(&key) else {
+    let _ = BOUND_SOCKETS.remove(cookie);
+    let Some(count) = LOCAL_BINDS.get_ptr_mut(key) else {
         return;
     };
     // Adding u32::MAX subtracts one. The BPF CPU version rustc targets has
@@ -120,6 +122,6 @@ fn forget_bind(sk: *mut bpf_sock) {
         // A bind racing with this release on the same port can lose its
         // count here; it is counted again at its next bind. Rare enough
         // (SO_REUSEPORT siblings closing and opening at once) to accept.
-        let _ = LOCAL_BINDS.remove(&key);
+        let _ = LOCAL_BINDS.remove(key);
     }
 }

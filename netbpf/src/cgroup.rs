@@ -2,8 +2,7 @@
 //! its directories.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -30,7 +29,10 @@ fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
         if filesystem.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        mount.split_whitespace().nth(4).map(|point| PathBuf::from(unescape_octal(point)))
+        mount
+            .split_whitespace()
+            .nth(4)
+            .map(|point| PathBuf::from(unescape_octal(point)))
     })
 }
 
@@ -40,7 +42,9 @@ fn unescape_octal(field: &str) -> String {
     let mut rest = field;
     while let Some(at) = rest.find('\\') {
         out.push_str(&rest[..at]);
-        let code = rest.get(at + 1..at + 4).and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        let code = rest
+            .get(at + 1..at + 4)
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
         if let Some(code) = code {
             out.push(char::from(code));
             rest = &rest[at + 4..];
@@ -77,8 +81,14 @@ mod tests {
 31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
 32 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
 ";
-        assert_eq!(find_cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(find_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            find_cgroup2_mount(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            find_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 
     #[test]

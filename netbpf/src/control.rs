@@ -36,7 +36,8 @@ pub fn query(run_dir: &Path) -> anyhow::Result<Status> {
     stream
         .read_to_end(&mut document)
         .with_context(|| format!("reading the status from {}", path.display()))?;
-    serde_json::from_slice(&document).with_context(|| format!("parsing the status from {}", path.display()))
+    serde_json::from_slice(&document)
+        .with_context(|| format!("parsing the status from {}", path.display()))
 }
 
 /// Whether a netbpf answers on the socket of `run_dir`.
@@ -44,6 +45,9 @@ pub fn query(run_dir: &Path) -> anyhow::Result<Status> {
 pub fn is_served(run_dir: &Path) -> bool {
     match UnixStream::connect(socket_path(run_dir)) {
         Ok(_) => true,
-        Err(error) => error.kind() != io::ErrorKind::NotFound && error.kind() != io::ErrorKind::ConnectionRefused,
+        Err(error) => {
+            error.kind() != io::ErrorKind::NotFound
+                && error.kind() != io::ErrorKind::ConnectionRefused
+        }
     }
 }

@@ -27,19 +27,19 @@ pub const PROGRAM_PREFIX: &str = "netbpf_";
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
     #[error("loading netbpf's eBPF object")]
-    Object(#[source] EbpfError),
+    Object(#[source] Box<EbpfError>),
     #[error("loading program {name} into the kernel")]
     Load {
         name: String,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("attaching program {name} to cgroup {}", cgroup.display())]
     Attach {
         name: String,
         cgroup: PathBuf,
         #[source]
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     #[error("opening cgroup {}", path.display())]
     Cgroup {
@@ -75,12 +75,13 @@ impl Datapath {
     /// Loads every program into the kernel (the verifier runs here), with
     /// empty maps and nothing attached.
     pub fn load() -> Result<Self, DatapathError> {
-        let mut ebpf = Ebpf::load(PROGRAMS_OBJECT).map_err(DatapathError::Object)?;
+        let mut ebpf =
+            Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs_mut() {
             let load = |error| DatapathError::Load {
                 name: name.to_owned(),
-                source: error,
+                source: Box::new(error),
             };
             match program {
                 Program::CgroupSockAddr(program) => program.load(),
@@ -103,11 +104,15 @@ impl Datapath {
     pub fn apply(&mut self, plan: &Plan) -> Result<(), DatapathError> {
         let mut cgroups: HashMap<_, u64, u32> = self.map_mut("CGROUP_SCOPES")?;
         for (id, scope) in &plan.cgroup_scopes {
-            cgroups.insert(id, scope, 0).map_err(map_error("CGROUP_SCOPES"))?;
+            cgroups
+                .insert(id, scope, 0)
+                .map_err(map_error("CGROUP_SCOPES"))?;
         }
         let mut namespaces: HashMap<_, u64, u32> = self.map_mut("NETNS_SCOPES")?;
         for (cookie, scope) in &plan.netns_scopes {
-            namespaces.insert(cookie, scope, 0).map_err(map_error("NETNS_SCOPES"))?;
+            namespaces
+                .insert(cookie, scope, 0)
+                .map_err(map_error("NETNS_SCOPES"))?;
         }
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
         for (prefix_len, key, target) in &plan.forwards {
@@ -139,7 +144,7 @@ impl Datapath {
             .map_err(|source| DatapathError::Attach {
                 name: name.to_owned(),
                 cgroup: cgroup_root.to_owned(),
-                source,
+                source: Box::new(source),
             })?;
         }
         Ok(())
@@ -155,20 +160,26 @@ impl Datapath {
     pub fn rule_stats(&self, rule: u32) -> Result<RuleStats, DatapathError> {
         const NAME: &str = "RULE_STATS";
         let map = self.ebpf.map(NAME).ok_or(DatapathError::MissingMap(NAME))?;
-        let stats: PerCpuArray<_, RuleStats> = PerCpuArray::try_from(map).map_err(map_error(NAME))?;
+        let stats: PerCpuArray<_, RuleStats> =
+            PerCpuArray::try_from(map).map_err(map_error(NAME))?;
         let per_cpu = stats.get(&rule, 0).map_err(map_error(NAME))?;
-        Ok(per_cpu.iter().fold(RuleStats::default(), |sum, cpu| RuleStats {
-            connects: sum.connects + cpu.connects,
-            datagrams: sum.datagrams + cpu.datagrams,
-            local_skips: sum.local_skips + cpu.local_skips,
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(RuleStats::default(), |sum, cpu| RuleStats {
+                connects: sum.connects + cpu.connects,
+                datagrams: sum.datagrams + cpu.datagrams,
+                local_skips: sum.local_skips + cpu.local_skips,
+            }))
     }
 
     fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DatapathError>
     where
         T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
     {
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap(name))?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
         T::try_from(map).map_err(map_error(name))
     }
 }

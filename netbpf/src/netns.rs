@@ -39,8 +39,13 @@ pub fn netns_cookie(path: &Path) -> io::Result<u64> {
 
 /// The netns cookie of a socket created in the calling thread's namespace.
 fn socket_netns_cookie() -> io::Result<u64> {
-    let socket = socket(AddressFamily::Unix, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(io::Error::from)?;
+    let socket = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
     let mut cookie = 0u64;
     let mut len = libc::socklen_t::try_from(size_of::<u64>()).expect("8 fits a socklen_t");
     // SAFETY: `cookie` and `len` are valid for writes of the sizes given.

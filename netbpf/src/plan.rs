@@ -37,7 +37,8 @@ pub fn compile(policy: &Policy) -> Plan {
             for &protocol in forward.protocols.numbers() {
                 for (port, port_bits) in port_prefixes(forward.from.range()) {
                     let key = ForwardKey::new(scope_id, protocol, port);
-                    plan.forwards.push((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key, target));
+                    plan.forwards
+                        .push((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key, target));
                 }
             }
         }
@@ -52,7 +53,9 @@ fn target_words(addr: IpAddr) -> ([u32; 4], u16) {
         IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], AF_INET),
         IpAddr::V6(v6) => {
             let octets = v6.octets();
-            let word = |at: usize| u32::from_ne_bytes([octets[at], octets[at + 1], octets[at + 2], octets[at + 3]]);
+            let word = |at: usize| {
+                u32::from_ne_bytes([octets[at], octets[at + 1], octets[at + 2], octets[at + 3]])
+            };
             ([word(0), word(4), word(8), word(12)], AF_INET6)
         }
     }
@@ -65,7 +68,11 @@ fn port_prefixes(ports: RangeInclusive<u16>) -> Vec<(u16, u32)> {
     let mut prefixes = Vec::new();
     while low <= high {
         // The largest aligned block that starts at `low` and ends by `high`.
-        let mut size: u32 = if low == 0 { 1 << 16 } else { 1 << low.trailing_zeros() };
+        let mut size: u32 = if low == 0 {
+            1 << 16
+        } else {
+            1 << low.trailing_zeros()
+        };
         while low + size - 1 > high {
             size >>= 1;
         }
@@ -93,10 +100,24 @@ mod tests {
 
     #[test]
     fn prefixes_cover_a_range_exactly() {
-        for (low, high) in [(9000, 9010), (1, 65535), (8082, 8082), (0, 65535), (1024, 2047), (65535, 65535)] {
+        for (low, high) in [
+            (9000, 9010),
+            (1, 65535),
+            (8082, 8082),
+            (0, 65535),
+            (1024, 2047),
+            (65535, 65535),
+        ] {
             let prefixes = port_prefixes(low..=high);
-            assert_eq!(covered(&prefixes), (u32::from(low)..=u32::from(high)).collect::<Vec<_>>());
-            assert!(prefixes.len() <= 30, "{low}-{high}: {} prefixes", prefixes.len());
+            assert_eq!(
+                covered(&prefixes),
+                (u32::from(low)..=u32::from(high)).collect::<Vec<_>>()
+            );
+            assert!(
+                prefixes.len() <= 30,
+                "{low}-{high}: {} prefixes",
+                prefixes.len()
+            );
         }
         assert_eq!(port_prefixes(0..=65535), vec![(0, 0)]);
         assert_eq!(port_prefixes(8082..=8082), vec![(8082, 16)]);

@@ -95,12 +95,21 @@ impl Status {
             .collect();
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED).set_header([
-            "SCOPE", "MATCH", "PROTO", "FROM", "TO", "CONNECTS", "DATAGRAMS", "LOCAL SKIPS",
+            "SCOPE",
+            "MATCH",
+            "PROTO",
+            "FROM",
+            "TO",
+            "CONNECTS",
+            "DATAGRAMS",
+            "LOCAL SKIPS",
         ]);
         for scope in &self.scopes {
             let selector = match &scope.selector {
                 Selector::Cgroup { path, id } => format!("cgroup {} (id {id})", path.display()),
-                Selector::Netns { path, cookie } => format!("netns {} (cookie {cookie})", path.display()),
+                Selector::Netns { path, cookie } => {
+                    format!("netns {} (cookie {cookie})", path.display())
+                }
             };
             if scope.forwards.is_empty() {
                 table.add_row([scope.name.as_str(), &selector, "-", "-", "-", "-", "-", "-"]);

@@ -22,7 +22,10 @@ pub fn netbpf_binary() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("the test knows its own path");
     // target/<profile>/deps/<test> -> target/<profile>/netbpf
-    let profile_dir = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
     let binary = profile_dir.join("netbpf");
     assert!(
         binary.is_file(),
@@ -42,7 +45,12 @@ pub struct NetbpfRun {
 impl NetbpfRun {
     /// Starts `netbpf run` with `policy`, attached at `cgroup_root`, with
     /// its run directory and log in `work`; returns once it serves status.
-    pub fn start(binary: &Path, policy: &Path, cgroup_root: &Path, work: &Path) -> anyhow::Result<Self> {
+    pub fn start(
+        binary: &Path,
+        policy: &Path,
+        cgroup_root: &Path,
+        work: &Path,
+    ) -> anyhow::Result<Self> {
         let run_dir = work.join("run");
         let log = work.join("netbpf.log");
         let out = std::fs::File::create(&log)?;
@@ -68,10 +76,16 @@ impl NetbpfRun {
         let deadline = Instant::now() + Duration::from_secs(30);
         while run.status_json().is_err() {
             if run.process.has_exited() {
-                bail!("netbpf run exited before it was ready:\n{}", run.process.log());
+                bail!(
+                    "netbpf run exited before it was ready:\n{}",
+                    run.process.log()
+                );
             }
             if Instant::now() > deadline {
-                bail!("netbpf run was not ready after 30 s:\n{}", run.process.log());
+                bail!(
+                    "netbpf run was not ready after 30 s:\n{}",
+                    run.process.log()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -93,7 +107,10 @@ impl NetbpfRun {
             .args(args)
             .output()?;
         if !output.status.success() {
-            bail!("netbpf status failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "netbpf status failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(String::from_utf8(output.stdout)?)
     }
@@ -117,7 +134,12 @@ impl NetbpfRun {
 
     /// Stops it with SIGTERM, as a service manager would.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
-        self.process.stop(Signal::SIGTERM, Duration::from_secs(10))
+        self.signal(Signal::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for netbpf to exit.
+    pub fn signal(&mut self, signal: Signal) -> anyhow::Result<ExitStatus> {
+        self.process.stop(signal, Duration::from_secs(10))
     }
 
     #[must_use]

@@ -34,7 +34,10 @@ pub fn unique_name(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
-    assert!(name.len() <= 15, "{name} is longer than an interface name may be");
+    assert!(
+        name.len() <= 15,
+        "{name} is longer than an interface name may be"
+    );
     name
 }
 

@@ -40,7 +40,18 @@ impl Netns {
     /// namespace: it is created in this one.
     pub fn veth_to(&self, peer: &Netns) -> anyhow::Result<(String, String)> {
         let (ours, theirs) = (unique_name("nbv"), unique_name("nbv"));
-        self.ip(&["link", "add", &ours, "type", "veth", "peer", "name", &theirs, "netns", peer.name()])?;
+        self.ip(&[
+            "link",
+            "add",
+            &ours,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &theirs,
+            "netns",
+            peer.name(),
+        ])?;
         Ok((ours, theirs))
     }
 }

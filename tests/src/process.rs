@@ -40,7 +40,9 @@ impl Spawn {
             .open(cgroup.join("cgroup.procs"))
             .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
         let namespace = netns
-            .map(|path| File::open(path).with_context(|| format!("opening netns {}", path.display())))
+            .map(|path| {
+                File::open(path).with_context(|| format!("opening netns {}", path.display()))
+            })
             .transpose()?;
         let mut command = Command::new(program);
         command.args(args);
@@ -116,12 +118,15 @@ fn wait_with_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<Outp
 }
 
 /// Runs `program` with `args` in this namespace and fails unless it exits 0.
-pub fn run_checked<S: AsRef<std::ffi::OsStr>>(program: &str, args: impl IntoIterator<Item = S>) -> anyhow::Result<String> {
+pub fn run_checked<S: AsRef<std::ffi::OsStr>>(
+    program: &str,
+    args: impl IntoIterator<Item = S>,
+) -> anyhow::Result<String> {
     let mut command = Command::new(program);
     command.args(args);
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?} (is it installed? `cargo xtask setup` installs it)"))?;
+    let output = command.output().with_context(|| {
+        format!("running {command:?} (is it installed? `cargo xtask setup` installs it)")
+    })?;
     if !output.status.success() {
         bail!(
             "{command:?} failed ({}): {}",
@@ -159,7 +164,11 @@ impl Process {
 
     /// Sends `signal` and waits up to `timeout` for the process to exit;
     /// returns its exit status.
-    pub fn stop(&mut self, signal: nix::sys::signal::Signal, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    pub fn stop(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
         nix::sys::signal::kill(pid, signal)?;
         let deadline = Instant::now() + timeout;
@@ -168,7 +177,10 @@ impl Process {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                bail!("process {pid} did not exit within {timeout:?} of {signal}; log:\n{}", self.log());
+                bail!(
+                    "process {pid} did not exit within {timeout:?} of {signal}; log:\n{}",
+                    self.log()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         }

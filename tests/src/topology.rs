@@ -1,7 +1,7 @@
 //! The topology of the localhost-forwarding problem, built in namespaces:
 //! a "desktop" network namespace whose processes sit in their own cgroup,
 //! wired to a "docker host" namespace that holds a bridge at 10.200.1.1/24
-//! (and fd00:200:1::1/64) where published ports live.
+//! (and `fd00:200:1::1/64`) where published ports live.
 
 use std::{
     path::{Path, PathBuf},
@@ -54,7 +54,9 @@ impl DesktopTopology {
             host_ns,
             work: tempfile::Builder::new().prefix("netbpf-test-").tempdir()?,
         };
-        topology.wire().context("wiring the desktop to the docker host's bridge")?;
+        topology
+            .wire()
+            .context("wiring the desktop to the docker host's bridge")?;
         Ok(topology)
     }
 
@@ -62,7 +64,14 @@ impl DesktopTopology {
         let host = &self.host_ns;
         host.ip(&["link", "add", "br0", "type", "bridge"])?;
         host.ip(&["addr", "add", &format!("{BRIDGE_V4}/24"), "dev", "br0"])?;
-        host.ip(&["addr", "add", &format!("{BRIDGE_V6}/64"), "dev", "br0", "nodad"])?;
+        host.ip(&[
+            "addr",
+            "add",
+            &format!("{BRIDGE_V6}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ])?;
         host.ip(&["link", "set", "br0", "up"])?;
         let (desk_if, host_if) = self.desktop_ns.veth_to(host)?;
         host.ip(&["link", "set", &host_if, "master", "br0", "up"])?;
@@ -96,13 +105,27 @@ impl DesktopTopology {
         std::fs::create_dir_all(&root)?;
         std::fs::write(root.join("index.html"), body)?;
         let port_text = port.to_string();
-        let args = ["-m", "http.server", "--bind", addr, &port_text, "--directory", path_str(&root)?];
+        let args = [
+            "-m",
+            "http.server",
+            "--bind",
+            addr,
+            &port_text,
+            "--directory",
+            path_str(&root)?,
+        ];
         self.start_server(Place::DockerHost, "python3", &args, port, "tcp")
     }
 
     /// Starts a TCP server (socat) at `place` on `addr`:`port` that sends
     /// `text` to every client and closes.
-    pub fn start_tcp_banner(&self, place: Place, addr: &str, port: u16, text: &str) -> anyhow::Result<Process> {
+    pub fn start_tcp_banner(
+        &self,
+        place: Place,
+        addr: &str,
+        port: u16,
+        text: &str,
+    ) -> anyhow::Result<Process> {
         let listen = format!("TCP-LISTEN:{port},bind={addr},fork,reuseaddr");
         let reply = format!("SYSTEM:echo {text}");
         self.start_server(place, "socat", &[&listen, &reply], port, "tcp")
@@ -111,10 +134,23 @@ impl DesktopTopology {
     /// Starts a UDP echo server (socat) on the docker host at `addr`:`port`.
     pub fn start_udp_echo(&self, addr: &str, port: u16) -> anyhow::Result<Process> {
         let listen = format!("UDP-RECVFROM:{port},bind={addr},fork");
-        self.start_server(Place::DockerHost, "socat", &[&listen, "EXEC:cat"], port, "udp")
+        self.start_server(
+            Place::DockerHost,
+            "socat",
+            &[&listen, "EXEC:cat"],
+            port,
+            "udp",
+        )
     }
 
-    fn start_server(&self, place: Place, program: &str, args: &[&str], port: u16, protocol: &str) -> anyhow::Result<Process> {
+    fn start_server(
+        &self,
+        place: Place,
+        program: &str,
+        args: &[&str],
+        port: u16,
+        protocol: &str,
+    ) -> anyhow::Result<Process> {
         let log = self.file(&format!("{program}-{place:?}-{protocol}-{port}.log"));
         let server = self.spawn(place, program, args)?.start(&log)?;
         let netns = match place {
@@ -143,13 +179,29 @@ pub fn wait_for_listener(netns: &Netns, port: u16, protocol: &str) -> anyhow::Re
     let flag = if protocol == "udp" { "-uln" } else { "-tln" };
     for _ in 0..250 {
         let sport = format!(":{port}");
-        let listening = crate::run_checked("ip", ["netns", "exec", netns.name(), "ss", "-H", flag, "sport", "=", &sport])?;
+        let listening = crate::run_checked(
+            "ip",
+            [
+                "netns",
+                "exec",
+                netns.name(),
+                "ss",
+                "-H",
+                flag,
+                "sport",
+                "=",
+                &sport,
+            ],
+        )?;
         if !listening.trim().is_empty() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    anyhow::bail!("nothing listens on {protocol} port {port} in {} after 5 s", netns.name())
+    anyhow::bail!(
+        "nothing listens on {protocol} port {port} in {} after 5 s",
+        netns.name()
+    )
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {

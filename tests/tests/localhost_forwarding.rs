@@ -34,8 +34,13 @@ impl Setup {
         );
         let file = topology.file("policy.toml");
         std::fs::write(&file, policy).unwrap();
-        let netbpf = NetbpfRun::start(&netbpf_binary(), &file, topology.root.path(), topology.work.path())
-            .expect("starting netbpf run");
+        let netbpf = NetbpfRun::start(
+            &netbpf_binary(),
+            &file,
+            topology.root.path(),
+            topology.work.path(),
+        )
+        .expect("starting netbpf run");
         Self { netbpf, topology }
     }
 
@@ -43,7 +48,11 @@ impl Setup {
     fn counters(&self, rule: usize) -> (u64, u64, u64) {
         let status = self.netbpf.status_json().unwrap();
         let forward = &status["scopes"][0]["forwards"][rule];
-        let count = |name: &str| forward[name].as_u64().unwrap_or_else(|| panic!("{name} in {forward}"));
+        let count = |name: &str| {
+            forward[name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name} in {forward}"))
+        };
         (count("connects"), count("datagrams"), count("local_skips"))
     }
 
@@ -62,7 +71,11 @@ fn probe(topology: &DesktopTopology, place: Place, args: &[&str]) -> Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
     let mut full = vec![script.to_str().unwrap()];
     full.extend_from_slice(args);
-    let output = topology.spawn(place, "python3", &full).unwrap().output(TIMEOUT).unwrap();
+    let output = topology
+        .spawn(place, "python3", &full)
+        .unwrap()
+        .output(TIMEOUT)
+        .unwrap();
     assert!(
         output.status.success(),
         "probe {args:?} at {place:?} failed: {}",
@@ -74,7 +87,11 @@ fn probe(topology: &DesktopTopology, place: Place, args: &[&str]) -> Value {
 /// curl at `place`: its exit code and the body it got.
 fn curl(topology: &DesktopTopology, place: Place, url: &str) -> (i32, String) {
     let output = topology
-        .spawn(place, "curl", &["--silent", "--show-error", "--max-time", "5", url])
+        .spawn(
+            place,
+            "curl",
+            &["--silent", "--show-error", "--max-time", "5", url],
+        )
         .unwrap()
         .output(TIMEOUT)
         .unwrap();
@@ -84,10 +101,20 @@ fn curl(topology: &DesktopTopology, place: Place, url: &str) -> (i32, String) {
 
 #[test]
 fn curl_localhost_reaches_the_server_published_on_the_bridge() {
-    let setup = Setup::desktop_forwards(&format!(r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:8082" }}"#));
-    let _server = setup.topology.start_http_server(BRIDGE_V4, 8082, "published on the bridge").unwrap();
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:8082" }}"#
+    ));
+    let _server = setup
+        .topology
+        .start_http_server(BRIDGE_V4, 8082, "published on the bridge")
+        .unwrap();
 
-    for url in ["http://localhost:8082/", "http://127.0.0.1:8082/", "http://127.0.0.53:8082/", "http://[::1]:8082/"] {
+    for url in [
+        "http://localhost:8082/",
+        "http://127.0.0.1:8082/",
+        "http://127.0.0.53:8082/",
+        "http://[::1]:8082/",
+    ] {
         assert_eq!(
             curl(&setup.topology, Place::Desktop, url),
             (0, "published on the bridge".to_owned()),
@@ -98,7 +125,10 @@ fn curl_localhost_reaches_the_server_published_on_the_bridge() {
     assert!(connects >= 4, "every connect is counted: {connects}");
     assert_eq!((datagrams, skips), (0, 0));
     let table = setup.netbpf.status(&[]).unwrap();
-    assert!(table.contains("localhost:8082") && table.contains("10.200.1.1:8082"), "{table}");
+    assert!(
+        table.contains("localhost:8082") && table.contains("10.200.1.1:8082"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -110,12 +140,20 @@ fn udp_replies_come_from_the_address_the_client_sent_to() {
 
     let unconnected = setup.probe(Place::Desktop, &["udp", "127.0.0.1", "5300"]);
     assert_eq!(unconnected["data"], "ping");
-    assert_eq!(unconnected["source"], json!(["127.0.0.1", 5300]), "recvfrom() shows the dialed address");
+    assert_eq!(
+        unconnected["source"],
+        json!(["127.0.0.1", 5300]),
+        "recvfrom() shows the dialed address"
+    );
 
     let connected = setup.probe(Place::Desktop, &["udp-connected", "127.0.0.1", "5300"]);
     assert_eq!(connected["data"], "ping");
     assert_eq!(connected["source"], json!(["127.0.0.1", 5300]));
-    assert_eq!(connected["peer"], json!(["127.0.0.1", 5300]), "getpeername() shows the dialed address");
+    assert_eq!(
+        connected["peer"],
+        json!(["127.0.0.1", 5300]),
+        "getpeername() shows the dialed address"
+    );
 
     let connected6 = setup.probe(Place::Desktop, &["udp-connected", "::1", "5300"]);
     assert_eq!(connected6["data"], "ping");
@@ -123,21 +161,33 @@ fn udp_replies_come_from_the_address_the_client_sent_to() {
     assert_eq!(connected6["peer"], json!(["::1", 5300]));
 
     let (connects, datagrams, _) = setup.counters(0);
-    assert_eq!((connects, datagrams), (2, 1), "two connected sockets, one datagram sent with sendto()");
+    assert_eq!(
+        (connects, datagrams),
+        (2, 1),
+        "two connected sockets, one datagram sent with sendto()"
+    );
 }
 
 #[test]
 fn getpeername_returns_the_dialed_address() {
-    let setup = Setup::desktop_forwards(&format!(r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:80" }}"#));
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:80" }}"#
+    ));
     let _server = setup
         .topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 80, "port-80")
         .unwrap();
 
     let v4 = setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "8082"]);
-    assert_eq!((v4["data"].as_str(), &v4["peer"]), (Some("port-80"), &json!(["127.0.0.1", 8082])));
+    assert_eq!(
+        (v4["data"].as_str(), &v4["peer"]),
+        (Some("port-80"), &json!(["127.0.0.1", 8082]))
+    );
     let v6 = setup.probe(Place::Desktop, &["tcp", "::1", "8082"]);
-    assert_eq!((v6["data"].as_str(), &v6["peer"]), (Some("port-80"), &json!(["::1", 8082])));
+    assert_eq!(
+        (v6["data"].as_str(), &v6["peer"]),
+        (Some("port-80"), &json!(["::1", 8082]))
+    );
 }
 
 #[test]
@@ -146,36 +196,70 @@ fn a_port_range_maps_onto_a_range() {
         r#"{{ from = "localhost:9000-9010", to = "{BRIDGE_V4}:8100-8110" }}"#
     ));
     let topology = &setup.topology;
-    let _first = topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8100, "first").unwrap();
-    let _middle = topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8107, "middle").unwrap();
-    let _last = topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8110, "last").unwrap();
+    let _first = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8100, "first")
+        .unwrap();
+    let _middle = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8107, "middle")
+        .unwrap();
+    let _last = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8110, "last")
+        .unwrap();
 
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9000"])["data"], "first");
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9007"])["data"], "middle");
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9010"])["data"], "last");
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9000"])["data"],
+        "first"
+    );
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9007"])["data"],
+        "middle"
+    );
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9010"])["data"],
+        "last"
+    );
     // Ports outside the range are not forwarded: nothing listens locally.
-    assert_ne!(curl(topology, Place::Desktop, "http://127.0.0.1:9011/").0, 0);
+    assert_ne!(
+        curl(topology, Place::Desktop, "http://127.0.0.1:9011/").0,
+        0
+    );
     assert_eq!(setup.counters(0).0, 3);
 }
 
 #[test]
 fn every_port_leaves_the_scopes_own_listeners_alone() {
-    let setup = Setup::desktop_forwards(&format!(r#"{{ from = "localhost:*", to = "{BRIDGE_V4}" }}"#));
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:*", to = "{BRIDGE_V4}" }}"#
+    ));
     let topology = &setup.topology;
-    let _bridge_7001 = topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 7001, "bridge-7001").unwrap();
-    let _bridge_7002 = topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 7002, "bridge-7002").unwrap();
+    let _bridge_7001 = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 7001, "bridge-7001")
+        .unwrap();
+    let _bridge_7002 = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 7002, "bridge-7002")
+        .unwrap();
     // The container's own service, bound on localhost inside the scope
     // after netbpf started: the kernel programs see the bind.
-    let mut local = topology.start_tcp_banner(Place::Desktop, "127.0.0.1", 7002, "local-7002").unwrap();
+    let mut local = topology
+        .start_tcp_banner(Place::Desktop, "127.0.0.1", 7002, "local-7002")
+        .unwrap();
 
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7001"])["data"], "bridge-7001");
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7002"])["data"], "local-7002");
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7001"])["data"],
+        "bridge-7001"
+    );
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7002"])["data"],
+        "local-7002"
+    );
     let (connects, _, skips) = setup.counters(0);
     assert_eq!((connects, skips), (1, 1));
 
     // Once the local service is gone (its socket released), the port is
     // forwarded again.
-    local.stop(nix::sys::signal::Signal::SIGTERM, TIMEOUT).unwrap();
+    local
+        .stop(nix::sys::signal::Signal::SIGTERM, TIMEOUT)
+        .unwrap();
     let mut forwarded = Value::Null;
     for _ in 0..50 {
         forwarded = setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7002"]);
@@ -184,21 +268,40 @@ fn every_port_leaves_the_scopes_own_listeners_alone() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(forwarded["data"], "bridge-7002", "released listeners are forgotten");
+    assert_eq!(
+        forwarded["data"], "bridge-7002",
+        "released listeners are forgotten"
+    );
 }
 
 #[test]
 fn a_process_outside_the_scope_is_not_redirected() {
-    let setup = Setup::desktop_forwards(&format!(r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:8082" }}"#));
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:8082" }}"#
+    ));
     let topology = &setup.topology;
-    let _bridge = topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge").unwrap();
+    let _bridge = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge")
+        .unwrap();
     // A listener in the desktop's namespace, started by a process of no
     // scope: only sockets of the scope are forwarded past it.
-    let _local = topology.start_tcp_banner(Place::Outside, "127.0.0.1", 8082, "local").unwrap();
+    let _local = topology
+        .start_tcp_banner(Place::Outside, "127.0.0.1", 8082, "local")
+        .unwrap();
 
-    assert_eq!(setup.probe(Place::Outside, &["tcp", "127.0.0.1", "8082"])["data"], "local");
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "8082"])["data"], "bridge");
-    assert_eq!(setup.counters(0), (1, 0, 0), "only the scoped connection is counted");
+    assert_eq!(
+        setup.probe(Place::Outside, &["tcp", "127.0.0.1", "8082"])["data"],
+        "local"
+    );
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "8082"])["data"],
+        "bridge"
+    );
+    assert_eq!(
+        setup.counters(0),
+        (1, 0, 0),
+        "only the scoped connection is counted"
+    );
 }
 
 #[test]
@@ -207,11 +310,26 @@ fn a_network_namespace_scope_matches_by_netns_cookie() {
     let selector = format!("netns = \"{}\"", topology.desktop_ns.path().display());
     let forwards = format!(r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:8082" }}"#);
     let setup = Setup::start(topology, &selector, &forwards);
-    let _bridge = setup.topology.start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge").unwrap();
+    let _bridge = setup
+        .topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge")
+        .unwrap();
 
     // Both processes live in the desktop's namespace, in different cgroups.
-    assert_eq!(setup.probe(Place::Outside, &["tcp", "127.0.0.1", "8082"])["data"], "bridge");
-    assert_eq!(setup.probe(Place::Desktop, &["tcp", "::1", "8082"])["data"], "bridge");
+    assert_eq!(
+        setup.probe(Place::Outside, &["tcp", "127.0.0.1", "8082"])["data"],
+        "bridge"
+    );
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "::1", "8082"])["data"],
+        "bridge"
+    );
     let status = setup.netbpf.status_json().unwrap();
-    assert!(status["scopes"][0]["match"]["netns"]["cookie"].as_u64().unwrap() > 0, "{status}");
+    assert!(
+        status["scopes"][0]["match"]["netns"]["cookie"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{status}"
+    );
 }

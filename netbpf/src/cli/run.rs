@@ -43,8 +43,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(root) => root.clone(),
         None => cgroup::cgroup2_mount().context("finding the cgroup v2 root")?,
     };
-    let resolver = HostResolver::new(&cgroup_root)
-        .with_context(|| format!("cgroup root {} is not a cgroup v2 directory", cgroup_root.display()))?;
+    let resolver = HostResolver::new(&cgroup_root).with_context(|| {
+        format!(
+            "cgroup root {} is not a cgroup v2 directory",
+            cgroup_root.display()
+        )
+    })?;
     // Everything is validated before the kernel is touched.
     let policy = policy::load(&args.policy, &resolver)?;
     let plan = plan::compile(&policy);
@@ -133,14 +137,19 @@ struct RunDir {
 impl RunDir {
     fn claim(dir: &Path) -> anyhow::Result<Self> {
         let created = !dir.exists();
-        fs::create_dir_all(dir).with_context(|| format!("creating run directory {}", dir.display()))?;
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating run directory {}", dir.display()))?;
         let socket = control::socket_path(dir);
         if control::is_served(dir) {
-            bail!("another netbpf is running with run directory {}", dir.display());
+            bail!(
+                "another netbpf is running with run directory {}",
+                dir.display()
+            );
         }
         match fs::remove_file(&socket) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => {
-                return Err(error).with_context(|| format!("removing stale socket {}", socket.display()));
+                return Err(error)
+                    .with_context(|| format!("removing stale socket {}", socket.display()));
             }
             _ => {}
         }

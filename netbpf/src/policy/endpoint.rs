@@ -71,9 +71,9 @@ pub fn parse_from(text: &str) -> Result<Ports, String> {
 /// range or `*` (no port, or `*`, keeps the dialed port).
 pub fn parse_to(text: &str) -> Result<Target, String> {
     let (host, ports) = split_host_port(text);
-    let addr = host
-        .parse::<IpAddr>()
-        .map_err(|_| format!("{host:?} is not an IPv4 or IPv6 address (IPv6 with a port is written [ADDR]:PORT)"))?;
+    let addr = host.parse::<IpAddr>().map_err(|_| {
+        format!("{host:?} is not an IPv4 or IPv6 address (IPv6 with a port is written [ADDR]:PORT)")
+    })?;
     let ports = match ports {
         Some(ports) => parse_ports(ports)?,
         None => Ports::Every,
@@ -105,7 +105,9 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
     };
     let (low, high) = (parse_port(low)?, parse_port(high)?);
     if low > high {
-        return Err(format!("port range {low}-{high} is empty: write LOW-HIGH with LOW <= HIGH"));
+        return Err(format!(
+            "port range {low}-{high} is empty: write LOW-HIGH with LOW <= HIGH"
+        ));
     }
     Ok(Ports::Range(low, high))
 }
@@ -118,7 +120,9 @@ fn parse_port(text: &str) -> Result<u16, String> {
     match u16::try_from(port) {
         Ok(0) => Err("port 0 is not a port: expected a number from 1 to 65535".to_owned()),
         Ok(port) => Ok(port),
-        Err(_) => Err(format!("port {port} is out of range: expected a number from 1 to 65535")),
+        Err(_) => Err(format!(
+            "port {port} is out of range: expected a number from 1 to 65535"
+        )),
     }
 }
 
@@ -129,16 +133,31 @@ mod tests {
     #[test]
     fn parses_every_form_of_from() {
         assert_eq!(parse_from("localhost:8082"), Ok(Ports::Single(8082)));
-        assert_eq!(parse_from("localhost:9000-9010"), Ok(Ports::Range(9000, 9010)));
+        assert_eq!(
+            parse_from("localhost:9000-9010"),
+            Ok(Ports::Range(9000, 9010))
+        );
         assert_eq!(parse_from("localhost:*"), Ok(Ports::Every));
     }
 
     #[test]
     fn rejects_bad_ports_with_the_reason() {
-        assert!(parse_from("127.0.0.1:80").unwrap_err().contains("localhost:PORT"));
+        assert!(
+            parse_from("127.0.0.1:80")
+                .unwrap_err()
+                .contains("localhost:PORT")
+        );
         assert!(parse_from("localhost:0").unwrap_err().contains("port 0"));
-        assert!(parse_from("localhost:65536").unwrap_err().contains("out of range"));
-        assert!(parse_from("localhost:http").unwrap_err().contains("not a port"));
+        assert!(
+            parse_from("localhost:65536")
+                .unwrap_err()
+                .contains("out of range")
+        );
+        assert!(
+            parse_from("localhost:http")
+                .unwrap_err()
+                .contains("not a port")
+        );
         assert!(parse_from("localhost:10-9").unwrap_err().contains("empty"));
     }
 
@@ -148,10 +167,23 @@ mod tests {
         assert_eq!(v4.addr, "10.200.1.1".parse::<IpAddr>().unwrap());
         assert_eq!(v4.ports, Ports::Single(8082));
         assert_eq!(parse_to("10.200.1.1").unwrap().ports, Ports::Every);
-        assert_eq!(parse_to("[fd00::1]:80-90").unwrap().ports, Ports::Range(80, 90));
+        assert_eq!(
+            parse_to("[fd00::1]:80-90").unwrap().ports,
+            Ports::Range(80, 90)
+        );
         assert_eq!(parse_to("[fd00::1]").unwrap().ports, Ports::Every);
-        assert_eq!(parse_to("fd00::1").unwrap().addr, "fd00::1".parse::<IpAddr>().unwrap());
-        assert!(parse_to("10.200.1.300:80").unwrap_err().contains("not an IPv4 or IPv6"));
-        assert_eq!(parse_to("[fd00::1]:80").unwrap().to_string(), "[fd00::1]:80");
+        assert_eq!(
+            parse_to("fd00::1").unwrap().addr,
+            "fd00::1".parse::<IpAddr>().unwrap()
+        );
+        assert!(
+            parse_to("10.200.1.300:80")
+                .unwrap_err()
+                .contains("not an IPv4 or IPv6")
+        );
+        assert_eq!(
+            parse_to("[fd00::1]:80").unwrap().to_string(),
+            "[fd00::1]:80"
+        );
     }
 }

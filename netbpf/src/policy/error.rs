@@ -44,6 +44,7 @@ impl<'a> Locator<'a> {
     }
 
     /// An error about `field`, whose text is at byte `span` of the policy.
+    #[must_use]
     pub fn error(
         &self,
         span: Range<usize>,
@@ -53,7 +54,10 @@ impl<'a> Locator<'a> {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
-        let column = before.rfind('\n').map_or(start, |newline| start - newline - 1) + 1;
+        let column = before
+            .rfind('\n')
+            .map_or(start, |newline| start - newline - 1)
+            + 1;
         PolicyError {
             file: self.file.clone(),
             line,
@@ -64,6 +68,7 @@ impl<'a> Locator<'a> {
     }
 
     /// A TOML syntax or schema error (unknown key, wrong type, missing field).
+    #[must_use]
     pub fn toml_error(&self, error: &toml::de::Error) -> PolicyError {
         self.error(
             error.span().unwrap_or(0..0),

@@ -196,13 +196,19 @@ impl<R: Resolver> Validator<'_, R> {
         let field = format!("scope[{index}]");
         let name = raw.name.get_ref().trim().to_owned();
         if name.is_empty() {
-            return Err(self.error(raw.name.span(), format!("{field}.name"), "a scope needs a non-empty name"));
+            return Err(self.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                "a scope needs a non-empty name",
+            ));
         }
         if let Some(first) = self.names.insert(name.clone(), index) {
             return Err(self.error(
                 raw.name.span(),
                 format!("{field}.name"),
-                format!("scope name {name:?} is already taken by scope[{first}]: names must be unique"),
+                format!(
+                    "scope name {name:?} is already taken by scope[{first}]: names must be unique"
+                ),
             ));
         }
         let selector = self.selector(index, raw.selector)?;
@@ -211,7 +217,10 @@ impl<R: Resolver> Validator<'_, R> {
             let rule_field = format!("{field}.forward[{rule}]");
             let from_span = raw.get_ref().from.span();
             let forward = self.forward(&rule_field, raw)?;
-            if let Some(earlier) = forwards.iter().position(|earlier| overlaps(earlier, &forward)) {
+            if let Some(earlier) = forwards
+                .iter()
+                .position(|earlier| overlaps(earlier, &forward))
+            {
                 return Err(self.error(
                     from_span,
                     format!("{rule_field}.from"),
@@ -231,7 +240,11 @@ impl<R: Resolver> Validator<'_, R> {
         })
     }
 
-    fn selector(&mut self, index: usize, raw: Spanned<RawSelector>) -> Result<Selector, PolicyError> {
+    fn selector(
+        &mut self,
+        index: usize,
+        raw: Spanned<RawSelector>,
+    ) -> Result<Selector, PolicyError> {
         let span = raw.span();
         let field = format!("scope[{index}].match");
         let selector = match raw.into_inner() {
@@ -239,21 +252,23 @@ impl<R: Resolver> Validator<'_, R> {
                 cgroup: Some(path),
                 netns: None,
             } => {
-                let (resolved, id) = self
-                    .resolver
-                    .cgroup(path.get_ref())
-                    .map_err(|message| self.error(path.span(), format!("{field}.cgroup"), message))?;
+                let (resolved, id) = self.resolver.cgroup(path.get_ref()).map_err(|message| {
+                    self.error(path.span(), format!("{field}.cgroup"), message)
+                })?;
                 Selector::Cgroup { path: resolved, id }
             }
             RawSelector {
                 cgroup: None,
                 netns: Some(path),
             } => {
-                let (resolved, cookie) = self
-                    .resolver
-                    .netns(path.get_ref())
-                    .map_err(|message| self.error(path.span(), format!("{field}.netns"), message))?;
-                Selector::Netns { path: resolved, cookie }
+                let (resolved, cookie) =
+                    self.resolver.netns(path.get_ref()).map_err(|message| {
+                        self.error(path.span(), format!("{field}.netns"), message)
+                    })?;
+                Selector::Netns {
+                    path: resolved,
+                    cookie,
+                }
             }
             _ => {
                 return Err(self.error(
@@ -285,14 +300,20 @@ impl<R: Resolver> Validator<'_, R> {
             .map_err(|message| self.error(raw.to.span(), format!("{field}.to"), message))?;
         let to_error = |message: String| self.error(raw.to.span(), format!("{field}.to"), message);
         if to.addr.is_unspecified() || to.addr.is_multicast() {
-            return Err(to_error(format!("{} cannot be dialed: give a unicast address", to.addr)));
+            return Err(to_error(format!(
+                "{} cannot be dialed: give a unicast address",
+                to.addr
+            )));
         }
         check_port_mapping(from, to.ports).map_err(to_error)?;
         if self.next_rule >= netbpf_common::MAX_RULES {
             return Err(self.error(
                 raw.from.span(),
                 field.to_owned(),
-                format!("too many forwards: this netbpf holds at most {}", netbpf_common::MAX_RULES),
+                format!(
+                    "too many forwards: this netbpf holds at most {}",
+                    netbpf_common::MAX_RULES
+                ),
             ));
         }
         let forward = Forward {
@@ -305,7 +326,12 @@ impl<R: Resolver> Validator<'_, R> {
         Ok(forward)
     }
 
-    fn error(&self, span: Range<usize>, field: impl Into<String>, message: impl Into<String>) -> PolicyError {
+    fn error(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> PolicyError {
         self.locator.error(span, field, message)
     }
 }

@@ -34,7 +34,12 @@ fn assert_rejected(text: &str, line: usize, field: &str, needle: &str) {
     assert_eq!(error.line, line, "wrong line in: {error}");
     assert_eq!(error.field, field, "wrong field in: {error}");
     assert!(error.message.contains(needle), "{needle:?} not in: {error}");
-    assert!(error.to_string().starts_with(&format!("policy.toml:{line}:")), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("policy.toml:{line}:")),
+        "{error}"
+    );
 }
 
 const GOOD: &str = r#"
@@ -71,13 +76,28 @@ fn accepts_a_complete_policy() {
     let [http, range, dns] = desktop.forwards.as_slice() else {
         panic!("three forwards expected: {:?}", desktop.forwards);
     };
-    assert_eq!((http.rule, http.protocols, http.from), (0, Protocols::Tcp, Ports::Single(8082)));
+    assert_eq!(
+        (http.rule, http.protocols, http.from),
+        (0, Protocols::Tcp, Ports::Single(8082))
+    );
     assert_eq!(http.port_delta(), 80u16.wrapping_sub(8082));
-    assert_eq!((range.protocols, range.port_delta()), (Protocols::Udp, 10_000));
+    assert_eq!(
+        (range.protocols, range.port_delta()),
+        (Protocols::Udp, 10_000)
+    );
     assert_eq!((dns.protocols, dns.port_delta()), (Protocols::Both, 0));
     let pod = &policy.scopes[1];
-    assert_eq!(pod.selector, Selector::Netns { path: "/ns/pod".into(), cookie: 2003 });
-    assert_eq!((pod.forwards[0].rule, pod.forwards[0].from), (3, Ports::Every));
+    assert_eq!(
+        pod.selector,
+        Selector::Netns {
+            path: "/ns/pod".into(),
+            cookie: 2003
+        }
+    );
+    assert_eq!(
+        (pod.forwards[0].rule, pod.forwards[0].from),
+        (3, Ports::Every)
+    );
 }
 
 #[test]
@@ -103,17 +123,25 @@ fn rejects_an_unknown_key_where_it_stands() {
 
 #[test]
 fn rejects_another_version() {
-    assert_rejected("version = 2\n", 1, "version", "unsupported policy version 2");
+    assert_rejected(
+        "version = 2\n",
+        1,
+        "version",
+        "unsupported policy version 2",
+    );
 }
 
 #[test]
 fn rejects_a_missing_version() {
-    let error = parse_text("[[scope]]\n").unwrap_err();
+    let error =
+        parse_text("[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\n").unwrap_err();
     assert!(error.message.contains("missing field `version`"), "{error}");
 }
 
 fn one_forward(forward: &str) -> String {
-    format!("version = 1\n[[scope]]\nname = \"a\"\nmatch = {{ cgroup = \"/cg/a\" }}\nforward = [\n  {forward},\n]\n")
+    format!(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = {{ cgroup = \"/cg/a\" }}\nforward = [\n  {forward},\n]\n"
+    )
 }
 
 #[test]
@@ -172,7 +200,12 @@ fn rejects_overlapping_forwards_on_one_protocol() {
     let text = "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nforward = [\n  \
                 { from = \"localhost:9000-9010\", to = \"10.0.0.1\" },\n  \
                 { from = \"localhost:9010\", to = \"10.0.0.2\", proto = \"both\" },\n]\n";
-    assert_rejected(text, 7, "scope[0].forward[1].from", "overlaps scope[0].forward[0]");
+    assert_rejected(
+        text,
+        7,
+        "scope[0].forward[1].from",
+        "overlaps scope[0].forward[0]",
+    );
     // The same ports on different protocols do not overlap.
     let split = text.replace("proto = \"both\"", "proto = \"udp\"");
     assert_eq!(parse_text(&split).unwrap().scopes[0].forwards.len(), 2);

@@ -1,0 +1,275 @@
+//! What `netbpf run` leaves on the host: no iptables rule, no sysctl, and
+//! after it exits, no program, link or pin; an invalid policy loads
+//! nothing at all.
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+
+use netbpf_testenv::{
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, netbpf_binary, require_root, run_checked,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn topology() -> DesktopTopology {
+    require_root();
+    DesktopTopology::new().expect("building the desktop topology")
+}
+
+fn desktop_policy(topology: &DesktopTopology) -> std::path::PathBuf {
+    let policy = format!(
+        "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n  \
+         {{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\", proto = \"both\" }},\n]\n",
+        topology.desktop.path().display()
+    );
+    let file = topology.file("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    file
+}
+
+/// iptables rules without what changes by itself: comment lines (they
+/// carry a date) and packet counters.
+fn rules(program: &str, netns: Option<&str>) -> String {
+    let output = match netns {
+        Some(name) => run_checked("ip", ["netns", "exec", name, program]),
+        None => run_checked(program, [] as [&str; 0]),
+    }
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    output
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| match line.rfind(" [") {
+            Some(at) if line.starts_with(':') => &line[..at],
+            _ => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every `route_localnet` sysctl of a namespace, with its value.
+fn route_localnet(netns: Option<&str>) -> String {
+    let script = "grep -H . /proc/sys/net/ipv4/conf/*/route_localnet";
+    match netns {
+        Some(name) => run_checked("ip", ["netns", "exec", name, "sh", "-c", script]),
+        None => run_checked("sh", ["-c", script]),
+    }
+    .unwrap()
+}
+
+/// The host's and the desktop namespace's iptables rules and sysctls.
+fn host_network_config(topology: &DesktopTopology) -> Vec<String> {
+    let desktop = Some(topology.desktop_ns.name());
+    let mut snapshot = Vec::new();
+    for netns in [None, desktop] {
+        snapshot.push(rules("iptables-save", netns));
+        snapshot.push(rules("ip6tables-save", netns));
+        snapshot.push(route_localnet(netns));
+    }
+    snapshot
+}
+
+#[test]
+fn needs_no_iptables_rule_and_no_sysctl() {
+    let topology = topology();
+    let before = host_network_config(&topology);
+    let policy = desktop_policy(&topology);
+    let netbpf = NetbpfRun::start(
+        &netbpf_binary(),
+        &policy,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    let _server = topology
+        .start_http_server(BRIDGE_V4, 8082, "bridge")
+        .unwrap();
+    let output = topology
+        .spawn(
+            Place::Desktop,
+            "curl",
+            &["--silent", "--max-time", "5", "http://localhost:8082/"],
+        )
+        .unwrap()
+        .output(TIMEOUT)
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "bridge");
+    let during = host_network_config(&topology);
+    assert!(netbpf.stop().unwrap().success());
+    assert_eq!(
+        before, during,
+        "iptables rules or route_localnet changed while netbpf ran"
+    );
+    assert_eq!(
+        before,
+        host_network_config(&topology),
+        "iptables rules or route_localnet changed"
+    );
+}
+
+/// Program ids in a `bpftool -j` listing whose objects carry `prog_id`.
+fn prog_ids_in(listing: &str, field: &str) -> BTreeSet<u64> {
+    let value: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry[field].as_u64())
+        .collect()
+}
+
+/// Ids of the programs attached to the cgroup at `path`.
+fn attached_to(path: &str) -> BTreeSet<u64> {
+    prog_ids_in(&bpftool(&["cgroup", "show", path]), "id")
+}
+
+fn bpftool(args: &[&str]) -> String {
+    run_checked("bpftool", ["-j"].iter().chain(args)).unwrap_or_else(|error| panic!("{error:#}"))
+}
+
+#[test]
+fn leaves_no_program_link_or_pin_after_it_exits() {
+    let topology = topology();
+    let policy = desktop_policy(&topology);
+    let netbpf = NetbpfRun::start(
+        &netbpf_binary(),
+        &policy,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    let ours: BTreeSet<u64> = netbpf.program_ids().unwrap().into_iter().collect();
+    assert_eq!(ours.len(), 11, "every hook has its program: {ours:?}");
+    let root = topology.root.path().to_str().unwrap();
+
+    // While it runs, the kernel shows our programs attached to the test's
+    // cgroup through links.
+    assert_eq!(attached_to(root), ours, "bpftool cgroup show {root}");
+    let linked = prog_ids_in(&bpftool(&["link", "show"]), "prog_id");
+    assert!(
+        ours.is_subset(&linked),
+        "every program is attached by a bpf link"
+    );
+    let run_dir = netbpf.run_dir().to_owned();
+
+    assert!(netbpf.stop().unwrap().success(), "SIGTERM is a clean exit");
+    assert_eq!(
+        attached_to(root),
+        BTreeSet::new(),
+        "programs left on {root}"
+    );
+    let programs = prog_ids_in(&bpftool(&["prog", "show"]), "id");
+    assert!(
+        programs.is_disjoint(&ours),
+        "programs left loaded: {:?}",
+        programs.intersection(&ours)
+    );
+    let links = prog_ids_in(&bpftool(&["link", "show"]), "prog_id");
+    assert!(
+        links.is_disjoint(&ours),
+        "links left: {:?}",
+        links.intersection(&ours)
+    );
+    assert!(
+        !run_dir.exists(),
+        "run directory {} left behind",
+        run_dir.display()
+    );
+    if Path::new("/sys/fs/bpf").exists() {
+        let pins = run_checked("find", ["/sys/fs/bpf", "-name", "netbpf*"]).unwrap();
+        assert!(pins.trim().is_empty(), "pins left: {pins}");
+    }
+}
+
+#[test]
+fn sigint_stops_it_as_cleanly_as_sigterm() {
+    let topology = topology();
+    let policy = desktop_policy(&topology);
+    let mut netbpf = NetbpfRun::start(
+        &netbpf_binary(),
+        &policy,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    let root = topology.root.path().to_str().unwrap();
+    let status = netbpf.signal(nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(status.success());
+    assert_eq!(
+        attached_to(root),
+        BTreeSet::new(),
+        "programs left on {root}"
+    );
+}
+
+#[test]
+fn an_invalid_policy_loads_nothing_and_says_where() {
+    let topology = topology();
+    let file = topology.file("policy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n  \
+             {{ from = \"localhost:8082\", to = \"10.200.1.1:8082\" }},\n  \
+             {{ from = \"localhost:8000-8100\", to = \"10.200.1.1:9000-9001\" }},\n]\n",
+            topology.desktop.path().display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(netbpf_binary())
+        .args(["run", "--policy"])
+        .arg(&file)
+        .arg("--cgroup-root")
+        .arg(topology.root.path())
+        .arg("--run-dir")
+        .arg(topology.file("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    let expected = format!("{}:7:", file.display());
+    assert!(stderr.contains(&expected), "file and line in: {stderr}");
+    assert!(
+        stderr.contains("scope[0].forward[1].to"),
+        "field in: {stderr}"
+    );
+    assert!(stderr.contains("same length"), "reason in: {stderr}");
+    let root = topology.root.path().to_str().unwrap();
+    assert_eq!(
+        attached_to(root),
+        BTreeSet::new(),
+        "nothing may be attached"
+    );
+    assert!(!topology.file("run").exists(), "nothing may be created");
+}
+
+#[test]
+fn a_scope_that_does_not_exist_is_an_error() {
+    let topology = topology();
+    let file = topology.file("policy.toml");
+    let missing = topology.root.path().join("no-such-container");
+    std::fs::write(
+        &file,
+        format!(
+            "version = 1\n[[scope]]\nname = \"gone\"\nmatch = {{ cgroup = \"{}\" }}\n",
+            missing.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(netbpf_binary())
+        .args(["run", "--policy"])
+        .arg(&file)
+        .arg("--cgroup-root")
+        .arg(topology.root.path())
+        .arg("--run-dir")
+        .arg(topology.file("run"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(":4:") && stderr.contains("scope[0].match.cgroup"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("does not exist"), "{stderr}");
+}
