@@ -1,1 +1,60 @@
-fn main() {}
+//! netbpf's chores, run as `cargo xtask <command>`. Each command first does
+//! what it needs of `setup`, so nothing has to be remembered.
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "netbpf's chores: setup, test, demo")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing netbpf needs (idempotent):
+    /// rust-src for the nightly, bpf-linker, Debian packages, bpffs.
+    Setup,
+    /// Build the netbpf binary with its embedded eBPF programs.
+    Build,
+    /// Run the whole suite: formatting, clippy, unit tests and the
+    /// privileged tests that load the programs into this kernel.
+    Test,
+    /// Show localhost forwarding on a throw-away desktop/bridge topology.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let workspace = workspace_root();
+    match Xtask::parse().command {
+        Command::Setup => setup::setup(&workspace),
+        Command::Build => build(&workspace).map(drop),
+        Command::Test => test::test(&workspace),
+        Command::Demo => demo::demo(&workspace),
+    }
+}
+
+/// Sets up what a build needs and builds the `netbpf` binary; returns its
+/// path.
+fn build(workspace: &Path) -> anyhow::Result<PathBuf> {
+    setup::build_toolchain(workspace)?;
+    cmd::cargo(
+        workspace,
+        &["build", "--package", "netbpf", "--bin", "netbpf"],
+    )?;
+    Ok(workspace.join("target/debug/netbpf"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask/ is in the workspace")
+        .to_owned()
+}

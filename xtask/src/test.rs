@@ -1,0 +1,57 @@
+//! `cargo xtask test`: the whole suite. Lints first (they are quick), then
+//! every test of the workspace, the privileged ones included: they load
+//! the programs into this kernel and fail, never skip, where they cannot.
+
+use std::{path::Path, process::Command};
+
+use crate::{build, cmd, setup};
+
+pub fn test(workspace: &Path) -> anyhow::Result<()> {
+    cmd::require_root("cargo xtask test")?;
+    setup::test_environment()?;
+    let netbpf = build(workspace)?;
+    cmd::cargo(workspace, &["fmt", "--all", "--", "--check"])?;
+    cmd::cargo(
+        workspace,
+        &["clippy", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    clippy_ebpf(workspace)?;
+    cmd::run(
+        Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--exclude", "netbpf-ebpf"])
+            .current_dir(workspace)
+            .env("NETBPF_BIN", netbpf),
+    )
+}
+
+/// Clippy on the kernel crate, for the target it is built for.
+fn clippy_ebpf(workspace: &Path) -> anyhow::Result<()> {
+    let tools = setup::tools_dir(workspace).join("bin");
+    let path = std::env::join_paths(std::iter::once(tools).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--package",
+                "netbpf-ebpf",
+                "--release",
+            ])
+            .args([
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(workspace)
+            .env("PATH", path)
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("CARGO")
+            .env_remove("RUSTC"),
+    )
+}
