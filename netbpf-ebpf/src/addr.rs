@@ -90,6 +90,16 @@ pub fn is_wildcard(addr: &[u32; 4], family: u16) -> bool {
     addr[0] == 0 && addr[1] == 0 && (addr[2] == 0 || addr[2] == V4_MAPPED_MARKER) && addr[3] == 0
 }
 
+/// `addr`, seen by an IPv4 hook, as an IPv6 socket sees it: IPv4-mapped.
+#[inline(always)]
+pub fn mapped(addr: &SockAddr) -> SockAddr {
+    SockAddr {
+        addr: [0, 0, V4_MAPPED_MARKER, addr.addr[0]],
+        port: addr.port,
+        family: AF_INET6,
+    }
+}
+
 /// `target` (of `target_family`) as an address of a socket of
 /// `socket_family`: IPv4 targets of IPv6 sockets become IPv4-mapped; an
 /// IPv6 target cannot be reached from an IPv4 socket.

@@ -73,7 +73,15 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         port: port.wrapping_add(target.port_delta).to_be(),
         family,
     };
-    remember(ctx.cast(), to, dialed);
+    // A dual-stack IPv6 socket that dials an IPv4 address goes through the
+    // IPv4 hooks, but its replies and getpeername() go through the IPv6
+    // ones, which see IPv4-mapped addresses: remember it the way they ask.
+    // SAFETY: `ctx` is the program's context.
+    if family == AF_INET && unsafe { (*ctx).family } == u32::from(AF_INET6) {
+        remember(ctx.cast(), addr::mapped(&to), addr::mapped(&dialed));
+    } else {
+        remember(ctx.cast(), to, dialed);
+    }
     addr::write_user(ctx, family, &to);
     match syscall {
         Syscall::Connect => stats.connects += 1,

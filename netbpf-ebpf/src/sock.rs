@@ -93,9 +93,15 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
     if LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
         return;
     }
-    if let Some(count) = LOCAL_BINDS.get_ptr_mut(key) {
+    match LOCAL_BINDS.get_ptr_mut(key) {
         // SAFETY: `count` points at a live, aligned u32 map value.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1) };
+        Some(count) => unsafe {
+            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1);
+        },
+        // The last sibling was released between the two calls.
+        None => {
+            let _ = LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST));
+        }
     }
 }
 

@@ -63,7 +63,7 @@ fn target_words(addr: IpAddr) -> ([u32; 4], u16) {
 
 /// The fewest port prefixes that cover `ports` exactly, as (first port,
 /// number of leading port bits fixed).
-fn port_prefixes(ports: RangeInclusive<u16>) -> Vec<(u16, u32)> {
+pub(crate) fn port_prefixes(ports: RangeInclusive<u16>) -> Vec<(u16, u32)> {
     let (mut low, high) = (u32::from(*ports.start()), u32::from(*ports.end()));
     let mut prefixes = Vec::new();
     while low <= high {

@@ -18,6 +18,13 @@ pub enum Ports {
 }
 
 impl Ports {
+    /// How many ports these are.
+    #[must_use]
+    pub fn len(self) -> u32 {
+        let range = self.range();
+        u32::from(*range.end()) - u32::from(*range.start()) + 1
+    }
+
     /// The ports as an inclusive range; `Every` is 0-65535.
     #[must_use]
     pub fn range(self) -> RangeInclusive<u16> {
@@ -70,10 +77,16 @@ pub fn parse_from(text: &str) -> Result<Ports, String> {
 /// Parses the `to` of a forward: an address, optionally with a port, a
 /// range or `*` (no port, or `*`, keeps the dialed port).
 pub fn parse_to(text: &str) -> Result<Target, String> {
-    let (host, ports) = split_host_port(text);
-    let addr = host.parse::<IpAddr>().map_err(|_| {
-        format!("{host:?} is not an IPv4 or IPv6 address (IPv6 with a port is written [ADDR]:PORT)")
-    })?;
+    let (host, ports) = split_host_port(text)?;
+    let addr = host
+        .parse::<IpAddr>()
+        .map_err(|_| {
+            format!(
+                "{host:?} is not an IPv4 or IPv6 address (IPv6 with a port is written [ADDR]:PORT)"
+            )
+        })?
+        // ::ffff:a.b.c.d is a.b.c.d: IPv4 sockets can reach it too.
+        .to_canonical();
     let ports = match ports {
         Some(ports) => parse_ports(ports)?,
         None => Ports::Every,
@@ -82,18 +95,27 @@ pub fn parse_to(text: &str) -> Result<Target, String> {
 }
 
 /// Splits `host:ports`, `[v6]:ports`, `[v6]` and a bare address.
-fn split_host_port(text: &str) -> (&str, Option<&str>) {
-    if let Some(rest) = text.strip_prefix('[')
-        && let Some((host, after)) = rest.split_once(']')
-    {
-        return (host, after.strip_prefix(':'));
+fn split_host_port(text: &str) -> Result<(&str, Option<&str>), String> {
+    if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| {
+            format!("{text:?} opens a bracket it does not close: write [ADDR]:PORT")
+        })?;
+        return match after {
+            "" => Ok((host, None)),
+            _ => after
+                .strip_prefix(':')
+                .map(|ports| (host, Some(ports)))
+                .ok_or_else(|| {
+                    format!("{text:?} has {after:?} after the address: write [ADDR]:PORT")
+                }),
+        };
     }
-    match text.rsplit_once(':') {
+    Ok(match text.rsplit_once(':') {
         // More than one colon and no brackets: a bare IPv6 address.
         Some((host, _)) if host.contains(':') => (text, None),
         Some((host, ports)) => (host, Some(ports)),
         None => (text, None),
-    }
+    })
 }
 
 fn parse_ports(text: &str) -> Result<Ports, String> {
@@ -180,6 +202,20 @@ mod tests {
             parse_to("10.200.1.300:80")
                 .unwrap_err()
                 .contains("not an IPv4 or IPv6")
+        );
+        assert!(
+            parse_to("[fd00::1]junk")
+                .unwrap_err()
+                .contains("after the address")
+        );
+        assert!(
+            parse_to("[fd00::1:80")
+                .unwrap_err()
+                .contains("does not close")
+        );
+        assert_eq!(
+            parse_to("[::ffff:10.0.0.1]:80").unwrap().addr,
+            "10.0.0.1".parse::<IpAddr>().unwrap()
         );
         assert_eq!(
             parse_to("[fd00::1]:80").unwrap().to_string(),

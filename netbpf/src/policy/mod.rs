@@ -8,12 +8,16 @@ mod error;
 
 use std::{
     collections::HashMap,
+    net::IpAddr,
     ops::Range,
     path::{Path, PathBuf},
 };
 
+use netbpf_common::{MAX_FORWARD_PREFIXES, MAX_RULES, MAX_SCOPES};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
+
+use crate::plan;
 
 pub use self::{
     endpoint::{Ports, Target},
@@ -133,6 +137,7 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         locator: &locator,
         resolver,
         next_rule: 0,
+        prefixes: 0,
         names: HashMap::new(),
         keys: HashMap::new(),
     };
@@ -184,6 +189,8 @@ struct Validator<'a, R> {
     locator: &'a Locator<'a>,
     resolver: &'a R,
     next_rule: u32,
+    /// Forward trie entries the scopes so far need.
+    prefixes: usize,
     /// Scope name -> index of the scope that took it.
     names: HashMap<String, usize>,
     /// Resolved selector -> index of the scope that took it.
@@ -209,6 +216,13 @@ impl<R: Resolver> Validator<'_, R> {
                 format!(
                     "scope name {name:?} is already taken by scope[{first}]: names must be unique"
                 ),
+            ));
+        }
+        if index >= MAX_SCOPES as usize {
+            return Err(self.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                format!("too many scopes: this netbpf holds at most {MAX_SCOPES}"),
             ));
         }
         let selector = self.selector(index, raw.selector)?;
@@ -305,14 +319,30 @@ impl<R: Resolver> Validator<'_, R> {
                 to.addr
             )));
         }
+        if let IpAddr::V6(v6) = to.addr
+            && v6.is_unicast_link_local()
+        {
+            return Err(to_error(format!(
+                "{v6} is link-local, which needs an interface that a forward cannot name: give a global or ULA address"
+            )));
+        }
         check_port_mapping(from, to.ports).map_err(to_error)?;
-        if self.next_rule >= netbpf_common::MAX_RULES {
+        if self.next_rule >= MAX_RULES {
             return Err(self.error(
                 raw.from.span(),
                 field.to_owned(),
+                format!("too many forwards: this netbpf holds at most {MAX_RULES}"),
+            ));
+        }
+        self.prefixes += plan::port_prefixes(from.range()).len() * raw.proto.numbers().len();
+        if self.prefixes > MAX_FORWARD_PREFIXES as usize {
+            return Err(self.error(
+                raw.from.span(),
+                format!("{field}.from"),
                 format!(
-                    "too many forwards: this netbpf holds at most {}",
-                    netbpf_common::MAX_RULES
+                    "the forwards so far take {} port prefixes, more than the {MAX_FORWARD_PREFIXES} the \
+                     datapath holds: merge or align port ranges",
+                    self.prefixes
                 ),
             ));
         }
@@ -339,27 +369,18 @@ impl<R: Resolver> Validator<'_, R> {
 /// Checks that `from` ports map onto `to` ports one to one.
 fn check_port_mapping(from: Ports, to: Ports) -> Result<(), String> {
     match (from, to) {
-        (_, Ports::Every) | (Ports::Single(_), Ports::Single(_)) => Ok(()),
-        (Ports::Range(from_low, from_high), Ports::Range(to_low, to_high)) => {
-            if from_high - from_low == to_high - to_low {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the range {from_low}-{from_high} ({} ports) maps onto {to_low}-{to_high} ({} ports): \
-                     a range maps onto a range of the same length",
-                    from_high - from_low + 1,
-                    to_high - to_low + 1
-                ))
-            }
-        }
+        (_, Ports::Every) => Ok(()),
         (Ports::Every, _) => Err(
             "every port forwards to the port that was dialed: write the address alone (\"ADDR\" or \"ADDR:*\")"
                 .to_owned(),
         ),
-        (Ports::Range(..), _) => {
-            Err("a range maps onto a range of the same length (or onto \"ADDR\" to keep the ports)".to_owned())
-        }
-        (Ports::Single(_), _) => Err("one port maps onto one port".to_owned()),
+        (from, to) if from.len() == to.len() => Ok(()),
+        (from, to) => Err(format!(
+            "{from} ({} ports) maps onto {to} ({} ports): a range maps onto a range of the same length \
+             (or onto \"ADDR\" to keep the ports)",
+            from.len(),
+            to.len()
+        )),
     }
 }
 

@@ -9,17 +9,24 @@ struct FakeHost;
 impl Resolver for FakeHost {
     fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String> {
         match path.strip_prefix("/cg/") {
-            Some(name) => Ok((PathBuf::from(path), 1000 + name.len() as u64)),
+            Some(name) => Ok((PathBuf::from(path), fake_key(1000, name))),
             None => Err(format!("cgroup {path:?} does not exist")),
         }
     }
 
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
         match path.strip_prefix("/ns/") {
-            Some(name) => Ok((PathBuf::from(path), 2000 + name.len() as u64)),
+            Some(name) => Ok((PathBuf::from(path), fake_key(2000, name))),
             None => Err(format!("network namespace {path:?} does not exist")),
         }
     }
+}
+
+/// A made-up kernel key, distinct for distinct names.
+fn fake_key(base: u64, name: &str) -> u64 {
+    name.bytes().fold(base, |key, byte| {
+        key.wrapping_mul(31).wrapping_add(u64::from(byte))
+    })
 }
 
 fn parse_text(text: &str) -> Result<Policy, PolicyError> {
@@ -70,7 +77,7 @@ fn accepts_a_complete_policy() {
         desktop.selector,
         Selector::Cgroup {
             path: "/cg/desktop".into(),
-            id: 1007
+            id: fake_key(1000, "desktop")
         }
     );
     let [http, range, dns] = desktop.forwards.as_slice() else {
@@ -91,7 +98,7 @@ fn accepts_a_complete_policy() {
         pod.selector,
         Selector::Netns {
             path: "/ns/pod".into(),
-            cookie: 2003
+            cookie: fake_key(2000, "pod")
         }
     );
     assert_eq!(
@@ -188,11 +195,52 @@ fn rejects_ranges_of_different_lengths() {
         "same length",
     );
     assert_rejected(
+        &one_forward(r#"{ from = "localhost:80-81", to = "10.0.0.1:80" }"#),
+        6,
+        "scope[0].forward[0].to",
+        "same length",
+    );
+    assert_rejected(
         &one_forward(r#"{ from = "localhost:*", to = "10.0.0.1:80" }"#),
         6,
         "scope[0].forward[0].to",
         "port that was dialed",
     );
+}
+
+#[test]
+fn a_single_port_is_a_range_of_one() {
+    let policy = parse_text(&one_forward(
+        r#"{ from = "localhost:80-80", to = "10.0.0.1:81" }"#,
+    ))
+    .unwrap();
+    assert_eq!(policy.scopes[0].forwards[0].port_delta(), 1);
+}
+
+#[test]
+fn rejects_link_local_targets() {
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:80", to = "[fe80::1]:80" }"#),
+        6,
+        "scope[0].forward[0].to",
+        "link-local",
+    );
+}
+
+#[test]
+fn rejects_more_port_prefixes_than_the_datapath_holds() {
+    // 1-65534 takes 30 prefixes per protocol, 60 with both: the 1093rd
+    // such forward passes the 65536 entries of the trie.
+    let mut text = String::from("version = 1\n");
+    for scope in 0..1093 {
+        text.push_str(&format!(
+            "[[scope]]\nname = \"s{scope}\"\nmatch = {{ cgroup = \"/cg/{scope}\" }}\n\
+             forward = [{{ from = \"localhost:1-65534\", to = \"10.0.0.1\", proto = \"both\" }}]\n"
+        ));
+    }
+    let error = parse_text(&text).unwrap_err();
+    assert_eq!(error.field, "scope[1092].forward[0].from", "{error}");
+    assert!(error.message.contains("port prefixes"), "{error}");
 }
 
 #[test]
