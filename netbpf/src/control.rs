@@ -2,7 +2,7 @@
 //! and reads one JSON status document.
 
 use std::{
-    io::{self, Read as _},
+    io::Read as _,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     time::Duration,
@@ -38,16 +38,4 @@ pub fn query(run_dir: &Path) -> anyhow::Result<Status> {
         .with_context(|| format!("reading the status from {}", path.display()))?;
     serde_json::from_slice(&document)
         .with_context(|| format!("parsing the status from {}", path.display()))
-}
-
-/// Whether a netbpf answers on the socket of `run_dir`.
-#[must_use]
-pub fn is_served(run_dir: &Path) -> bool {
-    match UnixStream::connect(socket_path(run_dir)) {
-        Ok(_) => true,
-        Err(error) => {
-            error.kind() != io::ErrorKind::NotFound
-                && error.kind() != io::ErrorKind::ConnectionRefused
-        }
-    }
 }

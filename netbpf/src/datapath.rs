@@ -23,6 +23,24 @@ static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 /// from anybody else's (`bpftool cgroup tree`).
 pub const PROGRAM_PREFIX: &str = "netbpf_";
 
+/// Every program, in the order it is attached: the release hook before
+/// the bind hooks, so no counted bind outlives its socket; the reverse
+/// paths before connect and sendmsg, so no rewritten socket misses the
+/// translation of its replies.
+const ATTACH_ORDER: &[&str] = &[
+    "netbpf_release",
+    "netbpf_bound4",
+    "netbpf_bound6",
+    "netbpf_recvmsg4",
+    "netbpf_recvmsg6",
+    "netbpf_getpeer4",
+    "netbpf_getpeer6",
+    "netbpf_connect4",
+    "netbpf_connect6",
+    "netbpf_sendmsg4",
+    "netbpf_sendmsg6",
+];
+
 /// Why the datapath could not be set up or read.
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
@@ -55,6 +73,10 @@ pub enum DatapathError {
     },
     #[error("netbpf's eBPF object has no map {0}")]
     MissingMap(&'static str),
+    #[error("netbpf's eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("program {0} of netbpf's eBPF object has no place in the attach order")]
+    UnorderedProgram(String),
 }
 
 /// A program of the datapath, as the kernel knows it.
@@ -79,6 +101,9 @@ impl Datapath {
             Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs_mut() {
+            if !ATTACH_ORDER.contains(&name) {
+                return Err(DatapathError::UnorderedProgram(name.to_owned()));
+            }
             let load = |error| DatapathError::Load {
                 name: name.to_owned(),
                 source: Box::new(error),
@@ -131,7 +156,11 @@ impl Datapath {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        for (name, program) in self.ebpf.programs_mut() {
+        for name in ATTACH_ORDER {
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DatapathError::MissingProgram(name))?;
             // On the kernels netbpf runs on (5.8+, for netns cookies in
             // socket programs) aya attaches through a bpf link, which is
             // always multi-attach and takes no mode flags.
@@ -142,7 +171,7 @@ impl Datapath {
                 other => unreachable!("netbpf has no {:?} program", other.prog_type()),
             }
             .map_err(|source| DatapathError::Attach {
-                name: name.to_owned(),
+                name: (*name).to_owned(),
                 cgroup: cgroup_root.to_owned(),
                 source: Box::new(source),
             })?;

@@ -54,7 +54,9 @@ impl NetbpfRun {
         let run_dir = work.join("run");
         let log = work.join("netbpf.log");
         let out = std::fs::File::create(&log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        crate::process::die_with_parent(&mut command);
+        let child = command
             .arg("run")
             .arg("--policy")
             .arg(policy)

@@ -55,14 +55,31 @@ fn remove_tree(path: &Path) {
         }
     }
     for _ in 0..100 {
-        // cgroup.kill (5.14+) kills the whole subtree at once.
-        let _ = fs::write(path.join("cgroup.kill"), "1");
+        // cgroup.kill (5.14+) kills the whole subtree at once; older
+        // kernels get each process killed in turn.
+        if fs::write(path.join("cgroup.kill"), "1").is_err() {
+            kill_each(path);
+        }
         if fs::remove_dir(path).is_ok() || !path.exists() {
             return;
         }
         thread::sleep(Duration::from_millis(20));
     }
     eprintln!("warning: could not remove cgroup {}", path.display());
+}
+
+/// Sends SIGKILL to every process listed in the cgroup at `path`.
+fn kill_each(path: &Path) {
+    let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs
+        .lines()
+        .filter_map(|line| line.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.

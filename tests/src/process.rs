@@ -10,6 +10,7 @@ use std::{
     },
     path::Path,
     process::{Child, Command, Output, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -46,6 +47,7 @@ impl Spawn {
             .transpose()?;
         let mut command = Command::new(program);
         command.args(args);
+        die_with_parent(&mut command);
         // SAFETY: the closure only makes async-signal-safe system calls
         // (write, setns) on descriptors opened before the fork.
         unsafe {
@@ -101,20 +103,34 @@ impl Spawn {
 }
 
 /// Waits for `child` and collects its output; kills it after `timeout`.
-fn wait_with_timeout(mut child: Child, timeout: Duration) -> anyhow::Result<Output> {
-    let deadline = Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output()?;
-            bail!(
-                "still running after {timeout:?}, killed; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
+/// The pipes are drained while it runs, so a chatty child never blocks.
+fn wait_with_timeout(child: Child, timeout: Duration) -> anyhow::Result<Output> {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || done.send(child.wait_with_output()));
+    if let Ok(output) = result.recv_timeout(timeout) {
+        return Ok(output?);
     }
-    Ok(child.wait_with_output()?)
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    let output = result.recv()??;
+    bail!(
+        "still running after {timeout:?}, killed; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Makes the child of `command` receive SIGTERM when the thread that
+/// started it dies, so no test process outlives a killed test run.
+pub(crate) fn die_with_parent(command: &mut Command) {
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs `program` with `args` in this namespace and fails unless it exits 0.

@@ -203,6 +203,43 @@ fn sigint_stops_it_as_cleanly_as_sigterm() {
 }
 
 #[test]
+fn a_second_instance_on_the_same_run_directory_is_refused() {
+    let topology = topology();
+    let policy = desktop_policy(&topology);
+    let first = NetbpfRun::start(
+        &netbpf_binary(),
+        &policy,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    let root = topology.root.path().to_str().unwrap();
+    let attached = attached_to(root);
+
+    let output = Command::new(netbpf_binary())
+        .args(["run", "--policy"])
+        .arg(&policy)
+        .arg("--cgroup-root")
+        .arg(topology.root.path())
+        .arg("--run-dir")
+        .arg(first.run_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("another netbpf is running"), "{stderr}");
+    assert_eq!(
+        attached_to(root),
+        attached,
+        "the second instance attached nothing"
+    );
+    first
+        .status_json()
+        .expect("the first instance still serves its status");
+    assert!(first.stop().unwrap().success());
+}
+
+#[test]
 fn an_invalid_policy_loads_nothing_and_says_where() {
     let topology = topology();
     let file = topology.file("policy.toml");

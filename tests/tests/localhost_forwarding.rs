@@ -160,11 +160,17 @@ fn udp_replies_come_from_the_address_the_client_sent_to() {
     assert_eq!(connected6["source"], json!(["::1", 5300]));
     assert_eq!(connected6["peer"], json!(["::1", 5300]));
 
+    // A dual-stack IPv6 socket sending to an IPv4-mapped localhost goes
+    // through the IPv4 hooks, and reads its reply through the IPv6 ones.
+    let dual_stack = setup.probe(Place::Desktop, &["udp", "::ffff:127.0.0.1", "5300"]);
+    assert_eq!(dual_stack["data"], "ping");
+    assert_eq!(dual_stack["source"], json!(["::ffff:127.0.0.1", 5300]));
+
     let (connects, datagrams, _) = setup.counters(0);
     assert_eq!(
         (connects, datagrams),
-        (2, 1),
-        "two connected sockets, one datagram sent with sendto()"
+        (2, 2),
+        "two connected sockets, two datagrams sent with sendto()"
     );
 }
 

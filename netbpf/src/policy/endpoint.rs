@@ -18,9 +18,9 @@ pub enum Ports {
 }
 
 impl Ports {
-    /// How many ports these are.
+    /// How many ports these are (never zero).
     #[must_use]
-    pub fn len(self) -> u32 {
+    pub fn count(self) -> u32 {
         let range = self.range();
         u32::from(*range.end()) - u32::from(*range.start()) + 1
     }

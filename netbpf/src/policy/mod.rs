@@ -374,12 +374,12 @@ fn check_port_mapping(from: Ports, to: Ports) -> Result<(), String> {
             "every port forwards to the port that was dialed: write the address alone (\"ADDR\" or \"ADDR:*\")"
                 .to_owned(),
         ),
-        (from, to) if from.len() == to.len() => Ok(()),
+        (from, to) if from.count() == to.count() => Ok(()),
         (from, to) => Err(format!(
             "{from} ({} ports) maps onto {to} ({} ports): a range maps onto a range of the same length \
              (or onto \"ADDR\" to keep the ports)",
-            from.len(),
-            to.len()
+            from.count(),
+            to.count()
         )),
     }
 }

@@ -1,4 +1,7 @@
-use std::path::{Path, PathBuf};
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
 
 use super::*;
 
@@ -233,10 +236,12 @@ fn rejects_more_port_prefixes_than_the_datapath_holds() {
     // such forward passes the 65536 entries of the trie.
     let mut text = String::from("version = 1\n");
     for scope in 0..1093 {
-        text.push_str(&format!(
+        writeln!(
+            text,
             "[[scope]]\nname = \"s{scope}\"\nmatch = {{ cgroup = \"/cg/{scope}\" }}\n\
-             forward = [{{ from = \"localhost:1-65534\", to = \"10.0.0.1\", proto = \"both\" }}]\n"
-        ));
+             forward = [{{ from = \"localhost:1-65534\", to = \"10.0.0.1\", proto = \"both\" }}]"
+        )
+        .unwrap();
     }
     let error = parse_text(&text).unwrap_err();
     assert_eq!(error.field, "scope[1092].forward[0].from", "{error}");
