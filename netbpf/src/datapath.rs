@@ -12,25 +12,29 @@ use aya::{
     maps::{HashMap, LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, Program, ProgramError},
 };
-use netbpf_common::{ForwardKey, ForwardTarget, RuleStats};
+use netbpf_common::{ForwardKey, ForwardTarget, LocalBindKey, RuleStats};
 
-use crate::plan::Plan;
+use crate::{existing_binds::BoundSocket, plan::Plan};
 
 /// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));
+
+/// `BPF_NOEXIST`: a map update that only creates, never replaces.
+const BPF_NOEXIST: u64 = 1;
 
 /// Prefix of every program netbpf loads, so its attachments can be told
 /// from anybody else's (`bpftool cgroup tree`).
 pub const PROGRAM_PREFIX: &str = "netbpf_";
 
-/// Every program, in the order it is attached: the release hook before
-/// the bind hooks, so no counted bind outlives its socket; the reverse
-/// paths before connect and sendmsg, so no rewritten socket misses the
-/// translation of its replies.
-const ATTACH_ORDER: &[&str] = &[
-    "netbpf_release",
-    "netbpf_bound4",
-    "netbpf_bound6",
+/// The programs that track binds inside scopes, attached first: the
+/// release hook before the bind hooks, so no counted bind outlives its
+/// socket. Binds made before they attach are then found and counted.
+const TRACKING_PROGRAMS: &[&str] = &["netbpf_release", "netbpf_bound4", "netbpf_bound6"];
+
+/// The programs that rewrite addresses, attached once every local bind is
+/// counted: the reverse paths before connect and sendmsg, so no rewritten
+/// socket misses the translation of its replies.
+const REWRITING_PROGRAMS: &[&str] = &[
     "netbpf_recvmsg4",
     "netbpf_recvmsg6",
     "netbpf_getpeer4",
@@ -101,7 +105,7 @@ impl Datapath {
             Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs_mut() {
-            if !ATTACH_ORDER.contains(&name) {
+            if !TRACKING_PROGRAMS.contains(&name) && !REWRITING_PROGRAMS.contains(&name) {
                 return Err(DatapathError::UnorderedProgram(name.to_owned()));
             }
             let load = |error| DatapathError::Load {
@@ -150,13 +154,30 @@ impl Datapath {
 
     /// Attaches every program to the cgroup at `cgroup_root` through bpf
     /// links: they see the sockets of every process below it, and coexist
-    /// with the programs other tools attached there.
-    pub fn attach(&mut self, cgroup_root: &Path) -> Result<(), DatapathError> {
+    /// with the programs other tools attached there. Between the tracking
+    /// and the rewriting programs, the sockets `existing_binds` lists (bound
+    /// before the tracking programs attached) are counted as theirs.
+    pub fn attach(
+        &mut self,
+        cgroup_root: &Path,
+        existing_binds: impl FnOnce() -> Vec<BoundSocket>,
+    ) -> Result<(), DatapathError> {
         let cgroup = File::open(cgroup_root).map_err(|source| DatapathError::Cgroup {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        for name in ATTACH_ORDER {
+        self.attach_programs(TRACKING_PROGRAMS, &cgroup, cgroup_root)?;
+        self.record_binds(&existing_binds())?;
+        self.attach_programs(REWRITING_PROGRAMS, &cgroup, cgroup_root)
+    }
+
+    fn attach_programs(
+        &mut self,
+        names: &[&'static str],
+        cgroup: &File,
+        path: &Path,
+    ) -> Result<(), DatapathError> {
+        for name in names {
             let program = self
                 .ebpf
                 .program_mut(name)
@@ -166,15 +187,41 @@ impl Datapath {
             // always multi-attach and takes no mode flags.
             let mode = CgroupAttachMode::Single;
             match program {
-                Program::CgroupSockAddr(program) => program.attach(&cgroup, mode).map(drop),
-                Program::CgroupSock(program) => program.attach(&cgroup, mode).map(drop),
+                Program::CgroupSockAddr(program) => program.attach(cgroup, mode).map(drop),
+                Program::CgroupSock(program) => program.attach(cgroup, mode).map(drop),
                 other => unreachable!("netbpf has no {:?} program", other.prog_type()),
             }
             .map_err(|source| DatapathError::Attach {
                 name: (*name).to_owned(),
-                cgroup: cgroup_root.to_owned(),
+                cgroup: path.to_owned(),
                 source: Box::new(source),
             })?;
+        }
+        Ok(())
+    }
+
+    /// Counts `sockets` as bound inside their scopes, as the bind hooks
+    /// would have. A socket the hooks counted already (by cookie) is
+    /// skipped, so racing with them counts nobody twice.
+    fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
+        let mut bound: HashMap<_, u64, LocalBindKey> = self.map_mut("BOUND_SOCKETS")?;
+        let mut new = Vec::new();
+        for socket in sockets {
+            match bound.insert(socket.cookie, socket.key, BPF_NOEXIST) {
+                Ok(()) => new.push(socket.key),
+                Err(MapError::SyscallError(error))
+                    if error.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(error) => return Err(map_error("BOUND_SOCKETS")(error)),
+            }
+        }
+        let mut counts: HashMap<_, LocalBindKey, u32> = self.map_mut("LOCAL_BINDS")?;
+        for key in new {
+            // Userspace cannot add atomically; this runs before any socket
+            // of a scope can be rewritten, while binds are rare.
+            let count = counts.get(&key, 0).unwrap_or(0);
+            counts
+                .insert(key, count + 1, 0)
+                .map_err(map_error("LOCAL_BINDS"))?;
         }
         Ok(())
     }

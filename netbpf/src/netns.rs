@@ -1,4 +1,5 @@
-//! Network namespaces: the cookie the kernel programs see for one.
+//! Network namespaces: running code inside one, and the cookie the kernel
+//! programs see for it.
 
 use std::{
     fs::File,
@@ -15,13 +16,13 @@ use nix::{
 /// `SO_NETNS_COOKIE` (Linux 5.14), absent from the libc crate's list.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// The cookie of the network namespace at `path` (`/proc/PID/ns/net`,
-/// `/run/netns/NAME`): what `bpf_get_netns_cookie()` returns for its
-/// sockets.
-///
-/// A short-lived thread joins the namespace and asks a socket created
-/// there, so the calling thread never changes namespace.
-pub fn netns_cookie(path: &Path) -> io::Result<u64> {
+/// Runs `task` in a short-lived thread that joins the network namespace at
+/// `path` (`/proc/PID/ns/net`, `/run/netns/NAME`); the calling thread never
+/// changes namespace.
+pub fn in_netns<T: Send + 'static>(
+    path: &Path,
+    task: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let namespace = File::open(path)?;
     let display = path.display().to_string();
     std::thread::spawn(move || {
@@ -31,14 +32,21 @@ pub fn netns_cookie(path: &Path) -> io::Result<u64> {
                 format!("{display} is not a network namespace: setns: {errno}"),
             )
         })?;
-        socket_netns_cookie()
+        task()
     })
     .join()
-    .map_err(|_| io::Error::other("the netns cookie thread panicked"))?
+    .map_err(|_| io::Error::other("a thread inside a network namespace panicked"))?
 }
 
-/// The netns cookie of a socket created in the calling thread's namespace.
-fn socket_netns_cookie() -> io::Result<u64> {
+/// The cookie of the network namespace at `path`: what
+/// `bpf_get_netns_cookie()` returns for its sockets.
+pub fn netns_cookie(path: &Path) -> io::Result<u64> {
+    in_netns(path, current_netns_cookie)
+}
+
+/// The cookie of the calling thread's network namespace, asked of a
+/// socket created there.
+pub fn current_netns_cookie() -> io::Result<u64> {
     let socket = socket(
         AddressFamily::Unix,
         SockType::Datagram,

@@ -59,6 +59,22 @@ impl Setup {
     fn probe(&self, place: Place, args: &[&str]) -> Value {
         probe(&self.topology, place, args)
     }
+
+    /// Asserts that localhost:`port` in the desktop answers `expected`
+    /// within 5 s: a released socket is forgotten when its last reference
+    /// goes, which can trail the process's exit.
+    fn assert_eventually_answers(&self, port: u16, expected: &str) {
+        let port = port.to_string();
+        let mut answer = Value::Null;
+        for _ in 0..50 {
+            answer = self.probe(Place::Desktop, &["tcp", "127.0.0.1", &port]);
+            if answer["data"] == expected {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("localhost:{port} answered {answer}, not {expected:?}");
+    }
 }
 
 fn new_topology() -> DesktopTopology {
@@ -266,18 +282,7 @@ fn every_port_leaves_the_scopes_own_listeners_alone() {
     local
         .stop(nix::sys::signal::Signal::SIGTERM, TIMEOUT)
         .unwrap();
-    let mut forwarded = Value::Null;
-    for _ in 0..50 {
-        forwarded = setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7002"]);
-        if forwarded["data"] == "bridge-7002" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        forwarded["data"], "bridge-7002",
-        "released listeners are forgotten"
-    );
+    setup.assert_eventually_answers(7002, "bridge-7002");
 }
 
 #[test]
@@ -338,4 +343,35 @@ fn a_network_namespace_scope_matches_by_netns_cookie() {
             > 0,
         "{status}"
     );
+}
+
+#[test]
+fn a_listener_bound_before_netbpf_started_is_left_alone_too() {
+    let topology = new_topology();
+    let _bridge = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 7003, "bridge-7003")
+        .unwrap();
+    // The container's service was listening before netbpf attached: the
+    // bind hooks never saw it, sock_diag finds it at start.
+    let mut local = topology
+        .start_tcp_banner(Place::Desktop, "127.0.0.1", 7003, "local-7003")
+        .unwrap();
+    let selector = format!("cgroup = \"{}\"", topology.desktop.path().display());
+    let setup = Setup::start(
+        topology,
+        &selector,
+        &format!(r#"{{ from = "localhost:*", to = "{BRIDGE_V4}" }}"#),
+    );
+
+    assert_eq!(
+        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "7003"])["data"],
+        "local-7003"
+    );
+    assert_eq!(setup.counters(0), (0, 0, 1));
+    // Counted with the cookie the release hook sees: when the service
+    // stops, its port is forwarded.
+    local
+        .stop(nix::sys::signal::Signal::SIGTERM, TIMEOUT)
+        .unwrap();
+    setup.assert_eventually_answers(7003, "bridge-7003");
 }

@@ -20,7 +20,7 @@ use tokio::{
 use crate::{
     cgroup, control,
     datapath::Datapath,
-    plan,
+    existing_binds, plan,
     policy::{self, Policy},
     resolve::HostResolver,
     status::Status,
@@ -68,7 +68,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 
     let mut datapath = Datapath::load()?;
     datapath.apply(&plan)?;
-    datapath.attach(&cgroup_root)?;
+    datapath.attach(&cgroup_root, || {
+        // Without them netbpf still runs: those services are forwarded
+        // until they bind again, as if they had started after netbpf.
+        existing_binds::find(&policy).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot list the sockets already bound inside scopes");
+            Vec::new()
+        })
+    })?;
     let server = Server {
         datapath: &datapath,
         policy: &policy,

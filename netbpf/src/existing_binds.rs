@@ -1,0 +1,153 @@
+//! The localhost ports already bound inside scopes when netbpf starts.
+//!
+//! The kernel programs count binds as they happen (`post_bind`) and forget
+//! them on release; a service that was listening before netbpf attached
+//! would be forwarded away from by an "every port" rule. This finds those
+//! sockets with `sock_diag`, each with the cookie the release hook will see,
+//! so they are counted exactly like the binds the programs saw.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use netbpf_common::{LocalBindKey, PROTO_UDP};
+
+use crate::{
+    netns,
+    policy::{Policy, Selector},
+    sock_diag::{self, DiagSocket},
+};
+
+/// A socket bound inside a scope, and its key in the local-binds table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundSocket {
+    pub cookie: u64,
+    pub key: LocalBindKey,
+}
+
+/// Every socket already bound on localhost or a wildcard address inside a
+/// scope of `policy` (scope ids are indexes in the policy, as in `plan`).
+pub fn find(policy: &Policy) -> io::Result<Vec<BoundSocket>> {
+    let owners = Owners::of(policy)?;
+    let mut found = Vec::new();
+    for namespace in &owners.namespaces {
+        let (cookie, sockets) = netns::in_netns(namespace, || {
+            Ok((netns::current_netns_cookie()?, sock_diag::bound_sockets()?))
+        })?;
+        found.extend(
+            sockets
+                .iter()
+                .filter(|socket| is_local_bind(socket))
+                .filter_map(|socket| Some((owners.scope_of(socket, cookie)?, socket)))
+                .map(|(scope, socket)| BoundSocket {
+                    cookie: socket.cookie,
+                    key: LocalBindKey::new(scope, socket.local.port(), socket.protocol),
+                }),
+        );
+    }
+    Ok(found)
+}
+
+/// What the bind hooks would have counted: a bound port on localhost or a
+/// wildcard address, not a connected UDP client.
+fn is_local_bind(socket: &DiagSocket) -> bool {
+    let connected = socket.protocol == PROTO_UDP && socket.remote.port() != 0;
+    socket.local.port() != 0 && !connected && sock_diag::is_local_or_wildcard(socket.local.ip())
+}
+
+/// Which scope owns a socket, and which namespaces to look in.
+struct Owners {
+    /// cgroup id -> scope id, for every cgroup in a cgroup scope's subtree
+    /// (a sub-cgroup that is a scope of its own belongs to that scope).
+    cgroups: HashMap<u64, u32>,
+    /// netns cookie -> scope id.
+    netns: HashMap<u64, u32>,
+    /// One path per network namespace that may hold scoped sockets.
+    namespaces: Vec<PathBuf>,
+}
+
+impl Owners {
+    fn of(policy: &Policy) -> io::Result<Self> {
+        let scope_roots: HashMap<u64, u32> = (0u32..)
+            .zip(&policy.scopes)
+            .filter_map(|(scope, entry)| match entry.selector {
+                Selector::Cgroup { id, .. } => Some((id, scope)),
+                Selector::Netns { .. } => None,
+            })
+            .collect();
+        let mut owners = Self {
+            cgroups: HashMap::new(),
+            netns: HashMap::new(),
+            namespaces: Vec::new(),
+        };
+        let mut seen_namespaces = HashSet::new();
+        for (scope, entry) in (0u32..).zip(&policy.scopes) {
+            match &entry.selector {
+                Selector::Cgroup { path, .. } => {
+                    let mut pids = Vec::new();
+                    walk_cgroup(path, scope, &scope_roots, &mut owners.cgroups, &mut pids)?;
+                    for pid in pids {
+                        // A process may exit while we look: skip it.
+                        let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                        if let Ok(meta) = fs::metadata(&namespace)
+                            && seen_namespaces.insert((meta.dev(), meta.ino()))
+                        {
+                            owners.namespaces.push(namespace);
+                        }
+                    }
+                }
+                Selector::Netns { path, cookie } => {
+                    owners.netns.insert(*cookie, scope);
+                    let meta = fs::metadata(path)?;
+                    if seen_namespaces.insert((meta.dev(), meta.ino())) {
+                        owners.namespaces.push(path.clone());
+                    }
+                }
+            }
+        }
+        Ok(owners)
+    }
+
+    /// The scope of a socket found in the namespace with `netns_cookie`:
+    /// its cgroup's scope first, as the kernel programs decide.
+    fn scope_of(&self, socket: &DiagSocket, netns_cookie: u64) -> Option<u32> {
+        socket
+            .cgroup_id
+            .and_then(|id| self.cgroups.get(&id))
+            .or_else(|| self.netns.get(&netns_cookie))
+            .copied()
+    }
+}
+
+/// Records every cgroup below `dir` as `scope`'s, down to cgroups that are
+/// scopes of their own, and collects the processes found there.
+fn walk_cgroup(
+    dir: &Path,
+    scope: u32,
+    scope_roots: &HashMap<u64, u32>,
+    cgroups: &mut HashMap<u64, u32>,
+    pids: &mut Vec<u32>,
+) -> io::Result<()> {
+    cgroups.insert(fs::metadata(dir)?.ino(), scope);
+    let procs = fs::read_to_string(dir.join("cgroup.procs"))?;
+    pids.extend(
+        procs
+            .lines()
+            .filter_map(|line| line.trim().parse::<u32>().ok()),
+    );
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let child = entry.path();
+        if scope_roots.contains_key(&fs::metadata(&child)?.ino()) {
+            continue;
+        }
+        walk_cgroup(&child, scope, scope_roots, cgroups, pids)?;
+    }
+    Ok(())
+}
