@@ -310,3 +310,78 @@ fn a_scope_that_does_not_exist_is_an_error() {
     );
     assert!(stderr.contains("does not exist"), "{stderr}");
 }
+
+#[test]
+fn coexists_with_programs_other_tools_attached_to_the_same_cgroup() {
+    let topology = topology();
+    let _bridge = topology
+        .start_http_server(BRIDGE_V4, 8082, "bridge")
+        .unwrap();
+    let root = topology.root.path().to_str().unwrap();
+    // Another tool's programs on the same cgroup: a second netbpf, for
+    // processes outside the desktop scope.
+    let other_dir = topology.file("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other_policy = other_dir.join("policy.toml");
+    std::fs::write(
+        &other_policy,
+        format!(
+            "version = 1\n[[scope]]\nname = \"other\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n  \
+             {{ from = \"localhost:9082\", to = \"{BRIDGE_V4}:8082\" }},\n]\n",
+            topology.outside.path().display()
+        ),
+    )
+    .unwrap();
+    let other = NetbpfRun::start(
+        &netbpf_binary(),
+        &other_policy,
+        topology.root.path(),
+        &other_dir,
+    )
+    .unwrap();
+    let theirs = attached_to(root);
+
+    let ours = NetbpfRun::start(
+        &netbpf_binary(),
+        &desktop_policy(&topology),
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        attached_to(root).len(),
+        theirs.len() * 2,
+        "both sets attached side by side"
+    );
+    let curl = |place: Place, url: &str| {
+        let output = topology
+            .spawn(place, "curl", &["--silent", "--max-time", "5", url])
+            .unwrap()
+            .output(TIMEOUT)
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        curl(Place::Desktop, "http://127.0.0.1:8082/"),
+        "bridge",
+        "ours works"
+    );
+    assert_eq!(
+        curl(Place::Outside, "http://127.0.0.1:9082/"),
+        "bridge",
+        "theirs works"
+    );
+
+    assert!(ours.stop().unwrap().success());
+    assert_eq!(
+        attached_to(root),
+        theirs,
+        "stopping netbpf detaches only its own programs"
+    );
+    assert_eq!(
+        curl(Place::Outside, "http://127.0.0.1:9082/"),
+        "bridge",
+        "theirs still works"
+    );
+    assert!(other.stop().unwrap().success());
+}
