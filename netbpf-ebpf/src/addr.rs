@@ -22,13 +22,7 @@ pub fn read_user(ctx: *const bpf_sock_addr, family: u16) -> SockAddr {
         if family == AF_INET {
             addr[0] = read_volatile(addr_of!((*ctx).user_ip4));
         } else {
-            let ip6 = addr_of!((*ctx).user_ip6).cast::<u32>();
-            addr = [
-                read_volatile(ip6),
-                read_volatile(ip6.add(1)),
-                read_volatile(ip6.add(2)),
-                read_volatile(ip6.add(3)),
-            ];
+            addr = read_ip6(addr_of!((*ctx).user_ip6).cast());
         }
         #[expect(
             clippy::cast_possible_truncation,
@@ -36,6 +30,24 @@ pub fn read_user(ctx: *const bpf_sock_addr, family: u16) -> SockAddr {
         )]
         let port = read_volatile(addr_of!((*ctx).user_port)) as u16;
         SockAddr { addr, port, family }
+    }
+}
+
+/// An IPv6 address field of a context, read as four 4-byte loads: the
+/// verifier rejects wider loads of these fields.
+///
+/// # Safety
+/// `ip6` points at a 16-byte address field of the program's context.
+#[inline(always)]
+pub unsafe fn read_ip6(ip6: *const u32) -> [u32; 4] {
+    // SAFETY: the caller's promise.
+    unsafe {
+        [
+            read_volatile(ip6),
+            read_volatile(ip6.add(1)),
+            read_volatile(ip6.add(2)),
+            read_volatile(ip6.add(3)),
+        ]
     }
 }
 

@@ -55,13 +55,7 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
         if family == AF_INET {
             local[0] = read_volatile(addr_of!((*sk).src_ip4));
         } else {
-            let ip6 = addr_of!((*sk).src_ip6).cast::<u32>();
-            local = [
-                read_volatile(ip6),
-                read_volatile(ip6.add(1)),
-                read_volatile(ip6.add(2)),
-                read_volatile(ip6.add(3)),
-            ];
+            local = addr::read_ip6(addr_of!((*sk).src_ip6).cast());
         }
         (
             read_volatile(addr_of!((*sk).protocol)),

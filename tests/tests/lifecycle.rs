@@ -118,6 +118,23 @@ fn prog_ids_in(listing: &str, field: &str) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Runs `netbpf run` with `policy` and `run_dir`, which must fail; returns
+/// what it printed on stderr.
+fn run_to_failure(topology: &DesktopTopology, policy: &Path, run_dir: &Path) -> String {
+    let output = Command::new(netbpf_binary())
+        .args(["run", "--policy"])
+        .arg(policy)
+        .arg("--cgroup-root")
+        .arg(topology.root.path())
+        .arg("--run-dir")
+        .arg(run_dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "netbpf run succeeded: {stderr}");
+    stderr
+}
+
 /// Ids of the programs attached to the cgroup at `path`.
 fn attached_to(path: &str) -> BTreeSet<u64> {
     prog_ids_in(&bpftool(&["cgroup", "show", path]), "id")
@@ -216,17 +233,7 @@ fn a_second_instance_on_the_same_run_directory_is_refused() {
     let root = topology.root.path().to_str().unwrap();
     let attached = attached_to(root);
 
-    let output = Command::new(netbpf_binary())
-        .args(["run", "--policy"])
-        .arg(&policy)
-        .arg("--cgroup-root")
-        .arg(topology.root.path())
-        .arg("--run-dir")
-        .arg(first.run_dir())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = run_to_failure(&topology, &policy, first.run_dir());
     assert!(stderr.contains("another netbpf is running"), "{stderr}");
     assert_eq!(
         attached_to(root),
@@ -253,17 +260,7 @@ fn an_invalid_policy_loads_nothing_and_says_where() {
         ),
     )
     .unwrap();
-    let output = Command::new(netbpf_binary())
-        .args(["run", "--policy"])
-        .arg(&file)
-        .arg("--cgroup-root")
-        .arg(topology.root.path())
-        .arg("--run-dir")
-        .arg(topology.file("run"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = run_to_failure(&topology, &file, &topology.file("run"));
     let expected = format!("{}:7:", file.display());
     assert!(stderr.contains(&expected), "file and line in: {stderr}");
     assert!(
@@ -293,17 +290,7 @@ fn a_scope_that_does_not_exist_is_an_error() {
         ),
     )
     .unwrap();
-    let output = Command::new(netbpf_binary())
-        .args(["run", "--policy"])
-        .arg(&file)
-        .arg("--cgroup-root")
-        .arg(topology.root.path())
-        .arg("--run-dir")
-        .arg(topology.file("run"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
+    let stderr = run_to_failure(&topology, &file, &topology.file("run"));
     assert!(
         stderr.contains(":4:") && stderr.contains("scope[0].match.cgroup"),
         "{stderr}"
