@@ -30,6 +30,20 @@ pub const MAX_REVERSE_ENTRIES: u32 = 262_144;
 /// How many cgroup ancestors the programs look at to find a scope.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
 
+/// Capacity of the MSS clamp configuration and statistics, in interfaces.
+pub const MAX_MSS_INTERFACES: u32 = 1024;
+/// [`MssConfig::mss`] that asks for the path MTU minus headers.
+pub const MSS_PATH_MTU: u16 = 0;
+/// Header bytes the path-MTU mode takes off an IPv4 MTU (IP + TCP).
+pub const MSS_V4_OVERHEAD: u16 = 40;
+/// Header bytes the path-MTU mode takes off an IPv6 MTU (IPv6 + TCP).
+pub const MSS_V6_OVERHEAD: u16 = 60;
+/// The largest MSS an inserted option carries on IPv4 (RFC 1122's
+/// default send MSS), as iptables' TCPMSS inserts it.
+pub const MSS_V4_DEFAULT: u16 = 536;
+/// The largest MSS an inserted option carries on IPv6 (1280 - 60).
+pub const MSS_V6_DEFAULT: u16 = 1220;
+
 /// Bits of a [`ForwardKey`] before the port: scope (32) and protocol (8).
 pub const FORWARD_KEY_PORT_OFFSET_BITS: u32 = 40;
 /// Bits of a [`ForwardKey`] that a full (single port) match compares.
@@ -154,12 +168,53 @@ pub struct RuleStats {
     pub local_skips: u64,
 }
 
+/// How the tc program clamps MSS on one interface: the value of the
+/// per-interface configuration map, keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MssConfig {
+    /// The MSS to clamp to, or [`MSS_PATH_MTU`].
+    pub mss: u16,
+    /// Bytes before the IP header: 14 on Ethernet, 0 on L3 devices
+    /// (`WireGuard`, tun).
+    pub l3_offset: u16,
+    /// Index of the interface's slot in the statistics array.
+    pub slot: u32,
+}
+
+/// Counters of the MSS clamp on one interface, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MssStats {
+    /// TCP segments with SYN set (SYN and SYN-ACK) the program looked at.
+    pub seen: u64,
+    /// Segments whose MSS option was lowered.
+    pub clamped: u64,
+    /// Segments without an MSS option that got one.
+    pub inserted: u64,
+    /// Segments whose MSS was already at or below the clamp.
+    pub already_small: u64,
+    /// Segments without an MSS option left so, as TCPMSS leaves them: they
+    /// carry data, their header is full, or an IP option or extension
+    /// header stands where the option would go.
+    pub without_option: u64,
+    /// Segments with option lengths that do not add up; walked as the
+    /// kernel's TCPMSS walks them, never beyond the header.
+    pub malformed: u64,
+    /// Segments passed untouched because they could not be parsed (IPv6
+    /// extension headers beyond the walk, ESP, truncated headers) or no
+    /// path MTU was found.
+    pub unparsed: u64,
+}
+
 const _: () = assert!(size_of::<ForwardKey>() == 8);
 const _: () = assert!(size_of::<ForwardTarget>() == 24);
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<ReverseKey>() == 32);
 const _: () = assert!(size_of::<LocalBindKey>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 24);
+const _: () = assert!(size_of::<MssConfig>() == 8);
+const _: () = assert!(size_of::<MssStats>() == 56);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -171,6 +226,8 @@ mod pod {
     unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::LocalBindKey {}
     unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::MssConfig {}
+    unsafe impl aya::Pod for super::MssStats {}
 }
 
 #[cfg(test)]
@@ -199,5 +256,8 @@ mod tests {
         assert_eq!(offset_of!(LocalBindKey, protocol), 6);
         assert_eq!(offset_of!(RuleStats, local_skips), 16);
         assert_eq!(align_of::<ReverseKey>(), 8);
+        assert_eq!(offset_of!(MssConfig, l3_offset), 2);
+        assert_eq!(offset_of!(MssConfig, slot), 4);
+        assert_eq!(offset_of!(MssStats, unparsed), 48);
     }
 }

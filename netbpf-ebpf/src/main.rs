@@ -12,13 +12,19 @@
 // socket family decides which context fields may be touched): helpers are
 // inlined into every program on purpose.
 #![expect(clippy::inline_always, reason = "see above")]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
 
 mod addr;
 mod forward;
 mod maps;
+mod mss;
 mod scope;
 mod sock;
 mod sock_addr;
+mod tc;
 
 /// Verdict of a cgroup socket program that lets the syscall go on.
 const ALLOW: i32 = 1;

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use netbpf_common::{
     ForwardKey, ForwardTarget, LocalBindKey, MAX_FORWARD_PREFIXES, MAX_LOCAL_BINDS,
-    MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, ReverseKey, RuleStats, SockAddr,
+    MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig, MssStats,
+    ReverseKey, RuleStats, SockAddr,
 };
 
 /// cgroup v2 id of a container's cgroup directory -> scope id.
@@ -41,3 +42,12 @@ pub static BOUND_SOCKETS: HashMap<u64, LocalBindKey> =
 #[map]
 pub static REVERSE: LruHashMap<ReverseKey, SockAddr> =
     LruHashMap::with_max_entries(MAX_REVERSE_ENTRIES, 0);
+
+/// ifindex -> how the tc program clamps MSS on that interface.
+#[map]
+pub static MSS_INTERFACES: HashMap<u32, MssConfig> =
+    HashMap::with_max_entries(MAX_MSS_INTERFACES, 0);
+
+/// Per-CPU MSS clamp counters, indexed by the interface's slot.
+#[map]
+pub static MSS_STATS: PerCpuArray<MssStats> = PerCpuArray::with_max_entries(MAX_MSS_INTERFACES, 0);

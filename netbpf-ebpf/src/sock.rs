@@ -1,9 +1,5 @@
 //! Programs on the cgroup `bpf_sock` hooks: they track the localhost ports
 //! bound inside each scope, so that its own services are never forwarded.
-#![expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's program macros hand the context over by value"
-)]
 
 use core::{
     intrinsics::{AtomicOrdering, atomic_xadd},

@@ -1,9 +1,5 @@
 //! Programs on the cgroup `bpf_sock_addr` hooks: the socket calls whose
 //! address netbpf rewrites, or restores for the application.
-#![expect(
-    clippy::needless_pass_by_value,
-    reason = "aya's program macros hand the context over by value"
-)]
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use netbpf_common::{AF_INET, AF_INET6};

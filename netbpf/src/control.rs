@@ -2,13 +2,16 @@
 //! and reads one JSON status document.
 
 use std::{
-    io::Read as _,
-    os::unix::net::UnixStream,
+    fs::{self, File},
+    io::{self, Read as _},
+    os::unix::net::{UnixListener as StdUnixListener, UnixStream},
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
 
 use crate::status::Status;
 
@@ -38,4 +41,79 @@ pub fn query(run_dir: &Path) -> anyhow::Result<Status> {
         .with_context(|| format!("reading the status from {}", path.display()))?;
     serde_json::from_slice(&document)
         .with_context(|| format!("parsing the status from {}", path.display()))
+}
+
+/// The run directory, held by this process through an exclusive lock on
+/// its lock file, with the control socket bound. On drop the socket and
+/// lock file are removed, and the directory too if this process made it.
+pub struct RunDir {
+    dir: PathBuf,
+    socket: PathBuf,
+    lock_file: PathBuf,
+    listener: Option<StdUnixListener>,
+    _lock: Flock<File>,
+    created: bool,
+}
+
+impl RunDir {
+    /// Claims `dir` for this process, or fails if another netbpf holds it.
+    pub fn claim(dir: &Path) -> anyhow::Result<Self> {
+        let created = !dir.exists();
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating run directory {}", dir.display()))?;
+        let lock_file = dir.join("netbpf.lock");
+        let file = File::create(&lock_file)
+            .with_context(|| format!("creating {}", lock_file.display()))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                bail!(
+                    "another netbpf is running with run directory {}",
+                    dir.display()
+                )
+            }
+            Err((_, errno)) => {
+                return Err(errno).with_context(|| format!("locking {}", lock_file.display()));
+            }
+        };
+        // Under the lock, a socket left here is a dead instance's.
+        let socket = socket_path(dir);
+        match fs::remove_file(&socket) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                return Err(error)
+                    .with_context(|| format!("removing stale socket {}", socket.display()));
+            }
+            _ => {}
+        }
+        let listener = StdUnixListener::bind(&socket)
+            .with_context(|| format!("listening on {}", socket.display()))?;
+        listener.set_nonblocking(true)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            socket,
+            lock_file,
+            listener: Some(listener),
+            _lock: lock,
+            created,
+        })
+    }
+
+    /// The bound control socket, for the runtime to serve.
+    pub fn take_listener(&mut self) -> anyhow::Result<UnixListener> {
+        let listener = self
+            .listener
+            .take()
+            .context("the control socket is served once")?;
+        Ok(UnixListener::from_std(listener)?)
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.socket);
+        let _ = fs::remove_file(&self.lock_file);
+        if self.created {
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
 }

@@ -34,9 +34,9 @@ pub fn find(policy: &Policy) -> io::Result<Vec<BoundSocket>> {
     let owners = Owners::of(policy)?;
     let mut found = Vec::new();
     for namespace in &owners.namespaces {
-        let (cookie, sockets) = netns::in_netns(namespace, || {
+        let (cookie, sockets) = netns::in_netns(namespace, || -> io::Result<_> {
             Ok((netns::current_netns_cookie()?, sock_diag::bound_sockets()?))
-        })?;
+        })??;
         found.extend(
             sockets
                 .iter()

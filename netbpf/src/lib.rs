@@ -2,11 +2,14 @@
 //! networking in the kernel. This library holds the logic; the `netbpf`
 //! binary is a thin command line over [`cli`].
 
+pub mod agent;
 pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod datapath;
 pub mod existing_binds;
+pub mod links;
+pub mod mss_clamp;
 pub mod netns;
 pub mod plan;
 pub mod policy;

@@ -17,31 +17,46 @@ use nix::{
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
 /// Runs `task` in a short-lived thread that joins the network namespace at
-/// `path` (`/proc/PID/ns/net`, `/run/netns/NAME`); the calling thread never
-/// changes namespace.
-pub fn in_netns<T: Send + 'static>(
-    path: &Path,
-    task: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
+/// `path` (`/proc/PID/ns/net`, `/run/netns/NAME`), and returns what it
+/// returned; the calling thread never changes namespace. Sockets `task`
+/// creates stay in that namespace wherever they are used afterwards.
+pub fn in_netns<T: Send>(path: &Path, task: impl FnOnce() -> T + Send) -> io::Result<T> {
     let namespace = File::open(path)?;
-    let display = path.display().to_string();
-    std::thread::spawn(move || {
-        setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{display} is not a network namespace: setns: {errno}"),
-            )
-        })?;
-        task()
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                setns(namespace.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!(
+                            "{} is not a network namespace: setns: {errno}",
+                            path.display()
+                        ),
+                    )
+                })?;
+                Ok(task())
+            })
+            .join()
+            .map_err(|_| io::Error::other("a thread inside a network namespace panicked"))?
     })
-    .join()
-    .map_err(|_| io::Error::other("a thread inside a network namespace panicked"))?
+}
+
+/// Runs `task` in the network namespace at `path`, or in this thread's
+/// when there is none.
+pub fn in_netns_or_here<T: Send>(
+    path: Option<&Path>,
+    task: impl FnOnce() -> T + Send,
+) -> io::Result<T> {
+    match path {
+        Some(path) => in_netns(path, task),
+        None => Ok(task()),
+    }
 }
 
 /// The cookie of the network namespace at `path`: what
 /// `bpf_get_netns_cookie()` returns for its sockets.
 pub fn netns_cookie(path: &Path) -> io::Result<u64> {
-    in_netns(path, current_netns_cookie)
+    in_netns(path, current_netns_cookie)?
 }
 
 /// The cookie of the calling thread's network namespace, asked of a

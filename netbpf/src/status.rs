@@ -1,25 +1,28 @@
-//! What a running netbpf reports: its programs, scopes, rules and their
-//! counters; rendered as a table for people or as JSON for tools.
+//! What a running netbpf reports: its programs, scopes, rules, MSS clamps
+//! and their counters; rendered as tables for people or as JSON for tools.
 
-use std::path::PathBuf;
+use std::{fmt::Write as _, path::PathBuf};
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::{Datapath, DatapathError, LoadedProgram},
-    policy::{Policy, Protocols, Selector},
+    agent::Agent,
+    datapath::LoadedProgram,
+    mss_clamp::ClampedInterface,
+    policy::{Direction, Mss, Protocols, Selector},
 };
 
 /// The state of one running `netbpf run`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    /// The cgroup the programs are attached to.
+    /// The cgroup the socket programs are attached to.
     pub cgroup_root: PathBuf,
     /// The policy file applied.
     pub policy: PathBuf,
     pub programs: Vec<LoadedProgram>,
     pub scopes: Vec<ScopeStatus>,
+    pub mss_clamps: Vec<MssClampStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,15 +45,36 @@ pub struct ForwardStatus {
     pub local_skips: u64,
 }
 
+/// An `[[mss_clamp]]` of the policy and the interfaces it is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MssClampStatus {
+    pub interface: String,
+    pub direction: Direction,
+    pub mss: Mss,
+    pub attached: Vec<MssInterfaceStatus>,
+}
+
+/// One interface the clamp is attached to, and its counters summed over
+/// CPUs (see `MssStats` for what each counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MssInterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub seen: u64,
+    pub clamped: u64,
+    pub inserted: u64,
+    pub already_small: u64,
+    pub without_option: u64,
+    pub malformed: u64,
+    pub unparsed: u64,
+}
+
 impl Status {
-    /// Reads the counters of `policy`'s rules from `datapath`.
-    pub fn collect(
-        datapath: &Datapath,
-        policy: &Policy,
-        policy_file: PathBuf,
-        cgroup_root: PathBuf,
-    ) -> Result<Self, DatapathError> {
-        let scopes = policy
+    /// Reads the counters of everything `agent` applied.
+    pub fn collect(agent: &Agent) -> anyhow::Result<Self> {
+        let datapath = &agent.datapath;
+        let scopes = agent
+            .policy
             .scopes
             .iter()
             .map(|scope| {
@@ -69,23 +93,36 @@ impl Status {
                             local_skips: stats.local_skips,
                         })
                     })
-                    .collect::<Result<_, DatapathError>>()?;
+                    .collect::<anyhow::Result<_>>()?;
                 Ok(ScopeStatus {
                     name: scope.name.clone(),
                     selector: scope.selector.clone(),
                     forwards,
                 })
             })
-            .collect::<Result<_, DatapathError>>()?;
+            .collect::<anyhow::Result<_>>()?;
+        let mss_clamps = agent
+            .clamper
+            .status(datapath)?
+            .into_iter()
+            .map(|(clamp, interfaces)| MssClampStatus {
+                interface: clamp.interface,
+                direction: clamp.direction,
+                mss: clamp.mss,
+                attached: interfaces.into_iter().map(interface_status).collect(),
+            })
+            .collect();
         Ok(Self {
-            cgroup_root,
-            policy: policy_file,
+            cgroup_root: agent.cgroup_root.clone(),
+            policy: agent.policy_file.clone(),
             programs: datapath.programs().to_vec(),
             scopes,
+            mss_clamps,
         })
     }
 
-    /// The status as people read it: a header and one table row per rule.
+    /// The status as people read it: a header, one table row per forward,
+    /// one per interface an MSS clamp is on.
     #[must_use]
     pub fn render(&self) -> String {
         let programs: Vec<String> = self
@@ -93,6 +130,22 @@ impl Status {
             .iter()
             .map(|program| format!("{} (id {})", program.name, program.id))
             .collect();
+        let mut text = format!(
+            "policy: {}\ncgroup root: {}\nprograms: {}\n",
+            self.policy.display(),
+            self.cgroup_root.display(),
+            programs.join(", ")
+        );
+        if !self.scopes.is_empty() {
+            let _ = writeln!(text, "{}", self.forwards_table());
+        }
+        if !self.mss_clamps.is_empty() {
+            let _ = writeln!(text, "{}", self.mss_table());
+        }
+        text
+    }
+
+    fn forwards_table(&self) -> Table {
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED).set_header([
             "SCOPE",
@@ -127,11 +180,76 @@ impl Status {
                 ]);
             }
         }
-        format!(
-            "policy: {}\ncgroup root: {}\nprograms: {}\n{table}\n",
-            self.policy.display(),
-            self.cgroup_root.display(),
-            programs.join(", ")
-        )
+        table
+    }
+
+    fn mss_table(&self) -> Table {
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "MSS CLAMP",
+            "DIRECTION",
+            "MSS",
+            "INTERFACE",
+            "SEEN",
+            "CLAMPED",
+            "INSERTED",
+            "ALREADY SMALL",
+            "WITHOUT OPTION",
+            "MALFORMED",
+            "UNPARSED",
+        ]);
+        for clamp in &self.mss_clamps {
+            let head = [
+                clamp.interface.clone(),
+                clamp.direction.to_string(),
+                clamp.mss.to_string(),
+            ];
+            if clamp.attached.is_empty() {
+                let waiting = ["(none yet)", "-", "-", "-", "-", "-", "-", "-"].map(str::to_owned);
+                table.add_row(head.iter().cloned().chain(waiting));
+            }
+            for interface in &clamp.attached {
+                let counters = [
+                    interface.seen,
+                    interface.clamped,
+                    interface.inserted,
+                    interface.already_small,
+                    interface.without_option,
+                    interface.malformed,
+                    interface.unparsed,
+                ]
+                .map(|count| count.to_string());
+                table.add_row(
+                    head.iter()
+                        .cloned()
+                        .chain([format!(
+                            "{} (ifindex {})",
+                            interface.name, interface.ifindex
+                        )])
+                        .chain(counters),
+                );
+            }
+        }
+        table
+    }
+}
+
+fn interface_status(
+    ClampedInterface {
+        name,
+        ifindex,
+        stats,
+    }: ClampedInterface,
+) -> MssInterfaceStatus {
+    MssInterfaceStatus {
+        name,
+        ifindex,
+        seen: stats.seen,
+        clamped: stats.clamped,
+        inserted: stats.inserted,
+        already_small: stats.already_small,
+        without_option: stats.without_option,
+        malformed: stats.malformed,
+        unparsed: stats.unparsed,
     }
 }

@@ -2,6 +2,7 @@
 //! control socket answers, stopped with SIGTERM (and killed on drop).
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     thread,
@@ -123,14 +124,18 @@ impl NetbpfRun {
         self.process.log()
     }
 
-    /// The kernel ids of the programs it loaded.
-    pub fn program_ids(&self) -> anyhow::Result<Vec<u64>> {
+    /// The programs it loaded: name -> kernel id.
+    pub fn programs(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let status = self.status_json()?;
         status["programs"]
             .as_array()
             .context("status has programs")?
             .iter()
-            .map(|program| program["id"].as_u64().context("a program has an id"))
+            .map(|program| {
+                let name = program["name"].as_str().context("a program has a name")?;
+                let id = program["id"].as_u64().context("a program has an id")?;
+                Ok((name.to_owned(), id))
+            })
             .collect()
     }
 

@@ -5,6 +5,7 @@
 
 mod endpoint;
 mod error;
+mod mss;
 
 use std::{
     collections::HashMap,
@@ -22,6 +23,7 @@ use crate::plan;
 pub use self::{
     endpoint::{Ports, Target},
     error::{Locator, PolicyError},
+    mss::{Direction, MIN_MSS, Mss, MssClamp},
 };
 
 /// The only policy version this netbpf reads.
@@ -31,6 +33,7 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub scopes: Vec<Scope>,
+    pub mss_clamps: Vec<MssClamp>,
 }
 
 /// A set of sockets that share rules: a container.
@@ -147,7 +150,8 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         .enumerate()
         .map(|(index, scope)| validator.scope(index, scope))
         .collect::<Result<_, _>>()?;
-    Ok(Policy { scopes })
+    let mss_clamps = mss::validate(&locator, raw.mss_clamp)?;
+    Ok(Policy { scopes, mss_clamps })
 }
 
 #[derive(Deserialize)]
@@ -156,6 +160,8 @@ struct RawPolicy {
     version: Spanned<u32>,
     #[serde(default)]
     scope: Vec<Spanned<RawScope>>,
+    #[serde(default)]
+    mss_clamp: Vec<Spanned<mss::RawMssClamp>>,
 }
 
 #[derive(Deserialize)]

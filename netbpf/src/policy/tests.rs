@@ -112,7 +112,8 @@ fn accepts_a_complete_policy() {
 
 #[test]
 fn an_empty_policy_is_valid() {
-    assert_eq!(parse_text("version = 1\n").unwrap().scopes, vec![]);
+    let policy = parse_text("version = 1\n").unwrap();
+    assert_eq!((policy.scopes, policy.mss_clamps), (vec![], vec![]));
 }
 
 #[test]
@@ -299,5 +300,76 @@ fn rejects_ambiguous_and_duplicate_scopes() {
         7,
         "scope[1].match",
         "already matches",
+    );
+}
+
+#[test]
+fn accepts_mss_clamps() {
+    let policy = parse_text(
+        "version = 1\n[[mss_clamp]]\ninterface = \"wg*\"\nmss = \"pmtu\"\n\
+         [[mss_clamp]]\ninterface = \"veth0\"\ndirection = \"both\"\nmss = 1300\n",
+    )
+    .unwrap();
+    assert_eq!(
+        policy.mss_clamps,
+        vec![
+            MssClamp {
+                interface: "wg*".into(),
+                direction: Direction::Egress,
+                mss: Mss::PathMtu
+            },
+            MssClamp {
+                interface: "veth0".into(),
+                direction: Direction::Both,
+                mss: Mss::Fixed(1300)
+            },
+        ]
+    );
+}
+
+#[test]
+fn rejects_bad_mss_clamps_where_they_stand() {
+    let clamp = |body: &str| format!("version = 1\n[[mss_clamp]]\n{body}\n");
+    assert_rejected(
+        &clamp("interface = \"wg0\"\nmss = 0"),
+        4,
+        "mss_clamp[0].mss",
+        "out of range",
+    );
+    assert_rejected(
+        &clamp("interface = \"wg0\"\nmss = 70000"),
+        4,
+        "mss_clamp[0].mss",
+        "out of range",
+    );
+    assert_rejected(
+        &clamp("interface = \"wg0\"\nmss = \"auto\""),
+        4,
+        "mss_clamp[0].mss",
+        "\"pmtu\"",
+    );
+    assert_rejected(
+        &clamp("interface = \"\"\nmss = 1300"),
+        3,
+        "mss_clamp[0].interface",
+        "needed",
+    );
+    assert_rejected(
+        &clamp("interface = \"wg0\"\nmss = 1300\ndirection = \"out\""),
+        5,
+        "",
+        "unknown variant `out`",
+    );
+    assert_rejected(
+        &clamp("interface = \"wg0\"\nmss = 1300\nmode = 1"),
+        5,
+        "",
+        "unknown field `mode`",
+    );
+    assert_rejected(
+        "version = 1\n[[mss_clamp]]\ninterface = \"wg0\"\nmss = 1300\n[[mss_clamp]]\ninterface = \"wg0\"\nmss = 1200\n",
+        6,
+        "mss_clamp[1].interface",
+        "already names",
     );
 }

@@ -1,0 +1,441 @@
+//! TCP MSS clamping of SYN and SYN-ACK segments, the way iptables' TCPMSS
+//! target does it (`net/netfilter/xt_TCPMSS.c`): the same option walk, an
+//! MSS is only ever lowered, and a SYN without one gets one inserted.
+//! Where TCPMSS would drop a packet it cannot parse, this passes it on
+//! untouched and counts it: netbpf fails open.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET,
+        bpf_fib_lookup,
+    },
+    helpers::{bpf_check_mtu, bpf_fib_lookup},
+    programs::TcContext,
+};
+use netbpf_common::{
+    MSS_PATH_MTU, MSS_V4_DEFAULT, MSS_V4_OVERHEAD, MSS_V6_DEFAULT, MSS_V6_OVERHEAD, MssConfig,
+    MssStats,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const IPPROTO_TCP: u8 = 6;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
+const TCPOPT_MSS: u8 = 2;
+const TCPOLEN_MSS: usize = 4;
+/// The TCP header without options.
+const TCP_HEADER: usize = 20;
+/// The most option bytes a TCP header holds.
+const MAX_OPTIONS: usize = 40;
+/// The fixed IPv6 header.
+const IPV6_HEADER: usize = 40;
+/// Extension headers walked before giving up on an IPv6 packet.
+const MAX_IPV6_EXTENSIONS: usize = 8;
+/// Offset of the checksum in the TCP header.
+const TCP_CHECKSUM: usize = 16;
+
+/// Where the TCP segment of a packet is.
+struct Segment {
+    /// `AF_INET` or `AF_INET6`.
+    family: u8,
+    /// Offset of the IP header.
+    l3: usize,
+    /// Offset of the TCP header.
+    l4: usize,
+    /// Length of the TCP segment, header included.
+    len: usize,
+    /// Whether nothing stands between the fixed IP header and TCP (no IPv4
+    /// option, no IPv6 extension header): where an option can be inserted.
+    plain: bool,
+    /// Source and destination addresses, network order, IPv4 in `[0]`.
+    src: [u32; 4],
+    dst: [u32; 4],
+}
+
+/// Clamps the MSS of `ctx`'s packet if it is a SYN or SYN-ACK, counting
+/// what it did in `stats`.
+#[inline(always)]
+pub fn clamp(ctx: &TcContext, config: &MssConfig, stats: &mut MssStats) {
+    let l3 = usize::from(config.l3_offset);
+    // SAFETY: `skb` is the program's context.
+    let protocol = u16::try_from(unsafe { (*ctx.skb.skb).protocol }).map_or(0, u16::from_be);
+    let segment = match protocol {
+        ETH_P_IP => ipv4_segment(ctx, l3),
+        ETH_P_IPV6 => ipv6_segment(ctx, l3),
+        _ => return,
+    };
+    let segment = match segment {
+        Parsed::Tcp(segment) => segment,
+        Parsed::NotTcp => return,
+        Parsed::Unparsed => {
+            stats.unparsed += 1;
+            return;
+        }
+    };
+    let Ok(flags) = ctx.load::<u8>(segment.l4 + 13) else {
+        return;
+    };
+    if flags & TCP_FLAG_SYN == 0 || flags & TCP_FLAG_RST != 0 {
+        return;
+    }
+    stats.seen += 1;
+    let Ok(offset_byte) = ctx.load::<u8>(segment.l4 + 12) else {
+        stats.unparsed += 1;
+        return;
+    };
+    let header_len = usize::from(offset_byte >> 4) * 4;
+    if header_len < TCP_HEADER || segment.len < header_len {
+        stats.unparsed += 1;
+        return;
+    }
+    let Some(target) = target_mss(ctx, config, &segment) else {
+        stats.unparsed += 1;
+        return;
+    };
+    let options_len = header_len - TCP_HEADER;
+    // Read in fixed 4-byte words (option space always is whole words): a
+    // variable-length read would have the verifier lose the bound.
+    let mut options = [0u8; MAX_OPTIONS];
+    for word in 0..MAX_OPTIONS / 4 {
+        let at = word * 4;
+        if at >= options_len {
+            break;
+        }
+        let Ok(bytes) = ctx.load::<[u8; 4]>(segment.l4 + TCP_HEADER + at) else {
+            stats.unparsed += 1;
+            return;
+        };
+        options[at..at + 4].copy_from_slice(&bytes);
+    }
+    let walk = find_mss_option(&options, options_len);
+    if walk.malformed {
+        stats.malformed += 1;
+    }
+    match walk.mss_at {
+        Some(at) => lower_mss(ctx, &segment, &options, at, target, stats),
+        None => insert_mss(ctx, &segment, header_len, offset_byte, target, stats),
+    }
+}
+
+/// What the option walk found.
+struct Walk {
+    /// Offset of the MSS option within the options.
+    mss_at: Option<usize>,
+    /// Whether an option's length did not add up.
+    malformed: bool,
+}
+
+/// Walks the options as TCPMSS does: EOL and NOP take one byte, as does
+/// an option whose length is 0; the walk stops where an MSS option could
+/// no longer fit.
+#[inline(always)]
+fn find_mss_option(options: &[u8; MAX_OPTIONS], len: usize) -> Walk {
+    let mut walk = Walk {
+        mss_at: None,
+        malformed: false,
+    };
+    let mut at = 0;
+    for _ in 0..MAX_OPTIONS {
+        if at + TCPOLEN_MSS > len {
+            break;
+        }
+        let (Some(&kind), Some(&length)) = (options.get(at), options.get(at + 1)) else {
+            break;
+        };
+        if kind == TCPOPT_MSS && usize::from(length) == TCPOLEN_MSS {
+            walk.mss_at = Some(at);
+            break;
+        }
+        if kind <= 1 || length == 0 {
+            walk.malformed |= kind > 1;
+            at += 1;
+        } else {
+            walk.malformed |= length < 2 || at + usize::from(length) > len;
+            at += usize::from(length);
+        }
+    }
+    walk
+}
+
+/// Lowers the MSS option at `at` to `target`, if it is above.
+#[inline(always)]
+fn lower_mss(
+    ctx: &TcContext,
+    segment: &Segment,
+    options: &[u8; MAX_OPTIONS],
+    at: usize,
+    target: u16,
+    stats: &mut MssStats,
+) {
+    let (Some(&high), Some(&low)) = (options.get(at + 2), options.get(at + 3)) else {
+        return;
+    };
+    let old = u16::from_be_bytes([high, low]);
+    if old <= target {
+        stats.already_small += 1;
+        return;
+    }
+    let new = target.to_be_bytes();
+    let offset = segment.l4 + TCP_HEADER + at + 2;
+    let stored = ctx
+        .store(offset, &new, u64::from(BPF_F_RECOMPUTE_CSUM))
+        .and_then(|()| {
+            ctx.l4_csum_replace(
+                segment.l4 + TCP_CHECKSUM,
+                u64::from(u16::from_ne_bytes([high, low])),
+                u64::from(u16::from_ne_bytes(new)),
+                2,
+            )
+        });
+    if stored.is_ok() {
+        stats.clamped += 1;
+    } else {
+        stats.unparsed += 1;
+    }
+}
+
+/// Inserts an MSS option right after the fixed TCP header of a SYN that
+/// has none, as TCPMSS does: only without payload and with room in the
+/// header, and with at most the protocol's default MSS.
+#[inline(always)]
+fn insert_mss(
+    ctx: &TcContext,
+    segment: &Segment,
+    header_len: usize,
+    offset_byte: u8,
+    target: u16,
+    stats: &mut MssStats,
+) {
+    if segment.len > header_len || header_len >= 15 * 4 || !segment.plain {
+        stats.without_option += 1;
+        return;
+    }
+    let default = if segment.family == AF_INET {
+        MSS_V4_DEFAULT
+    } else {
+        MSS_V6_DEFAULT
+    };
+    let mss = target.min(default).to_be_bytes();
+    if add_option(ctx, segment, offset_byte, [TCPOPT_MSS, 4, mss[0], mss[1]]).is_ok() {
+        stats.inserted += 1;
+    } else {
+        stats.unparsed += 1;
+    }
+}
+
+/// Makes room for `option` between the fixed TCP header and its options,
+/// and fixes the TCP checksum and the IP length.
+#[inline(always)]
+fn add_option(
+    ctx: &TcContext,
+    segment: &Segment,
+    offset_byte: u8,
+    option: [u8; 4],
+) -> Result<(), i64> {
+    let l4 = segment.l4;
+    // The room opens right after the fixed IP header, where the TCP header
+    // starts (`segment.plain`): move the fixed TCP header into it.
+    ctx.adjust_room(4, BPF_ADJ_ROOM_NET, 0)?;
+    let mut header: [u8; TCP_HEADER] = ctx.load(l4 + 4)?;
+    let old_word = u16::from_ne_bytes([header[12], header[13]]);
+    header[12] = offset_byte + 0x10;
+    let new_word = u16::from_ne_bytes([header[12], header[13]]);
+    ctx.store(l4, &header, 0)?;
+    ctx.store(l4 + TCP_HEADER, &option, 0)?;
+
+    let len = u16::try_from(segment.len).map_err(|_| -1i64)?;
+    let checksum = l4 + TCP_CHECKSUM;
+    ctx.l4_csum_replace(
+        checksum,
+        u64::from(len.to_be()),
+        u64::from((len + 4).to_be()),
+        u64::from(BPF_F_PSEUDO_HDR) | 2,
+    )?;
+    ctx.l4_csum_replace(checksum, 0, u64::from(u32::from_ne_bytes(option)), 4)?;
+    ctx.l4_csum_replace(checksum, u64::from(old_word), u64::from(new_word), 2)?;
+
+    let l3 = segment.l3;
+    if segment.family == AF_INET {
+        let old_total: u16 = ctx.load(l3 + 2)?;
+        let new_total = (u16::from_be(old_total) + 4).to_be();
+        ctx.store(l3 + 2, &new_total, 0)?;
+        ctx.l3_csum_replace(l3 + 10, u64::from(old_total), u64::from(new_total), 2)?;
+    } else {
+        let old_payload: u16 = ctx.load(l3 + 4)?;
+        ctx.store(l3 + 4, &(u16::from_be(old_payload) + 4).to_be(), 0)?;
+    }
+    Ok(())
+}
+
+/// The MSS to clamp to: the configured one, or the path MTU minus the IP
+/// and TCP headers (the lower of the forward and the reverse route, as
+/// TCPMSS takes it).
+#[inline(always)]
+fn target_mss(ctx: &TcContext, config: &MssConfig, segment: &Segment) -> Option<u16> {
+    if config.mss != MSS_PATH_MTU {
+        return Some(config.mss);
+    }
+    let forward = route_mtu(ctx, segment.family, segment.dst, true).or_else(|| device_mtu(ctx))?;
+    let reverse = route_mtu(ctx, segment.family, segment.src, false).unwrap_or(u16::MAX);
+    let overhead = if segment.family == AF_INET {
+        MSS_V4_OVERHEAD
+    } else {
+        MSS_V6_OVERHEAD
+    };
+    forward
+        .min(reverse)
+        .checked_sub(overhead)
+        .filter(|mss| *mss > 0)
+}
+
+/// The MTU of the route to `addr`, from the kernel's FIB: an egress
+/// lookup through this device for the destination, an ingress lookup for
+/// the way back. Asking for a 64 KiB packet makes the FIB report the MTU.
+#[inline(always)]
+fn route_mtu(ctx: &TcContext, family: u8, addr: [u32; 4], egress: bool) -> Option<u16> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.family = family;
+    params.l4_protocol = IPPROTO_TCP;
+    // SAFETY: `skb` is the program's context.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_1.tot_len = u16::MAX;
+    if family == AF_INET {
+        params.__bindgen_anon_4.ipv4_dst = addr[0];
+    } else {
+        params.__bindgen_anon_4.ipv6_dst = addr;
+    }
+    let flags = if egress { BPF_FIB_LOOKUP_OUTPUT } else { 0 };
+    let size = i32::try_from(core::mem::size_of::<bpf_fib_lookup>()).unwrap_or(0);
+    // SAFETY: `params` lives on the stack for the call; `skb` is the context.
+    let result = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &raw mut params, size, flags) };
+    match u32::try_from(result) {
+        // SAFETY: the kernel wrote the MTU into the union.
+        Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Some(unsafe { params.__bindgen_anon_1.mtu_result }),
+        Ok(BPF_FIB_LKUP_RET_SUCCESS) => Some(u16::MAX),
+        _ => None,
+    }
+}
+
+/// The MTU of the device the packet is on.
+#[inline(always)]
+fn device_mtu(ctx: &TcContext) -> Option<u16> {
+    let mut mtu: u32 = 0;
+    // SAFETY: `mtu` lives on the stack for the call; `skb` is the context.
+    let result = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), 0, &raw mut mtu, 0, 0) };
+    (result >= 0).then(|| u16::try_from(mtu).unwrap_or(u16::MAX))
+}
+
+/// What parsing the IP header found.
+enum Parsed {
+    Tcp(Segment),
+    /// Another protocol, or a fragment without the TCP header.
+    NotTcp,
+    Unparsed,
+}
+
+#[inline(always)]
+fn ipv4_segment(ctx: &TcContext, l3: usize) -> Parsed {
+    let (Ok(version_ihl), Ok(total), Ok(fragment), Ok(protocol), Ok(src), Ok(dst)) = (
+        ctx.load::<u8>(l3),
+        ctx.load::<u16>(l3 + 2),
+        ctx.load::<u16>(l3 + 6),
+        ctx.load::<u8>(l3 + 9),
+        ctx.load::<u32>(l3 + 12),
+        ctx.load::<u32>(l3 + 16),
+    ) else {
+        return Parsed::Unparsed;
+    };
+    if protocol != IPPROTO_TCP || u16::from_be(fragment) & 0x1fff != 0 {
+        return Parsed::NotTcp;
+    }
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    let total = usize::from(u16::from_be(total));
+    if header_len < 20 || total < header_len {
+        return Parsed::Unparsed;
+    }
+    Parsed::Tcp(Segment {
+        family: AF_INET,
+        l3,
+        l4: l3 + header_len,
+        len: total - header_len,
+        plain: header_len == 20,
+        src: [src, 0, 0, 0],
+        dst: [dst, 0, 0, 0],
+    })
+}
+
+#[inline(always)]
+fn ipv6_segment(ctx: &TcContext, l3: usize) -> Parsed {
+    let (Ok(payload), Ok(first_next), Ok(src), Ok(dst)) = (
+        ctx.load::<u16>(l3 + 4),
+        ctx.load::<u8>(l3 + 6),
+        ctx.load::<[u32; 4]>(l3 + 8),
+        ctx.load::<[u32; 4]>(l3 + 24),
+    ) else {
+        return Parsed::Unparsed;
+    };
+    let mut next = first_next;
+    let mut offset = l3 + IPV6_HEADER;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next {
+            IPPROTO_TCP => {
+                let skipped = offset - (l3 + IPV6_HEADER);
+                let Some(len) = usize::from(u16::from_be(payload)).checked_sub(skipped) else {
+                    return Parsed::Unparsed;
+                };
+                return Parsed::Tcp(Segment {
+                    family: AF_INET6,
+                    l3,
+                    l4: offset,
+                    len,
+                    plain: skipped == 0,
+                    src,
+                    dst,
+                });
+            }
+            // Hop-by-hop, routing and destination options: 8-byte units
+            // after the first 8.
+            0 | 43 | 60 => {
+                let (Ok(following), Ok(units)) =
+                    (ctx.load::<u8>(offset), ctx.load::<u8>(offset + 1))
+                else {
+                    return Parsed::Unparsed;
+                };
+                next = following;
+                offset += (usize::from(units) + 1) * 8;
+            }
+            // Fragment: only the first fragment carries the TCP header.
+            44 => {
+                let (Ok(following), Ok(fragment)) =
+                    (ctx.load::<u8>(offset), ctx.load::<u16>(offset + 2))
+                else {
+                    return Parsed::Unparsed;
+                };
+                if u16::from_be(fragment) & 0xfff8 != 0 {
+                    return Parsed::NotTcp;
+                }
+                next = following;
+                offset += 8;
+            }
+            // Authentication header: 4-byte units after the first 8.
+            51 => {
+                let (Ok(following), Ok(units)) =
+                    (ctx.load::<u8>(offset), ctx.load::<u8>(offset + 1))
+                else {
+                    return Parsed::Unparsed;
+                };
+                next = following;
+                offset += (usize::from(units) + 2) * 4;
+            }
+            // ESP hides what follows; anything else is not TCP.
+            50 => return Parsed::Unparsed,
+            _ => return Parsed::NotTcp,
+        }
+    }
+    Parsed::Unparsed
+}

@@ -1,0 +1,29 @@
+//! Programs on tc (TCX, or a clsact qdisc on older kernels): MSS clamping
+//! of the TCP handshakes that cross an interface.
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+
+use crate::{
+    maps::{MSS_INTERFACES, MSS_STATS},
+    mss,
+};
+
+/// `TC_ACT_UNSPEC` (`TCX_NEXT`): the packet goes on to the next program,
+/// or on its way; netbpf only ever edits packets, never decides their fate.
+const TC_NEXT: i32 = -1;
+
+/// Clamps the MSS of SYN and SYN-ACK segments on a configured interface.
+#[classifier]
+pub fn netbpf_mss(ctx: TcContext) -> i32 {
+    // SAFETY: `skb` is the program's context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the value is copied out at once.
+    let Some(config) = (unsafe { MSS_INTERFACES.get(ifindex) }).copied() else {
+        return TC_NEXT;
+    };
+    if let Some(stats) = MSS_STATS.get_ptr_mut(config.slot) {
+        // SAFETY: `stats` points at this CPU's slot of a valid element.
+        mss::clamp(&ctx, &config, unsafe { &mut *stats });
+    }
+    TC_NEXT
+}

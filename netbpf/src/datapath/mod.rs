@@ -1,0 +1,149 @@
+//! Loads netbpf's kernel programs, fills their maps, attaches them and
+//! reads their counters. Dropping a [`Datapath`] detaches and unloads
+//! everything it loaded.
+//!
+//! One file per concern: the socket programs on a cgroup (`sockets`), the
+//! MSS clamp on tc (`mss`).
+
+mod mss;
+mod sockets;
+
+use std::path::PathBuf;
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::MapError,
+    programs::{Program, ProgramError},
+};
+
+pub use self::mss::MssLinks;
+
+/// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));
+
+/// Why the datapath could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading netbpf's eBPF object")]
+    Object(#[source] Box<EbpfError>),
+    #[error("loading program {name} into the kernel")]
+    Load {
+        name: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("attaching program {name} to cgroup {}", cgroup.display())]
+    Attach {
+        name: String,
+        cgroup: PathBuf,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("opening cgroup {}", path.display())]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("netbpf's eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("netbpf's eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("program {0} of netbpf's eBPF object has no place in the attach order")]
+    UnorderedProgram(String),
+    #[error("counting the CPUs")]
+    Cpus(#[source] std::io::Error),
+    #[error("attaching the MSS clamp to interface {interface}")]
+    TcAttach {
+        interface: String,
+        #[source]
+        source: Box<ProgramError>,
+    },
+}
+
+/// A program of the datapath, as the kernel knows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LoadedProgram {
+    pub name: String,
+    /// The kernel's id of the program (`bpftool prog show id ID`).
+    pub id: u32,
+}
+
+/// netbpf's programs and maps, loaded into the kernel.
+pub struct Datapath {
+    ebpf: Ebpf,
+    programs: Vec<LoadedProgram>,
+}
+
+impl Datapath {
+    /// Loads every program into the kernel (the verifier runs here), with
+    /// empty maps and nothing attached.
+    pub fn load() -> Result<Self, DatapathError> {
+        let mut ebpf =
+            Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
+        let mut programs = Vec::new();
+        for (name, program) in ebpf.programs_mut() {
+            let known = sockets::TRACKING_PROGRAMS.contains(&name)
+                || sockets::REWRITING_PROGRAMS.contains(&name)
+                || name == mss::MSS_PROGRAM;
+            if !known {
+                return Err(DatapathError::UnorderedProgram(name.to_owned()));
+            }
+            let load = |error| DatapathError::Load {
+                name: name.to_owned(),
+                source: Box::new(error),
+            };
+            match program {
+                Program::CgroupSockAddr(program) => program.load(),
+                Program::CgroupSock(program) => program.load(),
+                Program::SchedClassifier(program) => program.load(),
+                other => unreachable!("netbpf has no {:?} program", other.prog_type()),
+            }
+            .map_err(load)?;
+            let id = program.info().map_err(load)?.id();
+            programs.push(LoadedProgram {
+                name: name.to_owned(),
+                id,
+            });
+        }
+        programs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { ebpf, programs })
+    }
+
+    /// The loaded programs, by name.
+    #[must_use]
+    pub fn programs(&self) -> &[LoadedProgram] {
+        &self.programs
+    }
+
+    /// The map `name`, typed, for reading.
+    fn map<'a, T>(&'a self, name: &'static str) -> Result<T, DatapathError>
+    where
+        T: TryFrom<&'a aya::maps::Map, Error = MapError>,
+    {
+        let map = self.ebpf.map(name).ok_or(DatapathError::MissingMap(name))?;
+        T::try_from(map).map_err(map_error(name))
+    }
+
+    /// The map `name`, typed, for writing.
+    fn map_mut<'a, T>(&'a mut self, name: &'static str) -> Result<T, DatapathError>
+    where
+        T: TryFrom<&'a mut aya::maps::Map, Error = MapError>,
+    {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap(name))?;
+        T::try_from(map).map_err(map_error(name))
+    }
+}
+
+fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
+    move |source| DatapathError::Map { name, source }
+}

@@ -1,0 +1,137 @@
+//! The MSS clamp on tc: per-interface configuration and counters, and the
+//! program attached to an interface's ingress or egress (TCX on 6.6+, a
+//! clsact qdisc before).
+
+use aya::{
+    maps::{HashMap, PerCpuArray, PerCpuValues},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType,
+        tc::{SchedClassifierLinkId, TcError, qdisc_add_clsact},
+    },
+    util::{KernelVersion, nr_cpus},
+};
+use netbpf_common::{MssConfig, MssStats};
+
+use super::{Datapath, DatapathError, map_error};
+use crate::policy::Direction;
+
+/// The tc program that clamps MSS.
+pub(super) const MSS_PROGRAM: &str = "netbpf_mss";
+
+/// The attachments of the clamp to one interface; detached when handed
+/// back to [`Datapath::detach_mss`], or when the interface goes.
+#[derive(Debug)]
+pub struct MssLinks(Vec<SchedClassifierLinkId>);
+
+impl Datapath {
+    /// Configures the clamp of interface `ifindex`, with counters from
+    /// zero in `config.slot`. Call before [`Self::attach_mss`].
+    pub fn set_mss_interface(
+        &mut self,
+        ifindex: u32,
+        config: MssConfig,
+    ) -> Result<(), DatapathError> {
+        let cpus = nr_cpus().map_err(|(_, error)| DatapathError::Cpus(error))?;
+        let zeros =
+            PerCpuValues::try_from(vec![MssStats::default(); cpus]).map_err(DatapathError::Cpus)?;
+        let mut stats: PerCpuArray<_, MssStats> = self.map_mut("MSS_STATS")?;
+        stats
+            .set(config.slot, zeros, 0)
+            .map_err(map_error("MSS_STATS"))?;
+        let mut interfaces: HashMap<_, u32, MssConfig> = self.map_mut("MSS_INTERFACES")?;
+        interfaces
+            .insert(ifindex, config, 0)
+            .map_err(map_error("MSS_INTERFACES"))
+    }
+
+    /// Forgets the clamp of interface `ifindex`.
+    pub fn remove_mss_interface(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        let mut interfaces: HashMap<_, u32, MssConfig> = self.map_mut("MSS_INTERFACES")?;
+        match interfaces.remove(&ifindex) {
+            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(error) => Err(map_error("MSS_INTERFACES")(error)),
+        }
+    }
+
+    /// Attaches the clamp to `interface` of the calling thread's network
+    /// namespace, in `direction`.
+    pub fn attach_mss(
+        &mut self,
+        interface: &str,
+        direction: Direction,
+    ) -> Result<MssLinks, DatapathError> {
+        let attach_error = |source: ProgramError| DatapathError::TcAttach {
+            interface: interface.to_owned(),
+            source: Box::new(source),
+        };
+        // Before TCX (6.6) tc programs hang off a clsact qdisc; one that
+        // exists already is as good, and stays when netbpf goes.
+        if KernelVersion::current().is_ok_and(|version| version < KernelVersion::new(6, 6, 0)) {
+            match qdisc_add_clsact(interface) {
+                Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
+                }
+                other => other.map_err(|error| attach_error(error.into()))?,
+            }
+        }
+        let program = self.classifier()?;
+        let mut links = Vec::new();
+        let attach_types = [
+            (direction.egress(), TcAttachType::Egress),
+            (direction.ingress(), TcAttachType::Ingress),
+        ];
+        for (wanted, attach_type) in attach_types {
+            if !wanted {
+                continue;
+            }
+            match program.attach(interface, attach_type) {
+                Ok(link) => links.push(link),
+                Err(error) => {
+                    // Leave nothing half attached.
+                    for link in links {
+                        let _ = program.detach(link);
+                    }
+                    return Err(attach_error(error));
+                }
+            }
+        }
+        Ok(MssLinks(links))
+    }
+
+    /// Detaches the clamp from an interface. An interface that went away
+    /// took its attachments with it: nothing to report then.
+    pub fn detach_mss(&mut self, links: MssLinks) {
+        if let Ok(program) = self.classifier() {
+            for link in links.0 {
+                let _ = program.detach(link);
+            }
+        }
+    }
+
+    /// The counters in `slot`, summed over CPUs.
+    pub fn mss_stats(&self, slot: u32) -> Result<MssStats, DatapathError> {
+        let stats: PerCpuArray<_, MssStats> = self.map("MSS_STATS")?;
+        let per_cpu = stats.get(&slot, 0).map_err(map_error("MSS_STATS"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(MssStats::default(), |sum, cpu| MssStats {
+                seen: sum.seen + cpu.seen,
+                clamped: sum.clamped + cpu.clamped,
+                inserted: sum.inserted + cpu.inserted,
+                already_small: sum.already_small + cpu.already_small,
+                without_option: sum.without_option + cpu.without_option,
+                malformed: sum.malformed + cpu.malformed,
+                unparsed: sum.unparsed + cpu.unparsed,
+            }))
+    }
+
+    /// The loaded clamp program.
+    pub fn classifier(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+        let program = self
+            .ebpf
+            .program_mut(MSS_PROGRAM)
+            .ok_or(DatapathError::MissingProgram(MSS_PROGRAM))?;
+        program
+            .try_into()
+            .map_err(|_| DatapathError::MissingProgram(MSS_PROGRAM))
+    }
+}

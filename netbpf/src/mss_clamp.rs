@@ -1,0 +1,208 @@
+//! Keeps the MSS clamp on exactly the interfaces the policy names: those
+//! present at start, and those that appear, are renamed or go while
+//! netbpf runs.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use netbpf_common::{MAX_MSS_INTERFACES, MSS_PATH_MTU, MssConfig, MssStats};
+
+use crate::{
+    datapath::{Datapath, DatapathError, MssLinks},
+    links::{Interface, LinkEvent},
+    netns,
+    policy::{Direction, Mss, MssClamp},
+};
+
+/// Why an interface could not be clamped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClampError {
+    #[error("interface {0} carries packets netbpf cannot parse (neither Ethernet nor plain IP)")]
+    UnsupportedLink(String),
+    #[error("more than {MAX_MSS_INTERFACES} interfaces to clamp")]
+    TooManyInterfaces,
+    #[error("entering network namespace {}", path.display())]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// An interface a clamp is on, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClampedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub stats: MssStats,
+}
+
+/// An interface the clamp is attached to.
+#[derive(Debug)]
+struct Clamped {
+    name: String,
+    /// Index of the policy's clamp that matched it.
+    clamp: usize,
+    slot: u32,
+    links: MssLinks,
+}
+
+/// The clamps of a policy and the interfaces they are attached to.
+pub struct MssClamper {
+    clamps: Vec<MssClamp>,
+    /// Where the interfaces are; None: netbpf's own namespace.
+    netns: Option<PathBuf>,
+    /// ifindex -> what is attached there.
+    clamped: BTreeMap<u32, Clamped>,
+    free_slots: BTreeSet<u32>,
+}
+
+impl MssClamper {
+    #[must_use]
+    pub fn new(clamps: Vec<MssClamp>, netns: Option<&Path>) -> Self {
+        Self {
+            clamps,
+            netns: netns.map(Path::to_owned),
+            clamped: BTreeMap::new(),
+            free_slots: (0..MAX_MSS_INTERFACES).collect(),
+        }
+    }
+
+    /// Whether the policy clamps anything at all.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.clamps.is_empty()
+    }
+
+    /// Follows one change: attaches to an interface that a clamp now
+    /// matches, detaches from one that none matches any more.
+    pub fn handle(&mut self, datapath: &mut Datapath, event: &LinkEvent) -> Result<(), ClampError> {
+        match event {
+            LinkEvent::Present(interface) => self.interface_present(datapath, interface),
+            LinkEvent::Gone(index) => {
+                self.release(datapath, *index)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn interface_present(
+        &mut self,
+        datapath: &mut Datapath,
+        interface: &Interface,
+    ) -> Result<(), ClampError> {
+        let wanted = self
+            .clamps
+            .iter()
+            .position(|clamp| clamp.matches(&interface.name));
+        if let Some(current) = self.clamped.get_mut(&interface.index) {
+            if Some(current.clamp) == wanted {
+                current.name.clone_from(&interface.name);
+                return Ok(());
+            }
+            self.release(datapath, interface.index)?;
+        }
+        let Some(clamp) = wanted else {
+            return Ok(());
+        };
+        let l3_offset = interface
+            .l3_offset
+            .ok_or_else(|| ClampError::UnsupportedLink(interface.name.clone()))?;
+        let slot = self
+            .free_slots
+            .pop_first()
+            .ok_or(ClampError::TooManyInterfaces)?;
+        let config = MssConfig {
+            mss: match self.clamps[clamp].mss {
+                Mss::Fixed(mss) => mss,
+                Mss::PathMtu => MSS_PATH_MTU,
+            },
+            l3_offset,
+            slot,
+        };
+        let direction = self.clamps[clamp].direction;
+        let attached = self.attach(datapath, interface, config, direction);
+        match attached {
+            Ok(links) => {
+                tracing::info!(interface = %interface.name, %direction, mss = %self.clamps[clamp].mss, "clamping MSS");
+                self.clamped.insert(
+                    interface.index,
+                    Clamped {
+                        name: interface.name.clone(),
+                        clamp,
+                        slot,
+                        links,
+                    },
+                );
+                Ok(())
+            }
+            Err(error) => {
+                let _ = datapath.remove_mss_interface(interface.index);
+                self.free_slots.insert(slot);
+                Err(error)
+            }
+        }
+    }
+
+    /// Configures and attaches the clamp on `interface`, in the namespace
+    /// of the interfaces.
+    fn attach(
+        &self,
+        datapath: &mut Datapath,
+        interface: &Interface,
+        config: MssConfig,
+        direction: Direction,
+    ) -> Result<MssLinks, ClampError> {
+        datapath.set_mss_interface(interface.index, config)?;
+        let links = netns::in_netns_or_here(self.netns.as_deref(), || {
+            datapath.attach_mss(&interface.name, direction)
+        })
+        .map_err(|source| ClampError::Netns {
+            path: self.netns.clone().unwrap_or_default(),
+            source,
+        })??;
+        Ok(links)
+    }
+
+    /// Detaches from interface `index`, if attached.
+    fn release(&mut self, datapath: &mut Datapath, index: u32) -> Result<(), DatapathError> {
+        let Some(clamped) = self.clamped.remove(&index) else {
+            return Ok(());
+        };
+        datapath.detach_mss(clamped.links);
+        self.free_slots.insert(clamped.slot);
+        tracing::info!(interface = %clamped.name, "no longer clamping MSS");
+        datapath.remove_mss_interface(index)
+    }
+
+    /// Each clamp of the policy with the interfaces it is attached to and
+    /// their counters.
+    pub fn status(
+        &self,
+        datapath: &Datapath,
+    ) -> Result<Vec<(MssClamp, Vec<ClampedInterface>)>, DatapathError> {
+        self.clamps
+            .iter()
+            .enumerate()
+            .map(|(index, clamp)| {
+                let interfaces = self
+                    .clamped
+                    .iter()
+                    .filter(|(_, clamped)| clamped.clamp == index)
+                    .map(|(ifindex, clamped)| {
+                        Ok(ClampedInterface {
+                            name: clamped.name.clone(),
+                            ifindex: *ifindex,
+                            stats: datapath.mss_stats(clamped.slot)?,
+                        })
+                    })
+                    .collect::<Result<_, DatapathError>>()?;
+                Ok((clamp.clone(), interfaces))
+            })
+            .collect()
+    }
+}
