@@ -61,7 +61,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let plan = plan::compile(&policy);
     let mut run_dir = RunDir::claim(&args.run_dir)?;
 
-    let mut datapath = Datapath::load()?;
+    let mut datapath = Datapath::load(!policy.mss_clamps.is_empty())?;
     datapath.apply(&plan)?;
     datapath.attach(&cgroup_root, || {
         // Without them netbpf still runs: those services are forwarded

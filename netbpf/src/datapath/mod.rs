@@ -82,9 +82,11 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads every program into the kernel (the verifier runs here), with
-    /// empty maps and nothing attached.
-    pub fn load() -> Result<Self, DatapathError> {
+    /// Loads the socket programs into the kernel (the verifier runs here),
+    /// and the MSS clamp program if `mss_clamp`, with empty maps and
+    /// nothing attached. The clamp is the costliest to verify: a policy
+    /// without clamps does not pay for it.
+    pub fn load(mss_clamp: bool) -> Result<Self, DatapathError> {
         let mut ebpf =
             Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
         let mut programs = Vec::new();
@@ -94,6 +96,9 @@ impl Datapath {
                 || name == mss::MSS_PROGRAM;
             if !known {
                 return Err(DatapathError::UnorderedProgram(name.to_owned()));
+            }
+            if name == mss::MSS_PROGRAM && !mss_clamp {
+                continue;
             }
             let load = |error| DatapathError::Load {
                 name: name.to_owned(),
