@@ -181,13 +181,21 @@ fn lower_mss(
     }
     let new = target.to_be_bytes();
     let offset = segment.l4 + TCP_HEADER + at + 2;
+    // The checksum sums 16-bit words from the start of the header: a value
+    // at an odd offset straddles two words, one byte in each, and counts
+    // byte-swapped. (TCPMSS misses this and breaks the checksum there.)
+    let (old_word, new_word) = if at.is_multiple_of(2) {
+        ([high, low], new)
+    } else {
+        ([low, high], [new[1], new[0]])
+    };
     let stored = ctx
         .store(offset, &new, u64::from(BPF_F_RECOMPUTE_CSUM))
         .and_then(|()| {
             ctx.l4_csum_replace(
                 segment.l4 + TCP_CHECKSUM,
-                u64::from(u16::from_ne_bytes([high, low])),
-                u64::from(u16::from_ne_bytes(new)),
+                u64::from(u16::from_ne_bytes(old_word)),
+                u64::from(u16::from_ne_bytes(new_word)),
                 2,
             )
         });

@@ -52,6 +52,17 @@ impl NetbpfRun {
         cgroup_root: &Path,
         work: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with(binary, policy, cgroup_root, work, &[])
+    }
+
+    /// As [`Self::start`], with more arguments for `netbpf run`.
+    pub fn start_with(
+        binary: &Path,
+        policy: &Path,
+        cgroup_root: &Path,
+        work: &Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Self> {
         let run_dir = work.join("run");
         let log = work.join("netbpf.log");
         let out = std::fs::File::create(&log)?;
@@ -65,6 +76,7 @@ impl NetbpfRun {
             .arg(cgroup_root)
             .arg("--run-dir")
             .arg(&run_dir)
+            .args(extra_args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

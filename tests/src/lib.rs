@@ -10,6 +10,8 @@
 mod agent;
 mod cgroup;
 mod netns;
+pub mod packet;
+mod packet_socket;
 mod process;
 mod topology;
 
@@ -17,6 +19,7 @@ pub use self::{
     agent::{NetbpfRun, netbpf_binary},
     cgroup::Cgroup,
     netns::Netns,
+    packet_socket::{PacketSocket, mac_address},
     process::{Process, Spawn, run_checked, write_file},
     topology::{BRIDGE_V4, BRIDGE_V6, DesktopTopology, Place, wait_for_listener},
 };
