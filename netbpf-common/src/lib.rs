@@ -176,7 +176,7 @@ pub struct MssConfig {
     /// The MSS to clamp to, or [`MSS_PATH_MTU`].
     pub mss: u16,
     /// Bytes before the IP header: 14 on Ethernet, 0 on L3 devices
-    /// (`WireGuard`, tun).
+    /// (WireGuard, tun).
     pub l3_offset: u16,
     /// Index of the interface's slot in the statistics array.
     pub slot: u32,

@@ -19,7 +19,7 @@ pub struct Interface {
     pub index: u32,
     pub name: String,
     /// Bytes before the IP header of its packets: 14 on Ethernet, 0 on L3
-    /// devices (`WireGuard`, tun); None where netbpf cannot parse them.
+    /// devices (WireGuard, tun); None where netbpf cannot parse them.
     pub l3_offset: Option<u16>,
 }
 

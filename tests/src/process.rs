@@ -65,6 +65,13 @@ impl Spawn {
         Ok(Self { command })
     }
 
+    /// Sets the working directory of the child.
+    #[must_use]
+    pub fn current_dir(mut self, dir: &Path) -> Self {
+        self.command.current_dir(dir);
+        self
+    }
+
     /// Sets an environment variable of the child.
     #[must_use]
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -185,6 +192,11 @@ impl Process {
         signal: nix::sys::signal::Signal,
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
+        // A child already reaped keeps its status: no signal may reach a
+        // process that reused its pid.
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
         nix::sys::signal::kill(pid, signal)?;
         let deadline = Instant::now() + timeout;
@@ -209,9 +221,16 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// Asks the process to stop (SIGTERM), so it can remove what it made
+    /// (wireguard-go its control socket); kills it if it has not after 2 s.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self
+            .stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(2))
+            .is_err()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -18,12 +18,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the tests and the demo run: the real clients, servers
 /// and tools they drive.
 const DEBIAN_PACKAGES: &[&str] = &[
-    "iproute2", // ip, ss: namespaces, veths, bridges
-    "iptables", // iptables-save: netbpf must leave the rules alone
-    "bpftool",  // the kernel's view of programs, links and cgroups
-    "curl",     // the client users type
-    "socat",    // TCP banner and UDP echo servers
-    "python3",  // http.server and the probe client
+    "iproute2",        // ip, ss: namespaces, veths, bridges
+    "iptables",        // iptables-save: netbpf must leave the rules alone
+    "bpftool",         // the kernel's view of programs, links and cgroups
+    "curl",            // the client users type
+    "socat",           // TCP banner and UDP echo servers
+    "python3",         // http.server and the probe client
+    "openssl",         // the TLS server behind the MSS black hole
+    "wireguard-go",    // a real WireGuard tunnel, in userspace on TUN
+    "wireguard-tools", // wg: its keys and configuration
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.

@@ -1,0 +1,405 @@
+//! The symptom itself: behind a WireGuard tunnel with MTU 1380, a
+//! container's HTTPS download hangs because the server's full-size
+//! segments never fit the tunnel and the ICMP "fragmentation needed" that
+//! would say so is dropped on the way (a PMTU black hole). With netbpf
+//! clamping the MSS on the tunnel, the same download completes.
+//!
+//! ```text
+//!  container --veth-- router == WireGuard (wireguard-go, MTU 1380) == vpn --veth-- server
+//!  10.10.0.2          br0 10.10.0.1                    ICMP dropped here         10.20.0.2
+//!                     netbpf clamps MSS on wg*                                   openssl s_server
+//! ```
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::{path::Path, process::Output, time::Duration};
+
+use netbpf_testenv::{
+    Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked,
+    unique_name, wait_for_listener,
+};
+
+/// How long a download may take before it counts as hung, in seconds.
+const HUNG_AFTER: &str = "6";
+const SERVER_PORT: u16 = 8443;
+const TUNNEL_MTU: &str = "1380";
+
+/// The whole path. Fields drop in order: processes first, then their
+/// cgroup, then the namespaces, then the files.
+struct BlackHole {
+    _vpn_tunnel: Process,
+    _tls_server: Process,
+    processes: Cgroup,
+    container: Netns,
+    router: Netns,
+    _vpn: Netns,
+    _server: Netns,
+    work: tempfile::TempDir,
+    /// The file the server serves.
+    payload: Vec<u8>,
+    router_key: std::path::PathBuf,
+    vpn_public: String,
+}
+
+impl BlackHole {
+    fn new() -> Self {
+        require_root();
+        let processes = Cgroup::new_test_root(&unique_name("nbw")).unwrap();
+        let [container, router, vpn, server] =
+            ["nbctr", "nbrtr", "nbvpn", "nbsrv"].map(|prefix| Netns::new(prefix).unwrap());
+        let work = tempfile::Builder::new()
+            .prefix("netbpf-mss-")
+            .tempdir()
+            .unwrap();
+
+        // The container on the router's bridge.
+        let (container_if, router_port) = container.veth_to(&router).unwrap();
+        router
+            .ip(&["link", "add", "br0", "type", "bridge"])
+            .unwrap();
+        router
+            .ip(&["link", "set", &router_port, "master", "br0", "up"])
+            .unwrap();
+        address(&router, "br0", "10.10.0.1/24", "fd10::1/64");
+        address(&container, &container_if, "10.10.0.2/24", "fd10::2/64");
+        default_route(&container, "10.10.0.1", "fd10::1");
+        // The tunnel's underlay, and the server behind the vpn end.
+        let (router_underlay, vpn_underlay) = router.veth_to(&vpn).unwrap();
+        address(&router, &router_underlay, "10.77.0.1/24", "fd77::1/64");
+        address(&vpn, &vpn_underlay, "10.77.0.2/24", "fd77::2/64");
+        let (vpn_lan, server_if) = vpn.veth_to(&server).unwrap();
+        address(&vpn, &vpn_lan, "10.20.0.1/24", "fd20::1/64");
+        address(&server, &server_if, "10.20.0.2/24", "fd20::2/64");
+        default_route(&server, "10.20.0.1", "fd20::1");
+        for netns in [&router, &vpn] {
+            for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
+                in_netns(netns, &["sysctl", "-qw", sysctl]);
+            }
+        }
+        // The black hole: the vpn end never says "fragmentation needed".
+        in_netns(
+            &vpn,
+            &[
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "icmp",
+                "--icmp-type",
+                "fragmentation-needed",
+                "-j",
+                "DROP",
+            ],
+        );
+        in_netns(
+            &vpn,
+            &[
+                "ip6tables",
+                "-A",
+                "OUTPUT",
+                "-p",
+                "icmpv6",
+                "--icmpv6-type",
+                "packet-too-big",
+                "-j",
+                "DROP",
+            ],
+        );
+
+        let payload: Vec<u8> = (0..1_048_576u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        std::fs::write(work.path().join("big.bin"), &payload).unwrap();
+        let tls_server = start_tls_server(&processes, &server, work.path());
+
+        let (router_key, router_public) = keys(work.path(), "router");
+        let (vpn_key, vpn_public) = keys(work.path(), "vpn");
+        let vpn_tunnel = tunnel(
+            &processes,
+            &vpn,
+            work.path(),
+            &TunnelEnd {
+                private_key: &vpn_key,
+                listen_port: Some("51820"),
+                peer_public: &router_public,
+                peer_endpoint: None,
+                addresses: ["10.99.0.2/24", "fd99::2/64"],
+                allowed_ips: "10.99.0.1/32,fd99::1/128,10.10.0.0/24,fd10::/64",
+                routes: ["10.10.0.0/24", "fd10::/64"],
+            },
+        );
+        Self {
+            _vpn_tunnel: vpn_tunnel,
+            _tls_server: tls_server,
+            processes,
+            container,
+            router,
+            _vpn: vpn,
+            _server: server,
+            work,
+            payload,
+            router_key,
+            vpn_public,
+        }
+    }
+
+    /// Brings the router's end of the tunnel up; it goes down when the
+    /// returned process is dropped (wireguard-go removes its interface).
+    fn router_tunnel(&self) -> Process {
+        tunnel(
+            &self.processes,
+            &self.router,
+            self.work.path(),
+            &TunnelEnd {
+                private_key: &self.router_key,
+                listen_port: None,
+                peer_public: &self.vpn_public,
+                peer_endpoint: Some("10.77.0.2:51820"),
+                addresses: ["10.99.0.1/24", "fd99::1/64"],
+                allowed_ips: "10.99.0.2/32,fd99::2/128,10.20.0.0/24,fd20::/64",
+                routes: ["10.20.0.0/24", "fd20::/64"],
+            },
+        )
+    }
+
+    /// curl in the container downloads the file; its output.
+    fn download(&self, host: &str) -> (Output, Vec<u8>) {
+        let out = self
+            .work
+            .path()
+            .join(format!("downloaded-{}", unique_name("d")));
+        let url = format!("https://{host}:{SERVER_PORT}/big.bin");
+        let output = Spawn::new(
+            self.processes.path(),
+            Some(&self.container.path()),
+            "curl",
+            [
+                "--silent",
+                "--show-error",
+                "--insecure",
+                "--max-time",
+                HUNG_AFTER,
+                "--output",
+                out.to_str().unwrap(),
+                &url,
+            ],
+        )
+        .unwrap()
+        .output(Duration::from_secs(20))
+        .unwrap();
+        let body = std::fs::read(&out).unwrap_or_default();
+        (output, body)
+    }
+}
+
+/// One end of the WireGuard tunnel.
+struct TunnelEnd<'a> {
+    private_key: &'a Path,
+    listen_port: Option<&'a str>,
+    peer_public: &'a str,
+    peer_endpoint: Option<&'a str>,
+    addresses: [&'a str; 2],
+    allowed_ips: &'a str,
+    routes: [&'a str; 2],
+}
+
+/// Starts wireguard-go in `netns` (interface `wg…`, MTU 1380) and
+/// configures it with `wg`.
+fn tunnel(processes: &Cgroup, netns: &Netns, work: &Path, end: &TunnelEnd<'_>) -> Process {
+    let name = unique_name("wg");
+    let daemon = Spawn::new(
+        processes.path(),
+        Some(&netns.path()),
+        "wireguard-go",
+        [name.as_str()],
+    )
+    .unwrap()
+    .env("WG_PROCESS_FOREGROUND", "1")
+    .start(&work.join(format!("{name}.log")))
+    .unwrap();
+    for _ in 0..250 {
+        if netns.ip(&["link", "show", "dev", &name]).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut args = vec![
+        "wg",
+        "set",
+        &name,
+        "private-key",
+        end.private_key.to_str().unwrap(),
+    ];
+    if let Some(port) = end.listen_port {
+        args.extend(["listen-port", port]);
+    }
+    args.extend(["peer", end.peer_public, "allowed-ips", end.allowed_ips]);
+    if let Some(endpoint) = end.peer_endpoint {
+        args.extend(["endpoint", endpoint]);
+    }
+    in_netns(netns, &args);
+    netns
+        .ip(&["link", "set", &name, "mtu", TUNNEL_MTU])
+        .unwrap();
+    address(netns, &name, end.addresses[0], end.addresses[1]);
+    netns
+        .ip(&["route", "add", end.routes[0], "dev", &name])
+        .unwrap();
+    netns
+        .ip(&["-6", "route", "add", end.routes[1], "dev", &name])
+        .unwrap();
+    daemon
+}
+
+/// A WireGuard key pair: the private key's file and the public key.
+fn keys(work: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let private = run_checked("wg", ["genkey"]).unwrap();
+    let file = work.join(format!("{name}.key"));
+    std::fs::write(&file, &private).unwrap();
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("wg pubkey < {}", file.display()))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "wg pubkey failed");
+    (
+        file,
+        String::from_utf8(output.stdout).unwrap().trim().to_owned(),
+    )
+}
+
+fn in_netns(netns: &Netns, command: &[&str]) {
+    run_checked("ip", ["netns", "exec", netns.name()].iter().chain(command))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+}
+
+fn address(netns: &Netns, interface: &str, v4: &str, v6: &str) {
+    netns.ip(&["addr", "add", v4, "dev", interface]).unwrap();
+    netns
+        .ip(&["addr", "add", v6, "dev", interface, "nodad"])
+        .unwrap();
+    netns.ip(&["link", "set", interface, "up"]).unwrap();
+}
+
+fn default_route(netns: &Netns, v4: &str, v6: &str) {
+    netns.ip(&["route", "add", "default", "via", v4]).unwrap();
+    netns
+        .ip(&["-6", "route", "add", "default", "via", v6])
+        .unwrap();
+}
+
+/// `openssl s_server -WWW` serving `dir` on both families.
+fn start_tls_server(processes: &Cgroup, server: &Netns, dir: &Path) -> Process {
+    let key = dir.join("key.pem");
+    let cert = dir.join("cert.pem");
+    run_checked(
+        "openssl",
+        [
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=server",
+            "-keyout",
+            key.to_str().unwrap(),
+            "-out",
+            cert.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    // A bare port listens on both families ("[::]:PORT" would be IPv6 only).
+    let accept = SERVER_PORT.to_string();
+    let process = Spawn::new(
+        processes.path(),
+        Some(&server.path()),
+        "openssl",
+        [
+            "s_server",
+            "-quiet",
+            "-WWW",
+            "-accept",
+            accept.as_str(),
+            "-cert",
+            "cert.pem",
+            "-key",
+            "key.pem",
+        ],
+    )
+    .unwrap()
+    .current_dir(dir)
+    .start(&dir.join("s_server.log"))
+    .unwrap();
+    wait_for_listener(server, SERVER_PORT, "tcp").unwrap();
+    process
+}
+
+#[test]
+fn https_through_a_pmtu_black_hole_hangs_without_netbpf_and_completes_with_it() {
+    let path = BlackHole::new();
+
+    // Today: the download hangs (curl gives up: exit 28).
+    let tunnel = path.router_tunnel();
+    for host in ["10.20.0.2", "[fd20::2]"] {
+        let (output, body) = path.download(host);
+        assert_eq!(
+            output.status.code(),
+            Some(28),
+            "without netbpf, {host} must hang in the black hole; curl said: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_ne!(body, path.payload);
+    }
+    drop(tunnel);
+
+    // netbpf runs first; the tunnel comes up after it, as after a VPN
+    // reconnect, and is clamped when it appears.
+    let policy = path.work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[mss_clamp]]\ninterface = \"wg*\"\nmss = \"pmtu\"\n",
+    )
+    .unwrap();
+    let netbpf_dir = path.work.path().join("netbpf");
+    std::fs::create_dir(&netbpf_dir).unwrap();
+    let netbpf = NetbpfRun::start_with(
+        &netbpf_binary(),
+        &policy,
+        path.processes.path(),
+        &netbpf_dir,
+        &["--netns", path.router.path().to_str().unwrap()],
+    )
+    .unwrap();
+    let status = netbpf.status_json().unwrap();
+    assert_eq!(
+        status["mss_clamps"][0]["attached"],
+        serde_json::json!([]),
+        "{status}"
+    );
+    let _tunnel = path.router_tunnel();
+
+    for host in ["10.20.0.2", "[fd20::2]"] {
+        let (output, body) = path.download(host);
+        assert!(
+            output.status.success(),
+            "with netbpf, {host} must complete; curl said: {}\nnetbpf:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            netbpf.status(&[]).unwrap()
+        );
+        assert!(body == path.payload, "{host}: the downloaded bytes differ");
+    }
+    let status = netbpf.status_json().unwrap();
+    let attached = &status["mss_clamps"][0]["attached"][0];
+    assert!(
+        attached["name"].as_str().unwrap().starts_with("wg"),
+        "{status}"
+    );
+    assert!(
+        attached["clamped"].as_u64().unwrap() >= 2,
+        "both handshakes clamped: {status}"
+    );
+    assert!(netbpf.stop().unwrap().success());
+}
