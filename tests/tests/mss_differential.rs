@@ -450,5 +450,24 @@ fn clamp_to_pmtu_agrees_with_iptables_tcpmss_when_attached_to_the_router() {
     let attached = &status["mss_clamps"][0]["attached"][0];
     assert_eq!(attached["name"], router.router_out.as_str(), "{status}");
     assert!(attached["clamped"].as_u64().unwrap() > 0, "{status}");
+    let clamp_program = netbpf.programs().unwrap()["netbpf_mss"];
+    assert!(tc_links_of(clamp_program) > 0, "attached through a tc link");
     assert!(netbpf.stop().unwrap().success());
+    assert_eq!(
+        tc_links_of(clamp_program),
+        0,
+        "netbpf left its tc link behind"
+    );
+}
+
+/// How many bpf links of program `id` the kernel holds.
+fn tc_links_of(id: u64) -> usize {
+    let links: serde_json::Value =
+        serde_json::from_str(&run_checked("bpftool", ["-j", "link", "show"]).unwrap()).unwrap();
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["prog_id"].as_u64() == Some(id))
+        .count()
 }
