@@ -44,6 +44,13 @@ pub const MSS_V4_DEFAULT: u16 = 536;
 /// The largest MSS an inserted option carries on IPv6 (1280 - 60).
 pub const MSS_V6_DEFAULT: u16 = 1220;
 
+/// Capacity of the alias table (exact address:port rewrites).
+pub const MAX_ALIASES: u32 = 16_384;
+/// Capacity of the host service tables, in services.
+pub const MAX_HOST_SERVICES: u32 = 256;
+/// Capacity of the table of container addresses granted a host service.
+pub const MAX_GRANTS: u32 = 16_384;
+
 /// Bits of a [`ForwardKey`] before the port: scope (32) and protocol (8).
 pub const FORWARD_KEY_PORT_OFFSET_BITS: u32 = 40;
 /// Bits of a [`ForwardKey`] that a full (single port) match compares.
@@ -127,6 +134,101 @@ impl ReverseKey {
             _pad: 0,
         }
     }
+}
+
+/// Key of the alias table: a scope dialing an exact address and port.
+/// Addresses are canonical: an IPv4-mapped IPv6 address is stored as IPv4,
+/// so dual-stack sockets match IPv4 aliases.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AliasKey {
+    pub scope: u32,
+    /// The dialed address, network order; IPv4 in `addr[0]`.
+    pub addr: [u32; 4],
+    /// The dialed port, host byte order.
+    pub port: u16,
+    /// `AF_INET` or `AF_INET6`: the family of `addr`.
+    pub family: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    _pad: [u8; 3],
+}
+
+impl AliasKey {
+    #[must_use]
+    pub const fn new(scope: u32, addr: [u32; 4], family: u16, port: u16, protocol: u8) -> Self {
+        Self {
+            scope,
+            addr,
+            port,
+            family,
+            protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// An address and port that some alias names, in any scope: a cheap first
+/// test before the scope of a socket is looked up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AliasedAddr {
+    /// Network order; IPv4 in `addr[0]`.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Key of a host service as `sk_lookup` sees a connection to it: the local
+/// (destination) address and port, on the host side of a container's
+/// network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    /// Network order; IPv4 in `addr[0]`.
+    pub addr: [u32; 4],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// Key of the grants: a service and a container address allowed to reach
+/// it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantKey {
+    /// Index of the service (its slot in the socket map).
+    pub service: u32,
+    /// The container's address, network order; IPv4 in `addr[0]`.
+    pub addr: [u32; 4],
+    pub family: u16,
+    _pad: u16,
+}
+
+impl GrantKey {
+    #[must_use]
+    pub const fn new(service: u32, addr: [u32; 4], family: u16) -> Self {
+        Self {
+            service,
+            addr,
+            family,
+            _pad: 0,
+        }
+    }
+}
+
+/// Counters of one host service, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Connections handed to the service's listener.
+    pub steered: u64,
+    /// Connections from addresses without a grant, left to the kernel
+    /// (which refuses them: nothing else listens there).
+    pub refused: u64,
+    /// Granted connections while the service had no listener.
+    pub down: u64,
 }
 
 /// A port bound inside a scope on a localhost or wildcard address: such a
@@ -214,6 +316,11 @@ const _: () = assert!(size_of::<ReverseKey>() == 32);
 const _: () = assert!(size_of::<LocalBindKey>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 24);
 const _: () = assert!(size_of::<MssConfig>() == 8);
+const _: () = assert!(size_of::<AliasKey>() == 28);
+const _: () = assert!(size_of::<AliasedAddr>() == 20);
+const _: () = assert!(size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<GrantKey>() == 24);
+const _: () = assert!(size_of::<ServiceStats>() == 24);
 const _: () = assert!(size_of::<MssStats>() == 56);
 
 #[cfg(feature = "user")]
@@ -228,6 +335,11 @@ mod pod {
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::MssConfig {}
     unsafe impl aya::Pod for super::MssStats {}
+    unsafe impl aya::Pod for super::AliasKey {}
+    unsafe impl aya::Pod for super::AliasedAddr {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::GrantKey {}
+    unsafe impl aya::Pod for super::ServiceStats {}
 }
 
 #[cfg(test)]
@@ -257,6 +369,12 @@ mod tests {
         assert_eq!(offset_of!(RuleStats, local_skips), 16);
         assert_eq!(align_of::<ReverseKey>(), 8);
         assert_eq!(offset_of!(MssConfig, l3_offset), 2);
+        assert_eq!(offset_of!(AliasKey, addr), 4);
+        assert_eq!(offset_of!(AliasKey, port), 20);
+        assert_eq!(offset_of!(AliasKey, protocol), 24);
+        assert_eq!(offset_of!(ServiceKey, port), 16);
+        assert_eq!(offset_of!(GrantKey, addr), 4);
+        assert_eq!(offset_of!(GrantKey, family), 20);
         assert_eq!(offset_of!(MssConfig, slot), 4);
         assert_eq!(offset_of!(MssStats, unparsed), 48);
     }

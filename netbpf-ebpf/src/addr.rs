@@ -102,6 +102,17 @@ pub fn is_wildcard(addr: &[u32; 4], family: u16) -> bool {
     addr[0] == 0 && addr[1] == 0 && (addr[2] == 0 || addr[2] == V4_MAPPED_MARKER) && addr[3] == 0
 }
 
+/// `addr` of a socket of `family` in its own family: an IPv4-mapped IPv6
+/// address is IPv4.
+#[inline(always)]
+pub fn canonical(addr: &[u32; 4], family: u16) -> ([u32; 4], u16) {
+    if family == AF_INET6 && addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_MARKER {
+        ([addr[3], 0, 0, 0], AF_INET)
+    } else {
+        (*addr, family)
+    }
+}
+
 /// `addr`, seen by an IPv4 hook, as an IPv6 socket sees it: IPv4-mapped.
 #[inline(always)]
 pub fn mapped(addr: &SockAddr) -> SockAddr {

@@ -1,17 +1,18 @@
-//! Localhost forwarding: the one rewrite path of connect and sendmsg, and
-//! the reverse path of recvmsg and getpeername.
+//! The one rewrite path of connect and sendmsg (localhost forwards and
+//! aliases of exact addresses), and the reverse path of recvmsg and
+//! getpeername.
 
 use core::ffi::c_void;
 
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key};
 use netbpf_common::{
-    AF_INET, AF_INET6, FORWARD_KEY_BITS, ForwardKey, LocalBindKey, PROTO_TCP, PROTO_UDP,
-    ReverseKey, RuleStats, SockAddr,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
+    LocalBindKey, PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats, SockAddr,
 };
 
 use crate::{
     addr,
-    maps::{FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
+    maps::{ALIASED_ADDRS, ALIASES, FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
     scope,
 };
 
@@ -37,28 +38,15 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         return;
     }
     let dialed = addr::read_user(ctx, family);
-    if !addr::is_localhost(&dialed.addr, family) {
-        return;
-    }
-    let Some(scope) = scope::current(ctx.cast()) else {
-        return;
-    };
     let port = u16::from_be(dialed.port);
-    let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope, protocol, port));
-    let Some(target) = FORWARDS.get(&key) else {
+    let target = if addr::is_localhost(&dialed.addr, family) {
+        localhost_target(ctx, port, protocol)
+    } else {
+        alias_target(ctx, &dialed, family, port, protocol)
+    };
+    let Some((target, stats)) = target else {
         return;
     };
-    let Some(stats) = RULE_STATS.get_ptr_mut(target.rule) else {
-        return;
-    };
-    // SAFETY: `stats` points at this CPU's slot of a valid array element.
-    let stats: &mut RuleStats = unsafe { &mut *stats };
-    let bound = LocalBindKey::new(scope, port, protocol);
-    // SAFETY: the value is only tested for presence.
-    if unsafe { LOCAL_BINDS.get(bound) }.is_some() {
-        stats.local_skips += 1;
-        return;
-    }
     // udpv6_sendmsg() refuses a destination that a program rewrote to an
     // IPv4-mapped address (ENOTSUPP): such datagrams are left alone, and
     // reach an IPv4 target only through a connected socket.
@@ -87,6 +75,62 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         Syscall::Connect => stats.connects += 1,
         Syscall::SendMsg => stats.datagrams += 1,
     }
+}
+
+/// The forward of a localhost `port` in the caller's scope, unless a
+/// socket of the scope is bound there (counted as a local skip).
+#[inline(always)]
+fn localhost_target(
+    ctx: *mut bpf_sock_addr,
+    port: u16,
+    protocol: u8,
+) -> Option<(ForwardTarget, &'static mut RuleStats)> {
+    let scope = scope::current(ctx.cast())?;
+    let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope, protocol, port));
+    let target = *FORWARDS.get(&key)?;
+    let stats = rule_stats(target.rule)?;
+    let bound = LocalBindKey::new(scope, port, protocol);
+    // SAFETY: the value is only tested for presence.
+    if unsafe { LOCAL_BINDS.get(bound) }.is_some() {
+        stats.local_skips += 1;
+        return None;
+    }
+    Some((target, stats))
+}
+
+/// The alias of the exact address and port `dialed` in the caller's
+/// scope. Most connections dial no alias: a lookup by address alone rules
+/// them out before the scope is looked up.
+#[inline(always)]
+fn alias_target(
+    ctx: *mut bpf_sock_addr,
+    dialed: &SockAddr,
+    family: u16,
+    port: u16,
+    protocol: u8,
+) -> Option<(ForwardTarget, &'static mut RuleStats)> {
+    let (addr, addr_family) = addr::canonical(&dialed.addr, family);
+    let aliased = AliasedAddr {
+        addr,
+        port,
+        family: addr_family,
+    };
+    // SAFETY: the value is only tested for presence.
+    unsafe { ALIASED_ADDRS.get(aliased) }?;
+    let scope = scope::current(ctx.cast())?;
+    // SAFETY: the value is copied out at once.
+    let target = *unsafe { ALIASES.get(AliasKey::new(scope, addr, addr_family, port, protocol)) }?;
+    Some((target, rule_stats(target.rule)?))
+}
+
+/// This CPU's counters of rule `rule`.
+#[inline(always)]
+fn rule_stats(rule: u32) -> Option<&'static mut RuleStats> {
+    // SAFETY: the pointer is to this CPU's slot of a valid array element,
+    // used within this program run only.
+    RULE_STATS
+        .get_ptr_mut(rule)
+        .map(|stats| unsafe { &mut *stats })
 }
 
 /// Records that the socket of `ctx` talks to `to` in place of `dialed`.

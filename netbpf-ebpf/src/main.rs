@@ -19,6 +19,7 @@
 
 mod addr;
 mod forward;
+mod host_service;
 mod maps;
 mod mss;
 mod scope;

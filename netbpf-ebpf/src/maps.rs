@@ -2,12 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use netbpf_common::{
-    ForwardKey, ForwardTarget, LocalBindKey, MAX_FORWARD_PREFIXES, MAX_LOCAL_BINDS,
-    MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig, MssStats,
-    ReverseKey, RuleStats, SockAddr,
+    AliasKey, AliasedAddr, ForwardKey, ForwardTarget, GrantKey, LocalBindKey, MAX_ALIASES,
+    MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES,
+    MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig, MssStats, ReverseKey, RuleStats,
+    ServiceKey, ServiceStats, SockAddr,
 };
 
 /// cgroup v2 id of a container's cgroup directory -> scope id.
@@ -51,3 +52,29 @@ pub static MSS_INTERFACES: HashMap<u32, MssConfig> =
 /// Per-CPU MSS clamp counters, indexed by the interface's slot.
 #[map]
 pub static MSS_STATS: PerCpuArray<MssStats> = PerCpuArray::with_max_entries(MAX_MSS_INTERFACES, 0);
+
+/// (scope, protocol, exact address, port) dialed -> where it goes instead.
+#[map]
+pub static ALIASES: HashMap<AliasKey, ForwardTarget> = HashMap::with_max_entries(MAX_ALIASES, 0);
+
+/// Every (address, port) some scope has an alias for: the quick test.
+#[map]
+pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> = HashMap::with_max_entries(MAX_ALIASES, 0);
+
+/// (host-side address, port) a container dials -> the host service there.
+#[map]
+pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
+    HashMap::with_max_entries(MAX_HOST_SERVICES, 0);
+
+/// (service, container address) allowed to reach the service.
+#[map]
+pub static GRANTS: HashMap<GrantKey, u8> = HashMap::with_max_entries(MAX_GRANTS, 0);
+
+/// Service index -> its listening socket on the host's loopback.
+#[map]
+pub static SERVICE_SOCKETS: SockMap = SockMap::with_max_entries(MAX_HOST_SERVICES, 0);
+
+/// Per-CPU counters of each host service, by index.
+#[map]
+pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
+    PerCpuArray::with_max_entries(MAX_HOST_SERVICES, 0);

@@ -12,6 +12,7 @@ use tokio::{
 
 use crate::{
     datapath::Datapath,
+    host_services::HostServices,
     links::{LinkEvent, LinkWatcher},
     mss_clamp::{ClampError, MssClamper},
     policy::Policy,
@@ -47,6 +48,7 @@ pub struct Agent {
     pub datapath: Datapath,
     pub policy: Policy,
     pub clamper: MssClamper,
+    pub host_services: HostServices,
     /// Interface changes, where the policy clamps MSS.
     pub links: Option<LinkWatcher>,
     pub policy_file: PathBuf,
@@ -61,9 +63,17 @@ impl Agent {
         listener: UnixListener,
         stop: &mut StopSignals,
     ) -> anyhow::Result<()> {
+        // Host services are looked for every second: a restarted service
+        // (autossh reconnecting) is handed connections again within it.
+        let mut look_for_listeners = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 () = stop.received() => return Ok(()),
+                _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
+                    if let Err(error) = self.host_services.refresh(&mut self.datapath) {
+                        tracing::warn!(error = format!("{error:#}"), "host services not refreshed");
+                    }
+                }
                 events = next_link_events(self.links.as_mut()) => self.follow(events),
                 accepted = listener.accept() => match accepted {
                     Ok((mut stream, _)) => {

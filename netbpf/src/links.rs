@@ -3,15 +3,14 @@
 
 use std::io;
 
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{LinkAttribute, LinkLayerType, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::rtnetlink;
 
 /// An interface, as the MSS clamp needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,33 +39,14 @@ pub fn subscribe_and_list() -> io::Result<(Socket, Vec<Interface>)> {
     watch.bind(&SocketAddr::new(0, 0))?;
     watch.add_membership(libc::RTNLGRP_LINK)?;
     watch.set_non_blocking(true)?;
-    let mut list = Socket::new(NETLINK_ROUTE)?;
-    list.bind_auto()?;
-    list.connect(&SocketAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut request = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetLink(LinkMessage::default())),
-    );
-    request.finalize();
-    let mut buffer = vec![0; request.buffer_len()];
-    request.serialize(&mut buffer);
-    list.send(&buffer, 0)?;
-    let mut interfaces = Vec::new();
-    let mut received = Vec::with_capacity(64 * 1024);
-    loop {
-        received.clear();
-        list.recv(&mut received, 0)?;
-        let (events, done) = parse(&received)?;
-        interfaces.extend(events.into_iter().filter_map(|event| match event {
-            LinkEvent::Present(interface) => Some(interface),
-            LinkEvent::Gone(_) => None,
-        }));
-        if done {
-            return Ok((watch, interfaces));
-        }
-    }
+    let interfaces = rtnetlink::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+        .iter()
+        .filter_map(|message| match event(message) {
+            Some(LinkEvent::Present(interface)) => Some(interface),
+            _ => None,
+        })
+        .collect();
+    Ok((watch, interfaces))
 }
 
 /// Interface changes, read from a socket made by [`subscribe_and_list`].
@@ -94,7 +74,11 @@ impl LinkWatcher {
             let mut ready = self.socket.readable().await?;
             self.received.clear();
             match ready.try_io(|socket| socket.get_ref().recv(&mut self.received, 0)) {
-                Ok(Ok(_)) => return parse(&self.received).map(|(events, _)| events),
+                Ok(Ok(_)) => {
+                    let mut messages = Vec::new();
+                    rtnetlink::parse(&self.received, &mut messages)?;
+                    return Ok(messages.iter().filter_map(event).collect());
+                }
                 // The kernel drops events when the socket overflows: the
                 // caller must not trust its view then.
                 Ok(Err(error)) => return Err(error),
@@ -104,35 +88,13 @@ impl LinkWatcher {
     }
 }
 
-/// The link messages in one netlink datagram, and whether a dump ended.
-fn parse(datagram: &[u8]) -> io::Result<(Vec<LinkEvent>, bool)> {
-    let mut events = Vec::new();
-    let mut offset = 0;
-    while offset < datagram.len() {
-        let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[offset..])
-            .map_err(|error| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("rtnetlink: {error}"))
-            })?;
-        let length = message.header.length as usize;
-        match message.payload {
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                events.push(LinkEvent::Present(interface(&link)));
-            }
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
-                events.push(LinkEvent::Gone(link.header.index));
-            }
-            NetlinkPayload::Done(_) => return Ok((events, true)),
-            NetlinkPayload::Error(error) => {
-                return Err(io::Error::other(format!("rtnetlink: {error}")));
-            }
-            _ => {}
-        }
-        if length == 0 {
-            break;
-        }
-        offset += length;
+/// The change a route message tells, if it is about a link.
+fn event(message: &RouteNetlinkMessage) -> Option<LinkEvent> {
+    match message {
+        RouteNetlinkMessage::NewLink(link) => Some(LinkEvent::Present(interface(link))),
+        RouteNetlinkMessage::DelLink(link) => Some(LinkEvent::Gone(link.header.index)),
+        _ => None,
     }
-    Ok((events, false))
 }
 
 fn interface(link: &LinkMessage) -> Interface {

@@ -1,10 +1,17 @@
 //! Compiles a validated policy into the entries of the kernel maps.
 
-use std::{net::IpAddr, ops::RangeInclusive};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    ops::RangeInclusive,
+};
 
-use netbpf_common::{AF_INET, AF_INET6, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget};
+use netbpf_common::{
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
+    ForwardTarget, GrantKey, PROTO_TCP, ServiceKey,
+};
 
-use crate::policy::{Policy, Selector};
+use crate::policy::{Grant, Policy, Selector};
 
 /// Everything the kernel maps hold for one policy.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -15,6 +22,14 @@ pub struct Plan {
     pub netns_scopes: Vec<(u64, u32)>,
     /// (prefix length in bits, key) -> target, for the forward trie.
     pub forwards: Vec<(u32, ForwardKey, ForwardTarget)>,
+    /// Exact addresses dialed in a scope -> where they go instead.
+    pub aliases: Vec<(AliasKey, ForwardTarget)>,
+    /// Every address and port some alias names.
+    pub aliased_addrs: BTreeSet<AliasedAddr>,
+    /// Where connections for a host service arrive -> the service's index.
+    pub services: BTreeMap<ServiceKey, u32>,
+    /// The container addresses granted each service.
+    pub grants: BTreeSet<GrantKey>,
 }
 
 /// The map entries of `policy`. A scope's id is its index in the policy.
@@ -25,6 +40,9 @@ pub fn compile(policy: &Policy) -> Plan {
         match scope.selector {
             Selector::Cgroup { id, .. } => plan.cgroup_scopes.push((id, scope_id)),
             Selector::Netns { cookie, .. } => plan.netns_scopes.push((cookie, scope_id)),
+        }
+        for grant in &scope.grants {
+            plan.add_grant(scope_id, grant);
         }
         for forward in &scope.forwards {
             let (addr, family) = target_words(forward.to.addr);
@@ -44,6 +62,45 @@ pub fn compile(policy: &Policy) -> Plan {
         }
     }
     plan
+}
+
+impl Plan {
+    /// A grant: an alias from the dialed address to the gateway (unless
+    /// the container dials its gateway itself), the service where
+    /// connections arrive there, and the container's addresses allowed.
+    fn add_grant(&mut self, scope: u32, grant: &Grant) {
+        let (gateway, family) = target_words(grant.gateway);
+        let (dial, _) = target_words(grant.dial.ip());
+        let port = grant.dial.port();
+        if grant.dial.ip() != grant.gateway {
+            let target = ForwardTarget {
+                addr: gateway,
+                family,
+                port_delta: 0,
+                rule: grant.rule,
+            };
+            self.aliases
+                .push((AliasKey::new(scope, dial, family, port, PROTO_TCP), target));
+            self.aliased_addrs.insert(AliasedAddr {
+                addr: dial,
+                port,
+                family,
+            });
+        }
+        let service = u32::try_from(grant.service).expect("services are few");
+        self.services.insert(
+            ServiceKey {
+                addr: gateway,
+                port,
+                family,
+            },
+            service,
+        );
+        for source in &grant.sources {
+            let (addr, family) = target_words(*source);
+            self.grants.insert(GrantKey::new(service, addr, family));
+        }
+    }
 }
 
 /// An address as the kernel programs store it: network-order words, IPv4

@@ -6,7 +6,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{cgroup, netns, policy::Resolver};
+use crate::{
+    cgroup, netns,
+    policy::{Resolver, ScopeNetwork, Selector},
+    scope_net,
+};
 
 /// Resolves policy paths on this host, for programs attached at
 /// `attach_root`.
@@ -44,6 +48,14 @@ impl Resolver for HostResolver {
         }
         let id = cgroup::cgroup_id(&full).map_err(|error| error.to_string())?;
         Ok((full, id))
+    }
+
+    fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String> {
+        match selector {
+            Selector::Cgroup { path, .. } => scope_net::of_cgroup(path),
+            Selector::Netns { path, .. } => scope_net::of_netns(path),
+        }
+        .map_err(|error| format!("finding the scope's addresses and gateway: {error}"))
     }
 
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {

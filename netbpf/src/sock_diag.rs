@@ -31,6 +31,8 @@ pub struct DiagSocket {
     pub cookie: u64,
     /// The cgroup the socket belongs to, where the kernel tells.
     pub cgroup_id: Option<u64>,
+    /// The socket's inode: its `socket:[INODE]` in `/proc/PID/fd`.
+    pub inode: u32,
 }
 
 /// The listening TCP sockets and all UDP sockets of the calling thread's
@@ -127,6 +129,7 @@ fn diag_socket(protocol: u8, response: &InetResponse) -> DiagSocket {
         remote: SocketAddr::new(id.destination_address, id.destination_port),
         cookie: cookie(id.cookie),
         cgroup_id,
+        inode: response.header.inode,
     }
 }
 

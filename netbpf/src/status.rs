@@ -1,7 +1,11 @@
 //! What a running netbpf reports: its programs, scopes, rules, MSS clamps
 //! and their counters; rendered as tables for people or as JSON for tools.
 
-use std::{fmt::Write as _, path::PathBuf};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
@@ -22,7 +26,32 @@ pub struct Status {
     pub policy: PathBuf,
     pub programs: Vec<LoadedProgram>,
     pub scopes: Vec<ScopeStatus>,
+    pub host_services: Vec<HostServiceStatus>,
     pub mss_clamps: Vec<MssClampStatus>,
+}
+
+/// A `[[host_service]]`, who listens for it, and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostServiceStatus {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The process whose socket gets the connections; None while nothing
+    /// listens (connections are refused then).
+    pub listener_pid: Option<u32>,
+    pub steered: u64,
+    pub refused: u64,
+    pub down: u64,
+}
+
+/// A scope's grant of a host service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantStatus {
+    pub rule: u32,
+    pub service: String,
+    pub dial: SocketAddr,
+    pub gateway: IpAddr,
+    /// Connections to `dial` sent to `gateway`.
+    pub connects: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +60,7 @@ pub struct ScopeStatus {
     #[serde(rename = "match")]
     pub selector: Selector,
     pub forwards: Vec<ForwardStatus>,
+    pub grants: Vec<GrantStatus>,
 }
 
 /// A localhost forward and its counters, summed over CPUs.
@@ -94,10 +124,24 @@ impl Status {
                         })
                     })
                     .collect::<anyhow::Result<_>>()?;
+                let grants = scope
+                    .grants
+                    .iter()
+                    .map(|grant| {
+                        Ok(GrantStatus {
+                            rule: grant.rule,
+                            service: agent.policy.host_services[grant.service].name.clone(),
+                            dial: grant.dial,
+                            gateway: grant.gateway,
+                            connects: datapath.rule_stats(grant.rule)?.connects,
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?;
                 Ok(ScopeStatus {
                     name: scope.name.clone(),
                     selector: scope.selector.clone(),
                     forwards,
+                    grants,
                 })
             })
             .collect::<anyhow::Result<_>>()?;
@@ -112,11 +156,25 @@ impl Status {
                 attached: interfaces.into_iter().map(interface_status).collect(),
             })
             .collect();
+        let host_services = agent
+            .host_services
+            .status(datapath)?
+            .into_iter()
+            .map(|(service, listener, stats)| HostServiceStatus {
+                name: service.name,
+                listen: service.listen,
+                listener_pid: listener.map(|listener| listener.pid),
+                steered: stats.steered,
+                refused: stats.refused,
+                down: stats.down,
+            })
+            .collect();
         Ok(Self {
             cgroup_root: agent.cgroup_root.clone(),
             policy: agent.policy_file.clone(),
             programs: datapath.programs().to_vec(),
             scopes,
+            host_services,
             mss_clamps,
         })
     }
@@ -136,8 +194,11 @@ impl Status {
             self.cgroup_root.display(),
             programs.join(", ")
         );
-        if !self.scopes.is_empty() {
+        if self.scopes.iter().any(|scope| !scope.forwards.is_empty()) {
             let _ = writeln!(text, "{}", self.forwards_table());
+        }
+        if !self.host_services.is_empty() {
+            let _ = writeln!(text, "{}", self.host_services_table());
         }
         if !self.mss_clamps.is_empty() {
             let _ = writeln!(text, "{}", self.mss_table());
@@ -179,6 +240,49 @@ impl Status {
                     forward.local_skips.to_string(),
                 ]);
             }
+        }
+        table
+    }
+
+    fn host_services_table(&self) -> Table {
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "HOST SERVICE",
+            "LISTEN",
+            "LISTENER",
+            "GRANTED TO",
+            "STEERED",
+            "REFUSED",
+            "DOWN",
+        ]);
+        for service in &self.host_services {
+            let granted: Vec<String> = self
+                .scopes
+                .iter()
+                .flat_map(|scope| {
+                    scope
+                        .grants
+                        .iter()
+                        .filter(|grant| grant.service == service.name)
+                        .map(|grant| {
+                            format!(
+                                "{} dials {} (via {}, {} connects)",
+                                scope.name, grant.dial, grant.gateway, grant.connects
+                            )
+                        })
+                })
+                .collect();
+            table.add_row([
+                service.name.clone(),
+                service.listen.to_string(),
+                service
+                    .listener_pid
+                    .map_or_else(|| "none: refused".to_owned(), |pid| format!("pid {pid}")),
+                granted.join("\n"),
+                service.steered.to_string(),
+                service.refused.to_string(),
+                service.down.to_string(),
+            ]);
         }
         table
     }

@@ -9,8 +9,10 @@ use crate::{
     agent::{Agent, StopSignals},
     cgroup,
     control::{self, RunDir},
-    datapath::Datapath,
-    existing_binds, links,
+    datapath::{Datapath, Optional},
+    existing_binds,
+    host_services::HostServices,
+    links,
     links::{LinkEvent, LinkWatcher},
     mss_clamp::MssClamper,
     netns, plan, policy,
@@ -27,8 +29,9 @@ pub struct RunArgs {
     /// cgroup v2 hierarchy.
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
-    /// Network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`) whose
-    /// interfaces the MSS clamps watch and attach to. Default: netbpf's own.
+    /// The node's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`):
+    /// where host services listen and the MSS clamps find interfaces.
+    /// Default: netbpf's own.
     #[arg(long)]
     netns: Option<PathBuf>,
     /// Directory of the control socket that `netbpf status` reads.
@@ -61,8 +64,16 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let plan = plan::compile(&policy);
     let mut run_dir = RunDir::claim(&args.run_dir)?;
 
-    let mut datapath = Datapath::load(!policy.mss_clamps.is_empty())?;
+    let node_netns = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+    let mut datapath = Datapath::load(Optional {
+        mss_clamp: !policy.mss_clamps.is_empty(),
+        host_services: !policy.host_services.is_empty(),
+    })?;
     datapath.apply(&plan)?;
+    datapath.apply_host_services(&plan)?;
     datapath.attach(&cgroup_root, || {
         // Without them netbpf still runs: those services are forwarded
         // until they bind again, as if they had started after netbpf.
@@ -71,6 +82,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Vec::new()
         })
     })?;
+    let mut host_services = HostServices::new(policy.host_services.clone(), args.netns.as_deref());
+    if !host_services.is_empty() {
+        datapath.attach_host_services(&node_netns)?;
+        host_services.refresh(&mut datapath)?;
+        host_services.warn_missing();
+    }
     let clamper = MssClamper::new(policy.mss_clamps.clone(), args.netns.as_deref());
     let (links, interfaces) = if clamper.is_empty() {
         (None, Vec::new())
@@ -85,6 +102,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         datapath,
         policy,
         clamper,
+        host_services,
         links,
         policy_file: args.policy.clone(),
         cgroup_root,

@@ -5,6 +5,7 @@
 //! One file per concern: the socket programs on a cgroup (`sockets`), the
 //! MSS clamp on tc (`mss`).
 
+mod host_services;
 mod mss;
 mod sockets;
 
@@ -57,6 +58,12 @@ pub enum DatapathError {
     MissingProgram(&'static str),
     #[error("program {0} of netbpf's eBPF object has no place in the attach order")]
     UnorderedProgram(String),
+    #[error("attaching the host service program to network namespace {}", netns.display())]
+    SkLookupAttach {
+        netns: PathBuf,
+        #[source]
+        source: Box<ProgramError>,
+    },
     #[error("counting the CPUs")]
     Cpus(#[source] std::io::Error),
     #[error("attaching the MSS clamp to interface {interface}")]
@@ -75,6 +82,16 @@ pub struct LoadedProgram {
     pub id: u32,
 }
 
+/// The programs a policy may not need: each is loaded only when asked
+/// for (the MSS clamp takes the kernel about a second to verify).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Optional {
+    /// The tc program of `[[mss_clamp]]`.
+    pub mss_clamp: bool,
+    /// The `sk_lookup` program of `[[host_service]]`.
+    pub host_services: bool,
+}
+
 /// netbpf's programs and maps, loaded into the kernel.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -83,21 +100,24 @@ pub struct Datapath {
 
 impl Datapath {
     /// Loads the socket programs into the kernel (the verifier runs here),
-    /// and the MSS clamp program if `mss_clamp`, with empty maps and
-    /// nothing attached. The clamp is the costliest to verify: a policy
-    /// without clamps does not pay for it.
-    pub fn load(mss_clamp: bool) -> Result<Self, DatapathError> {
+    /// and those of the `optional` features asked for, with empty maps and
+    /// nothing attached.
+    pub fn load(optional: Optional) -> Result<Self, DatapathError> {
         let mut ebpf =
             Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs_mut() {
-            let known = sockets::TRACKING_PROGRAMS.contains(&name)
-                || sockets::REWRITING_PROGRAMS.contains(&name)
-                || name == mss::MSS_PROGRAM;
-            if !known {
-                return Err(DatapathError::UnorderedProgram(name.to_owned()));
-            }
-            if name == mss::MSS_PROGRAM && !mss_clamp {
+            let wanted = match name {
+                mss::MSS_PROGRAM => optional.mss_clamp,
+                host_services::HOST_SERVICE_PROGRAM => optional.host_services,
+                _ if sockets::TRACKING_PROGRAMS.contains(&name)
+                    || sockets::REWRITING_PROGRAMS.contains(&name) =>
+                {
+                    true
+                }
+                _ => return Err(DatapathError::UnorderedProgram(name.to_owned())),
+            };
+            if !wanted {
                 continue;
             }
             let load = |error| DatapathError::Load {

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, Program},
 };
-use netbpf_common::{ForwardKey, ForwardTarget, LocalBindKey, RuleStats};
+use netbpf_common::{AliasKey, AliasedAddr, ForwardKey, ForwardTarget, LocalBindKey, RuleStats};
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{existing_binds::BoundSocket, plan::Plan};
@@ -50,6 +50,18 @@ impl Datapath {
             namespaces
                 .insert(cookie, scope, 0)
                 .map_err(map_error("NETNS_SCOPES"))?;
+        }
+        let mut aliases: HashMap<_, AliasKey, ForwardTarget> = self.map_mut("ALIASES")?;
+        for (key, target) in &plan.aliases {
+            aliases
+                .insert(key, target, 0)
+                .map_err(map_error("ALIASES"))?;
+        }
+        let mut quick_test: HashMap<_, AliasedAddr, u8> = self.map_mut("ALIASED_ADDRS")?;
+        for addr in &plan.aliased_addrs {
+            quick_test
+                .insert(addr, 1, 0)
+                .map_err(map_error("ALIASED_ADDRS"))?;
         }
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
         for (prefix_len, key, target) in &plan.forwards {

@@ -5,11 +5,12 @@
 
 mod endpoint;
 mod error;
+mod host;
 mod mss;
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
 };
@@ -23,6 +24,7 @@ use crate::plan;
 pub use self::{
     endpoint::{Ports, Target},
     error::{Locator, PolicyError},
+    host::{Grant, HostService, ScopeNetwork},
     mss::{Direction, MIN_MSS, Mss, MssClamp},
 };
 
@@ -33,6 +35,7 @@ pub const VERSION: u32 = 1;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub scopes: Vec<Scope>,
+    pub host_services: Vec<HostService>,
     pub mss_clamps: Vec<MssClamp>,
 }
 
@@ -42,6 +45,7 @@ pub struct Scope {
     pub name: String,
     pub selector: Selector,
     pub forwards: Vec<Forward>,
+    pub grants: Vec<Grant>,
 }
 
 /// What makes a socket part of a scope, resolved to the key the kernel
@@ -108,6 +112,8 @@ pub trait Resolver {
     fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String>;
     /// The cookie of the network namespace at `path`.
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String>;
+    /// The gateways and addresses of a scope's network, for its grants.
+    fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String>;
 }
 
 /// Reads, validates and resolves the policy at `file`.
@@ -136,9 +142,12 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
             ),
         ));
     }
+    let host_services = host::validate_services(&locator, raw.host_service)?;
     let mut validator = Validator {
         locator: &locator,
         resolver,
+        host_services: &host_services,
+        service_addresses: HashMap::new(),
         next_rule: 0,
         prefixes: 0,
         names: HashMap::new(),
@@ -151,7 +160,11 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         .map(|(index, scope)| validator.scope(index, scope))
         .collect::<Result<_, _>>()?;
     let mss_clamps = mss::validate(&locator, raw.mss_clamp)?;
-    Ok(Policy { scopes, mss_clamps })
+    Ok(Policy {
+        scopes,
+        host_services,
+        mss_clamps,
+    })
 }
 
 #[derive(Deserialize)]
@@ -160,6 +173,8 @@ struct RawPolicy {
     version: Spanned<u32>,
     #[serde(default)]
     scope: Vec<Spanned<RawScope>>,
+    #[serde(default)]
+    host_service: Vec<Spanned<host::RawHostService>>,
     #[serde(default)]
     mss_clamp: Vec<Spanned<mss::RawMssClamp>>,
 }
@@ -172,6 +187,8 @@ struct RawScope {
     selector: Spanned<RawSelector>,
     #[serde(default)]
     forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    host_services: Vec<Spanned<host::RawGrant>>,
 }
 
 #[derive(Deserialize)]
@@ -194,6 +211,9 @@ struct RawForward {
 struct Validator<'a, R> {
     locator: &'a Locator<'a>,
     resolver: &'a R,
+    host_services: &'a [HostService],
+    /// (gateway, dialed port) -> the service handed connections there.
+    service_addresses: HashMap<SocketAddr, usize>,
     next_rule: u32,
     /// Forward trie entries the scopes so far need.
     prefixes: usize,
@@ -253,11 +273,75 @@ impl<R: Resolver> Validator<'_, R> {
             }
             forwards.push(forward);
         }
+        let grants = self.grants(&field, &selector, &raw.host_services)?;
         Ok(Scope {
             name,
             selector,
             forwards,
+            grants,
         })
+    }
+
+    fn grants(
+        &mut self,
+        scope: &str,
+        selector: &Selector,
+        raw: &[Spanned<host::RawGrant>],
+    ) -> Result<Vec<Grant>, PolicyError> {
+        let Some(first) = raw.first() else {
+            return Ok(Vec::new());
+        };
+        let network = self.resolver.network(selector).map_err(|message| {
+            self.error(first.span(), format!("{scope}.host_services"), message)
+        })?;
+        let mut grants: Vec<Grant> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let field = format!("{scope}.host_services[{index}]");
+            let rule = self.take_rule(raw.span(), &field)?;
+            let grant = host::validate_grant(
+                self.locator,
+                self.host_services,
+                &network,
+                &field,
+                raw.get_ref(),
+                rule,
+            )?;
+            let locator = self.locator;
+            let dial_error = |message: String| {
+                locator.error(raw.get_ref().dial_span(), format!("{field}.dial"), message)
+            };
+            if grants.iter().any(|earlier| earlier.dial == grant.dial) {
+                return Err(dial_error(format!(
+                    "{} is granted twice in this scope",
+                    grant.dial
+                )));
+            }
+            let arrival = SocketAddr::new(grant.gateway, grant.dial.port());
+            match self.service_addresses.insert(arrival, grant.service) {
+                Some(other) if other != grant.service => {
+                    return Err(dial_error(format!(
+                        "{arrival} already leads to host service {:?}: one port of a gateway serves one service",
+                        self.host_services[other].name
+                    )));
+                }
+                _ => {}
+            }
+            grants.push(grant);
+        }
+        Ok(grants)
+    }
+
+    /// The next rule id, for a forward or a grant at `span`.
+    fn take_rule(&mut self, span: Range<usize>, field: &str) -> Result<u32, PolicyError> {
+        if self.next_rule >= MAX_RULES {
+            return Err(self.error(
+                span,
+                field.to_owned(),
+                format!("too many rules: this netbpf holds at most {MAX_RULES}"),
+            ));
+        }
+        self.next_rule += 1;
+        Ok(self.next_rule - 1)
     }
 
     fn selector(
@@ -333,13 +417,6 @@ impl<R: Resolver> Validator<'_, R> {
             )));
         }
         check_port_mapping(from, to.ports).map_err(to_error)?;
-        if self.next_rule >= MAX_RULES {
-            return Err(self.error(
-                raw.from.span(),
-                field.to_owned(),
-                format!("too many forwards: this netbpf holds at most {MAX_RULES}"),
-            ));
-        }
         self.prefixes += plan::port_prefixes(from.range()).len() * raw.proto.numbers().len();
         if self.prefixes > MAX_FORWARD_PREFIXES as usize {
             return Err(self.error(
@@ -352,14 +429,12 @@ impl<R: Resolver> Validator<'_, R> {
                 ),
             ));
         }
-        let forward = Forward {
-            rule: self.next_rule,
+        Ok(Forward {
+            rule: self.take_rule(raw.from.span(), field)?,
             protocols: raw.proto,
             from,
             to,
-        };
-        self.next_rule += 1;
-        Ok(forward)
+        })
     }
 
     fn error(

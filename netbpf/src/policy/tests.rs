@@ -1,5 +1,6 @@
 use std::{
     fmt::Write as _,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -15,6 +16,13 @@ impl Resolver for FakeHost {
             Some(name) => Ok((PathBuf::from(path), fake_key(1000, name))),
             None => Err(format!("cgroup {path:?} does not exist")),
         }
+    }
+
+    fn network(&self, _selector: &Selector) -> Result<ScopeNetwork, String> {
+        Ok(ScopeNetwork {
+            gateways: vec!["10.210.1.1".parse().unwrap(), "fd21::1".parse().unwrap()],
+            addresses: vec!["10.210.1.2".parse().unwrap(), "fd21::2".parse().unwrap()],
+        })
     }
 
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
@@ -371,5 +379,72 @@ fn rejects_bad_mss_clamps_where_they_stand() {
         6,
         "mss_clamp[1].interface",
         "already names",
+    );
+}
+
+const SERVICES: &str = "version = 1\n\
+    [[host_service]]\nname = \"gpu\"\nlisten = \"127.0.0.1:18188\"\n\
+    [[host_service]]\nname = \"db6\"\nlisten = \"[::1]:5432\"\n";
+
+fn with_grants(grants: &str) -> String {
+    format!(
+        "{SERVICES}[[scope]]\nname = \"app\"\nmatch = {{ cgroup = \"/cg/app\" }}\nhost_services = [\n  {grants},\n]\n"
+    )
+}
+
+#[test]
+fn accepts_host_services_and_finds_gateways() {
+    let policy = parse_text(&with_grants(
+        r#"{ service = "gpu", dial = "172.17.0.1:18188" }, { service = "db6", dial = "[fd00:17::1]:5432", gateway = "fd21::99" }"#,
+    ))
+    .unwrap();
+    assert_eq!(policy.host_services.len(), 2);
+    let [gpu, db] = policy.scopes[0].grants.as_slice() else {
+        panic!("two grants expected");
+    };
+    assert_eq!((gpu.service, gpu.rule), (0, 0));
+    assert_eq!(gpu.dial, "172.17.0.1:18188".parse().unwrap());
+    assert_eq!(
+        gpu.gateway,
+        "10.210.1.1".parse::<IpAddr>().unwrap(),
+        "found from the scope's default route"
+    );
+    assert_eq!(gpu.sources, vec!["10.210.1.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!((db.service, db.gateway), (1, "fd21::99".parse().unwrap()));
+}
+
+#[test]
+fn rejects_bad_host_services_where_they_stand() {
+    assert_rejected(
+        "version = 1\n[[host_service]]\nname = \"x\"\nlisten = \"10.0.0.1:80\"\n",
+        4,
+        "host_service[0].listen",
+        "loopback",
+    );
+    assert_rejected(
+        &with_grants(r#"{ service = "gpuu", dial = "172.17.0.1:18188" }"#),
+        12,
+        "scope[0].host_services[0].service",
+        "no host service is named \"gpuu\"",
+    );
+    assert_rejected(
+        &with_grants(r#"{ service = "gpu", dial = "127.0.0.1:18188" }"#),
+        12,
+        "scope[0].host_services[0].dial",
+        "cannot be a host alias",
+    );
+    assert_rejected(
+        &with_grants(r#"{ service = "db6", dial = "172.17.0.1:5432" }"#),
+        12,
+        "scope[0].host_services[0].dial",
+        "different IP families",
+    );
+    assert_rejected(
+        &with_grants(
+            r#"{ service = "gpu", dial = "172.17.0.1:1" }, { service = "db6", dial = "[fd00::1]:1", gateway = "fd21::1" }, { service = "gpu", dial = "172.17.0.1:1" }"#,
+        ),
+        12,
+        "scope[0].host_services[2].dial",
+        "granted twice",
     );
 }

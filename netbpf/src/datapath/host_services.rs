@@ -1,0 +1,79 @@
+//! Host services: the `sk_lookup` program on the node's network namespace,
+//! the services and grants it checks, and the listening sockets it hands
+//! connections to.
+
+use std::{fs::File, os::fd::AsRawFd, path::Path};
+
+use aya::{
+    maps::{HashMap, PerCpuArray, SockMap},
+    programs::SkLookup,
+};
+use netbpf_common::{GrantKey, ServiceKey, ServiceStats};
+
+use super::{Datapath, DatapathError, map_error};
+use crate::plan::Plan;
+
+/// The `sk_lookup` program of host services.
+pub(super) const HOST_SERVICE_PROGRAM: &str = "netbpf_hostsvc";
+
+impl Datapath {
+    /// Writes where host services are reached and by whom.
+    pub fn apply_host_services(&mut self, plan: &Plan) -> Result<(), DatapathError> {
+        let mut services: HashMap<_, ServiceKey, u32> = self.map_mut("HOST_SERVICES")?;
+        for (key, service) in &plan.services {
+            services
+                .insert(key, service, 0)
+                .map_err(map_error("HOST_SERVICES"))?;
+        }
+        let mut grants: HashMap<_, GrantKey, u8> = self.map_mut("GRANTS")?;
+        for grant in &plan.grants {
+            grants.insert(grant, 1, 0).map_err(map_error("GRANTS"))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the host service program to the network namespace at
+    /// `netns` through a bpf link.
+    pub fn attach_host_services(&mut self, netns: &Path) -> Result<(), DatapathError> {
+        let attach_error = |source| DatapathError::SkLookupAttach {
+            netns: netns.to_owned(),
+            source: Box::new(source),
+        };
+        let namespace = File::open(netns).map_err(|error| attach_error(error.into()))?;
+        let program: &mut SkLookup = self
+            .ebpf
+            .program_mut(HOST_SERVICE_PROGRAM)
+            .ok_or(DatapathError::MissingProgram(HOST_SERVICE_PROGRAM))?
+            .try_into()
+            .map_err(|_| DatapathError::MissingProgram(HOST_SERVICE_PROGRAM))?;
+        program.attach(namespace).map_err(attach_error)?;
+        Ok(())
+    }
+
+    /// Makes `socket` (a listening TCP socket) service `index`'s listener.
+    /// The map holds the socket itself, not the descriptor: when its owner
+    /// closes it, it leaves the map.
+    pub fn set_service_socket(
+        &mut self,
+        index: u32,
+        socket: &impl AsRawFd,
+    ) -> Result<(), DatapathError> {
+        let mut sockets: SockMap<_> = self.map_mut("SERVICE_SOCKETS")?;
+        sockets
+            .set(index, socket, 0)
+            .map_err(map_error("SERVICE_SOCKETS"))
+    }
+
+    /// The counters of service `index`, summed over CPUs.
+    pub fn service_stats(&self, index: u32) -> Result<ServiceStats, DatapathError> {
+        let stats: PerCpuArray<_, ServiceStats> = self.map("SERVICE_STATS")?;
+        let per_cpu = stats.get(&index, 0).map_err(map_error("SERVICE_STATS"))?;
+        Ok(per_cpu
+            .iter()
+            .fold(ServiceStats::default(), |sum, cpu| ServiceStats {
+                steered: sum.steered + cpu.steered,
+                refused: sum.refused + cpu.refused,
+                down: sum.down + cpu.down,
+            }))
+    }
+}

@@ -1,0 +1,187 @@
+//! Keeps each host service's listening socket in the datapath: found on
+//! the node's loopback with `sock_diag`, taken from the process that owns
+//! it with `pidfd_open` + `pidfd_getfd`, and swapped in again when the
+//! service restarts (a new socket) without netbpf restarting.
+
+use std::{
+    fs, io,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use netbpf_common::{PROTO_TCP, ServiceStats};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    netns,
+    policy::HostService,
+    sock_diag::{self, DiagSocket},
+};
+
+/// Why a listener could not be handed to the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("listing the sockets of the node's network namespace")]
+    Listing(#[source] io::Error),
+    #[error("no process owns the socket listening on {0} (socket inode {1})")]
+    NoOwner(std::net::SocketAddr, u32),
+    #[error("taking the listening socket from process {pid} (pidfd_open + pidfd_getfd)")]
+    Take {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// The listener a service's connections go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// The socket's cookie: a new one means the service restarted.
+    pub cookie: u64,
+    /// The process that owns it.
+    pub pid: u32,
+}
+
+/// The host services of a policy and their current listeners.
+pub struct HostServices {
+    services: Vec<HostService>,
+    /// The node's network namespace; None: netbpf's own.
+    netns: Option<PathBuf>,
+    listeners: Vec<Option<Listener>>,
+}
+
+impl HostServices {
+    #[must_use]
+    pub fn new(services: Vec<HostService>, netns: Option<&Path>) -> Self {
+        let listeners = vec![None; services.len()];
+        Self {
+            services,
+            netns: netns.map(Path::to_owned),
+            listeners,
+        }
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+
+    /// Looks for every service's listener and hands a new one to the
+    /// datapath. A listener that went away leaves the datapath by itself
+    /// (the kernel takes a closed socket out of the map); until another
+    /// one listens, connections are refused.
+    pub fn refresh(&mut self, datapath: &mut Datapath) -> Result<(), ServiceError> {
+        let sockets = netns::in_netns_or_here(self.netns.as_deref(), sock_diag::bound_sockets)
+            .and_then(|listed| listed)
+            .map_err(ServiceError::Listing)?;
+        for (index, service) in self.services.iter().enumerate() {
+            let found = sockets.iter().find(|socket| listens_on(socket, service));
+            match (found, self.listeners[index]) {
+                (Some(socket), Some(current)) if current.cookie == socket.cookie => {}
+                (Some(socket), _) => {
+                    let pid = take_listener(datapath, index, service, socket)?;
+                    tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");
+                    self.listeners[index] = Some(Listener {
+                        cookie: socket.cookie,
+                        pid,
+                    });
+                }
+                (None, Some(_)) => {
+                    tracing::warn!(service = %service.name, listen = %service.listen, "the listener is gone: connections are refused until one listens again");
+                    self.listeners[index] = None;
+                }
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Says which services nobody listens for, with what is needed.
+    pub fn warn_missing(&self) {
+        for (service, listener) in self.services.iter().zip(&self.listeners) {
+            if listener.is_none() {
+                tracing::warn!(
+                    service = %service.name,
+                    "no process listens on {}: connections to this service are refused until one does",
+                    service.listen
+                );
+            }
+        }
+    }
+
+    /// Each service, its listener and its counters.
+    pub fn status(
+        &self,
+        datapath: &Datapath,
+    ) -> Result<Vec<(HostService, Option<Listener>, ServiceStats)>, DatapathError> {
+        (0u32..)
+            .zip(self.services.iter().zip(&self.listeners))
+            .map(|(index, (service, listener))| {
+                Ok((service.clone(), *listener, datapath.service_stats(index)?))
+            })
+            .collect()
+    }
+}
+
+fn listens_on(socket: &DiagSocket, service: &HostService) -> bool {
+    socket.protocol == PROTO_TCP && socket.local == service.listen && socket.remote.port() == 0
+}
+
+/// Puts the listening `socket` into the datapath as service `index`'s;
+/// returns its owner's pid. Netbpf keeps no descriptor of it: the
+/// service's own close takes it out again.
+fn take_listener(
+    datapath: &mut Datapath,
+    index: usize,
+    service: &HostService,
+    socket: &DiagSocket,
+) -> Result<u32, ServiceError> {
+    let (pid, fd) =
+        owner(socket.inode).ok_or(ServiceError::NoOwner(service.listen, socket.inode))?;
+    let duplicate = duplicate_fd(pid, fd).map_err(|source| ServiceError::Take { pid, source })?;
+    datapath.set_service_socket(u32::try_from(index).expect("services are few"), &duplicate)?;
+    Ok(pid)
+}
+
+/// The process and descriptor that hold the socket with `inode`.
+fn owner(inode: u32) -> Option<(u32, i32)> {
+    let target = format!("socket:[{inode}]");
+    fs::read_dir("/proc").ok()?.flatten().find_map(|process| {
+        let pid: u32 = process.file_name().to_str()?.parse().ok()?;
+        fs::read_dir(process.path().join("fd"))
+            .ok()?
+            .flatten()
+            .find_map(|fd| {
+                let link = fs::read_link(fd.path()).ok()?;
+                (link.to_str()? == target)
+                    .then(|| Some((pid, fd.file_name().to_str()?.parse().ok()?)))?
+            })
+    })
+}
+
+/// A duplicate, in this process, of descriptor `fd` of process `pid`.
+fn duplicate_fd(pid: u32, fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) with no flags; the result is checked.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `pidfd` is a new descriptor nobody else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(pidfd).map_err(io::Error::other)?) };
+    // SAFETY: pidfd_getfd(2) with no flags; the result is checked.
+    let duplicate = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_getfd,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            fd,
+            0,
+        )
+    };
+    if duplicate < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(duplicate).map_err(io::Error::other)?) })
+}

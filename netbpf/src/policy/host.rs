@@ -1,0 +1,216 @@
+//! `[[host_service]]` and the scopes' `host_services` grants: services
+//! that listen only on the host's loopback, and which containers may reach
+//! them at which address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Locator, PolicyError};
+
+/// A service listening on the host's loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostService {
+    pub name: String,
+    /// Where it listens: `127.0.0.0/8` or `[::1]`, and a port.
+    pub listen: SocketAddr,
+}
+
+/// A scope's grant of a host service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Index of the rule across the policy: its counters' slot.
+    pub rule: u32,
+    /// Index of the service in the policy's host services.
+    pub service: usize,
+    /// The address the container dials (a "host alias").
+    pub dial: SocketAddr,
+    /// The host side of the container's network, where the connection is
+    /// sent and handed to the service.
+    pub gateway: IpAddr,
+    /// The container's own addresses of the dialed family: only
+    /// connections from them reach the service.
+    pub sources: Vec<IpAddr>,
+}
+
+/// What the host knows of a scope's network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeNetwork {
+    /// Its default gateways, one per family at most.
+    pub gateways: Vec<IpAddr>,
+    /// Its global addresses.
+    pub addresses: Vec<IpAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHostService {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrant {
+    service: Spanned<String>,
+    dial: Spanned<String>,
+    #[serde(default)]
+    gateway: Option<Spanned<String>>,
+}
+
+impl RawGrant {
+    /// Where `dial` stands in the policy text.
+    pub(super) fn dial_span(&self) -> std::ops::Range<usize> {
+        self.dial.span()
+    }
+}
+
+/// Validates the host services of a policy.
+pub(super) fn validate_services(
+    locator: &Locator<'_>,
+    raw: Vec<Spanned<RawHostService>>,
+) -> Result<Vec<HostService>, PolicyError> {
+    let mut services: Vec<HostService> = Vec::new();
+    for (index, raw) in raw.into_iter().enumerate() {
+        let raw = raw.into_inner();
+        let field = format!("host_service[{index}]");
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() {
+            return Err(locator.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                "a host service needs a name",
+            ));
+        }
+        if services.iter().any(|service| service.name == name) {
+            return Err(locator.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                format!("host service {name:?} is defined twice"),
+            ));
+        }
+        let listen = raw
+            .listen
+            .get_ref()
+            .parse::<SocketAddr>()
+            .ok()
+            .filter(|listen| listen.ip().is_loopback() && listen.port() != 0)
+            .ok_or_else(|| {
+                locator.error(
+                    raw.listen.span(),
+                    format!("{field}.listen"),
+                    format!(
+                        "{:?} is not a loopback address and port: write \"127.0.0.1:PORT\" or \"[::1]:PORT\"",
+                        raw.listen.get_ref()
+                    ),
+                )
+            })?;
+        if services.iter().any(|service| service.listen == listen) {
+            return Err(locator.error(
+                raw.listen.span(),
+                format!("{field}.listen"),
+                format!("another host service listens on {listen}"),
+            ));
+        }
+        services.push(HostService { name, listen });
+    }
+    Ok(services)
+}
+
+/// Validates one grant of a scope whose network is `network`.
+pub(super) fn validate_grant(
+    locator: &Locator<'_>,
+    services: &[HostService],
+    network: &ScopeNetwork,
+    field: &str,
+    raw: &RawGrant,
+    rule: u32,
+) -> Result<Grant, PolicyError> {
+    let service = services
+        .iter()
+        .position(|service| service.name == *raw.service.get_ref())
+        .ok_or_else(|| {
+            let known: Vec<&str> = services
+                .iter()
+                .map(|service| service.name.as_str())
+                .collect();
+            locator.error(
+                raw.service.span(),
+                format!("{field}.service"),
+                format!(
+                    "no host service is named {:?} (the policy defines: {known:?})",
+                    raw.service.get_ref()
+                ),
+            )
+        })?;
+    let dial_error =
+        |message: String| locator.error(raw.dial.span(), format!("{field}.dial"), message);
+    let dial: SocketAddr = raw.dial.get_ref().parse().map_err(|_| {
+        dial_error(format!(
+            "{:?} is not ADDR:PORT (IPv6 as [ADDR]:PORT)",
+            raw.dial.get_ref()
+        ))
+    })?;
+    let dial = SocketAddr::new(dial.ip().to_canonical(), dial.port());
+    if dial.port() == 0
+        || dial.ip().is_loopback()
+        || dial.ip().is_unspecified()
+        || dial.ip().is_multicast()
+    {
+        return Err(dial_error(format!(
+            "{dial} cannot be a host alias: give a unicast, non-loopback address and a port"
+        )));
+    }
+    if dial.is_ipv4() != services[service].listen.is_ipv4() {
+        return Err(dial_error(format!(
+            "{dial} and the service's {} are of different IP families",
+            services[service].listen
+        )));
+    }
+    let same_family = |addr: &&IpAddr| addr.is_ipv4() == dial.is_ipv4();
+    let gateway = match &raw.gateway {
+        Some(gateway) => {
+            let parsed = gateway
+                .get_ref()
+                .parse::<IpAddr>()
+                .ok()
+                .filter(|addr| addr.is_ipv4() == dial.is_ipv4());
+            parsed.ok_or_else(|| {
+                locator.error(
+                    gateway.span(),
+                    format!("{field}.gateway"),
+                    format!(
+                        "{:?} is not an address of the same family as dial",
+                        gateway.get_ref()
+                    ),
+                )
+            })?
+        }
+        None => *network.gateways.iter().find(same_family).ok_or_else(|| {
+            dial_error(
+                "the container's network namespace has no default route of this family to find its \
+                 gateway: give gateway = \"ADDR\" (the host side of its network)"
+                    .to_owned(),
+            )
+        })?,
+    };
+    let sources: Vec<IpAddr> = network
+        .addresses
+        .iter()
+        .filter(same_family)
+        .copied()
+        .collect();
+    if sources.is_empty() {
+        return Err(dial_error(
+            "the container has no address of this family: nothing could be granted".to_owned(),
+        ));
+    }
+    Ok(Grant {
+        rule,
+        service,
+        dial,
+        gateway,
+        sources,
+    })
+}

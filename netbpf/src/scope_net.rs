@@ -1,0 +1,130 @@
+//! The network of a scope as the host sees it: the global addresses and
+//! default gateways of the network namespaces its processes live in.
+
+use std::{
+    collections::BTreeSet,
+    fs, io,
+    net::IpAddr,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage, AddressScope},
+    route::{RouteAddress, RouteAttribute, RouteMessage},
+};
+
+use crate::{netns, policy::ScopeNetwork, rtnetlink};
+
+/// The addresses and gateways of the namespace at `path`.
+pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
+    netns::in_netns(path, || -> io::Result<ScopeNetwork> {
+        let mut network = ScopeNetwork::default();
+        for message in rtnetlink::dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
+        {
+            if let RouteNetlinkMessage::NewAddress(address) = message
+                && address.header.scope == AddressScope::Universe
+            {
+                network
+                    .addresses
+                    .extend(
+                        address
+                            .attributes
+                            .iter()
+                            .find_map(|attribute| match attribute {
+                                AddressAttribute::Address(addr) => Some(*addr),
+                                _ => None,
+                            }),
+                    );
+            }
+        }
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut request = RouteMessage::default();
+            request.header.address_family = family;
+            for message in rtnetlink::dump(RouteNetlinkMessage::GetRoute(request))? {
+                if let RouteNetlinkMessage::NewRoute(route) = message
+                    && route.header.destination_prefix_length == 0
+                    && let Some(gateway) = route.attributes.iter().find_map(gateway)
+                    && !network
+                        .gateways
+                        .iter()
+                        .any(|known| known.is_ipv4() == gateway.is_ipv4())
+                {
+                    network.gateways.push(gateway);
+                }
+            }
+        }
+        Ok(network)
+    })?
+}
+
+/// The network of the processes in the cgroup at `dir` and below: the
+/// union over the namespaces they live in.
+pub fn of_cgroup(dir: &Path) -> io::Result<ScopeNetwork> {
+    let namespaces = process_namespaces(dir)?;
+    if namespaces.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "no process runs in cgroup {} yet: its network is unknown",
+                dir.display()
+            ),
+        ));
+    }
+    let mut network = ScopeNetwork::default();
+    for namespace in namespaces {
+        let found = of_netns(&namespace)?;
+        network.addresses.extend(found.addresses);
+        for gateway in found.gateways {
+            if !network
+                .gateways
+                .iter()
+                .any(|known| known.is_ipv4() == gateway.is_ipv4())
+            {
+                network.gateways.push(gateway);
+            }
+        }
+    }
+    Ok(network)
+}
+
+/// One `/proc/PID/ns/net` per network namespace that processes of the
+/// cgroup tree at `dir` live in.
+pub fn process_namespaces(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut seen = BTreeSet::new();
+    let mut namespaces = Vec::new();
+    for pid in cgroup_processes(dir)? {
+        // A process may exit while we look: skip it.
+        let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
+        if let Ok(meta) = fs::metadata(&namespace)
+            && seen.insert((meta.dev(), meta.ino()))
+        {
+            namespaces.push(namespace);
+        }
+    }
+    Ok(namespaces)
+}
+
+/// The processes of the cgroup tree at `dir`.
+fn cgroup_processes(dir: &Path) -> io::Result<Vec<u32>> {
+    let mut pids: Vec<u32> = fs::read_to_string(dir.join("cgroup.procs"))?
+        .lines()
+        .filter_map(|line| line.trim().parse().ok())
+        .collect();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            pids.extend(cgroup_processes(&entry.path())?);
+        }
+    }
+    Ok(pids)
+}
+
+fn gateway(attribute: &RouteAttribute) -> Option<IpAddr> {
+    match attribute {
+        RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
