@@ -296,9 +296,8 @@ pub struct MssStats {
     pub inserted: u64,
     /// Segments whose MSS was already at or below the clamp.
     pub already_small: u64,
-    /// Segments without an MSS option left so, as TCPMSS leaves them: they
-    /// carry data, their header is full, or an IP option or extension
-    /// header stands where the option would go.
+    /// Segments without an MSS option left so: they carry data or their
+    /// header is full (as TCPMSS leaves them), or they are a fragment.
     pub without_option: u64,
     /// Segments with option lengths that do not add up; walked as the
     /// kernel's TCPMSS walks them, never beyond the header.

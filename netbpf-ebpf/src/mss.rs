@@ -7,10 +7,9 @@
 use aya_ebpf::{
     bindings::{
         BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FRAG_NEEDED,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_adj_room_mode::BPF_ADJ_ROOM_NET,
-        bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
     },
-    helpers::{bpf_check_mtu, bpf_fib_lookup},
+    helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_skb_change_tail},
     programs::TcContext,
 };
 use netbpf_common::{
@@ -48,9 +47,9 @@ struct Segment {
     l4: usize,
     /// Length of the TCP segment, header included.
     len: usize,
-    /// Whether nothing stands between the fixed IP header and TCP (no IPv4
-    /// option, no IPv6 extension header): where an option can be inserted.
-    plain: bool,
+    /// Whether the packet is the first fragment of a larger one: its
+    /// length is not the segment's, so no option is inserted.
+    fragmented: bool,
     /// Source and destination addresses, network order, IPv4 in `[0]`.
     src: [u32; 4],
     dst: [u32; 4],
@@ -115,9 +114,18 @@ pub fn clamp(ctx: &TcContext, config: &MssConfig, stats: &mut MssStats) {
     if walk.malformed {
         stats.malformed += 1;
     }
+    let Ok(word) = ctx.load::<[u8; 2]>(segment.l4 + 12) else {
+        stats.unparsed += 1;
+        return;
+    };
+    let header = Header {
+        len: header_len,
+        word,
+        options,
+    };
     match walk.mss_at {
-        Some(at) => lower_mss(ctx, &segment, &options, at, target, stats),
-        None => insert_mss(ctx, &segment, header_len, offset_byte, target, stats),
+        Some(at) => lower_mss(ctx, &segment, &header.options, at, target, stats),
+        None => insert_mss(ctx, &segment, &header, target, stats),
     }
 }
 
@@ -189,16 +197,16 @@ fn lower_mss(
     } else {
         ([low, high], [new[1], new[0]])
     };
-    let stored = ctx
-        .store(offset, &new, u64::from(BPF_F_RECOMPUTE_CSUM))
-        .and_then(|()| {
-            ctx.l4_csum_replace(
-                segment.l4 + TCP_CHECKSUM,
-                u64::from(u16::from_ne_bytes(old_word)),
-                u64::from(u16::from_ne_bytes(new_word)),
-                2,
-            )
-        });
+    // No BPF_F_RECOMPUTE_CSUM: the checksum field moves by as much as the
+    // MSS, so a received packet's checksum of the whole stays right.
+    let stored = ctx.store(offset, &new, 0).and_then(|()| {
+        ctx.l4_csum_replace(
+            segment.l4 + TCP_CHECKSUM,
+            u64::from(u16::from_ne_bytes(old_word)),
+            u64::from(u16::from_ne_bytes(new_word)),
+            2,
+        )
+    });
     if stored.is_ok() {
         stats.clamped += 1;
     } else {
@@ -207,18 +215,18 @@ fn lower_mss(
 }
 
 /// Inserts an MSS option right after the fixed TCP header of a SYN that
-/// has none, as TCPMSS does: only without payload and with room in the
-/// header, and with at most the protocol's default MSS.
+/// has none, as TCPMSS does: only without payload, with room in the
+/// header, never in a fragment, and with at most the protocol's default
+/// MSS.
 #[inline(always)]
 fn insert_mss(
     ctx: &TcContext,
     segment: &Segment,
-    header_len: usize,
-    offset_byte: u8,
+    header: &Header,
     target: u16,
     stats: &mut MssStats,
 ) {
-    if segment.len > header_len || header_len >= 15 * 4 || !segment.plain {
+    if segment.len > header.len || header.len >= 15 * 4 || segment.fragmented {
         stats.without_option += 1;
         return;
     }
@@ -228,32 +236,64 @@ fn insert_mss(
         MSS_V6_DEFAULT
     };
     let mss = target.min(default).to_be_bytes();
-    if add_option(ctx, segment, offset_byte, [TCPOPT_MSS, 4, mss[0], mss[1]]).is_ok() {
+    if add_option(ctx, segment, header, [TCPOPT_MSS, 4, mss[0], mss[1]]).is_ok() {
         stats.inserted += 1;
     } else {
         stats.unparsed += 1;
     }
 }
 
-/// Makes room for `option` between the fixed TCP header and its options,
-/// and fixes the TCP checksum and the IP length.
+/// The TCP header as read before any change.
+struct Header {
+    /// Its length in bytes.
+    len: usize,
+    /// Byte 12 and 13: data offset and flags.
+    word: [u8; 2],
+    options: [u8; MAX_OPTIONS],
+}
+
+/// Puts `option` between the fixed TCP header and its options, and fixes
+/// the TCP checksum and the IP length. The packet grows at its end, as
+/// TCPMSS grows it: every header stays where it was, and so do the offsets
+/// checksum offload works from.
 #[inline(always)]
 fn add_option(
     ctx: &TcContext,
     segment: &Segment,
-    offset_byte: u8,
+    header: &Header,
     option: [u8; 4],
 ) -> Result<(), i64> {
     let l4 = segment.l4;
-    // The room opens right after the fixed IP header, where the TCP header
-    // starts (`segment.plain`): move the fixed TCP header into it.
-    ctx.adjust_room(4, BPF_ADJ_ROOM_NET, 0)?;
-    let mut header: [u8; TCP_HEADER] = ctx.load(l4 + 4)?;
-    let old_word = u16::from_ne_bytes([header[12], header[13]]);
-    header[12] = offset_byte + 0x10;
-    let new_word = u16::from_ne_bytes([header[12], header[13]]);
-    ctx.store(l4, &header, 0)?;
+    let l3 = segment.l3;
+    // Every read before the first write: a failure must not leave a half
+    // rewritten packet behind.
+    let old_ip_length: u16 = ctx.load(if segment.family == AF_INET {
+        l3 + 2
+    } else {
+        l3 + 4
+    })?;
+    // SAFETY: `skb` is the program's context.
+    let grown = unsafe { bpf_skb_change_tail(ctx.skb.skb, ctx.len() + 4, 0) };
+    if grown != 0 {
+        return Err(grown);
+    }
+    let options_len = header.len - TCP_HEADER;
+    for word in 0..MAX_OPTIONS / 4 {
+        let at = word * 4;
+        if at >= options_len {
+            break;
+        }
+        let bytes = [
+            header.options[at],
+            header.options[at + 1],
+            header.options[at + 2],
+            header.options[at + 3],
+        ];
+        ctx.store(l4 + TCP_HEADER + 4 + at, &bytes, 0)?;
+    }
     ctx.store(l4 + TCP_HEADER, &option, 0)?;
+    let new_word = [header.word[0] + 0x10, header.word[1]];
+    ctx.store(l4 + 12, &new_word, 0)?;
 
     let len = u16::try_from(segment.len).map_err(|_| -1i64)?;
     let checksum = l4 + TCP_CHECKSUM;
@@ -264,17 +304,26 @@ fn add_option(
         u64::from(BPF_F_PSEUDO_HDR) | 2,
     )?;
     ctx.l4_csum_replace(checksum, 0, u64::from(u32::from_ne_bytes(option)), 4)?;
-    ctx.l4_csum_replace(checksum, u64::from(old_word), u64::from(new_word), 2)?;
+    ctx.l4_csum_replace(
+        checksum,
+        u64::from(u16::from_ne_bytes(header.word)),
+        u64::from(u16::from_ne_bytes(new_word)),
+        2,
+    )?;
 
-    let l3 = segment.l3;
+    let new_ip_length = (u16::from_be(old_ip_length) + 4).to_be();
     if segment.family == AF_INET {
-        let old_total: u16 = ctx.load(l3 + 2)?;
-        let new_total = (u16::from_be(old_total) + 4).to_be();
-        ctx.store(l3 + 2, &new_total, 0)?;
-        ctx.l3_csum_replace(l3 + 10, u64::from(old_total), u64::from(new_total), 2)?;
+        ctx.store(l3 + 2, &new_ip_length, 0)?;
+        ctx.l3_csum_replace(
+            l3 + 10,
+            u64::from(old_ip_length),
+            u64::from(new_ip_length),
+            2,
+        )?;
     } else {
-        let old_payload: u16 = ctx.load(l3 + 4)?;
-        ctx.store(l3 + 4, &(u16::from_be(old_payload) + 4).to_be(), 0)?;
+        // No IPv6 header checksum: a received packet's checksum of the
+        // whole (CHECKSUM_COMPLETE) must follow the change instead.
+        ctx.store(l3 + 4, &new_ip_length, u64::from(BPF_F_RECOMPUTE_CSUM))?;
     }
     Ok(())
 }
@@ -358,7 +407,8 @@ fn ipv4_segment(ctx: &TcContext, l3: usize) -> Parsed {
     ) else {
         return Parsed::Unparsed;
     };
-    if protocol != IPPROTO_TCP || u16::from_be(fragment) & 0x1fff != 0 {
+    let fragment = u16::from_be(fragment);
+    if protocol != IPPROTO_TCP || fragment & 0x1fff != 0 {
         return Parsed::NotTcp;
     }
     let header_len = usize::from(version_ihl & 0x0f) * 4;
@@ -371,7 +421,7 @@ fn ipv4_segment(ctx: &TcContext, l3: usize) -> Parsed {
         l3,
         l4: l3 + header_len,
         len: total - header_len,
-        plain: header_len == 20,
+        fragmented: fragment & 0x2000 != 0,
         src: [src, 0, 0, 0],
         dst: [dst, 0, 0, 0],
     })
@@ -389,6 +439,7 @@ fn ipv6_segment(ctx: &TcContext, l3: usize) -> Parsed {
     };
     let mut next = first_next;
     let mut offset = l3 + IPV6_HEADER;
+    let mut fragmented = false;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             IPPROTO_TCP => {
@@ -401,7 +452,7 @@ fn ipv6_segment(ctx: &TcContext, l3: usize) -> Parsed {
                     l3,
                     l4: offset,
                     len,
-                    plain: skipped == 0,
+                    fragmented,
                     src,
                     dst,
                 });
@@ -427,6 +478,7 @@ fn ipv6_segment(ctx: &TcContext, l3: usize) -> Parsed {
                 if u16::from_be(fragment) & 0xfff8 != 0 {
                     return Parsed::NotTcp;
                 }
+                fragmented = true;
                 next = following;
                 offset += 8;
             }

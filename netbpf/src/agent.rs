@@ -109,15 +109,15 @@ impl Agent {
         }
     }
 
-    /// Applies `events` at start: failures are errors then, except an
-    /// interface of a kind netbpf cannot parse, which a glob may match.
+    /// Applies `events` at start. An interface that cannot be clamped (of a
+    /// kind netbpf cannot parse, or gone while it was attached) is said and
+    /// skipped, as it would be later; running out of room is an error.
     pub fn start_clamps(&mut self, events: &[LinkEvent]) -> Result<(), ClampError> {
         for event in events {
             match self.clamper.handle(&mut self.datapath, event) {
-                Err(error @ ClampError::UnsupportedLink(_)) => {
-                    tracing::warn!(%error, "not clamping MSS");
-                }
-                other => other?,
+                Err(error @ ClampError::TooManyInterfaces) => return Err(error),
+                Err(error) => tracing::warn!(error = format!("{error:#}"), "not clamping MSS"),
+                Ok(()) => {}
             }
         }
         Ok(())

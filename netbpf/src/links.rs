@@ -4,7 +4,7 @@
 use std::io;
 
 use netlink_packet_route::{
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
     link::{LinkAttribute, LinkLayerType, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
@@ -91,6 +91,13 @@ impl LinkWatcher {
 /// The change a route message tells, if it is about a link.
 fn event(message: &RouteNetlinkMessage) -> Option<LinkEvent> {
     match message {
+        // Bridge-family messages speak of bridge ports (a port leaving its
+        // bridge is an RTM_DELLINK), not of interfaces coming and going.
+        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link)
+            if link.header.interface_family != AddressFamily::Unspec =>
+        {
+            None
+        }
         RouteNetlinkMessage::NewLink(link) => Some(LinkEvent::Present(interface(link))),
         RouteNetlinkMessage::DelLink(link) => Some(LinkEvent::Gone(link.header.index)),
         _ => None,
@@ -108,7 +115,14 @@ fn interface(link: &LinkMessage) -> Interface {
         .unwrap_or_default();
     let l3_offset = match link.header.link_layer_type {
         LinkLayerType::Ether | LinkLayerType::Loopback => Some(14),
-        LinkLayerType::None => Some(0),
+        // Devices whose packets start at the IP header: WireGuard and tun
+        // (NONE), PPP(oE), raw IP, IP-in-IP and SIT tunnels.
+        LinkLayerType::None
+        | LinkLayerType::Ppp
+        | LinkLayerType::Rawip
+        | LinkLayerType::Tunnel
+        | LinkLayerType::Tunnel6
+        | LinkLayerType::Sit => Some(0),
         _ => None,
     };
     Interface {

@@ -380,6 +380,20 @@ fn https_through_a_pmtu_black_hole_hangs_without_netbpf_and_completes_with_it() 
         "{status}"
     );
     let _tunnel = path.router_tunnel();
+    // The clamp is attached within moments of the tunnel appearing; a SYN
+    // sent before that would hang, so wait for netbpf to report it.
+    let mut attached = serde_json::Value::Null;
+    for _ in 0..100 {
+        attached = netbpf.status_json().unwrap()["mss_clamps"][0]["attached"].clone();
+        if attached.as_array().is_some_and(|list| !list.is_empty()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        attached.as_array().is_some_and(|list| !list.is_empty()),
+        "wg* never attached: {attached}"
+    );
 
     for host in ["10.20.0.2", "[fd20::2]"] {
         let (output, body) = path.download(host);
