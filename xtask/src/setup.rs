@@ -27,6 +27,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssl",         // the TLS server behind the MSS black hole
     "wireguard-go",    // a real WireGuard tunnel, in userspace on TUN
     "wireguard-tools", // wg: its keys and configuration
+    "openssh-server",  // sshd on the "GPU box" of the host service test
+    "openssh-client",  // ssh -L: the tunnel bound to the node's loopback
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.

@@ -128,6 +128,7 @@ impl Datapath {
                 Program::CgroupSockAddr(program) => program.load(),
                 Program::CgroupSock(program) => program.load(),
                 Program::SchedClassifier(program) => program.load(),
+                Program::SkLookup(program) => program.load(),
                 other => unreachable!("netbpf has no {:?} program", other.prog_type()),
             }
             .map_err(load)?;
