@@ -27,8 +27,9 @@ const V6_ANSWER: &str = "an IPv6 loopback service answers";
 const PRIVATE_ANSWER: &str = "a loopback service nobody was granted";
 
 /// The node, its compose bridge with two containers, and the GPU box.
-struct Node {
-    _servers: Vec<Process>,
+struct Lab {
+    /// Held so that the servers stop with the lab.
+    servers: Vec<Process>,
     tunnel: Option<Process>,
     root: Cgroup,
     granted_procs: Cgroup,
@@ -42,7 +43,7 @@ struct Node {
     _privsep: Option<PrivsepDir>,
 }
 
-impl Node {
+impl Lab {
     fn new() -> Self {
         require_root();
         let root = Cgroup::new_test_root(&unique_name("nbh")).unwrap();
@@ -81,8 +82,8 @@ impl Node {
             .ip(&["route", "add", "10.210.1.0/24", "via", "10.50.0.1"])
             .unwrap();
 
-        let mut node = Self {
-            _servers: Vec::new(),
+        let mut lab = Self {
+            servers: Vec::new(),
             tunnel: None,
             root,
             granted_procs,
@@ -95,12 +96,12 @@ impl Node {
             work,
             _privsep: PrivsepDir::ensure(),
         };
-        let gpu_http = node.http_server(Place::GpuBox, "127.0.0.1", 8000, GPU_ANSWER);
-        let v6_service = node.http_server(Place::Node, "::1", 18189, V6_ANSWER);
-        let private = node.http_server(Place::Node, "127.0.0.1", 18190, PRIVATE_ANSWER);
-        let sshd = node.start_sshd();
-        node._servers = vec![gpu_http, v6_service, private, sshd];
-        node
+        let gpu_http = lab.http_server(Place::GpuBox, "127.0.0.1", 8000, GPU_ANSWER);
+        let v6_service = lab.http_server(Place::Node, "::1", 18189, V6_ANSWER);
+        let private = lab.http_server(Place::Node, "127.0.0.1", 18190, PRIVATE_ANSWER);
+        let sshd = lab.start_sshd();
+        lab.servers = vec![gpu_http, v6_service, private, sshd];
+        lab
     }
 
     fn procs_and_netns(&self, place: Place) -> (&Cgroup, &Netns) {
@@ -291,7 +292,7 @@ const REFUSED: i32 = 7;
 
 #[test]
 fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
-    let mut node = Node::new();
+    let mut node = Lab::new();
     node.open_tunnel();
     let iptables_before =
         run_checked("ip", ["netns", "exec", node.node.name(), "iptables-save"]).unwrap();
@@ -356,7 +357,15 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
     );
     assert_eq!(status["scopes"][0]["grants"][0]["connects"], 1, "{status}");
 
-    // The tunnel goes down (autossh reconnecting): refused, not hung...
+    assert_survives_a_tunnel_restart(&mut node, &netbpf);
+    assert_stayed_on_loopback(&node, &iptables_before);
+    assert!(netbpf.stop().unwrap().success());
+}
+
+/// The tunnel goes down (autossh reconnecting) and comes back as a new
+/// socket: refused, not hung, meanwhile; then reached again without
+/// restarting netbpf.
+fn assert_survives_a_tunnel_restart(node: &mut Lab, netbpf: &NetbpfRun) {
     node.close_tunnel();
     let (code, _) = node.curl(Place::Granted, "http://172.17.0.1:18188/");
     assert_eq!(
@@ -384,8 +393,10 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
         node.tunnel.as_ref().map(|ssh| u64::from(ssh.id())),
         "{status}"
     );
+}
 
-    // The tunnel stayed on loopback and no iptables rule was needed.
+/// The tunnel stayed bound to loopback, and no iptables rule was needed.
+fn assert_stayed_on_loopback(node: &Lab, iptables_before: &str) {
     let listening = run_checked(
         "ip",
         [
@@ -413,6 +424,5 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    assert_eq!(rules(&iptables_before), rules(&iptables_after));
-    assert!(netbpf.stop().unwrap().success());
+    assert_eq!(rules(iptables_before), rules(&iptables_after));
 }
