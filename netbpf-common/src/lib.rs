@@ -44,6 +44,8 @@ pub const MSS_V4_DEFAULT: u16 = 536;
 /// The largest MSS an inserted option carries on IPv6 (1280 - 60).
 pub const MSS_V6_DEFAULT: u16 = 1220;
 
+/// Capacity of the bind remap table.
+pub const MAX_BIND_REMAPS: u32 = 16_384;
 /// Capacity of the alias table (exact address:port rewrites).
 pub const MAX_ALIASES: u32 = 16_384;
 /// Capacity of the host service tables, in services.
@@ -231,6 +233,45 @@ pub struct ServiceStats {
     pub down: u64,
 }
 
+/// Key of the bind remaps: a scope binding a port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindKey {
+    pub scope: u32,
+    /// The port the application binds, host byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    _pad: u8,
+}
+
+impl BindKey {
+    #[must_use]
+    pub const fn new(scope: u32, port: u16, protocol: u8) -> Self {
+        Self {
+            scope,
+            port,
+            protocol,
+            _pad: 0,
+        }
+    }
+}
+
+/// What a bind becomes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindTarget {
+    /// Only binds to this address are remapped (network order, IPv4 in
+    /// `addr[0]`), unless `family` is 0: binds to any address.
+    pub addr: [u32; 4],
+    /// `AF_INET`, `AF_INET6`, or 0 for any address.
+    pub family: u16,
+    /// The port the socket gets, host byte order.
+    pub port: u16,
+    /// Index of the rule in the statistics array.
+    pub rule: u32,
+}
+
 /// A port bound inside a scope on a localhost or wildcard address: such a
 /// port belongs to the scope's own service and is never forwarded.
 #[repr(C)]
@@ -268,6 +309,8 @@ pub struct RuleStats {
     /// Connections and datagrams left alone because the port is bound by a
     /// socket inside the scope.
     pub local_skips: u64,
+    /// `bind()` calls whose port was remapped.
+    pub binds: u64,
 }
 
 /// How the tc program clamps MSS on one interface: the value of the
@@ -313,9 +356,11 @@ const _: () = assert!(size_of::<ForwardTarget>() == 24);
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<ReverseKey>() == 32);
 const _: () = assert!(size_of::<LocalBindKey>() == 8);
-const _: () = assert!(size_of::<RuleStats>() == 24);
+const _: () = assert!(size_of::<RuleStats>() == 32);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);
+const _: () = assert!(size_of::<BindKey>() == 8);
+const _: () = assert!(size_of::<BindTarget>() == 24);
 const _: () = assert!(size_of::<AliasedAddr>() == 20);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<GrantKey>() == 24);
@@ -335,6 +380,8 @@ mod pod {
     unsafe impl aya::Pod for super::MssConfig {}
     unsafe impl aya::Pod for super::MssStats {}
     unsafe impl aya::Pod for super::AliasKey {}
+    unsafe impl aya::Pod for super::BindKey {}
+    unsafe impl aya::Pod for super::BindTarget {}
     unsafe impl aya::Pod for super::AliasedAddr {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::GrantKey {}
@@ -366,6 +413,8 @@ mod tests {
         assert_eq!(offset_of!(LocalBindKey, port), 4);
         assert_eq!(offset_of!(LocalBindKey, protocol), 6);
         assert_eq!(offset_of!(RuleStats, local_skips), 16);
+        assert_eq!(offset_of!(RuleStats, binds), 24);
+        assert_eq!(offset_of!(BindTarget, port), 18);
         assert_eq!(align_of::<ReverseKey>(), 8);
         assert_eq!(offset_of!(MssConfig, l3_offset), 2);
         assert_eq!(offset_of!(AliasKey, addr), 4);

@@ -110,22 +110,35 @@ fn alias_target(
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
     let (addr, addr_family) = addr::canonical(&dialed.addr, family);
-    let aliased = AliasedAddr {
-        addr,
-        port,
-        family: addr_family,
+    let aliased = |port| {
+        let key = AliasedAddr {
+            addr,
+            port,
+            family: addr_family,
+        };
+        // SAFETY: the value is only tested for presence.
+        unsafe { ALIASED_ADDRS.get(key) }.is_some()
     };
-    // SAFETY: the value is only tested for presence.
-    unsafe { ALIASED_ADDRS.get(aliased) }?;
+    // An alias of one port, or of every port of the address (port 0).
+    let (exact, every) = (aliased(port), aliased(0));
+    if !exact && !every {
+        return None;
+    }
     let scope = scope::current(ctx.cast())?;
-    // SAFETY: the value is copied out at once.
-    let target = *unsafe { ALIASES.get(AliasKey::new(scope, addr, addr_family, port, protocol)) }?;
+    let lookup = |port| {
+        // SAFETY: the value is copied out at once.
+        unsafe { ALIASES.get(AliasKey::new(scope, addr, addr_family, port, protocol)) }.copied()
+    };
+    let target = exact
+        .then(|| lookup(port))
+        .flatten()
+        .or_else(|| every.then(|| lookup(0)).flatten())?;
     Some((target, rule_stats(target.rule)?))
 }
 
 /// This CPU's counters of rule `rule`.
 #[inline(always)]
-fn rule_stats(rule: u32) -> Option<&'static mut RuleStats> {
+pub fn rule_stats(rule: u32) -> Option<&'static mut RuleStats> {
     // SAFETY: the pointer is to this CPU's slot of a valid array element,
     // used within this program run only.
     RULE_STATS

@@ -18,6 +18,7 @@
 )]
 
 mod addr;
+mod bind;
 mod forward;
 mod host_service;
 mod maps;

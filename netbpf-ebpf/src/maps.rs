@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, ForwardKey, ForwardTarget, GrantKey, LocalBindKey, MAX_ALIASES,
-    MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES,
-    MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig, MssStats, ReverseKey, RuleStats,
-    ServiceKey, ServiceStats, SockAddr,
+    AliasKey, AliasedAddr, BindKey, BindTarget, ForwardKey, ForwardTarget, GrantKey, LocalBindKey,
+    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES,
+    MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig,
+    MssStats, ReverseKey, RuleStats, ServiceKey, ServiceStats, SockAddr,
 };
 
 /// cgroup v2 id of a container's cgroup directory -> scope id.
@@ -78,3 +78,8 @@ pub static SERVICE_SOCKETS: SockMap = SockMap::with_max_entries(MAX_HOST_SERVICE
 #[map]
 pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
     PerCpuArray::with_max_entries(MAX_HOST_SERVICES, 0);
+
+/// (scope, port bound, protocol) -> the port the socket gets instead.
+#[map]
+pub static BIND_REMAPS: HashMap<BindKey, BindTarget> =
+    HashMap::with_max_entries(MAX_BIND_REMAPS, 0);

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use netbpf_common::{AF_INET, AF_INET6};
 
 use crate::{
-    ALLOW,
+    ALLOW, bind,
     forward::{self, Syscall},
 };
 
@@ -62,5 +62,19 @@ pub fn netbpf_getpeer4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn netbpf_getpeer6(ctx: SockAddrContext) -> i32 {
     forward::restore_peer(ctx.sock_addr, AF_INET6);
+    ALLOW
+}
+
+/// Remaps the port of an IPv4 `bind()` in a scope.
+#[cgroup_sock_addr(bind4)]
+pub fn netbpf_bind4(ctx: SockAddrContext) -> i32 {
+    bind::remap(ctx.sock_addr, AF_INET);
+    ALLOW
+}
+
+/// Remaps the port of an IPv6 `bind()` in a scope.
+#[cgroup_sock_addr(bind6)]
+pub fn netbpf_bind6(ctx: SockAddrContext) -> i32 {
+    bind::remap(ctx.sock_addr, AF_INET6);
     ALLOW
 }

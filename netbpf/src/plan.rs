@@ -7,11 +7,11 @@ use std::{
 };
 
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
-    ForwardTarget, GrantKey, PROTO_TCP, ServiceKey,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindKey, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS,
+    ForwardKey, ForwardTarget, GrantKey, PROTO_TCP, ServiceKey,
 };
 
-use crate::policy::{Grant, Policy, Selector};
+use crate::policy::{Alias, Grant, Policy, Selector};
 
 /// Everything the kernel maps hold for one policy.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -30,6 +30,8 @@ pub struct Plan {
     pub services: BTreeMap<ServiceKey, u32>,
     /// The container addresses granted each service.
     pub grants: BTreeSet<GrantKey>,
+    /// Bind remaps: (scope, port, protocol) -> the port given instead.
+    pub binds: Vec<(BindKey, BindTarget)>,
 }
 
 /// The map entries of `policy`. A scope's id is its index in the policy.
@@ -43,6 +45,22 @@ pub fn compile(policy: &Policy) -> Plan {
         }
         for grant in &scope.grants {
             plan.add_grant(scope_id, grant);
+        }
+        for alias in &scope.aliases {
+            plan.add_alias(scope_id, alias);
+        }
+        for bind in &scope.binds {
+            let (addr, family) = bind.address.map_or(([0; 4], 0), target_words);
+            let target = BindTarget {
+                addr,
+                family,
+                port: bind.to,
+                rule: bind.rule,
+            };
+            for &protocol in bind.protocols.numbers() {
+                plan.binds
+                    .push((BindKey::new(scope_id, bind.port, protocol), target));
+            }
         }
         for forward in &scope.forwards {
             let (addr, family) = target_words(forward.to.addr);
@@ -65,6 +83,31 @@ pub fn compile(policy: &Policy) -> Plan {
 }
 
 impl Plan {
+    /// An alias: the exact address (port 0: every port) -> its target.
+    fn add_alias(&mut self, scope: u32, alias: &Alias) {
+        let (from, family) = target_words(alias.from.ip());
+        let (to, _) = target_words(alias.to.ip());
+        let port = alias.from.port();
+        let target = ForwardTarget {
+            addr: to,
+            family,
+            port_delta: if port == 0 {
+                0
+            } else {
+                alias.to.port().wrapping_sub(port)
+            },
+            rule: alias.rule,
+        };
+        for &protocol in alias.protocols.numbers() {
+            self.aliases
+                .push((AliasKey::new(scope, from, family, port, protocol), target));
+        }
+        self.aliased_addrs.insert(AliasedAddr {
+            addr: from,
+            port,
+            family,
+        });
+    }
     /// A grant: an alias from the dialed address to the gateway (unless
     /// the container dials its gateway itself), the service where
     /// connections arrive there, and the container's addresses allowed.

@@ -9,7 +9,7 @@ use std::{
 use crate::{
     cgroup, netns,
     policy::{Resolver, ScopeNetwork, Selector},
-    scope_net,
+    scope_net, sock_diag,
 };
 
 /// Resolves policy paths on this host, for programs attached at
@@ -21,14 +21,21 @@ pub struct HostResolver {
     /// The cgroup netbpf's programs attach to: a scope's cgroup must be in
     /// it, or its sockets never reach the programs.
     attach_root: PathBuf,
+    /// The node's network namespace: where a scope without processes yet
+    /// (host networking) will bind.
+    node_netns: PathBuf,
 }
 
 impl HostResolver {
-    pub fn new(attach_root: &Path) -> io::Result<Self> {
+    pub fn new(attach_root: &Path, node_netns: &Path) -> io::Result<Self> {
         let mount = cgroup::cgroup2_mount()?.canonicalize()?;
         let attach_root = attach_root.canonicalize()?;
         cgroup::cgroup_id(&attach_root)?;
-        Ok(Self { mount, attach_root })
+        Ok(Self {
+            mount,
+            attach_root,
+            node_netns: node_netns.to_owned(),
+        })
     }
 }
 
@@ -56,6 +63,37 @@ impl Resolver for HostResolver {
             Selector::Netns { path, .. } => scope_net::of_netns(path),
         }
         .map_err(|error| format!("finding the scope's addresses and gateway: {error}"))
+    }
+
+    fn bound_ports(&self, selector: &Selector) -> Result<Vec<(u8, u16)>, String> {
+        let namespaces = match selector {
+            Selector::Netns { path, .. } => vec![path.clone()],
+            Selector::Cgroup { path, .. } => {
+                scope_net::process_namespaces(path).map_err(|error| error.to_string())?
+            }
+        };
+        let namespaces = if namespaces.is_empty() {
+            vec![self.node_netns.clone()]
+        } else {
+            namespaces
+        };
+        let mut ports = Vec::new();
+        for namespace in namespaces {
+            let sockets = netns::in_netns(&namespace, sock_diag::bound_sockets)
+                .and_then(|listed| listed)
+                .map_err(|error| {
+                    format!(
+                        "listing the ports bound in {}: {error}",
+                        namespace.display()
+                    )
+                })?;
+            ports.extend(
+                sockets
+                    .iter()
+                    .map(|socket| (socket.protocol, socket.local.port())),
+            );
+        }
+        Ok(ports)
     }
 
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {

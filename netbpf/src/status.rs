@@ -14,7 +14,7 @@ use crate::{
     agent::Agent,
     datapath::LoadedProgram,
     mss_clamp::ClampedInterface,
-    policy::{Direction, Mss, Protocols, Selector},
+    policy::{Direction, Mss, Protocols, Scope, Selector},
 };
 
 /// The state of one running `netbpf run`.
@@ -61,6 +61,30 @@ pub struct ScopeStatus {
     pub selector: Selector,
     pub forwards: Vec<ForwardStatus>,
     pub grants: Vec<GrantStatus>,
+    pub binds: Vec<BindStatus>,
+    pub aliases: Vec<AliasStatus>,
+}
+
+/// A bind remap and how many binds it remapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindStatus {
+    pub rule: u32,
+    pub proto: Protocols,
+    pub port: u16,
+    pub to: u16,
+    pub address: Option<IpAddr>,
+    pub binds: u64,
+}
+
+/// An alias and what it rewrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasStatus {
+    pub rule: u32,
+    pub proto: Protocols,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+    pub connects: u64,
+    pub datagrams: u64,
 }
 
 /// A localhost forward and its counters, summed over CPUs.
@@ -107,43 +131,7 @@ impl Status {
             .policy
             .scopes
             .iter()
-            .map(|scope| {
-                let forwards = scope
-                    .forwards
-                    .iter()
-                    .map(|forward| {
-                        let stats = datapath.rule_stats(forward.rule)?;
-                        Ok(ForwardStatus {
-                            rule: forward.rule,
-                            proto: forward.protocols,
-                            from: format!("localhost:{}", forward.from),
-                            to: forward.to.to_string(),
-                            connects: stats.connects,
-                            datagrams: stats.datagrams,
-                            local_skips: stats.local_skips,
-                        })
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                let grants = scope
-                    .grants
-                    .iter()
-                    .map(|grant| {
-                        Ok(GrantStatus {
-                            rule: grant.rule,
-                            service: agent.policy.host_services[grant.service].name.clone(),
-                            dial: grant.dial,
-                            gateway: grant.gateway,
-                            connects: datapath.rule_stats(grant.rule)?.connects,
-                        })
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                Ok(ScopeStatus {
-                    name: scope.name.clone(),
-                    selector: scope.selector.clone(),
-                    forwards,
-                    grants,
-                })
-            })
+            .map(|scope| scope_status(agent, scope))
             .collect::<anyhow::Result<_>>()?;
         let mss_clamps = agent
             .clamper
@@ -197,6 +185,13 @@ impl Status {
         if self.scopes.iter().any(|scope| !scope.forwards.is_empty()) {
             let _ = writeln!(text, "{}", self.forwards_table());
         }
+        if self
+            .scopes
+            .iter()
+            .any(|scope| !scope.binds.is_empty() || !scope.aliases.is_empty())
+        {
+            let _ = writeln!(text, "{}", self.remaps_table());
+        }
         if !self.host_services.is_empty() {
             let _ = writeln!(text, "{}", self.host_services_table());
         }
@@ -238,6 +233,44 @@ impl Status {
                     forward.connects.to_string(),
                     forward.datagrams.to_string(),
                     forward.local_skips.to_string(),
+                ]);
+            }
+        }
+        table
+    }
+
+    fn remaps_table(&self) -> Table {
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "SCOPE",
+            "REMAP",
+            "PROTO",
+            "FROM",
+            "TO",
+            "REWRITTEN",
+        ]);
+        for scope in &self.scopes {
+            for bind in &scope.binds {
+                let on = bind
+                    .address
+                    .map_or_else(|| "*".to_owned(), |address| address.to_string());
+                table.add_row([
+                    scope.name.clone(),
+                    "bind".to_owned(),
+                    format!("{:?}", bind.proto).to_lowercase(),
+                    format!("{on} port {}", bind.port),
+                    format!("port {}", bind.to),
+                    format!("{} binds", bind.binds),
+                ]);
+            }
+            for alias in &scope.aliases {
+                table.add_row([
+                    scope.name.clone(),
+                    "alias".to_owned(),
+                    format!("{:?}", alias.proto).to_lowercase(),
+                    alias.from.to_string(),
+                    alias.to.to_string(),
+                    format!("{} connects, {} datagrams", alias.connects, alias.datagrams),
                 ]);
             }
         }
@@ -356,4 +389,75 @@ fn interface_status(
         malformed: stats.malformed,
         unparsed: stats.unparsed,
     }
+}
+
+/// A scope's rules and their counters.
+fn scope_status(agent: &Agent, scope: &Scope) -> anyhow::Result<ScopeStatus> {
+    let datapath = &agent.datapath;
+    let forwards = scope
+        .forwards
+        .iter()
+        .map(|forward| {
+            let stats = datapath.rule_stats(forward.rule)?;
+            Ok(ForwardStatus {
+                rule: forward.rule,
+                proto: forward.protocols,
+                from: format!("localhost:{}", forward.from),
+                to: forward.to.to_string(),
+                connects: stats.connects,
+                datagrams: stats.datagrams,
+                local_skips: stats.local_skips,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let grants = scope
+        .grants
+        .iter()
+        .map(|grant| {
+            Ok(GrantStatus {
+                rule: grant.rule,
+                service: agent.policy.host_services[grant.service].name.clone(),
+                dial: grant.dial,
+                gateway: grant.gateway,
+                connects: datapath.rule_stats(grant.rule)?.connects,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let binds = scope
+        .binds
+        .iter()
+        .map(|bind| {
+            Ok(BindStatus {
+                rule: bind.rule,
+                proto: bind.protocols,
+                port: bind.port,
+                to: bind.to,
+                address: bind.address,
+                binds: datapath.rule_stats(bind.rule)?.binds,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let aliases = scope
+        .aliases
+        .iter()
+        .map(|alias| {
+            let stats = datapath.rule_stats(alias.rule)?;
+            Ok(AliasStatus {
+                rule: alias.rule,
+                proto: alias.protocols,
+                from: alias.from,
+                to: alias.to,
+                connects: stats.connects,
+                datagrams: stats.datagrams,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(ScopeStatus {
+        name: scope.name.clone(),
+        selector: scope.selector.clone(),
+        forwards,
+        grants,
+        binds,
+        aliases,
+    })
 }

@@ -53,7 +53,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         Some(root) => root.clone(),
         None => cgroup::cgroup2_mount().context("finding the cgroup v2 root")?,
     };
-    let resolver = HostResolver::new(&cgroup_root).with_context(|| {
+    let node_netns = args
+        .netns
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
+    let resolver = HostResolver::new(&cgroup_root, &node_netns).with_context(|| {
         format!(
             "cgroup root {} is not a cgroup v2 directory",
             cgroup_root.display()
@@ -64,10 +68,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let plan = plan::compile(&policy);
     let mut run_dir = RunDir::claim(&args.run_dir)?;
 
-    let node_netns = args
-        .netns
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
     let mut datapath = Datapath::load(Optional {
         mss_clamp: !policy.mss_clamps.is_empty(),
         host_services: !policy.host_services.is_empty(),

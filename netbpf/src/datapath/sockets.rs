@@ -8,7 +8,9 @@ use aya::{
     maps::{HashMap, LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
     programs::{CgroupAttachMode, Program},
 };
-use netbpf_common::{AliasKey, AliasedAddr, ForwardKey, ForwardTarget, LocalBindKey, RuleStats};
+use netbpf_common::{
+    AliasKey, AliasedAddr, BindKey, BindTarget, ForwardKey, ForwardTarget, LocalBindKey, RuleStats,
+};
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{existing_binds::BoundSocket, plan::Plan};
@@ -25,6 +27,8 @@ pub(super) const TRACKING_PROGRAMS: &[&str] = &["netbpf_release", "netbpf_bound4
 /// counted: the reverse paths before connect and sendmsg, so no rewritten
 /// socket misses the translation of its replies.
 pub(super) const REWRITING_PROGRAMS: &[&str] = &[
+    "netbpf_bind4",
+    "netbpf_bind6",
     "netbpf_recvmsg4",
     "netbpf_recvmsg6",
     "netbpf_getpeer4",
@@ -62,6 +66,12 @@ impl Datapath {
             quick_test
                 .insert(addr, 1, 0)
                 .map_err(map_error("ALIASED_ADDRS"))?;
+        }
+        let mut binds: HashMap<_, BindKey, BindTarget> = self.map_mut("BIND_REMAPS")?;
+        for (key, target) in &plan.binds {
+            binds
+                .insert(key, target, 0)
+                .map_err(map_error("BIND_REMAPS"))?;
         }
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
         for (prefix_len, key, target) in &plan.forwards {
@@ -156,6 +166,7 @@ impl Datapath {
                 connects: sum.connects + cpu.connects,
                 datagrams: sum.datagrams + cpu.datagrams,
                 local_skips: sum.local_skips + cpu.local_skips,
+                binds: sum.binds + cpu.binds,
             }))
     }
 }

@@ -7,6 +7,7 @@ mod endpoint;
 mod error;
 mod host;
 mod mss;
+mod remap;
 
 use std::{
     collections::HashMap,
@@ -26,6 +27,7 @@ pub use self::{
     error::{Locator, PolicyError},
     host::{Grant, HostService, ScopeNetwork},
     mss::{Direction, MIN_MSS, Mss, MssClamp},
+    remap::{Alias, BindRemap},
 };
 
 /// The only policy version this netbpf reads.
@@ -46,6 +48,8 @@ pub struct Scope {
     pub selector: Selector,
     pub forwards: Vec<Forward>,
     pub grants: Vec<Grant>,
+    pub binds: Vec<BindRemap>,
+    pub aliases: Vec<Alias>,
 }
 
 /// What makes a socket part of a scope, resolved to the key the kernel
@@ -114,6 +118,10 @@ pub trait Resolver {
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String>;
     /// The gateways and addresses of a scope's network, for its grants.
     fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String>;
+    /// The (protocol, port) bound in the scope's network namespaces, or
+    /// the node's where the scope has no process yet: bind remaps must not
+    /// land on them.
+    fn bound_ports(&self, selector: &Selector) -> Result<Vec<(u8, u16)>, String>;
 }
 
 /// Reads, validates and resolves the policy at `file`.
@@ -148,6 +156,7 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         resolver,
         host_services: &host_services,
         service_addresses: HashMap::new(),
+        remapped_ports: HashMap::new(),
         next_rule: 0,
         prefixes: 0,
         names: HashMap::new(),
@@ -189,6 +198,10 @@ struct RawScope {
     forward: Vec<Spanned<RawForward>>,
     #[serde(default)]
     host_services: Vec<Spanned<host::RawGrant>>,
+    #[serde(default)]
+    bind: Vec<Spanned<remap::RawBind>>,
+    #[serde(default)]
+    alias: Vec<Spanned<remap::RawAlias>>,
 }
 
 #[derive(Deserialize)]
@@ -214,6 +227,8 @@ struct Validator<'a, R> {
     host_services: &'a [HostService],
     /// (gateway, dialed port) -> the service handed connections there.
     service_addresses: HashMap<SocketAddr, usize>,
+    /// (protocol, port a bind is remapped to) -> the scope that took it.
+    remapped_ports: HashMap<(u8, u16), usize>,
     next_rule: u32,
     /// Forward trie entries the scopes so far need.
     prefixes: usize,
@@ -274,12 +289,125 @@ impl<R: Resolver> Validator<'_, R> {
             forwards.push(forward);
         }
         let grants = self.grants(&field, &selector, &raw.host_services)?;
+        let binds = self.binds(index, &field, &selector, &raw.bind)?;
+        let aliases = self.aliases(&field, &raw.alias)?;
         Ok(Scope {
             name,
             selector,
             forwards,
             grants,
+            binds,
+            aliases,
         })
+    }
+
+    fn binds(
+        &mut self,
+        scope: usize,
+        field: &str,
+        selector: &Selector,
+        raw: &[Spanned<remap::RawBind>],
+    ) -> Result<Vec<BindRemap>, PolicyError> {
+        let Some(first) = raw.first() else {
+            return Ok(Vec::new());
+        };
+        let bound = self
+            .resolver
+            .bound_ports(selector)
+            .map_err(|message| self.error(first.span(), format!("{field}.bind"), message))?;
+        let mut binds: Vec<BindRemap> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let bind_field = format!("{field}.bind[{index}]");
+            let rule = self.take_rule(raw.span(), &bind_field)?;
+            let bind = remap::validate_bind(self.locator, &bind_field, raw.get_ref(), rule)?;
+            let locator = self.locator;
+            let to_error = |message: String| {
+                locator.error(
+                    raw.get_ref().target_span(),
+                    format!("{bind_field}.to"),
+                    message,
+                )
+            };
+            for &protocol in bind.protocols.numbers() {
+                if binds.iter().any(|earlier| {
+                    earlier.port == bind.port && earlier.protocols.numbers().contains(&protocol)
+                }) {
+                    return Err(to_error(format!(
+                        "port {} is remapped twice in this scope",
+                        bind.port
+                    )));
+                }
+                if bound.contains(&(protocol, bind.to)) {
+                    return Err(to_error(format!(
+                        "port {} is already bound in the scope's network namespace: a remap onto it would fail",
+                        bind.to
+                    )));
+                }
+                if let Some(other) = self.remapped_ports.insert((protocol, bind.to), scope)
+                    && other != scope
+                {
+                    return Err(to_error(format!(
+                        "scope[{other}] is already remapped to port {}: two scopes cannot get the same port",
+                        bind.to
+                    )));
+                }
+            }
+            binds.push(bind);
+        }
+        Ok(binds)
+    }
+
+    fn aliases(
+        &mut self,
+        field: &str,
+        raw: &[Spanned<remap::RawAlias>],
+    ) -> Result<Vec<Alias>, PolicyError> {
+        let mut aliases: Vec<Alias> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let alias_field = format!("{field}.alias[{index}]");
+            let rule = self.take_rule(raw.span(), &alias_field)?;
+            let alias = remap::validate_alias(self.locator, &alias_field, raw.get_ref(), rule)?;
+            let from_error = |message: String| {
+                self.locator.error(
+                    raw.get_ref().source_span(),
+                    format!("{alias_field}.from"),
+                    message,
+                )
+            };
+            let shares_protocol = |other: &Alias| {
+                other
+                    .protocols
+                    .numbers()
+                    .iter()
+                    .any(|protocol| alias.protocols.numbers().contains(protocol))
+            };
+            let covers = |from: SocketAddr, to: SocketAddr| {
+                from.ip() == to.ip()
+                    && (from.port() == 0 || from.port() == to.port() || to.port() == 0)
+            };
+            if let Some(earlier) = aliases
+                .iter()
+                .position(|other| shares_protocol(other) && other.from == alias.from)
+            {
+                return Err(from_error(format!(
+                    "{} is aliased twice in this scope (see alias[{earlier}])",
+                    alias.from
+                )));
+            }
+            if let Some(earlier) = aliases.iter().position(|other| {
+                shares_protocol(other)
+                    && (covers(other.from, alias.to) || covers(alias.from, other.to))
+            }) {
+                return Err(from_error(format!(
+                    "alias[{earlier}] and this alias lead into each other: aliases do not chain, point both at the final address"
+                )));
+            }
+            if covers(alias.from, alias.to) {
+                return Err(from_error("an alias to itself".to_owned()));
+            }
+            aliases.push(alias);
+        }
+        Ok(aliases)
     }
 
     fn grants(

@@ -25,6 +25,10 @@ impl Resolver for FakeHost {
         })
     }
 
+    fn bound_ports(&self, _selector: &Selector) -> Result<Vec<(u8, u16)>, String> {
+        Ok(vec![(netbpf_common::PROTO_TCP, 22)])
+    }
+
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
         match path.strip_prefix("/ns/") {
             Some(name) => Ok((PathBuf::from(path), fake_key(2000, name))),
@@ -446,5 +450,68 @@ fn rejects_bad_host_services_where_they_stand() {
         12,
         "scope[0].host_services[2].dial",
         "granted twice",
+    );
+}
+
+fn with_remaps(body: &str) -> String {
+    format!("version = 1\n[[scope]]\nname = \"a\"\nmatch = {{ cgroup = \"/cg/a\" }}\n{body}\n")
+}
+
+#[test]
+fn accepts_bind_remaps_and_aliases() {
+    let policy = parse_text(&with_remaps(
+        "bind = [{ port = 3000, to = 7043 }]\nalias = [{ from = \"10.10.10.10:6379\", to = \"10.0.0.5:6380\" }, { from = \"10.10.10.11\", to = \"10.0.0.6\" }]",
+    ))
+    .unwrap();
+    let scope = &policy.scopes[0];
+    assert_eq!(
+        (
+            scope.binds[0].port,
+            scope.binds[0].to,
+            scope.binds[0].address
+        ),
+        (3000, 7043, None)
+    );
+    assert_eq!(
+        scope.aliases[1].from.port(),
+        0,
+        "an address alone aliases every port"
+    );
+}
+
+#[test]
+fn rejects_conflicting_remaps_and_alias_loops() {
+    assert_rejected(
+        &with_remaps("bind = [{ port = 3000, to = 22 }]"),
+        5,
+        "scope[0].bind[0].to",
+        "already bound",
+    );
+    assert_rejected(
+        &with_remaps("bind = [{ port = 0, to = 7000 }]"),
+        5,
+        "scope[0].bind[0].port",
+        "out of range",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nbind = [{ port = 3000, to = 7043 }]\n\
+         [[scope]]\nname = \"b\"\nmatch = { cgroup = \"/cg/b\" }\nbind = [{ port = 3000, to = 7043 }]\n",
+        9,
+        "scope[1].bind[0].to",
+        "two scopes cannot get the same port",
+    );
+    assert_rejected(
+        &with_remaps(
+            "alias = [{ from = \"10.1.1.1:80\", to = \"10.2.2.2:80\" }, { from = \"10.2.2.2:80\", to = \"10.1.1.1:80\" }]",
+        ),
+        5,
+        "scope[0].alias[1].from",
+        "do not chain",
+    );
+    assert_rejected(
+        &with_remaps("alias = [{ from = \"127.0.0.1:80\", to = \"10.2.2.2:80\" }]"),
+        5,
+        "scope[0].alias[0].from",
+        "forward",
     );
 }

@@ -1,0 +1,169 @@
+//! A scope's `bind` remaps (its bind to one port gets another) and
+//! `alias` entries (its connections to one address go to another).
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Locator, PolicyError, Protocols};
+
+/// A bind to `port` (on `address`, or any) gets `to` instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindRemap {
+    pub rule: u32,
+    pub protocols: Protocols,
+    pub port: u16,
+    pub to: u16,
+    /// Only binds to this address; None: any.
+    pub address: Option<IpAddr>,
+}
+
+/// Connections to `from` (one port, or every port when its port is 0) go
+/// to `to` (the same port when its port is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alias {
+    pub rule: u32,
+    pub protocols: Protocols,
+    pub from: SocketAddr,
+    pub to: SocketAddr,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBind {
+    port: Spanned<i64>,
+    to: Spanned<i64>,
+    #[serde(default)]
+    address: Option<Spanned<String>>,
+    #[serde(default)]
+    proto: Protocols,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlias {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    proto: Protocols,
+}
+
+impl RawBind {
+    pub(super) fn target_span(&self) -> std::ops::Range<usize> {
+        self.to.span()
+    }
+}
+
+impl RawAlias {
+    pub(super) fn source_span(&self) -> std::ops::Range<usize> {
+        self.from.span()
+    }
+}
+
+/// Validates one bind remap.
+pub(super) fn validate_bind(
+    locator: &Locator<'_>,
+    field: &str,
+    raw: &RawBind,
+    rule: u32,
+) -> Result<BindRemap, PolicyError> {
+    let port = |value: &Spanned<i64>, name: &str| {
+        u16::try_from(*value.get_ref())
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| {
+                locator.error(
+                    value.span(),
+                    format!("{field}.{name}"),
+                    format!(
+                        "port {} is out of range: expected a number from 1 to 65535",
+                        value.get_ref()
+                    ),
+                )
+            })
+    };
+    let address = raw
+        .address
+        .as_ref()
+        .map(|address| {
+            address
+                .get_ref()
+                .parse::<IpAddr>()
+                .map(|addr| addr.to_canonical())
+                .map_err(|_| {
+                    locator.error(
+                        address.span(),
+                        format!("{field}.address"),
+                        format!("{:?} is not an IPv4 or IPv6 address", address.get_ref()),
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(BindRemap {
+        rule,
+        protocols: raw.proto,
+        port: port(&raw.port, "port")?,
+        to: port(&raw.to, "to")?,
+        address,
+    })
+}
+
+/// Validates one alias.
+pub(super) fn validate_alias(
+    locator: &Locator<'_>,
+    field: &str,
+    raw: &RawAlias,
+    rule: u32,
+) -> Result<Alias, PolicyError> {
+    let endpoint = |value: &Spanned<String>, name: &str| {
+        parse_endpoint(value.get_ref())
+            .map_err(|message| locator.error(value.span(), format!("{field}.{name}"), message))
+    };
+    let from = endpoint(&raw.from, "from")?;
+    let to = endpoint(&raw.to, "to")?;
+    if from.ip().is_loopback() {
+        return Err(locator.error(
+            raw.from.span(),
+            format!("{field}.from"),
+            "a localhost destination is a forward: write it under forward = [...]",
+        ));
+    }
+    if from.is_ipv4() != to.is_ipv4() {
+        return Err(locator.error(
+            raw.to.span(),
+            format!("{field}.to"),
+            format!("{from} and {to} are of different IP families"),
+        ));
+    }
+    if from.port() == 0 && to.port() != 0 {
+        return Err(locator.error(
+            raw.to.span(),
+            format!("{field}.to"),
+            "every port of `from` goes to the same port: write `to` without a port",
+        ));
+    }
+    Ok(Alias {
+        rule,
+        protocols: raw.proto,
+        from,
+        to,
+    })
+}
+
+/// `ADDR:PORT`, `[V6]:PORT`, or an address alone (port 0: every port).
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    let parsed = text
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            text.trim_matches(['[', ']'])
+                .parse::<IpAddr>()
+                .map(|addr| SocketAddr::new(addr, 0))
+        })
+        .map_err(|_| format!("{text:?} is not ADDR:PORT, [ADDR]:PORT or an address"))?;
+    let addr = parsed.ip().to_canonical();
+    if addr.is_unspecified() || addr.is_multicast() {
+        return Err(format!("{addr} cannot be dialed: give a unicast address"));
+    }
+    Ok(SocketAddr::new(addr, parsed.port()))
+}
