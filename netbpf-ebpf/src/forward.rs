@@ -119,20 +119,22 @@ fn alias_target(
         // SAFETY: the value is only tested for presence.
         unsafe { ALIASED_ADDRS.get(key) }.is_some()
     };
-    // An alias of one port, or of every port of the address (port 0).
-    let (exact, every) = (aliased(port), aliased(0));
-    if !exact && !every {
+    // An alias of one port, or of every port of the address (port 0). The
+    // tests stay sequential: LLVM would otherwise OR the two map pointers,
+    // which the verifier refuses.
+    let key_port = if aliased(port) {
+        port
+    } else if aliased(0) {
+        0
+    } else {
         return None;
-    }
+    };
     let scope = scope::current(ctx.cast())?;
     let lookup = |port| {
         // SAFETY: the value is copied out at once.
         unsafe { ALIASES.get(AliasKey::new(scope, addr, addr_family, port, protocol)) }.copied()
     };
-    let target = exact
-        .then(|| lookup(port))
-        .flatten()
-        .or_else(|| every.then(|| lookup(0)).flatten())?;
+    let target = lookup(key_port).or_else(|| if key_port == 0 { None } else { lookup(0) })?;
     Some((target, rule_stats(target.rule)?))
 }
 

@@ -158,7 +158,7 @@ fn leaves_no_program_link_or_pin_after_it_exits() {
     let programs = netbpf.programs().unwrap();
     // Every socket hook has its program; a policy without MSS clamps does
     // not load the tc program.
-    assert_eq!(programs.len(), 11, "{programs:?}");
+    assert_eq!(programs.len(), 13, "{programs:?}");
     assert!(!programs.contains_key("netbpf_mss"), "{programs:?}");
     let ours: BTreeSet<u64> = programs.values().copied().collect();
     let root = topology.root.path().to_str().unwrap();
