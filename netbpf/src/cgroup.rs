@@ -70,6 +70,18 @@ pub fn cgroup_id(path: &Path) -> io::Result<u64> {
     Ok(fs::metadata(path)?.ino())
 }
 
+/// The ids of the cgroup at `dir` and of every cgroup below it.
+pub fn subtree_ids(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut ids = vec![fs::metadata(dir)?.ino()];
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            ids.extend(subtree_ids(&entry.path())?);
+        }
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

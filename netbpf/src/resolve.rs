@@ -66,12 +66,12 @@ impl Resolver for HostResolver {
     }
 
     fn bound_ports(&self, selector: &Selector) -> Result<Vec<(u8, u16)>, String> {
-        let namespaces = match selector {
-            Selector::Netns { path, .. } => vec![path.clone()],
-            Selector::Cgroup { path, .. } => {
-                scope_net::process_namespaces(path).map_err(|error| error.to_string())?
-            }
+        // Every socket of a netns scope's namespace is the scope's own.
+        let Selector::Cgroup { path, .. } = selector else {
+            return Ok(Vec::new());
         };
+        let own_cgroups = cgroup::subtree_ids(path).map_err(|error| error.to_string())?;
+        let namespaces = scope_net::process_namespaces(path).map_err(|error| error.to_string())?;
         let namespaces = if namespaces.is_empty() {
             vec![self.node_netns.clone()]
         } else {
@@ -90,6 +90,7 @@ impl Resolver for HostResolver {
             ports.extend(
                 sockets
                     .iter()
+                    .filter(|socket| !socket.cgroup_id.is_some_and(|id| own_cgroups.contains(&id)))
                     .map(|socket| (socket.protocol, socket.local.port())),
             );
         }

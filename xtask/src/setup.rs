@@ -29,6 +29,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wireguard-tools", // wg: its keys and configuration
     "openssh-server",  // sshd on the "GPU box" of the host service test
     "openssh-client",  // ssh -L: the tunnel bound to the node's loopback
+    "podman",          // real containers for the host-networking test
+    "runc",            // podman's runtime here (crun refuses hybrid cgroups)
+    "busybox-static",  // the root file system of the test image
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.

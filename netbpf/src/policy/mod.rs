@@ -118,9 +118,10 @@ pub trait Resolver {
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String>;
     /// The gateways and addresses of a scope's network, for its grants.
     fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String>;
-    /// The (protocol, port) bound in the scope's network namespaces, or
-    /// the node's where the scope has no process yet: bind remaps must not
-    /// land on them.
+    /// The (protocol, port) bound by processes outside the scope in the
+    /// scope's network namespaces, or the node's where the scope has no
+    /// process yet: bind remaps must not land on them. (Its own sockets
+    /// are its remapped services, kept across a restart of netbpf.)
     fn bound_ports(&self, selector: &Selector) -> Result<Vec<(u8, u16)>, String>;
 }
 

@@ -1,0 +1,335 @@
+//! Host networking without port collisions, with real containers: three
+//! Podman containers of one image share one network namespace (host
+//! networking, in a namespace of the test's own) and each runs the same
+//! server on :3000. Without netbpf the second and third cannot bind; with
+//! netbpf each gets its own port, and each reaches "maindb" through an
+//! alias that is re-pointed without restarting them.
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+
+use netbpf_testenv::{
+    Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked, unique_name,
+};
+
+const IMAGE: &str = "localhost/netbpf-test-busybox";
+const INSTANCES: [(&str, u16); 3] = [("one", 7041), ("two", 7042), ("three", 7043)];
+
+/// Podman containers started by a test, removed when dropped.
+struct Containers(Vec<String>);
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("podman")
+                .args(["rm", "--force", "--time", "0", name])
+                .output();
+        }
+    }
+}
+
+/// The shared "host" network namespace, two databases beyond it, and a
+/// cgroup per instance under the cgroup netbpf attaches to.
+struct Hosts {
+    containers: Containers,
+    _databases: Vec<Process>,
+    root: Cgroup,
+    instances: Vec<Cgroup>,
+    helpers: Cgroup,
+    host: Netns,
+    _database_nets: [Netns; 2],
+    work: tempfile::TempDir,
+}
+
+impl Hosts {
+    fn new() -> Self {
+        require_root();
+        ensure_image();
+        let root = Cgroup::new_test_root(&unique_name("nbp")).unwrap();
+        let instances = INSTANCES
+            .iter()
+            .map(|(name, _)| root.child(name).unwrap())
+            .collect();
+        let helpers = root.child("helpers").unwrap();
+        let host = Netns::new("nbhostnet").unwrap();
+        let databases = [Netns::new("nbdb").unwrap(), Netns::new("nbdb").unwrap()];
+        let mut servers = Vec::new();
+        for (index, (database, answer)) in databases.iter().zip(["db-one", "db-two"]).enumerate() {
+            let (host_side, db_side) = host.veth_to(database).unwrap();
+            host.ip(&[
+                "addr",
+                "add",
+                &format!("10.60.{index}.1/24"),
+                "dev",
+                &host_side,
+            ])
+            .unwrap();
+            host.ip(&["link", "set", &host_side, "up"]).unwrap();
+            database
+                .ip(&[
+                    "addr",
+                    "add",
+                    &format!("10.60.{index}.2/24"),
+                    "dev",
+                    &db_side,
+                ])
+                .unwrap();
+            database.ip(&["link", "set", &db_side, "up"]).unwrap();
+            let reply = format!("SYSTEM:echo {answer}");
+            let server = Spawn::new(
+                helpers.path(),
+                Some(&database.path()),
+                "socat",
+                ["TCP-LISTEN:6379,fork,reuseaddr", reply.as_str()],
+            )
+            .unwrap()
+            .start(&std::env::temp_dir().join(format!("{}-{answer}.log", unique_name("db"))))
+            .unwrap();
+            netbpf_testenv::wait_for_listener(database, 6379, "tcp").unwrap();
+            servers.push(server);
+        }
+        Self {
+            containers: Containers(Vec::new()),
+            _databases: servers,
+            root,
+            instances,
+            helpers,
+            host,
+            _database_nets: databases,
+            work: tempfile::Builder::new()
+                .prefix("netbpf-hostnet-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    /// Starts instance `index` of the image: the same server on :3000.
+    fn start_instance(&mut self, index: usize) -> String {
+        let name = unique_name("nbi");
+        // --cgroup-parent is a path from the cgroup v2 root.
+        let parent = cgroup_parent(self.instances[index].path());
+        let server = format!(
+            "echo instance-{} > /www/index.html; exec httpd -f -p 3000 -h /www",
+            INSTANCES[index].0
+        );
+        let network = format!("ns:{}", self.host.path().display());
+        run_checked(
+            "podman",
+            [
+                "run",
+                "--detach",
+                "--name",
+                &name,
+                "--runtime",
+                "runc",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--cgroup-parent",
+                &parent,
+                "--network",
+                &network,
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=1024:1024",
+                IMAGE,
+                "/bin/sh",
+                "-c",
+                &server,
+            ],
+        )
+        .unwrap_or_else(|error| panic!("{error:#}"));
+        self.containers.0.push(name.clone());
+        name
+    }
+
+    /// The container's state after a moment: running, or its exit code.
+    fn exit_code(name: &str) -> Option<i32> {
+        std::thread::sleep(Duration::from_millis(500));
+        let state = run_checked(
+            "podman",
+            [
+                "inspect",
+                "--format",
+                "{{.State.Running}} {{.State.ExitCode}}",
+                name,
+            ],
+        )
+        .unwrap();
+        let mut fields = state.split_whitespace();
+        match (fields.next(), fields.next()) {
+            (Some("true"), _) => None,
+            (_, Some(code)) => Some(code.parse().unwrap()),
+            _ => panic!("podman inspect said {state:?}"),
+        }
+    }
+
+    /// What `port` on the shared network's loopback answers.
+    fn get(&self, port: u16) -> String {
+        let url = format!("http://127.0.0.1:{port}/");
+        let output = Spawn::new(
+            self.helpers.path(),
+            Some(&self.host.path()),
+            "curl",
+            ["--silent", "--max-time", "5", url.as_str()],
+        )
+        .unwrap()
+        .output(Duration::from_secs(10))
+        .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// What "maindb" answers to a container, through its alias.
+    fn ask_maindb(name: &str) -> String {
+        run_checked(
+            "podman",
+            ["exec", name, "nc", "-w", "3", "10.99.99.99", "6379"],
+        )
+        .unwrap_or_else(|error| panic!("{error:#}"))
+        .trim()
+        .to_owned()
+    }
+
+    /// A policy: each instance its port, and maindb at `database`.
+    fn policy(&self, database: &str) -> std::path::PathBuf {
+        let mut policy = String::from("version = 1\n");
+        for ((name, port), cgroup) in INSTANCES.iter().zip(&self.instances) {
+            let _ = write!(
+                policy,
+                "\n[[scope]]\nname = \"{name}\"\nmatch = {{ cgroup = \"{}\" }}\n\
+                 bind = [{{ port = 3000, to = {port} }}]\n\
+                 alias = [{{ from = \"10.99.99.99:6379\", to = \"{database}:6379\" }}]\n",
+                cgroup.path().display()
+            );
+        }
+        let file = self.work.path().join(format!("policy-{database}.toml"));
+        std::fs::write(&file, policy).unwrap();
+        file
+    }
+
+    fn netbpf(&self, policy: &Path) -> NetbpfRun {
+        let dir = self.work.path().join(unique_name("run"));
+        std::fs::create_dir(&dir).unwrap();
+        NetbpfRun::start_with(
+            &netbpf_binary(),
+            policy,
+            self.root.path(),
+            &dir,
+            &["--netns", self.host.path().to_str().unwrap()],
+        )
+        .unwrap()
+    }
+}
+
+/// The cgroup `dir` as `podman --cgroup-parent` takes it: from the root of
+/// the cgroup v2 hierarchy.
+fn cgroup_parent(dir: &Path) -> String {
+    let mount = netbpf::cgroup::cgroup2_mount().unwrap();
+    format!("/{}", dir.strip_prefix(mount).unwrap().display())
+}
+
+/// Imports a busybox image (from Debian's busybox-static) once.
+fn ensure_image() {
+    if Command::new("podman")
+        .args(["image", "exists", IMAGE])
+        .status()
+        .is_ok_and(|status| status.success())
+    {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    for dir in ["bin", "www", "tmp"] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox"))
+        .expect("busybox-static is installed");
+    for applet in ["sh", "echo", "httpd", "nc", "cat"] {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
+    }
+    let tar = root.path().join("rootfs.tar");
+    run_checked(
+        "tar",
+        [
+            "-C",
+            root.path().to_str().unwrap(),
+            "-cf",
+            tar.to_str().unwrap(),
+            "bin",
+            "www",
+            "tmp",
+        ],
+    )
+    .unwrap();
+    run_checked(
+        "podman",
+        ["import", "--quiet", tar.to_str().unwrap(), IMAGE],
+    )
+    .unwrap();
+}
+
+#[test]
+fn three_instances_on_one_network_each_get_their_port_and_reach_maindb_by_alias() {
+    let mut hosts = Hosts::new();
+
+    // Today: the second and third instance cannot bind :3000.
+    let first = hosts.start_instance(0);
+    let second = hosts.start_instance(1);
+    let third = hosts.start_instance(2);
+    assert_eq!(Hosts::exit_code(&first), None, "the first instance runs");
+    assert_ne!(
+        Hosts::exit_code(&second),
+        None,
+        "the second fails to bind :3000"
+    );
+    assert_ne!(
+        Hosts::exit_code(&third),
+        None,
+        "the third fails to bind :3000"
+    );
+    assert_eq!(hosts.get(3000), "instance-one");
+    drop(std::mem::replace(
+        &mut hosts.containers,
+        Containers(Vec::new()),
+    ));
+
+    // With netbpf, all three run, each on its own port.
+    let netbpf = hosts.netbpf(&hosts.policy("10.60.0.2"));
+    let names: Vec<String> = (0..INSTANCES.len())
+        .map(|index| hosts.start_instance(index))
+        .collect();
+    for (name, (instance, port)) in names.iter().zip(INSTANCES) {
+        assert_eq!(Hosts::exit_code(name), None, "instance {instance} runs");
+        assert_eq!(
+            hosts.get(port),
+            format!("instance-{instance}"),
+            "instance {instance} answers on :{port}"
+        );
+        assert_eq!(
+            Hosts::ask_maindb(name),
+            "db-one",
+            "instance {instance} reaches maindb"
+        );
+    }
+    assert_ne!(hosts.get(3000), "instance-one", "nothing got :3000 itself");
+    let status = netbpf.status_json().unwrap();
+    assert_eq!(status["scopes"][2]["binds"][0]["binds"], 1, "{status}");
+    assert_eq!(status["scopes"][0]["aliases"][0]["connects"], 1, "{status}");
+
+    // maindb moves: the alias is re-pointed, the containers keep running.
+    assert!(netbpf.stop().unwrap().success());
+    let netbpf = hosts.netbpf(&hosts.policy("10.60.1.2"));
+    for (name, (instance, port)) in names.iter().zip(INSTANCES) {
+        assert_eq!(
+            Hosts::ask_maindb(name),
+            "db-two",
+            "instance {instance} follows the alias"
+        );
+        assert_eq!(
+            hosts.get(port),
+            format!("instance-{instance}"),
+            "instance {instance} still answers"
+        );
+    }
+    assert!(netbpf.stop().unwrap().success());
+}
