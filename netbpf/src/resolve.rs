@@ -57,6 +57,17 @@ impl Resolver for HostResolver {
         Ok((full, id))
     }
 
+    fn cgroup_glob(&self, pattern: &str) -> Result<Vec<(PathBuf, u64)>, String> {
+        let full = self.mount.join(pattern);
+        let paths = glob::glob(&full.to_string_lossy())
+            .map_err(|error| format!("{pattern:?} is not a valid glob: {error}"))?;
+        paths
+            .filter_map(Result::ok)
+            .filter(|path| path.is_dir())
+            .map(|path| self.cgroup(&path.to_string_lossy()))
+            .collect()
+    }
+
     fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String> {
         match selector {
             Selector::Cgroup { path, .. } => scope_net::of_cgroup(path),

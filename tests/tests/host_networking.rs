@@ -7,7 +7,7 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
     Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked, unique_name,
@@ -47,9 +47,11 @@ impl Hosts {
         require_root();
         ensure_image();
         let root = Cgroup::new_test_root(&unique_name("nbp")).unwrap();
+        // Named as systemd and Quadlet name template instances: the port
+        // each instance gets is in its name.
         let instances = INSTANCES
             .iter()
-            .map(|(name, _)| root.child(name).unwrap())
+            .map(|(_, port)| root.child(&format!("onetime@{port}")).unwrap())
             .collect();
         let helpers = root.child("helpers").unwrap();
         let host = Netns::new("nbhostnet").unwrap();
@@ -191,18 +193,15 @@ impl Hosts {
         .to_owned()
     }
 
-    /// A policy: each instance its port, and maindb at `database`.
+    /// A policy: one scope for every instance (a glob), each bind of :3000
+    /// getting the port in the instance's name, and maindb at `database`.
     fn policy(&self, database: &str) -> std::path::PathBuf {
-        let mut policy = String::from("version = 1\n");
-        for ((name, port), cgroup) in INSTANCES.iter().zip(&self.instances) {
-            let _ = write!(
-                policy,
-                "\n[[scope]]\nname = \"{name}\"\nmatch = {{ cgroup = \"{}\" }}\n\
-                 bind = [{{ port = 3000, to = {port} }}]\n\
-                 alias = [{{ from = \"10.99.99.99:6379\", to = \"{database}:6379\" }}]\n",
-                cgroup.path().display()
-            );
-        }
+        let policy = format!(
+            "version = 1\n\n[[scope]]\nname = \"onetime\"\nmatch = {{ cgroup = \"{}/onetime@*\" }}\n\
+             bind = [{{ port = 3000, to = \"@\" }}]\n\
+             alias = [{{ from = \"10.99.99.99:6379\", to = \"{database}:6379\" }}]\n",
+            self.root.path().display()
+        );
         let file = self.work.path().join(format!("policy-{database}.toml"));
         std::fs::write(&file, policy).unwrap();
         file
@@ -331,5 +330,46 @@ fn three_instances_on_one_network_each_get_their_port_and_reach_maindb_by_alias(
             "instance {instance} still answers"
         );
     }
+    assert!(netbpf.stop().unwrap().success());
+}
+
+#[test]
+fn a_remap_never_gives_an_unprivileged_process_a_privileged_port() {
+    require_root();
+    let root = Cgroup::new_test_root(&unique_name("nbq")).unwrap();
+    let app = root.child("app").unwrap();
+    let netns = Netns::new("nbpriv").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let policy = work.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "version = 1\n[[scope]]\nname = \"app\"\nmatch = {{ cgroup = \"{}\" }}\n\
+             bind = [{{ port = 3000, to = 80 }}, {{ port = 3001, to = 8080 }}]\n",
+            app.path().display()
+        ),
+    )
+    .unwrap();
+    let netbpf = NetbpfRun::start(&netbpf_binary(), &policy, root.path(), work.path()).unwrap();
+    // As nobody: :3000 would become :80 and is refused, :3001 becomes
+    // :8080, and getsockname() tells the port the kernel gave.
+    let script = "import os, socket\n\
+                  os.setuid(65534)\n\
+                  for port in (3000, 3001):\n    \
+                      s = socket.socket()\n    \
+                      try:\n        \
+                          s.bind(('127.0.0.1', port)); print(port, 'got', s.getsockname()[1])\n    \
+                      except PermissionError:\n        \
+                          print(port, 'refused')\n";
+    let output = Spawn::new(app.path(), Some(&netns.path()), "python3", ["-c", script])
+        .unwrap()
+        .output(Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "3000 refused\n3001 got 8080\n",
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(netbpf.stop().unwrap().success());
 }

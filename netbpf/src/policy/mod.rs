@@ -114,6 +114,8 @@ impl Forward {
 pub trait Resolver {
     /// The cgroup v2 id of a cgroup path as written in the policy.
     fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String>;
+    /// The cgroups a glob of cgroup paths matches, with their ids.
+    fn cgroup_glob(&self, pattern: &str) -> Result<Vec<(PathBuf, u64)>, String>;
     /// The cookie of the network namespace at `path`.
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String>;
     /// The gateways and addresses of a scope's network, for its grants.
@@ -160,6 +162,7 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         remapped_ports: HashMap::new(),
         next_rule: 0,
         prefixes: 0,
+        scopes: 0,
         names: HashMap::new(),
         keys: HashMap::new(),
     };
@@ -168,7 +171,10 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         .into_iter()
         .enumerate()
         .map(|(index, scope)| validator.scope(index, scope))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let mss_clamps = mss::validate(&locator, raw.mss_clamp)?;
     Ok(Policy {
         scopes,
@@ -229,10 +235,12 @@ struct Validator<'a, R> {
     /// (gateway, dialed port) -> the service handed connections there.
     service_addresses: HashMap<SocketAddr, usize>,
     /// (protocol, port a bind is remapped to) -> the scope that took it.
-    remapped_ports: HashMap<(u8, u16), usize>,
+    remapped_ports: HashMap<(u8, u16), String>,
     next_rule: u32,
     /// Forward trie entries the scopes so far need.
     prefixes: usize,
+    /// Scopes so far, instances of globs counted one by one.
+    scopes: usize,
     /// Scope name -> index of the scope that took it.
     names: HashMap<String, usize>,
     /// Resolved selector -> index of the scope that took it.
@@ -240,7 +248,9 @@ struct Validator<'a, R> {
 }
 
 impl<R: Resolver> Validator<'_, R> {
-    fn scope(&mut self, index: usize, raw: Spanned<RawScope>) -> Result<Scope, PolicyError> {
+    /// Validates a `[[scope]]`: one scope, or one per cgroup its glob
+    /// matches.
+    fn scope(&mut self, index: usize, raw: Spanned<RawScope>) -> Result<Vec<Scope>, PolicyError> {
         let raw = raw.into_inner();
         let field = format!("scope[{index}]");
         let name = raw.name.get_ref().trim().to_owned();
@@ -260,25 +270,57 @@ impl<R: Resolver> Validator<'_, R> {
                 ),
             ));
         }
-        if index >= MAX_SCOPES as usize {
-            return Err(self.error(
-                raw.name.span(),
-                format!("{field}.name"),
-                format!("too many scopes: this netbpf holds at most {MAX_SCOPES}"),
-            ));
+        let selectors = self.selectors(index, &raw.selector)?;
+        let mut scopes = Vec::with_capacity(selectors.len());
+        for (selector, instance) in selectors {
+            self.scopes += 1;
+            if self.scopes > MAX_SCOPES as usize {
+                return Err(self.error(
+                    raw.name.span(),
+                    format!("{field}.name"),
+                    format!("too many scopes: this netbpf holds at most {MAX_SCOPES}"),
+                ));
+            }
+            let forwards = self.forwards(&field, &raw.forward)?;
+            let grants = self.grants(&field, &selector, &raw.host_services)?;
+            let scope_name = instance
+                .as_ref()
+                .map_or_else(|| name.clone(), |instance| format!("{name}/{instance}"));
+            let binds = self.binds(
+                &scope_name,
+                &field,
+                &selector,
+                instance.as_deref(),
+                &raw.bind,
+            )?;
+            let aliases = self.aliases(&field, &raw.alias)?;
+            scopes.push(Scope {
+                name: scope_name,
+                selector,
+                forwards,
+                grants,
+                binds,
+                aliases,
+            });
         }
-        let selector = self.selector(index, raw.selector)?;
+        Ok(scopes)
+    }
+
+    fn forwards(
+        &mut self,
+        field: &str,
+        raw: &[Spanned<RawForward>],
+    ) -> Result<Vec<Forward>, PolicyError> {
         let mut forwards: Vec<Forward> = Vec::new();
-        for (rule, raw) in raw.forward.into_iter().enumerate() {
+        for (rule, raw) in raw.iter().enumerate() {
             let rule_field = format!("{field}.forward[{rule}]");
-            let from_span = raw.get_ref().from.span();
             let forward = self.forward(&rule_field, raw)?;
             if let Some(earlier) = forwards
                 .iter()
                 .position(|earlier| overlaps(earlier, &forward))
             {
                 return Err(self.error(
-                    from_span,
+                    raw.get_ref().from.span(),
                     format!("{rule_field}.from"),
                     format!(
                         "localhost:{} overlaps {field}.forward[{earlier}] (localhost:{}) on the same protocol: \
@@ -289,24 +331,15 @@ impl<R: Resolver> Validator<'_, R> {
             }
             forwards.push(forward);
         }
-        let grants = self.grants(&field, &selector, &raw.host_services)?;
-        let binds = self.binds(index, &field, &selector, &raw.bind)?;
-        let aliases = self.aliases(&field, &raw.alias)?;
-        Ok(Scope {
-            name,
-            selector,
-            forwards,
-            grants,
-            binds,
-            aliases,
-        })
+        Ok(forwards)
     }
 
     fn binds(
         &mut self,
-        scope: usize,
+        scope: &str,
         field: &str,
         selector: &Selector,
+        instance: Option<&str>,
         raw: &[Spanned<remap::RawBind>],
     ) -> Result<Vec<BindRemap>, PolicyError> {
         let Some(first) = raw.first() else {
@@ -320,7 +353,8 @@ impl<R: Resolver> Validator<'_, R> {
         for (index, raw) in raw.iter().enumerate() {
             let bind_field = format!("{field}.bind[{index}]");
             let rule = self.take_rule(raw.span(), &bind_field)?;
-            let bind = remap::validate_bind(self.locator, &bind_field, raw.get_ref(), rule)?;
+            let bind =
+                remap::validate_bind(self.locator, &bind_field, raw.get_ref(), rule, instance)?;
             let locator = self.locator;
             let to_error = |message: String| {
                 locator.error(
@@ -344,11 +378,13 @@ impl<R: Resolver> Validator<'_, R> {
                         bind.to
                     )));
                 }
-                if let Some(other) = self.remapped_ports.insert((protocol, bind.to), scope)
+                if let Some(other) = self
+                    .remapped_ports
+                    .insert((protocol, bind.to), scope.to_owned())
                     && other != scope
                 {
                     return Err(to_error(format!(
-                        "scope[{other}] is already remapped to port {}: two scopes cannot get the same port",
+                        "scope {other:?} is already remapped to port {}: two scopes cannot get the same port",
                         bind.to
                     )));
                 }
@@ -473,14 +509,43 @@ impl<R: Resolver> Validator<'_, R> {
         Ok(self.next_rule - 1)
     }
 
-    fn selector(
+    /// What a scope's `match` selects: one cgroup or namespace, or every
+    /// cgroup a glob matches (an instance each, named by its directory).
+    fn selectors(
         &mut self,
         index: usize,
-        raw: Spanned<RawSelector>,
-    ) -> Result<Selector, PolicyError> {
+        raw: &Spanned<RawSelector>,
+    ) -> Result<Vec<(Selector, Option<String>)>, PolicyError> {
         let span = raw.span();
         let field = format!("scope[{index}].match");
-        let selector = match raw.into_inner() {
+        let selected = match raw.get_ref() {
+            RawSelector {
+                cgroup: Some(path),
+                netns: None,
+            } if path.get_ref().contains(['*', '?', '[']) => {
+                let matches = self
+                    .resolver
+                    .cgroup_glob(path.get_ref())
+                    .map_err(|message| {
+                        self.error(path.span(), format!("{field}.cgroup"), message)
+                    })?;
+                if matches.is_empty() {
+                    return Err(self.error(
+                        path.span(),
+                        format!("{field}.cgroup"),
+                        format!("{:?} matches no cgroup", path.get_ref()),
+                    ));
+                }
+                matches
+                    .into_iter()
+                    .map(|(resolved, id)| {
+                        let instance = resolved
+                            .file_name()
+                            .map(|name| name.to_string_lossy().into_owned());
+                        (Selector::Cgroup { path: resolved, id }, instance)
+                    })
+                    .collect()
+            }
             RawSelector {
                 cgroup: Some(path),
                 netns: None,
@@ -488,7 +553,7 @@ impl<R: Resolver> Validator<'_, R> {
                 let (resolved, id) = self.resolver.cgroup(path.get_ref()).map_err(|message| {
                     self.error(path.span(), format!("{field}.cgroup"), message)
                 })?;
-                Selector::Cgroup { path: resolved, id }
+                vec![(Selector::Cgroup { path: resolved, id }, None)]
             }
             RawSelector {
                 cgroup: None,
@@ -498,35 +563,40 @@ impl<R: Resolver> Validator<'_, R> {
                     self.resolver.netns(path.get_ref()).map_err(|message| {
                         self.error(path.span(), format!("{field}.netns"), message)
                     })?;
-                Selector::Netns {
-                    path: resolved,
-                    cookie,
-                }
+                vec![(
+                    Selector::Netns {
+                        path: resolved,
+                        cookie,
+                    },
+                    None,
+                )]
             }
             _ => {
                 return Err(self.error(
                     span,
                     field,
-                    "a scope matches exactly one of: cgroup = \"PATH\" or netns = \"PATH\"",
+                    "a scope matches exactly one of: cgroup = \"PATH\" (or a glob) or netns = \"PATH\"",
                 ));
             }
         };
-        let key = match &selector {
-            Selector::Cgroup { id, .. } => (true, *id),
-            Selector::Netns { cookie, .. } => (false, *cookie),
-        };
-        if let Some(first) = self.keys.insert(key, index) {
-            return Err(self.error(
-                span,
-                field,
-                format!("scope[{first}] already matches this cgroup or network namespace"),
-            ));
+        for (selector, _) in &selected {
+            let key = match selector {
+                Selector::Cgroup { id, .. } => (true, *id),
+                Selector::Netns { cookie, .. } => (false, *cookie),
+            };
+            if let Some(first) = self.keys.insert(key, index) {
+                return Err(self.error(
+                    span.clone(),
+                    field.clone(),
+                    format!("scope[{first}] already matches this cgroup or network namespace"),
+                ));
+            }
         }
-        Ok(selector)
+        Ok(selected)
     }
 
-    fn forward(&mut self, field: &str, raw: Spanned<RawForward>) -> Result<Forward, PolicyError> {
-        let raw = raw.into_inner();
+    fn forward(&mut self, field: &str, raw: &Spanned<RawForward>) -> Result<Forward, PolicyError> {
+        let raw = raw.get_ref();
         let from = endpoint::parse_from(raw.from.get_ref())
             .map_err(|message| self.error(raw.from.span(), format!("{field}.from"), message))?;
         let to = endpoint::parse_to(raw.to.get_ref())

@@ -33,11 +33,20 @@ pub struct Alias {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBind {
     port: Spanned<i64>,
-    to: Spanned<i64>,
+    to: Spanned<RawPort>,
     #[serde(default)]
     address: Option<Spanned<String>>,
     #[serde(default)]
     proto: Protocols,
+}
+
+/// A port, or `"@"`: the number after the last `@` in the instance's
+/// cgroup name (`onetime@7043.service` -> 7043).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawPort {
+    Number(i64),
+    Template(String),
 }
 
 #[derive(Deserialize)]
@@ -61,27 +70,56 @@ impl RawAlias {
     }
 }
 
-/// Validates one bind remap.
+/// Validates one bind remap of a scope, or of one `instance` (a cgroup
+/// name) of a glob scope.
 pub(super) fn validate_bind(
     locator: &Locator<'_>,
     field: &str,
     raw: &RawBind,
     rule: u32,
+    instance: Option<&str>,
 ) -> Result<BindRemap, PolicyError> {
-    let port = |value: &Spanned<i64>, name: &str| {
-        u16::try_from(*value.get_ref())
+    let out_of_range = |value: i64, span, name: &str| {
+        locator.error(
+            span,
+            format!("{field}.{name}"),
+            format!("port {value} is out of range: expected a number from 1 to 65535"),
+        )
+    };
+    let check = |value: i64, span: std::ops::Range<usize>, name: &str| {
+        u16::try_from(value)
             .ok()
             .filter(|port| *port != 0)
-            .ok_or_else(|| {
+            .ok_or_else(|| out_of_range(value, span, name))
+    };
+    let port = check(*raw.port.get_ref(), raw.port.span(), "port")?;
+    let to = match raw.to.get_ref() {
+        RawPort::Number(number) => check(*number, raw.to.span(), "to")?,
+        RawPort::Template(template) if template == "@" => {
+            let instance = instance.ok_or_else(|| {
                 locator.error(
-                    value.span(),
-                    format!("{field}.{name}"),
-                    format!(
-                        "port {} is out of range: expected a number from 1 to 65535",
-                        value.get_ref()
-                    ),
+                    raw.to.span(),
+                    format!("{field}.to"),
+                    "to = \"@\" takes the port from the instance's cgroup name: match cgroups with a glob",
                 )
-            })
+            })?;
+            instance_port(instance).ok_or_else(|| {
+                locator.error(
+                    raw.to.span(),
+                    format!("{field}.to"),
+                    format!("cgroup {instance:?} has no @PORT in its name for to = \"@\""),
+                )
+            })?
+        }
+        RawPort::Template(other) => {
+            return Err(locator.error(
+                raw.to.span(),
+                format!("{field}.to"),
+                format!(
+                    "expected a port or \"@\" (the port in the instance's name), found {other:?}"
+                ),
+            ));
+        }
     };
     let address = raw
         .address
@@ -103,10 +141,18 @@ pub(super) fn validate_bind(
     Ok(BindRemap {
         rule,
         protocols: raw.proto,
-        port: port(&raw.port, "port")?,
-        to: port(&raw.to, "to")?,
+        port,
+        to,
         address,
     })
+}
+
+/// The port an instance's name carries after its last `@`:
+/// `onetime@7043.service` and `onetime@7043` give 7043.
+fn instance_port(instance: &str) -> Option<u16> {
+    let (_, after) = instance.rsplit_once('@')?;
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|port| *port != 0)
 }
 
 /// Validates one alias.
@@ -166,4 +212,19 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
         return Err(format!("{addr} cannot be dialed: give a unicast address"));
     }
     Ok(SocketAddr::new(addr, parsed.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_port;
+
+    #[test]
+    fn instance_ports_come_after_the_last_at() {
+        assert_eq!(instance_port("onetime@7043.service"), Some(7043));
+        assert_eq!(instance_port("onetime@7043"), Some(7043));
+        assert_eq!(instance_port("a@b@8080"), Some(8080));
+        assert_eq!(instance_port("onetime"), None);
+        assert_eq!(instance_port("onetime@x"), None);
+        assert_eq!(instance_port("onetime@0"), None);
+    }
 }

@@ -29,6 +29,16 @@ impl Resolver for FakeHost {
         Ok(vec![(netbpf_common::PROTO_TCP, 22)])
     }
 
+    fn cgroup_glob(&self, pattern: &str) -> Result<Vec<(PathBuf, u64)>, String> {
+        match pattern {
+            "/cg/onetime@*" => ["/cg/onetime@7041", "/cg/onetime@7042"]
+                .iter()
+                .map(|path| self.cgroup(path))
+                .collect(),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
         match path.strip_prefix("/ns/") {
             Some(name) => Ok((PathBuf::from(path), fake_key(2000, name))),
@@ -513,5 +523,42 @@ fn rejects_conflicting_remaps_and_alias_loops() {
         5,
         "scope[0].alias[0].from",
         "forward",
+    );
+}
+
+#[test]
+fn a_glob_scope_gives_each_instance_the_port_in_its_name() {
+    let policy = parse_text(
+        "version = 1\n[[scope]]\nname = \"onetime\"\nmatch = { cgroup = \"/cg/onetime@*\" }\n\
+         bind = [{ port = 3000, to = \"@\" }]\n",
+    )
+    .unwrap();
+    let instances: Vec<(&str, u16)> = policy
+        .scopes
+        .iter()
+        .map(|scope| (scope.name.as_str(), scope.binds[0].to))
+        .collect();
+    assert_eq!(
+        instances,
+        [
+            ("onetime/onetime@7041", 7041),
+            ("onetime/onetime@7042", 7042)
+        ]
+    );
+    assert_ne!(
+        policy.scopes[0].binds[0].rule, policy.scopes[1].binds[0].rule,
+        "each instance counts on its own"
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"x\"\nmatch = { cgroup = \"/cg/none*\" }\n",
+        4,
+        "scope[0].match.cgroup",
+        "matches no cgroup",
+    );
+    assert_rejected(
+        &with_remaps("bind = [{ port = 3000, to = \"@\" }]"),
+        5,
+        "scope[0].bind[0].to",
+        "glob",
     );
 }
