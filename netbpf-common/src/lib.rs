@@ -233,30 +233,6 @@ pub struct ServiceStats {
     pub down: u64,
 }
 
-/// Key of the bind remaps: a scope binding a port.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BindKey {
-    pub scope: u32,
-    /// The port the application binds, host byte order.
-    pub port: u16,
-    /// `PROTO_TCP` or `PROTO_UDP`.
-    pub protocol: u8,
-    _pad: u8,
-}
-
-impl BindKey {
-    #[must_use]
-    pub const fn new(scope: u32, port: u16, protocol: u8) -> Self {
-        Self {
-            scope,
-            port,
-            protocol,
-            _pad: 0,
-        }
-    }
-}
-
 /// What a bind becomes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,11 +248,13 @@ pub struct BindTarget {
     pub rule: u32,
 }
 
-/// A port bound inside a scope on a localhost or wildcard address: such a
-/// port belongs to the scope's own service and is never forwarded.
+/// A port of a scope, for one protocol: the key of the bind remaps (a
+/// port the scope binds) and of the local binds (a port bound inside the
+/// scope on a localhost or wildcard address, which belongs to the scope's
+/// own service and is never forwarded).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct LocalBindKey {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopePort {
     pub scope: u32,
     /// Port in host byte order.
     pub port: u16,
@@ -285,7 +263,7 @@ pub struct LocalBindKey {
     _pad: u8,
 }
 
-impl LocalBindKey {
+impl ScopePort {
     /// The key of `port` (host byte order) of `protocol` in `scope`.
     #[must_use]
     pub const fn new(scope: u32, port: u16, protocol: u8) -> Self {
@@ -355,11 +333,10 @@ const _: () = assert!(size_of::<ForwardKey>() == 8);
 const _: () = assert!(size_of::<ForwardTarget>() == 24);
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<ReverseKey>() == 32);
-const _: () = assert!(size_of::<LocalBindKey>() == 8);
+const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 32);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);
-const _: () = assert!(size_of::<BindKey>() == 8);
 const _: () = assert!(size_of::<BindTarget>() == 24);
 const _: () = assert!(size_of::<AliasedAddr>() == 20);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
@@ -375,12 +352,11 @@ mod pod {
     unsafe impl aya::Pod for super::ForwardTarget {}
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::ReverseKey {}
-    unsafe impl aya::Pod for super::LocalBindKey {}
+    unsafe impl aya::Pod for super::ScopePort {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::MssConfig {}
     unsafe impl aya::Pod for super::MssStats {}
     unsafe impl aya::Pod for super::AliasKey {}
-    unsafe impl aya::Pod for super::BindKey {}
     unsafe impl aya::Pod for super::BindTarget {}
     unsafe impl aya::Pod for super::AliasedAddr {}
     unsafe impl aya::Pod for super::ServiceKey {}
@@ -410,8 +386,8 @@ mod tests {
         assert_eq!(offset_of!(SockAddr, port), 16);
         assert_eq!(offset_of!(SockAddr, family), 18);
         assert_eq!(offset_of!(ReverseKey, peer), 8);
-        assert_eq!(offset_of!(LocalBindKey, port), 4);
-        assert_eq!(offset_of!(LocalBindKey, protocol), 6);
+        assert_eq!(offset_of!(ScopePort, port), 4);
+        assert_eq!(offset_of!(ScopePort, protocol), 6);
         assert_eq!(offset_of!(RuleStats, local_skips), 16);
         assert_eq!(offset_of!(RuleStats, binds), 24);
         assert_eq!(offset_of!(BindTarget, port), 18);

@@ -5,7 +5,7 @@
 use core::ptr::{addr_of_mut, write_volatile};
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use netbpf_common::{BindKey, PROTO_TCP, PROTO_UDP};
+use netbpf_common::{PROTO_TCP, PROTO_UDP, ScopePort};
 
 use crate::{addr, forward::rule_stats, maps::BIND_REMAPS, scope};
 
@@ -30,7 +30,7 @@ pub fn remap(ctx: *mut bpf_sock_addr, family: u16) {
         return;
     };
     // SAFETY: the value is copied out at once.
-    let Some(target) = (unsafe { BIND_REMAPS.get(BindKey::new(scope, port, protocol)) }).copied()
+    let Some(target) = (unsafe { BIND_REMAPS.get(ScopePort::new(scope, port, protocol)) }).copied()
     else {
         return;
     };

@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key};
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
-    LocalBindKey, PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats, SockAddr,
+    PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats, ScopePort, SockAddr,
 };
 
 use crate::{
@@ -89,7 +89,7 @@ fn localhost_target(
     let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope, protocol, port));
     let target = *FORWARDS.get(&key)?;
     let stats = rule_stats(target.rule)?;
-    let bound = LocalBindKey::new(scope, port, protocol);
+    let bound = ScopePort::new(scope, port, protocol);
     // SAFETY: the value is only tested for presence.
     if unsafe { LOCAL_BINDS.get(bound) }.is_some() {
         stats.local_skips += 1;

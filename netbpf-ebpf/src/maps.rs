@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindKey, BindTarget, ForwardKey, ForwardTarget, GrantKey, LocalBindKey,
-    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES,
-    MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig,
-    MssStats, ReverseKey, RuleStats, ServiceKey, ServiceStats, SockAddr,
+    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, MAX_ALIASES,
+    MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS,
+    MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig, MssStats,
+    ReverseKey, RuleStats, ScopePort, ServiceKey, ServiceStats, SockAddr,
 };
 
 /// cgroup v2 id of a container's cgroup directory -> scope id.
@@ -31,12 +31,11 @@ pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MA
 /// (scope, protocol, port) bound on localhost or a wildcard address inside
 /// the scope -> number of sockets bound there.
 #[map]
-pub static LOCAL_BINDS: HashMap<LocalBindKey, u32> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
+pub static LOCAL_BINDS: HashMap<ScopePort, u32> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
 
 /// Socket cookie of a socket counted in `LOCAL_BINDS` -> its key there.
 #[map]
-pub static BOUND_SOCKETS: HashMap<u64, LocalBindKey> =
-    HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
+pub static BOUND_SOCKETS: HashMap<u64, ScopePort> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
 
 /// (socket cookie, rewritten destination) -> the destination the
 /// application dialed, to answer recvmsg and getpeername with it.
@@ -81,5 +80,5 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 
 /// (scope, port bound, protocol) -> the port the socket gets instead.
 #[map]
-pub static BIND_REMAPS: HashMap<BindKey, BindTarget> =
+pub static BIND_REMAPS: HashMap<ScopePort, BindTarget> =
     HashMap::with_max_entries(MAX_BIND_REMAPS, 0);

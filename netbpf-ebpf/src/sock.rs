@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::cgroup_sock,
     programs::SockContext,
 };
-use netbpf_common::{AF_INET, AF_INET6, LocalBindKey, PROTO_TCP, PROTO_UDP};
+use netbpf_common::{AF_INET, AF_INET6, PROTO_TCP, PROTO_UDP, ScopePort};
 
 use crate::{
     ALLOW, addr,
@@ -71,7 +71,7 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
     let Some(scope) = scope::current(sk.cast()) else {
         return;
     };
-    let key = LocalBindKey::new(scope, port, protocol);
+    let key = ScopePort::new(scope, port, protocol);
     // SAFETY: `sk` is the program's context, as the helper requires.
     let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
     if BOUND_SOCKETS

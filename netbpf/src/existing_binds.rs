@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netbpf_common::{LocalBindKey, PROTO_UDP};
+use netbpf_common::{PROTO_UDP, ScopePort};
 
 use crate::{
     netns,
@@ -25,7 +25,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundSocket {
     pub cookie: u64,
-    pub key: LocalBindKey,
+    pub key: ScopePort,
 }
 
 /// Every socket already bound on localhost or a wildcard address inside a
@@ -44,7 +44,7 @@ pub fn find(policy: &Policy) -> io::Result<Vec<BoundSocket>> {
                 .filter_map(|socket| Some((owners.scope_of(socket, cookie)?, socket)))
                 .map(|(scope, socket)| BoundSocket {
                     cookie: socket.cookie,
-                    key: LocalBindKey::new(scope, socket.local.port(), socket.protocol),
+                    key: ScopePort::new(scope, socket.local.port(), socket.protocol),
                 }),
         );
     }

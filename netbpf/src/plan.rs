@@ -7,8 +7,8 @@ use std::{
 };
 
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindKey, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS,
-    ForwardKey, ForwardTarget, GrantKey, PROTO_TCP, ServiceKey,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
+    ForwardTarget, GrantKey, PROTO_TCP, ScopePort, ServiceKey,
 };
 
 use crate::policy::{Alias, Grant, Policy, Selector};
@@ -31,7 +31,7 @@ pub struct Plan {
     /// The container addresses granted each service.
     pub grants: BTreeSet<GrantKey>,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
-    pub binds: Vec<(BindKey, BindTarget)>,
+    pub binds: Vec<(ScopePort, BindTarget)>,
 }
 
 /// The map entries of `policy`. A scope's id is its index in the policy.
@@ -59,7 +59,7 @@ pub fn compile(policy: &Policy) -> Plan {
             };
             for &protocol in bind.protocols.numbers() {
                 plan.binds
-                    .push((BindKey::new(scope_id, bind.port, protocol), target));
+                    .push((ScopePort::new(scope_id, bind.port, protocol), target));
             }
         }
         for forward in &scope.forwards {

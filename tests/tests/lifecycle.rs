@@ -17,6 +17,17 @@ fn topology() -> DesktopTopology {
     DesktopTopology::new().expect("building the desktop topology")
 }
 
+/// `netbpf run` with `policy`, attached to the topology's cgroup root.
+fn start(topology: &DesktopTopology, policy: &Path) -> NetbpfRun {
+    NetbpfRun::start(
+        &netbpf_binary(),
+        policy,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap()
+}
+
 fn desktop_policy(topology: &DesktopTopology) -> std::path::PathBuf {
     let policy = format!(
         "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n  \
@@ -74,13 +85,7 @@ fn needs_no_iptables_rule_and_no_sysctl() {
     let topology = topology();
     let before = host_network_config(&topology);
     let policy = desktop_policy(&topology);
-    let netbpf = NetbpfRun::start(
-        &netbpf_binary(),
-        &policy,
-        topology.root.path(),
-        topology.work.path(),
-    )
-    .unwrap();
+    let netbpf = start(&topology, &policy);
     let _server = topology
         .start_http_server(BRIDGE_V4, 8082, "bridge")
         .unwrap();
@@ -148,13 +153,7 @@ fn bpftool(args: &[&str]) -> String {
 fn leaves_no_program_link_or_pin_after_it_exits() {
     let topology = topology();
     let policy = desktop_policy(&topology);
-    let netbpf = NetbpfRun::start(
-        &netbpf_binary(),
-        &policy,
-        topology.root.path(),
-        topology.work.path(),
-    )
-    .unwrap();
+    let netbpf = start(&topology, &policy);
     let programs = netbpf.programs().unwrap();
     // Every socket hook has its program; a policy without MSS clamps does
     // not load the tc program.
@@ -206,13 +205,7 @@ fn leaves_no_program_link_or_pin_after_it_exits() {
 fn sigint_stops_it_as_cleanly_as_sigterm() {
     let topology = topology();
     let policy = desktop_policy(&topology);
-    let mut netbpf = NetbpfRun::start(
-        &netbpf_binary(),
-        &policy,
-        topology.root.path(),
-        topology.work.path(),
-    )
-    .unwrap();
+    let mut netbpf = start(&topology, &policy);
     let root = topology.root.path().to_str().unwrap();
     let status = netbpf.signal(nix::sys::signal::Signal::SIGINT).unwrap();
     assert!(status.success());
@@ -227,13 +220,7 @@ fn sigint_stops_it_as_cleanly_as_sigterm() {
 fn a_second_instance_on_the_same_run_directory_is_refused() {
     let topology = topology();
     let policy = desktop_policy(&topology);
-    let first = NetbpfRun::start(
-        &netbpf_binary(),
-        &policy,
-        topology.root.path(),
-        topology.work.path(),
-    )
-    .unwrap();
+    let first = start(&topology, &policy);
     let root = topology.root.path().to_str().unwrap();
     let attached = attached_to(root);
 

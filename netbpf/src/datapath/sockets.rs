@@ -9,7 +9,7 @@ use aya::{
     programs::{CgroupAttachMode, Program},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindKey, BindTarget, ForwardKey, ForwardTarget, LocalBindKey, RuleStats,
+    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, RuleStats, ScopePort,
 };
 
 use super::{Datapath, DatapathError, map_error};
@@ -67,7 +67,7 @@ impl Datapath {
                 .insert(addr, 1, 0)
                 .map_err(map_error("ALIASED_ADDRS"))?;
         }
-        let mut binds: HashMap<_, BindKey, BindTarget> = self.map_mut("BIND_REMAPS")?;
+        let mut binds: HashMap<_, ScopePort, BindTarget> = self.map_mut("BIND_REMAPS")?;
         for (key, target) in &plan.binds {
             binds
                 .insert(key, target, 0)
@@ -134,7 +134,7 @@ impl Datapath {
     /// would have. A socket the hooks counted already (by cookie) is
     /// skipped, so racing with them counts nobody twice.
     fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
-        let mut bound: HashMap<_, u64, LocalBindKey> = self.map_mut("BOUND_SOCKETS")?;
+        let mut bound: HashMap<_, u64, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
         let mut new = Vec::new();
         for socket in sockets {
             match bound.insert(socket.cookie, socket.key, BPF_NOEXIST) {
@@ -144,7 +144,7 @@ impl Datapath {
                 Err(error) => return Err(map_error("BOUND_SOCKETS")(error)),
             }
         }
-        let mut counts: HashMap<_, LocalBindKey, u32> = self.map_mut("LOCAL_BINDS")?;
+        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
         for key in new {
             // Userspace cannot add atomically; this runs before any socket
             // of a scope can be rewritten, while binds are rare.
