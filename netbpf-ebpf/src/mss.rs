@@ -37,6 +37,15 @@ const MAX_IPV6_EXTENSIONS: usize = 8;
 /// Offset of the checksum in the TCP header.
 const TCP_CHECKSUM: usize = 16;
 
+/// Which way a packet crosses the interface.
+#[derive(Clone, Copy)]
+pub enum Way {
+    /// Leaving through it (tc egress).
+    Out,
+    /// Arriving on it (tc ingress).
+    In,
+}
+
 /// Where the TCP segment of a packet is.
 struct Segment {
     /// `AF_INET` or `AF_INET6`.
@@ -58,7 +67,7 @@ struct Segment {
 /// Clamps the MSS of `ctx`'s packet if it is a SYN or SYN-ACK, counting
 /// what it did in `stats`.
 #[inline(always)]
-pub fn clamp(ctx: &TcContext, config: &MssConfig, stats: &mut MssStats) {
+pub fn clamp(ctx: &TcContext, config: &MssConfig, way: Way, stats: &mut MssStats) {
     let l3 = usize::from(config.l3_offset);
     // SAFETY: `skb` is the program's context.
     let protocol = u16::try_from(unsafe { (*ctx.skb.skb).protocol }).map_or(0, u16::from_be);
@@ -91,7 +100,7 @@ pub fn clamp(ctx: &TcContext, config: &MssConfig, stats: &mut MssStats) {
         stats.unparsed += 1;
         return;
     }
-    let Some(target) = target_mss(ctx, config, &segment) else {
+    let Some(target) = target_mss(ctx, config, way, &segment) else {
         stats.unparsed += 1;
         return;
     };
@@ -332,12 +341,15 @@ fn add_option(
 /// and TCP headers (the lower of the forward and the reverse route, as
 /// TCPMSS takes it).
 #[inline(always)]
-fn target_mss(ctx: &TcContext, config: &MssConfig, segment: &Segment) -> Option<u16> {
+fn target_mss(ctx: &TcContext, config: &MssConfig, way: Way, segment: &Segment) -> Option<u16> {
     if config.mss != MSS_PATH_MTU {
         return Some(config.mss);
     }
-    let forward = route_mtu(ctx, segment.family, segment.dst, true).or_else(|| device_mtu(ctx))?;
-    let reverse = route_mtu(ctx, segment.family, segment.src, false).unwrap_or(u16::MAX);
+    // Leaving, the route out is an output lookup through this device and
+    // the route back an input lookup from it; arriving, the other way round.
+    let out = matches!(way, Way::Out);
+    let forward = route_mtu(ctx, segment.family, segment.dst, out).or_else(|| device_mtu(ctx))?;
+    let reverse = route_mtu(ctx, segment.family, segment.src, !out).unwrap_or(u16::MAX);
     let overhead = if segment.family == AF_INET {
         MSS_V4_OVERHEAD
     } else {

@@ -12,9 +12,20 @@ use crate::{
 /// or on its way; netbpf only ever edits packets, never decides their fate.
 const TC_NEXT: i32 = -1;
 
-/// Clamps the MSS of SYN and SYN-ACK segments on a configured interface.
+/// Clamps the MSS of SYN and SYN-ACK segments leaving an interface.
 #[classifier]
-pub fn netbpf_mss(ctx: TcContext) -> i32 {
+pub fn netbpf_mss_out(ctx: TcContext) -> i32 {
+    clamp_on(&ctx, mss::Way::Out)
+}
+
+/// Clamps the MSS of SYN and SYN-ACK segments arriving on an interface.
+#[classifier]
+pub fn netbpf_mss_in(ctx: TcContext) -> i32 {
+    clamp_on(&ctx, mss::Way::In)
+}
+
+#[inline(always)]
+fn clamp_on(ctx: &TcContext, way: mss::Way) -> i32 {
     // SAFETY: `skb` is the program's context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: the value is copied out at once.
@@ -23,7 +34,7 @@ pub fn netbpf_mss(ctx: TcContext) -> i32 {
     };
     if let Some(stats) = MSS_STATS.get_ptr_mut(config.slot) {
         // SAFETY: `stats` points at this CPU's slot of a valid element.
-        mss::clamp(&ctx, &config, unsafe { &mut *stats });
+        mss::clamp(ctx, &config, way, unsafe { &mut *stats });
     }
     TC_NEXT
 }

@@ -10,7 +10,7 @@
 use std::{net::IpAddr, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use netbpf::datapath::{Datapath, Optional};
+use netbpf::datapath::{Datapath, MSS_IN_PROGRAM, MSS_OUT_PROGRAM, Optional};
 use netbpf_common::MssConfig;
 use netbpf_testenv::{
     NetbpfRun, Netns, PacketSocket, mac_address,
@@ -140,6 +140,8 @@ struct ForwardingPath {
     _sender: Netns,
     router: Netns,
     _capture: Netns,
+    /// The router's interface from `sender`.
+    router_in: String,
     /// The router's interface towards `capture`.
     router_out: String,
     send: PacketSocket,
@@ -204,6 +206,7 @@ impl ForwardingPath {
             _sender: sender,
             router,
             _capture: capture,
+            router_in: router_in.clone(),
             router_out,
             send,
             receive,
@@ -288,7 +291,7 @@ fn segment(case: &Case, v6: bool, port: u16) -> Segment {
 fn test_run(datapath: &mut Datapath, frame: &[u8]) -> Parsed {
     let mut out = vec![0u8; frame.len() + 64];
     let result = datapath
-        .classifier()
+        .classifier(MSS_OUT_PROGRAM)
         .unwrap()
         .test_run(TestRunOptions {
             data_in: Some(frame),
@@ -344,7 +347,7 @@ fn set_mss_agrees_with_iptables_tcpmss_on_every_crafted_segment() {
     let router = ForwardingPath::new();
     router.add_tcpmss(&["--set-mss", &CLAMP.to_string()]);
     let mut datapath = Datapath::load(Optional {
-        mss_clamp: true,
+        mss_egress: true,
         ..Optional::default()
     })
     .expect("loading the datapath");
@@ -384,8 +387,24 @@ fn set_mss_agrees_with_iptables_tcpmss_on_every_crafted_segment() {
 }
 
 #[test]
-fn clamp_to_pmtu_agrees_with_iptables_tcpmss_when_attached_to_the_router() {
+fn clamp_to_pmtu_agrees_with_iptables_tcpmss_attached_to_the_way_out() {
+    pmtu_agrees_when_attached(false);
+}
+
+#[test]
+fn clamp_to_pmtu_agrees_with_iptables_tcpmss_attached_to_the_way_in() {
+    pmtu_agrees_when_attached(true);
+}
+
+/// Clamps to the path MTU with TCPMSS on the router, then with netbpf
+/// attached to the router's interface in (`ingress`) or out, and compares.
+fn pmtu_agrees_when_attached(ingress: bool) {
     let router = ForwardingPath::new();
+    let (interface, direction, program) = if ingress {
+        (&router.router_in, "ingress", MSS_IN_PROGRAM)
+    } else {
+        (&router.router_out, "egress", MSS_OUT_PROGRAM)
+    };
     // The way out has a smaller MTU than the way in, as a tunnel has.
     // (Both follow the device MTU and learned path MTUs; TCPMSS also
     // follows an unlocked `mtu` metric on a route, which the kernel's
@@ -415,8 +434,7 @@ fn clamp_to_pmtu_agrees_with_iptables_tcpmss_when_attached_to_the_router() {
     std::fs::write(
         &policy,
         format!(
-            "version = 1\n[[mss_clamp]]\ninterface = \"{}\"\ndirection = \"egress\"\nmss = \"pmtu\"\n",
-            router.router_out
+            "version = 1\n[[mss_clamp]]\ninterface = \"{interface}\"\ndirection = \"{direction}\"\nmss = \"pmtu\"\n"
         ),
     )
     .unwrap();
@@ -452,9 +470,9 @@ fn clamp_to_pmtu_agrees_with_iptables_tcpmss_when_attached_to_the_router() {
     }
     let status = netbpf.status_json().unwrap();
     let attached = &status["mss_clamps"][0]["attached"][0];
-    assert_eq!(attached["name"], router.router_out.as_str(), "{status}");
+    assert_eq!(attached["name"], interface.as_str(), "{status}");
     assert!(attached["clamped"].as_u64().unwrap() > 0, "{status}");
-    let clamp_program = netbpf.programs().unwrap()["netbpf_mss"];
+    let clamp_program = netbpf.programs().unwrap()[program];
     assert!(tc_links_of(clamp_program) > 0, "attached through a tc link");
     assert!(netbpf.stop().unwrap().success());
     assert_eq!(

@@ -69,7 +69,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut run_dir = RunDir::claim(&args.run_dir)?;
 
     let mut datapath = Datapath::load(Optional {
-        mss_clamp: !policy.mss_clamps.is_empty(),
+        mss_egress: policy
+            .mss_clamps
+            .iter()
+            .any(|clamp| clamp.direction.egress()),
+        mss_ingress: policy
+            .mss_clamps
+            .iter()
+            .any(|clamp| clamp.direction.ingress()),
         host_services: !policy.host_services.is_empty(),
     })?;
     datapath.apply(&plan)?;

@@ -17,7 +17,7 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
-pub use self::mss::MssLinks;
+pub use self::mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks};
 
 /// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));
@@ -86,8 +86,10 @@ pub struct LoadedProgram {
 /// for (the MSS clamp takes the kernel about a second to verify).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Optional {
-    /// The tc program of `[[mss_clamp]]`.
-    pub mss_clamp: bool,
+    /// The tc program of `[[mss_clamp]]` on egress.
+    pub mss_egress: bool,
+    /// The tc program of `[[mss_clamp]]` on ingress.
+    pub mss_ingress: bool,
     /// The `sk_lookup` program of `[[host_service]]`.
     pub host_services: bool,
 }
@@ -108,7 +110,8 @@ impl Datapath {
         let mut programs = Vec::new();
         for (name, program) in ebpf.programs_mut() {
             let wanted = match name {
-                mss::MSS_PROGRAM => optional.mss_clamp,
+                mss::MSS_OUT_PROGRAM => optional.mss_egress,
+                mss::MSS_IN_PROGRAM => optional.mss_ingress,
                 host_services::HOST_SERVICE_PROGRAM => optional.host_services,
                 _ if sockets::TRACKING_PROGRAMS.contains(&name)
                     || sockets::REWRITING_PROGRAMS.contains(&name) =>

@@ -15,13 +15,15 @@ use netbpf_common::{MssConfig, MssStats};
 use super::{Datapath, DatapathError, map_error};
 use crate::policy::Direction;
 
-/// The tc program that clamps MSS.
-pub(super) const MSS_PROGRAM: &str = "netbpf_mss";
+/// The tc program that clamps MSS on egress.
+pub const MSS_OUT_PROGRAM: &str = "netbpf_mss_out";
+/// The tc program that clamps MSS on ingress.
+pub const MSS_IN_PROGRAM: &str = "netbpf_mss_in";
 
 /// The attachments of the clamp to one interface; detached when handed
 /// back to [`Datapath::detach_mss`], or when the interface goes.
 #[derive(Debug)]
-pub struct MssLinks(Vec<SchedClassifierLinkId>);
+pub struct MssLinks(Vec<(&'static str, SchedClassifierLinkId)>);
 
 impl Datapath {
     /// Configures the clamp of interface `ifindex`, with counters from
@@ -73,35 +75,32 @@ impl Datapath {
                 other => other.map_err(|error| attach_error(error.into()))?,
             }
         }
-        let program = self.classifier()?;
-        let mut links = Vec::new();
+        let mut links = MssLinks(Vec::new());
         let attach_types = [
-            (direction.egress(), TcAttachType::Egress),
-            (direction.ingress(), TcAttachType::Ingress),
+            (direction.egress(), MSS_OUT_PROGRAM, TcAttachType::Egress),
+            (direction.ingress(), MSS_IN_PROGRAM, TcAttachType::Ingress),
         ];
-        for (wanted, attach_type) in attach_types {
+        for (wanted, name, attach_type) in attach_types {
             if !wanted {
                 continue;
             }
-            match program.attach(interface, attach_type) {
-                Ok(link) => links.push(link),
+            match self.classifier(name)?.attach(interface, attach_type) {
+                Ok(link) => links.0.push((name, link)),
                 Err(error) => {
                     // Leave nothing half attached.
-                    for link in links {
-                        let _ = program.detach(link);
-                    }
+                    self.detach_mss(links);
                     return Err(attach_error(error));
                 }
             }
         }
-        Ok(MssLinks(links))
+        Ok(links)
     }
 
     /// Detaches the clamp from an interface. An interface that went away
     /// took its attachments with it: nothing to report then.
     pub fn detach_mss(&mut self, links: MssLinks) {
-        if let Ok(program) = self.classifier() {
-            for link in links.0 {
+        for (name, link) in links.0 {
+            if let Ok(program) = self.classifier(name) {
                 let _ = program.detach(link);
             }
         }
@@ -124,14 +123,18 @@ impl Datapath {
             }))
     }
 
-    /// The loaded clamp program.
-    pub fn classifier(&mut self) -> Result<&mut SchedClassifier, DatapathError> {
+    /// The loaded clamp program of one way: [`MSS_OUT_PROGRAM`] or
+    /// [`MSS_IN_PROGRAM`].
+    pub fn classifier(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut SchedClassifier, DatapathError> {
         let program = self
             .ebpf
-            .program_mut(MSS_PROGRAM)
-            .ok_or(DatapathError::MissingProgram(MSS_PROGRAM))?;
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
         program
             .try_into()
-            .map_err(|_| DatapathError::MissingProgram(MSS_PROGRAM))
+            .map_err(|_| DatapathError::MissingProgram(name))
     }
 }
