@@ -105,6 +105,16 @@ impl Agent {
                     }
                 }
             }
+            // The kernel dropped events (ENOBUFS): look at everything again.
+            Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                tracing::warn!("interface events were lost: listing the interfaces again");
+                if let Err(error) = self.clamper.resync(&mut self.datapath) {
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        "MSS clamps not resynchronised"
+                    );
+                }
+            }
             Err(error) => tracing::warn!(%error, "reading interface changes failed"),
         }
     }

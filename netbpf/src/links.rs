@@ -39,14 +39,20 @@ pub fn subscribe_and_list() -> io::Result<(Socket, Vec<Interface>)> {
     watch.bind(&SocketAddr::new(0, 0))?;
     watch.add_membership(libc::RTNLGRP_LINK)?;
     watch.set_non_blocking(true)?;
-    let interfaces = rtnetlink::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
-        .iter()
-        .filter_map(|message| match event(message) {
-            Some(LinkEvent::Present(interface)) => Some(interface),
-            _ => None,
-        })
-        .collect();
-    Ok((watch, interfaces))
+    Ok((watch, list()?))
+}
+
+/// The interfaces of the calling thread's network namespace.
+pub fn list() -> io::Result<Vec<Interface>> {
+    Ok(
+        rtnetlink::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+            .iter()
+            .filter_map(|message| match event(message) {
+                Some(LinkEvent::Present(interface)) => Some(interface),
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// Interface changes, read from a socket made by [`subscribe_and_list`].

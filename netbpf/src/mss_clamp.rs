@@ -11,7 +11,7 @@ use netbpf_common::{MAX_MSS_INTERFACES, MSS_PATH_MTU, MssConfig, MssStats};
 
 use crate::{
     datapath::{Datapath, DatapathError, MssLinks},
-    links::{Interface, LinkEvent},
+    links::{self, Interface, LinkEvent},
     netns,
     policy::{Direction, Mss, MssClamp},
 };
@@ -29,6 +29,10 @@ pub enum ClampError {
         #[source]
         source: std::io::Error,
     },
+    #[error("interface {0} changed while the MSS clamp was attached to it")]
+    Renamed(String),
+    #[error("listing the interfaces again")]
+    Listing(#[source] std::io::Error),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
@@ -158,14 +162,21 @@ impl MssClamper {
         direction: Direction,
     ) -> Result<MssLinks, ClampError> {
         datapath.set_mss_interface(interface.index, config)?;
-        let links = netns::in_netns_or_here(self.netns.as_deref(), || {
-            datapath.attach_mss(&interface.name, direction)
+        netns::in_netns_or_here(self.netns.as_deref(), || {
+            let links = datapath.attach_mss(&interface.name, direction)?;
+            // The program went to the interface of that name: if the name
+            // moved to another interface meanwhile, undo it.
+            let now = nix::net::if_::if_nametoindex(interface.name.as_str()).ok();
+            if now != Some(interface.index) {
+                datapath.detach_mss(links);
+                return Err(ClampError::Renamed(interface.name.clone()));
+            }
+            Ok(links)
         })
         .map_err(|source| ClampError::Netns {
             path: self.netns.clone().unwrap_or_default(),
             source,
-        })??;
-        Ok(links)
+        })?
     }
 
     /// Detaches from interface `index`, if attached.
@@ -173,10 +184,46 @@ impl MssClamper {
         let Some(clamped) = self.clamped.remove(&index) else {
             return Ok(());
         };
-        datapath.detach_mss(clamped.links);
+        // Before TCX, detaching speaks netlink: from inside the namespace.
+        let detached =
+            netns::in_netns_or_here(self.netns.as_deref(), || datapath.detach_mss(clamped.links));
+        if let Err(error) = detached {
+            tracing::warn!(%error, interface = %clamped.name, "detaching the MSS clamp");
+        }
         self.free_slots.insert(clamped.slot);
         tracing::info!(interface = %clamped.name, "no longer clamping MSS");
         datapath.remove_mss_interface(index)
+    }
+
+    /// Lists the interfaces again and applies what changed: after the
+    /// kernel dropped interface events (ENOBUFS), the view may be stale.
+    pub fn resync(&mut self, datapath: &mut Datapath) -> Result<(), ClampError> {
+        let interfaces = netns::in_netns_or_here(self.netns.as_deref(), links::list)
+            .and_then(|listed| listed)
+            .map_err(ClampError::Listing)?;
+        let gone: Vec<u32> = self
+            .clamped
+            .keys()
+            .copied()
+            .filter(|index| !interfaces.iter().any(|interface| interface.index == *index))
+            .collect();
+        for index in gone {
+            self.release(datapath, index)?;
+        }
+        for interface in interfaces {
+            if let Err(error) = self.interface_present(datapath, &interface) {
+                tracing::warn!(error = format!("{error:#}"), "MSS clamp not applied");
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches from every interface, from inside their namespace.
+    pub fn release_all(&mut self, datapath: &mut Datapath) {
+        let indexes: Vec<u32> = self.clamped.keys().copied().collect();
+        for index in indexes {
+            let _ = self.release(datapath, index);
+        }
     }
 
     /// Each clamp of the policy with the interfaces it is attached to and

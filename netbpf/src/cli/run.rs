@@ -122,6 +122,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let listener = run_dir.take_listener()?;
     runtime.block_on(agent.serve(listener, &mut stop))?;
     tracing::info!("stopping: detaching the programs");
+    agent.clamper.release_all(&mut agent.datapath);
     drop(agent);
     drop(run_dir);
     Ok(())
