@@ -375,3 +375,37 @@ fn a_listener_bound_before_netbpf_started_is_left_alone_too() {
         .unwrap();
     setup.assert_eventually_answers(7003, "bridge-7003");
 }
+
+#[test]
+fn an_alias_sends_udp_elsewhere_and_replies_come_from_the_alias() {
+    let topology = new_topology();
+    let selector = format!("cgroup = \"{}\"", topology.desktop.path().display());
+    let policy = format!(
+        "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ {selector} }}\n\
+         alias = [{{ from = \"10.99.0.53:53\", to = \"{BRIDGE_V4}:5353\", proto = \"udp\" }}]\n"
+    );
+    let file = topology.file("policy.toml");
+    std::fs::write(&file, policy).unwrap();
+    let netbpf = NetbpfRun::start(
+        &netbpf_binary(),
+        &file,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    let _echo = topology.start_udp_echo(BRIDGE_V4, 5353).unwrap();
+
+    // The desktop has no route to 10.99.0.53: only the alias gets it there.
+    let reply = probe(&topology, Place::Desktop, &["udp", "10.99.0.53", "53"]);
+    assert_eq!(reply["data"], "ping");
+    assert_eq!(
+        reply["source"],
+        json!(["10.99.0.53", 53]),
+        "replies come from the alias"
+    );
+    let status = netbpf.status_json().unwrap();
+    assert_eq!(
+        status["scopes"][0]["aliases"][0]["datagrams"], 1,
+        "{status}"
+    );
+}
