@@ -31,6 +31,8 @@ pub enum ServiceError {
         #[source]
         source: io::Error,
     },
+    #[error("the socket listening on {0} changed while it was taken: trying again")]
+    Changed(std::net::SocketAddr),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
@@ -80,14 +82,20 @@ impl HostServices {
             let found = sockets.iter().find(|socket| listens_on(socket, service));
             match (found, self.listeners[index]) {
                 (Some(socket), Some(current)) if current.cookie == socket.cookie => {}
-                (Some(socket), _) => {
-                    let pid = take_listener(datapath, index, service, socket)?;
-                    tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");
-                    self.listeners[index] = Some(Listener {
-                        cookie: socket.cookie,
-                        pid,
-                    });
-                }
+                (Some(socket), _) => match take_listener(datapath, index, service, socket) {
+                    Ok(pid) => {
+                        tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");
+                        self.listeners[index] = Some(Listener {
+                            cookie: socket.cookie,
+                            pid,
+                        });
+                    }
+                    // One service's trouble is not the others': it is
+                    // tried again at the next look.
+                    Err(error) => {
+                        tracing::warn!(service = %service.name, error = format!("{error:#}"), "listener not taken");
+                    }
+                },
                 (None, Some(_)) => {
                     tracing::warn!(service = %service.name, listen = %service.listen, "the listener is gone: connections are refused until one listens again");
                     self.listeners[index] = None;
@@ -141,6 +149,11 @@ fn take_listener(
     let (pid, fd) =
         owner(socket.inode).ok_or(ServiceError::NoOwner(service.listen, socket.inode))?;
     let duplicate = duplicate_fd(pid, fd).map_err(|source| ServiceError::Take { pid, source })?;
+    // The pid or the descriptor number may have been reused since /proc was
+    // read: only the very socket sock_diag reported may get the traffic.
+    if cookie_of(&duplicate) != Some(socket.cookie) || !is_listening(&duplicate) {
+        return Err(ServiceError::Changed(service.listen));
+    }
     datapath.set_service_socket(u32::try_from(index).expect("services are few"), &duplicate)?;
     Ok(pid)
 }
@@ -184,4 +197,33 @@ fn duplicate_fd(pid: u32, fd: i32) -> io::Result<OwnedFd> {
     }
     // SAFETY: as above.
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(duplicate).map_err(io::Error::other)?) })
+}
+
+/// The cookie of a socket (`SO_COOKIE`): the one `sock_diag` and the kernel
+/// programs know it by.
+fn cookie_of(socket: &OwnedFd) -> Option<u64> {
+    let mut cookie = 0u64;
+    getsockopt_into(socket, libc::SO_COOKIE, &mut cookie).then_some(cookie)
+}
+
+/// Whether a socket is listening (`SO_ACCEPTCONN`).
+fn is_listening(socket: &OwnedFd) -> bool {
+    let mut listening = 0i32;
+    getsockopt_into(socket, libc::SO_ACCEPTCONN, &mut listening) && listening != 0
+}
+
+/// Reads the `SOL_SOCKET` option `option` of `socket` into `value`.
+fn getsockopt_into<T: Copy>(socket: &OwnedFd, option: libc::c_int, value: &mut T) -> bool {
+    let mut len = libc::socklen_t::try_from(size_of::<T>()).expect("a small option");
+    // SAFETY: `value` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            option,
+            std::ptr::from_mut(value).cast(),
+            &raw mut len,
+        )
+    };
+    rc == 0
 }

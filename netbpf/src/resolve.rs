@@ -3,6 +3,7 @@
 
 use std::{
     io,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -69,11 +70,27 @@ impl Resolver for HostResolver {
     }
 
     fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String> {
-        match selector {
-            Selector::Cgroup { path, .. } => scope_net::of_cgroup(path),
-            Selector::Netns { path, .. } => scope_net::of_netns(path),
+        let namespaces = match selector {
+            Selector::Netns { path, .. } => vec![path.clone()],
+            Selector::Cgroup { path, .. } => {
+                scope_net::process_namespaces(path).map_err(|error| error.to_string())?
+            }
+        };
+        if namespaces.is_empty() {
+            return Err("no process of the scope runs yet: its network is unknown".to_owned());
         }
-        .map_err(|error| format!("finding the scope's addresses and gateway: {error}"))
+        let mut network = scope_net::of_namespaces(&namespaces)
+            .map_err(|error| format!("finding the scope's addresses and gateway: {error}"))?;
+        network.node = namespaces
+            .iter()
+            .any(|namespace| scope_net::same_namespace(namespace, &self.node_netns));
+        Ok(network)
+    }
+
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
+        scope_net::of_netns(&self.node_netns)
+            .map(|network| network.addresses)
+            .map_err(|error| format!("listing the node's addresses: {error}"))
     }
 
     fn bound_ports(&self, selector: &Selector) -> Result<Vec<(u8, u16)>, String> {

@@ -59,22 +59,11 @@ pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
     })?
 }
 
-/// The network of the processes in the cgroup at `dir` and below: the
-/// union over the namespaces they live in.
-pub fn of_cgroup(dir: &Path) -> io::Result<ScopeNetwork> {
-    let namespaces = process_namespaces(dir)?;
-    if namespaces.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            format!(
-                "no process runs in cgroup {} yet: its network is unknown",
-                dir.display()
-            ),
-        ));
-    }
+/// The union of the networks of `namespaces`.
+pub fn of_namespaces(namespaces: &[PathBuf]) -> io::Result<ScopeNetwork> {
     let mut network = ScopeNetwork::default();
     for namespace in namespaces {
-        let found = of_netns(&namespace)?;
+        let found = of_netns(namespace)?;
         network.addresses.extend(found.addresses);
         for gateway in found.gateways {
             if !network
@@ -87,6 +76,15 @@ pub fn of_cgroup(dir: &Path) -> io::Result<ScopeNetwork> {
         }
     }
     Ok(network)
+}
+
+/// Whether two paths name the same network namespace.
+#[must_use]
+pub fn same_namespace(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// One `/proc/PID/ns/net` per network namespace that processes of the

@@ -322,9 +322,14 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
         (0, V6_ANSWER.to_owned())
     );
 
-    // A container without the grant is refused at the same gateway port.
+    // A container without the grant is refused at the same gateway port,
+    // on IPv4 and IPv6.
     assert_eq!(
         node.curl(Place::Other, "http://10.210.1.1:18188/").0,
+        REFUSED
+    );
+    assert_eq!(
+        node.curl(Place::Other, "http://[fd21::1]:18189/").0,
         REFUSED
     );
     // The granted one reaches no other loopback port of the node.
@@ -356,6 +361,10 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
         "the other container and the GPU box: {status}"
     );
     assert_eq!(status["scopes"][0]["grants"][0]["connects"], 1, "{status}");
+    assert_eq!(
+        status["host_services"][1]["refused"], 1,
+        "the other container on IPv6: {status}"
+    );
 
     assert_survives_a_tunnel_restart(&mut node, &netbpf);
     assert_stayed_on_loopback(&node, &iptables_before);

@@ -92,7 +92,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut host_services = HostServices::new(policy.host_services.clone(), args.netns.as_deref());
     if !host_services.is_empty() {
         datapath.attach_host_services(&node_netns)?;
-        host_services.refresh(&mut datapath)?;
+        if let Err(error) = host_services.refresh(&mut datapath) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "looking for the host services' listeners"
+            );
+        }
         host_services.warn_missing();
     }
     let clamper = MssClamper::new(policy.mss_clamps.clone(), args.netns.as_deref());

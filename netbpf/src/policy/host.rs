@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use netbpf_common::MAX_HOST_SERVICES;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -37,6 +38,8 @@ pub struct Grant {
 /// What the host knows of a scope's network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeNetwork {
+    /// Whether the scope lives in the node's own network namespace.
+    pub node: bool,
     /// Its default gateways, one per family at most.
     pub gateways: Vec<IpAddr>,
     /// Its global addresses.
@@ -75,6 +78,13 @@ pub(super) fn validate_services(
     for (index, raw) in raw.into_iter().enumerate() {
         let raw = raw.into_inner();
         let field = format!("host_service[{index}]");
+        if index >= MAX_HOST_SERVICES as usize {
+            return Err(locator.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                format!("too many host services: this netbpf holds at most {MAX_HOST_SERVICES}"),
+            ));
+        }
         let name = raw.name.get_ref().trim().to_owned();
         if name.is_empty() {
             return Err(locator.error(
@@ -123,6 +133,7 @@ pub(super) fn validate_grant(
     locator: &Locator<'_>,
     services: &[HostService],
     network: &ScopeNetwork,
+    node_addresses: &[IpAddr],
     field: &str,
     raw: &RawGrant,
     rule: u32,
@@ -195,6 +206,7 @@ pub(super) fn validate_grant(
             )
         })?,
     };
+    check_gateway(gateway, network, node_addresses).map_err(dial_error)?;
     let sources: Vec<IpAddr> = network
         .addresses
         .iter()
@@ -213,4 +225,33 @@ pub(super) fn validate_grant(
         gateway,
         sources,
     })
+}
+
+/// Checks that connections sent to `gateway` reach the node, where the
+/// `sk_lookup` program waits for them.
+fn check_gateway(
+    gateway: IpAddr,
+    network: &ScopeNetwork,
+    node_addresses: &[IpAddr],
+) -> Result<(), String> {
+    if let IpAddr::V6(v6) = gateway
+        && v6.is_unicast_link_local()
+    {
+        return Err(format!(
+            "the gateway {v6} is link-local, which a connection cannot be sent to without an interface: \
+             give gateway = \"ADDR\" (a global or ULA address of the host side)"
+        ));
+    }
+    if !node_addresses.contains(&gateway) {
+        return Err(format!(
+            "the gateway {gateway} is not an address of the node: connections sent there would never \
+             reach the host service (give gateway = \"ADDR\", the host side of the container's network)"
+        ));
+    }
+    if network.node {
+        return Err("the scope shares the node's network namespace (host networking): its connections reach \
+                    the host's loopback already, and its addresses are the host's, which cannot be granted"
+            .to_owned());
+    }
+    Ok(())
 }

@@ -16,7 +16,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netbpf_common::{MAX_FORWARD_PREFIXES, MAX_RULES, MAX_SCOPES};
+use netbpf_common::{
+    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_RULES, MAX_SCOPES,
+};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -120,6 +122,9 @@ pub trait Resolver {
     fn netns(&self, path: &str) -> Result<(PathBuf, u64), String>;
     /// The gateways and addresses of a scope's network, for its grants.
     fn network(&self, selector: &Selector) -> Result<ScopeNetwork, String>;
+    /// The addresses of the node's network namespace: where a grant's
+    /// connections must arrive to meet netbpf's `sk_lookup` program.
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, String>;
     /// The (protocol, port) bound by processes outside the scope in the
     /// scope's network namespaces, or the node's where the scope has no
     /// process yet: bind remaps must not land on them. (Its own sockets
@@ -163,6 +168,7 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         next_rule: 0,
         prefixes: 0,
         scopes: 0,
+        counted: Counted::default(),
         names: HashMap::new(),
         keys: HashMap::new(),
     };
@@ -227,6 +233,28 @@ struct RawForward {
     proto: Protocols,
 }
 
+/// Entries of the fixed-size kernel tables a policy needs.
+#[derive(Default)]
+struct Counted {
+    aliases: usize,
+    binds: usize,
+    grants: usize,
+}
+
+impl Counted {
+    fn aliases(&mut self) -> &mut usize {
+        &mut self.aliases
+    }
+
+    fn binds(&mut self) -> &mut usize {
+        &mut self.binds
+    }
+
+    fn grants(&mut self) -> &mut usize {
+        &mut self.grants
+    }
+}
+
 /// Checks one policy, scope by scope, keeping what must be unique.
 struct Validator<'a, R> {
     locator: &'a Locator<'a>,
@@ -241,6 +269,8 @@ struct Validator<'a, R> {
     prefixes: usize,
     /// Scopes so far, instances of globs counted one by one.
     scopes: usize,
+    /// Entries of the fixed-size kernel tables so far.
+    counted: Counted,
     /// Scope name -> index of the scope that took it.
     names: HashMap<String, usize>,
     /// Resolved selector -> index of the scope that took it.
@@ -293,7 +323,7 @@ impl<R: Resolver> Validator<'_, R> {
                 instance.as_deref(),
                 &raw.bind,
             )?;
-            let aliases = self.aliases(&field, &raw.alias)?;
+            let aliases = self.aliases(&field, &raw.alias, &grants)?;
             scopes.push(Scope {
                 name: scope_name,
                 selector,
@@ -363,7 +393,16 @@ impl<R: Resolver> Validator<'_, R> {
                     message,
                 )
             };
+            self.count(Counted::binds, 1, MAX_BIND_REMAPS, raw.span(), &bind_field)?;
             for &protocol in bind.protocols.numbers() {
+                if let Some(earlier) = binds.iter().find(|earlier| {
+                    earlier.to == bind.to && earlier.protocols.numbers().contains(&protocol)
+                }) {
+                    return Err(to_error(format!(
+                        "port {} already gets the remap of port {} in this scope",
+                        bind.to, earlier.port
+                    )));
+                }
                 if binds.iter().any(|earlier| {
                     earlier.port == bind.port && earlier.protocols.numbers().contains(&protocol)
                 }) {
@@ -398,12 +437,35 @@ impl<R: Resolver> Validator<'_, R> {
         &mut self,
         field: &str,
         raw: &[Spanned<remap::RawAlias>],
+        grants: &[Grant],
     ) -> Result<Vec<Alias>, PolicyError> {
         let mut aliases: Vec<Alias> = Vec::new();
         for (index, raw) in raw.iter().enumerate() {
             let alias_field = format!("{field}.alias[{index}]");
             let rule = self.take_rule(raw.span(), &alias_field)?;
             let alias = remap::validate_alias(self.locator, &alias_field, raw.get_ref(), rule)?;
+            self.count(Counted::aliases, 1, MAX_ALIASES, raw.span(), &alias_field)?;
+            let takes_grant = grants.iter().position(|grant| {
+                let address =
+                    alias.from.ip() == grant.dial.ip() || alias.from.ip() == grant.gateway;
+                let port = alias.from.port() == 0 || alias.from.port() == grant.dial.port();
+                alias
+                    .protocols
+                    .numbers()
+                    .contains(&netbpf_common::PROTO_TCP)
+                    && address
+                    && port
+            });
+            if let Some(grant) = takes_grant {
+                return Err(self.locator.error(
+                    raw.get_ref().source_span(),
+                    format!("{alias_field}.from"),
+                    format!(
+                        "{} would take the connections {field}.host_services[{grant}] grants",
+                        alias.from
+                    ),
+                ));
+            }
             let from_error = |message: String| {
                 self.locator.error(
                     raw.get_ref().source_span(),
@@ -456,9 +518,15 @@ impl<R: Resolver> Validator<'_, R> {
         let Some(first) = raw.first() else {
             return Ok(Vec::new());
         };
-        let network = self.resolver.network(selector).map_err(|message| {
-            self.error(first.span(), format!("{scope}.host_services"), message)
-        })?;
+        let field = format!("{scope}.host_services");
+        let network = self
+            .resolver
+            .network(selector)
+            .map_err(|message| self.error(first.span(), field.clone(), message))?;
+        let node_addresses = self
+            .resolver
+            .node_addresses()
+            .map_err(|message| self.error(first.span(), field, message))?;
         let mut grants: Vec<Grant> = Vec::new();
         for (index, raw) in raw.iter().enumerate() {
             let field = format!("{scope}.host_services[{index}]");
@@ -467,9 +535,17 @@ impl<R: Resolver> Validator<'_, R> {
                 self.locator,
                 self.host_services,
                 &network,
+                &node_addresses,
                 &field,
                 raw.get_ref(),
                 rule,
+            )?;
+            self.count(
+                Counted::grants,
+                grant.sources.len(),
+                MAX_GRANTS,
+                raw.span(),
+                &field,
             )?;
             let locator = self.locator;
             let dial_error = |message: String| {
@@ -494,6 +570,27 @@ impl<R: Resolver> Validator<'_, R> {
             grants.push(grant);
         }
         Ok(grants)
+    }
+
+    /// Counts one more entry of a kind whose kernel table holds `capacity`.
+    fn count(
+        &mut self,
+        kind: fn(&mut Counted) -> &mut usize,
+        amount: usize,
+        capacity: u32,
+        span: Range<usize>,
+        field: &str,
+    ) -> Result<(), PolicyError> {
+        let used = kind(&mut self.counted);
+        *used += amount;
+        if *used > capacity as usize {
+            return Err(self.error(
+                span,
+                field.to_owned(),
+                format!("more than the {capacity} entries of this kind the datapath holds"),
+            ));
+        }
+        Ok(())
     }
 
     /// The next rule id, for a forward or a grant at `span`.

@@ -20,9 +20,18 @@ impl Resolver for FakeHost {
 
     fn network(&self, _selector: &Selector) -> Result<ScopeNetwork, String> {
         Ok(ScopeNetwork {
+            node: false,
             gateways: vec!["10.210.1.1".parse().unwrap(), "fd21::1".parse().unwrap()],
             addresses: vec!["10.210.1.2".parse().unwrap(), "fd21::2".parse().unwrap()],
         })
+    }
+
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
+        Ok(vec![
+            "10.210.1.1".parse().unwrap(),
+            "fd21::1".parse().unwrap(),
+            "fd21::99".parse().unwrap(),
+        ])
     }
 
     fn bound_ports(&self, _selector: &Selector) -> Result<Vec<(u8, u16)>, String> {
@@ -560,5 +569,37 @@ fn a_glob_scope_gives_each_instance_the_port_in_its_name() {
         5,
         "scope[0].bind[0].to",
         "glob",
+    );
+}
+
+#[test]
+fn rejects_grants_and_remaps_that_could_not_work() {
+    assert_rejected(
+        &with_grants(r#"{ service = "gpu", dial = "172.17.0.1:18188", gateway = "10.9.9.9" }"#),
+        12,
+        "scope[0].host_services[0].dial",
+        "not an address of the node",
+    );
+    assert_rejected(
+        &with_grants(r#"{ service = "db6", dial = "[fd00::1]:5432", gateway = "fe80::1" }"#),
+        12,
+        "scope[0].host_services[0].dial",
+        "link-local",
+    );
+    let taken = format!(
+        "{}alias = [{{ from = \"172.17.0.1:18188\", to = \"10.0.0.9:80\" }}]\n",
+        with_grants(r#"{ service = "gpu", dial = "172.17.0.1:18188" }"#)
+    );
+    assert_rejected(
+        &taken,
+        14,
+        "scope[0].alias[0].from",
+        "would take the connections",
+    );
+    assert_rejected(
+        &with_remaps("bind = [{ port = 8080, to = 9000 }, { port = 8081, to = 9000 }]"),
+        5,
+        "scope[0].bind[1].to",
+        "already gets the remap of port 8080",
     );
 }
