@@ -1,6 +1,7 @@
 //! netbpf's chores, run as `cargo xtask <command>`. Each command first does
 //! what it needs of `setup`, so nothing has to be remembered.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(about = "netbpf's chores: setup, test, demo")]
+#[command(about = "netbpf's chores: setup, build, test, demo, bench")]
 struct Xtask {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +30,15 @@ enum Command {
     Test,
     /// Show localhost forwarding on a throw-away desktop/bridge topology.
     Demo,
+    /// Measure forwarded connections against no program and the iptables
+    /// way, side by side; writes docs/benchmarks.md and its plot.
+    Bench,
+    /// The benchmark's server (run by `bench` in a namespace).
+    #[command(hide = true)]
+    BenchServer { listen: String },
+    /// The benchmark's client (run by `bench` in the container).
+    #[command(hide = true)]
+    BenchClient { target: String, count: usize },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +48,9 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build(&workspace).map(drop),
         Command::Test => test::test(&workspace),
         Command::Demo => demo::demo(&workspace),
+        Command::Bench => bench::bench(&workspace),
+        Command::BenchServer { listen } => bench::server(&listen),
+        Command::BenchClient { target, count } => bench::client(&target, count),
     }
 }
 
