@@ -12,7 +12,7 @@ use netbpf_common::{
 
 use crate::{
     addr,
-    maps::{ALIASED_ADDRS, ALIASES, FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
+    maps::{ALIASED_ADDRS, ALIASES, BIND_REMAPS, FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
     scope,
 };
 
@@ -40,7 +40,7 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     let dialed = addr::read_user(ctx, family);
     let port = u16::from_be(dialed.port);
     let target = if addr::is_localhost(&dialed.addr, family) {
-        localhost_target(ctx, port, protocol)
+        localhost_target(ctx, &dialed, port, protocol)
     } else {
         alias_target(ctx, &dialed, family, port, protocol)
     };
@@ -77,15 +77,30 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     }
 }
 
-/// The forward of a localhost `port` in the caller's scope, unless a
+/// Where a localhost `port` of the caller's scope leads: its own service
+/// on the port its bind was remapped to; else its forward, unless a
 /// socket of the scope is bound there (counted as a local skip).
 #[inline(always)]
 fn localhost_target(
     ctx: *mut bpf_sock_addr,
+    dialed: &SockAddr,
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
     let scope = scope::current(ctx.cast())?;
+    // SAFETY: the value is copied out at once.
+    if let Some(remap) =
+        (unsafe { BIND_REMAPS.get(ScopePort::new(scope, port, protocol)) }).copied()
+        && (remap.family == 0 || addr::is_localhost(&remap.addr, remap.family))
+    {
+        let own = ForwardTarget {
+            addr: dialed.addr,
+            family: dialed.family,
+            port_delta: remap.port.wrapping_sub(port),
+            rule: remap.rule,
+        };
+        return Some((own, rule_stats(remap.rule)?));
+    }
     let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope, protocol, port));
     let target = *FORWARDS.get(&key)?;
     let stats = rule_stats(target.rule)?;

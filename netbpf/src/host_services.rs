@@ -52,16 +52,20 @@ pub struct HostServices {
     /// The node's network namespace; None: netbpf's own.
     netns: Option<PathBuf>,
     listeners: Vec<Option<Listener>>,
+    /// Each service's `down` counter at the last look.
+    down_seen: Vec<u64>,
 }
 
 impl HostServices {
     #[must_use]
     pub fn new(services: Vec<HostService>, netns: Option<&Path>) -> Self {
         let listeners = vec![None; services.len()];
+        let down_seen = vec![0; services.len()];
         Self {
             services,
             netns: netns.map(Path::to_owned),
             listeners,
+            down_seen,
         }
     }
 
@@ -80,8 +84,16 @@ impl HostServices {
             .map_err(ServiceError::Listing)?;
         for (index, service) in self.services.iter().enumerate() {
             let found = sockets.iter().find(|socket| listens_on(socket, service));
+            // A socket that stopped listening and listens again keeps its
+            // cookie but has left the map: granted connections that found
+            // no listener since the last look say so.
+            let down = datapath
+                .service_stats(u32::try_from(index).expect("services are few"))
+                .map_or(0, |stats| stats.down);
+            let missed = down > self.down_seen[index];
+            self.down_seen[index] = down;
             match (found, self.listeners[index]) {
-                (Some(socket), Some(current)) if current.cookie == socket.cookie => {}
+                (Some(socket), Some(current)) if current.cookie == socket.cookie && !missed => {}
                 (Some(socket), _) => match take_listener(datapath, index, service, socket) {
                     Ok(pid) => {
                         tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");

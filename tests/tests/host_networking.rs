@@ -13,7 +13,7 @@ use netbpf_testenv::{
     Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked, unique_name,
 };
 
-const IMAGE: &str = "localhost/netbpf-test-busybox";
+const IMAGE: &str = "localhost/netbpf-test-busybox:2";
 const INSTANCES: [(&str, u16); 3] = [("one", 7041), ("two", 7042), ("three", 7043)];
 
 /// Podman containers started by a test, removed when dropped.
@@ -193,6 +193,26 @@ impl Hosts {
         .to_owned()
     }
 
+    /// What the instance's own server answers it at `localhost:3000`: the
+    /// port it asked for, not the one it got.
+    fn ask_itself(name: &str) -> String {
+        run_checked(
+            "podman",
+            [
+                "exec",
+                name,
+                "wget",
+                "-q",
+                "-O",
+                "-",
+                "http://127.0.0.1:3000/",
+            ],
+        )
+        .unwrap_or_else(|error| panic!("{error:#}"))
+        .trim()
+        .to_owned()
+    }
+
     /// A policy: one scope for every instance (a glob), each bind of :3000
     /// getting the port in the instance's name, and maindb at `database`.
     fn policy(&self, database: &str) -> std::path::PathBuf {
@@ -243,7 +263,7 @@ fn ensure_image() {
     }
     std::fs::copy("/bin/busybox", root.path().join("bin/busybox"))
         .expect("busybox-static is installed");
-    for applet in ["sh", "echo", "httpd", "nc", "cat"] {
+    for applet in ["sh", "echo", "httpd", "nc", "cat", "wget"] {
         std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
     }
     let tar = root.path().join("rootfs.tar");
@@ -308,6 +328,11 @@ fn three_instances_on_one_network_each_get_their_port_and_reach_maindb_by_alias(
             Hosts::ask_maindb(name),
             "db-one",
             "instance {instance} reaches maindb"
+        );
+        assert_eq!(
+            Hosts::ask_itself(name),
+            format!("instance-{instance}"),
+            "instance {instance} reaches itself at :3000"
         );
     }
     assert_eq!(hosts.get(3000), "", "no instance got :3000 itself");
