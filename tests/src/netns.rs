@@ -30,6 +30,14 @@ impl Netns {
         PathBuf::from("/run/netns").join(&self.name)
     }
 
+    /// Runs `command` inside the namespace (`ip netns exec`); its output.
+    pub fn exec(&self, command: &[&str]) -> anyhow::Result<String> {
+        run_checked(
+            "ip",
+            ["netns", "exec", self.name.as_str()].iter().chain(command),
+        )
+    }
+
     /// Runs `ip ARGS` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         run_checked("ip", ["-n", self.name.as_str()].iter().chain(args))

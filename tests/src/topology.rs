@@ -179,20 +179,7 @@ pub fn wait_for_listener(netns: &Netns, port: u16, protocol: &str) -> anyhow::Re
     let flag = if protocol == "udp" { "-uln" } else { "-tln" };
     for _ in 0..250 {
         let sport = format!(":{port}");
-        let listening = crate::run_checked(
-            "ip",
-            [
-                "netns",
-                "exec",
-                netns.name(),
-                "ss",
-                "-H",
-                flag,
-                "sport",
-                "=",
-                &sport,
-            ],
-        )?;
+        let listening = netns.exec(&["ss", "-H", flag, "sport", "=", &sport])?;
         if !listening.trim().is_empty() {
             return Ok(());
         }

@@ -294,8 +294,7 @@ const REFUSED: i32 = 7;
 fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
     let mut node = Lab::new();
     node.open_tunnel();
-    let iptables_before =
-        run_checked("ip", ["netns", "exec", node.node.name(), "iptables-save"]).unwrap();
+    let iptables_before = node.node.exec(&["iptables-save"]).unwrap();
 
     // Without netbpf, the host alias leads nowhere and the gateway port is
     // closed: the tunnel listens on the node's loopback only.
@@ -406,27 +405,16 @@ fn assert_survives_a_tunnel_restart(node: &mut Lab, netbpf: &NetbpfRun) {
 
 /// The tunnel stayed bound to loopback, and no iptables rule was needed.
 fn assert_stayed_on_loopback(node: &Lab, iptables_before: &str) {
-    let listening = run_checked(
-        "ip",
-        [
-            "netns",
-            "exec",
-            node.node.name(),
-            "ss",
-            "-Htln",
-            "sport",
-            "=",
-            ":18188",
-        ],
-    )
-    .unwrap();
+    let listening = node
+        .node
+        .exec(&["ss", "-Htln", "sport", "=", ":18188"])
+        .unwrap();
     let local: Vec<&str> = listening
         .lines()
         .filter_map(|line| line.split_whitespace().nth(3))
         .collect();
     assert_eq!(local, ["127.0.0.1:18188"], "{listening}");
-    let iptables_after =
-        run_checked("ip", ["netns", "exec", node.node.name(), "iptables-save"]).unwrap();
+    let iptables_after = node.node.exec(&["iptables-save"]).unwrap();
     let rules = |dump: &str| {
         dump.lines()
             .filter(|line| !line.starts_with('#'))

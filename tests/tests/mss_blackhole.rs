@@ -269,7 +269,8 @@ fn keys(work: &Path, name: &str) -> (std::path::PathBuf, String) {
 }
 
 fn in_netns(netns: &Netns, command: &[&str]) {
-    run_checked("ip", ["netns", "exec", netns.name()].iter().chain(command))
+    netns
+        .exec(command)
         .unwrap_or_else(|error| panic!("{error:#}"));
 }
 

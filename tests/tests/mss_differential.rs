@@ -175,11 +175,7 @@ impl ForwardingPath {
         }
         // Forwarding and neighbours of the router's own namespace only.
         for sysctl in ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] {
-            run_checked(
-                "ip",
-                ["netns", "exec", router.name(), "sysctl", "-qw", sysctl],
-            )
-            .unwrap();
+            router.exec(&["sysctl", "-qw", sysctl]).unwrap();
         }
         let capture_mac = mac_address(&capture, &capture_if).unwrap();
         let capture_mac = capture_mac.map(|byte| format!("{byte:02x}")).join(":");
@@ -218,38 +214,18 @@ impl ForwardingPath {
     /// Clamps with TCPMSS on the router's FORWARD chain, IPv4 and IPv6.
     fn add_tcpmss(&self, target: &[&str]) {
         for program in ["iptables", "ip6tables"] {
-            let mut args = vec![
-                "netns",
-                "exec",
-                self.router.name(),
-                program,
-                "-t",
-                "mangle",
-                "-A",
-                "FORWARD",
-            ];
-            args.extend(["-p", "tcp", "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS"]);
-            args.extend(target);
-            run_checked("ip", args).unwrap();
+            let mut command = vec![program, "-t", "mangle", "-A", "FORWARD"];
+            command.extend(["-p", "tcp", "--tcp-flags", "SYN,RST", "SYN", "-j", "TCPMSS"]);
+            command.extend(target);
+            self.router.exec(&command).unwrap();
         }
     }
 
     fn remove_tcpmss(&self) {
         for program in ["iptables", "ip6tables"] {
-            run_checked(
-                "ip",
-                [
-                    "netns",
-                    "exec",
-                    self.router.name(),
-                    program,
-                    "-t",
-                    "mangle",
-                    "-F",
-                    "FORWARD",
-                ],
-            )
-            .unwrap();
+            self.router
+                .exec(&[program, "-t", "mangle", "-F", "FORWARD"])
+                .unwrap();
         }
     }
 
