@@ -366,3 +366,44 @@ fn coexists_with_programs_other_tools_attached_to_the_same_cgroup() {
     );
     assert!(other.stop().unwrap().success());
 }
+
+#[test]
+fn check_validates_a_policy_without_loading_anything() {
+    let topology = topology();
+    let good = desktop_policy(&topology);
+    let root = topology.root.path();
+    let check = |policy: &Path| {
+        Command::new(netbpf_binary())
+            .args(["check", "--policy"])
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(root)
+            .output()
+            .unwrap()
+    };
+    let output = check(&good);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid: 1 scopes, 1 forwards"));
+    let bad = topology.file("bad.toml");
+    std::fs::write(
+        &bad,
+        "version = 1\n[[scope]]\nname = \"x\"\nmatch = { cgroup = \"/nowhere\" }\n",
+    )
+    .unwrap();
+    let output = check(&bad);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(":4:") && stderr.contains("scope[0].match.cgroup"),
+        "{stderr}"
+    );
+    assert_eq!(
+        attached_to(root.to_str().unwrap()),
+        BTreeSet::new(),
+        "check attaches nothing"
+    );
+}

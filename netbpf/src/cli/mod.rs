@@ -1,5 +1,7 @@
 //! The `netbpf` command line: one module per verb.
 
+mod check;
+mod node;
 mod run;
 mod status;
 
@@ -19,6 +21,8 @@ enum Command {
     Run(run::RunArgs),
     /// Show the programs, scopes, rules and counters of a running netbpf.
     Status(status::StatusArgs),
+    /// Validate a policy on this host, as `run` would, loading nothing.
+    Check(check::CheckArgs),
 }
 
 impl Cli {
@@ -27,6 +31,7 @@ impl Cli {
         match self.command {
             Command::Run(args) => run::run(&args),
             Command::Status(args) => status::status(&args),
+            Command::Check(args) => check::check(&args),
         }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 
 use crate::{
     agent::{Agent, StopSignals},
-    cgroup,
+    cli::node::{Node, NodeArgs},
     control::{self, RunDir},
     datapath::{Datapath, Optional},
     existing_binds,
@@ -16,7 +16,6 @@ use crate::{
     links::{LinkEvent, LinkWatcher},
     mss_clamp::MssClamper,
     netns, plan, policy,
-    resolve::HostResolver,
 };
 
 #[derive(Debug, clap::Args)]
@@ -24,16 +23,8 @@ pub struct RunArgs {
     /// Policy file (TOML, version 1; see docs/policy.md).
     #[arg(long)]
     policy: PathBuf,
-    /// cgroup v2 directory to attach the socket programs to; they act on
-    /// the sockets of every process below it. Default: the root of the
-    /// cgroup v2 hierarchy.
-    #[arg(long)]
-    cgroup_root: Option<PathBuf>,
-    /// The node's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`):
-    /// where host services listen and the MSS clamps find interfaces.
-    /// Default: netbpf's own.
-    #[arg(long)]
-    netns: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
     /// Directory of the control socket that `netbpf status` reads.
     #[arg(long, default_value = control::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
@@ -49,20 +40,11 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     // datapath loads is answered by the same clean exit as a later one.
     let mut stop = StopSignals::install()?;
 
-    let cgroup_root = match &args.cgroup_root {
-        Some(root) => root.clone(),
-        None => cgroup::cgroup2_mount().context("finding the cgroup v2 root")?,
-    };
-    let node_netns = args
-        .netns
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
-    let resolver = HostResolver::new(&cgroup_root, &node_netns).with_context(|| {
-        format!(
-            "cgroup root {} is not a cgroup v2 directory",
-            cgroup_root.display()
-        )
-    })?;
+    let Node {
+        cgroup_root,
+        netns: node_netns,
+        resolver,
+    } = args.node.node()?;
     // Everything is validated before the kernel is touched.
     let policy = policy::load(&args.policy, &resolver)?;
     let plan = plan::compile(&policy);
@@ -89,7 +71,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             Vec::new()
         })
     })?;
-    let mut host_services = HostServices::new(policy.host_services.clone(), args.netns.as_deref());
+    let mut host_services =
+        HostServices::new(policy.host_services.clone(), args.node.netns.as_deref());
     if !host_services.is_empty() {
         datapath.attach_host_services(&node_netns)?;
         if let Err(error) = host_services.refresh(&mut datapath) {
@@ -100,12 +83,12 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         }
         host_services.warn_missing();
     }
-    let clamper = MssClamper::new(policy.mss_clamps.clone(), args.netns.as_deref());
+    let clamper = MssClamper::new(policy.mss_clamps.clone(), args.node.netns.as_deref());
     let (links, interfaces) = if clamper.is_empty() {
         (None, Vec::new())
     } else {
         let (socket, interfaces) =
-            netns::in_netns_or_here(args.netns.as_deref(), links::subscribe_and_list)
+            netns::in_netns_or_here(args.node.netns.as_deref(), links::subscribe_and_list)
                 .and_then(|listed| listed)
                 .context("listing the network interfaces")?;
         (Some(LinkWatcher::new(socket)?), interfaces)
