@@ -63,7 +63,7 @@ pub const FORWARD_KEY_BITS: u32 = FORWARD_KEY_PORT_OFFSET_BITS + 16;
 /// ports: a port range is stored as the few prefixes that cover it, and
 /// "every port" as the 40-bit prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ForwardKey {
     /// Scope id, big endian.
     pub scope: [u8; 4],
@@ -142,7 +142,7 @@ impl ReverseKey {
 /// Addresses are canonical: an IPv4-mapped IPv6 address is stored as IPv4,
 /// so dual-stack sockets match IPv4 aliases.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AliasKey {
     pub scope: u32,
     /// The dialed address, network order; IPv4 in `addr[0]`.

@@ -12,33 +12,46 @@ use tokio::{
 
 use crate::{
     datapath::Datapath,
+    existing_binds,
     host_services::HostServices,
     links::{LinkEvent, LinkWatcher},
     mss_clamp::{ClampError, MssClamper},
-    policy::Policy,
+    plan::{self, Plan, ScopeIds},
+    policy::{self, Policy},
+    resolve::HostResolver,
     status::Status,
 };
 
-/// SIGINT and SIGTERM, the two ways to stop netbpf.
-pub struct StopSignals {
+/// The signals netbpf answers: SIGINT and SIGTERM stop it, SIGHUP
+/// reloads its policy.
+pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
-impl StopSignals {
+/// What a signal asks for.
+enum Asked {
+    Stop,
+    Reload,
+}
+
+impl Signals {
     /// Installs the handlers; needs a tokio runtime.
     pub fn install() -> anyhow::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("handling SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("handling SIGHUP")?,
         })
     }
 
-    /// Resolves when either signal arrives (or arrived already).
-    async fn received(&mut self) {
+    /// The next signal (or one that arrived already).
+    async fn received(&mut self) -> Asked {
         tokio::select! {
-            _ = self.interrupt.recv() => {},
-            _ = self.terminate.recv() => {},
+            _ = self.interrupt.recv() => Asked::Stop,
+            _ = self.terminate.recv() => Asked::Stop,
+            _ = self.hangup.recv() => Asked::Reload,
         }
     }
 }
@@ -47,6 +60,11 @@ impl StopSignals {
 pub struct Agent {
     pub datapath: Datapath,
     pub policy: Policy,
+    /// What the maps hold for `policy`.
+    pub plan: Plan,
+    pub scope_ids: ScopeIds,
+    /// Resolves the policy file again at a reload.
+    pub resolver: HostResolver,
     pub clamper: MssClamper,
     pub host_services: HostServices,
     /// Interface changes, where the policy clamps MSS.
@@ -61,14 +79,17 @@ impl Agent {
     pub async fn serve(
         &mut self,
         listener: UnixListener,
-        stop: &mut StopSignals,
+        signals: &mut Signals,
     ) -> anyhow::Result<()> {
         // Host services are looked for every second: a restarted service
         // (autossh reconnecting) is handed connections again within it.
         let mut look_for_listeners = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                () = stop.received() => return Ok(()),
+                asked = signals.received() => match asked {
+                    Asked::Stop => return Ok(()),
+                    Asked::Reload => self.reload(),
+                },
                 _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
                     if let Err(error) = self.host_services.refresh(&mut self.datapath) {
                         tracing::warn!(error = format!("{error:#}"), "host services not refreshed");
@@ -130,6 +151,44 @@ impl Agent {
                 Ok(()) => {}
             }
         }
+        Ok(())
+    }
+
+    /// Reloads the policy file (SIGHUP). A policy that does not validate,
+    /// or changes what needs a restart, leaves the running one as it is.
+    fn reload(&mut self) {
+        match self.try_reload() {
+            Ok(()) => tracing::info!(policy = %self.policy_file.display(), "policy reloaded"),
+            Err(error) => tracing::warn!(
+                error = format!("{error:#}"),
+                "policy not reloaded: the running one stays"
+            ),
+        }
+    }
+
+    fn try_reload(&mut self) -> anyhow::Result<()> {
+        let policy = policy::load(&self.policy_file, &self.resolver)?;
+        anyhow::ensure!(
+            policy.host_services == self.policy.host_services
+                && policy.mss_clamps == self.policy.mss_clamps,
+            "host services and MSS clamps change only with a restart of netbpf"
+        );
+        let plan = plan::compile(&policy, &mut self.scope_ids);
+        if let Err(error) = self.datapath.update(&self.plan, &plan) {
+            // Back to what was there: no half-applied policy.
+            let restored = self.datapath.update(&plan, &self.plan);
+            return Err(anyhow::Error::from(error).context(match restored {
+                Ok(()) => "updating the maps; the running policy was restored",
+                Err(_) => "updating the maps, and restoring the running policy failed too",
+            }));
+        }
+        self.datapath
+            .reset_rule_stats(policy.rules.max(self.policy.rules))?;
+        // Scopes new to this policy may have services listening already.
+        let existing = existing_binds::find(&policy).unwrap_or_default();
+        self.datapath.record_binds(&existing)?;
+        self.policy = policy;
+        self.plan = plan;
         Ok(())
     }
 

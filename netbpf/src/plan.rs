@@ -13,17 +13,18 @@ use netbpf_common::{
 
 use crate::policy::{Alias, Grant, Policy, Selector};
 
-/// Everything the kernel maps hold for one policy.
+/// Everything the kernel maps hold for one policy, keyed as the maps are,
+/// so that two plans can be compared entry by entry.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     /// cgroup id -> scope id.
-    pub cgroup_scopes: Vec<(u64, u32)>,
+    pub cgroup_scopes: BTreeMap<u64, u32>,
     /// netns cookie -> scope id.
-    pub netns_scopes: Vec<(u64, u32)>,
+    pub netns_scopes: BTreeMap<u64, u32>,
     /// (prefix length in bits, key) -> target, for the forward trie.
-    pub forwards: Vec<(u32, ForwardKey, ForwardTarget)>,
+    pub forwards: BTreeMap<(u32, ForwardKey), ForwardTarget>,
     /// Exact addresses dialed in a scope -> where they go instead.
-    pub aliases: Vec<(AliasKey, ForwardTarget)>,
+    pub aliases: BTreeMap<AliasKey, ForwardTarget>,
     /// Every address and port some alias names.
     pub aliased_addrs: BTreeSet<AliasedAddr>,
     /// Where connections for a host service arrive -> the service's index.
@@ -31,18 +32,44 @@ pub struct Plan {
     /// The container addresses granted each service.
     pub grants: BTreeSet<GrantKey>,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
-    pub binds: Vec<(ScopePort, BindTarget)>,
+    pub binds: BTreeMap<ScopePort, BindTarget>,
 }
 
-/// The map entries of `policy`. A scope's id is its index in the policy.
+/// Scope ids that stay the same across policies: a cgroup or network
+/// namespace keeps its id for as long as netbpf runs, so that what the
+/// kernel keyed by it (the local binds of a scope) stays right when the
+/// policy is reloaded.
+#[derive(Debug, Default)]
+pub struct ScopeIds {
+    /// (is a cgroup, cgroup id or netns cookie) -> scope id.
+    ids: BTreeMap<(bool, u64), u32>,
+    next: u32,
+}
+
+impl ScopeIds {
+    /// The id of the scope `selector` selects, new ones numbered on.
+    pub fn of(&mut self, selector: &Selector) -> u32 {
+        let key = match selector {
+            Selector::Cgroup { id, .. } => (true, *id),
+            Selector::Netns { cookie, .. } => (false, *cookie),
+        };
+        *self.ids.entry(key).or_insert_with(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+}
+
+/// The map entries of `policy`, with scope ids from `ids`.
 #[must_use]
-pub fn compile(policy: &Policy) -> Plan {
+pub fn compile(policy: &Policy, ids: &mut ScopeIds) -> Plan {
     let mut plan = Plan::default();
-    for (scope_id, scope) in (0u32..).zip(&policy.scopes) {
+    for scope in &policy.scopes {
+        let scope_id = ids.of(&scope.selector);
         match scope.selector {
-            Selector::Cgroup { id, .. } => plan.cgroup_scopes.push((id, scope_id)),
-            Selector::Netns { cookie, .. } => plan.netns_scopes.push((cookie, scope_id)),
-        }
+            Selector::Cgroup { id, .. } => plan.cgroup_scopes.insert(id, scope_id),
+            Selector::Netns { cookie, .. } => plan.netns_scopes.insert(cookie, scope_id),
+        };
         for grant in &scope.grants {
             plan.add_grant(scope_id, grant);
         }
@@ -59,7 +86,7 @@ pub fn compile(policy: &Policy) -> Plan {
             };
             for &protocol in bind.protocols.numbers() {
                 plan.binds
-                    .push((ScopePort::new(scope_id, bind.port, protocol), target));
+                    .insert(ScopePort::new(scope_id, bind.port, protocol), target);
             }
         }
         for forward in &scope.forwards {
@@ -74,7 +101,7 @@ pub fn compile(policy: &Policy) -> Plan {
                 for (port, port_bits) in port_prefixes(forward.from.range()) {
                     let key = ForwardKey::new(scope_id, protocol, port);
                     plan.forwards
-                        .push((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key, target));
+                        .insert((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key), target);
                 }
             }
         }
@@ -100,7 +127,7 @@ impl Plan {
         };
         for &protocol in alias.protocols.numbers() {
             self.aliases
-                .push((AliasKey::new(scope, from, family, port, protocol), target));
+                .insert(AliasKey::new(scope, from, family, port, protocol), target);
         }
         self.aliased_addrs.insert(AliasedAddr {
             addr: from,
@@ -123,7 +150,7 @@ impl Plan {
                 rule: grant.rule,
             };
             self.aliases
-                .push((AliasKey::new(scope, dial, family, port, PROTO_TCP), target));
+                .insert(AliasKey::new(scope, dial, family, port, PROTO_TCP), target);
             self.aliased_addrs.insert(AliasedAddr {
                 addr: dial,
                 port,

@@ -156,6 +156,28 @@ impl NetbpfRun {
         self.signal(Signal::SIGTERM)
     }
 
+    /// Asks netbpf to reload its policy file (SIGHUP) and waits until its
+    /// log says how that went; returns the log line.
+    pub fn reload(&mut self) -> anyhow::Result<String> {
+        let before = self.log().lines().count();
+        self.process.signal(Signal::SIGHUP)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if let Some(line) = log
+                .lines()
+                .skip(before)
+                .find(|line| line.contains("reloaded"))
+            {
+                return Ok(line.to_owned());
+            }
+            if Instant::now() > deadline {
+                bail!("netbpf did not answer SIGHUP within 10 s:\n{log}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends `signal` and waits for netbpf to exit.
     pub fn signal(&mut self, signal: Signal) -> anyhow::Result<ExitStatus> {
         self.process.stop(signal, Duration::from_secs(10))

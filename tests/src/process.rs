@@ -214,6 +214,18 @@ impl Process {
         }
     }
 
+    /// Sends `signal` and returns at once.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.child.try_wait()?.is_none(),
+            "the process has exited:\n{}",
+            self.log()
+        );
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, signal)?;
+        Ok(())
+    }
+
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))

@@ -222,7 +222,7 @@ impl Hosts {
              alias = [{{ from = \"10.99.99.99:6379\", to = \"{database}:6379\" }}]\n",
             self.root.path().display()
         );
-        let file = self.work.path().join(format!("policy-{database}.toml"));
+        let file = self.work.path().join("policy.toml");
         std::fs::write(&file, policy).unwrap();
         file
     }
@@ -313,7 +313,7 @@ fn three_instances_on_one_network_each_get_their_port_and_reach_maindb_by_alias(
     ));
 
     // With netbpf, all three run, each on its own port.
-    let netbpf = hosts.netbpf(&hosts.policy("10.60.0.2"));
+    let mut netbpf = hosts.netbpf(&hosts.policy("10.60.0.2"));
     let names: Vec<String> = (0..INSTANCES.len())
         .map(|index| hosts.start_instance(index))
         .collect();
@@ -340,9 +340,11 @@ fn three_instances_on_one_network_each_get_their_port_and_reach_maindb_by_alias(
     assert_eq!(status["scopes"][2]["binds"][0]["binds"], 1, "{status}");
     assert_eq!(status["scopes"][0]["aliases"][0]["connects"], 1, "{status}");
 
-    // maindb moves: the alias is re-pointed, the containers keep running.
-    assert!(netbpf.stop().unwrap().success());
-    let netbpf = hosts.netbpf(&hosts.policy("10.60.1.2"));
+    // maindb moves: the alias is re-pointed (SIGHUP), the containers and
+    // netbpf keep running.
+    hosts.policy("10.60.1.2");
+    let said = netbpf.reload().unwrap();
+    assert!(said.contains("policy reloaded"), "{said}");
     for (name, (instance, port)) in names.iter().zip(INSTANCES) {
         assert_eq!(
             Hosts::ask_maindb(name),

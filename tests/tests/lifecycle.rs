@@ -407,3 +407,48 @@ fn check_validates_a_policy_without_loading_anything() {
         "check attaches nothing"
     );
 }
+
+#[test]
+fn sighup_reloads_the_policy_and_a_bad_one_changes_nothing() {
+    let topology = topology();
+    let policy = desktop_policy(&topology);
+    let _first = topology
+        .start_http_server(BRIDGE_V4, 8082, "first")
+        .unwrap();
+    let _second = topology
+        .start_http_server(BRIDGE_V4, 8083, "second")
+        .unwrap();
+    let mut netbpf = start(&topology, &policy);
+    let curl = || {
+        let output = topology
+            .spawn(
+                Place::Desktop,
+                "curl",
+                &["--silent", "--max-time", "5", "http://localhost:8082/"],
+            )
+            .unwrap()
+            .output(TIMEOUT)
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    assert_eq!(curl(), "first");
+
+    // Re-pointed, without restarting netbpf or the container.
+    let text = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace(":8082\", proto", ":8083\", proto");
+    std::fs::write(&policy, text).unwrap();
+    let said = netbpf.reload().unwrap();
+    assert!(said.contains("policy reloaded"), "{said}");
+    assert_eq!(curl(), "second");
+
+    // A policy that does not validate leaves the running one alone.
+    std::fs::write(&policy, "version = 1\n[[scope]]\nname = 7\n").unwrap();
+    let said = netbpf.reload().unwrap();
+    assert!(
+        said.contains("not reloaded") && said.contains(":3:"),
+        "{said}"
+    );
+    assert_eq!(curl(), "second");
+    assert!(netbpf.stop().unwrap().success());
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::{
-    agent::{Agent, StopSignals},
+    agent::{Agent, Signals},
     cli::node::{Node, NodeArgs},
     control::{self, RunDir},
     datapath::{Datapath, Optional},
@@ -15,7 +15,9 @@ use crate::{
     links,
     links::{LinkEvent, LinkWatcher},
     mss_clamp::MssClamper,
-    netns, plan, policy,
+    netns,
+    plan::{self, Plan, ScopeIds},
+    policy,
 };
 
 #[derive(Debug, clap::Args)]
@@ -38,7 +40,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let _context = runtime.enter();
     // Installed before anything is loaded: a signal that arrives while the
     // datapath loads is answered by the same clean exit as a later one.
-    let mut stop = StopSignals::install()?;
+    let mut signals = Signals::install()?;
 
     let Node {
         cgroup_root,
@@ -47,7 +49,8 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     } = args.node.node()?;
     // Everything is validated before the kernel is touched.
     let policy = policy::load(&args.policy, &resolver)?;
-    let plan = plan::compile(&policy);
+    let mut scope_ids = ScopeIds::default();
+    let plan = plan::compile(&policy, &mut scope_ids);
     let mut run_dir = RunDir::claim(&args.run_dir)?;
 
     let mut datapath = Datapath::load(Optional {
@@ -61,8 +64,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
             .any(|clamp| clamp.direction.ingress()),
         host_services: !policy.host_services.is_empty(),
     })?;
-    datapath.apply(&plan)?;
-    datapath.apply_host_services(&plan)?;
+    datapath.update(&Plan::default(), &plan)?;
     datapath.attach(&cgroup_root, || {
         // Without them netbpf still runs: those services are forwarded
         // until they bind again, as if they had started after netbpf.
@@ -96,6 +98,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let mut agent = Agent {
         datapath,
         policy,
+        plan,
+        scope_ids,
+        resolver,
         clamper,
         host_services,
         links,
@@ -108,7 +113,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     tracing::info!(run_dir = %args.run_dir.display(), "netbpf is running; SIGINT or SIGTERM stops it");
 
     let listener = run_dir.take_listener()?;
-    runtime.block_on(agent.serve(listener, &mut stop))?;
+    runtime.block_on(agent.serve(listener, &mut signals))?;
     tracing::info!("stopping: detaching the programs");
     agent.clamper.release_all(&mut agent.datapath);
     drop(agent);

@@ -5,33 +5,17 @@
 use std::{fs::File, os::fd::AsRawFd, path::Path};
 
 use aya::{
-    maps::{HashMap, PerCpuArray, SockMap},
+    maps::{PerCpuArray, SockMap},
     programs::SkLookup,
 };
-use netbpf_common::{GrantKey, ServiceKey, ServiceStats};
+use netbpf_common::ServiceStats;
 
 use super::{Datapath, DatapathError, map_error};
-use crate::plan::Plan;
 
 /// The `sk_lookup` program of host services.
 pub(super) const HOST_SERVICE_PROGRAM: &str = "netbpf_hostsvc";
 
 impl Datapath {
-    /// Writes where host services are reached and by whom.
-    pub fn apply_host_services(&mut self, plan: &Plan) -> Result<(), DatapathError> {
-        let mut services: HashMap<_, ServiceKey, u32> = self.map_mut("HOST_SERVICES")?;
-        for (key, service) in &plan.services {
-            services
-                .insert(key, service, 0)
-                .map_err(map_error("HOST_SERVICES"))?;
-        }
-        let mut grants: HashMap<_, GrantKey, u8> = self.map_mut("GRANTS")?;
-        for grant in &plan.grants {
-            grants.insert(grant, 1, 0).map_err(map_error("GRANTS"))?;
-        }
-        Ok(())
-    }
-
     /// Attaches the host service program to the network namespace at
     /// `netns` through a bpf link.
     pub fn attach_host_services(&mut self, netns: &Path) -> Result<(), DatapathError> {

@@ -2,18 +2,35 @@
 //! plan, attaching in an order that leaves no socket half-handled, the
 //! binds made before netbpf started, and the per-rule counters.
 
-use std::{fs::File, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs::File,
+    path::Path,
+};
 
+use aya::util::nr_cpus;
 use aya::{
-    maps::{HashMap, LpmTrie, MapError, PerCpuArray, lpm_trie::Key},
+    Pod,
+    maps::{HashMap, LpmTrie, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{CgroupAttachMode, Program},
 };
-use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, RuleStats, ScopePort,
-};
+use netbpf_common::{ForwardKey, ForwardTarget, RuleStats, ScopePort};
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{existing_binds::BoundSocket, plan::Plan};
+
+/// A set as the map of its members to 1.
+fn present<K: Copy + Ord>(set: &BTreeSet<K>) -> BTreeMap<K, u8> {
+    set.iter().map(|key| (*key, 1)).collect()
+}
+
+/// A removal of an entry that is already gone is no failure.
+fn forgiving(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
 
 /// `BPF_NOEXIST`: a map update that only creates, never replaces.
 const BPF_NOEXIST: u64 = 1;
@@ -40,44 +57,74 @@ pub(super) const REWRITING_PROGRAMS: &[&str] = &[
 ];
 
 impl Datapath {
-    /// Writes a plan into the empty maps. Call before [`Self::attach`], so
-    /// that the programs act on the whole plan from their first run.
-    pub fn apply(&mut self, plan: &Plan) -> Result<(), DatapathError> {
-        let mut cgroups: HashMap<_, u64, u32> = self.map_mut("CGROUP_SCOPES")?;
-        for (id, scope) in &plan.cgroup_scopes {
-            cgroups
-                .insert(id, scope, 0)
-                .map_err(map_error("CGROUP_SCOPES"))?;
-        }
-        let mut namespaces: HashMap<_, u64, u32> = self.map_mut("NETNS_SCOPES")?;
-        for (cookie, scope) in &plan.netns_scopes {
-            namespaces
-                .insert(cookie, scope, 0)
-                .map_err(map_error("NETNS_SCOPES"))?;
-        }
-        let mut aliases: HashMap<_, AliasKey, ForwardTarget> = self.map_mut("ALIASES")?;
-        for (key, target) in &plan.aliases {
-            aliases
-                .insert(key, target, 0)
-                .map_err(map_error("ALIASES"))?;
-        }
-        let mut quick_test: HashMap<_, AliasedAddr, u8> = self.map_mut("ALIASED_ADDRS")?;
-        for addr in &plan.aliased_addrs {
-            quick_test
-                .insert(addr, 1, 0)
-                .map_err(map_error("ALIASED_ADDRS"))?;
-        }
-        let mut binds: HashMap<_, ScopePort, BindTarget> = self.map_mut("BIND_REMAPS")?;
-        for (key, target) in &plan.binds {
-            binds
-                .insert(key, target, 0)
-                .map_err(map_error("BIND_REMAPS"))?;
-        }
+    /// Turns the maps from `old`'s entries into `new`'s: new and changed
+    /// entries first, then the ones `new` drops, so that no lookup meets a
+    /// half-written policy. At start `old` is the empty plan; call before
+    /// [`Self::attach`], so the programs act on the whole plan from their
+    /// first run.
+    pub fn update(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
+        self.sync("CGROUP_SCOPES", &old.cgroup_scopes, &new.cgroup_scopes)?;
+        self.sync("NETNS_SCOPES", &old.netns_scopes, &new.netns_scopes)?;
+        self.sync("ALIASES", &old.aliases, &new.aliases)?;
+        self.sync(
+            "ALIASED_ADDRS",
+            &present(&old.aliased_addrs),
+            &present(&new.aliased_addrs),
+        )?;
+        self.sync("BIND_REMAPS", &old.binds, &new.binds)?;
+        self.sync("HOST_SERVICES", &old.services, &new.services)?;
+        self.sync("GRANTS", &present(&old.grants), &present(&new.grants))?;
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
-        for (prefix_len, key, target) in &plan.forwards {
-            forwards
-                .insert(&Key::new(*prefix_len, *key), target, 0)
+        for (&(prefix_len, key), target) in &new.forwards {
+            if old.forwards.get(&(prefix_len, key)) != Some(target) {
+                forwards
+                    .insert(&Key::new(prefix_len, key), target, 0)
+                    .map_err(map_error("FORWARDS"))?;
+            }
+        }
+        for &(prefix_len, key) in old
+            .forwards
+            .keys()
+            .filter(|entry| !new.forwards.contains_key(entry))
+        {
+            forgiving(forwards.remove(&Key::new(prefix_len, key)))
                 .map_err(map_error("FORWARDS"))?;
+        }
+        Ok(())
+    }
+
+    /// Makes the hash map `name` go from `old`'s entries to `new`'s.
+    fn sync<K, V>(
+        &mut self,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+    ) -> Result<(), DatapathError>
+    where
+        K: Pod + Ord,
+        V: Pod + PartialEq,
+    {
+        let mut map: HashMap<_, K, V> = self.map_mut(name)?;
+        for (key, value) in new {
+            if old.get(key) != Some(value) {
+                map.insert(key, value, 0).map_err(map_error(name))?;
+            }
+        }
+        for key in old.keys().filter(|key| !new.contains_key(key)) {
+            forgiving(map.remove(key)).map_err(map_error(name))?;
+        }
+        Ok(())
+    }
+
+    /// Sets the counters of every rule below `rules` back to zero: rule ids
+    /// follow the policy's order, which a reload may change.
+    pub fn reset_rule_stats(&mut self, rules: u32) -> Result<(), DatapathError> {
+        let cpus = nr_cpus().map_err(|(_, error)| DatapathError::Cpus(error))?;
+        let mut stats: PerCpuArray<_, RuleStats> = self.map_mut("RULE_STATS")?;
+        for rule in 0..rules {
+            let zeros = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+                .map_err(DatapathError::Cpus)?;
+            stats.set(rule, zeros, 0).map_err(map_error("RULE_STATS"))?;
         }
         Ok(())
     }
@@ -133,7 +180,7 @@ impl Datapath {
     /// Counts `sockets` as bound inside their scopes, as the bind hooks
     /// would have. A socket the hooks counted already (by cookie) is
     /// skipped, so racing with them counts nobody twice.
-    fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
+    pub fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
         let mut bound: HashMap<_, u64, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
         let mut new = Vec::new();
         for socket in sockets {

@@ -41,6 +41,9 @@ pub struct Policy {
     pub scopes: Vec<Scope>,
     pub host_services: Vec<HostService>,
     pub mss_clamps: Vec<MssClamp>,
+    /// How many rules (forwards, grants, remaps, aliases) it has: rule ids
+    /// are `0..rules`.
+    pub rules: u32,
 }
 
 /// A set of sockets that share rules: a container.
@@ -182,10 +185,12 @@ pub fn parse(file: &Path, text: &str, resolver: &impl Resolver) -> Result<Policy
         .flatten()
         .collect();
     let mss_clamps = mss::validate(&locator, raw.mss_clamp)?;
+    let rules = validator.next_rule;
     Ok(Policy {
         scopes,
         host_services,
         mss_clamps,
+        rules,
     })
 }
 
