@@ -5,12 +5,13 @@ use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
-    io::AsyncWriteExt as _,
-    net::UnixListener,
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
     signal::unix::{Signal, SignalKind, signal},
 };
 
 use crate::{
+    control::{Reloaded, Request},
     datapath::Datapath,
     existing_binds,
     host_services::HostServices,
@@ -88,7 +89,9 @@ impl Agent {
             tokio::select! {
                 asked = signals.received() => match asked {
                     Asked::Stop => return Ok(()),
-                    Asked::Reload => self.reload(),
+                    Asked::Reload => {
+                        let _ = self.reload();
+                    }
                 },
                 _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
                     if let Err(error) = self.host_services.refresh(&mut self.datapath) {
@@ -97,11 +100,9 @@ impl Agent {
                 }
                 events = next_link_events(self.links.as_mut()) => self.follow(events),
                 accepted = listener.accept() => match accepted {
-                    Ok((mut stream, _)) => {
-                        let document = self.document();
-                        let reply = tokio::time::timeout(Duration::from_secs(2), stream.write_all(&document));
-                        if let Err(error) = reply.await.map_err(io::Error::from).and_then(|written| written) {
-                            tracing::warn!(%error, "a status client went away");
+                    Ok((stream, _)) => {
+                        if let Err(error) = self.answer(stream).await {
+                            tracing::warn!(%error, "a control client went away");
                         }
                     }
                     // Out of descriptors, or a client that gave up: the
@@ -154,16 +155,41 @@ impl Agent {
         Ok(())
     }
 
-    /// Reloads the policy file (SIGHUP). A policy that does not validate,
-    /// or changes what needs a restart, leaves the running one as it is.
-    fn reload(&mut self) {
-        match self.try_reload() {
+    /// Reads one request from a control client and answers it.
+    async fn answer(&mut self, stream: UnixStream) -> io::Result<()> {
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(reader.take(64));
+        tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await??;
+        let answer = match Request::parse(&line) {
+            Some(Request::Status) => self.document(),
+            Some(Request::Reload) => {
+                let error = self.reload().err().map(|error| format!("{error:#}"));
+                serde_json::to_vec(&Reloaded { error }).expect("an answer serializes")
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("unknown request {line:?}"),
+                ));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), writer.write_all(&answer)).await?
+    }
+
+    /// Reloads the policy file (SIGHUP, `netbpf reload`). A policy that does
+    /// not validate, or changes what needs a restart, leaves the running one
+    /// as it is.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let reloaded = self.try_reload();
+        match &reloaded {
             Ok(()) => tracing::info!(policy = %self.policy_file.display(), "policy reloaded"),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
                 "policy not reloaded: the running one stays"
             ),
         }
+        reloaded
     }
 
     fn try_reload(&mut self) -> anyhow::Result<()> {

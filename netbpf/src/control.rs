@@ -3,7 +3,7 @@
 
 use std::{
     fs::{self, File},
-    io::{self, Read as _},
+    io::{self, Read as _, Write as _},
     os::unix::net::{UnixListener as StdUnixListener, UnixStream},
     path::{Path, PathBuf},
     time::Duration,
@@ -24,8 +24,57 @@ pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join("netbpf.sock")
 }
 
+/// What a client asks of a running netbpf: one line on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// The status document.
+    Status,
+    /// Reload the policy file, and say how that went.
+    Reload,
+}
+
+impl Request {
+    const STATUS: &'static str = "status";
+    const RELOAD: &'static str = "reload";
+
+    #[must_use]
+    pub fn parse(line: &str) -> Option<Self> {
+        match line.trim() {
+            Self::STATUS => Some(Self::Status),
+            Self::RELOAD => Some(Self::Reload),
+            _ => None,
+        }
+    }
+
+    fn line(self) -> &'static str {
+        match self {
+            Self::Status => Self::STATUS,
+            Self::Reload => Self::RELOAD,
+        }
+    }
+}
+
+/// The answer to [`Request::Reload`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reloaded {
+    /// Why the policy was not reloaded; None when it was.
+    pub error: Option<String>,
+}
+
 /// Reads the status of the netbpf serving in `run_dir`.
 pub fn query(run_dir: &Path) -> anyhow::Result<Status> {
+    let answer = ask(run_dir, Request::Status)?;
+    serde_json::from_slice(&answer).context("parsing the status")
+}
+
+/// Has the netbpf serving in `run_dir` reload its policy, and waits for it.
+pub fn reload(run_dir: &Path) -> anyhow::Result<Reloaded> {
+    let answer = ask(run_dir, Request::Reload)?;
+    serde_json::from_slice(&answer).context("parsing the answer to reload")
+}
+
+/// Sends `request` to the netbpf serving in `run_dir`; its answer.
+fn ask(run_dir: &Path, request: Request) -> anyhow::Result<Vec<u8>> {
     let path = socket_path(run_dir);
     let mut stream = UnixStream::connect(&path).with_context(|| {
         format!(
@@ -34,13 +83,14 @@ pub fn query(run_dir: &Path) -> anyhow::Result<Status> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut document = Vec::new();
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    writeln!(stream, "{}", request.line())?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = Vec::new();
     stream
-        .read_to_end(&mut document)
-        .with_context(|| format!("reading the status from {}", path.display()))?;
-    serde_json::from_slice(&document)
-        .with_context(|| format!("parsing the status from {}", path.display()))
+        .read_to_end(&mut answer)
+        .with_context(|| format!("reading the answer from {}", path.display()))?;
+    Ok(answer)
 }
 
 /// The run directory, held by this process through an exclusive lock on

@@ -442,12 +442,23 @@ fn sighup_reloads_the_policy_and_a_bad_one_changes_nothing() {
     assert!(said.contains("policy reloaded"), "{said}");
     assert_eq!(curl(), "second");
 
-    // A policy that does not validate leaves the running one alone.
+    // A policy that does not validate leaves the running one alone; so
+    // says `netbpf reload`, which waits for the answer.
     std::fs::write(&policy, "version = 1\n[[scope]]\nname = 7\n").unwrap();
     let said = netbpf.reload().unwrap();
     assert!(
         said.contains("not reloaded") && said.contains(":3:"),
         "{said}"
+    );
+    let output = Command::new(netbpf_binary())
+        .args(["reload", "--run-dir"])
+        .arg(netbpf.run_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("policy.toml:3:"),
+        "{stderr}"
     );
     assert_eq!(curl(), "second");
     assert!(netbpf.stop().unwrap().success());

@@ -2,6 +2,7 @@
 
 mod check;
 mod node;
+mod reload;
 mod run;
 mod status;
 
@@ -23,6 +24,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Validate a policy on this host, as `run` would, loading nothing.
     Check(check::CheckArgs),
+    /// Have a running netbpf reload its policy file (as SIGHUP does), and
+    /// wait until it has.
+    Reload(reload::ReloadArgs),
 }
 
 impl Cli {
@@ -32,6 +36,7 @@ impl Cli {
             Command::Run(args) => run::run(&args),
             Command::Status(args) => status::status(&args),
             Command::Check(args) => check::check(&args),
+            Command::Reload(args) => reload::reload(&args),
         }
     }
 }
