@@ -19,6 +19,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// and tools they drive.
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",        // ip, ss: namespaces, veths, bridges
+    "procps",          // sysctl, inside the tests' own namespaces only
     "iptables",        // iptables-save: netbpf must leave the rules alone
     "bpftool",         // the kernel's view of programs, links and cgroups
     "curl",            // the client users type
