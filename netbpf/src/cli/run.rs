@@ -110,7 +110,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let present: Vec<LinkEvent> = interfaces.into_iter().map(LinkEvent::Present).collect();
     agent.start_clamps(&present)?;
     print!("{}", agent.status()?.render());
-    tracing::info!(run_dir = %args.run_dir.display(), "netbpf is running; SIGINT or SIGTERM stops it");
+    tracing::info!(run_dir = %args.run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
 
     let listener = run_dir.take_listener()?;
     runtime.block_on(agent.serve(listener, &mut signals))?;
