@@ -20,7 +20,7 @@ pub use self::{
     cgroup::Cgroup,
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},
-    process::{Process, Spawn, run_checked, write_file},
+    process::{Process, Spawn, run_checked},
     topology::{BRIDGE_V4, BRIDGE_V6, DesktopTopology, Place, wait_for_listener},
 };
 

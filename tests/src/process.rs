@@ -245,8 +245,3 @@ impl Drop for Process {
         }
     }
 }
-
-/// Writes `contents` to `path`, for scripts' input files.
-pub fn write_file(path: &Path, contents: &str) -> io::Result<()> {
-    File::create(path)?.write_all(contents.as_bytes())
-}
