@@ -3,7 +3,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, Write as _},
+    io,
     os::{
         fd::{AsFd as _, AsRawFd as _},
         unix::process::CommandExt as _,
