@@ -270,7 +270,8 @@ fn report(results: &[(&str, Cost)]) -> String {
         let memory = if cost.map_bytes == 0 {
             "-".to_owned()
         } else {
-            format!("{:.1} MiB", cost.map_bytes as f64 / 1048576.0)
+            let tenths_of_mib = cost.map_bytes * 10 / (1 << 20);
+            format!("{}.{} MiB", tenths_of_mib / 10, tenths_of_mib % 10)
         };
         let _ = writeln!(
             text,
