@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::Context as _;
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, run_checked, wait_for_listener,
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, run_checked, wait_for_listener,
 };
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -53,16 +53,25 @@ pub fn bench(workspace: &Path) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("the xtask path is UTF-8")?;
     // Each way gets a topology of its own: no connection of one way can
-    // meet a TIME_WAIT or conntrack entry another way left behind.
-    let direct = measure_way(exe, Way::Direct, &netbpf)?;
-    let with_netbpf = measure_way(exe, Way::Netbpf, &netbpf)?;
-    let with_iptables = measure_way(exe, Way::Iptables, &netbpf)?;
+    // meet a TIME_WAIT or conntrack entry another way left behind. The
+    // rounds take turns between the ways, so a slow moment of the machine
+    // falls on all of them instead of on one.
+    let ways = Way::ALL
+        .iter()
+        .map(|&way| Prepared::new(exe, way, &netbpf))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut rounds = vec![Vec::with_capacity(ROUNDS); ways.len()];
+    for _ in 0..ROUNDS {
+        for (prepared, measured) in ways.iter().zip(&mut rounds) {
+            measured.push(prepared.measure_once(exe)?);
+        }
+    }
+    let results = ways
+        .into_iter()
+        .zip(rounds)
+        .map(|(prepared, measured)| Ok((prepared.way.label(), prepared.finish(measured)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
-    let results: [(&str, Cost); 3] = [
-        ("no program (dial the gateway)", direct),
-        ("netbpf (connect4 rewrite)", with_netbpf),
-        ("iptables DNAT + route_localnet + MASQUERADE", with_iptables),
-    ];
     let docs = workspace.join("docs");
     std::fs::create_dir_all(docs.join("bench"))?;
     plot(&docs.join("bench/connect-rate.svg"), &results)?;
@@ -82,51 +91,111 @@ enum Way {
     Iptables,
 }
 
-/// Builds a topology, sets `way` up and measures it.
-fn measure_way(exe: &str, way: Way, netbpf: &Path) -> anyhow::Result<Cost> {
-    let topology = DesktopTopology::new()?;
-    let listen = format!("{BRIDGE_V4}:{PORT}");
-    let _server = topology
-        .spawn(Place::DockerHost, exe, &["bench-server", &listen])?
-        .start(&topology.file("bench-server.log"))?;
-    wait_for_listener(&topology.host_ns, PORT, "tcp")?;
-    let localhost = format!("127.0.0.1:{PORT}");
-    let mut map_bytes = 0;
-    let measurement = match way {
-        Way::Direct => measure(&topology, exe, &listen)?,
-        Way::Netbpf => {
-            let policy = topology.file("bench-policy.toml");
-            std::fs::write(
-                &policy,
-                format!(
-                    "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
-                     forward = [{{ from = \"localhost:{PORT}\", to = \"{listen}\" }}]\n",
-                    topology.desktop.path().display()
-                ),
-            )?;
-            let run =
-                NetbpfRun::start(netbpf, &policy, topology.root.path(), topology.work.path())?;
-            let measured = measure(&topology, exe, &localhost);
-            map_bytes = maps_memory(&run)?;
-            run.stop()?;
-            measured?
+impl Way {
+    /// Every way, in the order of the report; the first is the floor.
+    const ALL: [Way; 3] = [Way::Direct, Way::Netbpf, Way::Iptables];
+
+    fn label(self) -> &'static str {
+        match self {
+            Way::Direct => "no program (dial the gateway)",
+            Way::Netbpf => "netbpf (connect4 rewrite)",
+            Way::Iptables => "iptables DNAT + route_localnet + MASQUERADE",
         }
-        Way::Iptables => {
-            iptables_way(&topology, &listen)?;
-            measure(&topology, exe, &localhost)?
-        }
-    };
-    let count = topology
-        .desktop_ns
-        .exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])?;
-    Ok(Cost {
-        measurement,
-        conntrack_entries: count
-            .trim()
-            .parse()
-            .with_context(|| format!("nf_conntrack_count is not a number: {count:?}"))?,
-        map_bytes,
-    })
+    }
+}
+
+/// One way set up on a topology of its own, with its server running.
+struct Prepared {
+    way: Way,
+    topology: DesktopTopology,
+    _server: Process,
+    netbpf: Option<NetbpfRun>,
+    /// The address the desktop dials.
+    target: String,
+}
+
+impl Prepared {
+    fn new(exe: &str, way: Way, netbpf: &Path) -> anyhow::Result<Self> {
+        let topology = DesktopTopology::new()?;
+        let listen = format!("{BRIDGE_V4}:{PORT}");
+        let server = topology
+            .spawn(Place::DockerHost, exe, &["bench-server", &listen])?
+            .start(&topology.file("bench-server.log"))?;
+        wait_for_listener(&topology.host_ns, PORT, "tcp")?;
+        let localhost = format!("127.0.0.1:{PORT}");
+        let (netbpf, target) = match way {
+            Way::Direct => (None, listen),
+            Way::Netbpf => {
+                let policy = topology.file("bench-policy.toml");
+                std::fs::write(
+                    &policy,
+                    format!(
+                        "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
+                         forward = [{{ from = \"localhost:{PORT}\", to = \"{listen}\" }}]\n",
+                        topology.desktop.path().display()
+                    ),
+                )?;
+                let run =
+                    NetbpfRun::start(netbpf, &policy, topology.root.path(), topology.work.path())?;
+                (Some(run), localhost)
+            }
+            Way::Iptables => {
+                iptables_way(&topology, &listen)?;
+                (None, localhost)
+            }
+        };
+        Ok(Self {
+            way,
+            topology,
+            _server: server,
+            netbpf,
+            target,
+        })
+    }
+
+    /// One run of the client in the desktop container.
+    fn measure_once(&self, exe: &str) -> anyhow::Result<Measurement> {
+        let count = CONNECTIONS.to_string();
+        let output = self
+            .topology
+            .spawn(Place::Desktop, exe, &["bench-client", &self.target, &count])?
+            .output(Duration::from_mins(2))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "bench client: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The median of `rounds` and what the way left in the kernel; stops
+    /// netbpf.
+    fn finish(self, mut rounds: Vec<Measurement>) -> anyhow::Result<Cost> {
+        rounds.sort_by(|a, b| {
+            a.connections_per_second
+                .total_cmp(&b.connections_per_second)
+        });
+        let count = self
+            .topology
+            .desktop_ns
+            .exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])?;
+        let map_bytes = match self.netbpf {
+            Some(run) => {
+                let bytes = maps_memory(&run);
+                run.stop()?;
+                bytes?
+            }
+            None => 0,
+        };
+        Ok(Cost {
+            measurement: rounds[rounds.len() / 2],
+            conntrack_entries: count
+                .trim()
+                .parse()
+                .with_context(|| format!("nf_conntrack_count is not a number: {count:?}"))?,
+            map_bytes,
+        })
+    }
 }
 
 /// The memory of the maps netbpf's programs use, from the kernel.
@@ -154,28 +223,6 @@ fn maps_memory(run: &NetbpfRun) -> anyhow::Result<u64> {
         bytes += map["bytes_memlock"].as_u64().unwrap_or(0);
     }
     Ok(bytes)
-}
-
-/// The median of `ROUNDS` runs of the client in the desktop container.
-fn measure(topology: &DesktopTopology, exe: &str, target: &str) -> anyhow::Result<Measurement> {
-    let count = CONNECTIONS.to_string();
-    let mut rounds = Vec::new();
-    for _ in 0..ROUNDS {
-        let output = topology
-            .spawn(Place::Desktop, exe, &["bench-client", target, &count])?
-            .output(Duration::from_mins(2))?;
-        anyhow::ensure!(
-            output.status.success(),
-            "bench client: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        rounds.push(serde_json::from_slice::<Measurement>(&output.stdout)?);
-    }
-    rounds.sort_by(|a, b| {
-        a.connections_per_second
-            .total_cmp(&b.connections_per_second)
-    });
-    Ok(rounds[ROUNDS / 2])
 }
 
 /// The iptables way, in the desktop's own namespace.
@@ -259,8 +306,8 @@ fn report(results: &[(&str, Cost)]) -> String {
         "# Benchmarks\n\n\
          Produced by `cargo xtask bench` (it rewrites this page). A desktop container connects {CONNECTIONS} \
          times in a row (connect, read one byte, close) to a server published on another bridge's gateway; \
-         the median of {ROUNDS} runs is shown. All three ways run in one run, on the same machine, in \
-         namespaces of the benchmark's own.\n\n\
+                  the median of {ROUNDS} runs is shown, the ways taking turns run by run. All three ways run in \
+         one run, on the same machine, in namespaces of the benchmark's own.\n\n\
          ![connections per second](bench/connect-rate.svg)\n\n\
          | way | connections/s | vs. no program | p50 latency | p99 latency | conntrack entries after | netbpf map memory |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
