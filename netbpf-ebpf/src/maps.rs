@@ -1,6 +1,7 @@
 //! Every map of netbpf's datapath, each with what it holds.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
@@ -11,13 +12,18 @@ use netbpf_common::{
     ReverseKey, RuleStats, ScopePort, ServiceKey, ServiceStats, SockAddr,
 };
 
+/// Flags of the hash maps only userspace writes: their memory follows the
+/// policy instead of being reserved at capacity, and the programs only
+/// look them up. The maps the programs write stay preallocated.
+const USER_FILLED: u32 = BPF_F_NO_PREALLOC;
+
 /// cgroup v2 id of a container's cgroup directory -> scope id.
 #[map]
-pub static CGROUP_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, 0);
+pub static CGROUP_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, USER_FILLED);
 
 /// Network namespace cookie -> scope id.
 #[map]
-pub static NETNS_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, 0);
+pub static NETNS_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, USER_FILLED);
 
 /// (scope, protocol, localhost port prefix) -> where that destination goes.
 #[map]
@@ -46,7 +52,7 @@ pub static REVERSE: LruHashMap<ReverseKey, SockAddr> =
 /// ifindex -> how the tc program clamps MSS on that interface.
 #[map]
 pub static MSS_INTERFACES: HashMap<u32, MssConfig> =
-    HashMap::with_max_entries(MAX_MSS_INTERFACES, 0);
+    HashMap::with_max_entries(MAX_MSS_INTERFACES, USER_FILLED);
 
 /// Per-CPU MSS clamp counters, indexed by the interface's slot.
 #[map]
@@ -54,20 +60,22 @@ pub static MSS_STATS: PerCpuArray<MssStats> = PerCpuArray::with_max_entries(MAX_
 
 /// (scope, protocol, exact address, port) dialed -> where it goes instead.
 #[map]
-pub static ALIASES: HashMap<AliasKey, ForwardTarget> = HashMap::with_max_entries(MAX_ALIASES, 0);
+pub static ALIASES: HashMap<AliasKey, ForwardTarget> =
+    HashMap::with_max_entries(MAX_ALIASES, USER_FILLED);
 
 /// Every (address, port) some scope has an alias for: the quick test.
 #[map]
-pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> = HashMap::with_max_entries(MAX_ALIASES, 0);
+pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> =
+    HashMap::with_max_entries(MAX_ALIASES, USER_FILLED);
 
 /// (host-side address, port) a container dials -> the host service there.
 #[map]
 pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
-    HashMap::with_max_entries(MAX_HOST_SERVICES, 0);
+    HashMap::with_max_entries(MAX_HOST_SERVICES, USER_FILLED);
 
 /// (service, container address) allowed to reach the service.
 #[map]
-pub static GRANTS: HashMap<GrantKey, u8> = HashMap::with_max_entries(MAX_GRANTS, 0);
+pub static GRANTS: HashMap<GrantKey, u8> = HashMap::with_max_entries(MAX_GRANTS, USER_FILLED);
 
 /// Service index -> its listening socket on the host's loopback.
 #[map]
@@ -81,4 +89,4 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 /// (scope, port bound, protocol) -> the port the socket gets instead.
 #[map]
 pub static BIND_REMAPS: HashMap<ScopePort, BindTarget> =
-    HashMap::with_max_entries(MAX_BIND_REMAPS, 0);
+    HashMap::with_max_entries(MAX_BIND_REMAPS, USER_FILLED);
