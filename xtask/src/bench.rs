@@ -42,7 +42,7 @@ struct Cost {
     measurement: Measurement,
     /// Conntrack entries in the desktop's namespace after the runs.
     conntrack_entries: u64,
-    /// Memory of netbpf's maps (fixed, whatever the traffic).
+    /// Memory of netbpf's maps (the same whatever the traffic).
     map_bytes: u64,
 }
 
@@ -334,9 +334,10 @@ fn report(results: &[(&str, Cost)]) -> String {
         "\nnetbpf rewrites the destination once, in `connect()`, and the connection is then a direct one: \
          no NAT, no conntrack entry. The iptables way sends every packet of every connection through NAT \
                   and conntrack, and leaves a conntrack entry per connection behind (counted in the desktop's \
-         namespace after the runs). netbpf's memory is fixed: its maps are preallocated at their \
-                  capacity when it starts (the largest, the table that remembers what each socket dialed, \
-         holds 262,144 sockets), so it is the same at one connection or a million. Each way runs \
+                  namespace after the runs). netbpf's memory does not grow with traffic: the maps its programs \
+         write are preallocated at their capacity when it starts (the largest, the table that \
+         remembers what each socket dialed, holds 262,144 sockets), and the maps of the policy grow \
+         only with the policy. It is the same at one connection or a million. Each way runs \
          on a topology of its own, so none meets another's TIME_WAIT or \
          conntrack entries. On a small VM the rates move by 10-20% between runs: the p50 column and the \
          ratios are the steadier reading.\n",
