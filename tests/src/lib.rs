@@ -13,6 +13,7 @@ mod netns;
 pub mod packet;
 mod packet_socket;
 mod process;
+mod site;
 mod topology;
 
 pub use self::{
@@ -21,7 +22,8 @@ pub use self::{
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},
     process::{Process, Spawn, run_checked},
-    topology::{BRIDGE_V4, BRIDGE_V6, DesktopTopology, Place, wait_for_listener},
+    site::{Site, wait_for_listener},
+    topology::{BRIDGE_V4, BRIDGE_V6, DesktopTopology, Place},
 };
 
 use std::sync::atomic::{AtomicU32, Ordering};

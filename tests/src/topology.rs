@@ -3,14 +3,11 @@
 //! wired to a "docker host" namespace that holds a bridge at 10.200.1.1/24
 //! (and `fd00:200:1::1/64`) where published ports live.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::{Cgroup, Netns, Process, Spawn, unique_name};
+use crate::{Cgroup, Netns, Process, Site, Spawn, unique_name};
 
 /// The bridge gateway, where the "published ports" listen.
 pub const BRIDGE_V4: &str = "10.200.1.1";
@@ -82,14 +79,25 @@ impl DesktopTopology {
         Ok(())
     }
 
-    /// A command run at `place`.
-    pub fn spawn(&self, place: Place, program: &str, args: &[&str]) -> anyhow::Result<Spawn> {
+    /// The cgroup and namespace of `place`.
+    #[must_use]
+    pub fn site(&self, place: Place) -> Site<'_> {
         let (cgroup, netns) = match place {
             Place::Desktop => (&self.desktop, &self.desktop_ns),
             Place::Outside => (&self.outside, &self.desktop_ns),
             Place::DockerHost => (&self.servers, &self.host_ns),
         };
-        Spawn::new(cgroup.path(), Some(&netns.path()), program, args)
+        Site { cgroup, netns }
+    }
+
+    /// A command run at `place`.
+    pub fn spawn(&self, place: Place, program: &str, args: &[&str]) -> anyhow::Result<Spawn> {
+        self.site(place).spawn(program, args)
+    }
+
+    /// curl at `place`: its exit code and the body it got.
+    pub fn curl(&self, place: Place, url: &str) -> anyhow::Result<(i32, String)> {
+        self.site(place).curl(url)
     }
 
     /// A path in the work directory.
@@ -101,20 +109,8 @@ impl DesktopTopology {
     /// Starts an HTTP server (Python's http.server) on the docker host at
     /// `addr`:`port` that answers `GET /` with `body`.
     pub fn start_http_server(&self, addr: &str, port: u16, body: &str) -> anyhow::Result<Process> {
-        let root = self.file(&format!("www-{port}"));
-        std::fs::create_dir_all(&root)?;
-        std::fs::write(root.join("index.html"), body)?;
-        let port_text = port.to_string();
-        let args = [
-            "-m",
-            "http.server",
-            "--bind",
-            addr,
-            &port_text,
-            "--directory",
-            path_str(&root)?,
-        ];
-        self.start_server(Place::DockerHost, "python3", &args, port, "tcp")
+        self.site(Place::DockerHost)
+            .start_http_server(self.work.path(), addr, port, body)
     }
 
     /// Starts a TCP server (socat) at `place` on `addr`:`port` that sends
@@ -152,14 +148,8 @@ impl DesktopTopology {
         protocol: &str,
     ) -> anyhow::Result<Process> {
         let log = self.file(&format!("{program}-{place:?}-{protocol}-{port}.log"));
-        let server = self.spawn(place, program, args)?.start(&log)?;
-        let netns = match place {
-            Place::Desktop | Place::Outside => &self.desktop_ns,
-            Place::DockerHost => &self.host_ns,
-        };
-        wait_for_listener(netns, port, protocol)
-            .with_context(|| format!("{program} did not start; its log:\n{}", server.log()))?;
-        Ok(server)
+        self.site(place)
+            .start_server(program, args, port, protocol, &log)
     }
 }
 
@@ -172,25 +162,4 @@ pub enum Place {
     Outside,
     /// On the docker host, where the bridge is.
     DockerHost,
-}
-
-/// Waits until something listens on `port` (tcp or udp) in `netns`.
-pub fn wait_for_listener(netns: &Netns, port: u16, protocol: &str) -> anyhow::Result<()> {
-    let flag = if protocol == "udp" { "-uln" } else { "-tln" };
-    for _ in 0..250 {
-        let sport = format!(":{port}");
-        let listening = netns.exec(&["ss", "-H", flag, "sport", "=", &sport])?;
-        if !listening.trim().is_empty() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    anyhow::bail!(
-        "nothing listens on {protocol} port {port} in {} after 5 s",
-        netns.name()
-    )
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str().context("the work directory path is UTF-8")
 }

@@ -18,8 +18,7 @@ use std::{
 };
 
 use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked,
-    unique_name, wait_for_listener,
+    Cgroup, NetbpfRun, Netns, Process, Site, netbpf_binary, require_root, run_checked, unique_name,
 };
 
 const GPU_ANSWER: &str = "the gpu box answers";
@@ -104,18 +103,14 @@ impl Lab {
         lab
     }
 
-    fn procs_and_netns(&self, place: Place) -> (&Cgroup, &Netns) {
-        match place {
+    fn site(&self, place: Place) -> Site<'_> {
+        let (cgroup, netns) = match place {
             Place::Granted => (&self.granted_procs, &self.granted),
             Place::Other => (&self.other_procs, &self.other),
             Place::Node => (&self.node_procs, &self.node),
             Place::GpuBox => (&self.node_procs, &self.gpubox),
-        }
-    }
-
-    fn spawn(&self, place: Place, program: &str, args: &[&str]) -> Spawn {
-        let (cgroup, netns) = self.procs_and_netns(place);
-        Spawn::new(cgroup.path(), Some(&netns.path()), program, args).unwrap()
+        };
+        Site { cgroup, netns }
     }
 
     fn file(&self, name: &str) -> PathBuf {
@@ -124,28 +119,9 @@ impl Lab {
 
     /// Python's http.server answering `body`, bound to `addr`:`port`.
     fn http_server(&self, place: Place, addr: &str, port: u16, body: &str) -> Process {
-        let dir = self.file(&format!("www-{port}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("index.html"), body).unwrap();
-        let port_text = port.to_string();
-        let server = self
-            .spawn(
-                place,
-                "python3",
-                &[
-                    "-m",
-                    "http.server",
-                    "--bind",
-                    addr,
-                    &port_text,
-                    "--directory",
-                    path(&dir),
-                ],
-            )
-            .start(&self.file(&format!("http-{port}.log")))
-            .unwrap();
-        wait_for_listener(self.procs_and_netns(place).1, port, "tcp").unwrap();
-        server
+        self.site(place)
+            .start_http_server(self.work.path(), addr, port, body)
+            .unwrap()
     }
 
     /// OpenSSH's server on the GPU box, with keys made here.
@@ -166,17 +142,15 @@ impl Lab {
             self.file("authorized_keys").display()
         );
         std::fs::write(self.file("sshd_config"), config).unwrap();
-        let sshd = self
-            .spawn(
-                Place::GpuBox,
+        self.site(Place::GpuBox)
+            .start_server(
                 "/usr/sbin/sshd",
                 &["-D", "-e", "-f", path(&self.file("sshd_config"))],
+                2222,
+                "tcp",
+                &self.file("sshd.log"),
             )
-            .start(&self.file("sshd.log"))
-            .unwrap();
-        wait_for_listener(&self.gpubox, 2222, "tcp")
-            .unwrap_or_else(|error| panic!("{error:#}: {}", sshd.log()));
-        sshd
+            .unwrap()
     }
 
     /// `ssh -N -L 127.0.0.1:18188:127.0.0.1:8000` on the node: the tunnel,
@@ -184,8 +158,8 @@ impl Lab {
     fn open_tunnel(&mut self) {
         let known_hosts = format!("UserKnownHostsFile={}", self.file("known_hosts").display());
         let ssh = self
-            .spawn(
-                Place::Node,
+            .site(Place::Node)
+            .start_server(
                 "ssh",
                 &[
                     "-N",
@@ -205,11 +179,11 @@ impl Lab {
                     "127.0.0.1:18188:127.0.0.1:8000",
                     "root@10.50.0.2",
                 ],
+                18188,
+                "tcp",
+                &self.file(&format!("ssh-{}.log", unique_name("s"))),
             )
-            .start(&self.file(&format!("ssh-{}.log", unique_name("s"))))
             .unwrap();
-        wait_for_listener(&self.node, 18188, "tcp")
-            .unwrap_or_else(|error| panic!("{error:#}: {}", ssh.log()));
         self.tunnel = Some(ssh);
     }
 
@@ -219,16 +193,7 @@ impl Lab {
 
     /// curl at `place`: its exit code and body.
     fn curl(&self, place: Place, url: &str) -> (i32, String) {
-        let output = self
-            .spawn(
-                place,
-                "curl",
-                &["--silent", "--show-error", "--max-time", "5", url],
-            )
-            .output(Duration::from_secs(15))
-            .unwrap();
-        let body = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        (output.status.code().unwrap_or(-1), body)
+        self.site(place).curl(url).unwrap()
     }
 
     fn policy(&self) -> PathBuf {

@@ -4,13 +4,11 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+use std::{collections::BTreeSet, path::Path, process::Command};
 
 use netbpf_testenv::{
     BRIDGE_V4, DesktopTopology, NetbpfRun, Place, netbpf_binary, require_root, run_checked,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn topology() -> DesktopTopology {
     require_root();
@@ -89,16 +87,10 @@ fn needs_no_iptables_rule_and_no_sysctl() {
     let _server = topology
         .start_http_server(BRIDGE_V4, 8082, "bridge")
         .unwrap();
-    let output = topology
-        .spawn(
-            Place::Desktop,
-            "curl",
-            &["--silent", "--max-time", "5", "http://localhost:8082/"],
-        )
-        .unwrap()
-        .output(TIMEOUT)
+    let (_, body) = topology
+        .curl(Place::Desktop, "http://localhost:8082/")
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "bridge");
+    assert_eq!(body, "bridge");
     let during = host_network_config(&topology);
     assert!(netbpf.stop().unwrap().success());
     assert_eq!(
@@ -334,14 +326,7 @@ fn coexists_with_programs_other_tools_attached_to_the_same_cgroup() {
         theirs.len() * 2,
         "both sets attached side by side"
     );
-    let curl = |place: Place, url: &str| {
-        let output = topology
-            .spawn(place, "curl", &["--silent", "--max-time", "5", url])
-            .unwrap()
-            .output(TIMEOUT)
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
-    };
+    let curl = |place: Place, url: &str| topology.curl(place, url).unwrap().1;
     assert_eq!(
         curl(Place::Desktop, "http://127.0.0.1:8082/"),
         "bridge",
@@ -420,16 +405,10 @@ fn sighup_reloads_the_policy_and_a_bad_one_changes_nothing() {
         .unwrap();
     let mut netbpf = start(&topology, &policy);
     let curl = || {
-        let output = topology
-            .spawn(
-                Place::Desktop,
-                "curl",
-                &["--silent", "--max-time", "5", "http://localhost:8082/"],
-            )
+        topology
+            .curl(Place::Desktop, "http://localhost:8082/")
             .unwrap()
-            .output(TIMEOUT)
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+            .1
     };
     assert_eq!(curl(), "first");
 

@@ -100,21 +100,6 @@ fn probe(topology: &DesktopTopology, place: Place, args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
-/// curl at `place`: its exit code and the body it got.
-fn curl(topology: &DesktopTopology, place: Place, url: &str) -> (i32, String) {
-    let output = topology
-        .spawn(
-            place,
-            "curl",
-            &["--silent", "--show-error", "--max-time", "5", url],
-        )
-        .unwrap()
-        .output(TIMEOUT)
-        .unwrap();
-    let body = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (output.status.code().unwrap_or(-1), body)
-}
-
 #[test]
 fn curl_localhost_reaches_the_server_published_on_the_bridge() {
     let setup = Setup::desktop_forwards(&format!(
@@ -132,7 +117,7 @@ fn curl_localhost_reaches_the_server_published_on_the_bridge() {
         "http://[::1]:8082/",
     ] {
         assert_eq!(
-            curl(&setup.topology, Place::Desktop, url),
+            setup.topology.curl(Place::Desktop, url).unwrap(),
             (0, "published on the bridge".to_owned()),
             "{url} from the desktop container"
         );
@@ -242,7 +227,10 @@ fn a_port_range_maps_onto_a_range() {
     );
     // Ports outside the range are not forwarded: nothing listens locally.
     assert_ne!(
-        curl(topology, Place::Desktop, "http://127.0.0.1:9011/").0,
+        topology
+            .curl(Place::Desktop, "http://127.0.0.1:9011/")
+            .unwrap()
+            .0,
         0
     );
     assert_eq!(setup.counters(0).0, 3);
