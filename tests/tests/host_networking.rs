@@ -10,7 +10,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked, unique_name,
+    Cgroup, NetbpfRun, Netns, Process, Site, Spawn, netbpf_binary, require_root, run_checked,
+    unique_name,
 };
 
 const IMAGE: &str = "localhost/netbpf-test-busybox:2";
@@ -56,6 +57,10 @@ impl Hosts {
         let helpers = root.child("helpers").unwrap();
         let host = Netns::new("nbhostnet").unwrap();
         let databases = [Netns::new("nbdb").unwrap(), Netns::new("nbdb").unwrap()];
+        let work = tempfile::Builder::new()
+            .prefix("netbpf-hostnet-")
+            .tempdir()
+            .unwrap();
         let mut servers = Vec::new();
         for (index, (database, answer)) in databases.iter().zip(["db-one", "db-two"]).enumerate() {
             let (host_side, db_side) = host.veth_to(database).unwrap();
@@ -79,16 +84,19 @@ impl Hosts {
                 .unwrap();
             database.ip(&["link", "set", &db_side, "up"]).unwrap();
             let reply = format!("SYSTEM:echo {answer}");
-            let server = Spawn::new(
-                helpers.path(),
-                Some(&database.path()),
-                "socat",
-                ["TCP-LISTEN:6379,fork,reuseaddr", reply.as_str()],
-            )
-            .unwrap()
-            .start(&std::env::temp_dir().join(format!("{}-{answer}.log", unique_name("db"))))
-            .unwrap();
-            netbpf_testenv::wait_for_listener(database, 6379, "tcp").unwrap();
+            let site = Site {
+                cgroup: &helpers,
+                netns: database,
+            };
+            let server = site
+                .start_server(
+                    "socat",
+                    &["TCP-LISTEN:6379,fork,reuseaddr", &reply],
+                    6379,
+                    "tcp",
+                    &work.path().join(format!("{answer}.log")),
+                )
+                .unwrap();
             servers.push(server);
         }
         Self {
@@ -99,10 +107,7 @@ impl Hosts {
             helpers,
             host,
             _database_nets: databases,
-            work: tempfile::Builder::new()
-                .prefix("netbpf-hostnet-")
-                .tempdir()
-                .unwrap(),
+            work,
         }
     }
 
@@ -170,16 +175,11 @@ impl Hosts {
     /// What `port` on the shared network's loopback answers.
     fn get(&self, port: u16) -> String {
         let url = format!("http://127.0.0.1:{port}/");
-        let output = Spawn::new(
-            self.helpers.path(),
-            Some(&self.host.path()),
-            "curl",
-            ["--silent", "--max-time", "5", url.as_str()],
-        )
-        .unwrap()
-        .output(Duration::from_secs(10))
-        .unwrap();
-        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+        let helpers = Site {
+            cgroup: &self.helpers,
+            netns: &self.host,
+        };
+        helpers.curl(&url).unwrap().1
     }
 
     /// What "maindb" answers to a container, through its alias.
