@@ -344,6 +344,25 @@ const _: () = assert!(size_of::<GrantKey>() == 24);
 const _: () = assert!(size_of::<ServiceStats>() == 24);
 const _: () = assert!(size_of::<MssStats>() == 56);
 
+/// Counters add up field by field: userspace sums each CPU's copy.
+macro_rules! counters_add {
+    ($($counters:ident { $($field:ident),+ $(,)? })+) => {$(
+        impl core::ops::Add for $counters {
+            type Output = Self;
+
+            fn add(self, other: Self) -> Self {
+                Self { $($field: self.$field + other.$field),+ }
+            }
+        }
+    )+};
+}
+
+counters_add! {
+    RuleStats { connects, datagrams, local_skips, binds }
+    ServiceStats { steered, refused, down }
+    MssStats { seen, clamped, inserted, already_small, without_option, malformed, unparsed }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: each type is `repr(C)`, `Copy`, made of integers only and has

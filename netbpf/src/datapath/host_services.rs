@@ -4,10 +4,7 @@
 
 use std::{fs::File, os::fd::AsRawFd, path::Path};
 
-use aya::{
-    maps::{PerCpuArray, SockMap},
-    programs::SkLookup,
-};
+use aya::{maps::SockMap, programs::SkLookup};
 use netbpf_common::ServiceStats;
 
 use super::{Datapath, DatapathError, map_error};
@@ -50,14 +47,6 @@ impl Datapath {
 
     /// The counters of service `index`, summed over CPUs.
     pub fn service_stats(&self, index: u32) -> Result<ServiceStats, DatapathError> {
-        let stats: PerCpuArray<_, ServiceStats> = self.map("SERVICE_STATS")?;
-        let per_cpu = stats.get(&index, 0).map_err(map_error("SERVICE_STATS"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(ServiceStats::default(), |sum, cpu| ServiceStats {
-                steered: sum.steered + cpu.steered,
-                refused: sum.refused + cpu.refused,
-                down: sum.down + cpu.down,
-            }))
+        self.summed_counters("SERVICE_STATS", index)
     }
 }

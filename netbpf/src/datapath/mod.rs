@@ -5,6 +5,7 @@
 //! One file per concern: the socket programs on a cgroup (`sockets`), the
 //! MSS clamp on tc (`mss`).
 
+mod counters;
 mod host_services;
 mod mss;
 mod sockets;

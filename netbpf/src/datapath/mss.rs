@@ -3,12 +3,12 @@
 //! clsact qdisc before).
 
 use aya::{
-    maps::{HashMap, PerCpuArray, PerCpuValues},
+    maps::HashMap,
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
         tc::{SchedClassifierLinkId, TcError, qdisc_add_clsact},
     },
-    util::{KernelVersion, nr_cpus},
+    util::KernelVersion,
 };
 use netbpf_common::{MssConfig, MssStats};
 
@@ -33,13 +33,7 @@ impl Datapath {
         ifindex: u32,
         config: MssConfig,
     ) -> Result<(), DatapathError> {
-        let cpus = nr_cpus().map_err(|(_, error)| DatapathError::Cpus(error))?;
-        let zeros =
-            PerCpuValues::try_from(vec![MssStats::default(); cpus]).map_err(DatapathError::Cpus)?;
-        let mut stats: PerCpuArray<_, MssStats> = self.map_mut("MSS_STATS")?;
-        stats
-            .set(config.slot, zeros, 0)
-            .map_err(map_error("MSS_STATS"))?;
+        self.reset_counters::<MssStats>("MSS_STATS", [config.slot])?;
         let mut interfaces: HashMap<_, u32, MssConfig> = self.map_mut("MSS_INTERFACES")?;
         interfaces
             .insert(ifindex, config, 0)
@@ -108,19 +102,7 @@ impl Datapath {
 
     /// The counters in `slot`, summed over CPUs.
     pub fn mss_stats(&self, slot: u32) -> Result<MssStats, DatapathError> {
-        let stats: PerCpuArray<_, MssStats> = self.map("MSS_STATS")?;
-        let per_cpu = stats.get(&slot, 0).map_err(map_error("MSS_STATS"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(MssStats::default(), |sum, cpu| MssStats {
-                seen: sum.seen + cpu.seen,
-                clamped: sum.clamped + cpu.clamped,
-                inserted: sum.inserted + cpu.inserted,
-                already_small: sum.already_small + cpu.already_small,
-                without_option: sum.without_option + cpu.without_option,
-                malformed: sum.malformed + cpu.malformed,
-                unparsed: sum.unparsed + cpu.unparsed,
-            }))
+        self.summed_counters("MSS_STATS", slot)
     }
 
     /// The loaded clamp program of one way: [`MSS_OUT_PROGRAM`] or

@@ -8,10 +8,9 @@ use std::{
     path::Path,
 };
 
-use aya::util::nr_cpus;
 use aya::{
     Pod,
-    maps::{HashMap, LpmTrie, MapError, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, MapError, lpm_trie::Key},
     programs::{CgroupAttachMode, Program},
 };
 use netbpf_common::{ForwardKey, ForwardTarget, RuleStats, ScopePort};
@@ -119,14 +118,7 @@ impl Datapath {
     /// Sets the counters of every rule below `rules` back to zero: rule ids
     /// follow the policy's order, which a reload may change.
     pub fn reset_rule_stats(&mut self, rules: u32) -> Result<(), DatapathError> {
-        let cpus = nr_cpus().map_err(|(_, error)| DatapathError::Cpus(error))?;
-        let mut stats: PerCpuArray<_, RuleStats> = self.map_mut("RULE_STATS")?;
-        for rule in 0..rules {
-            let zeros = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
-                .map_err(DatapathError::Cpus)?;
-            stats.set(rule, zeros, 0).map_err(map_error("RULE_STATS"))?;
-        }
-        Ok(())
+        self.reset_counters::<RuleStats>("RULE_STATS", 0..rules)
     }
 
     /// Attaches every program to the cgroup at `cgroup_root` through bpf
@@ -205,15 +197,6 @@ impl Datapath {
 
     /// The counters of rule `rule`, summed over CPUs.
     pub fn rule_stats(&self, rule: u32) -> Result<RuleStats, DatapathError> {
-        let stats: PerCpuArray<_, RuleStats> = self.map("RULE_STATS")?;
-        let per_cpu = stats.get(&rule, 0).map_err(map_error("RULE_STATS"))?;
-        Ok(per_cpu
-            .iter()
-            .fold(RuleStats::default(), |sum, cpu| RuleStats {
-                connects: sum.connects + cpu.connects,
-                datagrams: sum.datagrams + cpu.datagrams,
-                local_skips: sum.local_skips + cpu.local_skips,
-                binds: sum.binds + cpu.binds,
-            }))
+        self.summed_counters("RULE_STATS", rule)
     }
 }
