@@ -75,8 +75,9 @@ pub fn bench(workspace: &Path) -> anyhow::Result<()> {
     let docs = workspace.join("docs");
     std::fs::create_dir_all(docs.join("bench"))?;
     plot(&docs.join("bench/connect-rate.svg"), &results)?;
-    std::fs::write(docs.join("benchmarks.md"), report(&results))?;
-    print!("{}", report(&results));
+    let page = report(&results);
+    std::fs::write(docs.join("benchmarks.md"), &page)?;
+    print!("{page}");
     Ok(())
 }
 
