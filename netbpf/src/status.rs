@@ -202,8 +202,7 @@ impl Status {
     }
 
     fn forwards_table(&self) -> Table {
-        let mut table = Table::new();
-        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        let mut table = table_with(&[
             "SCOPE",
             "MATCH",
             "PROTO",
@@ -240,15 +239,7 @@ impl Status {
     }
 
     fn remaps_table(&self) -> Table {
-        let mut table = Table::new();
-        table.load_preset(UTF8_FULL_CONDENSED).set_header([
-            "SCOPE",
-            "REMAP",
-            "PROTO",
-            "FROM",
-            "TO",
-            "REWRITTEN",
-        ]);
+        let mut table = table_with(&["SCOPE", "REMAP", "PROTO", "FROM", "TO", "REWRITTEN"]);
         for scope in &self.scopes {
             for bind in &scope.binds {
                 let on = bind
@@ -278,8 +269,7 @@ impl Status {
     }
 
     fn host_services_table(&self) -> Table {
-        let mut table = Table::new();
-        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        let mut table = table_with(&[
             "HOST SERVICE",
             "LISTEN",
             "LISTENER",
@@ -321,8 +311,7 @@ impl Status {
     }
 
     fn mss_table(&self) -> Table {
-        let mut table = Table::new();
-        table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        let mut table = table_with(&[
             "MSS CLAMP",
             "DIRECTION",
             "MSS",
@@ -460,4 +449,11 @@ fn scope_status(agent: &Agent, scope: &Scope) -> anyhow::Result<ScopeStatus> {
         binds,
         aliases,
     })
+}
+
+/// An empty table in the look every section of the status shares.
+fn table_with(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    table
 }
