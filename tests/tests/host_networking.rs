@@ -244,7 +244,7 @@ impl Hosts {
 /// The cgroup `dir` as `podman --cgroup-parent` takes it: from the root of
 /// the cgroup v2 hierarchy.
 fn cgroup_parent(dir: &Path) -> String {
-    let mount = netbpf::cgroup::cgroup2_mount().unwrap();
+    let mount = netbpf::host::cgroup::cgroup2_mount().unwrap();
     format!("/{}", dir.strip_prefix(mount).unwrap().display())
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::{cgroup, resolve::HostResolver};
+use crate::host::{cgroup, resolve::HostResolver};
 
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use crate::control;
+use crate::agent::control;
 
 #[derive(Debug, clap::Args)]
 pub struct ReloadArgs {

@@ -6,16 +6,19 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use crate::{
-    agent::{Agent, Signals},
+    agent::{
+        Agent, Signals,
+        control::{self, RunDir},
+        existing_binds,
+        host_services::HostServices,
+        mss_clamp::MssClamper,
+    },
     cli::node::{Node, NodeArgs},
-    control::{self, RunDir},
     datapath::{Datapath, Optional},
-    existing_binds,
-    host_services::HostServices,
-    links,
-    links::{LinkEvent, LinkWatcher},
-    mss_clamp::MssClamper,
-    netns,
+    host::{
+        links::{self, LinkEvent, LinkWatcher},
+        netns,
+    },
     plan::{self, Plan, ScopeIds},
     policy,
 };

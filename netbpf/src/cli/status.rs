@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::control;
+use crate::agent::control;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

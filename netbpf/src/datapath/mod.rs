@@ -18,7 +18,10 @@ use aya::{
     programs::{Program, ProgramError},
 };
 
-pub use self::mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks};
+pub use self::{
+    mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
+    sockets::BoundSocket,
+};
 
 /// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.
 static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbpf"));

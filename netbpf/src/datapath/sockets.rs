@@ -16,7 +16,14 @@ use aya::{
 use netbpf_common::{ForwardKey, ForwardTarget, RuleStats, ScopePort};
 
 use super::{Datapath, DatapathError, map_error};
-use crate::{existing_binds::BoundSocket, plan::Plan};
+use crate::plan::Plan;
+
+/// A socket bound inside a scope, and its key in the local-binds table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundSocket {
+    pub cookie: u64,
+    pub key: ScopePort,
+}
 
 /// A set as the map of its members to 1.
 fn present<K: Copy + Ord>(set: &BTreeSet<K>) -> BTreeMap<K, u8> {

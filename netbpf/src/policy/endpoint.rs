@@ -25,6 +25,14 @@ impl Ports {
         u32::from(*range.end()) - u32::from(*range.start()) + 1
     }
 
+    /// The fewest port prefixes that cover these ports exactly, as (first
+    /// port, number of leading port bits fixed): how the forward trie
+    /// stores them.
+    #[must_use]
+    pub fn prefixes(self) -> Vec<(u16, u32)> {
+        port_prefixes(&self.range())
+    }
+
     /// The ports as an inclusive range; `Every` is 0-65535.
     #[must_use]
     pub fn range(self) -> RangeInclusive<u16> {
@@ -61,6 +69,28 @@ impl fmt::Display for Target {
             (IpAddr::V6(addr), ports) => write!(f, "[{addr}]:{ports}"),
         }
     }
+}
+
+/// The fewest port prefixes that cover `ports` exactly, as (first port,
+/// number of leading port bits fixed).
+fn port_prefixes(ports: &RangeInclusive<u16>) -> Vec<(u16, u32)> {
+    let (mut low, high) = (u32::from(*ports.start()), u32::from(*ports.end()));
+    let mut prefixes = Vec::new();
+    while low <= high {
+        // The largest aligned block that starts at `low` and ends by `high`.
+        let mut size: u32 = if low == 0 {
+            1 << 16
+        } else {
+            1 << low.trailing_zeros()
+        };
+        while low + size - 1 > high {
+            size >>= 1;
+        }
+        let port = u16::try_from(low).expect("low is a port");
+        prefixes.push((port, 16 - size.trailing_zeros()));
+        low += size;
+    }
+    prefixes
 }
 
 /// Parses the `from` of a forward: `localhost:` and a port, a range or `*`.
@@ -151,6 +181,42 @@ fn parse_port(text: &str) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ports a list of prefixes covers, in order.
+    fn covered(prefixes: &[(u16, u32)]) -> Vec<u32> {
+        prefixes
+            .iter()
+            .flat_map(|&(port, bits)| {
+                let port = u32::from(port);
+                port..port + (1 << (16 - bits))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn prefixes_cover_a_range_exactly() {
+        for (low, high) in [
+            (9000, 9010),
+            (1, 65535),
+            (8082, 8082),
+            (0, 65535),
+            (1024, 2047),
+            (65535, 65535),
+        ] {
+            let prefixes = port_prefixes(&(low..=high));
+            assert_eq!(
+                covered(&prefixes),
+                (u32::from(low)..=u32::from(high)).collect::<Vec<_>>()
+            );
+            assert!(
+                prefixes.len() <= 30,
+                "{low}-{high}: {} prefixes",
+                prefixes.len()
+            );
+        }
+        assert_eq!(port_prefixes(&(0..=65535)), vec![(0, 0)]);
+        assert_eq!(port_prefixes(&(8082..=8082)), vec![(8082, 16)]);
+    }
 
     #[test]
     fn parses_every_form_of_from() {

@@ -22,8 +22,6 @@ use netbpf_common::{
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::plan;
-
 pub use self::{
     endpoint::{Ports, Target},
     error::{Locator, PolicyError},
@@ -718,7 +716,7 @@ impl<R: Resolver> Validator<'_, R> {
             )));
         }
         check_port_mapping(from, to.ports).map_err(to_error)?;
-        self.prefixes += plan::port_prefixes(from.range()).len() * raw.proto.numbers().len();
+        self.prefixes += from.prefixes().len() * raw.proto.numbers().len();
         if self.prefixes > MAX_FORWARD_PREFIXES as usize {
             return Err(self.error(
                 raw.from.span(),

@@ -10,17 +10,26 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
 };
 
-use crate::{
+pub mod control;
+pub mod existing_binds;
+pub mod host_services;
+pub mod mss_clamp;
+mod report;
+pub mod status;
+
+use self::{
     control::{Reloaded, Request},
-    datapath::Datapath,
-    existing_binds,
     host_services::HostServices,
-    links::{LinkEvent, LinkWatcher},
     mss_clamp::{ClampError, MssClamper},
+};
+use crate::{
+    datapath::Datapath,
+    host::{
+        links::{LinkEvent, LinkWatcher},
+        resolve::HostResolver,
+    },
     plan::{self, Plan, ScopeIds},
     policy::{self, Policy},
-    resolve::HostResolver,
-    status::Status,
 };
 
 /// The signals netbpf answers: SIGINT and SIGTERM stop it, SIGHUP
@@ -216,11 +225,6 @@ impl Agent {
         self.policy = policy;
         self.plan = plan;
         Ok(())
-    }
-
-    /// The current status.
-    pub fn status(&self) -> anyhow::Result<Status> {
-        Status::collect(self)
     }
 
     fn document(&self) -> Vec<u8> {

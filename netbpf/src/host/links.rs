@@ -10,7 +10,7 @@ use netlink_packet_route::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
 
-use crate::rtnetlink;
+use crate::host::rtnetlink;
 
 /// An interface, as the MSS clamp needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,9 +13,11 @@ use netbpf_common::{PROTO_TCP, ServiceStats};
 
 use crate::{
     datapath::{Datapath, DatapathError},
-    netns,
+    host::{
+        netns,
+        sock_diag::{self, DiagSocket},
+    },
     policy::HostService,
-    sock_diag::{self, DiagSocket},
 };
 
 /// Why a listener could not be handed to the datapath.

@@ -15,7 +15,10 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
-use crate::{netns, policy::ScopeNetwork, rtnetlink};
+use crate::{
+    host::{netns, rtnetlink},
+    policy::ScopeNetwork,
+};
 
 /// The addresses and gateways of the namespace at `path`.
 pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {

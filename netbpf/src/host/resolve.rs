@@ -8,9 +8,8 @@ use std::{
 };
 
 use crate::{
-    cgroup, netns,
+    host::{cgroup, netns, scope_net, sock_diag},
     policy::{Resolver, ScopeNetwork, Selector},
-    scope_net, sock_diag,
 };
 
 /// Resolves policy paths on this host, for programs attached at

@@ -16,17 +16,13 @@ use std::{
 use netbpf_common::{PROTO_UDP, ScopePort};
 
 use crate::{
-    netns,
+    datapath::BoundSocket,
+    host::{
+        netns,
+        sock_diag::{self, DiagSocket},
+    },
     policy::{Policy, Selector},
-    sock_diag::{self, DiagSocket},
 };
-
-/// A socket bound inside a scope, and its key in the local-binds table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BoundSocket {
-    pub cookie: u64,
-    pub key: ScopePort,
-}
 
 /// Every socket already bound on localhost or a wildcard address inside a
 /// scope of `policy` (scope ids are indexes in the policy, as in `plan`).

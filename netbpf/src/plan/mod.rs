@@ -3,7 +3,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
-    ops::RangeInclusive,
 };
 
 use netbpf_common::{
@@ -98,7 +97,7 @@ pub fn compile(policy: &Policy, ids: &mut ScopeIds) -> Plan {
                 rule: forward.rule,
             };
             for &protocol in forward.protocols.numbers() {
-                for (port, port_bits) in port_prefixes(forward.from.range()) {
+                for (port, port_bits) in forward.from.prefixes() {
                     let key = ForwardKey::new(scope_id, protocol, port);
                     plan.forwards
                         .insert((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key), target);
@@ -188,67 +187,9 @@ fn target_words(addr: IpAddr) -> ([u32; 4], u16) {
     }
 }
 
-/// The fewest port prefixes that cover `ports` exactly, as (first port,
-/// number of leading port bits fixed).
-pub(crate) fn port_prefixes(ports: RangeInclusive<u16>) -> Vec<(u16, u32)> {
-    let (mut low, high) = (u32::from(*ports.start()), u32::from(*ports.end()));
-    let mut prefixes = Vec::new();
-    while low <= high {
-        // The largest aligned block that starts at `low` and ends by `high`.
-        let mut size: u32 = if low == 0 {
-            1 << 16
-        } else {
-            1 << low.trailing_zeros()
-        };
-        while low + size - 1 > high {
-            size >>= 1;
-        }
-        let port = u16::try_from(low).expect("low is a port");
-        prefixes.push((port, 16 - size.trailing_zeros()));
-        low += size;
-    }
-    prefixes
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The ports a list of prefixes covers, in order.
-    fn covered(prefixes: &[(u16, u32)]) -> Vec<u32> {
-        prefixes
-            .iter()
-            .flat_map(|&(port, bits)| {
-                let port = u32::from(port);
-                port..port + (1 << (16 - bits))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn prefixes_cover_a_range_exactly() {
-        for (low, high) in [
-            (9000, 9010),
-            (1, 65535),
-            (8082, 8082),
-            (0, 65535),
-            (1024, 2047),
-            (65535, 65535),
-        ] {
-            let prefixes = port_prefixes(low..=high);
-            assert_eq!(
-                covered(&prefixes),
-                (u32::from(low)..=u32::from(high)).collect::<Vec<_>>()
-            );
-            assert!(
-                prefixes.len() <= 30,
-                "{low}-{high}: {} prefixes",
-                prefixes.len()
-            );
-        }
-        assert_eq!(port_prefixes(0..=65535), vec![(0, 0)]);
-        assert_eq!(port_prefixes(8082..=8082), vec![(8082, 16)]);
-    }
 
     #[test]
     fn targets_are_stored_in_network_order() {

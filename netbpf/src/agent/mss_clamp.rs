@@ -11,8 +11,10 @@ use netbpf_common::{MAX_MSS_INTERFACES, MSS_PATH_MTU, MssConfig, MssStats};
 
 use crate::{
     datapath::{Datapath, DatapathError, MssLinks},
-    links::{self, Interface, LinkEvent},
-    netns,
+    host::{
+        links::{self, Interface, LinkEvent},
+        netns,
+    },
     policy::{Direction, Mss, MssClamp},
 };
 

@@ -11,10 +11,8 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    agent::Agent,
     datapath::LoadedProgram,
-    mss_clamp::ClampedInterface,
-    policy::{Direction, Mss, Protocols, Scope, Selector},
+    policy::{Direction, Mss, Protocols, Selector},
 };
 
 /// The state of one running `netbpf run`.
@@ -124,49 +122,6 @@ pub struct MssInterfaceStatus {
 }
 
 impl Status {
-    /// Reads the counters of everything `agent` applied.
-    pub fn collect(agent: &Agent) -> anyhow::Result<Self> {
-        let datapath = &agent.datapath;
-        let scopes = agent
-            .policy
-            .scopes
-            .iter()
-            .map(|scope| scope_status(agent, scope))
-            .collect::<anyhow::Result<_>>()?;
-        let mss_clamps = agent
-            .clamper
-            .status(datapath)?
-            .into_iter()
-            .map(|(clamp, interfaces)| MssClampStatus {
-                interface: clamp.interface,
-                direction: clamp.direction,
-                mss: clamp.mss,
-                attached: interfaces.into_iter().map(interface_status).collect(),
-            })
-            .collect();
-        let host_services = agent
-            .host_services
-            .status(datapath)?
-            .into_iter()
-            .map(|(service, listener, stats)| HostServiceStatus {
-                name: service.name,
-                listen: service.listen,
-                listener_pid: listener.map(|listener| listener.pid),
-                steered: stats.steered,
-                refused: stats.refused,
-                down: stats.down,
-            })
-            .collect();
-        Ok(Self {
-            cgroup_root: agent.cgroup_root.clone(),
-            policy: agent.policy_file.clone(),
-            programs: datapath.programs().to_vec(),
-            scopes,
-            host_services,
-            mss_clamps,
-        })
-    }
-
     /// The status as people read it: a header, one table row per forward,
     /// one per interface an MSS clamp is on.
     #[must_use]
@@ -358,97 +313,6 @@ impl Status {
         }
         table
     }
-}
-
-fn interface_status(
-    ClampedInterface {
-        name,
-        ifindex,
-        stats,
-    }: ClampedInterface,
-) -> MssInterfaceStatus {
-    MssInterfaceStatus {
-        name,
-        ifindex,
-        seen: stats.seen,
-        clamped: stats.clamped,
-        inserted: stats.inserted,
-        already_small: stats.already_small,
-        without_option: stats.without_option,
-        malformed: stats.malformed,
-        unparsed: stats.unparsed,
-    }
-}
-
-/// A scope's rules and their counters.
-fn scope_status(agent: &Agent, scope: &Scope) -> anyhow::Result<ScopeStatus> {
-    let datapath = &agent.datapath;
-    let forwards = scope
-        .forwards
-        .iter()
-        .map(|forward| {
-            let stats = datapath.rule_stats(forward.rule)?;
-            Ok(ForwardStatus {
-                rule: forward.rule,
-                proto: forward.protocols,
-                from: format!("localhost:{}", forward.from),
-                to: forward.to.to_string(),
-                connects: stats.connects,
-                datagrams: stats.datagrams,
-                local_skips: stats.local_skips,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let grants = scope
-        .grants
-        .iter()
-        .map(|grant| {
-            Ok(GrantStatus {
-                rule: grant.rule,
-                service: agent.policy.host_services[grant.service].name.clone(),
-                dial: grant.dial,
-                gateway: grant.gateway,
-                connects: datapath.rule_stats(grant.rule)?.connects,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let binds = scope
-        .binds
-        .iter()
-        .map(|bind| {
-            Ok(BindStatus {
-                rule: bind.rule,
-                proto: bind.protocols,
-                port: bind.port,
-                to: bind.to,
-                address: bind.address,
-                binds: datapath.rule_stats(bind.rule)?.binds,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let aliases = scope
-        .aliases
-        .iter()
-        .map(|alias| {
-            let stats = datapath.rule_stats(alias.rule)?;
-            Ok(AliasStatus {
-                rule: alias.rule,
-                proto: alias.protocols,
-                from: alias.from,
-                to: alias.to,
-                connects: stats.connects,
-                datagrams: stats.datagrams,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    Ok(ScopeStatus {
-        name: scope.name.clone(),
-        selector: scope.selector.clone(),
-        forwards,
-        grants,
-        binds,
-        aliases,
-    })
 }
 
 /// An empty table in the look every section of the status shares.

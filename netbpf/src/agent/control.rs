@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 use nix::fcntl::{Flock, FlockArg};
 use tokio::net::UnixListener;
 
-use crate::status::Status;
+use super::status::Status;
 
 /// Where `netbpf run` serves its status, by default.
 pub const DEFAULT_RUN_DIR: &str = "/run/netbpf";

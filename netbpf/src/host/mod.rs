@@ -1,0 +1,10 @@
+//! Facts of this host, read from the kernel: cgroups, network namespaces,
+//! sockets (`sock_diag`), interfaces, addresses and routes (rtnetlink).
+
+pub mod cgroup;
+pub mod links;
+pub mod netns;
+pub mod resolve;
+pub mod rtnetlink;
+pub mod scope_net;
+pub mod sock_diag;
