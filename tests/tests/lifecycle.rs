@@ -7,7 +7,7 @@
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, netbpf_binary, require_root, run_checked,
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Site, netbpf_binary, require_root, run_checked,
 };
 
 fn topology() -> DesktopTopology {
@@ -147,8 +147,8 @@ fn leaves_no_program_link_or_pin_after_it_exits() {
     let policy = desktop_policy(&topology);
     let netbpf = start(&topology, &policy);
     let programs = netbpf.programs().unwrap();
-    // Every socket hook has its program; a policy without MSS clamps does
-    // not load the tc program.
+    // Every socket hook has its program; a policy without MSS clamps or
+    // host services loads neither the tc nor the sk_lookup program.
     assert_eq!(programs.len(), 13, "{programs:?}");
     assert!(
         !programs.keys().any(|name| name.starts_with("netbpf_mss")),
@@ -263,25 +263,70 @@ fn an_invalid_policy_loads_nothing_and_says_where() {
     assert!(!topology.file("run").exists(), "nothing may be created");
 }
 
+/// Polls `netbpf status` until `done` holds of its scopes, for 5 s.
+fn wait_for_scopes(
+    netbpf: &NetbpfRun,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let status = netbpf.status_json().unwrap();
+        if done(status["scopes"].as_array().unwrap()) {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reached in 5 s: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn a_scope_that_does_not_exist_is_an_error() {
+fn a_scope_applies_to_a_cgroup_that_appears_after_netbpf_started_and_leaves_with_it() {
     let topology = topology();
+    let _server = topology
+        .start_http_server(BRIDGE_V4, 8082, "bridge")
+        .unwrap();
     let file = topology.file("policy.toml");
-    let missing = topology.root.path().join("no-such-container");
     std::fs::write(
         &file,
         format!(
-            "version = 1\n[[scope]]\nname = \"gone\"\nmatch = {{ cgroup = \"{}\" }}\n",
-            missing.display()
+            "version = 1\n[[scope]]\nname = \"later\"\nmatch = {{ cgroup = \"{}/later-*\" }}\n\
+             forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}]\n",
+            topology.root.path().display()
         ),
     )
     .unwrap();
-    let stderr = run_to_failure(&topology, &file, &topology.file("run"));
-    assert!(
-        stderr.contains(":4:") && stderr.contains("scope[0].match.cgroup"),
-        "{stderr}"
+    let netbpf = start(&topology, &file);
+    assert_eq!(
+        netbpf.status_json().unwrap()["scopes"],
+        serde_json::json!([]),
+        "nothing matches yet"
     );
-    assert!(stderr.contains("does not exist"), "{stderr}");
+
+    let later = topology.root.child("later-1").unwrap();
+    wait_for_scopes(&netbpf, |scopes| scopes.len() == 1);
+    let site = Site {
+        cgroup: &later,
+        netns: &topology.desktop_ns,
+    };
+    assert_eq!(site.curl("http://localhost:8082/").unwrap().1, "bridge");
+    let status = netbpf.status_json().unwrap();
+    assert_eq!(status["scopes"][0]["name"], "later/later-1", "{status}");
+    assert_eq!(
+        status["scopes"][0]["forwards"][0]["connects"], 1,
+        "{status}"
+    );
+    assert!(
+        status["discovery"]["delays_measured"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+
+    // Gone: nothing of it stays in the maps.
+    drop(later);
+    wait_for_scopes(&netbpf, <[serde_json::Value]>::is_empty);
+    assert!(netbpf.stop().unwrap().success());
 }
 
 #[test]
@@ -361,8 +406,6 @@ fn check_validates_a_policy_without_loading_anything() {
         Command::new(netbpf_binary())
             .args(["check", "--policy"])
             .arg(policy)
-            .arg("--cgroup-root")
-            .arg(root)
             .output()
             .unwrap()
     };
@@ -372,11 +415,11 @@ fn check_validates_a_policy_without_loading_anything() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).contains("valid: 1 scopes, 1 forwards"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("valid: 1 scopes"));
     let bad = topology.file("bad.toml");
     std::fs::write(
         &bad,
-        "version = 1\n[[scope]]\nname = \"x\"\nmatch = { cgroup = \"/nowhere\" }\n",
+        "version = 1\n[[scope]]\nname = \"x\"\nmatch = { cgroup = \"/no[where\" }\n",
     )
     .unwrap();
     let output = check(&bad);

@@ -325,10 +325,7 @@ fn a_network_namespace_scope_matches_by_netns_cookie() {
     );
     let status = setup.netbpf.status_json().unwrap();
     assert!(
-        status["scopes"][0]["match"]["netns"]["cookie"]
-            .as_u64()
-            .unwrap()
-            > 0,
+        status["scopes"][0]["netns_cookie"].as_u64().unwrap() > 0,
         "{status}"
     );
 }

@@ -10,7 +10,10 @@
 use std::{net::IpAddr, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions};
-use netbpf::datapath::{Datapath, MSS_IN_PROGRAM, MSS_OUT_PROGRAM, Optional};
+use netbpf::{
+    datapath::{Datapath, MSS_IN_PROGRAM, MSS_OUT_PROGRAM, Optional},
+    plan::Capacity,
+};
 use netbpf_common::MssConfig;
 use netbpf_testenv::{
     NetbpfRun, Netns, PacketSocket, mac_address,
@@ -322,10 +325,13 @@ fn assert_same(name: &str, family: &str, kernel: &Parsed, netbpf: &Parsed) {
 fn set_mss_agrees_with_iptables_tcpmss_on_every_crafted_segment() {
     let router = ForwardingPath::new();
     router.add_tcpmss(&["--set-mss", &CLAMP.to_string()]);
-    let mut datapath = Datapath::load(Optional {
-        mss_egress: true,
-        ..Optional::default()
-    })
+    let mut datapath = Datapath::load(
+        Optional {
+            mss_egress: true,
+            ..Optional::default()
+        },
+        &Capacity::default(),
+    )
     .expect("loading the datapath");
     // BPF_PROG_TEST_RUN runs on the loopback device: ifindex 1.
     datapath

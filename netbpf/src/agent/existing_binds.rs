@@ -21,13 +21,22 @@ use crate::{
         netns,
         sock_diag::{self, DiagSocket},
     },
-    policy::{Policy, Selector},
+    plan::ScopeKey,
 };
 
-/// Every socket already bound on localhost or a wildcard address inside a
-/// scope of `policy` (scope ids are indexes in the policy, as in `plan`).
-pub fn find(policy: &Policy) -> io::Result<Vec<BoundSocket>> {
-    let owners = Owners::of(policy)?;
+/// A scope instance the datapath has: its id, its key and where it is
+/// (its cgroup directory, or its network namespace's path).
+#[derive(Debug, Clone)]
+pub struct ScopePlace {
+    pub id: u32,
+    pub key: ScopeKey,
+    pub path: PathBuf,
+}
+
+/// Every socket already bound on localhost or a wildcard address inside
+/// one of `scopes`.
+pub fn find(scopes: &[ScopePlace]) -> io::Result<Vec<BoundSocket>> {
+    let owners = Owners::of(scopes);
     let mut found = Vec::new();
     for namespace in &owners.namespaces {
         let (cookie, sockets) = netns::in_netns(namespace, || -> io::Result<_> {
@@ -66,12 +75,12 @@ struct Owners {
 }
 
 impl Owners {
-    fn of(policy: &Policy) -> io::Result<Self> {
-        let scope_roots: HashMap<u64, u32> = (0u32..)
-            .zip(&policy.scopes)
-            .filter_map(|(scope, entry)| match entry.selector {
-                Selector::Cgroup { id, .. } => Some((id, scope)),
-                Selector::Netns { .. } => None,
+    fn of(scopes: &[ScopePlace]) -> Self {
+        let scope_roots: HashMap<u64, u32> = scopes
+            .iter()
+            .filter_map(|scope| match scope.key {
+                ScopeKey::Cgroup(id) => Some((id, scope.id)),
+                ScopeKey::Netns(_) => None,
             })
             .collect();
         let mut owners = Self {
@@ -80,11 +89,21 @@ impl Owners {
             namespaces: Vec::new(),
         };
         let mut seen_namespaces = HashSet::new();
-        for (scope, entry) in (0u32..).zip(&policy.scopes) {
-            match &entry.selector {
-                Selector::Cgroup { path, .. } => {
+        for ScopePlace {
+            id: scope,
+            key,
+            path,
+        } in scopes
+        {
+            match key {
+                ScopeKey::Cgroup(_) => {
                     let mut pids = Vec::new();
-                    walk_cgroup(path, scope, &scope_roots, &mut owners.cgroups, &mut pids)?;
+                    // A cgroup removed while we look holds no socket.
+                    if walk_cgroup(path, *scope, &scope_roots, &mut owners.cgroups, &mut pids)
+                        .is_err()
+                    {
+                        continue;
+                    }
                     for pid in pids {
                         // A process may exit while we look: skip it.
                         let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
@@ -95,16 +114,18 @@ impl Owners {
                         }
                     }
                 }
-                Selector::Netns { path, cookie } => {
-                    owners.netns.insert(*cookie, scope);
-                    let meta = fs::metadata(path)?;
+                ScopeKey::Netns(cookie) => {
+                    owners.netns.insert(*cookie, *scope);
+                    let Ok(meta) = fs::metadata(path) else {
+                        continue;
+                    };
                     if seen_namespaces.insert((meta.dev(), meta.ino())) {
                         owners.namespaces.push(path.clone());
                     }
                 }
             }
         }
-        Ok(owners)
+        owners
     }
 
     /// The scope of a socket found in the namespace with `netns_cookie`:

@@ -1,91 +1,224 @@
-//! The running netbpf: answers status requests, follows interfaces as
-//! they come and go, and stops on SIGINT or SIGTERM.
+//! The agent: one process per node. It follows the containers (cgroups
+//! appearing and going), matches them against the policy, keeps the
+//! datapath's maps equal to the plan, follows interfaces for the MSS
+//! clamps, answers the control socket, reloads its policy on SIGHUP, and
+//! stops on SIGINT or SIGTERM.
 
-use std::{io, path::PathBuf, time::Duration};
-
-use anyhow::Context as _;
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
-    signal::unix::{Signal, SignalKind, signal},
-};
-
+pub mod config;
 pub mod control;
 pub mod existing_binds;
+mod facts;
 pub mod host_services;
 pub mod mss_clamp;
 mod report;
+mod signals;
 pub mod status;
 
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+pub use self::signals::Signals;
 use self::{
     control::{Reloaded, Request},
+    existing_binds::ScopePlace,
+    facts::InstanceFacts,
     host_services::HostServices,
     mss_clamp::{ClampError, MssClamper},
+    signals::Asked,
 };
 use crate::{
-    datapath::Datapath,
-    host::{
-        links::{LinkEvent, LinkWatcher},
-        resolve::HostResolver,
+    containers::{
+        Container, Workload,
+        cgroup_watch::{CgroupEvent, CgroupWatcher},
+        layout,
     },
-    plan::{self, Plan, ScopeIds},
-    policy::{self, Policy},
+    datapath::{Datapath, DatapathError, Optional},
+    host::{
+        links::{self, LinkEvent, LinkWatcher},
+        netns,
+    },
+    plan::{self, Assignment, Capacity, Outcome, Plan, Resolved, RuleSlots, ScopeIds, ScopeKey},
+    policy::{self, Instance, Policy, PolicyError, Selector},
 };
 
-/// The signals netbpf answers: SIGINT and SIGTERM stop it, SIGHUP
-/// reloads its policy.
-pub struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-    hangup: Signal,
+/// Where the policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// One file (`netbpf run --policy FILE`).
+    File(PathBuf),
+    /// Every `*.toml` file of a directory, merged.
+    Dir(PathBuf),
 }
 
-/// What a signal asks for.
-enum Asked {
-    Stop,
-    Reload,
-}
-
-impl Signals {
-    /// Installs the handlers; needs a tokio runtime.
-    pub fn install() -> anyhow::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("handling SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("handling SIGTERM")?,
-            hangup: signal(SignalKind::hangup()).context("handling SIGHUP")?,
-        })
+impl PolicySource {
+    /// Reads and validates the policy.
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        match self {
+            Self::File(file) => policy::load(file),
+            Self::Dir(dir) => policy::load_dir(dir),
+        }
     }
 
-    /// The next signal (or one that arrived already).
-    async fn received(&mut self) -> Asked {
-        tokio::select! {
-            _ = self.interrupt.recv() => Asked::Stop,
-            _ = self.terminate.recv() => Asked::Stop,
-            _ = self.hangup.recv() => Asked::Reload,
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::File(path) | Self::Dir(path) => path,
         }
     }
 }
 
-/// Everything a running netbpf holds.
+/// Where the agent acts on this host.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The cgroup v2 mount.
+    pub mount: PathBuf,
+    /// The cgroup the socket programs attach to, and below which
+    /// containers are followed.
+    pub cgroup_root: PathBuf,
+    /// The node's network namespace, as a path `setns` takes.
+    pub netns: PathBuf,
+    /// The node's network namespace when it is not the agent's own.
+    pub other_netns: Option<PathBuf>,
+}
+
+/// The outcome of the last reload, for `netbpf status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastReload {
+    pub at: std::time::SystemTime,
+    /// Why the policy was not reloaded; None when it was.
+    pub error: Option<String>,
+}
+
+/// Everything a running agent holds.
 pub struct Agent {
     pub datapath: Datapath,
     pub policy: Policy,
-    /// What the maps hold for `policy`.
+    pub source: PolicySource,
+    pub node: Node,
+    capacity: Capacity,
+    /// Every cgroup below the cgroup root, by path below the mount.
+    workloads: BTreeMap<PathBuf, Workload>,
+    ids: ScopeIds,
+    slots: RuleSlots,
+    /// The rules each instance resolved to, until the policy changes.
+    resolved: HashMap<(usize, ScopeKey), Result<policy::Scope, String>>,
+    /// What the maps hold.
     pub plan: Plan,
-    pub scope_ids: ScopeIds,
-    /// Resolves the policy file again at a reload.
-    pub resolver: HostResolver,
+    /// What became of each scope instance.
+    pub outcomes: Vec<Outcome>,
     pub clamper: MssClamper,
     pub host_services: HostServices,
+    /// Whether the host service program is attached to the node.
+    host_services_attached: bool,
     /// Interface changes, where the policy clamps MSS.
-    pub links: Option<LinkWatcher>,
-    pub policy_file: PathBuf,
-    pub cgroup_root: PathBuf,
+    links: Option<LinkWatcher>,
+    cgroups: CgroupWatcher,
+    pub last_reload: Option<LastReload>,
+    /// How long after a cgroup appeared its policy was in the maps.
+    pub delays: Delays,
+}
+
+/// The delays from a cgroup's appearing (its inotify event) to its scope
+/// being in the maps, the last ones kept.
+#[derive(Debug, Default, Clone)]
+pub struct Delays(std::collections::VecDeque<Duration>);
+
+impl Delays {
+    const KEPT: usize = 1024;
+
+    fn record(&mut self, delay: Duration) {
+        if self.0.len() == Self::KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(delay);
+    }
+
+    /// The `percent` percentile of the delays kept, if any.
+    #[must_use]
+    pub fn percentile(&self, percent: usize) -> Option<Duration> {
+        let mut sorted: Vec<Duration> = self.0.iter().copied().collect();
+        sorted.sort_unstable();
+        let last = sorted.len().checked_sub(1)?;
+        sorted.get(last * percent / 100).copied()
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 impl Agent {
-    /// Follows interface changes and serves the control socket until
-    /// SIGINT or SIGTERM.
+    /// Reads the policy, loads the datapath, fills its maps for what runs
+    /// now and attaches it. Nothing is loaded when the policy is invalid.
+    pub fn start(node: Node, source: PolicySource, capacity: Capacity) -> anyhow::Result<Self> {
+        let policy = source.load()?;
+        let datapath = Datapath::load(Optional::for_policy(&policy), &capacity)?;
+        let (cgroups, present) =
+            CgroupWatcher::start(&node.mount, &node.cgroup_root).map_err(|error| {
+                anyhow::anyhow!(
+                    "watching the cgroups below {}: {error}",
+                    node.cgroup_root.display()
+                )
+            })?;
+        let host_services =
+            HostServices::new(policy.host_services.clone(), node.other_netns.as_deref());
+        let clamper = MssClamper::new(policy.mss_clamps.clone(), node.other_netns.as_deref());
+        let mut agent = Self {
+            datapath,
+            policy,
+            source,
+            node,
+            capacity,
+            workloads: BTreeMap::new(),
+            ids: ScopeIds::default(),
+            slots: RuleSlots::default(),
+            resolved: HashMap::new(),
+            plan: Plan::default(),
+            outcomes: Vec::new(),
+            clamper,
+            host_services,
+            host_services_attached: false,
+            links: None,
+            cgroups,
+            last_reload: None,
+            delays: Delays::default(),
+        };
+        for (path, id) in present {
+            agent.add_workload(path, id);
+        }
+        // The maps are filled before the programs attach, so they act on
+        // the whole plan from their first run.
+        agent.reconcile()?;
+        let scopes = agent.scope_places();
+        let cgroup_root = agent.node.cgroup_root.clone();
+        agent.datapath.attach(&cgroup_root, || {
+            // Without them netbpf still runs: those services are forwarded
+            // until they bind again, as if they had started after netbpf.
+            existing_binds::find(&scopes).unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot list the sockets already bound inside scopes");
+                Vec::new()
+            })
+        })?;
+        agent.apply_host_features(true)?;
+        Ok(agent)
+    }
+
+    /// Serves until SIGINT or SIGTERM.
     pub async fn serve(
         &mut self,
         listener: UnixListener,
@@ -94,6 +227,9 @@ impl Agent {
         // Host services are looked for every second: a restarted service
         // (autossh reconnecting) is handed connections again within it.
         let mut look_for_listeners = tokio::time::interval(Duration::from_secs(1));
+        // Instances whose facts were not there yet (a container without a
+        // process) are tried again.
+        let mut retry = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 asked = signals.received() => match asked {
@@ -102,12 +238,17 @@ impl Agent {
                         let _ = self.reload();
                     }
                 },
+                events = self.cgroups.next() => self.follow_cgroups(events),
                 _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
                     if let Err(error) = self.host_services.refresh(&mut self.datapath) {
                         tracing::warn!(error = format!("{error:#}"), "host services not refreshed");
                     }
                 }
-                events = next_link_events(self.links.as_mut()) => self.follow(events),
+                _ = retry.tick(), if self.outcomes.iter().any(|outcome| outcome.applied.is_err()) => {
+                    self.resolved.retain(|_, rules| rules.is_ok());
+                    self.reconcile_logged();
+                }
+                events = next_link_events(self.links.as_mut()) => self.follow_links(events),
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         if let Err(error) = self.answer(stream).await {
@@ -125,9 +266,78 @@ impl Agent {
         }
     }
 
+    /// How many cgroups the agent follows.
+    #[must_use]
+    pub fn workloads_known(&self) -> usize {
+        self.workloads.len()
+    }
+
+    /// Detaches what the agent attached outside the cgroup (MSS clamps).
+    pub fn release(&mut self) {
+        self.clamper.release_all(&mut self.datapath);
+    }
+
+    /// Applies cgroups appearing and going.
+    fn follow_cgroups(&mut self, events: io::Result<Vec<CgroupEvent>>) {
+        let seen = Instant::now();
+        let events = match events {
+            Ok(events) => events,
+            Err(error) => {
+                tracing::warn!(%error, "reading cgroup events failed");
+                return;
+            }
+        };
+        let mut added = false;
+        for event in events {
+            match event {
+                CgroupEvent::Added(path, id) => {
+                    added = true;
+                    self.add_workload(path, id);
+                }
+                CgroupEvent::Removed(path) => {
+                    self.workloads.retain(|known, _| !known.starts_with(&path));
+                }
+                CgroupEvent::Resynced(present) => {
+                    tracing::warn!("cgroup events were lost: listing the cgroups again");
+                    self.workloads.clear();
+                    for (path, id) in present {
+                        self.add_workload(path, id);
+                    }
+                }
+            }
+        }
+        self.reconcile_logged();
+        if added {
+            self.delays.record(seen.elapsed());
+        }
+    }
+
+    /// Knows the cgroup at `path` (below the mount), and the container in
+    /// it if its layout says it is one.
+    fn add_workload(&mut self, path: PathBuf, cgroup_id: u64) {
+        let container = layout::recognise(&path).map(|found| Container {
+            runtime: found.runtime,
+            id: found.id,
+            name: None,
+            labels: BTreeMap::new(),
+            pod: None,
+        });
+        if let Some(container) = &container {
+            tracing::info!(cgroup = %path.display(), id = %container.id, "container found");
+        }
+        self.workloads.insert(
+            path.clone(),
+            Workload {
+                cgroup: path,
+                cgroup_id,
+                container,
+            },
+        );
+    }
+
     /// Applies interface changes to the MSS clamps. A change that cannot
     /// be applied is logged: the rest of the datapath runs on.
-    fn follow(&mut self, events: io::Result<Vec<LinkEvent>>) {
+    fn follow_links(&mut self, events: io::Result<Vec<LinkEvent>>) {
         match events {
             Ok(events) => {
                 for event in &events {
@@ -150,16 +360,174 @@ impl Agent {
         }
     }
 
-    /// Applies `events` at start. An interface that cannot be clamped (of a
-    /// kind netbpf cannot parse, or gone while it was attached) is said and
-    /// skipped, as it would be later; running out of room is an error.
-    pub fn start_clamps(&mut self, events: &[LinkEvent]) -> Result<(), ClampError> {
-        for event in events {
-            match self.clamper.handle(&mut self.datapath, event) {
-                Err(error @ ClampError::TooManyInterfaces) => return Err(error),
+    /// Starts what the policy's host services and MSS clamps need: the
+    /// listeners of the services, the interface watch of the clamps.
+    fn apply_host_features(&mut self, starting: bool) -> anyhow::Result<()> {
+        // The MSS clamp takes the verifier about a second: its programs
+        // are loaded when a policy first asks for them.
+        self.datapath
+            .load_programs(Optional::for_policy(&self.policy))?;
+        if !self.host_services.is_empty() {
+            // Attached only where a host service is: it runs for every
+            // connection the node accepts.
+            if !self.host_services_attached {
+                self.datapath.attach_host_services(&self.node.netns)?;
+                self.host_services_attached = true;
+            }
+            if let Err(error) = self.host_services.refresh(&mut self.datapath) {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "looking for the host services' listeners"
+                );
+            }
+            self.host_services.warn_missing();
+        }
+        if self.clamper.is_empty() || self.links.is_some() {
+            if !self.clamper.is_empty() {
+                self.clamper.resync(&mut self.datapath)?;
+            }
+            return Ok(());
+        }
+        let (socket, interfaces) =
+            netns::in_netns_or_here(self.node.other_netns.as_deref(), links::subscribe_and_list)
+                .and_then(|listed| listed)
+                .map_err(|error| anyhow::anyhow!("listing the network interfaces: {error}"))?;
+        self.links = Some(LinkWatcher::new(socket)?);
+        for interface in interfaces {
+            match self
+                .clamper
+                .handle(&mut self.datapath, &LinkEvent::Present(interface))
+            {
+                Err(error @ ClampError::TooManyInterfaces) if starting => return Err(error.into()),
                 Err(error) => tracing::warn!(error = format!("{error:#}"), "not clamping MSS"),
                 Ok(()) => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Where each applied instance is, for finding its sockets.
+    fn scope_places(&self) -> Vec<ScopePlace> {
+        self.outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let (id, _) = outcome.applied.as_ref().ok()?;
+                Some(ScopePlace {
+                    id: *id,
+                    key: outcome.assignment.key,
+                    path: outcome.assignment.place.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every scope instance matched now, with its rules.
+    fn resolve(&mut self) -> Vec<Resolved> {
+        let workloads: Vec<Workload> = self.workloads.values().cloned().collect();
+        let mut assignments = plan::assign(&self.policy, &workloads, &self.node.mount);
+        for (index, def) in self.policy.scopes.iter().enumerate() {
+            let Selector::Netns(path) = &def.selector else {
+                continue;
+            };
+            // A namespace that does not exist (yet) has no instance.
+            if let Ok(cookie) = netns::netns_cookie(path) {
+                assignments.push(Assignment {
+                    scope: index,
+                    key: ScopeKey::Netns(cookie),
+                    instance: path.display().to_string(),
+                    place: path.clone(),
+                    captures: policy::Captures::new(),
+                });
+            }
+        }
+        assignments
+            .into_iter()
+            .map(|mut assignment| {
+                if let ScopeKey::Cgroup(_) = assignment.key {
+                    assignment.place = self.node.mount.join(&assignment.place);
+                }
+                let def = &self.policy.scopes[assignment.scope];
+                let rules = self
+                    .resolved
+                    .entry((assignment.scope, assignment.key))
+                    .or_insert_with(|| {
+                        let facts = InstanceFacts {
+                            key: assignment.key,
+                            place: &assignment.place,
+                            node_netns: &self.node.netns,
+                        };
+                        let instance = Instance {
+                            name: &assignment.instance,
+                            captures: &assignment.captures,
+                        };
+                        def.instantiate(&self.policy.host_services, instance, &facts)
+                            .map_err(|error| error.to_string())
+                    })
+                    .clone();
+                Resolved { assignment, rules }
+            })
+            .collect()
+    }
+
+    /// Makes the maps hold the plan of what matches now, logging failures.
+    fn reconcile_logged(&mut self) {
+        if let Err(error) = self.reconcile() {
+            tracing::warn!(error = format!("{error:#}"), "the maps were not updated");
+        }
+    }
+
+    /// Makes the maps hold the plan of what matches now. New and changed
+    /// entries first, dropped ones last; a failed update is undone.
+    fn reconcile(&mut self) -> Result<(), DatapathError> {
+        let resolved = self.resolve();
+        let mut ids = self.ids.clone();
+        let mut slots = self.slots.clone();
+        let (plan, outcomes) =
+            plan::compile(&self.policy, resolved, &mut ids, &mut slots, &self.capacity);
+        self.datapath.reset_rule_stats(slots.take_fresh())?;
+        if let Err(error) = self.datapath.update(&self.plan, &plan) {
+            let _ = self.datapath.update(&plan, &self.plan);
+            return Err(error);
+        }
+        let known: Vec<u32> = self
+            .plan
+            .cgroup_scopes
+            .values()
+            .chain(self.plan.netns_scopes.values())
+            .copied()
+            .collect();
+        for outcome in &outcomes {
+            let name = format!(
+                "{}/{}",
+                self.policy.scopes[outcome.assignment.scope].name, outcome.assignment.instance
+            );
+            match &outcome.applied {
+                Ok((id, _)) if !known.contains(id) => {
+                    tracing::info!(scope = %name, id, "scope instance applied");
+                }
+                Err(error)
+                    if !self.outcomes.iter().any(|old| {
+                        old.assignment == outcome.assignment && old.applied.is_err()
+                    }) =>
+                {
+                    tracing::warn!(scope = %name, %error, "scope instance not applied");
+                }
+                _ => {}
+            }
+        }
+        self.ids = ids;
+        self.slots = slots;
+        self.plan = plan;
+        self.outcomes = outcomes;
+        // Instances new to the maps may have services listening already.
+        let new: Vec<ScopePlace> = self
+            .scope_places()
+            .into_iter()
+            .filter(|scope| !known.contains(&scope.id))
+            .collect();
+        if !new.is_empty() {
+            let existing = existing_binds::find(&new).unwrap_or_default();
+            self.datapath.record_binds(&existing)?;
         }
         Ok(())
     }
@@ -186,45 +554,49 @@ impl Agent {
         tokio::time::timeout(Duration::from_secs(2), writer.write_all(&answer)).await?
     }
 
-    /// Reloads the policy file (SIGHUP, `netbpf reload`). A policy that does
-    /// not validate, or changes what needs a restart, leaves the running one
-    /// as it is.
+    /// Reloads the policy (SIGHUP, `netbpf reload`). A policy that does
+    /// not validate leaves the running one as it is.
     fn reload(&mut self) -> anyhow::Result<()> {
         let reloaded = self.try_reload();
         match &reloaded {
-            Ok(()) => tracing::info!(policy = %self.policy_file.display(), "policy reloaded"),
+            Ok(()) => tracing::info!(policy = %self.source.path().display(), "policy reloaded"),
             Err(error) => tracing::warn!(
                 error = format!("{error:#}"),
                 "policy not reloaded: the running one stays"
             ),
         }
+        self.last_reload = Some(LastReload {
+            at: std::time::SystemTime::now(),
+            error: reloaded.as_ref().err().map(|error| format!("{error:#}")),
+        });
         reloaded
     }
 
     fn try_reload(&mut self) -> anyhow::Result<()> {
-        let policy = policy::load(&self.policy_file, &self.resolver)?;
-        anyhow::ensure!(
-            policy.host_services == self.policy.host_services
-                && policy.mss_clamps == self.policy.mss_clamps,
-            "host services and MSS clamps change only with a restart of netbpf"
-        );
-        let plan = plan::compile(&policy, &mut self.scope_ids);
-        if let Err(error) = self.datapath.update(&self.plan, &plan) {
-            // Back to what was there: no half-applied policy.
-            let restored = self.datapath.update(&plan, &self.plan);
-            return Err(anyhow::Error::from(error).context(match restored {
-                Ok(()) => "updating the maps; the running policy was restored",
-                Err(_) => "updating the maps, and restoring the running policy failed too",
-            }));
+        let policy = self.source.load()?;
+        let old = std::mem::replace(&mut self.policy, policy);
+        let old_resolved = std::mem::take(&mut self.resolved);
+        if let Err(error) = self.reconcile() {
+            self.policy = old;
+            self.resolved = old_resolved;
+            return Err(
+                anyhow::Error::from(error).context("updating the maps; the running policy stays")
+            );
         }
-        self.datapath
-            .reset_rule_stats(policy.rules.max(self.policy.rules))?;
-        // Scopes new to this policy may have services listening already.
-        let existing = existing_binds::find(&policy).unwrap_or_default();
-        self.datapath.record_binds(&existing)?;
-        self.policy = policy;
-        self.plan = plan;
-        Ok(())
+        if self.policy.host_services != old.host_services {
+            self.host_services = HostServices::new(
+                self.policy.host_services.clone(),
+                self.node.other_netns.as_deref(),
+            );
+        }
+        if self.policy.mss_clamps != old.mss_clamps {
+            self.clamper.release_all(&mut self.datapath);
+            self.clamper = MssClamper::new(
+                self.policy.mss_clamps.clone(),
+                self.node.other_netns.as_deref(),
+            );
+        }
+        self.apply_host_features(false)
     }
 
     fn document(&self) -> Vec<u8> {

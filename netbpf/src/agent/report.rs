@@ -5,11 +5,14 @@ use super::{
     Agent,
     mss_clamp::ClampedInterface,
     status::{
-        AliasStatus, BindStatus, ForwardStatus, GrantStatus, HostServiceStatus, MssClampStatus,
-        MssInterfaceStatus, ScopeStatus, Status,
+        AliasStatus, BindStatus, DiscoveryStatus, ForwardStatus, GrantStatus, HostServiceStatus,
+        MssClampStatus, MssInterfaceStatus, ReloadStatus, ScopeStatus, Status,
     },
 };
-use crate::policy::Scope;
+use crate::{
+    plan::{Outcome, ScopeKey},
+    policy::Scope,
+};
 
 impl Agent {
     /// The status of everything this agent applied, with its counters.
@@ -17,10 +20,9 @@ impl Agent {
         let agent = self;
         let datapath = &agent.datapath;
         let scopes = agent
-            .policy
-            .scopes
+            .outcomes
             .iter()
-            .map(|scope| scope_status(agent, scope))
+            .map(|outcome| instance_status(agent, outcome))
             .collect::<anyhow::Result<_>>()?;
         let mss_clamps = agent
             .clamper
@@ -46,10 +48,29 @@ impl Agent {
                 down: stats.down,
             })
             .collect();
+        let micros = |percent| {
+            agent
+                .delays
+                .percentile(percent)
+                .map(|delay| u64::try_from(delay.as_micros()).unwrap_or(u64::MAX))
+        };
         Ok(Status {
-            cgroup_root: agent.cgroup_root.clone(),
-            policy: agent.policy_file.clone(),
+            cgroup_root: agent.node.cgroup_root.clone(),
+            policy: agent.source.path().to_owned(),
             programs: datapath.programs().to_vec(),
+            discovery: DiscoveryStatus {
+                cgroups: agent.workloads_known(),
+                delay_p50_us: micros(50),
+                delay_p99_us: micros(99),
+                delays_measured: agent.delays.len(),
+            },
+            last_reload: agent.last_reload.as_ref().map(|reload| ReloadStatus {
+                at_unix: reload
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs()),
+                error: reload.error.clone(),
+            }),
             scopes,
             host_services,
             mss_clamps,
@@ -77,26 +98,61 @@ fn interface_status(
     }
 }
 
-/// A scope's rules and their counters.
-fn scope_status(agent: &Agent, scope: &Scope) -> anyhow::Result<ScopeStatus> {
+/// A scope instance: what it matched, its rules and their counters, or
+/// why it has none.
+fn instance_status(agent: &Agent, outcome: &Outcome) -> anyhow::Result<ScopeStatus> {
+    let def = &agent.policy.scopes[outcome.assignment.scope];
+    let place = Some(outcome.assignment.place.clone());
+    let (cgroup, cgroup_id, netns, netns_cookie) = match outcome.assignment.key {
+        ScopeKey::Cgroup(id) => (place, Some(id), None, None),
+        ScopeKey::Netns(cookie) => (None, None, place, Some(cookie)),
+    };
+    let mut status = ScopeStatus {
+        name: format!("{}/{}", def.name, outcome.assignment.instance),
+        scope: def.name.clone(),
+        instance: outcome.assignment.instance.clone(),
+        selector: serde_json::to_value(&def.selector)?,
+        cgroup,
+        cgroup_id,
+        netns,
+        netns_cookie,
+        id: None,
+        error: None,
+        forwards: Vec::new(),
+        grants: Vec::new(),
+        binds: Vec::new(),
+        aliases: Vec::new(),
+    };
+    match &outcome.applied {
+        Ok((id, scope)) => {
+            status.id = Some(*id);
+            rules_status(agent, scope, &mut status)?;
+        }
+        Err(error) => status.error = Some(error.clone()),
+    }
+    Ok(status)
+}
+
+/// The rules of an applied instance and their counters.
+fn rules_status(agent: &Agent, scope: &Scope, status: &mut ScopeStatus) -> anyhow::Result<()> {
     let datapath = &agent.datapath;
-    let forwards = scope
+    status.forwards = scope
         .forwards
         .iter()
         .map(|forward| {
-            let stats = datapath.rule_stats(forward.rule)?;
+            let counters = datapath.rule_stats(forward.rule)?;
             Ok(ForwardStatus {
                 rule: forward.rule,
                 proto: forward.protocols,
                 from: format!("localhost:{}", forward.from),
                 to: forward.to.to_string(),
-                connects: stats.connects,
-                datagrams: stats.datagrams,
-                local_skips: stats.local_skips,
+                connects: counters.connects,
+                datagrams: counters.datagrams,
+                local_skips: counters.local_skips,
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let grants = scope
+    status.grants = scope
         .grants
         .iter()
         .map(|grant| {
@@ -109,7 +165,7 @@ fn scope_status(agent: &Agent, scope: &Scope) -> anyhow::Result<ScopeStatus> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let binds = scope
+    status.binds = scope
         .binds
         .iter()
         .map(|bind| {
@@ -123,27 +179,20 @@ fn scope_status(agent: &Agent, scope: &Scope) -> anyhow::Result<ScopeStatus> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    let aliases = scope
+    status.aliases = scope
         .aliases
         .iter()
         .map(|alias| {
-            let stats = datapath.rule_stats(alias.rule)?;
+            let counters = datapath.rule_stats(alias.rule)?;
             Ok(AliasStatus {
                 rule: alias.rule,
                 proto: alias.protocols,
                 from: alias.from,
                 to: alias.to,
-                connects: stats.connects,
-                datagrams: stats.datagrams,
+                connects: counters.connects,
+                datagrams: counters.datagrams,
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(ScopeStatus {
-        name: scope.name.clone(),
-        selector: scope.selector.clone(),
-        forwards,
-        grants,
-        binds,
-        aliases,
-    })
+    Ok(())
 }

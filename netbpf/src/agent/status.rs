@@ -12,20 +12,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::LoadedProgram,
-    policy::{Direction, Mss, Protocols, Selector},
+    policy::{Direction, Mss, Protocols},
 };
 
-/// The state of one running `netbpf run`.
+/// The state of one running agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     /// The cgroup the socket programs are attached to.
     pub cgroup_root: PathBuf,
-    /// The policy file applied.
+    /// The policy file or directory applied.
     pub policy: PathBuf,
     pub programs: Vec<LoadedProgram>,
+    pub discovery: DiscoveryStatus,
+    /// The last reload of the policy, if there was one.
+    pub last_reload: Option<ReloadStatus>,
+    /// Every scope instance: applied, or with the reason it is not.
     pub scopes: Vec<ScopeStatus>,
     pub host_services: Vec<HostServiceStatus>,
     pub mss_clamps: Vec<MssClampStatus>,
+}
+
+/// How the agent follows the node's containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoveryStatus {
+    /// Cgroups followed below the cgroup root.
+    pub cgroups: usize,
+    /// Median delay from a cgroup appearing to its scope being in the
+    /// maps, in microseconds, over the last ones measured.
+    pub delay_p50_us: Option<u64>,
+    /// 99th percentile of the same.
+    pub delay_p99_us: Option<u64>,
+    pub delays_measured: usize,
+}
+
+/// The last reload of the policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// When, in seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// Why the policy was not reloaded (the running one stayed); None
+    /// when it was.
+    pub error: Option<String>,
 }
 
 /// A `[[host_service]]`, who listens for it, and its counters.
@@ -52,11 +79,27 @@ pub struct GrantStatus {
     pub connects: u64,
 }
 
+/// One scope instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScopeStatus {
+    /// `SCOPE/INSTANCE`.
     pub name: String,
+    /// The scope's name in the policy.
+    pub scope: String,
+    /// What it matched: a container's name, a cgroup's, a pod's.
+    pub instance: String,
     #[serde(rename = "match")]
-    pub selector: Selector,
+    pub selector: serde_json::Value,
+    /// The cgroup it is keyed by, and that cgroup's id; or
+    pub cgroup: Option<PathBuf>,
+    pub cgroup_id: Option<u64>,
+    /// the network namespace, and its cookie.
+    pub netns: Option<PathBuf>,
+    pub netns_cookie: Option<u64>,
+    /// Its scope id in the maps, when applied.
+    pub id: Option<u32>,
+    /// Why its rules are not applied; nothing else is affected.
+    pub error: Option<String>,
     pub forwards: Vec<ForwardStatus>,
     pub grants: Vec<GrantStatus>,
     pub binds: Vec<BindStatus>,
@@ -132,11 +175,26 @@ impl Status {
             .map(|program| format!("{} (id {})", program.name, program.id))
             .collect();
         let mut text = format!(
-            "policy: {}\ncgroup root: {}\nprograms: {}\n",
+            "policy: {}\ncgroup root: {} ({} cgroups followed)\nprograms: {}\n",
             self.policy.display(),
             self.cgroup_root.display(),
+            self.discovery.cgroups,
             programs.join(", ")
         );
+        if let Some(ReloadStatus {
+            error: Some(error), ..
+        }) = &self.last_reload
+        {
+            let _ = writeln!(
+                text,
+                "last reload failed, the policy before it stays: {error}"
+            );
+        }
+        for scope in &self.scopes {
+            if let Some(error) = &scope.error {
+                let _ = writeln!(text, "not applied: {}: {error}", scope.name);
+            }
+        }
         if self.scopes.iter().any(|scope| !scope.forwards.is_empty()) {
             let _ = writeln!(text, "{}", self.forwards_table());
         }
@@ -159,7 +217,7 @@ impl Status {
     fn forwards_table(&self) -> Table {
         let mut table = table_with(&[
             "SCOPE",
-            "MATCH",
+            "KEYED BY",
             "PROTO",
             "FROM",
             "TO",
@@ -167,12 +225,11 @@ impl Status {
             "DATAGRAMS",
             "LOCAL SKIPS",
         ]);
-        for scope in &self.scopes {
-            let selector = match &scope.selector {
-                Selector::Cgroup { path, id } => format!("cgroup {} (id {id})", path.display()),
-                Selector::Netns { path, cookie } => {
-                    format!("netns {} (cookie {cookie})", path.display())
-                }
+        for scope in self.scopes.iter().filter(|scope| scope.error.is_none()) {
+            let selector = match (&scope.cgroup, &scope.netns) {
+                (Some(cgroup), _) => format!("cgroup {}", cgroup.display()),
+                (_, Some(netns)) => format!("netns {}", netns.display()),
+                _ => String::new(),
             };
             if scope.forwards.is_empty() {
                 table.add_row([scope.name.as_str(), &selector, "-", "-", "-", "-", "-", "-"]);

@@ -1,31 +1,28 @@
-//! `netbpf check`: validate and resolve a policy on this host, as `run`
-//! would, without loading anything.
+//! `netbpf check`: validate a policy file or directory, loading nothing.
 
 use std::path::PathBuf;
 
-use crate::{cli::node::NodeArgs, policy};
+use crate::agent::PolicySource;
 
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
-    /// Policy file (TOML, version 1; see docs/policy.md).
+    /// Policy file, or directory of policy files (TOML, version 1; see
+    /// docs/policy.md).
     #[arg(long)]
     policy: PathBuf,
-    #[command(flatten)]
-    node: NodeArgs,
 }
 
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
-    let node = args.node.node()?;
-    let policy = policy::load(&args.policy, &node.resolver)?;
-    let count = |rules: fn(&policy::Scope) -> usize| policy.scopes.iter().map(rules).sum::<usize>();
+    let source = if args.policy.is_dir() {
+        PolicySource::Dir(args.policy.clone())
+    } else {
+        PolicySource::File(args.policy.clone())
+    };
+    let policy = source.load()?;
     println!(
-        "{}: valid: {} scopes, {} forwards, {} host service grants, {} bind remaps, {} aliases, {} host services, {} MSS clamps",
+        "{}: valid: {} scopes, {} host services, {} MSS clamps",
         args.policy.display(),
         policy.scopes.len(),
-        count(|scope| scope.forwards.len()),
-        count(|scope| scope.grants.len()),
-        count(|scope| scope.binds.len()),
-        count(|scope| scope.aliases.len()),
         policy.host_services.len(),
         policy.mss_clamps.len(),
     );

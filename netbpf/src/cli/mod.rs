@@ -1,9 +1,11 @@
 //! The `netbpf` command line: one module per verb.
 
+mod agent;
 mod check;
 mod node;
 mod reload;
 mod run;
+mod serve;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -18,11 +20,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the datapath, apply a policy and serve until SIGINT or SIGTERM.
+    /// The node agent: follow the containers, apply the policy directory
+    /// to them, serve status until SIGINT or SIGTERM.
+    Agent(agent::AgentArgs),
+    /// The agent with a policy of one file, in the foreground.
     Run(run::RunArgs),
     /// Show the programs, scopes, rules and counters of a running netbpf.
     Status(status::StatusArgs),
-    /// Validate a policy on this host, as `run` would, loading nothing.
+    /// Validate a policy file or directory, loading nothing.
     Check(check::CheckArgs),
     /// Have a running netbpf reload its policy file (as SIGHUP does), and
     /// wait until it has.
@@ -33,6 +38,7 @@ impl Cli {
     /// Runs the verb the command line asked for.
     pub fn execute(self) -> anyhow::Result<()> {
         match self.command {
+            Command::Agent(args) => agent::agent(&args),
             Command::Run(args) => run::run(&args),
             Command::Status(args) => status::status(&args),
             Command::Check(args) => check::check(&args),

@@ -1,18 +1,17 @@
 //! Where netbpf acts on this host: the cgroup its socket programs attach
-//! to and the node's network namespace. Shared by the verbs that resolve a
-//! policy.
+//! to and the node's network namespace. Shared by `run` and `agent`.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::host::{cgroup, resolve::HostResolver};
+use crate::{agent::Node, host::cgroup};
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 pub struct NodeArgs {
     /// cgroup v2 directory to attach the socket programs to; they act on
-    /// the sockets of every process below it. Default: the root of the
-    /// cgroup v2 hierarchy.
+    /// the sockets of every process below it, and containers are followed
+    /// below it. Default: the root of the cgroup v2 hierarchy.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// The node's network namespace (`/run/netns/NAME`, `/proc/PID/ns/net`):
@@ -22,34 +21,37 @@ pub struct NodeArgs {
     pub netns: Option<PathBuf>,
 }
 
-/// The node as a policy is resolved against.
-pub struct Node {
-    pub cgroup_root: PathBuf,
-    /// The node's network namespace, as a path `setns` and links take.
-    pub netns: PathBuf,
-    pub resolver: HostResolver,
-}
-
 impl NodeArgs {
-    pub fn node(&self) -> anyhow::Result<Node> {
-        let cgroup_root = match &self.cgroup_root {
-            Some(root) => root.clone(),
-            None => cgroup::cgroup2_mount().context("finding the cgroup v2 root")?,
+    /// The node these arguments (or, where absent, `cgroup_root` and
+    /// `netns` of the configuration) name.
+    pub fn node(
+        &self,
+        cgroup_root: Option<&PathBuf>,
+        netns: Option<&PathBuf>,
+    ) -> anyhow::Result<Node> {
+        let mount = cgroup::cgroup2_mount()
+            .context("finding the cgroup v2 mount")?
+            .canonicalize()?;
+        let cgroup_root = match self.cgroup_root.as_ref().or(cgroup_root) {
+            Some(root) => root
+                .canonicalize()
+                .with_context(|| format!("cgroup root {}", root.display()))?,
+            None => mount.clone(),
         };
-        let netns = self
-            .netns
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net"));
-        let resolver = HostResolver::new(&cgroup_root, &netns).with_context(|| {
+        cgroup::cgroup_id(&cgroup_root).with_context(|| {
             format!(
                 "cgroup root {} is not a cgroup v2 directory",
                 cgroup_root.display()
             )
         })?;
+        let other_netns = self.netns.as_ref().or(netns).cloned();
         Ok(Node {
+            mount,
             cgroup_root,
-            netns,
-            resolver,
+            netns: other_netns
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/proc/self/ns/net")),
+            other_netns,
         })
     }
 }

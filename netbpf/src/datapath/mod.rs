@@ -13,10 +13,12 @@ mod sockets;
 use std::path::PathBuf;
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::MapError,
     programs::{Program, ProgramError},
 };
+
+use crate::plan::Capacity;
 
 pub use self::{
     mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
@@ -98,6 +100,24 @@ pub struct Optional {
     pub host_services: bool,
 }
 
+impl Optional {
+    /// The programs `policy` needs.
+    #[must_use]
+    pub fn for_policy(policy: &crate::policy::Policy) -> Self {
+        let clamps = |direction: fn(crate::policy::Direction) -> bool| {
+            policy
+                .mss_clamps
+                .iter()
+                .any(|clamp| direction(clamp.direction))
+        };
+        Self {
+            mss_egress: clamps(crate::policy::Direction::egress),
+            mss_ingress: clamps(crate::policy::Direction::ingress),
+            host_services: !policy.host_services.is_empty(),
+        }
+    }
+}
+
 /// netbpf's programs and maps, loaded into the kernel.
 pub struct Datapath {
     ebpf: Ebpf,
@@ -108,11 +128,30 @@ impl Datapath {
     /// Loads the socket programs into the kernel (the verifier runs here),
     /// and those of the `optional` features asked for, with empty maps and
     /// nothing attached.
-    pub fn load(optional: Optional) -> Result<Self, DatapathError> {
-        let mut ebpf =
-            Ebpf::load(PROGRAMS_OBJECT).map_err(|error| DatapathError::Object(Box::new(error)))?;
-        let mut programs = Vec::new();
-        for (name, program) in ebpf.programs_mut() {
+    pub fn load(optional: Optional, capacity: &Capacity) -> Result<Self, DatapathError> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries("CGROUP_SCOPES", capacity.scopes)
+            .map_max_entries("NETNS_SCOPES", capacity.scopes)
+            .map_max_entries("RULE_STATS", capacity.rules)
+            .map_max_entries("FORWARDS", capacity.forward_prefixes)
+            .map_max_entries("ALIASES", capacity.aliases)
+            .map_max_entries("ALIASED_ADDRS", capacity.aliases)
+            .map_max_entries("BIND_REMAPS", capacity.bind_remaps)
+            .map_max_entries("GRANTS", capacity.grants)
+            .load(PROGRAMS_OBJECT)
+            .map_err(|error| DatapathError::Object(Box::new(error)))?;
+        let mut datapath = Self {
+            ebpf,
+            programs: Vec::new(),
+        };
+        datapath.load_programs(optional)?;
+        Ok(datapath)
+    }
+
+    /// Loads the programs of the `optional` features asked for that are
+    /// not loaded yet (and, at first, the socket programs).
+    pub fn load_programs(&mut self, optional: Optional) -> Result<(), DatapathError> {
+        for (name, program) in self.ebpf.programs_mut() {
             let wanted = match name {
                 mss::MSS_OUT_PROGRAM => optional.mss_egress,
                 mss::MSS_IN_PROGRAM => optional.mss_ingress,
@@ -124,7 +163,7 @@ impl Datapath {
                 }
                 _ => return Err(DatapathError::UnorderedProgram(name.to_owned())),
             };
-            if !wanted {
+            if !wanted || self.programs.iter().any(|loaded| loaded.name == name) {
                 continue;
             }
             let load = |error| DatapathError::Load {
@@ -140,13 +179,13 @@ impl Datapath {
             }
             .map_err(load)?;
             let id = program.info().map_err(load)?.id();
-            programs.push(LoadedProgram {
+            self.programs.push(LoadedProgram {
                 name: name.to_owned(),
                 id,
             });
         }
-        programs.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Self { ebpf, programs })
+        self.programs.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
     }
 
     /// The loaded programs, by name.

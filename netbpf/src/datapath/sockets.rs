@@ -122,10 +122,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Sets the counters of every rule below `rules` back to zero: rule ids
-    /// follow the policy's order, which a reload may change.
-    pub fn reset_rule_stats(&mut self, rules: u32) -> Result<(), DatapathError> {
-        self.reset_counters::<RuleStats>("RULE_STATS", 0..rules)
+    /// Sets the counters in `slots` to zero: slots new rules were given.
+    pub fn reset_rule_stats(&mut self, slots: Vec<u32>) -> Result<(), DatapathError> {
+        self.reset_counters::<RuleStats>("RULE_STATS", slots)
     }
 
     /// Attaches every program to the cgroup at `cgroup_root` through bpf

@@ -4,7 +4,6 @@
 pub mod cgroup;
 pub mod links;
 pub mod netns;
-pub mod resolve;
 pub mod rtnetlink;
 pub mod scope_net;
 pub mod sock_diag;

@@ -1,8 +1,22 @@
-//! Compiles a validated policy into the entries of the kernel maps.
+//! The plan: what matches the policy on this node, and the entries of the
+//! kernel maps that give each match its rules. Pure: the agent gathers
+//! what the host says (containers, network facts) and applies the result.
+//!
+//! 1. [`assign`] gives each workload (cgroup or container) the first scope
+//!    whose `match` selects it: one scope instance per match.
+//! 2. The agent resolves each instance's rules
+//!    ([`crate::policy::ScopeDef::instantiate`]) with the host's facts.
+//! 3. [`compile`] turns the instances into map entries. An instance that
+//!    conflicts with an earlier one (older instances first) or does not
+//!    fit the maps fails alone, with its reason; the others are applied.
+
+mod capacity;
+mod ids;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
 };
 
 use netbpf_common::{
@@ -10,11 +24,119 @@ use netbpf_common::{
     ForwardTarget, GrantKey, PROTO_TCP, ScopePort, ServiceKey,
 };
 
-use crate::policy::{Alias, Grant, Policy, Selector};
+pub use self::{
+    capacity::Capacity,
+    ids::{RuleSlots, ScopeIds},
+};
+use crate::{
+    containers::Workload,
+    policy::{Alias, Candidate, Captures, ContainerView, Grant, Policy, Scope, Selector},
+};
 
-/// Everything the kernel maps hold for one policy, keyed as the maps are,
-/// so that two plans can be compared entry by entry.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What the kernel programs know a scope by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ScopeKey {
+    /// A cgroup v2 id: sockets of processes in the cgroup or below it.
+    Cgroup(u64),
+    /// A network namespace cookie: sockets of the namespace.
+    Netns(u64),
+}
+
+/// A scope's match of one workload (or pod, or network namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Index of the scope in the policy.
+    pub scope: usize,
+    pub key: ScopeKey,
+    /// The instance's name: the container's, the pod's or the cgroup's.
+    pub instance: String,
+    /// Where the instance is: its cgroup path, or the namespace's path.
+    pub place: PathBuf,
+    pub captures: Captures,
+}
+
+/// Gives each workload the first scope (in policy order) that selects it.
+/// Workloads of one pod share one instance, on the pod's cgroup.
+#[must_use]
+pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assignment> {
+    let by_path: HashMap<&Path, &Workload> = workloads
+        .iter()
+        .map(|workload| (workload.cgroup.as_path(), workload))
+        .collect();
+    let mut assignments: BTreeMap<ScopeKey, Assignment> = BTreeMap::new();
+    for workload in workloads {
+        let container = workload.container.as_ref().map(|container| ContainerView {
+            id: &container.id,
+            name: container.name.as_deref(),
+            labels: &container.labels,
+            pod: container.pod.as_deref(),
+        });
+        let candidate = Candidate {
+            cgroup: &workload.cgroup,
+            mount,
+            container,
+        };
+        let matched = policy.scopes.iter().enumerate().find_map(|(index, def)| {
+            let Selector::Workload(selector) = &def.selector else {
+                return None;
+            };
+            Some((index, selector.matches(&candidate)?, selector.pod.is_some()))
+        });
+        let Some((scope, captures, per_pod)) = matched else {
+            continue;
+        };
+        let (key, instance, place) = if per_pod {
+            let Some(pod) = workload
+                .cgroup
+                .parent()
+                .and_then(|parent| by_path.get(parent))
+            else {
+                continue;
+            };
+            let name = container
+                .and_then(|container| container.pod)
+                .unwrap_or_default();
+            (pod.cgroup_id, name.to_owned(), pod.cgroup.clone())
+        } else {
+            (
+                workload.cgroup_id,
+                workload.instance_name(),
+                workload.cgroup.clone(),
+            )
+        };
+        assignments
+            .entry(ScopeKey::Cgroup(key))
+            .or_insert(Assignment {
+                scope,
+                key: ScopeKey::Cgroup(key),
+                instance,
+                place,
+                captures,
+            });
+    }
+    assignments.into_values().collect()
+}
+
+/// A scope instance with its rules resolved, or why they could not be.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub assignment: Assignment,
+    /// Its rules, or why the policy gives it none (located in the policy).
+    pub rules: Result<Scope, String>,
+}
+
+/// What became of one instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub assignment: Assignment,
+    /// Its scope id and its rules (rule ids are counter slots), when
+    /// applied; else why not.
+    pub applied: Result<(u32, Scope), String>,
+}
+
+/// Everything the kernel maps hold, keyed as the maps are, so that two
+/// plans can be compared entry by entry.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// cgroup id -> scope id.
     pub cgroup_scopes: BTreeMap<u64, u32>,
@@ -34,46 +156,113 @@ pub struct Plan {
     pub binds: BTreeMap<ScopePort, BindTarget>,
 }
 
-/// Scope ids that stay the same across policies: a cgroup or network
-/// namespace keeps its id for as long as netbpf runs, so that what the
-/// kernel keyed by it (the local binds of a scope) stays right when the
-/// policy is reloaded.
-#[derive(Debug, Default)]
-pub struct ScopeIds {
-    /// (is a cgroup, cgroup id or netns cookie) -> scope id.
-    ids: BTreeMap<(bool, u64), u32>,
-    next: u32,
+/// What the instances compiled so far claim, to find conflicts.
+#[derive(Default)]
+struct Claims {
+    /// (protocol, port a bind is remapped to) -> the instance that has it.
+    remapped_ports: HashMap<(u8, u16), String>,
+    /// Where a grant's connections arrive -> the service handed them.
+    service_addresses: HashMap<SocketAddr, usize>,
 }
 
-impl ScopeIds {
-    /// The id of the scope `selector` selects, new ones numbered on.
-    pub fn of(&mut self, selector: &Selector) -> u32 {
-        let key = match selector {
-            Selector::Cgroup { id, .. } => (true, *id),
-            Selector::Netns { cookie, .. } => (false, *cookie),
-        };
-        *self.ids.entry(key).or_insert_with(|| {
-            self.next += 1;
-            self.next - 1
-        })
+/// The map entries of `resolved`, oldest instances first. Scope ids come
+/// from `ids` and counter slots from `slots`, both kept across plans.
+#[must_use]
+pub fn compile(
+    policy: &Policy,
+    mut resolved: Vec<Resolved>,
+    ids: &mut ScopeIds,
+    slots: &mut RuleSlots,
+    capacity: &Capacity,
+) -> (Plan, Vec<Outcome>) {
+    ids.retain(resolved.iter().map(|instance| instance.assignment.key));
+    resolved.sort_by_key(|instance| ids.get(instance.assignment.key).unwrap_or(u32::MAX));
+    let mut plan = Plan::default();
+    let mut claims = Claims::default();
+    let mut used_slots = BTreeSet::new();
+    let mut outcomes = Vec::with_capacity(resolved.len());
+    for Resolved { assignment, rules } in resolved {
+        let applied = rules.and_then(|scope| {
+            let id = ids.get_or_assign(assignment.key, capacity.scopes)?;
+            let name = format!(
+                "{}/{}",
+                policy.scopes[assignment.scope].name, assignment.instance
+            );
+            claims.check(&scope, policy)?;
+            let mut entries = Plan::default();
+            entries.add_scope(assignment.key, id, &scope);
+            capacity.check(&plan, &entries)?;
+            let scope = slots.assign(id, scope, &mut used_slots, capacity.rules)?;
+            let mut entries = Plan::default();
+            entries.add_scope(assignment.key, id, &scope);
+            claims.take(&name, &scope);
+            plan.merge(entries);
+            Ok((id, scope))
+        });
+        outcomes.push(Outcome {
+            assignment,
+            applied,
+        });
+    }
+    slots.release_all_but(&used_slots);
+    (plan, outcomes)
+}
+
+impl Claims {
+    /// Whether `scope` (of instance `name`) can have what it asks for.
+    fn check(&self, scope: &Scope, policy: &Policy) -> Result<(), String> {
+        for bind in &scope.binds {
+            for &protocol in bind.protocols.numbers() {
+                if let Some(other) = self.remapped_ports.get(&(protocol, bind.to)) {
+                    return Err(format!(
+                        "bind remap of port {} onto {}: {other} has that port already (two instances cannot get the same port)",
+                        bind.port, bind.to
+                    ));
+                }
+            }
+        }
+        for grant in &scope.grants {
+            let arrival = SocketAddr::new(grant.gateway, grant.dial.port());
+            if let Some(&other) = self.service_addresses.get(&arrival)
+                && other != grant.service
+            {
+                return Err(format!(
+                    "{arrival} already leads to host service {:?}: one port of a gateway serves one service",
+                    policy.host_services[other].name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str, scope: &Scope) {
+        for bind in &scope.binds {
+            for &protocol in bind.protocols.numbers() {
+                self.remapped_ports
+                    .insert((protocol, bind.to), name.to_owned());
+            }
+        }
+        for grant in &scope.grants {
+            self.service_addresses.insert(
+                SocketAddr::new(grant.gateway, grant.dial.port()),
+                grant.service,
+            );
+        }
     }
 }
 
-/// The map entries of `policy`, with scope ids from `ids`.
-#[must_use]
-pub fn compile(policy: &Policy, ids: &mut ScopeIds) -> Plan {
-    let mut plan = Plan::default();
-    for scope in &policy.scopes {
-        let scope_id = ids.of(&scope.selector);
-        match scope.selector {
-            Selector::Cgroup { id, .. } => plan.cgroup_scopes.insert(id, scope_id),
-            Selector::Netns { cookie, .. } => plan.netns_scopes.insert(cookie, scope_id),
+impl Plan {
+    /// The entries of one scope instance.
+    fn add_scope(&mut self, key: ScopeKey, scope_id: u32, scope: &Scope) {
+        match key {
+            ScopeKey::Cgroup(id) => self.cgroup_scopes.insert(id, scope_id),
+            ScopeKey::Netns(cookie) => self.netns_scopes.insert(cookie, scope_id),
         };
         for grant in &scope.grants {
-            plan.add_grant(scope_id, grant);
+            self.add_grant(scope_id, grant);
         }
         for alias in &scope.aliases {
-            plan.add_alias(scope_id, alias);
+            self.add_alias(scope_id, alias);
         }
         for bind in &scope.binds {
             let (addr, family) = bind.address.map_or(([0; 4], 0), target_words);
@@ -84,7 +273,7 @@ pub fn compile(policy: &Policy, ids: &mut ScopeIds) -> Plan {
                 rule: bind.rule,
             };
             for &protocol in bind.protocols.numbers() {
-                plan.binds
+                self.binds
                     .insert(ScopePort::new(scope_id, bind.port, protocol), target);
             }
         }
@@ -99,16 +288,25 @@ pub fn compile(policy: &Policy, ids: &mut ScopeIds) -> Plan {
             for &protocol in forward.protocols.numbers() {
                 for (port, port_bits) in forward.from.prefixes() {
                     let key = ForwardKey::new(scope_id, protocol, port);
-                    plan.forwards
+                    self.forwards
                         .insert((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key), target);
                 }
             }
         }
     }
-    plan
-}
 
-impl Plan {
+    /// Adds `other`'s entries to this plan.
+    fn merge(&mut self, other: Self) {
+        self.cgroup_scopes.extend(other.cgroup_scopes);
+        self.netns_scopes.extend(other.netns_scopes);
+        self.forwards.extend(other.forwards);
+        self.aliases.extend(other.aliases);
+        self.aliased_addrs.extend(other.aliased_addrs);
+        self.services.extend(other.services);
+        self.grants.extend(other.grants);
+        self.binds.extend(other.binds);
+    }
+
     /// An alias: the exact address (port 0: every port) -> its target.
     fn add_alias(&mut self, scope: u32, alias: &Alias) {
         let (from, family) = target_words(alias.from.ip());
@@ -134,6 +332,7 @@ impl Plan {
             family,
         });
     }
+
     /// A grant: an alias from the dialed address to the gateway (unless
     /// the container dials its gateway itself), the service where
     /// connections arrive there, and the container's addresses allowed.
@@ -188,17 +387,4 @@ fn target_words(addr: IpAddr) -> ([u32; 4], u16) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_are_stored_in_network_order() {
-        let (words, family) = target_words("10.200.1.1".parse().unwrap());
-        assert_eq!(family, AF_INET);
-        assert_eq!(words[0].to_ne_bytes(), [10, 200, 1, 1]);
-        let (words, family) = target_words("fd00::53".parse().unwrap());
-        assert_eq!(family, AF_INET6);
-        assert_eq!(words[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
-        assert_eq!(words[3].to_ne_bytes(), [0, 0, 0, 0x53]);
-    }
-}
+mod tests;

@@ -46,14 +46,14 @@ pub struct ScopeNetwork {
     pub addresses: Vec<IpAddr>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHostService {
     name: Spanned<String>,
     listen: Spanned<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGrant {
     service: Spanned<String>,
@@ -69,16 +69,18 @@ impl RawGrant {
     }
 }
 
-/// Validates the host services of a policy.
+/// Validates the host services of one policy file, adding them to
+/// `services`: those of the files before it, each with its place.
 pub(super) fn validate_services(
     locator: &Locator<'_>,
     raw: Vec<Spanned<RawHostService>>,
-) -> Result<Vec<HostService>, PolicyError> {
-    let mut services: Vec<HostService> = Vec::new();
+    services: &mut Vec<(HostService, String)>,
+) -> Result<(), PolicyError> {
     for (index, raw) in raw.into_iter().enumerate() {
         let raw = raw.into_inner();
+        let here = super::place(locator, raw.name.span());
         let field = format!("host_service[{index}]");
-        if index >= MAX_HOST_SERVICES as usize {
+        if services.len() >= MAX_HOST_SERVICES as usize {
             return Err(locator.error(
                 raw.name.span(),
                 format!("{field}.name"),
@@ -93,11 +95,11 @@ pub(super) fn validate_services(
                 "a host service needs a name",
             ));
         }
-        if services.iter().any(|service| service.name == name) {
+        if let Some((_, first)) = services.iter().find(|(service, _)| service.name == name) {
             return Err(locator.error(
                 raw.name.span(),
                 format!("{field}.name"),
-                format!("host service {name:?} is defined twice"),
+                format!("host service {name:?} is defined twice: at {first} and at {here}"),
             ));
         }
         let listen = raw
@@ -116,28 +118,37 @@ pub(super) fn validate_services(
                     ),
                 )
             })?;
-        if services.iter().any(|service| service.listen == listen) {
+        if let Some((_, first)) = services
+            .iter()
+            .find(|(service, _)| service.listen == listen)
+        {
             return Err(locator.error(
                 raw.listen.span(),
                 format!("{field}.listen"),
-                format!("another host service listens on {listen}"),
+                format!("the host service at {first} listens on {listen} too"),
             ));
         }
-        services.push(HostService { name, listen });
+        services.push((HostService { name, listen }, here));
     }
-    Ok(services)
+    Ok(())
 }
 
-/// Validates one grant of a scope whose network is `network`.
+/// A grant as the policy gives it, before an instance's network is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct GrantDef {
+    service: usize,
+    dial: SocketAddr,
+    /// The gateway the policy names; None: the instance's default route's.
+    gateway: Option<IpAddr>,
+}
+
+/// Validates one grant on its own.
 pub(super) fn validate_grant(
     locator: &Locator<'_>,
     services: &[HostService],
-    network: &ScopeNetwork,
-    node_addresses: &[IpAddr],
     field: &str,
     raw: &RawGrant,
-    rule: u32,
-) -> Result<Grant, PolicyError> {
+) -> Result<GrantDef, PolicyError> {
     let service = services
         .iter()
         .position(|service| service.name == *raw.service.get_ref())
@@ -179,25 +190,49 @@ pub(super) fn validate_grant(
             services[service].listen
         )));
     }
-    let same_family = |addr: &&IpAddr| addr.is_ipv4() == dial.is_ipv4();
-    let gateway = match &raw.gateway {
-        Some(gateway) => {
-            let parsed = gateway
+    let gateway = raw
+        .gateway
+        .as_ref()
+        .map(|gateway| {
+            gateway
                 .get_ref()
                 .parse::<IpAddr>()
                 .ok()
-                .filter(|addr| addr.is_ipv4() == dial.is_ipv4());
-            parsed.ok_or_else(|| {
-                locator.error(
-                    gateway.span(),
-                    format!("{field}.gateway"),
-                    format!(
-                        "{:?} is not an address of the same family as dial",
-                        gateway.get_ref()
-                    ),
-                )
-            })?
-        }
+                .filter(|addr| addr.is_ipv4() == dial.is_ipv4())
+                .ok_or_else(|| {
+                    locator.error(
+                        gateway.span(),
+                        format!("{field}.gateway"),
+                        format!(
+                            "{:?} is not an address of the same family as dial",
+                            gateway.get_ref()
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(GrantDef {
+        service,
+        dial,
+        gateway,
+    })
+}
+
+/// The grant `def` for an instance whose network is `network`.
+pub(super) fn resolve_grant(
+    locator: &Locator<'_>,
+    def: &GrantDef,
+    network: &ScopeNetwork,
+    node_addresses: &[IpAddr],
+    field: &str,
+    raw: &RawGrant,
+    rule: u32,
+) -> Result<Grant, PolicyError> {
+    let dial_error =
+        |message: String| locator.error(raw.dial.span(), format!("{field}.dial"), message);
+    let same_family = |addr: &&IpAddr| addr.is_ipv4() == def.dial.is_ipv4();
+    let gateway = match def.gateway {
+        Some(gateway) => gateway,
         None => *network.gateways.iter().find(same_family).ok_or_else(|| {
             dial_error(
                 "the container's network namespace has no default route of this family to find its \
@@ -220,8 +255,8 @@ pub(super) fn validate_grant(
     }
     Ok(Grant {
         rule,
-        service,
-        dial,
+        service: def.service,
+        dial: def.dial,
         gateway,
         sources,
     })

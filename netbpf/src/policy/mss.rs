@@ -98,23 +98,28 @@ enum RawMss {
     Text(String),
 }
 
-/// Validates the clamps of a policy.
+/// Validates the clamps of one policy file, adding them to `clamps`: those
+/// of the files before it, each with its place.
 pub(super) fn validate(
     locator: &Locator<'_>,
     raw: Vec<Spanned<RawMssClamp>>,
-) -> Result<Vec<MssClamp>, PolicyError> {
-    let mut clamps: Vec<MssClamp> = Vec::new();
+    clamps: &mut Vec<(MssClamp, String)>,
+) -> Result<(), PolicyError> {
     for (index, raw) in raw.into_iter().enumerate() {
         let raw = raw.into_inner();
+        let here = super::place(locator, raw.interface.span());
         let field = format!("mss_clamp[{index}]");
         let interface = raw.interface.get_ref().trim().to_owned();
         let interface_error = |message: String| {
             locator.error(raw.interface.span(), format!("{field}.interface"), message)
         };
         check_interface(&interface).map_err(interface_error)?;
-        if let Some(first) = clamps.iter().position(|clamp| clamp.interface == interface) {
+        if let Some((_, first)) = clamps
+            .iter()
+            .find(|(clamp, _)| clamp.interface == interface)
+        {
             return Err(interface_error(format!(
-                "mss_clamp[{first}] already names {interface:?}: one clamp per interface"
+                "{interface:?} is clamped twice: at {first} and at {here}; one clamp per interface"
             )));
         }
         let mss = match raw.mss.get_ref() {
@@ -140,13 +145,16 @@ pub(super) fn validate(
                 ));
             }
         };
-        clamps.push(MssClamp {
-            interface,
-            direction: raw.direction,
-            mss,
-        });
+        clamps.push((
+            MssClamp {
+                interface,
+                direction: raw.direction,
+                mss,
+            },
+            here,
+        ));
     }
-    Ok(clamps)
+    Ok(())
 }
 
 /// Checks that `interface` is a name or a glob that can match one.

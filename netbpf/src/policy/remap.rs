@@ -1,12 +1,15 @@
 //! A scope's `bind` remaps (its bind to one port gets another) and
 //! `alias` entries (its connections to one address go to another).
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+};
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Locator, PolicyError, Protocols};
+use super::{Captures, Locator, PolicyError, Protocols};
 
 /// A bind to `port` (on `address`, or any) gets `to` instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,10 +32,10 @@ pub struct Alias {
     pub to: SocketAddr,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBind {
-    port: Spanned<i64>,
+    port: Spanned<RawPort>,
     to: Spanned<RawPort>,
     #[serde(default)]
     address: Option<Spanned<String>>,
@@ -40,16 +43,17 @@ pub(super) struct RawBind {
     proto: Protocols,
 }
 
-/// A port, or `"@"`: the number after the last `@` in the instance's
-/// cgroup name (`onetime@7043.service` -> 7043).
-#[derive(Deserialize)]
+/// A port, or a value of the instance: `"{NAME}"` (what the match
+/// captured as NAME) or `"@"` (the number after the last `@` in the
+/// instance's name: `onetime@7043.service` -> 7043).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum RawPort {
     Number(i64),
     Template(String),
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAlias {
     from: Spanned<String>,
@@ -70,57 +74,18 @@ impl RawAlias {
     }
 }
 
-/// Validates one bind remap of a scope, or of one `instance` (a cgroup
-/// name) of a glob scope.
+/// Validates one bind remap: for an instance (its name and what its
+/// match captured), or alone, when a port the instance gives is only
+/// checked to be one it can give (None then).
 pub(super) fn validate_bind(
     locator: &Locator<'_>,
     field: &str,
     raw: &RawBind,
-    rule: u32,
-    instance: Option<&str>,
-) -> Result<BindRemap, PolicyError> {
-    let out_of_range = |value: i64, span, name: &str| {
-        locator.error(
-            span,
-            format!("{field}.{name}"),
-            format!("port {value} is out of range: expected a number from 1 to 65535"),
-        )
-    };
-    let check = |value: i64, span: std::ops::Range<usize>, name: &str| {
-        u16::try_from(value)
-            .ok()
-            .filter(|port| *port != 0)
-            .ok_or_else(|| out_of_range(value, span, name))
-    };
-    let port = check(*raw.port.get_ref(), raw.port.span(), "port")?;
-    let to = match raw.to.get_ref() {
-        RawPort::Number(number) => check(*number, raw.to.span(), "to")?,
-        RawPort::Template(template) if template == "@" => {
-            let instance = instance.ok_or_else(|| {
-                locator.error(
-                    raw.to.span(),
-                    format!("{field}.to"),
-                    "to = \"@\" takes the port from the instance's cgroup name: match cgroups with a glob",
-                )
-            })?;
-            instance_port(instance).ok_or_else(|| {
-                locator.error(
-                    raw.to.span(),
-                    format!("{field}.to"),
-                    format!("cgroup {instance:?} has no @PORT in its name for to = \"@\""),
-                )
-            })?
-        }
-        RawPort::Template(other) => {
-            return Err(locator.error(
-                raw.to.span(),
-                format!("{field}.to"),
-                format!(
-                    "expected a port or \"@\" (the port in the instance's name), found {other:?}"
-                ),
-            ));
-        }
-    };
+    known: &BTreeSet<&str>,
+    instance: Option<(&str, &Captures)>,
+) -> Result<Option<BindRemap>, PolicyError> {
+    let port = port_value(locator, field, "port", &raw.port, known, instance)?;
+    let to = port_value(locator, field, "to", &raw.to, known, instance)?;
     let address = raw
         .address
         .as_ref()
@@ -138,13 +103,72 @@ pub(super) fn validate_bind(
                 })
         })
         .transpose()?;
-    Ok(BindRemap {
-        rule,
+    let (Some(port), Some(to)) = (port, to) else {
+        return Ok(None);
+    };
+    Ok(Some(BindRemap {
+        rule: 0,
         protocols: raw.proto,
         port,
         to,
         address,
-    })
+    }))
+}
+
+/// The port `raw` gives (`field.name`), for `instance`; None when it is
+/// the instance's and there is none.
+fn port_value(
+    locator: &Locator<'_>,
+    field: &str,
+    name: &str,
+    raw: &Spanned<RawPort>,
+    known: &BTreeSet<&str>,
+    instance: Option<(&str, &Captures)>,
+) -> Result<Option<u16>, PolicyError> {
+    let error = |message: String| locator.error(raw.span(), format!("{field}.{name}"), message);
+    let number = |value: i64| {
+        u16::try_from(value)
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| {
+                error(format!(
+                    "port {value} is out of range: expected a number from 1 to 65535"
+                ))
+            })
+    };
+    match raw.get_ref() {
+        RawPort::Number(value) => number(*value).map(Some),
+        RawPort::Template(template) if template == "@" => {
+            let Some((instance, _)) = instance else {
+                return Ok(None);
+            };
+            instance_port(instance).map(Some).ok_or_else(|| {
+                error(format!(
+                    "{instance:?} has no @PORT in its name for {name} = \"@\""
+                ))
+            })
+        }
+        RawPort::Template(template) => {
+            let capture = template
+                .strip_prefix('{')
+                .and_then(|rest| rest.strip_suffix('}'))
+                .filter(|capture| known.contains(capture))
+                .ok_or_else(|| {
+                    error(format!(
+                        "expected a port, \"@\" (the port in the instance's name) or \"{{NAME}}\" with a NAME \
+                         the match captures ({known:?}), found {template:?}"
+                    ))
+                })?;
+            let Some((_, captures)) = instance else {
+                return Ok(None);
+            };
+            let text = &captures[capture];
+            match text.parse::<i64>() {
+                Ok(value) => number(value).map(Some),
+                Err(_) => Err(error(format!("{{{capture}}} is {text:?}, not a port"))),
+            }
+        }
+    }
 }
 
 /// The port an instance's name carries after its last `@`:

@@ -1,24 +1,12 @@
-use std::{
-    fmt::Write as _,
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::IpAddr, path::Path};
 
 use super::*;
 
-/// Resolves `/cg/NAME` and `/ns/NAME` to made-up keys; anything else does
-/// not exist.
-struct FakeHost;
+/// The facts of a made-up instance: a bridge network, port 22 taken.
+struct FakeFacts;
 
-impl Resolver for FakeHost {
-    fn cgroup(&self, path: &str) -> Result<(PathBuf, u64), String> {
-        match path.strip_prefix("/cg/") {
-            Some(name) => Ok((PathBuf::from(path), fake_key(1000, name))),
-            None => Err(format!("cgroup {path:?} does not exist")),
-        }
-    }
-
-    fn network(&self, _selector: &Selector) -> Result<ScopeNetwork, String> {
+impl Facts for FakeFacts {
+    fn network(&self) -> Result<ScopeNetwork, String> {
         Ok(ScopeNetwork {
             node: false,
             gateways: vec!["10.210.1.1".parse().unwrap(), "fd21::1".parse().unwrap()],
@@ -34,44 +22,54 @@ impl Resolver for FakeHost {
         ])
     }
 
-    fn bound_ports(&self, _selector: &Selector) -> Result<Vec<(u8, u16)>, String> {
+    fn bound_ports(&self) -> Result<Vec<(u8, u16)>, String> {
         Ok(vec![(netbpf_common::PROTO_TCP, 22)])
     }
-
-    fn cgroup_glob(&self, pattern: &str) -> Result<Vec<(PathBuf, u64)>, String> {
-        match pattern {
-            "/cg/onetime@*" => ["/cg/onetime@7041", "/cg/onetime@7042"]
-                .iter()
-                .map(|path| self.cgroup(path))
-                .collect(),
-            _ => Ok(Vec::new()),
-        }
-    }
-
-    fn netns(&self, path: &str) -> Result<(PathBuf, u64), String> {
-        match path.strip_prefix("/ns/") {
-            Some(name) => Ok((PathBuf::from(path), fake_key(2000, name))),
-            None => Err(format!("network namespace {path:?} does not exist")),
-        }
-    }
-}
-
-/// A made-up kernel key, distinct for distinct names.
-fn fake_key(base: u64, name: &str) -> u64 {
-    name.bytes().fold(base, |key, byte| {
-        key.wrapping_mul(31).wrapping_add(u64::from(byte))
-    })
 }
 
 fn parse_text(text: &str) -> Result<Policy, PolicyError> {
-    parse(Path::new("policy.toml"), text, &FakeHost)
+    parse(Path::new("policy.toml"), text)
+}
+
+/// The rules of scope `index` of `policy` for an instance named `name`
+/// whose match captured `captures`.
+fn instance_of(
+    policy: &Policy,
+    index: usize,
+    name: &str,
+    captures: &[(&str, &str)],
+) -> Result<Scope, PolicyError> {
+    let captures: Captures = captures
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    policy.scopes[index].instantiate(
+        &policy.host_services,
+        Instance {
+            name,
+            captures: &captures,
+        },
+        &FakeFacts,
+    )
+}
+
+/// The first error of `text`: when read, or else when its scopes are
+/// instantiated for an instance named "app".
+fn first_error(text: &str) -> PolicyError {
+    let policy = match parse_text(text) {
+        Ok(policy) => policy,
+        Err(error) => return error,
+    };
+    (0..policy.scopes.len())
+        .find_map(|index| instance_of(&policy, index, "app", &[]).err())
+        .expect("the policy must be rejected")
 }
 
 /// Asserts that `text` is rejected at `line` for `field` with a message
 /// containing `needle`.
 #[track_caller]
 fn assert_rejected(text: &str, line: usize, field: &str, needle: &str) {
-    let error = parse_text(text).expect_err("the policy must be rejected");
+    let error = first_error(text);
     assert_eq!(error.line, line, "wrong line in: {error}");
     assert_eq!(error.field, field, "wrong field in: {error}");
     assert!(error.message.contains(needle), "{needle:?} not in: {error}");
@@ -107,15 +105,14 @@ fn accepts_a_complete_policy() {
     assert_eq!(policy.scopes.len(), 2);
     let desktop = &policy.scopes[0];
     assert_eq!(desktop.name, "desktop");
-    assert_eq!(
-        desktop.selector,
-        Selector::Cgroup {
-            path: "/cg/desktop".into(),
-            id: fake_key(1000, "desktop")
-        }
-    );
-    let [http, range, dns] = desktop.forwards.as_slice() else {
-        panic!("three forwards expected: {:?}", desktop.forwards);
+    assert_eq!(desktop.origin, "policy.toml:5");
+    let Selector::Workload(selector) = &desktop.selector else {
+        panic!("a cgroup selector expected: {:?}", desktop.selector);
+    };
+    assert_eq!(selector.cgroup.as_ref().unwrap().as_str(), "/cg/desktop");
+    let rules = instance_of(&policy, 0, "desktop", &[]).unwrap();
+    let [http, range, dns] = rules.forwards.as_slice() else {
+        panic!("three forwards expected: {:?}", rules.forwards);
     };
     assert_eq!(
         (http.rule, http.protocols, http.from),
@@ -127,24 +124,18 @@ fn accepts_a_complete_policy() {
         (Protocols::Udp, 10_000)
     );
     assert_eq!((dns.protocols, dns.port_delta()), (Protocols::Both, 0));
-    let pod = &policy.scopes[1];
-    assert_eq!(
-        pod.selector,
-        Selector::Netns {
-            path: "/ns/pod".into(),
-            cookie: fake_key(2000, "pod")
-        }
-    );
+    assert_eq!(policy.scopes[1].selector, Selector::Netns("/ns/pod".into()));
+    let pod = instance_of(&policy, 1, "pod", &[]).unwrap();
     assert_eq!(
         (pod.forwards[0].rule, pod.forwards[0].from),
-        (3, Ports::Every)
+        (0, Ports::Every)
     );
 }
 
 #[test]
 fn an_empty_policy_is_valid() {
     let policy = parse_text("version = 1\n").unwrap();
-    assert_eq!((policy.scopes, policy.mss_clamps), (vec![], vec![]));
+    assert!(policy.scopes.is_empty() && policy.mss_clamps.is_empty());
 }
 
 #[test]
@@ -249,7 +240,10 @@ fn a_single_port_is_a_range_of_one() {
         r#"{ from = "localhost:80-80", to = "10.0.0.1:81" }"#,
     ))
     .unwrap();
-    assert_eq!(policy.scopes[0].forwards[0].port_delta(), 1);
+    assert_eq!(
+        instance_of(&policy, 0, "a", &[]).unwrap().forwards[0].port_delta(),
+        1
+    );
 }
 
 #[test]
@@ -260,24 +254,6 @@ fn rejects_link_local_targets() {
         "scope[0].forward[0].to",
         "link-local",
     );
-}
-
-#[test]
-fn rejects_more_port_prefixes_than_the_datapath_holds() {
-    // 1-65534 takes 30 prefixes per protocol, 60 with both: the 1093rd
-    // such forward passes the 65536 entries of the trie.
-    let mut text = String::from("version = 1\n");
-    for scope in 0..1093 {
-        writeln!(
-            text,
-            "[[scope]]\nname = \"s{scope}\"\nmatch = {{ cgroup = \"/cg/{scope}\" }}\n\
-             forward = [{{ from = \"localhost:1-65534\", to = \"10.0.0.1\", proto = \"both\" }}]"
-        )
-        .unwrap();
-    }
-    let error = parse_text(&text).unwrap_err();
-    assert_eq!(error.field, "scope[1092].forward[0].from", "{error}");
-    assert!(error.message.contains("port prefixes"), "{error}");
 }
 
 #[test]
@@ -293,44 +269,58 @@ fn rejects_overlapping_forwards_on_one_protocol() {
     );
     // The same ports on different protocols do not overlap.
     let split = text.replace("proto = \"both\"", "proto = \"udp\"");
-    assert_eq!(parse_text(&split).unwrap().scopes[0].forwards.len(), 2);
+    let policy = parse_text(&split).unwrap();
+    assert_eq!(instance_of(&policy, 0, "a", &[]).unwrap().forwards.len(), 2);
 }
 
 #[test]
-fn rejects_scopes_that_do_not_exist() {
-    assert_rejected(
-        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/nowhere\" }\n",
-        4,
-        "scope[0].match.cgroup",
-        "does not exist",
-    );
-    assert_rejected(
-        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { netns = \"/run/netns/gone\" }\n",
-        4,
-        "scope[0].match.netns",
-        "does not exist",
-    );
+fn a_policy_is_valid_whether_or_not_anything_matches_it() {
+    let policy = parse_text(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/nowhere/yet\" }\n\
+         [[scope]]\nname = \"b\"\nmatch = { netns = \"/run/netns/later\" }\n\
+         [[scope]]\nname = \"c\"\nmatch = { container = \"web-*\", label = { tier = \"front\" } }\n",
+    )
+    .unwrap();
+    assert_eq!(policy.scopes.len(), 3);
 }
 
 #[test]
-fn rejects_ambiguous_and_duplicate_scopes() {
+fn rejects_ambiguous_empty_and_duplicate_scopes() {
     assert_rejected(
         "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\", netns = \"/ns/a\" }\n",
         4,
         "scope[0].match",
-        "exactly one of",
+        "takes no other condition",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = {}\n",
+        4,
+        "scope[0].match",
+        "at least one of",
     );
     assert_rejected(
         "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/b\" }\n",
         6,
         "scope[1].name",
-        "already taken",
+        "defined twice: at policy.toml:3 and at policy.toml:6",
     );
     assert_rejected(
-        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\n[[scope]]\nname = \"b\"\nmatch = { cgroup = \"/cg/a\" }\n",
-        7,
-        "scope[1].match",
-        "already matches",
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { container = \"web-{n\" }\n",
+        4,
+        "scope[0].match.container",
+        "does not close",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { id = \"xyz\" }\n",
+        4,
+        "scope[0].match.id",
+        "hexadecimal",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { pod = \"web\" }\n",
+        4,
+        "scope[0].match.pod",
+        "NAMESPACE/NAME",
     );
 }
 
@@ -401,7 +391,7 @@ fn rejects_bad_mss_clamps_where_they_stand() {
         "version = 1\n[[mss_clamp]]\ninterface = \"wg0\"\nmss = 1300\n[[mss_clamp]]\ninterface = \"wg0\"\nmss = 1200\n",
         6,
         "mss_clamp[1].interface",
-        "already names",
+        "clamped twice: at policy.toml:3 and at policy.toml:6",
     );
 }
 
@@ -422,7 +412,8 @@ fn accepts_host_services_and_finds_gateways() {
     ))
     .unwrap();
     assert_eq!(policy.host_services.len(), 2);
-    let [gpu, db] = policy.scopes[0].grants.as_slice() else {
+    let rules = instance_of(&policy, 0, "app", &[]).unwrap();
+    let [gpu, db] = rules.grants.as_slice() else {
         panic!("two grants expected");
     };
     assert_eq!((gpu.service, gpu.rule), (0, 0));
@@ -482,7 +473,7 @@ fn accepts_bind_remaps_and_aliases() {
         "bind = [{ port = 3000, to = 7043 }]\nalias = [{ from = \"10.10.10.10:6379\", to = \"10.0.0.5:6380\" }, { from = \"10.10.10.11\", to = \"10.0.0.6\" }]",
     ))
     .unwrap();
-    let scope = &policy.scopes[0];
+    let scope = instance_of(&policy, 0, "a", &[]).unwrap();
     assert_eq!(
         (
             scope.binds[0].port,
@@ -513,13 +504,6 @@ fn rejects_conflicting_remaps_and_alias_loops() {
         "out of range",
     );
     assert_rejected(
-        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nbind = [{ port = 3000, to = 7043 }]\n\
-         [[scope]]\nname = \"b\"\nmatch = { cgroup = \"/cg/b\" }\nbind = [{ port = 3000, to = 7043 }]\n",
-        9,
-        "scope[1].bind[0].to",
-        "two scopes cannot get the same port",
-    );
-    assert_rejected(
         &with_remaps(
             "alias = [{ from = \"10.1.1.1:80\", to = \"10.2.2.2:80\" }, { from = \"10.2.2.2:80\", to = \"10.1.1.1:80\" }]",
         ),
@@ -536,39 +520,74 @@ fn rejects_conflicting_remaps_and_alias_loops() {
 }
 
 #[test]
-fn a_glob_scope_gives_each_instance_the_port_in_its_name() {
+fn instances_take_ports_from_their_names_and_labels() {
     let policy = parse_text(
         "version = 1\n[[scope]]\nname = \"onetime\"\nmatch = { cgroup = \"/cg/onetime@*\" }\n\
-         bind = [{ port = 3000, to = \"@\" }]\n",
+         bind = [{ port = 3000, to = \"@\" }]\n\
+         [[scope]]\nname = \"web\"\nmatch = { container = \"web-{port}\", label = { tier = \"{tier}\" } }\n\
+         bind = [{ port = 3000, to = \"{port}\" }]\n\
+         forward = [{ from = \"localhost:{port}\", to = \"10.0.0.1:{port}\" }]\n",
     )
     .unwrap();
-    let instances: Vec<(&str, u16)> = policy
-        .scopes
-        .iter()
-        .map(|scope| (scope.name.as_str(), scope.binds[0].to))
-        .collect();
+    let at = instance_of(&policy, 0, "onetime@7041", &[]).unwrap();
+    assert_eq!((at.binds[0].port, at.binds[0].to), (3000, 7041));
+    let web = instance_of(&policy, 1, "web-7050", &[("port", "7050"), ("tier", "x")]).unwrap();
+    assert_eq!(web.binds[0].to, 7050);
+    assert_eq!(web.forwards[0].from, Ports::Single(7050));
+    assert_eq!(web.forwards[0].to.to_string(), "10.0.0.1:7050");
+    let error = instance_of(&policy, 1, "web-x", &[("port", "x"), ("tier", "x")]).unwrap_err();
     assert_eq!(
-        instances,
-        [
-            ("onetime/onetime@7041", 7041),
-            ("onetime/onetime@7042", 7042)
-        ]
+        (error.line, error.field.as_str()),
+        (10, "scope[1].forward[0].from"),
+        "{error}"
     );
-    assert_ne!(
-        policy.scopes[0].binds[0].rule, policy.scopes[1].binds[0].rule,
-        "each instance counts on its own"
+    assert!(
+        error.message.contains("instance \"web-x\"") && error.message.contains("not a port"),
+        "{error}"
     );
+    let error = instance_of(&policy, 0, "onetime", &[]).unwrap_err();
+    assert!(error.message.contains("no @PORT"), "{error}");
     assert_rejected(
-        "version = 1\n[[scope]]\nname = \"x\"\nmatch = { cgroup = \"/cg/none*\" }\n",
-        4,
-        "scope[0].match.cgroup",
-        "matches no cgroup",
-    );
-    assert_rejected(
-        &with_remaps("bind = [{ port = 3000, to = \"@\" }]"),
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\nbind = [{ port = 3000, to = \"{port}\" }]\n",
         5,
         "scope[0].bind[0].to",
-        "glob",
+        "the match captures",
+    );
+    assert_rejected(
+        "version = 1\n[[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\nforward = [{ from = \"localhost:{port}\", to = \"10.0.0.1\" }]\n",
+        5,
+        "scope[0].forward[0].from",
+        "not captured",
+    );
+}
+
+#[test]
+fn a_directory_merges_its_files_and_names_both_places_of_a_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-services.toml"),
+        "version = 1\n[[host_service]]\nname = \"gpu\"\nlisten = \"127.0.0.1:18188\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-app.toml"),
+        "version = 1\n[[scope]]\nname = \"app\"\nmatch = { container = \"app\" }\n\
+         host_services = [{ service = \"gpu\", dial = \"172.17.0.1:18188\" }]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+    let policy = load_dir(dir.path()).unwrap();
+    assert_eq!((policy.scopes.len(), policy.host_services.len()), (1, 1));
+    std::fs::write(
+        dir.path().join("30-again.toml"),
+        "version = 1\n\n[[scope]]\nname = \"app\"\nmatch = { container = \"other\" }\n",
+    )
+    .unwrap();
+    let error = load_dir(dir.path()).unwrap_err();
+    assert!(error.file.ends_with("30-again.toml"), "{error}");
+    assert!(
+        error.message.contains("20-app.toml:3") && error.message.contains("30-again.toml:4"),
+        "{error}"
     );
 }
 

@@ -1,0 +1,87 @@
+//! What the host says of one scope instance, for the rules that depend on
+//! it: its network (grants) and the ports others hold there (bind remaps).
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use crate::{
+    host::{cgroup, netns, scope_net, sock_diag},
+    plan::ScopeKey,
+    policy::{Facts, ScopeNetwork},
+};
+
+/// The facts of the instance at `place` (its cgroup directory, or its
+/// network namespace), looked up when a rule asks.
+pub struct InstanceFacts<'a> {
+    pub key: ScopeKey,
+    pub place: &'a Path,
+    /// The node's network namespace.
+    pub node_netns: &'a Path,
+}
+
+impl InstanceFacts<'_> {
+    /// One path per network namespace the instance's sockets live in.
+    fn namespaces(&self) -> Result<Vec<PathBuf>, String> {
+        match self.key {
+            ScopeKey::Netns(_) => Ok(vec![self.place.to_owned()]),
+            ScopeKey::Cgroup(_) => {
+                scope_net::process_namespaces(self.place).map_err(|error| error.to_string())
+            }
+        }
+    }
+}
+
+impl Facts for InstanceFacts<'_> {
+    fn network(&self) -> Result<ScopeNetwork, String> {
+        let namespaces = self.namespaces()?;
+        if namespaces.is_empty() {
+            return Err("no process of the instance runs yet: its network is unknown".to_owned());
+        }
+        let mut network = scope_net::of_namespaces(&namespaces)
+            .map_err(|error| format!("finding the instance's addresses and gateway: {error}"))?;
+        network.node = namespaces
+            .iter()
+            .any(|namespace| scope_net::same_namespace(namespace, self.node_netns));
+        Ok(network)
+    }
+
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
+        scope_net::of_netns(self.node_netns)
+            .map(|network| network.addresses)
+            .map_err(|error| format!("listing the node's addresses: {error}"))
+    }
+
+    fn bound_ports(&self) -> Result<Vec<(u8, u16)>, String> {
+        // Every socket of a netns scope's namespace is the scope's own.
+        if let ScopeKey::Netns(_) = self.key {
+            return Ok(Vec::new());
+        }
+        let own_cgroups = cgroup::subtree_ids(self.place).map_err(|error| error.to_string())?;
+        let namespaces = self.namespaces()?;
+        let namespaces = if namespaces.is_empty() {
+            vec![self.node_netns.to_owned()]
+        } else {
+            namespaces
+        };
+        let mut ports = Vec::new();
+        for namespace in namespaces {
+            let sockets = netns::in_netns(&namespace, sock_diag::bound_sockets)
+                .and_then(|listed| listed)
+                .map_err(|error| {
+                    format!(
+                        "listing the ports bound in {}: {error}",
+                        namespace.display()
+                    )
+                })?;
+            ports.extend(
+                sockets
+                    .iter()
+                    .filter(|socket| !socket.cgroup_id.is_some_and(|id| own_cgroups.contains(&id)))
+                    .map(|socket| (socket.protocol, socket.local.port())),
+            );
+        }
+        Ok(ports)
+    }
+}

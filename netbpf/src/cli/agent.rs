@@ -1,0 +1,43 @@
+//! `netbpf agent`: the node agent, configured by a file, with its policy
+//! in a directory of files.
+
+use std::path::PathBuf;
+
+use crate::{
+    agent::{
+        PolicySource,
+        config::{Config, DEFAULT_CONFIG},
+    },
+    cli::{node::NodeArgs, serve::serve},
+};
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Configuration file (TOML; see docs/agent.md). A missing default
+    /// file means every default.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The policy directory, in place of the configuration's `policy_dir`.
+    #[arg(long)]
+    policy_dir: Option<PathBuf>,
+    /// The run directory, in place of the configuration's `run_dir`.
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+pub fn agent(args: &AgentArgs) -> anyhow::Result<()> {
+    let config = Config::load(&args.config)?;
+    let node = args
+        .node
+        .node(config.cgroup_root.as_ref(), config.netns.as_ref())?;
+    let policy_dir = args.policy_dir.clone().unwrap_or(config.policy_dir);
+    let run_dir = args.run_dir.clone().unwrap_or(config.run_dir);
+    serve(
+        node,
+        PolicySource::Dir(policy_dir),
+        config.capacity,
+        &run_dir,
+    )
+}

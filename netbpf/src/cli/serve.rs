@@ -1,0 +1,40 @@
+//! What `run` and `agent` share: start the agent, serve its control
+//! socket until SIGINT or SIGTERM, then stop.
+
+use anyhow::Context as _;
+
+use crate::{
+    agent::{Agent, Node, PolicySource, Signals, control::RunDir},
+    plan::Capacity,
+};
+
+/// Runs an agent on `node` with the policy from `source`, its control
+/// socket in `run_dir`, until SIGINT or SIGTERM.
+pub fn serve(
+    node: Node,
+    source: PolicySource,
+    capacity: Capacity,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let _context = runtime.enter();
+    // Installed before anything is loaded: a signal that arrives while the
+    // datapath loads is answered by the same clean exit as a later one.
+    let mut signals = Signals::install()?;
+    // Validated before the run directory is claimed or the kernel touched.
+    source.load()?;
+    let mut run_dir_lock = RunDir::claim(run_dir)?;
+    let mut agent = Agent::start(node, source, capacity)?;
+    print!("{}", agent.status()?.render());
+    tracing::info!(run_dir = %run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
+    let listener = run_dir_lock.take_listener()?;
+    runtime.block_on(agent.serve(listener, &mut signals))?;
+    tracing::info!("stopping: detaching the programs");
+    agent.release();
+    drop(agent);
+    drop(run_dir_lock);
+    Ok(())
+}

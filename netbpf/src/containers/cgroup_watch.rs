@@ -1,0 +1,137 @@
+//! Follows the cgroup v2 tree below the agent's cgroup root with inotify:
+//! every directory made or removed there, with no polling. The tree is
+//! listed whole at start and again whenever the kernel dropped events.
+
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    fs, io,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use futures_util::StreamExt as _;
+use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+
+/// A change below the cgroup root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupEvent {
+    /// A cgroup appeared: its path below the cgroup v2 mount and its id.
+    Added(PathBuf, u64),
+    /// The cgroup at this path (and everything below it) is gone.
+    Removed(PathBuf),
+    /// Events were lost: these are all the cgroups there are now.
+    Resynced(Vec<(PathBuf, u64)>),
+}
+
+/// The inotify watches on the cgroup tree.
+pub struct CgroupWatcher {
+    events: EventStream<Vec<u8>>,
+    /// Watch -> the directory it watches, below the mount.
+    watched: HashMap<WatchDescriptor, PathBuf>,
+    mount: PathBuf,
+    root: PathBuf,
+}
+
+impl CgroupWatcher {
+    /// Watches every cgroup from `root` (absolute, on the cgroup v2 file
+    /// system mounted at `mount`) down; returns the watcher and the cgroups
+    /// there now. Needs a tokio runtime.
+    pub fn start(mount: &Path, root: &Path) -> io::Result<(Self, Vec<(PathBuf, u64)>)> {
+        let inotify = Inotify::init()?;
+        let events = inotify.into_event_stream(vec![0; 64 * 1024])?;
+        let mut watcher = Self {
+            events,
+            watched: HashMap::new(),
+            mount: mount.to_owned(),
+            root: root.to_owned(),
+        };
+        let mut found = Vec::new();
+        watcher.watch_tree(root, &mut found)?;
+        Ok((watcher, found))
+    }
+
+    /// The next changes.
+    pub async fn next(&mut self) -> io::Result<Vec<CgroupEvent>> {
+        let first = self
+            .events
+            .next()
+            .await
+            .ok_or_else(|| io::Error::other("the inotify stream ended"))??;
+        let mut events = Vec::new();
+        self.apply(first.mask, &first.wd, first.name, &mut events)?;
+        Ok(events)
+    }
+
+    fn apply(
+        &mut self,
+        mask: EventMask,
+        watch: &WatchDescriptor,
+        name: Option<OsString>,
+        events: &mut Vec<CgroupEvent>,
+    ) -> io::Result<()> {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            events.push(CgroupEvent::Resynced(self.resync()?));
+            return Ok(());
+        }
+        if mask.contains(EventMask::IGNORED) {
+            self.watched.remove(watch);
+            return Ok(());
+        }
+        let (Some(parent), Some(name)) = (self.watched.get(watch), name) else {
+            return Ok(());
+        };
+        let path = parent.join(name);
+        if mask.contains(EventMask::CREATE) && mask.contains(EventMask::ISDIR) {
+            let mut found = Vec::new();
+            // Gone again already: nothing to report.
+            if self.watch_tree(&self.mount.join(&path), &mut found).is_ok() {
+                events.extend(
+                    found
+                        .into_iter()
+                        .map(|(path, id)| CgroupEvent::Added(path, id)),
+                );
+            }
+        } else if mask.contains(EventMask::DELETE) && mask.contains(EventMask::ISDIR) {
+            events.push(CgroupEvent::Removed(path));
+        }
+        Ok(())
+    }
+
+    /// Watches `dir` and every directory below it, watch first and list
+    /// second, so that none made meanwhile is missed; lists them in `found`.
+    fn watch_tree(&mut self, dir: &Path, found: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {
+        let relative = dir
+            .strip_prefix(&self.mount)
+            .map_err(|_| {
+                io::Error::other(format!(
+                    "{} is not below {}",
+                    dir.display(),
+                    self.mount.display()
+                ))
+            })?
+            .to_owned();
+        let watch = self.events.watches().add(
+            dir,
+            WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR,
+        )?;
+        self.watched.insert(watch, relative.clone());
+        found.push((relative, fs::metadata(dir)?.ino()));
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                // A directory removed while we look is no error.
+                let _ = self.watch_tree(&entry.path(), found);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the whole tree again, watching what is not yet watched.
+    fn resync(&mut self) -> io::Result<Vec<(PathBuf, u64)>> {
+        let mut found = Vec::new();
+        let root = self.root.clone();
+        self.watch_tree(&root, &mut found)?;
+        Ok(found)
+    }
+}

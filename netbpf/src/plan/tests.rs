@@ -1,0 +1,173 @@
+use std::path::Path;
+
+use super::*;
+use crate::{containers::Container, policy};
+
+fn workload(path: &str, id: u64, name: Option<&str>) -> Workload {
+    Workload {
+        cgroup: PathBuf::from(path),
+        cgroup_id: id,
+        container: name.map(|name| Container {
+            runtime: None,
+            id: format!("{id:064x}"),
+            name: Some(name.to_owned()),
+            labels: BTreeMap::new(),
+            pod: None,
+        }),
+    }
+}
+
+fn policy(text: &str) -> Policy {
+    policy::parse(Path::new("p.toml"), text).unwrap()
+}
+
+/// Resolves every assignment's rules without host facts (its rules need
+/// none).
+fn resolved(policy: &Policy, assignments: Vec<Assignment>) -> Vec<Resolved> {
+    struct NoFacts;
+    impl policy::Facts for NoFacts {
+        fn network(&self) -> Result<policy::ScopeNetwork, String> {
+            Err("none".into())
+        }
+        fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
+            Err("none".into())
+        }
+        fn bound_ports(&self) -> Result<Vec<(u8, u16)>, String> {
+            Ok(Vec::new())
+        }
+    }
+    assignments
+        .into_iter()
+        .map(|assignment| {
+            let rules = policy.scopes[assignment.scope]
+                .instantiate(
+                    &policy.host_services,
+                    policy::Instance {
+                        name: &assignment.instance,
+                        captures: &assignment.captures,
+                    },
+                    &NoFacts,
+                )
+                .map_err(|error| error.to_string());
+            Resolved { assignment, rules }
+        })
+        .collect()
+}
+
+#[test]
+fn each_workload_gets_the_first_scope_that_selects_it() {
+    let policy = policy(
+        "version = 1\n[[scope]]\nname = \"named\"\nmatch = { container = \"web-{n}\" }\n\
+         [[scope]]\nname = \"tree\"\nmatch = { cgroup = \"test/*\" }\n",
+    );
+    let workloads = [
+        workload("test/a", 1, Some("web-1")),
+        workload("test/b", 2, None),
+        workload("test/b/deeper", 3, None),
+        workload("other", 4, Some("db")),
+    ];
+    let assigned = assign(&policy, &workloads, Path::new("/sys/fs/cgroup"));
+    let summary: Vec<(usize, ScopeKey, &str)> = assigned
+        .iter()
+        .map(|found| (found.scope, found.key, found.instance.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (0, ScopeKey::Cgroup(1), "web-1"),
+            (1, ScopeKey::Cgroup(2), "b")
+        ]
+    );
+    assert_eq!(assigned[0].captures["n"], "1");
+}
+
+#[test]
+fn a_later_instance_that_conflicts_fails_alone() {
+    let policy = policy(
+        "version = 1\n[[scope]]\nname = \"w\"\nmatch = { container = \"w-*\" }\n\
+         bind = [{ port = 3000, to = 7000 }]\nforward = [{ from = \"localhost:1-65534\", to = \"10.0.0.1\" }]\n",
+    );
+    let workloads = [workload("a", 1, Some("w-a")), workload("b", 2, Some("w-b"))];
+    let assigned = assign(&policy, &workloads, Path::new("/"));
+    let mut ids = ScopeIds::default();
+    let mut slots = RuleSlots::default();
+    let (plan, outcomes) = compile(
+        &policy,
+        resolved(&policy, assigned.clone()),
+        &mut ids,
+        &mut slots,
+        &Capacity::default(),
+    );
+    assert!(outcomes[0].applied.is_ok());
+    let error = outcomes[1].applied.as_ref().unwrap_err();
+    assert!(error.contains("w/w-a has that port already"), "{error}");
+    assert_eq!(
+        plan.cgroup_scopes.len(),
+        1,
+        "nothing of the failed instance is in the plan"
+    );
+    assert_eq!(
+        slots.take_fresh().len(),
+        2,
+        "a slot for each rule of the applied instance"
+    );
+
+    // A full map fails the instance that would overflow it, by name.
+    let small = Capacity {
+        forward_prefixes: 20,
+        ..Capacity::default()
+    };
+    let (_, outcomes) = compile(
+        &policy,
+        resolved(&policy, assigned),
+        &mut ids,
+        &mut slots,
+        &small,
+    );
+    let error = outcomes[0].applied.as_ref().unwrap_err();
+    assert!(error.contains("map FORWARDS is full"), "{error}");
+}
+
+#[test]
+fn ids_and_slots_stay_while_their_instance_does() {
+    let policy = policy(
+        "version = 1\n[[scope]]\nname = \"w\"\nmatch = { container = \"w-*\" }\n\
+         forward = [{ from = \"localhost:80\", to = \"10.0.0.1\" }]\n",
+    );
+    let mut ids = ScopeIds::default();
+    let mut slots = RuleSlots::default();
+    let mut compiled = |workloads: &[Workload]| {
+        let assigned = assign(&policy, workloads, Path::new("/"));
+        let (_, outcomes) = compile(
+            &policy,
+            resolved(&policy, assigned),
+            &mut ids,
+            &mut slots,
+            &Capacity::default(),
+        );
+        outcomes
+            .into_iter()
+            .map(|outcome| {
+                let (id, scope) = outcome.applied.unwrap();
+                (outcome.assignment.instance, id, scope.forwards[0].rule)
+            })
+            .collect::<Vec<_>>()
+    };
+    let first = compiled(&[workload("a", 1, Some("w-a"))]);
+    let both = compiled(&[workload("a", 1, Some("w-a")), workload("b", 2, Some("w-b"))]);
+    assert_eq!(both[0], first[0], "w-a keeps its id and slot");
+    assert_ne!((both[1].1, both[1].2), (first[0].1, first[0].2));
+    let after = compiled(&[workload("b", 2, Some("w-b"))]);
+    assert_eq!(after[0], both[1], "w-b keeps its id and slot when w-a goes");
+}
+
+#[test]
+fn targets_are_stored_in_network_order() {
+    let (words, family) = target_words("10.200.1.1".parse().unwrap());
+    assert_eq!(family, AF_INET);
+    assert_eq!(words[0].to_ne_bytes(), [10, 200, 1, 1]);
+    let (words, family) = target_words("fd00::53".parse().unwrap());
+    assert_eq!(family, AF_INET6);
+    assert_eq!(words[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
+    assert_eq!(words[3].to_ne_bytes(), [0, 0, 0, 0x53]);
+}

@@ -1,0 +1,224 @@
+//! The patterns of selectors: container names, pods, label values and
+//! cgroup paths, with `*`, `?`, `[...]` and named captures (`{port}`)
+//! whose text per-instance rules use.
+
+use std::{collections::BTreeMap, fmt};
+
+/// What the captures of a match hold: capture name -> the text it matched.
+pub type Captures = BTreeMap<String, String>;
+
+/// A compiled pattern. `*` matches any text without `/`, `?` one
+/// character but `/`, `[abc]`, `[a-z]` and `[!a-z]` one character of (or
+/// not of) a set, `{NAME}` any non-empty text without `/`, which the
+/// match keeps under NAME; anything else matches itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    text: String,
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(char),
+    Any,
+    One,
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+    Capture(String),
+}
+
+impl Pattern {
+    /// Compiles `text`; says what is wrong with it otherwise.
+    pub fn new(text: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut chars = text.chars().peekable();
+        while let Some(c) = chars.next() {
+            parts.push(match c {
+                '*' => Part::Any,
+                '?' => Part::One,
+                '[' => {
+                    let negated = chars.next_if(|&c| c == '!' || c == '^').is_some();
+                    let mut ranges = Vec::new();
+                    loop {
+                        match chars.next() {
+                            None => return Err(format!("{text:?} opens a [ it does not close")),
+                            Some(']') if !ranges.is_empty() => break,
+                            Some(low) => {
+                                if chars.next_if_eq(&'-').is_some() {
+                                    let high = chars.next().filter(|&high| high != ']').ok_or_else(
+                                        || format!("{text:?} has a range without its end in [...]"),
+                                    )?;
+                                    ranges.push((low, high));
+                                } else {
+                                    ranges.push((low, low));
+                                }
+                            }
+                        }
+                    }
+                    Part::Class { negated, ranges }
+                }
+                '{' => {
+                    let mut name = String::new();
+                    loop {
+                        match chars.next() {
+                            Some('}') => break,
+                            Some(c) => name.push(c),
+                            None => return Err(format!("{text:?} opens a {{ it does not close")),
+                        }
+                    }
+                    if !is_capture_name(&name) {
+                        return Err(format!(
+                            "{text:?} has a capture {{{name}}} that is not a name: write {{NAME}} with letters, digits and _"
+                        ));
+                    }
+                    if parts.iter().any(|part| part == &Part::Capture(name.clone())) {
+                        return Err(format!("{text:?} captures {{{name}}} twice"));
+                    }
+                    Part::Capture(name)
+                }
+                '}' => return Err(format!("{text:?} closes a }} it did not open")),
+                c => Part::Literal(c),
+            });
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            parts,
+        })
+    }
+
+    /// The names this pattern captures.
+    pub fn captures(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|part| match part {
+            Part::Capture(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Whether the pattern is plain text, without any wildcard or capture.
+    #[must_use]
+    pub fn is_literal(&self) -> bool {
+        self.parts
+            .iter()
+            .all(|part| matches!(part, Part::Literal(_)))
+    }
+
+    /// Matches `subject` whole; the captures on success, added to `into`.
+    #[must_use]
+    pub fn matches(&self, subject: &str, into: &mut Captures) -> bool {
+        let subject: Vec<char> = subject.chars().collect();
+        let mut found = Vec::new();
+        if match_from(&self.parts, &subject, &mut found) {
+            into.extend(found);
+            true
+        } else {
+            false
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Whether `name` may name a capture: letters, digits and `_`, not empty.
+pub(super) fn is_capture_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Backtracking match of `parts` against `subject`; captures go to `found`.
+fn match_from(parts: &[Part], subject: &[char], found: &mut Vec<(String, String)>) -> bool {
+    let Some((part, rest)) = parts.split_first() else {
+        return subject.is_empty();
+    };
+    match part {
+        Part::Literal(c) => subject.first() == Some(c) && match_from(rest, &subject[1..], found),
+        Part::One => {
+            subject.first().is_some_and(|&c| c != '/') && match_from(rest, &subject[1..], found)
+        }
+        Part::Class { negated, ranges } => {
+            subject.first().is_some_and(|&c| {
+                c != '/' && ranges.iter().any(|&(low, high)| (low..=high).contains(&c)) != *negated
+            }) && match_from(rest, &subject[1..], found)
+        }
+        Part::Any | Part::Capture(_) => {
+            let least = usize::from(matches!(part, Part::Capture(_)));
+            let most = subject
+                .iter()
+                .position(|&c| c == '/')
+                .unwrap_or(subject.len());
+            // Shortest first: `{name}-{port}` splits at the first `-`.
+            (least..=most).any(|taken| {
+                let before = found.len();
+                if let Part::Capture(name) = part {
+                    found.push((name.clone(), subject[..taken].iter().collect()));
+                }
+                if match_from(rest, &subject[taken..], found) {
+                    return true;
+                }
+                found.truncate(before);
+                false
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(pattern: &str, subject: &str) -> Option<Captures> {
+        let mut captures = Captures::new();
+        Pattern::new(pattern)
+            .unwrap()
+            .matches(subject, &mut captures)
+            .then_some(captures)
+    }
+
+    #[test]
+    fn matches_wildcards_classes_and_captures() {
+        assert!(captured("zed-external-*", "zed-external-42").is_some());
+        assert!(captured("zed-external-*", "zed-other").is_none());
+        assert!(captured("web-?", "web-1").is_some());
+        assert!(captured("tun[0-9]", "tun7").is_some());
+        assert!(captured("tun[!0-9]", "tun7").is_none());
+        let port = captured("onetime@{port}", "onetime@7043").unwrap();
+        assert_eq!(port["port"], "7043");
+        let two = captured("{project}-{service}-1", "llamasketch-app-1").unwrap();
+        assert_eq!(
+            (two["project"].as_str(), two["service"].as_str()),
+            ("llamasketch", "app")
+        );
+        assert!(
+            captured("onetime-{port}", "onetime-").is_none(),
+            "captures are not empty"
+        );
+    }
+
+    #[test]
+    fn wildcards_stay_inside_one_path_segment() {
+        assert!(captured("test/*", "test/a").is_some());
+        assert!(captured("test/*", "test/a/b").is_none());
+        assert!(captured("test/*/b", "test/a/b").is_some());
+        assert!(captured("default/{pod}", "default/web-0").is_some());
+    }
+
+    #[test]
+    fn rejects_malformed_patterns_with_the_reason() {
+        assert!(Pattern::new("a[b").unwrap_err().contains("does not close"));
+        assert!(Pattern::new("a{b").unwrap_err().contains("does not close"));
+        assert!(Pattern::new("a{b c}").unwrap_err().contains("not a name"));
+        assert!(Pattern::new("a{}").unwrap_err().contains("not a name"));
+        assert!(Pattern::new("a}").unwrap_err().contains("did not open"));
+        assert!(Pattern::new("{p}-{p}").unwrap_err().contains("twice"));
+        assert!(Pattern::new("plain").unwrap().is_literal());
+    }
+}

@@ -1,0 +1,523 @@
+//! A `[[scope]]`: checked alone when the policy is read, and resolved into
+//! the rules of one instance each time something matches it. Both go
+//! through the same checks; values an instance supplies (`{port}`, `@`)
+//! and facts of the host are only known per instance.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Alias, BindRemap, Captures, Facts, Forward, Grant, HostService, Locator, PolicyError, Ports,
+    Protocols, Scope, Selector, Source, endpoint, host, pattern, remap, selector,
+};
+
+/// A validated `[[scope]]`: a selector and the rules of its instances.
+#[derive(Debug, Clone)]
+pub struct ScopeDef {
+    pub name: String,
+    pub selector: Selector,
+    /// Where it is defined, `FILE:LINE`.
+    pub origin: String,
+    source: Arc<Source>,
+    /// Its index among the scopes of its file: `scope[INDEX]` in errors.
+    index: usize,
+    raw: RawScope,
+}
+
+/// What one instance brings to a scope's rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Instance<'a> {
+    /// Its name: the container's, or the matched cgroup's directory.
+    pub name: &'a str,
+    /// What the selector's `{NAME}` patterns captured.
+    pub captures: &'a Captures,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScope {
+    name: Spanned<String>,
+    #[serde(rename = "match")]
+    selector: Spanned<selector::RawSelector>,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    host_services: Vec<Spanned<host::RawGrant>>,
+    #[serde(default)]
+    bind: Vec<Spanned<remap::RawBind>>,
+    #[serde(default)]
+    alias: Vec<Spanned<remap::RawAlias>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    from: Spanned<String>,
+    to: Spanned<String>,
+    #[serde(default)]
+    proto: Protocols,
+}
+
+impl ScopeDef {
+    /// Validates `raw`, the `index`th scope of `source`, on its own: all
+    /// that does not depend on an instance.
+    pub(super) fn validate(
+        source: &Arc<Source>,
+        index: usize,
+        raw: Spanned<RawScope>,
+        services: &[HostService],
+    ) -> Result<Self, PolicyError> {
+        let raw = raw.into_inner();
+        let locator = source.locator();
+        let field = format!("scope[{index}]");
+        let name = raw.name.get_ref().trim().to_owned();
+        if name.is_empty() || name.contains('/') {
+            return Err(locator.error(
+                raw.name.span(),
+                format!("{field}.name"),
+                "a scope needs a non-empty name without '/'",
+            ));
+        }
+        let selector = selector::validate(&locator, &format!("{field}.match"), &raw.selector)?;
+        let def = Self {
+            origin: super::place(&locator, raw.name.span()),
+            name,
+            selector,
+            source: Arc::clone(source),
+            index,
+            raw,
+        };
+        Checker {
+            def: &def,
+            locator: &locator,
+            services,
+            instance: None,
+            facts: None,
+            next_rule: 0,
+        }
+        .scope()?;
+        Ok(def)
+    }
+
+    /// The rules of one instance: its values filled in, checked against
+    /// what `facts` says of it. An error names the policy's place and the
+    /// instance.
+    pub fn instantiate(
+        &self,
+        services: &[HostService],
+        instance: Instance<'_>,
+        facts: &dyn Facts,
+    ) -> Result<Scope, PolicyError> {
+        let locator = self.source.locator();
+        Checker {
+            def: self,
+            locator: &locator,
+            services,
+            instance: Some(instance),
+            facts: Some(facts),
+            next_rule: 0,
+        }
+        .scope()
+        .map(|scope| scope.expect("an instance gets its rules"))
+        .map_err(|error| PolicyError {
+            message: format!("instance {:?}: {}", instance.name, error.message),
+            ..error
+        })
+    }
+
+    /// Whether any rule needs facts of the host (its network, the ports
+    /// bound there): the agent looks them up only then.
+    #[must_use]
+    pub fn needs_facts(&self) -> bool {
+        !self.raw.host_services.is_empty() || !self.raw.bind.is_empty()
+    }
+
+    /// An error about the scope as a whole, at its name.
+    pub(super) fn error(&self, message: String) -> PolicyError {
+        self.source.locator().error(
+            self.raw.name.span(),
+            format!("scope[{}].name", self.index),
+            message,
+        )
+    }
+}
+
+/// Checks a scope: alone (no instance, no facts: rules with per-instance
+/// values are left for later), or for one instance.
+struct Checker<'a> {
+    def: &'a ScopeDef,
+    locator: &'a Locator<'a>,
+    services: &'a [HostService],
+    instance: Option<Instance<'a>>,
+    facts: Option<&'a dyn Facts>,
+    next_rule: u32,
+}
+
+impl Checker<'_> {
+    /// The scope's rules, or None when checked alone.
+    fn scope(&mut self) -> Result<Option<Scope>, PolicyError> {
+        let field = format!("scope[{}]", self.def.index);
+        let raw = &self.def.raw;
+        let forwards = self.forwards(&field, &raw.forward)?;
+        let grants = self.grants(&field, &raw.host_services)?;
+        let binds = self.binds(&field, &raw.bind)?;
+        let aliases = self.aliases(&field, &raw.alias, &grants)?;
+        Ok(self.instance.map(|_| Scope {
+            forwards,
+            grants,
+            binds,
+            aliases,
+        }))
+    }
+
+    /// The text of a field that may use the instance's values (`{NAME}`):
+    /// filled in for an instance; None when the scope is checked alone and
+    /// the field uses them (it is checked per instance).
+    fn fill(&self, value: &Spanned<String>, field: &str) -> Result<Option<String>, PolicyError> {
+        let text = value.get_ref();
+        let error = |message: String| self.locator.error(value.span(), field.to_owned(), message);
+        let names = placeholders(text).map_err(error)?;
+        if names.is_empty() {
+            return Ok(Some(text.clone()));
+        }
+        let known = self.def.selector.capture_names();
+        if let Some(unknown) = names.iter().find(|name| !known.contains(*name)) {
+            return Err(error(format!(
+                "{{{unknown}}} is not captured by this scope's match (it captures: {known:?})"
+            )));
+        }
+        let Some(instance) = self.instance else {
+            return Ok(None);
+        };
+        let mut filled = text.clone();
+        for name in names {
+            filled = filled.replace(&format!("{{{name}}}"), &instance.captures[name]);
+        }
+        Ok(Some(filled))
+    }
+
+    fn forwards(
+        &mut self,
+        field: &str,
+        raw: &[Spanned<RawForward>],
+    ) -> Result<Vec<Forward>, PolicyError> {
+        let mut forwards: Vec<(usize, Forward)> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let rule_field = format!("{field}.forward[{index}]");
+            let Some(forward) = self.forward(&rule_field, raw)? else {
+                continue;
+            };
+            if let Some((earlier, other)) = forwards
+                .iter()
+                .find(|(_, earlier)| overlaps(earlier, &forward))
+            {
+                return Err(self.locator.error(
+                    raw.get_ref().from.span(),
+                    format!("{rule_field}.from"),
+                    format!(
+                        "localhost:{} overlaps {field}.forward[{earlier}] (localhost:{}) on the same protocol: \
+                         each localhost port of a scope goes to one place",
+                        forward.from, other.from
+                    ),
+                ));
+            }
+            forwards.push((index, forward));
+        }
+        Ok(forwards.into_iter().map(|(_, forward)| forward).collect())
+    }
+
+    fn forward(
+        &mut self,
+        field: &str,
+        raw: &Spanned<RawForward>,
+    ) -> Result<Option<Forward>, PolicyError> {
+        let raw = raw.get_ref();
+        let from_field = format!("{field}.from");
+        let to_field = format!("{field}.to");
+        let (Some(from_text), Some(to_text)) = (
+            self.fill(&raw.from, &from_field)?,
+            self.fill(&raw.to, &to_field)?,
+        ) else {
+            return Ok(None);
+        };
+        let from = endpoint::parse_from(&from_text)
+            .map_err(|message| self.locator.error(raw.from.span(), from_field, message))?;
+        let to_error =
+            |message: String| self.locator.error(raw.to.span(), to_field.clone(), message);
+        let to = endpoint::parse_to(&to_text).map_err(to_error)?;
+        if to.addr.is_unspecified() || to.addr.is_multicast() {
+            return Err(to_error(format!(
+                "{} cannot be dialed: give a unicast address",
+                to.addr
+            )));
+        }
+        if let IpAddr::V6(v6) = to.addr
+            && v6.is_unicast_link_local()
+        {
+            return Err(to_error(format!(
+                "{v6} is link-local, which needs an interface that a forward cannot name: give a global or ULA address"
+            )));
+        }
+        check_port_mapping(from, to.ports).map_err(to_error)?;
+        Ok(Some(Forward {
+            rule: self.take_rule(),
+            protocols: raw.proto,
+            from,
+            to,
+        }))
+    }
+
+    fn grants(
+        &mut self,
+        field: &str,
+        raw: &[Spanned<host::RawGrant>],
+    ) -> Result<Vec<Grant>, PolicyError> {
+        let Some(first) = raw.first() else {
+            return Ok(Vec::new());
+        };
+        let network = match self.facts {
+            Some(facts) => {
+                let fact_error = |message| {
+                    self.locator
+                        .error(first.span(), format!("{field}.host_services"), message)
+                };
+                Some((
+                    facts.network().map_err(fact_error)?,
+                    facts.node_addresses().map_err(fact_error)?,
+                ))
+            }
+            None => None,
+        };
+        let mut grants: Vec<Grant> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let grant_field = format!("{field}.host_services[{index}]");
+            let def =
+                host::validate_grant(self.locator, self.services, &grant_field, raw.get_ref())?;
+            let Some((network, node_addresses)) = &network else {
+                continue;
+            };
+            let grant = host::resolve_grant(
+                self.locator,
+                &def,
+                network,
+                node_addresses,
+                &grant_field,
+                raw.get_ref(),
+                self.take_rule(),
+            )?;
+            if grants.iter().any(|earlier| earlier.dial == grant.dial) {
+                return Err(self.locator.error(
+                    raw.get_ref().dial_span(),
+                    format!("{grant_field}.dial"),
+                    format!("{} is granted twice in this scope", grant.dial),
+                ));
+            }
+            grants.push(grant);
+        }
+        Ok(grants)
+    }
+
+    fn binds(
+        &mut self,
+        field: &str,
+        raw: &[Spanned<remap::RawBind>],
+    ) -> Result<Vec<BindRemap>, PolicyError> {
+        let Some(first) = raw.first() else {
+            return Ok(Vec::new());
+        };
+        let bound = match self.facts {
+            Some(facts) => facts.bound_ports().map_err(|message| {
+                self.locator
+                    .error(first.span(), format!("{field}.bind"), message)
+            })?,
+            None => Vec::new(),
+        };
+        let mut binds: Vec<BindRemap> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let bind_field = format!("{field}.bind[{index}]");
+            let known = self.def.selector.capture_names();
+            let Some(bind) = remap::validate_bind(
+                self.locator,
+                &bind_field,
+                raw.get_ref(),
+                &known,
+                self.instance
+                    .map(|instance| (instance.name, instance.captures)),
+            )?
+            else {
+                continue;
+            };
+            let locator = self.locator;
+            let to_error = |message: String| {
+                locator.error(
+                    raw.get_ref().target_span(),
+                    format!("{bind_field}.to"),
+                    message,
+                )
+            };
+            for &protocol in bind.protocols.numbers() {
+                if let Some(earlier) = binds.iter().find(|earlier| {
+                    earlier.to == bind.to && earlier.protocols.numbers().contains(&protocol)
+                }) {
+                    return Err(to_error(format!(
+                        "port {} already gets the remap of port {} in this scope",
+                        bind.to, earlier.port
+                    )));
+                }
+                if binds.iter().any(|earlier| {
+                    earlier.port == bind.port && earlier.protocols.numbers().contains(&protocol)
+                }) {
+                    return Err(to_error(format!(
+                        "port {} is remapped twice in this scope",
+                        bind.port
+                    )));
+                }
+                if bound.contains(&(protocol, bind.to)) {
+                    return Err(to_error(format!(
+                        "port {} is already bound in the scope's network namespace: a remap onto it would fail",
+                        bind.to
+                    )));
+                }
+            }
+            binds.push(BindRemap {
+                rule: self.take_rule(),
+                ..bind
+            });
+        }
+        Ok(binds)
+    }
+
+    fn aliases(
+        &mut self,
+        field: &str,
+        raw: &[Spanned<remap::RawAlias>],
+        grants: &[Grant],
+    ) -> Result<Vec<Alias>, PolicyError> {
+        let mut aliases: Vec<Alias> = Vec::new();
+        for (index, raw) in raw.iter().enumerate() {
+            let alias_field = format!("{field}.alias[{index}]");
+            let alias = remap::validate_alias(self.locator, &alias_field, raw.get_ref(), 0)?;
+            let takes_grant = grants.iter().position(|grant| {
+                let address =
+                    alias.from.ip() == grant.dial.ip() || alias.from.ip() == grant.gateway;
+                let port = alias.from.port() == 0 || alias.from.port() == grant.dial.port();
+                alias
+                    .protocols
+                    .numbers()
+                    .contains(&netbpf_common::PROTO_TCP)
+                    && address
+                    && port
+            });
+            let from_error = |message: String| {
+                self.locator.error(
+                    raw.get_ref().source_span(),
+                    format!("{alias_field}.from"),
+                    message,
+                )
+            };
+            if let Some(grant) = takes_grant {
+                return Err(from_error(format!(
+                    "{} would take the connections {field}.host_services[{grant}] grants",
+                    alias.from
+                )));
+            }
+            let shares_protocol = |other: &Alias| {
+                other
+                    .protocols
+                    .numbers()
+                    .iter()
+                    .any(|protocol| alias.protocols.numbers().contains(protocol))
+            };
+            let covers = |from: SocketAddr, to: SocketAddr| {
+                from.ip() == to.ip()
+                    && (from.port() == 0 || from.port() == to.port() || to.port() == 0)
+            };
+            if let Some(earlier) = aliases
+                .iter()
+                .position(|other| shares_protocol(other) && other.from == alias.from)
+            {
+                return Err(from_error(format!(
+                    "{} is aliased twice in this scope (see alias[{earlier}])",
+                    alias.from
+                )));
+            }
+            if let Some(earlier) = aliases.iter().position(|other| {
+                shares_protocol(other)
+                    && (covers(other.from, alias.to) || covers(alias.from, other.to))
+            }) {
+                return Err(from_error(format!(
+                    "alias[{earlier}] and this alias lead into each other: aliases do not chain, point both at the final address"
+                )));
+            }
+            if covers(alias.from, alias.to) {
+                return Err(from_error("an alias to itself".to_owned()));
+            }
+            aliases.push(Alias {
+                rule: self.take_rule(),
+                ..alias
+            });
+        }
+        Ok(aliases)
+    }
+
+    /// The next rule id of this instance.
+    fn take_rule(&mut self) -> u32 {
+        self.next_rule += 1;
+        self.next_rule - 1
+    }
+}
+
+/// The `{NAME}`s a text uses.
+fn placeholders(text: &str) -> Result<Vec<&str>, String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{text:?} opens a {{ it does not close"))?;
+        let name = &after[..close];
+        if !pattern::is_capture_name(name) {
+            return Err(format!(
+                "{text:?} has {{{name}}}, which is not a name: write {{NAME}} as the match captures it"
+            ));
+        }
+        names.push(name);
+        rest = &after[close + 1..];
+    }
+    Ok(names)
+}
+
+/// Checks that `from` ports map onto `to` ports one to one.
+fn check_port_mapping(from: Ports, to: Ports) -> Result<(), String> {
+    match (from, to) {
+        (_, Ports::Every) => Ok(()),
+        (Ports::Every, _) => Err(
+            "every port forwards to the port that was dialed: write the address alone (\"ADDR\" or \"ADDR:*\")"
+                .to_owned(),
+        ),
+        (from, to) if from.count() == to.count() => Ok(()),
+        (from, to) => Err(format!(
+            "{from} ({} ports) maps onto {to} ({} ports): a range maps onto a range of the same length \
+             (or onto \"ADDR\" to keep the ports)",
+            from.count(),
+            to.count()
+        )),
+    }
+}
+
+/// Whether two forwards of one scope claim a port on the same protocol.
+fn overlaps(a: &Forward, b: &Forward) -> bool {
+    let shares_protocol = a
+        .protocols
+        .numbers()
+        .iter()
+        .any(|protocol| b.protocols.numbers().contains(protocol));
+    let (a, b) = (a.from.range(), b.from.range());
+    shares_protocol && a.start() <= b.end() && b.start() <= a.end()
+}
