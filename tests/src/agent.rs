@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    ffi::OsString,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
     thread,
@@ -63,20 +64,30 @@ impl NetbpfRun {
         work: &Path,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        let mut args: Vec<OsString> = vec!["run".into(), "--policy".into(), policy.into()];
+        args.extend(["--cgroup-root".into(), cgroup_root.into()]);
+        args.extend(extra_args.iter().map(OsString::from));
+        Self::launch(binary, args, work)
+    }
+
+    /// Starts `netbpf agent` with the configuration file `config`, its run
+    /// directory and log in `work`; returns once it serves status.
+    pub fn start_agent(binary: &Path, config: &Path, work: &Path) -> anyhow::Result<Self> {
+        let args = vec!["agent".into(), "--config".into(), config.into()];
+        Self::launch(binary, args, work)
+    }
+
+    /// Runs `netbpf ARGS --run-dir WORK/run`, logging to `WORK/netbpf.log`,
+    /// until its control socket answers.
+    fn launch(binary: &Path, mut args: Vec<OsString>, work: &Path) -> anyhow::Result<Self> {
         let run_dir = work.join("run");
+        args.extend(["--run-dir".into(), run_dir.clone().into()]);
         let log = work.join("netbpf.log");
         let out = std::fs::File::create(&log)?;
         let mut command = Command::new(binary);
         crate::process::die_with_parent(&mut command);
         let child = command
-            .arg("run")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--cgroup-root")
-            .arg(cgroup_root)
-            .arg("--run-dir")
-            .arg(&run_dir)
-            .args(extra_args)
+            .args(&args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -91,20 +102,34 @@ impl NetbpfRun {
         let deadline = Instant::now() + Duration::from_secs(30);
         while run.status_json().is_err() {
             if run.process.has_exited() {
-                bail!(
-                    "netbpf run exited before it was ready:\n{}",
-                    run.process.log()
-                );
+                bail!("netbpf exited before it was ready:\n{}", run.process.log());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "netbpf run was not ready after 30 s:\n{}",
-                    run.process.log()
-                );
+                bail!("netbpf was not ready after 30 s:\n{}", run.process.log());
             }
             thread::sleep(Duration::from_millis(50));
         }
         Ok(run)
+    }
+
+    /// Polls `netbpf status --json` until `done` holds of it, for at most
+    /// `timeout`; the status that satisfied it.
+    pub fn wait_for_status(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status_json()?;
+            if done(&status) {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the status did not reach what was awaited in {timeout:?}: {status}");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `netbpf status --json`, parsed.

@@ -37,11 +37,34 @@ impl Cgroup {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The cgroup as runtimes' `--cgroup-parent` takes it: its path from
+    /// the root of the cgroup v2 hierarchy.
+    pub fn runtime_parent(&self) -> anyhow::Result<String> {
+        let mount = cgroup2_mount()?;
+        let relative = self
+            .path
+            .strip_prefix(&mount)
+            .context("the cgroup is on the cgroup v2 mount")?;
+        Ok(format!("/{}", relative.display()))
+    }
 }
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
         remove_tree(&self.path);
+        // Runtimes on a hybrid host (Podman, Docker, runc) make the same
+        // directories in each cgroup v1 hierarchy: they go too.
+        if let Ok(mount) = cgroup2_mount()
+            && let Ok(relative) = self.path.strip_prefix(&mount)
+        {
+            for hierarchy in cgroup1_mounts() {
+                let twin = hierarchy.join(relative);
+                if twin.exists() {
+                    remove_tree(&twin);
+                }
+            }
+        }
     }
 }
 
@@ -80,6 +103,20 @@ fn kill_each(path: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// The mount points of the cgroup v1 hierarchies, from
+/// /proc/self/mountinfo (none on a host with cgroup v2 alone).
+fn cgroup1_mounts() -> Vec<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (mount, filesystem) = line.split_once(" - ")?;
+            (filesystem.split_whitespace().next()? == "cgroup")
+                .then(|| mount.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect()
 }
 
 /// The cgroup v2 mount point, from /proc/self/mountinfo.

@@ -9,6 +9,8 @@
 
 mod agent;
 mod cgroup;
+mod docker;
+mod images;
 mod netns;
 pub mod packet;
 mod packet_socket;
@@ -19,6 +21,8 @@ mod topology;
 pub use self::{
     agent::{NetbpfRun, netbpf_binary},
     cgroup::Cgroup,
+    docker::DockerDaemon,
+    images::{busybox_rootfs, ensure_podman_image},
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},
     process::{Process, Spawn, run_checked},

@@ -10,8 +10,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Site, Spawn, netbpf_binary, require_root, run_checked,
-    unique_name,
+    Cgroup, NetbpfRun, Netns, Process, Site, Spawn, ensure_podman_image, netbpf_binary,
+    require_root, run_checked, unique_name,
 };
 
 const IMAGE: &str = "localhost/netbpf-test-busybox:2";
@@ -46,7 +46,7 @@ struct Hosts {
 impl Hosts {
     fn new() -> Self {
         require_root();
-        ensure_image();
+        ensure_podman_image(IMAGE).unwrap();
         let root = Cgroup::new_test_root(&unique_name("nbp")).unwrap();
         // Named as systemd and Quadlet name template instances: the port
         // each instance gets is in its name.
@@ -115,7 +115,7 @@ impl Hosts {
     fn start_instance(&mut self, index: usize) -> String {
         let name = unique_name("nbi");
         // --cgroup-parent is a path from the cgroup v2 root.
-        let parent = cgroup_parent(self.instances[index].path());
+        let parent = self.instances[index].runtime_parent().unwrap();
         let server = format!(
             "echo instance-{} > /www/index.html; exec httpd -f -p 3000 -h /www",
             INSTANCES[index].0
@@ -239,52 +239,6 @@ impl Hosts {
         )
         .unwrap()
     }
-}
-
-/// The cgroup `dir` as `podman --cgroup-parent` takes it: from the root of
-/// the cgroup v2 hierarchy.
-fn cgroup_parent(dir: &Path) -> String {
-    let mount = netbpf::host::cgroup::cgroup2_mount().unwrap();
-    format!("/{}", dir.strip_prefix(mount).unwrap().display())
-}
-
-/// Imports a busybox image (from Debian's busybox-static) once.
-fn ensure_image() {
-    if Command::new("podman")
-        .args(["image", "exists", IMAGE])
-        .status()
-        .is_ok_and(|status| status.success())
-    {
-        return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    for dir in ["bin", "www", "tmp"] {
-        std::fs::create_dir_all(root.path().join(dir)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.path().join("bin/busybox"))
-        .expect("busybox-static is installed");
-    for applet in ["sh", "echo", "httpd", "nc", "cat", "wget"] {
-        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
-    }
-    let tar = root.path().join("rootfs.tar");
-    run_checked(
-        "tar",
-        [
-            "-C",
-            root.path().to_str().unwrap(),
-            "-cf",
-            tar.to_str().unwrap(),
-            "bin",
-            "www",
-            "tmp",
-        ],
-    )
-    .unwrap();
-    run_checked(
-        "podman",
-        ["import", "--quiet", tar.to_str().unwrap(), IMAGE],
-    )
-    .unwrap();
 }
 
 #[test]

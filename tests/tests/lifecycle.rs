@@ -263,23 +263,15 @@ fn an_invalid_policy_loads_nothing_and_says_where() {
     assert!(!topology.file("run").exists(), "nothing may be created");
 }
 
-/// Polls `netbpf status` until `done` holds of its scopes, for 5 s.
-fn wait_for_scopes(
-    netbpf: &NetbpfRun,
-    done: impl Fn(&[serde_json::Value]) -> bool,
-) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let status = netbpf.status_json().unwrap();
-        if done(status["scopes"].as_array().unwrap()) {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not reached in 5 s: {status}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+/// Waits for `netbpf status` to list `count` scope instances.
+fn wait_for_instances(netbpf: &NetbpfRun, count: usize) {
+    netbpf
+        .wait_for_status(std::time::Duration::from_secs(5), |status| {
+            status["scopes"]
+                .as_array()
+                .is_some_and(|scopes| scopes.len() == count)
+        })
+        .unwrap();
 }
 
 #[test]
@@ -306,7 +298,7 @@ fn a_scope_applies_to_a_cgroup_that_appears_after_netbpf_started_and_leaves_with
     );
 
     let later = topology.root.child("later-1").unwrap();
-    wait_for_scopes(&netbpf, |scopes| scopes.len() == 1);
+    wait_for_instances(&netbpf, 1);
     let site = Site {
         cgroup: &later,
         netns: &topology.desktop_ns,
@@ -325,7 +317,7 @@ fn a_scope_applies_to_a_cgroup_that_appears_after_netbpf_started_and_leaves_with
 
     // Gone: nothing of it stays in the maps.
     drop(later);
-    wait_for_scopes(&netbpf, <[serde_json::Value]>::is_empty);
+    wait_for_instances(&netbpf, 0);
     assert!(netbpf.stop().unwrap().success());
 }
 

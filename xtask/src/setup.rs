@@ -31,6 +31,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "openssh-server",  // sshd on the "GPU box" of the host service test
     "openssh-client",  // ssh -L: the tunnel bound to the node's loopback
     "podman",          // real containers for the host-networking test
+    "docker.io",       // a real Docker daemon (and containerd), run by tests in their own namespace
     "runc",            // podman's runtime here (crun refuses hybrid cgroups)
     "busybox-static",  // the root file system of the test image
 ];

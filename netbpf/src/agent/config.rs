@@ -33,8 +33,48 @@ pub struct Config {
     /// where host services listen and MSS clamps find interfaces. Default:
     /// the agent's own.
     pub netns: Option<PathBuf>,
+    /// The container runtimes' API sockets.
+    pub runtimes: Runtimes,
     /// How large the maps are.
     pub capacity: Capacity,
+}
+
+/// The API sockets the agent asks for containers' names and labels. A
+/// socket that is not there is tried again every second; an empty path
+/// turns a runtime off.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Runtimes {
+    /// Docker's Engine API. Default `/run/docker.sock`.
+    pub docker: PathBuf,
+    /// Podman's API service (`podman system service`). Default
+    /// `/run/podman/podman.sock`.
+    pub podman: PathBuf,
+}
+
+impl Default for Runtimes {
+    fn default() -> Self {
+        Self {
+            docker: PathBuf::from("/run/docker.sock"),
+            podman: PathBuf::from("/run/podman/podman.sock"),
+        }
+    }
+}
+
+impl Runtimes {
+    /// The runtimes to follow, with their sockets.
+    #[must_use]
+    pub fn sockets(&self) -> Vec<(crate::containers::Runtime, PathBuf)> {
+        use crate::containers::Runtime;
+        [
+            (Runtime::Docker, &self.docker),
+            (Runtime::Podman, &self.podman),
+        ]
+        .into_iter()
+        .filter(|(_, socket)| !socket.as_os_str().is_empty())
+        .map(|(runtime, socket)| (runtime, socket.clone()))
+        .collect()
+    }
 }
 
 impl Default for Config {
@@ -44,6 +84,7 @@ impl Default for Config {
             run_dir: PathBuf::from(super::control::DEFAULT_RUN_DIR),
             cgroup_root: None,
             netns: None,
+            runtimes: Runtimes::default(),
             capacity: Capacity::default(),
         }
     }

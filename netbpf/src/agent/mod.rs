@@ -26,6 +26,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
+use self::config::Runtimes;
 pub use self::signals::Signals;
 use self::{
     control::{Reloaded, Request},
@@ -39,6 +40,7 @@ use crate::{
     containers::{
         Container, Workload,
         cgroup_watch::{CgroupEvent, CgroupWatcher},
+        engine::{self, EngineEvent},
         layout,
     },
     datapath::{Datapath, DatapathError, Optional},
@@ -122,6 +124,9 @@ pub struct Agent {
     /// Interface changes, where the policy clamps MSS.
     links: Option<LinkWatcher>,
     cgroups: CgroupWatcher,
+    /// What the runtimes' APIs say of their containers, by id.
+    described: HashMap<String, Container>,
+    runtime_events: tokio::sync::mpsc::Receiver<EngineEvent>,
     pub last_reload: Option<LastReload>,
     /// How long after a cgroup appeared its policy was in the maps.
     pub delays: Delays,
@@ -148,7 +153,7 @@ impl Delays {
         let mut sorted: Vec<Duration> = self.0.iter().copied().collect();
         sorted.sort_unstable();
         let last = sorted.len().checked_sub(1)?;
-        sorted.get(last * percent / 100).copied()
+        sorted.get((last * percent).div_ceil(100)).copied()
     }
 
     #[must_use]
@@ -165,7 +170,12 @@ impl Delays {
 impl Agent {
     /// Reads the policy, loads the datapath, fills its maps for what runs
     /// now and attaches it. Nothing is loaded when the policy is invalid.
-    pub fn start(node: Node, source: PolicySource, capacity: Capacity) -> anyhow::Result<Self> {
+    pub fn start(
+        node: Node,
+        source: PolicySource,
+        runtimes: &Runtimes,
+        capacity: Capacity,
+    ) -> anyhow::Result<Self> {
         let policy = source.load()?;
         let datapath = Datapath::load(Optional::for_policy(&policy), &capacity)?;
         let (cgroups, present) =
@@ -178,6 +188,10 @@ impl Agent {
         let host_services =
             HostServices::new(policy.host_services.clone(), node.other_netns.as_deref());
         let clamper = MssClamper::new(policy.mss_clamps.clone(), node.other_netns.as_deref());
+        let (sender, runtime_events) = tokio::sync::mpsc::channel(1024);
+        for (runtime, socket) in runtimes.sockets() {
+            tokio::spawn(engine::follow(runtime, socket, sender.clone()));
+        }
         let mut agent = Self {
             datapath,
             policy,
@@ -195,6 +209,8 @@ impl Agent {
             host_services_attached: false,
             links: None,
             cgroups,
+            described: HashMap::new(),
+            runtime_events,
             last_reload: None,
             delays: Delays::default(),
         };
@@ -239,6 +255,7 @@ impl Agent {
                     }
                 },
                 events = self.cgroups.next() => self.follow_cgroups(events),
+                Some(event) = self.runtime_events.recv() => self.follow_runtime(event),
                 _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
                     if let Err(error) = self.host_services.refresh(&mut self.datapath) {
                         tracing::warn!(error = format!("{error:#}"), "host services not refreshed");
@@ -310,6 +327,45 @@ impl Agent {
         if added {
             self.delays.record(seen.elapsed());
         }
+    }
+
+    /// Applies what a runtime said of its containers.
+    fn follow_runtime(&mut self, event: EngineEvent) {
+        match event {
+            EngineEvent::Known(container) => {
+                tracing::info!(runtime = ?container.runtime, id = %container.id, name = ?container.name, "container described");
+                self.described.insert(container.id.clone(), container);
+            }
+            EngineEvent::Gone(id) => {
+                self.described.remove(&id);
+            }
+            EngineEvent::All(runtime, containers) => {
+                self.described
+                    .retain(|_, known| known.runtime != Some(runtime));
+                self.described.extend(
+                    containers
+                        .into_iter()
+                        .map(|container| (container.id.clone(), container)),
+                );
+            }
+        }
+        self.reconcile_logged();
+    }
+
+    /// The workloads, each container with what its runtime said of it.
+    fn described_workloads(&self) -> Vec<Workload> {
+        self.workloads
+            .values()
+            .map(|workload| {
+                let mut workload = workload.clone();
+                if let Some(container) = &mut workload.container
+                    && let Some(described) = self.described.get(&container.id)
+                {
+                    *container = described.clone();
+                }
+                workload
+            })
+            .collect()
     }
 
     /// Knows the cgroup at `path` (below the mount), and the container in
@@ -423,7 +479,7 @@ impl Agent {
 
     /// Every scope instance matched now, with its rules.
     fn resolve(&mut self) -> Vec<Resolved> {
-        let workloads: Vec<Workload> = self.workloads.values().cloned().collect();
+        let workloads = self.described_workloads();
         let mut assignments = plan::assign(&self.policy, &workloads, &self.node.mount);
         for (index, def) in self.policy.scopes.iter().enumerate() {
             let Selector::Netns(path) = &def.selector else {

@@ -37,6 +37,7 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<()> {
     serve(
         node,
         PolicySource::Dir(policy_dir),
+        &config.runtimes,
         config.capacity,
         &run_dir,
     )

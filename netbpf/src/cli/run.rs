@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::{
-    agent::{PolicySource, control},
+    agent::{PolicySource, config::Runtimes, control},
     cli::{node::NodeArgs, serve::serve},
     plan::Capacity,
 };
@@ -26,6 +26,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     serve(
         node,
         PolicySource::File(args.policy.clone()),
+        &Runtimes::default(),
         Capacity::default(),
         &args.run_dir,
     )

@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 
 use crate::{
-    agent::{Agent, Node, PolicySource, Signals, control::RunDir},
+    agent::{Agent, Node, PolicySource, Signals, config::Runtimes, control::RunDir},
     plan::Capacity,
 };
 
@@ -13,6 +13,7 @@ use crate::{
 pub fn serve(
     node: Node,
     source: PolicySource,
+    runtimes: &Runtimes,
     capacity: Capacity,
     run_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -27,7 +28,7 @@ pub fn serve(
     // Validated before the run directory is claimed or the kernel touched.
     source.load()?;
     let mut run_dir_lock = RunDir::claim(run_dir)?;
-    let mut agent = Agent::start(node, source, capacity)?;
+    let mut agent = Agent::start(node, source, runtimes, capacity)?;
     print!("{}", agent.status()?.render());
     tracing::info!(run_dir = %run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
     let listener = run_dir_lock.take_listener()?;

@@ -4,6 +4,7 @@
 //! are containers, with their names, labels and pods.
 
 pub mod cgroup_watch;
+pub mod engine;
 pub mod layout;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf};

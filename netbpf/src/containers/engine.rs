@@ -1,0 +1,134 @@
+//! The names and labels of containers, from the runtimes' own API: the
+//! Docker Engine API, which Docker serves and Podman's API service serves
+//! too (its compatible endpoints). The containers running are listed when
+//! the socket answers, then the event stream says which come and go;
+//! nothing is polled. The client is `bollard`, the maintained Rust client
+//! of that API.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use bollard::{
+    API_DEFAULT_VERSION, Docker,
+    query_parameters::{EventsOptions, ListContainersOptions},
+};
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+
+use super::{Container, Runtime};
+
+/// What a runtime said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A container exists, with this name and these labels.
+    Known(Container),
+    /// The container with this id is gone.
+    Gone(String),
+    /// The runtime's containers are these, and no others (after the
+    /// socket answered, again after it went away and came back).
+    All(Runtime, Vec<Container>),
+}
+
+/// Follows the runtime serving the Engine API at `socket`, sending what it
+/// says to `events`, until `events` is closed. A socket that is not there
+/// (yet), or that goes away, is tried again every second.
+pub async fn follow(runtime: Runtime, socket: PathBuf, events: mpsc::Sender<EngineEvent>) {
+    let mut said_down = false;
+    loop {
+        match follow_once(runtime, &socket, &events).await {
+            Ok(()) => return,
+            Err(error) => {
+                if !said_down {
+                    tracing::info!(%runtime, socket = %socket.display(), %error, "runtime API not answering: trying again every second");
+                    said_down = true;
+                }
+            }
+        }
+        if events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One connection: the list, then the events until the stream ends.
+async fn follow_once(
+    runtime: Runtime,
+    socket: &std::path::Path,
+    events: &mpsc::Sender<EngineEvent>,
+) -> Result<(), bollard::errors::Error> {
+    let docker = Docker::connect_with_unix(&socket.to_string_lossy(), 30, API_DEFAULT_VERSION)?
+        .negotiate_version()
+        .await?;
+    // Subscribed before listing: nothing that starts in between is missed.
+    let filters = [("type".to_owned(), vec!["container".to_owned()])].into();
+    let mut stream = docker.events(Some(EventsOptions {
+        filters: Some(filters),
+        ..EventsOptions::default()
+    }));
+    let listed = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            ..ListContainersOptions::default()
+        }))
+        .await?;
+    let all = listed
+        .into_iter()
+        .filter_map(|summary| {
+            let name = summary.names?.first()?.trim_start_matches('/').to_owned();
+            Some(container(
+                runtime,
+                summary.id?,
+                Some(name),
+                summary.labels.unwrap_or_default(),
+            ))
+        })
+        .collect();
+    tracing::info!(%runtime, socket = %socket.display(), "following the runtime's containers");
+    if events.send(EngineEvent::All(runtime, all)).await.is_err() {
+        return Ok(());
+    }
+    while let Some(message) = stream.next().await {
+        let message = message?;
+        let (Some(action), Some(actor)) = (message.action, message.actor) else {
+            continue;
+        };
+        let Some(id) = actor.id else {
+            continue;
+        };
+        let event = match action.as_str() {
+            // The create event names the container before its cgroup is
+            // made: matched by name and labels, its scope is ready when
+            // the cgroup appears. Its attributes are its labels, and its
+            // image and name.
+            "create" | "rename" | "update" => {
+                let mut labels = actor.attributes.unwrap_or_default();
+                let name = labels.remove("name");
+                labels.remove("image");
+                EngineEvent::Known(container(runtime, id, name, labels))
+            }
+            "destroy" | "remove" => EngineEvent::Gone(id),
+            _ => continue,
+        };
+        if events.send(event).await.is_err() {
+            return Ok(());
+        }
+    }
+    Err(bollard::errors::Error::IOError {
+        err: std::io::Error::other("the event stream ended"),
+    })
+}
+
+fn container(
+    runtime: Runtime,
+    id: String,
+    name: Option<String>,
+    labels: std::collections::HashMap<String, String>,
+) -> Container {
+    Container {
+        runtime: Some(runtime),
+        id,
+        name,
+        labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
+        pod: None,
+    }
+}

@@ -1,0 +1,157 @@
+//! A real Docker daemon (Debian's docker.io) for one test: started inside
+//! a network namespace of the test's own, with its own data, exec root,
+//! socket and containerd namespace, so it touches nothing of the host's
+//! (its bridge and iptables rules land in that namespace). Its containers
+//! go below a cgroup of the test. Stopped, with every container and mount
+//! it made, when dropped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use nix::sys::signal::Signal;
+
+use crate::{Cgroup, Netns, Process, Spawn, busybox_rootfs, unique_name};
+
+/// A running dockerd of one test.
+pub struct DockerDaemon {
+    daemon: Option<Process>,
+    socket: PathBuf,
+    dir: PathBuf,
+    netns: Netns,
+}
+
+impl DockerDaemon {
+    /// Starts dockerd in a new network namespace, its bridge on `bridge`
+    /// (`ADDR/LEN`), its containers' cgroups below `containers`, itself in
+    /// the cgroup `daemon_cgroup`, its files in `dir`.
+    pub fn start(
+        containers: &Cgroup,
+        daemon_cgroup: &Cgroup,
+        bridge: &str,
+        dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let netns = Netns::new("nbdock")?;
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("docker.sock");
+        let namespace = unique_name("nbd");
+        let parent = containers.runtime_parent()?;
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let args = [
+            "--data-root".to_owned(),
+            path("data"),
+            "--exec-root".to_owned(),
+            path("exec"),
+            "-H".to_owned(),
+            format!("unix://{}", socket.display()),
+            "--pidfile".to_owned(),
+            path("docker.pid"),
+            "--containerd-namespace".to_owned(),
+            namespace.clone(),
+            "--containerd-plugins-namespace".to_owned(),
+            format!("{namespace}-p"),
+            "--bip".to_owned(),
+            bridge.to_owned(),
+            "--cgroup-parent".to_owned(),
+            parent,
+            "--log-level".to_owned(),
+            "warn".to_owned(),
+        ];
+        let daemon = Spawn::new(daemon_cgroup.path(), Some(&netns.path()), "dockerd", &args)?
+            .start(&dir.join("dockerd.log"))?;
+        let docker = Self {
+            daemon: Some(daemon),
+            socket,
+            dir: dir.to_owned(),
+            netns,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while docker.docker(&["version"]).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "dockerd did not answer in 30 s:\n{}",
+                    std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(docker)
+    }
+
+    /// Runs the docker client against this daemon; what it printed.
+    pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new(client())
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args)
+            .output()
+            .context("running the docker client")?;
+        if !output.status.success() {
+            bail!(
+                "docker {args:?} failed ({}): {}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(output.stdout)?)
+    }
+
+    /// Imports the busybox image as `name` (never pulled).
+    pub fn import_busybox(&self, name: &str) -> anyhow::Result<()> {
+        let tar = busybox_rootfs(&self.dir)?;
+        self.docker(&["import", tar.to_str().context("UTF-8 path")?, name])
+            .map(drop)
+    }
+
+    /// The daemon's Engine API socket.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The network namespace the daemon and its bridge live in.
+    #[must_use]
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+}
+
+impl Drop for DockerDaemon {
+    fn drop(&mut self) {
+        if let Ok(ids) = self.docker(&["ps", "-aq"]) {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "--force"];
+                args.extend(ids);
+                if let Err(error) = self.docker(&args) {
+                    eprintln!("warning: {error:#}");
+                }
+            }
+        }
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.stop(Signal::SIGTERM, Duration::from_secs(20));
+        }
+        // Whatever it left mounted below its directory (network namespace
+        // files, layers) goes before the directory does.
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(4))
+            .filter(|point| Path::new(point).starts_with(&self.dir))
+            .collect();
+        mounts.sort_unstable_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in mounts {
+            let _ = Command::new("umount").args(["-l", point]).status();
+        }
+    }
+}
+
+/// The docker client.
+fn client() -> &'static str {
+    "docker"
+}

@@ -1,0 +1,179 @@
+//! The agent with real containers: a Docker daemon of the test's own (in a
+//! network namespace of its own, its containers below the test's cgroup)
+//! and `netbpf agent` following it through the Engine API and the cgroup
+//! tree. Scopes name containers as users do: by name and by label.
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::time::Duration;
+
+use netbpf_testenv::{
+    Cgroup, DockerDaemon, NetbpfRun, Process, Site, netbpf_binary, require_root, unique_name,
+};
+
+const IMAGE: &str = "localhost/netbpf-test-busybox:1";
+/// The Docker bridge of the test's daemon, and the address its published
+/// service listens on (the bridge's gateway).
+const BRIDGE: &str = "10.203.0.1/24";
+const PUBLISHED: &str = "10.203.0.1";
+
+/// A node: a Docker daemon, a service on its bridge, and the agent.
+/// Fields drop in order: the daemon (and its containers) first, the
+/// cgroups after it, the files last.
+struct DockerNode {
+    daemon: DockerDaemon,
+    _service: Process,
+    _containers: Cgroup,
+    _helpers: Cgroup,
+    root: Cgroup,
+    work: tempfile::TempDir,
+}
+
+impl DockerNode {
+    fn new() -> Self {
+        require_root();
+        let root = Cgroup::new_test_root(&unique_name("nbk")).unwrap();
+        let containers = root.child("docker").unwrap();
+        let helpers = root.child("helpers").unwrap();
+        let work = tempfile::Builder::new()
+            .prefix("netbpf-docker-")
+            .tempdir()
+            .unwrap();
+        let daemon =
+            DockerDaemon::start(&containers, &helpers, BRIDGE, &work.path().join("docker"))
+                .unwrap_or_else(|error| panic!("{error:#}"));
+        daemon.import_busybox(IMAGE).unwrap();
+        let site = Site {
+            cgroup: &helpers,
+            netns: daemon.netns(),
+        };
+        let service = site
+            .start_http_server(work.path(), PUBLISHED, 8082, "published")
+            .unwrap();
+        Self {
+            daemon,
+            _service: service,
+            _containers: containers,
+            _helpers: helpers,
+            root,
+            work,
+        }
+    }
+
+    /// `netbpf agent` with `policy` as its one policy file, following this
+    /// daemon and the cgroups below the test's root.
+    fn agent(&self, policy: &str) -> NetbpfRun {
+        let policy_dir = self.work.path().join("policy.d");
+        std::fs::create_dir_all(&policy_dir).unwrap();
+        std::fs::write(policy_dir.join("50-test.toml"), policy).unwrap();
+        let config = self.work.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "policy_dir = \"{}\"\ncgroup_root = \"{}\"\n[runtimes]\ndocker = \"{}\"\npodman = \"\"\n",
+                policy_dir.display(),
+                self.root.path().display(),
+                self.daemon.socket().display()
+            ),
+        )
+        .unwrap();
+        NetbpfRun::start_agent(&netbpf_binary(), &config, self.work.path())
+            .unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Starts a container that sleeps, named `name`, with `labels`.
+    fn run(&self, name: &str, labels: &[&str]) {
+        let mut args = vec!["run", "--detach", "--name", name];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        args.extend([IMAGE, "sleep", "600"]);
+        self.daemon
+            .docker(&args)
+            .unwrap_or_else(|error| panic!("{error:#}"));
+    }
+
+    /// The body the container `name` gets for `GET /` from `host`:`port`
+    /// (busybox nc: its wget needs a resolver the image does not have).
+    fn get(&self, name: &str, host: &str, port: u16) -> String {
+        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}");
+        let response = self
+            .daemon
+            .docker(&["exec", name, "sh", "-c", &script])
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        response
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+}
+
+/// The names of the scope instances applied.
+fn applied(status: &serde_json::Value) -> Vec<String> {
+    status["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|scope| scope["error"].is_null())
+        .map(|scope| scope["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
+    let node = DockerNode::new();
+    let policy = format!(
+        "version = 1\n\
+         [[scope]]\nname = \"app\"\nmatch = {{ container = \"llamasketch-app-1\" }}\n\
+         forward = [{{ from = \"localhost:8082\", to = \"{PUBLISHED}:8082\" }}]\n\
+         [[scope]]\nname = \"project\"\nmatch = {{ label = {{ \"com.docker.compose.project\" = \"llamasketch\" }} }}\n\
+         forward = [{{ from = \"localhost:9082\", to = \"{PUBLISHED}:8082\" }}]\n"
+    );
+    let agent = node.agent(&policy);
+    assert!(applied(&agent.status_json().unwrap()).is_empty());
+
+    let project = "com.docker.compose.project=llamasketch";
+    node.run("llamasketch-app-1", &[project]);
+    node.run("llamasketch-worker-1", &[project]);
+    node.run("unrelated", &[]);
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| applied(status).len() == 2)
+        .unwrap();
+    assert_eq!(
+        applied(&status),
+        ["app/llamasketch-app-1", "project/llamasketch-worker-1"],
+        "the first scope that matches a container is its scope: {status}"
+    );
+    assert_eq!(
+        node.get("llamasketch-app-1", "127.0.0.1", 8082),
+        "published"
+    );
+    assert_eq!(
+        node.get("llamasketch-worker-1", "127.0.0.1", 9082),
+        "published"
+    );
+    let status = agent.status_json().unwrap();
+    assert_eq!(
+        status["scopes"][0]["forwards"][0]["connects"], 1,
+        "{status}"
+    );
+    eprintln!(
+        "delay from a container's cgroup to its scope in the maps: p50 {} us, p99 {} us over {} cgroups",
+        status["discovery"]["delay_p50_us"],
+        status["discovery"]["delay_p99_us"],
+        status["discovery"]["delays_measured"]
+    );
+
+    // Removed: nothing of them stays.
+    node.daemon
+        .docker(&["rm", "--force", "llamasketch-app-1", "llamasketch-worker-1"])
+        .unwrap();
+    agent
+        .wait_for_status(Duration::from_secs(10), |status| {
+            status["scopes"].as_array().is_some_and(Vec::is_empty)
+        })
+        .unwrap();
+    assert!(agent.stop().unwrap().success());
+}
