@@ -17,6 +17,11 @@ pub const PROTO_TCP: u8 = 6;
 /// `IPPROTO_UDP`.
 pub const PROTO_UDP: u8 = 17;
 
+/// Version of the layout of every map: bump it whenever a map's key,
+/// value, type or meaning changes. Pinned maps live in a directory named
+/// after it (`maps-vN`), so an agent never uses maps of another layout.
+pub const MAP_LAYOUT: u32 = 1;
+
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
 /// Capacity of the per-rule statistics array: rule ids are `0..MAX_RULES`.
@@ -329,7 +334,31 @@ pub struct MssStats {
     pub unparsed: u64,
 }
 
+/// Key of the agent's own table of counter slots (userspace only): which
+/// slot a rule of a scope has, so that counters continue when the agent
+/// restarts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleSlotKey {
+    pub scope: u32,
+    _pad: u32,
+    /// A stable hash of what the rule is.
+    pub rule: u64,
+}
+
+impl RuleSlotKey {
+    #[must_use]
+    pub const fn new(scope: u32, rule: u64) -> Self {
+        Self {
+            scope,
+            _pad: 0,
+            rule,
+        }
+    }
+}
+
 const _: () = assert!(size_of::<ForwardKey>() == 8);
+const _: () = assert!(size_of::<RuleSlotKey>() == 16);
 const _: () = assert!(size_of::<ForwardTarget>() == 24);
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<ReverseKey>() == 32);
@@ -381,6 +410,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::GrantKey {}
     unsafe impl aya::Pod for super::ServiceStats {}
+    unsafe impl aya::Pod for super::RuleSlotKey {}
 }
 
 #[cfg(test)]

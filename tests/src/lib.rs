@@ -8,6 +8,7 @@
 //! anywhere but under the cgroup subtree of a [`Cgroup`] made here.
 
 mod agent;
+mod agent_setup;
 mod cgroup;
 mod docker;
 mod images;
@@ -20,6 +21,7 @@ mod topology;
 
 pub use self::{
     agent::{NetbpfRun, netbpf_binary},
+    agent_setup::AgentSetup,
     cgroup::Cgroup,
     docker::DockerDaemon,
     images::{busybox_rootfs, ensure_podman_image},

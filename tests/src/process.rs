@@ -199,6 +199,12 @@ impl Process {
         }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
         nix::sys::signal::kill(pid, signal)?;
+        self.wait(timeout)
+            .with_context(|| format!("after {signal}"))
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status.
+    pub fn wait(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -206,7 +212,8 @@ impl Process {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "process {pid} did not exit within {timeout:?} of {signal}; log:\n{}",
+                    "process {} did not exit within {timeout:?}; log:\n{}",
+                    self.child.id(),
                     self.log()
                 );
             }

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    Cgroup, DockerDaemon, NetbpfRun, Process, Site, netbpf_binary, require_root, unique_name,
+    AgentSetup, Cgroup, DockerDaemon, NetbpfRun, Process, Site, require_root, unique_name,
 };
 
 const IMAGE: &str = "localhost/netbpf-test-busybox:1";
@@ -61,24 +61,20 @@ impl DockerNode {
     }
 
     /// `netbpf agent` with `policy` as its one policy file, following this
-    /// daemon and the cgroups below the test's root.
-    fn agent(&self, policy: &str) -> NetbpfRun {
-        let policy_dir = self.work.path().join("policy.d");
-        std::fs::create_dir_all(&policy_dir).unwrap();
-        std::fs::write(policy_dir.join("50-test.toml"), policy).unwrap();
-        let config = self.work.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "policy_dir = \"{}\"\ncgroup_root = \"{}\"\n[runtimes]\ndocker = \"{}\"\npodman = \"\"\n",
-                policy_dir.display(),
-                self.root.path().display(),
-                self.daemon.socket().display()
-            ),
+    /// daemon and the cgroups below the test's root; its pins go with the
+    /// returned setup.
+    fn agent(&self, policy: &str) -> (AgentSetup, NetbpfRun) {
+        let setup = AgentSetup::new(
+            self.work.path(),
+            self.root.path(),
+            Some(self.daemon.socket()),
         )
         .unwrap();
-        NetbpfRun::start_agent(&netbpf_binary(), &config, self.work.path())
-            .unwrap_or_else(|error| panic!("{error:#}"))
+        setup.policy("50-test.toml", policy).unwrap();
+        let agent = setup
+            .start("agent")
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        (setup, agent)
     }
 
     /// Starts a container that sleeps, named `name`, with `labels`.
@@ -131,7 +127,7 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
          [[scope]]\nname = \"project\"\nmatch = {{ label = {{ \"com.docker.compose.project\" = \"llamasketch\" }} }}\n\
          forward = [{{ from = \"localhost:9082\", to = \"{PUBLISHED}:8082\" }}]\n"
     );
-    let agent = node.agent(&policy);
+    let (_setup, agent) = node.agent(&policy);
     assert!(applied(&agent.status_json().unwrap()).is_empty());
 
     let project = "com.docker.compose.project=llamasketch";

@@ -331,6 +331,7 @@ fn set_mss_agrees_with_iptables_tcpmss_on_every_crafted_segment() {
             ..Optional::default()
         },
         &Capacity::default(),
+        None,
     )
     .expect("loading the datapath");
     // BPF_PROG_TEST_RUN runs on the loopback device: ifindex 1.

@@ -25,6 +25,9 @@ pub struct Config {
     /// Where the control socket (`netbpf status`, `netbpf reload`) lives.
     /// Default `/run/netbpf`.
     pub run_dir: PathBuf,
+    /// The bpffs directory where the datapath is pinned, so that it outlives
+    /// the agent: a new agent adopts it. Default `/sys/fs/bpf/netbpf`.
+    pub pin_dir: PathBuf,
     /// The cgroup v2 directory the socket programs attach to; they act on
     /// the sockets of every process below it, and containers are looked
     /// for below it. Default: the root of the cgroup v2 hierarchy.
@@ -82,6 +85,7 @@ impl Default for Config {
         Self {
             policy_dir: PathBuf::from("/etc/netbpf/policy.d"),
             run_dir: PathBuf::from(super::control::DEFAULT_RUN_DIR),
+            pin_dir: PathBuf::from("/sys/fs/bpf/netbpf"),
             cgroup_root: None,
             netns: None,
             runtimes: Runtimes::default(),

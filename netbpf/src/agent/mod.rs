@@ -43,7 +43,7 @@ use crate::{
         engine::{self, EngineEvent},
         layout,
     },
-    datapath::{Datapath, DatapathError, Optional},
+    datapath::{Datapath, DatapathError, Optional, Pins},
     host::{
         links::{self, LinkEvent, LinkWatcher},
         netns,
@@ -170,14 +170,33 @@ impl Delays {
 impl Agent {
     /// Reads the policy, loads the datapath, fills its maps for what runs
     /// now and attaches it. Nothing is loaded when the policy is invalid.
+    ///
+    /// With `pins`, the datapath pinned there is adopted (same maps, its
+    /// links' programs replaced atomically) or made and pinned there.
     pub fn start(
         node: Node,
         source: PolicySource,
         runtimes: &Runtimes,
         capacity: Capacity,
+        pins: Option<&Pins>,
     ) -> anyhow::Result<Self> {
         let policy = source.load()?;
-        let datapath = Datapath::load(Optional::for_policy(&policy), &capacity)?;
+        let datapath = Datapath::load(Optional::for_policy(&policy), &capacity, pins)?;
+        // What the maps hold now (nothing, unless adopted): the starting
+        // point of the first update, with its scope ids and counter slots.
+        let plan = datapath.read_plan()?;
+        let ids = ScopeIds::adopt(
+            plan.cgroup_scopes
+                .iter()
+                .map(|(&id, &scope)| (ScopeKey::Cgroup(id), scope))
+                .chain(
+                    plan.netns_scopes
+                        .iter()
+                        .map(|(&cookie, &scope)| (ScopeKey::Netns(cookie), scope)),
+                )
+                .collect(),
+        );
+        let slots = RuleSlots::adopt(datapath.read_rule_slots()?);
         let (cgroups, present) =
             CgroupWatcher::start(&node.mount, &node.cgroup_root).map_err(|error| {
                 anyhow::anyhow!(
@@ -199,10 +218,10 @@ impl Agent {
             node,
             capacity,
             workloads: BTreeMap::new(),
-            ids: ScopeIds::default(),
-            slots: RuleSlots::default(),
+            ids,
+            slots,
             resolved: HashMap::new(),
-            plan: Plan::default(),
+            plan,
             outcomes: Vec::new(),
             clamper,
             host_services,
@@ -230,6 +249,7 @@ impl Agent {
                 Vec::new()
             })
         })?;
+        agent.datapath.prune_links("cgroup-");
         agent.apply_host_features(true)?;
         Ok(agent)
     }
@@ -423,7 +443,9 @@ impl Agent {
         // are loaded when a policy first asks for them.
         self.datapath
             .load_programs(Optional::for_policy(&self.policy))?;
-        if !self.host_services.is_empty() {
+        if self.host_services.is_empty() {
+            self.datapath.prune_links("hostsvc-");
+        } else {
             // Attached only where a host service is: it runs for every
             // connection the node accepts.
             if !self.host_services_attached {
@@ -545,6 +567,8 @@ impl Agent {
             let _ = self.datapath.update(&plan, &self.plan);
             return Err(error);
         }
+        self.datapath
+            .write_rule_slots(self.slots.entries(), slots.entries())?;
         let known: Vec<u32> = self
             .plan
             .cgroup_scopes

@@ -9,6 +9,7 @@ use crate::{
         config::{Config, DEFAULT_CONFIG},
     },
     cli::{node::NodeArgs, serve::serve},
+    datapath::Pins,
 };
 
 #[derive(Debug, clap::Args)]
@@ -40,5 +41,6 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<()> {
         &config.runtimes,
         config.capacity,
         &run_dir,
+        Some(&Pins::new(&config.pin_dir)),
     )
 }

@@ -7,6 +7,7 @@ mod reload;
 mod run;
 mod serve;
 mod status;
+mod uninstall;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Validate a policy file or directory, loading nothing.
     Check(check::CheckArgs),
+    /// Remove the pinned datapath: every program, link and map (the agent
+    /// must be stopped).
+    Uninstall(uninstall::UninstallArgs),
     /// Have a running netbpf reload its policy file (as SIGHUP does), and
     /// wait until it has.
     Reload(reload::ReloadArgs),
@@ -43,6 +47,7 @@ impl Cli {
             Command::Status(args) => status::status(&args),
             Command::Check(args) => check::check(&args),
             Command::Reload(args) => reload::reload(&args),
+            Command::Uninstall(args) => uninstall::uninstall(&args),
         }
     }
 }

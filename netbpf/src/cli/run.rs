@@ -29,5 +29,6 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         &Runtimes::default(),
         Capacity::default(),
         &args.run_dir,
+        None,
     )
 }

@@ -5,17 +5,20 @@ use anyhow::Context as _;
 
 use crate::{
     agent::{Agent, Node, PolicySource, Signals, config::Runtimes, control::RunDir},
+    datapath::Pins,
     plan::Capacity,
 };
 
 /// Runs an agent on `node` with the policy from `source`, its control
-/// socket in `run_dir`, until SIGINT or SIGTERM.
+/// socket in `run_dir`, until SIGINT or SIGTERM. With `pins` the
+/// datapath stays in force when it stops; without, it goes with it.
 pub fn serve(
     node: Node,
     source: PolicySource,
     runtimes: &Runtimes,
     capacity: Capacity,
     run_dir: &std::path::Path,
+    pins: Option<&Pins>,
 ) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -28,12 +31,16 @@ pub fn serve(
     // Validated before the run directory is claimed or the kernel touched.
     source.load()?;
     let mut run_dir_lock = RunDir::claim(run_dir)?;
-    let mut agent = Agent::start(node, source, runtimes, capacity)?;
+    let mut agent = Agent::start(node, source, runtimes, capacity, pins)?;
     print!("{}", agent.status()?.render());
     tracing::info!(run_dir = %run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
     let listener = run_dir_lock.take_listener()?;
     runtime.block_on(agent.serve(listener, &mut signals))?;
-    tracing::info!("stopping: detaching the programs");
+    if let Some(pins) = pins {
+        tracing::info!(pins = %pins.dir().display(), "stopping: the pinned datapath stays in force (`netbpf uninstall` removes it)");
+    } else {
+        tracing::info!("stopping: detaching the programs");
+    }
     agent.release();
     drop(agent);
     drop(run_dir_lock);

@@ -2,9 +2,16 @@
 //! the services and grants it checks, and the listening sockets it hands
 //! connections to.
 
-use std::{fs::File, os::fd::AsRawFd, path::Path};
+use std::{
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt as _},
+    path::Path,
+};
 
-use aya::{maps::SockMap, programs::SkLookup};
+use aya::{
+    maps::SockMap,
+    programs::{SkLookup, links::FdLink},
+};
 use netbpf_common::ServiceStats;
 
 use super::{Datapath, DatapathError, map_error};
@@ -21,14 +28,22 @@ impl Datapath {
             source: Box::new(source),
         };
         let namespace = File::open(netns).map_err(|error| attach_error(error.into()))?;
-        let program: &mut SkLookup = self
-            .ebpf
-            .program_mut(HOST_SERVICE_PROGRAM)
-            .ok_or(DatapathError::MissingProgram(HOST_SERVICE_PROGRAM))?
-            .try_into()
-            .map_err(|_| DatapathError::MissingProgram(HOST_SERVICE_PROGRAM))?;
-        program.attach(namespace).map_err(attach_error)?;
-        Ok(())
+        let inode = namespace
+            .metadata()
+            .map_err(|error| attach_error(error.into()))?
+            .ino();
+        self.attach_linked(
+            HOST_SERVICE_PROGRAM,
+            format!("hostsvc-{inode}"),
+            |program| {
+                let program: &mut SkLookup = program
+                    .try_into()
+                    .map_err(|_| DatapathError::MissingProgram(HOST_SERVICE_PROGRAM))?;
+                let id = program.attach(namespace).map_err(attach_error)?;
+                let link = program.take_link(id).map_err(attach_error)?;
+                Ok(FdLink::from(link))
+            },
+        )
     }
 
     /// Makes `socket` (a listening TCP socket) service `index`'s listener.

@@ -5,9 +5,11 @@
 //! One file per concern: the socket programs on a cgroup (`sockets`), the
 //! MSS clamp on tc (`mss`).
 
+mod adopt;
 mod counters;
 mod host_services;
 mod mss;
+pub mod pins;
 mod sockets;
 
 use std::path::PathBuf;
@@ -22,6 +24,7 @@ use crate::plan::Capacity;
 
 pub use self::{
     mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
+    pins::Pins,
     sockets::BoundSocket,
 };
 
@@ -72,6 +75,14 @@ pub enum DatapathError {
     },
     #[error("counting the CPUs")]
     Cpus(#[source] std::io::Error),
+    #[error("the pinned datapath")]
+    Pins(#[from] pins::PinError),
+    #[error("pinning or adopting the link of program {name}")]
+    Link {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("attaching the MSS clamp to interface {interface}")]
     TcAttach {
         interface: String,
@@ -122,27 +133,58 @@ impl Optional {
 pub struct Datapath {
     ebpf: Ebpf,
     programs: Vec<LoadedProgram>,
+    /// Where maps and links are pinned; None: nothing outlives this value.
+    pins: Option<Pins>,
+    /// The pinned links this datapath uses (others are stale).
+    claimed_links: Vec<String>,
+}
+
+/// The capacity of each map the policy fills, as its setting says.
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 8] {
+    [
+        ("CGROUP_SCOPES", capacity.scopes),
+        ("NETNS_SCOPES", capacity.scopes),
+        ("RULE_STATS", capacity.rules),
+        ("FORWARDS", capacity.forward_prefixes),
+        ("ALIASES", capacity.aliases),
+        ("ALIASED_ADDRS", capacity.aliases),
+        ("BIND_REMAPS", capacity.bind_remaps),
+        ("GRANTS", capacity.grants),
+    ]
 }
 
 impl Datapath {
     /// Loads the socket programs into the kernel (the verifier runs here),
     /// and those of the `optional` features asked for, with empty maps and
     /// nothing attached.
-    pub fn load(optional: Optional, capacity: &Capacity) -> Result<Self, DatapathError> {
-        let ebpf = EbpfLoader::new()
-            .map_max_entries("CGROUP_SCOPES", capacity.scopes)
-            .map_max_entries("NETNS_SCOPES", capacity.scopes)
-            .map_max_entries("RULE_STATS", capacity.rules)
-            .map_max_entries("FORWARDS", capacity.forward_prefixes)
-            .map_max_entries("ALIASES", capacity.aliases)
-            .map_max_entries("ALIASED_ADDRS", capacity.aliases)
-            .map_max_entries("BIND_REMAPS", capacity.bind_remaps)
-            .map_max_entries("GRANTS", capacity.grants)
+    ///
+    /// With `pins`, the maps are those pinned there (checked to be this
+    /// netbpf's), or new ones pinned there.
+    pub fn load(
+        optional: Optional,
+        capacity: &Capacity,
+        pins: Option<&Pins>,
+    ) -> Result<Self, DatapathError> {
+        let mut loader = EbpfLoader::new();
+        for (name, size) in capacities(capacity) {
+            loader.map_max_entries(name, size);
+        }
+        let pin_paths;
+        if let Some(pins) = pins {
+            pins.prepare()?;
+            pin_paths = pinned_maps(pins, capacity)?;
+            for (name, path) in &pin_paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+        }
+        let ebpf = loader
             .load(PROGRAMS_OBJECT)
             .map_err(|error| DatapathError::Object(Box::new(error)))?;
         let mut datapath = Self {
             ebpf,
             programs: Vec::new(),
+            pins: pins.cloned(),
+            claimed_links: Vec::new(),
         };
         datapath.load_programs(optional)?;
         Ok(datapath)
@@ -214,6 +256,29 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))?;
         T::try_from(map).map_err(map_error(name))
     }
+}
+
+/// Each map of the object and where it is pinned, after checking that a
+/// map pinned there already is the one this netbpf would make.
+fn pinned_maps(pins: &Pins, capacity: &Capacity) -> Result<Vec<(String, PathBuf)>, DatapathError> {
+    let object = aya_obj::Object::parse(PROGRAMS_OBJECT)
+        .map_err(|error| DatapathError::Object(Box::new(error.into())))?;
+    let mut maps = Vec::new();
+    for (name, mut map) in object.maps {
+        if map.section_kind() != aya_obj::EbpfSectionKind::Maps {
+            continue;
+        }
+        if let Some((_, size)) = capacities(capacity)
+            .into_iter()
+            .find(|(map_name, _)| *map_name == name)
+        {
+            map.set_max_entries(size);
+        }
+        pins.check_map(&name, &map)?;
+        let path = pins.maps_dir().join(&name);
+        maps.push((name, path));
+    }
+    Ok(maps)
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {

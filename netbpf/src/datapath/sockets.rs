@@ -11,7 +11,7 @@ use std::{
 use aya::{
     Pod,
     maps::{HashMap, LpmTrie, MapError, lpm_trie::Key},
-    programs::{CgroupAttachMode, Program},
+    programs::{CgroupAttachMode, Program, links::FdLink},
 };
 use netbpf_common::{ForwardKey, ForwardTarget, RuleStats, ScopePort};
 
@@ -152,25 +152,42 @@ impl Datapath {
         cgroup: &File,
         path: &Path,
     ) -> Result<(), DatapathError> {
+        let cgroup_id =
+            crate::host::cgroup::cgroup_id(path).map_err(|source| DatapathError::Cgroup {
+                path: path.to_owned(),
+                source,
+            })?;
         for name in names {
-            let program = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(DatapathError::MissingProgram(name))?;
+            let attach_error = |source| DatapathError::Attach {
+                name: (*name).to_owned(),
+                cgroup: path.to_owned(),
+                source: Box::new(source),
+            };
             // On the kernels netbpf runs on (5.8+, for netns cookies in
             // socket programs) aya attaches through a bpf link, which is
             // always multi-attach and takes no mode flags.
             let mode = CgroupAttachMode::Single;
-            match program {
-                Program::CgroupSockAddr(program) => program.attach(cgroup, mode).map(drop),
-                Program::CgroupSock(program) => program.attach(cgroup, mode).map(drop),
-                other => unreachable!("netbpf has no {:?} program", other.prog_type()),
-            }
-            .map_err(|source| DatapathError::Attach {
+            let link_error = |error: aya::programs::links::LinkError| DatapathError::Link {
                 name: (*name).to_owned(),
-                cgroup: path.to_owned(),
-                source: Box::new(source),
-            })?;
+                source: std::io::Error::other(error.to_string()),
+            };
+            self.attach_linked(
+                name,
+                format!("cgroup-{cgroup_id}-{name}"),
+                |program| match program {
+                    Program::CgroupSockAddr(program) => {
+                        let id = program.attach(cgroup, mode).map_err(attach_error)?;
+                        let link = program.take_link(id).map_err(attach_error)?;
+                        FdLink::try_from(link).map_err(link_error)
+                    }
+                    Program::CgroupSock(program) => {
+                        let id = program.attach(cgroup, mode).map_err(attach_error)?;
+                        let link = program.take_link(id).map_err(attach_error)?;
+                        FdLink::try_from(link).map_err(link_error)
+                    }
+                    other => unreachable!("netbpf has no {:?} program", other.prog_type()),
+                },
+            )?;
         }
         Ok(())
     }

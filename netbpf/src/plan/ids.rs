@@ -73,13 +73,29 @@ impl ScopeIds {
 /// changed rule gets a free slot, whose counters start from zero.
 #[derive(Debug, Default, Clone)]
 pub struct RuleSlots {
-    /// (scope id, what the rule is) -> its slot.
-    slots: BTreeMap<(u32, String), u32>,
+    /// (scope id, a stable hash of what the rule is) -> its slot.
+    slots: BTreeMap<(u32, u64), u32>,
     /// Slots handed out since the last [`Self::take_fresh`].
     fresh: Vec<u32>,
 }
 
 impl RuleSlots {
+    /// Slots adopted from a running datapath, as its pinned table holds
+    /// them.
+    #[must_use]
+    pub fn adopt(slots: BTreeMap<(u32, u64), u32>) -> Self {
+        Self {
+            slots,
+            fresh: Vec::new(),
+        }
+    }
+
+    /// (scope id, rule) -> slot: what the pinned table must hold.
+    #[must_use]
+    pub fn entries(&self) -> &BTreeMap<(u32, u64), u32> {
+        &self.slots
+    }
+
     /// Gives each rule of `scope` (of scope `id`) its slot, in place of its
     /// index in the scope; the slots used go to `used`.
     pub fn assign(
@@ -121,7 +137,8 @@ impl RuleSlots {
             ));
         }
         for (what, rule) in rules {
-            let slot = if let Some(&slot) = self.slots.get(&(id, what.clone())) {
+            let what = stable_hash(&what);
+            let slot = if let Some(&slot) = self.slots.get(&(id, what)) {
                 slot
             } else {
                 let taken: BTreeSet<u32> =
@@ -152,4 +169,13 @@ impl RuleSlots {
     pub fn take_fresh(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.fresh)
     }
+}
+
+/// FNV-1a of `text`: the same in every build, so that a new agent finds
+/// the slots an older one gave.
+fn stable_hash(text: &str) -> u64 {
+    use std::hash::Hasher as _;
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(text.as_bytes());
+    hasher.finish()
 }

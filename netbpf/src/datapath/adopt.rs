@@ -1,0 +1,182 @@
+//! The datapath as it outlives the agent: links pinned and adopted (their
+//! programs replaced atomically), and what the pinned maps hold read back,
+//! so that a new agent continues where the last one stopped.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::fd::AsFd as _,
+};
+
+use aya::{
+    Pod,
+    maps::{HashMap, LpmTrie, Map, MapData},
+    programs::{Program, links::FdLink},
+};
+use netbpf_common::{
+    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, RuleSlotKey, ScopePort,
+    ServiceKey,
+};
+
+use super::{Datapath, DatapathError, map_error};
+use crate::plan::Plan;
+
+/// The map of the agent's counter slots, beside the datapath's maps.
+const RULE_SLOTS: &str = "RULE_SLOTS";
+
+impl Datapath {
+    /// Attaches program `name` through the link pinned as `link_name`,
+    /// whose program is replaced by this one atomically; or, where none
+    /// is pinned (or nothing is), through a new link from `attach`,
+    /// pinned as `link_name`. Without pins the program keeps the link.
+    pub(super) fn attach_linked(
+        &mut self,
+        name: &'static str,
+        link_name: String,
+        attach: impl FnOnce(&mut Program) -> Result<FdLink, DatapathError>,
+    ) -> Result<(), DatapathError> {
+        let link_error = |source| DatapathError::Link {
+            name: name.to_owned(),
+            source,
+        };
+        let pins = self.pins.clone();
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        let Some(pins) = pins else {
+            // Dropped with the program: nothing outlives this datapath.
+            std::mem::forget(attach(program)?);
+            return Ok(());
+        };
+        if let Some(link) = pins.open_link(&link_name)? {
+            let fd = program
+                .fd()
+                .map_err(|error| link_error(std::io::Error::other(error.to_string())))?;
+            super::pins::link_update(link.as_fd(), fd.as_fd()).map_err(link_error)?;
+            tracing::info!(program = name, link = %link_name, "adopted the pinned link: its program replaced");
+        } else {
+            attach(program)?
+                .pin(pins.link(&link_name))
+                .map_err(|error| link_error(std::io::Error::other(error.to_string())))?;
+        }
+        self.claimed_links.push(link_name);
+        Ok(())
+    }
+
+    /// Detaches and unpins the pinned links of `prefix` this datapath did
+    /// not attach through: those of a cgroup root or a network namespace
+    /// no longer used.
+    pub fn prune_links(&mut self, prefix: &str) {
+        let Some(pins) = &self.pins else {
+            return;
+        };
+        for name in pins.links() {
+            if !name.starts_with(prefix) || self.claimed_links.contains(&name) {
+                continue;
+            }
+            if let Ok(Some(link)) = pins.open_link(&name) {
+                let _ = super::pins::link_detach(link.as_fd());
+            }
+            let _ = std::fs::remove_file(pins.link(&name));
+            tracing::info!(link = %name, "removed a stale pinned link");
+        }
+    }
+
+    /// What the maps the policy fills hold now: a new agent's starting
+    /// point, so that entries whose container went while no agent ran are
+    /// removed.
+    pub fn read_plan(&self) -> Result<Plan, DatapathError> {
+        let forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map("FORWARDS")?;
+        let forwards = forwards
+            .iter()
+            .map(|entry| entry.map(|(key, target)| ((key.prefix_len(), key.data()), target)))
+            .collect::<Result<_, _>>()
+            .map_err(map_error("FORWARDS"))?;
+        Ok(Plan {
+            cgroup_scopes: self.entries("CGROUP_SCOPES")?,
+            netns_scopes: self.entries("NETNS_SCOPES")?,
+            forwards,
+            aliases: self.entries::<AliasKey, ForwardTarget>("ALIASES")?,
+            aliased_addrs: self.keys::<AliasedAddr, u8>("ALIASED_ADDRS")?,
+            services: self.entries::<ServiceKey, u32>("HOST_SERVICES")?,
+            grants: self.keys::<GrantKey, u8>("GRANTS")?,
+            binds: self.entries::<ScopePort, BindTarget>("BIND_REMAPS")?,
+        })
+    }
+
+    /// Every entry of the hash map `name`.
+    fn entries<K: Pod + Ord, V: Pod>(
+        &self,
+        name: &'static str,
+    ) -> Result<BTreeMap<K, V>, DatapathError> {
+        let map: HashMap<_, K, V> = self.map(name)?;
+        map.iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error(name))
+    }
+
+    /// Every key of the hash map `name`.
+    fn keys<K: Pod + Ord, V: Pod>(&self, name: &'static str) -> Result<BTreeSet<K>, DatapathError> {
+        Ok(self.entries::<K, V>(name)?.into_keys().collect())
+    }
+
+    /// The agent's counter slots, as the last agent left them: (scope id,
+    /// rule) -> slot. Empty without pins.
+    pub fn read_rule_slots(&self) -> Result<BTreeMap<(u32, u64), u32>, DatapathError> {
+        let Some(slots) = self.rule_slots()? else {
+            return Ok(BTreeMap::new());
+        };
+        slots
+            .iter()
+            .map(|entry| entry.map(|(key, slot)| ((key.scope, key.rule), slot)))
+            .collect::<Result<_, _>>()
+            .map_err(map_error(RULE_SLOTS))
+    }
+
+    /// Keeps the pinned counter slots equal to `slots`.
+    pub fn write_rule_slots(
+        &mut self,
+        old: &BTreeMap<(u32, u64), u32>,
+        new: &BTreeMap<(u32, u64), u32>,
+    ) -> Result<(), DatapathError> {
+        let Some(mut map) = self.rule_slots()? else {
+            return Ok(());
+        };
+        for (&(scope, rule), slot) in new {
+            if old.get(&(scope, rule)) != Some(slot) {
+                map.insert(RuleSlotKey::new(scope, rule), slot, 0)
+                    .map_err(map_error(RULE_SLOTS))?;
+            }
+        }
+        for &(scope, rule) in old.keys().filter(|key| !new.contains_key(key)) {
+            let _ = map.remove(&RuleSlotKey::new(scope, rule));
+        }
+        Ok(())
+    }
+
+    /// The pinned map of counter slots, made the first time.
+    fn rule_slots(&self) -> Result<Option<HashMap<MapData, RuleSlotKey, u32>>, DatapathError> {
+        let Some(pins) = &self.pins else {
+            return Ok(None);
+        };
+        let path = pins.maps_dir().join(RULE_SLOTS);
+        if !path.exists() {
+            let capacity = self
+                .map::<aya::maps::PerCpuArray<_, netbpf_common::RuleStats>>("RULE_STATS")?
+                .len();
+            HashMap::<MapData, RuleSlotKey, u32>::create(capacity, 0)
+                .map_err(map_error(RULE_SLOTS))?
+                .pin(&path)
+                .map_err(|error| {
+                    map_error(RULE_SLOTS)(aya::maps::MapError::PinError {
+                        name: Some(RULE_SLOTS.to_owned()),
+                        error,
+                    })
+                })?;
+        }
+        let data = MapData::from_pin(&path).map_err(map_error(RULE_SLOTS))?;
+        HashMap::try_from(Map::HashMap(data))
+            .map(Some)
+            .map_err(map_error(RULE_SLOTS))
+    }
+}

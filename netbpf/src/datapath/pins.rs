@@ -1,0 +1,271 @@
+//! The datapath pinned in bpffs, so that it outlives the agent: its maps
+//! and the links that attach its programs, under one directory.
+//!
+//! ```text
+//! PIN_DIR/maps-vLAYOUT/NAME    every map, by name; LAYOUT is MAP_LAYOUT
+//! PIN_DIR/links/NAME           every link: cgroup-ID-PROGRAM, hostsvc-INODE
+//! ```
+//!
+//! The map layout version ([`netbpf_common::MAP_LAYOUT`]) is part of the
+//! maps' directory (bpffs allows no dots in names): an agent adopts the maps of its own layout, refuses
+//! those of another, and checks each pinned map's type, key, value and
+//! capacity against its own before using it.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::{
+        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::{Path, PathBuf},
+};
+
+use aya::maps::MapInfo;
+use netbpf_common::MAP_LAYOUT;
+
+/// The pinned datapath's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pins {
+    dir: PathBuf,
+}
+
+/// Why the pinned datapath cannot be adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "{dir} holds maps of layout {found} (in {found_dir}), this netbpf uses layout {MAP_LAYOUT}: \
+         {advice}"
+    )]
+    OtherLayout {
+        dir: String,
+        found: u32,
+        found_dir: String,
+        advice: &'static str,
+    },
+    #[error(
+        "map {name} pinned at {path} is not the map this netbpf uses ({what}): \
+         remove the datapath with `netbpf uninstall` (its containers lose their rules until the agent starts again)"
+    )]
+    Mismatch {
+        name: String,
+        path: String,
+        what: String,
+    },
+    #[error("{call} on {path}")]
+    Syscall {
+        call: &'static str,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Pins {
+    #[must_use]
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where this netbpf's maps are pinned.
+    #[must_use]
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir.join(format!("maps-v{MAP_LAYOUT}"))
+    }
+
+    /// Where the link `name` is pinned.
+    #[must_use]
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.dir.join("links").join(name)
+    }
+
+    /// Makes the directories, and refuses maps of another layout.
+    pub fn prepare(&self) -> Result<(), PinError> {
+        let syscall = |call, path: &Path| {
+            let path = path.display().to_string();
+            move |source| PinError::Syscall { call, path, source }
+        };
+        for dir in [self.maps_dir(), self.dir.join("links")] {
+            fs::create_dir_all(&dir).map_err(syscall("mkdir", &dir))?;
+        }
+        for entry in fs::read_dir(&self.dir).map_err(syscall("listing", &self.dir))? {
+            let entry = entry.map_err(syscall("listing", &self.dir))?;
+            let name = entry.file_name();
+            let Some(found) = name
+                .to_str()
+                .and_then(|name| name.strip_prefix("maps-v"))
+                .and_then(|version| version.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if found != MAP_LAYOUT {
+                return Err(PinError::OtherLayout {
+                    dir: self.dir.display().to_string(),
+                    found,
+                    found_dir: entry.path().display().to_string(),
+                    advice: if found > MAP_LAYOUT {
+                        "it was pinned by a newer netbpf; run that one, or remove the datapath with `netbpf uninstall`"
+                    } else {
+                        "this netbpf cannot migrate it; remove the datapath with `netbpf uninstall` (its containers lose their rules until the agent starts again)"
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the map pinned for `name`, if any, is `expected`.
+    pub fn check_map(&self, name: &str, expected: &aya_obj::Map) -> Result<(), PinError> {
+        let path = self.maps_dir().join(name);
+        if !path.exists() {
+            return Ok(());
+        }
+        let info = MapInfo::from_pin(&path).map_err(|error| PinError::Syscall {
+            call: "reading the pinned map",
+            path: path.display().to_string(),
+            source: io::Error::other(error.to_string()),
+        })?;
+        let pairs = [
+            ("key size", info.key_size(), expected.key_size()),
+            ("value size", info.value_size(), expected.value_size()),
+            ("capacity", info.max_entries(), expected.max_entries()),
+            ("flags", info.map_flags(), expected.map_flags()),
+        ];
+        if let Some((what, found, wanted)) =
+            pairs.into_iter().find(|(_, found, wanted)| found != wanted)
+        {
+            return Err(PinError::Mismatch {
+                name: name.to_owned(),
+                path: path.display().to_string(),
+                what: format!("its {what} is {found}, this netbpf's is {wanted}"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The link pinned as `name`, if there is one.
+    pub fn open_link(&self, name: &str) -> Result<Option<OwnedFd>, PinError> {
+        let path = self.link(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        obj_get(&path)
+            .map(Some)
+            .map_err(|source| PinError::Syscall {
+                call: "BPF_OBJ_GET",
+                path: path.display().to_string(),
+                source,
+            })
+    }
+
+    /// The names of the pinned links.
+    #[must_use]
+    pub fn links(&self) -> Vec<String> {
+        fs::read_dir(self.dir.join("links"))
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// Detaches every pinned link and removes every pin and directory.
+    pub fn remove_all(&self) -> Result<(), PinError> {
+        for name in self.links() {
+            if let Some(link) = self.open_link(&name)? {
+                // A link whose target went (a deleted cgroup) is detached.
+                let _ = link_detach(link.as_fd());
+            }
+        }
+        fs::remove_dir_all(&self.dir).map_err(|source| PinError::Syscall {
+            call: "removing",
+            path: self.dir.display().to_string(),
+            source,
+        })
+    }
+}
+
+/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    let path = CString::new(path.as_os_str().as_bytes())?;
+    let attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &attr)?;
+    // SAFETY: the kernel returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `BPF_LINK_UPDATE`: makes `link` run `program` in place of its
+/// program, atomically: no event meets the link without a program.
+pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkUpdate {
+        link_fd: u32,
+        new_prog_fd: u32,
+        flags: u32,
+        old_prog_fd: u32,
+    }
+    let attr = LinkUpdate {
+        link_fd: fd_number(link)?,
+        new_prog_fd: fd_number(program)?,
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &attr).map(drop)
+}
+
+/// `BPF_LINK_DETACH`: detaches `link` from its target, whoever holds it.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct LinkDetach {
+        link_fd: u32,
+    }
+    bpf(
+        BPF_LINK_DETACH,
+        &LinkDetach {
+            link_fd: fd_number(link)?,
+        },
+    )
+    .map(drop)
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+fn fd_number(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)
+}
+
+/// The `bpf(2)` system call with `attr`, whose size the kernel is told.
+fn bpf<T>(command: libc::c_long, attr: &T) -> io::Result<i32> {
+    // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr` for `command`,
+    // valid for reads of its size for the duration of the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            std::ptr::from_ref(attr),
+            std::mem::size_of::<T>(),
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    i32::try_from(result).map_err(io::Error::other)
+}

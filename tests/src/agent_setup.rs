@@ -1,0 +1,79 @@
+//! A `netbpf agent` set up for one test: its configuration file, its
+//! policy directory, and a bpffs pin directory of its own, never the
+//! host's default. The pinned datapath is uninstalled (links detached,
+//! pins removed) when the setup is dropped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use crate::{NetbpfRun, netbpf_binary, unique_name};
+
+/// The configuration, policy and pins of one test's agent.
+pub struct AgentSetup {
+    pub config: PathBuf,
+    pub policy_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    work: PathBuf,
+}
+
+impl AgentSetup {
+    /// An agent attached at `cgroup_root`, its files in `work`, following
+    /// the Docker daemon at `docker` if any (and no other runtime).
+    pub fn new(work: &Path, cgroup_root: &Path, docker: Option<&Path>) -> anyhow::Result<Self> {
+        let policy_dir = work.join("policy.d");
+        std::fs::create_dir_all(&policy_dir)?;
+        let setup = Self {
+            config: work.join("config.toml"),
+            policy_dir,
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("nbpin")),
+            work: work.to_owned(),
+        };
+        std::fs::write(
+            &setup.config,
+            format!(
+                "policy_dir = \"{}\"\npin_dir = \"{}\"\ncgroup_root = \"{}\"\n\
+                 [runtimes]\ndocker = \"{}\"\npodman = \"\"\n",
+                setup.policy_dir.display(),
+                setup.pin_dir.display(),
+                cgroup_root.display(),
+                docker
+                    .map(Path::display)
+                    .map(|path| path.to_string())
+                    .unwrap_or_default(),
+            ),
+        )?;
+        Ok(setup)
+    }
+
+    /// Writes the policy file `name` of the policy directory.
+    pub fn policy(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        std::fs::write(self.policy_dir.join(name), text)?;
+        Ok(())
+    }
+
+    /// Starts the agent, its log and run directory in `WORK/round`.
+    pub fn start(&self, round: &str) -> anyhow::Result<NetbpfRun> {
+        let work = self.work.join(round);
+        std::fs::create_dir_all(&work)?;
+        NetbpfRun::start_agent(&netbpf_binary(), &self.config, &work)
+    }
+
+    /// `netbpf uninstall` of this setup (the agent must be stopped).
+    pub fn uninstall(&self) -> anyhow::Result<Output> {
+        Ok(Command::new(netbpf_binary())
+            .args(["uninstall", "--config"])
+            .arg(&self.config)
+            .arg("--run-dir")
+            .arg(self.work.join("uninstall-run"))
+            .output()?)
+    }
+}
+
+impl Drop for AgentSetup {
+    fn drop(&mut self) {
+        let _ = self.uninstall();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
