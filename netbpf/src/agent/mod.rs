@@ -10,6 +10,7 @@ pub mod existing_binds;
 mod facts;
 pub mod host_services;
 pub mod mss_clamp;
+mod policy_watch;
 mod report;
 mod signals;
 pub mod status;
@@ -34,6 +35,7 @@ use self::{
     facts::InstanceFacts,
     host_services::HostServices,
     mss_clamp::{ClampError, MssClamper},
+    policy_watch::PolicyWatch,
     signals::Asked,
 };
 use crate::{
@@ -124,6 +126,9 @@ pub struct Agent {
     /// Interface changes, where the policy clamps MSS.
     links: Option<LinkWatcher>,
     cgroups: CgroupWatcher,
+    /// Changes of the policy directory (a policy of one file is reloaded
+    /// by SIGHUP and `netbpf reload` only).
+    policy_watch: Option<PolicyWatch>,
     /// What the runtimes' APIs say of their containers, by id.
     described: HashMap<String, Container>,
     runtime_events: tokio::sync::mpsc::Receiver<EngineEvent>,
@@ -207,6 +212,12 @@ impl Agent {
         let host_services =
             HostServices::new(policy.host_services.clone(), node.other_netns.as_deref());
         let clamper = MssClamper::new(policy.mss_clamps.clone(), node.other_netns.as_deref());
+        let policy_watch = match &source {
+            PolicySource::Dir(dir) => Some(PolicyWatch::start(dir).map_err(|error| {
+                anyhow::anyhow!("watching the policy directory {}: {error}", dir.display())
+            })?),
+            PolicySource::File(_) => None,
+        };
         let (sender, runtime_events) = tokio::sync::mpsc::channel(1024);
         for (runtime, socket) in runtimes.sockets() {
             tokio::spawn(engine::follow(runtime, socket, sender.clone()));
@@ -228,6 +239,7 @@ impl Agent {
             host_services_attached: false,
             links: None,
             cgroups,
+            policy_watch,
             described: HashMap::new(),
             runtime_events,
             last_reload: None,
@@ -266,8 +278,22 @@ impl Agent {
         // Instances whose facts were not there yet (a container without a
         // process) are tried again.
         let mut retry = tokio::time::interval(Duration::from_millis(500));
+        // A change of the policy directory, reloaded once it settles.
+        let mut policy_changed: Option<tokio::time::Instant> = None;
         loop {
+            let settled = policy_changed.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
+                changed = next_policy_change(self.policy_watch.as_mut()) => match changed {
+                    Ok(()) => policy_changed = Some(tokio::time::Instant::now() + policy_watch::SETTLE),
+                    Err(error) => {
+                        tracing::warn!(%error, "watching the policy directory failed: SIGHUP and `netbpf reload` still reload it");
+                        self.policy_watch = None;
+                    }
+                },
+                () = tokio::time::sleep_until(settled), if policy_changed.is_some() => {
+                    policy_changed = None;
+                    let _ = self.reload();
+                }
                 asked = signals.received() => match asked {
                     Asked::Stop => return Ok(()),
                     Asked::Reload => {
@@ -687,6 +713,15 @@ impl Agent {
                 Vec::new()
             }
         }
+    }
+}
+
+/// The next change of the policy directory, or never when it is not
+/// watched.
+async fn next_policy_change(watch: Option<&mut PolicyWatch>) -> io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
     }
 }
 

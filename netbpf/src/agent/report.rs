@@ -55,6 +55,9 @@ impl Agent {
                 .map(|delay| u64::try_from(delay.as_micros()).unwrap_or(u64::MAX))
         };
         Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            map_layout: netbpf_common::MAP_LAYOUT,
+            pinned: datapath.pins().map(|pins| pins.dir().to_owned()),
             cgroup_root: agent.node.cgroup_root.clone(),
             policy: agent.source.path().to_owned(),
             programs: datapath.programs().to_vec(),

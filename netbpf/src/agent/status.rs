@@ -18,6 +18,12 @@ use crate::{
 /// The state of one running agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The agent's version.
+    pub version: String,
+    /// The map layout of its datapath (see `netbpf_common::MAP_LAYOUT`).
+    pub map_layout: u32,
+    /// Where its datapath is pinned; None: it goes when the agent stops.
+    pub pinned: Option<PathBuf>,
     /// The cgroup the socket programs are attached to.
     pub cgroup_root: PathBuf,
     /// The policy file or directory applied.
@@ -175,7 +181,13 @@ impl Status {
             .map(|program| format!("{} (id {})", program.name, program.id))
             .collect();
         let mut text = format!(
-            "policy: {}\ncgroup root: {} ({} cgroups followed)\nprograms: {}\n",
+            "netbpf {} (map layout {}), {}\npolicy: {}\ncgroup root: {} ({} cgroups followed)\nprograms: {}\n",
+            self.version,
+            self.map_layout,
+            self.pinned.as_ref().map_or_else(
+                || "not pinned: the datapath goes when netbpf stops".to_owned(),
+                |dir| format!("pinned at {}", dir.display())
+            ),
             self.policy.display(),
             self.cgroup_root.display(),
             self.discovery.cgroups,

@@ -230,6 +230,12 @@ impl Datapath {
         Ok(())
     }
 
+    /// Where the datapath is pinned, if it is.
+    #[must_use]
+    pub fn pins(&self) -> Option<&Pins> {
+        self.pins.as_ref()
+    }
+
     /// The loaded programs, by name.
     #[must_use]
     pub fn programs(&self) -> &[LoadedProgram] {

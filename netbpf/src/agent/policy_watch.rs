@@ -1,0 +1,52 @@
+//! Watches the policy directory with inotify: a file written, moved in or
+//! out, or removed there asks for a reload. Editors write in bursts (a
+//! temporary file, a rename), so the agent reloads once the burst is over.
+
+use std::{io, path::Path, time::Duration};
+
+use futures_util::StreamExt as _;
+use inotify::{EventStream, Inotify, WatchMask};
+
+/// How long the directory stays quiet before the policy is reloaded.
+pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The changes of a policy directory.
+pub struct PolicyWatch {
+    events: EventStream<Vec<u8>>,
+}
+
+impl PolicyWatch {
+    /// Watches `dir`; needs a tokio runtime.
+    pub fn start(dir: &Path) -> io::Result<Self> {
+        let inotify = Inotify::init()?;
+        let events = inotify.into_event_stream(vec![0; 4096])?;
+        events.watches().add(
+            dir,
+            WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::DELETE
+                | WatchMask::CREATE,
+        )?;
+        Ok(Self { events })
+    }
+
+    /// Waits for the next change of a policy file (`*.toml`).
+    pub async fn changed(&mut self) -> io::Result<()> {
+        loop {
+            let event = self
+                .events
+                .next()
+                .await
+                .ok_or_else(|| io::Error::other("the inotify stream ended"))??;
+            // The files `policy::load_dir` reads, or the directory itself.
+            let is_policy = event
+                .name
+                .as_deref()
+                .is_none_or(|name| Path::new(name).extension().is_some_and(|ext| ext == "toml"));
+            if is_policy {
+                return Ok(());
+            }
+        }
+    }
+}

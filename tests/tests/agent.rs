@@ -1,0 +1,106 @@
+//! `netbpf agent` and its policy directory: an edit takes effect while the
+//! container runs, an invalid edit changes nothing and says where it is
+//! wrong, and a name defined in two files is refused naming both.
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::time::Duration;
+
+use netbpf_testenv::{AgentSetup, BRIDGE_V4, DesktopTopology, Place, require_root};
+
+/// A policy forwarding the desktop's localhost:8082 to `port` on the
+/// bridge.
+fn forward_to(topology: &DesktopTopology, port: u16) -> String {
+    format!(
+        "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
+         forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:{port}\" }}]\n",
+        topology.desktop.path().display()
+    )
+}
+
+/// What the desktop gets at localhost:8082.
+fn banner(topology: &DesktopTopology) -> String {
+    let output = topology
+        .spawn(
+            Place::Desktop,
+            "socat",
+            &["-T", "3", "-", "TCP:127.0.0.1:8082"],
+        )
+        .unwrap()
+        .output(Duration::from_secs(10))
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// Writes `text` as the policy file `name` the way editors save: a new
+/// file renamed over the old one.
+fn save(setup: &AgentSetup, name: &str, text: &str) {
+    let temporary = setup.policy_dir.join(format!(".{name}.swp"));
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, setup.policy_dir.join(name)).unwrap();
+}
+
+#[test]
+fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
+    require_root();
+    let topology = DesktopTopology::new().unwrap();
+    let _first = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9001, "first")
+        .unwrap();
+    let _second = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9002, "second")
+        .unwrap();
+    let setup = AgentSetup::new(topology.work.path(), topology.root.path(), None).unwrap();
+    setup
+        .policy("desktop.toml", &forward_to(&topology, 9001))
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(banner(&topology), "first");
+
+    // Edited while the container runs: in force without a signal.
+    save(&setup, "desktop.toml", &forward_to(&topology, 9002));
+    agent
+        .wait_for_status(Duration::from_secs(5), |status| {
+            status["scopes"][0]["forwards"][0]["to"] == format!("{BRIDGE_V4}:9002")
+        })
+        .unwrap();
+    assert_eq!(banner(&topology), "second");
+
+    // An invalid edit: reported with file, line and field; nothing changes.
+    save(
+        &setup,
+        "desktop.toml",
+        &forward_to(&topology, 9002).replace("localhost:8082", "localhost:80820"),
+    );
+    let status = agent
+        .wait_for_status(Duration::from_secs(5), |status| {
+            !status["last_reload"]["error"].is_null()
+        })
+        .unwrap();
+    let error = status["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("desktop.toml:5:") && error.contains("scope[0].forward[0].from"),
+        "{error}"
+    );
+    assert_eq!(banner(&topology), "second", "the last good policy stays");
+
+    // A name defined in two files: refused, naming both places.
+    save(&setup, "desktop.toml", &forward_to(&topology, 9002));
+    save(&setup, "again.toml", &forward_to(&topology, 9001));
+    let status = agent
+        .wait_for_status(Duration::from_secs(5), |status| {
+            status["last_reload"]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("defined twice"))
+        })
+        .unwrap();
+    let error = status["last_reload"]["error"].as_str().unwrap();
+    assert!(
+        error.contains("again.toml:3") && error.contains("desktop.toml:3"),
+        "{error}"
+    );
+    assert_eq!(banner(&topology), "second");
+    assert!(agent.stop().unwrap().success());
+}
