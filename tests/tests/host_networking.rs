@@ -10,7 +10,7 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Site, Spawn, ensure_podman_image, netbpf_binary,
+    AgentSetup, Cgroup, NetbpfRun, Netns, Process, Site, Spawn, ensure_podman_image, netbpf_binary,
     require_root, run_checked, unique_name,
 };
 
@@ -114,20 +114,37 @@ impl Hosts {
     /// Starts instance `index` of the image: the same server on :3000.
     fn start_instance(&mut self, index: usize) -> String {
         let name = unique_name("nbi");
+        let command = self.instance_command(&name, &self.instances[index], index, &[]);
+        run_checked("podman", &command).unwrap_or_else(|error| panic!("{error:#}"));
+        self.containers.0.push(name.clone());
+        name
+    }
+
+    /// The `podman` arguments that start instance `index` as `name` in
+    /// `cgroup`, on the shared network, its server on :3000 from its first
+    /// instruction; `global` go before `run`.
+    fn instance_command(
+        &self,
+        name: &str,
+        cgroup: &Cgroup,
+        index: usize,
+        global: &[&str],
+    ) -> Vec<String> {
         // --cgroup-parent is a path from the cgroup v2 root.
-        let parent = self.instances[index].runtime_parent().unwrap();
+        let parent = cgroup.runtime_parent().unwrap();
         let server = format!(
             "echo instance-{} > /www/index.html; exec httpd -f -p 3000 -h /www",
             INSTANCES[index].0
         );
         let network = format!("ns:{}", self.host.path().display());
-        run_checked(
-            "podman",
-            [
+        global
+            .iter()
+            .copied()
+            .chain([
                 "run",
                 "--detach",
                 "--name",
-                &name,
+                name,
                 "--runtime",
                 "runc",
                 "--cgroup-manager",
@@ -144,11 +161,9 @@ impl Hosts {
                 "/bin/sh",
                 "-c",
                 &server,
-            ],
-        )
-        .unwrap_or_else(|error| panic!("{error:#}"));
-        self.containers.0.push(name.clone());
-        name
+            ])
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The container's state after a moment: running, or its exit code.
@@ -353,4 +368,83 @@ fn a_remap_never_gives_an_unprivileged_process_a_privileged_port() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(netbpf.stop().unwrap().success());
+}
+
+#[test]
+fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
+    let mut hosts = Hosts::new();
+    let hooked = hosts.root.child("hooked").unwrap();
+    let setup = AgentSetup::new(hosts.work.path(), hosts.root.path(), None).unwrap();
+    setup
+        .policy(
+            "onetime.toml",
+            "version = 1\n[[scope]]\nname = \"onetime\"\nmatch = { container = \"onetime-{port}\" }\n\
+             bind = [{ port = 3000, to = \"{port}\" }]\n",
+        )
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    // The hook Podman runs before each container's first process: it
+    // returns once the container's remap is in the maps.
+    let hooks = hosts.work.path().join("hooks.d");
+    std::fs::create_dir(&hooks).unwrap();
+    let run_dir = agent.run_dir().display().to_string();
+    std::fs::write(
+        hooks.join("netbpf.json"),
+        serde_json::json!({
+            "version": "1.0.0",
+            "hook": {
+                "path": netbpf_binary(),
+                "args": ["netbpf", "hook", "--require", "--run-dir", run_dir],
+            },
+            "when": { "always": true },
+            "stages": ["createRuntime"],
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let hooks = hooks.display().to_string();
+
+    for round in 0..3 {
+        // Three instances at once, each binding :3000 as its first act.
+        let starts: Vec<std::process::Child> = INSTANCES
+            .iter()
+            .enumerate()
+            .map(|(index, (_, port))| {
+                let name = format!("onetime-{port}");
+                hosts.containers.0.push(name.clone());
+                let command =
+                    hosts.instance_command(&name, &hooked, index, &["--hooks-dir", &hooks]);
+                Command::new("podman")
+                    .args(&command)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for start in starts {
+            let output = start.wait_with_output().unwrap();
+            assert!(output.status.success(), "round {round}: podman run failed");
+        }
+        for (instance, port) in INSTANCES {
+            let name = format!("onetime-{port}");
+            assert_eq!(Hosts::exit_code(&name), None, "round {round}: {name} runs");
+            assert_eq!(
+                hosts.get(port),
+                format!("instance-{instance}"),
+                "round {round}: {name} answers on :{port}"
+            );
+        }
+        assert_eq!(
+            hosts.get(3000),
+            "",
+            "round {round}: no instance got :3000 itself"
+        );
+        drop(std::mem::replace(
+            &mut hosts.containers,
+            Containers(Vec::new()),
+        ));
+    }
+    assert!(agent.stop().unwrap().success());
 }

@@ -30,7 +30,7 @@ use tokio::{
 use self::config::Runtimes;
 pub use self::signals::Signals;
 use self::{
-    control::{Reloaded, Request},
+    control::{Registered, Reloaded, Request},
     existing_binds::ScopePlace,
     facts::InstanceFacts,
     host_services::HostServices,
@@ -44,6 +44,7 @@ use crate::{
         cgroup_watch::{CgroupEvent, CgroupWatcher},
         engine::{self, EngineEvent},
         layout,
+        oci::State,
     },
     datapath::{Datapath, DatapathError, Optional, Pins},
     host::{
@@ -642,10 +643,13 @@ impl Agent {
     async fn answer(&mut self, stream: UnixStream) -> io::Result<()> {
         let (reader, mut writer) = stream.into_split();
         let mut line = String::new();
-        let mut reader = BufReader::new(reader.take(64));
+        let mut reader = BufReader::new(reader.take(Request::MAX_LINE));
         tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await??;
         let answer = match Request::parse(&line) {
             Some(Request::Status) => self.document(),
+            Some(Request::Register(state)) => {
+                serde_json::to_vec(&self.register(&state)).expect("an answer serializes")
+            }
             Some(Request::Reload) => {
                 let error = self.reload().err().map(|error| format!("{error:#}"));
                 serde_json::to_vec(&Reloaded { error }).expect("an answer serializes")
@@ -658,6 +662,56 @@ impl Agent {
             }
         };
         tokio::time::timeout(Duration::from_secs(2), writer.write_all(&answer)).await?
+    }
+
+    /// Applies the policy to a container about to run, as an OCI hook
+    /// tells it; says which scope instance it got once that is in the maps.
+    fn register(&mut self, state: &State) -> Registered {
+        let failed = |error: String| Registered {
+            scope: None,
+            error: Some(error),
+        };
+        let path = match state.cgroup() {
+            Ok(path) => path,
+            Err(error) => return failed(format!("finding the container's cgroup: {error}")),
+        };
+        let full = self.node.mount.join(&path);
+        if !full.starts_with(&self.node.cgroup_root) {
+            // Below another cgroup root: not this agent's.
+            return Registered {
+                scope: None,
+                error: None,
+            };
+        }
+        let cgroup_id = match std::fs::metadata(&full) {
+            Ok(metadata) => std::os::unix::fs::MetadataExt::ino(&metadata),
+            Err(error) => return failed(format!("reading {}: {error}", full.display())),
+        };
+        let container = state.container();
+        tracing::info!(id = %container.id, name = ?container.name, cgroup = %path.display(), "container registered by its runtime's hook");
+        self.described.insert(container.id.clone(), container);
+        self.add_workload(path, cgroup_id);
+        self.reconcile_logged();
+        let outcome = self
+            .outcomes
+            .iter()
+            .find(|outcome| outcome.assignment.key == ScopeKey::Cgroup(cgroup_id));
+        match outcome {
+            None => Registered {
+                scope: None,
+                error: None,
+            },
+            Some(outcome) => {
+                let name = format!(
+                    "{}/{}",
+                    self.policy.scopes[outcome.assignment.scope].name, outcome.assignment.instance
+                );
+                Registered {
+                    scope: Some(name),
+                    error: outcome.applied.as_ref().err().cloned(),
+                }
+            }
+        }
     }
 
     /// Reloads the policy (SIGHUP, `netbpf reload`). A policy that does

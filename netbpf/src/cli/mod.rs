@@ -2,6 +2,7 @@
 
 mod agent;
 mod check;
+mod hook;
 mod node;
 mod reload;
 mod run;
@@ -30,6 +31,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Validate a policy file or directory, loading nothing.
     Check(check::CheckArgs),
+    /// OCI runtime hook (`createRuntime`): apply the policy to a container
+    /// before its first process runs.
+    Hook(hook::HookArgs),
     /// Remove the pinned datapath: every program, link and map (the agent
     /// must be stopped).
     Uninstall(uninstall::UninstallArgs),
@@ -48,6 +52,7 @@ impl Cli {
             Command::Check(args) => check::check(&args),
             Command::Reload(args) => reload::reload(&args),
             Command::Uninstall(args) => uninstall::uninstall(&args),
+            Command::Hook(args) => hook::hook(&args),
         }
     }
 }

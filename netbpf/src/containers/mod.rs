@@ -6,6 +6,7 @@
 pub mod cgroup_watch;
 pub mod engine;
 pub mod layout;
+pub mod oci;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf};
 
