@@ -20,8 +20,15 @@ pub struct AgentSetup {
 
 impl AgentSetup {
     /// An agent attached at `cgroup_root`, its files in `work`, following
-    /// the Docker daemon at `docker` if any (and no other runtime).
-    pub fn new(work: &Path, cgroup_root: &Path, docker: Option<&Path>) -> anyhow::Result<Self> {
+    /// the Docker daemon at `docker` if any (and no other runtime), with
+    /// `netns` as the node's network namespace if given (a test's own: the
+    /// agent attaches its tc and `sk_lookup` programs there).
+    pub fn new(
+        work: &Path,
+        cgroup_root: &Path,
+        docker: Option<&Path>,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let policy_dir = work.join("policy.d");
         std::fs::create_dir_all(&policy_dir)?;
         let setup = Self {
@@ -33,11 +40,14 @@ impl AgentSetup {
         std::fs::write(
             &setup.config,
             format!(
-                "policy_dir = \"{}\"\npin_dir = \"{}\"\ncgroup_root = \"{}\"\n\
+                "policy_dir = \"{}\"\npin_dir = \"{}\"\ncgroup_root = \"{}\"\n{}\
                  [runtimes]\ndocker = \"{}\"\npodman = \"\"\n",
                 setup.policy_dir.display(),
                 setup.pin_dir.display(),
                 cgroup_root.display(),
+                netns
+                    .map(|netns| format!("netns = \"{}\"\n", netns.display()))
+                    .unwrap_or_default(),
                 docker
                     .map(Path::display)
                     .map(|path| path.to_string())

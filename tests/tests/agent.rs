@@ -50,7 +50,7 @@ fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
     let _second = topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9002, "second")
         .unwrap();
-    let setup = AgentSetup::new(topology.work.path(), topology.root.path(), None).unwrap();
+    let setup = AgentSetup::new(topology.work.path(), topology.root.path(), None, None).unwrap();
     setup
         .policy("desktop.toml", &forward_to(&topology, 9001))
         .unwrap();

@@ -68,6 +68,7 @@ impl DockerNode {
             self.work.path(),
             self.root.path(),
             Some(self.daemon.socket()),
+            None,
         )
         .unwrap();
         setup.policy("50-test.toml", policy).unwrap();

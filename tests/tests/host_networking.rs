@@ -374,7 +374,7 @@ fn a_remap_never_gives_an_unprivileged_process_a_privileged_port() {
 fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
     let mut hosts = Hosts::new();
     let hooked = hosts.root.child("hooked").unwrap();
-    let setup = AgentSetup::new(hosts.work.path(), hosts.root.path(), None).unwrap();
+    let setup = AgentSetup::new(hosts.work.path(), hosts.root.path(), None, None).unwrap();
     setup
         .policy(
             "onetime.toml",

@@ -7,7 +7,9 @@
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use netbpf_testenv::{AgentSetup, BRIDGE_V4, DesktopTopology, Place, require_root, run_checked};
+use netbpf_testenv::{
+    AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, require_root, run_checked,
+};
 use nix::sys::signal::Signal;
 
 /// Ids of the programs attached to the cgroup at `path`, with the number
@@ -21,6 +23,19 @@ fn attached(path: &Path) -> Vec<u64> {
         .flatten()
         .filter_map(|entry| entry["id"].as_u64())
         .collect()
+}
+
+/// How many links run the program with id `program` (bpftool 7.1 shows
+/// TCX links without their interface).
+fn links_running(program: u64) -> usize {
+    let listing = run_checked("bpftool", ["-j", "link", "show"]).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&listing).unwrap_or_default();
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["prog_id"].as_u64() == Some(program))
+        .count()
 }
 
 /// Connects to localhost:8082 for `seconds`, as fast as it can; prints
@@ -46,6 +61,58 @@ while time.monotonic() < end:
 print(ok, failed, first)
 ";
 
+/// The desktop's localhost:8082 forwarded to the bridge, and an MSS clamp
+/// on the bridge (whose egress every connection's SYN-ACK crosses), for an
+/// agent whose node is the docker host's namespace.
+fn pinned_agent(topology: &DesktopTopology) -> AgentSetup {
+    let setup = AgentSetup::new(
+        topology.work.path(),
+        topology.root.path(),
+        None,
+        Some(&topology.host_ns.path()),
+    )
+    .unwrap();
+    setup
+        .policy(
+            "desktop.toml",
+            &format!(
+                "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
+                 forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}]\n\
+                 [[mss_clamp]]\ninterface = \"br0\"\nmss = 1300\n",
+                topology.desktop.path().display()
+            ),
+        )
+        .unwrap();
+    setup
+}
+
+/// What the client said: connections made, connections failed, and the
+/// whole line.
+fn client_result(client: &mut Process) -> (u64, u64, String) {
+    client.wait(Duration::from_secs(15)).unwrap();
+    let said = client.log();
+    let numbers: Vec<u64> = said
+        .split_whitespace()
+        .take(2)
+        .filter_map(|number| number.parse().ok())
+        .collect();
+    let [ok, failed] = numbers[..] else {
+        panic!("the client said {said:?}");
+    };
+    (ok, failed, said)
+}
+
+/// The ids of the programs `agent` loaded for the cgroup.
+fn socket_programs(agent: &NetbpfRun) -> BTreeSet<u64> {
+    agent
+        .programs()
+        .unwrap()
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with("netbpf_mss"))
+        .map(|(_, id)| id)
+        .collect()
+}
+
 #[test]
 fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connection() {
     require_root();
@@ -53,17 +120,7 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
     let _server = topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge")
         .unwrap();
-    let setup = AgentSetup::new(topology.work.path(), topology.root.path(), None).unwrap();
-    setup
-        .policy(
-            "desktop.toml",
-            &format!(
-                "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
-                 forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}]\n",
-                topology.desktop.path().display()
-            ),
-        )
-        .unwrap();
+    let setup = pinned_agent(&topology);
     let start = |round: &str| {
         setup
             .start(round)
@@ -71,7 +128,8 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
     };
 
     let mut agent = start("first");
-    let client = topology
+    let first_clamp = agent.programs().unwrap()["netbpf_mss_out"];
+    let mut client = topology
         .spawn(Place::Desktop, "python3", &["-c", CLIENT, "6"])
         .unwrap()
         .start(&topology.file("client.log"))
@@ -85,6 +143,11 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
         13,
         "the programs stay attached"
     );
+    assert_eq!(
+        links_running(first_clamp),
+        1,
+        "the MSS clamp stays attached"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let mut agent = start("second");
     std::thread::sleep(Duration::from_secs(1));
@@ -94,18 +157,7 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
     std::thread::sleep(Duration::from_millis(500));
     let agent = start("third");
 
-    let mut client = client;
-    client.wait(Duration::from_secs(15)).unwrap();
-    let said = client.log();
-    let mut fields = said.split_whitespace();
-    let ok: u64 = fields
-        .next()
-        .and_then(|ok| ok.parse().ok())
-        .unwrap_or_else(|| panic!("client said {said:?}"));
-    let failed: u64 = fields
-        .next()
-        .and_then(|failed| failed.parse().ok())
-        .unwrap();
+    let (ok, failed, said) = client_result(&mut client);
     eprintln!("client: {ok} connections, {failed} failed");
     assert_eq!(failed, 0, "connections failed across the restarts: {said}");
     assert!(ok > 100, "the client connected {ok} times: {said}");
@@ -119,15 +171,28 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
         connects >= ok,
         "{connects} connects counted for {ok} connections: {status}"
     );
+    let seen = status["mss_clamps"][0]["attached"][0]["seen"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        seen >= ok,
+        "{seen} handshakes seen by the MSS clamp for {ok} connections: {status}"
+    );
 
-    // Each program attached once, by the links of the first agent.
+    // Each program attached once, its link running the newest agent's.
     let programs = attached(topology.root.path());
     let distinct: BTreeSet<u64> = programs.iter().copied().collect();
     assert_eq!((programs.len(), distinct.len()), (13, 13), "{programs:?}");
-    let loaded: BTreeSet<u64> = agent.programs().unwrap().into_values().collect();
     assert_eq!(
-        distinct, loaded,
+        distinct,
+        socket_programs(&agent),
         "the links run the newest agent's programs"
+    );
+    let clamp = agent.programs().unwrap()["netbpf_mss_out"];
+    assert_eq!(
+        (links_running(clamp), links_running(first_clamp)),
+        (1, 0),
+        "the MSS clamp's link runs the newest agent's program"
     );
 
     // Uninstalled: nothing is left.
@@ -141,6 +206,11 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
     assert!(
         attached(topology.root.path()).is_empty(),
         "programs left after uninstall"
+    );
+    assert_eq!(
+        links_running(clamp),
+        0,
+        "the MSS clamp is gone after uninstall"
     );
     assert!(!setup.pin_dir.exists(), "pins left after uninstall");
 }

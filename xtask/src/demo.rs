@@ -54,7 +54,7 @@ pub fn demo(workspace: &Path) -> anyhow::Result<()> {
         "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ container = \"desktop-*\" }}\n\
          forward = [{{ from = \"localhost:8082\", to = \"{GATEWAY}:8082\" }}]\n"
     );
-    let setup = AgentSetup::new(work.path(), root.path(), Some(docker.socket()))?;
+    let setup = AgentSetup::new(work.path(), root.path(), Some(docker.socket()), None)?;
     setup.policy("desktop.toml", &policy)?;
     step("The policy (policy.d/desktop.toml): containers by name");
     print!("{policy}");

@@ -130,8 +130,12 @@ pub struct Agent {
     /// Changes of the policy directory (a policy of one file is reloaded
     /// by SIGHUP and `netbpf reload` only).
     policy_watch: Option<PolicyWatch>,
-    /// What the runtimes' APIs say of their containers, by id.
+    /// What the runtimes' APIs and hooks say of their containers, by id.
     described: HashMap<String, Container>,
+    /// The ids described by an OCI hook only: forgotten with their cgroup
+    /// (the hook runs again for a new one), where an API says when a
+    /// container goes.
+    hooked: std::collections::HashSet<String>,
     runtime_events: tokio::sync::mpsc::Receiver<EngineEvent>,
     pub last_reload: Option<LastReload>,
     /// How long after a cgroup appeared its policy was in the maps.
@@ -242,6 +246,7 @@ impl Agent {
             cgroups,
             policy_watch,
             described: HashMap::new(),
+            hooked: std::collections::HashSet::new(),
             runtime_events,
             last_reload: None,
             delays: Delays::default(),
@@ -336,9 +341,12 @@ impl Agent {
         self.workloads.len()
     }
 
-    /// Detaches what the agent attached outside the cgroup (MSS clamps).
+    /// Detaches what the agent attached outside the cgroup (MSS clamps),
+    /// unless its datapath is pinned: then it stays in force.
     pub fn release(&mut self) {
-        self.clamper.release_all(&mut self.datapath);
+        if self.datapath.pins().is_none() {
+            self.clamper.release_all(&mut self.datapath);
+        }
     }
 
     /// Applies cgroups appearing and going.
@@ -359,7 +367,17 @@ impl Agent {
                     self.add_workload(path, id);
                 }
                 CgroupEvent::Removed(path) => {
-                    self.workloads.retain(|known, _| !known.starts_with(&path));
+                    let (gone, kept) = std::mem::take(&mut self.workloads)
+                        .into_iter()
+                        .partition(|(known, _)| known.starts_with(&path));
+                    self.workloads = kept;
+                    for workload in gone.into_values() {
+                        if let Some(container) = workload.container
+                            && self.hooked.remove(&container.id)
+                        {
+                            self.described.remove(&container.id);
+                        }
+                    }
                 }
                 CgroupEvent::Resynced(present) => {
                     tracing::warn!("cgroup events were lost: listing the cgroups again");
@@ -491,6 +509,7 @@ impl Agent {
             if !self.clamper.is_empty() {
                 self.clamper.resync(&mut self.datapath)?;
             }
+            self.clamper.prune(&mut self.datapath)?;
             return Ok(());
         }
         let (socket, interfaces) =
@@ -508,6 +527,7 @@ impl Agent {
                 Ok(()) => {}
             }
         }
+        self.clamper.prune(&mut self.datapath)?;
         Ok(())
     }
 
@@ -689,7 +709,10 @@ impl Agent {
         };
         let container = state.container();
         tracing::info!(id = %container.id, name = ?container.name, cgroup = %path.display(), "container registered by its runtime's hook");
-        self.described.insert(container.id.clone(), container);
+        if !self.described.contains_key(&container.id) {
+            self.hooked.insert(container.id.clone());
+            self.described.insert(container.id.clone(), container);
+        }
         self.add_workload(path, cgroup_id);
         self.reconcile_logged();
         let outcome = self

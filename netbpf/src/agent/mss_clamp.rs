@@ -118,15 +118,26 @@ impl MssClamper {
         let l3_offset = interface
             .l3_offset
             .ok_or_else(|| ClampError::UnsupportedLink(interface.name.clone()))?;
-        let slot = self
-            .free_slots
-            .pop_first()
-            .ok_or(ClampError::TooManyInterfaces)?;
+        let mss = match self.clamps[clamp].mss {
+            Mss::Fixed(mss) => mss,
+            Mss::PathMtu => MSS_PATH_MTU,
+        };
+        // An interface clamped so already (by the agent before this one)
+        // keeps its slot, and its counters.
+        let adopted = datapath
+            .mss_interface(interface.index)?
+            .filter(|config| config.mss == mss && config.l3_offset == l3_offset)
+            .map(|config| config.slot)
+            .filter(|slot| self.free_slots.remove(slot));
+        let slot = match adopted {
+            Some(slot) => slot,
+            None => self
+                .free_slots
+                .pop_first()
+                .ok_or(ClampError::TooManyInterfaces)?,
+        };
         let config = MssConfig {
-            mss: match self.clamps[clamp].mss {
-                Mss::Fixed(mss) => mss,
-                Mss::PathMtu => MSS_PATH_MTU,
-            },
+            mss,
             l3_offset,
             slot,
         };
@@ -217,6 +228,19 @@ impl MssClamper {
                 tracing::warn!(error = format!("{error:#}"), "MSS clamp not applied");
             }
         }
+        Ok(())
+    }
+
+    /// Forgets what a datapath adopted from pins configures for interfaces
+    /// this clamper did not take (gone, renamed, or no longer matched),
+    /// with their pinned links.
+    pub fn prune(&self, datapath: &mut Datapath) -> Result<(), DatapathError> {
+        for (ifindex, _) in datapath.mss_interfaces()? {
+            if !self.clamped.contains_key(&ifindex) {
+                datapath.remove_mss_interface(ifindex)?;
+            }
+        }
+        datapath.prune_links("mss-");
         Ok(())
     }
 

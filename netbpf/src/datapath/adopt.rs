@@ -74,12 +74,21 @@ impl Datapath {
             if !name.starts_with(prefix) || self.claimed_links.contains(&name) {
                 continue;
             }
-            if let Ok(Some(link)) = pins.open_link(&name) {
-                let _ = super::pins::link_detach(link.as_fd());
-            }
-            let _ = std::fs::remove_file(pins.link(&name));
+            self.unpin_link(&name);
             tracing::info!(link = %name, "removed a stale pinned link");
         }
+    }
+
+    /// Detaches the pinned link `name` and removes its pin.
+    pub(super) fn unpin_link(&mut self, name: &str) {
+        let Some(pins) = &self.pins else {
+            return;
+        };
+        if let Ok(Some(link)) = pins.open_link(name) {
+            let _ = super::pins::link_detach(link.as_fd());
+        }
+        let _ = std::fs::remove_file(pins.link(name));
+        self.claimed_links.retain(|claimed| claimed != name);
     }
 
     /// What the maps the policy fills hold now: a new agent's starting

@@ -6,6 +6,7 @@ use aya::{
     maps::HashMap,
     programs::{
         ProgramError, SchedClassifier, TcAttachType,
+        links::FdLink,
         tc::{SchedClassifierLinkId, TcError, qdisc_add_clsact},
     },
     util::KernelVersion,
@@ -23,16 +24,25 @@ pub const MSS_IN_PROGRAM: &str = "netbpf_mss_in";
 /// The attachments of the clamp to one interface; detached when handed
 /// back to [`Datapath::detach_mss`], or when the interface goes.
 #[derive(Debug)]
-pub struct MssLinks(Vec<(&'static str, SchedClassifierLinkId)>);
+pub enum MssLinks {
+    /// Links the programs hold: they go with this datapath.
+    Owned(Vec<(&'static str, SchedClassifierLinkId)>),
+    /// TCX links pinned under these names: they outlive the agent.
+    Pinned(Vec<String>),
+}
 
 impl Datapath {
     /// Configures the clamp of interface `ifindex`, with counters from
-    /// zero in `config.slot`. Call before [`Self::attach_mss`].
+    /// zero in `config.slot` unless it is configured so already (adopted
+    /// from a pinned datapath). Call before [`Self::attach_mss`].
     pub fn set_mss_interface(
         &mut self,
         ifindex: u32,
         config: MssConfig,
     ) -> Result<(), DatapathError> {
+        if self.mss_interface(ifindex)? == Some(config) {
+            return Ok(());
+        }
         self.reset_counters::<MssStats>("MSS_STATS", [config.slot])?;
         let mut interfaces: HashMap<_, u32, MssConfig> = self.map_mut("MSS_INTERFACES")?;
         interfaces
@@ -61,43 +71,112 @@ impl Datapath {
             source: Box::new(source),
         };
         // Before TCX (6.6) tc programs hang off a clsact qdisc; one that
-        // exists already is as good, and stays when netbpf goes.
-        if KernelVersion::current().is_ok_and(|version| version < KernelVersion::new(6, 6, 0)) {
+        // exists already is as good, and stays when netbpf goes. Only TCX
+        // links can be pinned.
+        let tcx =
+            KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0));
+        if !tcx {
             match qdisc_add_clsact(interface) {
                 Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
                 }
                 other => other.map_err(|error| attach_error(error.into()))?,
             }
         }
-        let mut links = MssLinks(Vec::new());
         let attach_types = [
-            (direction.egress(), MSS_OUT_PROGRAM, TcAttachType::Egress),
-            (direction.ingress(), MSS_IN_PROGRAM, TcAttachType::Ingress),
+            (
+                direction.egress(),
+                MSS_OUT_PROGRAM,
+                TcAttachType::Egress,
+                "egress",
+            ),
+            (
+                direction.ingress(),
+                MSS_IN_PROGRAM,
+                TcAttachType::Ingress,
+                "ingress",
+            ),
         ];
-        for (wanted, name, attach_type) in attach_types {
+        let ifindex = nix::net::if_::if_nametoindex(interface)
+            .map_err(|errno| attach_error(TcError::IoError(errno.into()).into()))?;
+        let mut owned = Vec::new();
+        let mut pinned = Vec::new();
+        for (wanted, name, attach_type, way) in attach_types {
             if !wanted {
                 continue;
             }
-            match self.classifier(name)?.attach(interface, attach_type) {
-                Ok(link) => links.0.push((name, link)),
-                Err(error) => {
-                    // Leave nothing half attached.
-                    self.detach_mss(links);
-                    return Err(attach_error(error));
-                }
+            let attached = if self.pins.is_some() && tcx {
+                let link_name = format!("mss-{ifindex}-{way}");
+                self.attach_linked(name, link_name.clone(), |program| {
+                    let program: &mut SchedClassifier = program
+                        .try_into()
+                        .map_err(|_| DatapathError::MissingProgram(name))?;
+                    let id = program
+                        .attach(interface, attach_type)
+                        .map_err(attach_error)?;
+                    let link = program.take_link(id).map_err(attach_error)?;
+                    FdLink::try_from(link).map_err(|error| DatapathError::Link {
+                        name: name.to_owned(),
+                        source: std::io::Error::other(error.to_string()),
+                    })
+                })
+                .map(|()| pinned.push(link_name))
+            } else {
+                self.classifier(name)?
+                    .attach(interface, attach_type)
+                    .map(|link| owned.push((name, link)))
+                    .map_err(attach_error)
+            };
+            if let Err(error) = attached {
+                // Leave nothing half attached.
+                self.detach_mss(MssLinks::Owned(owned));
+                self.detach_mss(MssLinks::Pinned(pinned));
+                return Err(error);
             }
         }
-        Ok(links)
+        Ok(if pinned.is_empty() {
+            MssLinks::Owned(owned)
+        } else {
+            MssLinks::Pinned(pinned)
+        })
     }
 
     /// Detaches the clamp from an interface. An interface that went away
     /// took its attachments with it: nothing to report then.
     pub fn detach_mss(&mut self, links: MssLinks) {
-        for (name, link) in links.0 {
-            if let Ok(program) = self.classifier(name) {
-                let _ = program.detach(link);
+        match links {
+            MssLinks::Owned(links) => {
+                for (name, link) in links {
+                    if let Ok(program) = self.classifier(name) {
+                        let _ = program.detach(link);
+                    }
+                }
+            }
+            MssLinks::Pinned(names) => {
+                for name in names {
+                    self.unpin_link(&name);
+                }
             }
         }
+    }
+
+    /// The clamp configured for interface `ifindex`, if one is: what a
+    /// new agent adopts (its counter slot among it).
+    pub fn mss_interface(&self, ifindex: u32) -> Result<Option<MssConfig>, DatapathError> {
+        let interfaces: HashMap<_, u32, MssConfig> = self.map("MSS_INTERFACES")?;
+        match interfaces.get(&ifindex, 0) {
+            Ok(config) => Ok(Some(config)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(map_error("MSS_INTERFACES")(error)),
+        }
+    }
+
+    /// Every interface the clamp is configured for, with its configuration.
+    pub fn mss_interfaces(&self) -> Result<Vec<(u32, MssConfig)>, DatapathError> {
+        let interfaces: HashMap<_, u32, MssConfig> = self.map("MSS_INTERFACES")?;
+        interfaces
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_error("MSS_INTERFACES"))
     }
 
     /// The counters in `slot`, summed over CPUs.
