@@ -21,6 +21,7 @@ mod addr;
 mod bind;
 mod forward;
 mod host_service;
+mod ip;
 mod maps;
 mod mss;
 mod scope;

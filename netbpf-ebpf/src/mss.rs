@@ -17,11 +17,8 @@ use netbpf_common::{
     MssStats,
 };
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
-const IPPROTO_TCP: u8 = 6;
+use crate::ip::{AF_INET, IPPROTO_TCP, Parsed, Segment, parse};
+
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
 const TCPOPT_MSS: u8 = 2;
@@ -30,10 +27,6 @@ const TCPOLEN_MSS: usize = 4;
 const TCP_HEADER: usize = 20;
 /// The most option bytes a TCP header holds.
 const MAX_OPTIONS: usize = 40;
-/// The fixed IPv6 header.
-const IPV6_HEADER: usize = 40;
-/// Extension headers walked before giving up on an IPv6 packet.
-const MAX_IPV6_EXTENSIONS: usize = 8;
 /// Offset of the checksum in the TCP header.
 const TCP_CHECKSUM: usize = 16;
 
@@ -46,37 +39,11 @@ pub enum Way {
     In,
 }
 
-/// Where the TCP segment of a packet is.
-struct Segment {
-    /// `AF_INET` or `AF_INET6`.
-    family: u8,
-    /// Offset of the IP header.
-    l3: usize,
-    /// Offset of the TCP header.
-    l4: usize,
-    /// Length of the TCP segment, header included.
-    len: usize,
-    /// Whether the packet is the first fragment of a larger one: its
-    /// length is not the segment's, so no option is inserted.
-    fragmented: bool,
-    /// Source and destination addresses, network order, IPv4 in `[0]`.
-    src: [u32; 4],
-    dst: [u32; 4],
-}
-
 /// Clamps the MSS of `ctx`'s packet if it is a SYN or SYN-ACK, counting
 /// what it did in `stats`.
 #[inline(always)]
 pub fn clamp(ctx: &TcContext, config: &MssConfig, way: Way, stats: &mut MssStats) {
-    let l3 = usize::from(config.l3_offset);
-    // SAFETY: `skb` is the program's context.
-    let protocol = u16::try_from(unsafe { (*ctx.skb.skb).protocol }).map_or(0, u16::from_be);
-    let segment = match protocol {
-        ETH_P_IP => ipv4_segment(ctx, l3),
-        ETH_P_IPV6 => ipv6_segment(ctx, l3),
-        _ => return,
-    };
-    let segment = match segment {
+    let segment = match parse(ctx, usize::from(config.l3_offset)) {
         Parsed::Tcp(segment) => segment,
         Parsed::NotTcp => return,
         Parsed::Unparsed => {
@@ -397,117 +364,4 @@ fn device_mtu(ctx: &TcContext) -> Option<u16> {
     // SAFETY: `mtu` lives on the stack for the call; `skb` is the context.
     let result = unsafe { bpf_check_mtu(ctx.skb.skb.cast(), 0, &raw mut mtu, 0, 0) };
     (result >= 0).then(|| u16::try_from(mtu).unwrap_or(u16::MAX))
-}
-
-/// What parsing the IP header found.
-enum Parsed {
-    Tcp(Segment),
-    /// Another protocol, or a fragment without the TCP header.
-    NotTcp,
-    Unparsed,
-}
-
-#[inline(always)]
-fn ipv4_segment(ctx: &TcContext, l3: usize) -> Parsed {
-    let (Ok(version_ihl), Ok(total), Ok(fragment), Ok(protocol), Ok(src), Ok(dst)) = (
-        ctx.load::<u8>(l3),
-        ctx.load::<u16>(l3 + 2),
-        ctx.load::<u16>(l3 + 6),
-        ctx.load::<u8>(l3 + 9),
-        ctx.load::<u32>(l3 + 12),
-        ctx.load::<u32>(l3 + 16),
-    ) else {
-        return Parsed::Unparsed;
-    };
-    let fragment = u16::from_be(fragment);
-    if protocol != IPPROTO_TCP || fragment & 0x1fff != 0 {
-        return Parsed::NotTcp;
-    }
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    let total = usize::from(u16::from_be(total));
-    if header_len < 20 || total < header_len {
-        return Parsed::Unparsed;
-    }
-    Parsed::Tcp(Segment {
-        family: AF_INET,
-        l3,
-        l4: l3 + header_len,
-        len: total - header_len,
-        fragmented: fragment & 0x2000 != 0,
-        src: [src, 0, 0, 0],
-        dst: [dst, 0, 0, 0],
-    })
-}
-
-#[inline(always)]
-fn ipv6_segment(ctx: &TcContext, l3: usize) -> Parsed {
-    let (Ok(payload), Ok(first_next), Ok(src), Ok(dst)) = (
-        ctx.load::<u16>(l3 + 4),
-        ctx.load::<u8>(l3 + 6),
-        ctx.load::<[u32; 4]>(l3 + 8),
-        ctx.load::<[u32; 4]>(l3 + 24),
-    ) else {
-        return Parsed::Unparsed;
-    };
-    let mut next = first_next;
-    let mut offset = l3 + IPV6_HEADER;
-    let mut fragmented = false;
-    for _ in 0..MAX_IPV6_EXTENSIONS {
-        match next {
-            IPPROTO_TCP => {
-                let skipped = offset - (l3 + IPV6_HEADER);
-                let Some(len) = usize::from(u16::from_be(payload)).checked_sub(skipped) else {
-                    return Parsed::Unparsed;
-                };
-                return Parsed::Tcp(Segment {
-                    family: AF_INET6,
-                    l3,
-                    l4: offset,
-                    len,
-                    fragmented,
-                    src,
-                    dst,
-                });
-            }
-            // Hop-by-hop, routing and destination options: 8-byte units
-            // after the first 8.
-            0 | 43 | 60 => {
-                let (Ok(following), Ok(units)) =
-                    (ctx.load::<u8>(offset), ctx.load::<u8>(offset + 1))
-                else {
-                    return Parsed::Unparsed;
-                };
-                next = following;
-                offset += (usize::from(units) + 1) * 8;
-            }
-            // Fragment: only the first fragment carries the TCP header.
-            44 => {
-                let (Ok(following), Ok(fragment)) =
-                    (ctx.load::<u8>(offset), ctx.load::<u16>(offset + 2))
-                else {
-                    return Parsed::Unparsed;
-                };
-                if u16::from_be(fragment) & 0xfff8 != 0 {
-                    return Parsed::NotTcp;
-                }
-                fragmented = true;
-                next = following;
-                offset += 8;
-            }
-            // Authentication header: 4-byte units after the first 8.
-            51 => {
-                let (Ok(following), Ok(units)) =
-                    (ctx.load::<u8>(offset), ctx.load::<u8>(offset + 1))
-                else {
-                    return Parsed::Unparsed;
-                };
-                next = following;
-                offset += (usize::from(units) + 2) * 4;
-            }
-            // ESP hides what follows; anything else is not TCP.
-            50 => return Parsed::Unparsed,
-            _ => return Parsed::NotTcp,
-        }
-    }
-    Parsed::Unparsed
 }
