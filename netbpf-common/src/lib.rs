@@ -201,7 +201,8 @@ pub struct ServiceKey {
 }
 
 /// Key of the grants: a service and a container address allowed to reach
-/// it.
+/// it. The value is the index of the host-side interface the container's
+/// packets arrive through (0: any), which the grant guard checks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GrantKey {
@@ -236,6 +237,9 @@ pub struct ServiceStats {
     pub refused: u64,
     /// Granted connections while the service had no listener.
     pub down: u64,
+    /// Packets from a granted address that arrived through another
+    /// container's interface (a forged source address), dropped.
+    pub forged: u64,
 }
 
 /// What a bind becomes.
@@ -370,7 +374,7 @@ const _: () = assert!(size_of::<BindTarget>() == 24);
 const _: () = assert!(size_of::<AliasedAddr>() == 20);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<GrantKey>() == 24);
-const _: () = assert!(size_of::<ServiceStats>() == 24);
+const _: () = assert!(size_of::<ServiceStats>() == 32);
 const _: () = assert!(size_of::<MssStats>() == 56);
 
 /// Counters add up field by field: userspace sums each CPU's copy.
@@ -388,7 +392,7 @@ macro_rules! counters_add {
 
 counters_add! {
     RuleStats { connects, datagrams, local_skips, binds }
-    ServiceStats { steered, refused, down }
+    ServiceStats { steered, refused, down, forged }
     MssStats { seen, clamped, inserted, already_small, without_option, malformed, unparsed }
 }
 

@@ -1,12 +1,20 @@
 //! The `sk_lookup` program of the host's network namespace: hands a
 //! connection that a granted container made to the host side of its
-//! network over to a service listening only on the host's loopback.
+//! network over to a service listening only on the host's loopback. And
+//! the grant guard, on the host side of containers' interfaces: a packet
+//! for a host service from a granted address must come through that
+//! container's own interface, which another container cannot forge.
 
-use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
+use aya_ebpf::{
+    bindings::sk_action::SK_PASS,
+    macros::sk_lookup,
+    programs::{SkLookupContext, TcContext},
+};
 use netbpf_common::{AF_INET, GrantKey, PROTO_TCP, ServiceKey};
 
 use crate::{
     addr,
+    ip::{self, Parsed},
     maps::{GRANTS, HOST_SERVICES, SERVICE_SOCKETS, SERVICE_STATS},
 };
 
@@ -69,3 +77,45 @@ fn steer(ctx: &SkLookupContext) {
         stats.down += 1;
     }
 }
+
+/// Whether `ctx`'s packet, arriving on a container's host-side interface,
+/// carries a granted address it may not: its grant names another
+/// interface. Counted as forged.
+#[inline(always)]
+pub fn forged(ctx: &TcContext) -> bool {
+    let Parsed::Tcp(segment) = ip::parse(ctx, ETHERNET_HEADER) else {
+        return false;
+    };
+    let Ok(port) = ctx.load::<u16>(segment.l4 + 2) else {
+        return false;
+    };
+    let family = u16::from(segment.family);
+    let key = ServiceKey {
+        addr: segment.dst,
+        port: u16::from_be(port),
+        family,
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(service) = (unsafe { HOST_SERVICES.get(key) }).copied() else {
+        return false;
+    };
+    // SAFETY: as above.
+    let Some(allowed) =
+        (unsafe { GRANTS.get(GrantKey::new(service, segment.src, family)) }).copied()
+    else {
+        return false;
+    };
+    // SAFETY: `skb` is the program's context.
+    let arrived = unsafe { (*ctx.skb.skb).ifindex };
+    if allowed == 0 || allowed == arrived {
+        return false;
+    }
+    if let Some(stats) = SERVICE_STATS.get_ptr_mut(service) {
+        // SAFETY: this CPU's slot of a valid array element.
+        unsafe { (*stats).forged += 1 };
+    }
+    true
+}
+
+/// The Ethernet header before the IP header of a container's packets.
+const ETHERNET_HEADER: usize = 14;

@@ -73,9 +73,10 @@ pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> =
 pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
     HashMap::with_max_entries(MAX_HOST_SERVICES, USER_FILLED);
 
-/// (service, container address) allowed to reach the service.
+/// (service, container address) allowed to reach the service -> the
+/// host-side interface its packets must arrive through (0: any).
 #[map]
-pub static GRANTS: HashMap<GrantKey, u8> = HashMap::with_max_entries(MAX_GRANTS, USER_FILLED);
+pub static GRANTS: HashMap<GrantKey, u32> = HashMap::with_max_entries(MAX_GRANTS, USER_FILLED);
 
 /// Service index -> its listening socket on the host's loopback.
 #[map]

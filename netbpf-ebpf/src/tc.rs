@@ -1,16 +1,31 @@
 //! Programs on tc (TCX, or a clsact qdisc on older kernels): MSS clamping
-//! of the TCP handshakes that cross an interface.
+//! of the TCP handshakes that cross an interface, and the grant guard of
+//! host services on containers' host-side interfaces.
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 
 use crate::{
+    host_service,
     maps::{MSS_INTERFACES, MSS_STATS},
     mss,
 };
 
 /// `TC_ACT_UNSPEC` (`TCX_NEXT`): the packet goes on to the next program,
-/// or on its way; netbpf only ever edits packets, never decides their fate.
+/// or on its way. The MSS clamp only ever edits packets.
 const TC_NEXT: i32 = -1;
+/// `TC_ACT_SHOT`: the packet is dropped.
+const TC_DROP: i32 = 2;
+
+/// Drops packets for a host service whose granted source address came
+/// through another container's interface than the granted one's.
+#[classifier]
+pub fn netbpf_grant_guard(ctx: TcContext) -> i32 {
+    if host_service::forged(&ctx) {
+        TC_DROP
+    } else {
+        TC_NEXT
+    }
+}
 
 /// Clamps the MSS of SYN and SYN-ACK segments leaving an interface.
 #[classifier]

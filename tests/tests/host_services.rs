@@ -388,3 +388,118 @@ fn assert_stayed_on_loopback(node: &Lab, iptables_before: &str) {
     };
     assert_eq!(rules(iptables_before), rules(&iptables_after));
 }
+
+/// The interface of `netns`'s default route, and its MAC address.
+fn default_interface(netns: &Netns) -> (String, String) {
+    let route = netns.ip(&["-o", "route", "show", "default"]).unwrap();
+    let mut words = route.split_whitespace();
+    let name = words
+        .by_ref()
+        .skip_while(|word| *word != "dev")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let link = netns.ip(&["-o", "link", "show", &name]).unwrap();
+    let mut words = link.split_whitespace();
+    let mac = words
+        .by_ref()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    (name, mac)
+}
+
+#[test]
+fn a_container_that_forges_a_granted_address_does_not_reach_the_service() {
+    let mut node = Lab::new();
+    node.open_tunnel();
+    let _plain = node.http_server(Place::Node, "10.210.1.1", 18199, "a plain node service");
+    std::fs::create_dir(node.file("netbpf")).unwrap();
+    let netbpf = NetbpfRun::start_with(
+        &netbpf_binary(),
+        &node.policy(),
+        node.root.path(),
+        &node.file("netbpf"),
+        &["--netns", path(&node.node.path())],
+    )
+    .unwrap();
+    assert_eq!(
+        node.curl(Place::Granted, "http://172.17.0.1:18188/"),
+        (0, GPU_ANSWER.to_owned())
+    );
+
+    // The other container (with NET_ADMIN and NET_RAW) takes the granted
+    // container's address, and the node's neighbour entry for it (as ARP
+    // spoofing would): its handshakes with that source address complete.
+    let (inside, mac) = default_interface(&node.other);
+    node.other
+        .ip(&["addr", "add", "10.210.1.2/32", "dev", &inside])
+        .unwrap();
+    node.node
+        .ip(&[
+            "neigh",
+            "replace",
+            "10.210.1.2",
+            "lladdr",
+            &mac,
+            "dev",
+            "compose",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let forged = |url: &str| {
+        let output = node
+            .site(Place::Other)
+            .spawn(
+                "curl",
+                &[
+                    "--silent",
+                    "--interface",
+                    "10.210.1.2",
+                    "--max-time",
+                    "3",
+                    url,
+                ],
+            )
+            .unwrap()
+            .output(Duration::from_secs(10))
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        )
+    };
+    assert_eq!(
+        forged("http://10.210.1.1:18199/"),
+        (0, "a plain node service".to_owned()),
+        "the forged address works against a plain service of the node"
+    );
+    // The host service's guard drops it: it came through the wrong port.
+    let (code, body) = forged("http://10.210.1.1:18188/");
+    assert_ne!(code, 0, "the forger reached the service: {body}");
+    let status = netbpf.status_json().unwrap();
+    assert!(
+        status["host_services"][0]["forged"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(
+        status["grant_guard"].as_array().unwrap().len(),
+        2,
+        "both ports of the compose bridge: {status}"
+    );
+
+    // The real container, its neighbour entry back, still gets through.
+    node.other
+        .ip(&["addr", "del", "10.210.1.2/32", "dev", &inside])
+        .unwrap();
+    node.node
+        .ip(&["neigh", "del", "10.210.1.2", "dev", "compose"])
+        .unwrap();
+    assert_eq!(
+        node.curl(Place::Granted, "http://172.17.0.1:18188/"),
+        (0, GPU_ANSWER.to_owned())
+    );
+    assert!(netbpf.stop().unwrap().success());
+}

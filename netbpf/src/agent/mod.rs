@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod existing_binds;
 mod facts;
+mod grant_guard;
 pub mod host_services;
 pub mod mss_clamp;
 mod policy_watch;
@@ -33,6 +34,7 @@ use self::{
     control::{Registered, Reloaded, Request},
     existing_binds::ScopePlace,
     facts::InstanceFacts,
+    grant_guard::GrantGuard,
     host_services::HostServices,
     mss_clamp::{ClampError, MssClamper},
     policy_watch::PolicyWatch,
@@ -48,7 +50,7 @@ use crate::{
     },
     datapath::{Datapath, DatapathError, Optional, Pins},
     host::{
-        links::{self, LinkEvent, LinkWatcher},
+        links::{self, Interface, LinkEvent, LinkWatcher},
         netns,
     },
     plan::{self, Assignment, Capacity, Outcome, Plan, Resolved, RuleSlots, ScopeIds, ScopeKey},
@@ -124,8 +126,12 @@ pub struct Agent {
     pub host_services: HostServices,
     /// Whether the host service program is attached to the node.
     host_services_attached: bool,
-    /// Interface changes, where the policy clamps MSS.
+    /// Interface changes, where the policy clamps MSS or has host services.
     links: Option<LinkWatcher>,
+    /// The node's interfaces, while `links` follows them.
+    interfaces: BTreeMap<u32, Interface>,
+    /// The grant guard on granted containers' bridges.
+    guard: GrantGuard,
     cgroups: CgroupWatcher,
     /// Changes of the policy directory (a policy of one file is reloaded
     /// by SIGHUP and `netbpf reload` only).
@@ -217,6 +223,7 @@ impl Agent {
         let host_services =
             HostServices::new(policy.host_services.clone(), node.other_netns.as_deref());
         let clamper = MssClamper::new(policy.mss_clamps.clone(), node.other_netns.as_deref());
+        let guard = GrantGuard::new(node.other_netns.as_deref());
         let policy_watch = match &source {
             PolicySource::Dir(dir) => Some(PolicyWatch::start(dir).map_err(|error| {
                 anyhow::anyhow!("watching the policy directory {}: {error}", dir.display())
@@ -243,6 +250,8 @@ impl Agent {
             host_services,
             host_services_attached: false,
             links: None,
+            interfaces: BTreeMap::new(),
+            guard,
             cgroups,
             policy_watch,
             described: HashMap::new(),
@@ -346,6 +355,7 @@ impl Agent {
     pub fn release(&mut self) {
         if self.datapath.pins().is_none() {
             self.clamper.release_all(&mut self.datapath);
+            self.guard.release_all(&mut self.datapath);
         }
     }
 
@@ -462,6 +472,14 @@ impl Agent {
         match events {
             Ok(events) => {
                 for event in &events {
+                    match event {
+                        LinkEvent::Present(interface) => {
+                            self.interfaces.insert(interface.index, interface.clone());
+                        }
+                        LinkEvent::Gone(index) => {
+                            self.interfaces.remove(index);
+                        }
+                    }
                     if let Err(error) = self.clamper.handle(&mut self.datapath, event) {
                         tracing::warn!(error = format!("{error:#}"), "MSS clamp not applied");
                     }
@@ -470,6 +488,17 @@ impl Agent {
             // The kernel dropped events (ENOBUFS): look at everything again.
             Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
                 tracing::warn!("interface events were lost: listing the interfaces again");
+                match netns::in_netns_or_here(self.node.other_netns.as_deref(), links::list)
+                    .and_then(|listed| listed)
+                {
+                    Ok(listed) => {
+                        self.interfaces = listed
+                            .into_iter()
+                            .map(|interface| (interface.index, interface))
+                            .collect();
+                    }
+                    Err(error) => tracing::warn!(%error, "listing the interfaces failed"),
+                }
                 if let Err(error) = self.clamper.resync(&mut self.datapath) {
                     tracing::warn!(
                         error = format!("{error:#}"),
@@ -479,6 +508,23 @@ impl Agent {
             }
             Err(error) => tracing::warn!(%error, "reading interface changes failed"),
         }
+        self.apply_guard();
+    }
+
+    /// Keeps the grant guard on what the grants of the plan call for.
+    fn apply_guard(&mut self) {
+        if self.links.is_none() {
+            return;
+        }
+        let vias: std::collections::BTreeSet<u32> = self
+            .plan
+            .grants
+            .values()
+            .copied()
+            .filter(|via| *via != 0)
+            .collect();
+        self.guard
+            .apply(&mut self.datapath, &vias, &self.interfaces);
     }
 
     /// Starts what the policy's host services and MSS clamps need: the
@@ -505,11 +551,13 @@ impl Agent {
             }
             self.host_services.warn_missing();
         }
-        if self.clamper.is_empty() || self.links.is_some() {
+        let wants_interfaces = !self.clamper.is_empty() || !self.host_services.is_empty();
+        if !wants_interfaces || self.links.is_some() {
             if !self.clamper.is_empty() {
                 self.clamper.resync(&mut self.datapath)?;
             }
             self.clamper.prune(&mut self.datapath)?;
+            self.apply_guard();
             return Ok(());
         }
         let (socket, interfaces) =
@@ -517,6 +565,10 @@ impl Agent {
                 .and_then(|listed| listed)
                 .map_err(|error| anyhow::anyhow!("listing the network interfaces: {error}"))?;
         self.links = Some(LinkWatcher::new(socket)?);
+        self.interfaces = interfaces
+            .iter()
+            .map(|interface| (interface.index, interface.clone()))
+            .collect();
         for interface in interfaces {
             match self
                 .clamper
@@ -528,6 +580,8 @@ impl Agent {
             }
         }
         self.clamper.prune(&mut self.datapath)?;
+        self.apply_guard();
+        self.datapath.prune_links("guard-");
         Ok(())
     }
 
@@ -599,6 +653,8 @@ impl Agent {
         if let Err(error) = self.reconcile() {
             tracing::warn!(error = format!("{error:#}"), "the maps were not updated");
         }
+        // Grants come and go with their containers: so does the guard.
+        self.apply_guard();
     }
 
     /// Makes the maps hold the plan of what matches now. New and changed

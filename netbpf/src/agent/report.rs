@@ -46,6 +46,7 @@ impl Agent {
                 steered: stats.steered,
                 refused: stats.refused,
                 down: stats.down,
+                forged: stats.forged,
             })
             .collect();
         let micros = |percent| {
@@ -76,6 +77,7 @@ impl Agent {
             }),
             scopes,
             host_services,
+            grant_guard: agent.guard.interfaces(),
             mss_clamps,
         })
     }

@@ -35,6 +35,9 @@ pub struct Status {
     /// Every scope instance: applied, or with the reason it is not.
     pub scopes: Vec<ScopeStatus>,
     pub host_services: Vec<HostServiceStatus>,
+    /// The interfaces the grant guard is on (the host sides of the bridges
+    /// granted containers are on).
+    pub grant_guard: Vec<String>,
     pub mss_clamps: Vec<MssClampStatus>,
 }
 
@@ -72,6 +75,9 @@ pub struct HostServiceStatus {
     pub steered: u64,
     pub refused: u64,
     pub down: u64,
+    /// Packets with a granted source address that came through another
+    /// container's interface, dropped.
+    pub forged: u64,
 }
 
 /// A scope's grant of a host service.
@@ -226,6 +232,7 @@ impl Status {
         }
         if !self.host_services.is_empty() {
             let _ = writeln!(text, "{}", self.host_services_table());
+            let _ = writeln!(text, "grant guard on: {}", self.grant_guard.join(", "));
         }
         if !self.mss_clamps.is_empty() {
             let _ = writeln!(text, "{}", self.mss_table());
@@ -308,6 +315,7 @@ impl Status {
             "STEERED",
             "REFUSED",
             "DOWN",
+            "FORGED",
         ]);
         for service in &self.host_services {
             let granted: Vec<String> = self
@@ -336,6 +344,7 @@ impl Status {
                 service.steered.to_string(),
                 service.refused.to_string(),
                 service.down.to_string(),
+                service.forged.to_string(),
             ]);
         }
         table

@@ -108,7 +108,7 @@ impl Datapath {
             aliases: self.entries::<AliasKey, ForwardTarget>("ALIASES")?,
             aliased_addrs: self.keys::<AliasedAddr, u8>("ALIASED_ADDRS")?,
             services: self.entries::<ServiceKey, u32>("HOST_SERVICES")?,
-            grants: self.keys::<GrantKey, u8>("GRANTS")?,
+            grants: self.entries::<GrantKey, u32>("GRANTS")?,
             binds: self.entries::<ScopePort, BindTarget>("BIND_REMAPS")?,
         })
     }

@@ -10,14 +10,16 @@ use std::{
 
 use aya::{
     maps::SockMap,
-    programs::{SkLookup, links::FdLink},
+    programs::{SkLookup, TcAttachType, links::FdLink},
 };
 use netbpf_common::ServiceStats;
 
-use super::{Datapath, DatapathError, map_error};
+use super::{Datapath, DatapathError, TcLink, map_error};
 
 /// The `sk_lookup` program of host services.
 pub(super) const HOST_SERVICE_PROGRAM: &str = "netbpf_hostsvc";
+/// The tc program that drops forged grants, on containers' host sides.
+pub(super) const GRANT_GUARD_PROGRAM: &str = "netbpf_grant_guard";
 
 impl Datapath {
     /// Attaches the host service program to the network namespace at
@@ -43,6 +45,17 @@ impl Datapath {
                 let link = program.take_link(id).map_err(attach_error)?;
                 Ok(FdLink::from(link))
             },
+        )
+    }
+
+    /// Attaches the grant guard to `interface` of the calling thread's
+    /// network namespace, on ingress: where a container's packets arrive.
+    pub fn attach_grant_guard(&mut self, interface: &str) -> Result<TcLink, DatapathError> {
+        self.attach_tc(
+            GRANT_GUARD_PROGRAM,
+            interface,
+            TcAttachType::Ingress,
+            "guard-{ifindex}",
         )
     }
 

@@ -11,6 +11,7 @@ mod host_services;
 mod mss;
 pub mod pins;
 mod sockets;
+mod tc;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,7 @@ pub use self::{
     mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
     pins::Pins,
     sockets::BoundSocket,
+    tc::TcLink,
 };
 
 /// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.
@@ -107,7 +109,7 @@ pub struct Optional {
     pub mss_egress: bool,
     /// The tc program of `[[mss_clamp]]` on ingress.
     pub mss_ingress: bool,
-    /// The `sk_lookup` program of `[[host_service]]`.
+    /// The `sk_lookup` program of `[[host_service]]`, and its grant guard.
     pub host_services: bool,
 }
 
@@ -197,7 +199,9 @@ impl Datapath {
             let wanted = match name {
                 mss::MSS_OUT_PROGRAM => optional.mss_egress,
                 mss::MSS_IN_PROGRAM => optional.mss_ingress,
-                host_services::HOST_SERVICE_PROGRAM => optional.host_services,
+                host_services::HOST_SERVICE_PROGRAM | host_services::GRANT_GUARD_PROGRAM => {
+                    optional.host_services
+                }
                 _ if sockets::TRACKING_PROGRAMS.contains(&name)
                     || sockets::REWRITING_PROGRAMS.contains(&name) =>
                 {

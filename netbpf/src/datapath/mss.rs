@@ -2,18 +2,10 @@
 //! program attached to an interface's ingress or egress (TCX on 6.6+, a
 //! clsact qdisc before).
 
-use aya::{
-    maps::HashMap,
-    programs::{
-        ProgramError, SchedClassifier, TcAttachType,
-        links::FdLink,
-        tc::{SchedClassifierLinkId, TcError, qdisc_add_clsact},
-    },
-    util::KernelVersion,
-};
+use aya::{maps::HashMap, programs::TcAttachType};
 use netbpf_common::{MssConfig, MssStats};
 
-use super::{Datapath, DatapathError, map_error};
+use super::{Datapath, DatapathError, map_error, tc::TcLink};
 use crate::policy::Direction;
 
 /// The tc program that clamps MSS on egress.
@@ -24,12 +16,7 @@ pub const MSS_IN_PROGRAM: &str = "netbpf_mss_in";
 /// The attachments of the clamp to one interface; detached when handed
 /// back to [`Datapath::detach_mss`], or when the interface goes.
 #[derive(Debug)]
-pub enum MssLinks {
-    /// Links the programs hold: they go with this datapath.
-    Owned(Vec<(&'static str, SchedClassifierLinkId)>),
-    /// TCX links pinned under these names: they outlive the agent.
-    Pinned(Vec<String>),
-}
+pub struct MssLinks(Vec<TcLink>);
 
 impl Datapath {
     /// Configures the clamp of interface `ifindex`, with counters from
@@ -66,23 +53,7 @@ impl Datapath {
         interface: &str,
         direction: Direction,
     ) -> Result<MssLinks, DatapathError> {
-        let attach_error = |source: ProgramError| DatapathError::TcAttach {
-            interface: interface.to_owned(),
-            source: Box::new(source),
-        };
-        // Before TCX (6.6) tc programs hang off a clsact qdisc; one that
-        // exists already is as good, and stays when netbpf goes. Only TCX
-        // links can be pinned.
-        let tcx =
-            KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0));
-        if !tcx {
-            match qdisc_add_clsact(interface) {
-                Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
-                }
-                other => other.map_err(|error| attach_error(error.into()))?,
-            }
-        }
-        let attach_types = [
+        let ways = [
             (
                 direction.egress(),
                 MSS_OUT_PROGRAM,
@@ -96,66 +67,33 @@ impl Datapath {
                 "ingress",
             ),
         ];
-        let ifindex = nix::net::if_::if_nametoindex(interface)
-            .map_err(|errno| attach_error(TcError::IoError(errno.into()).into()))?;
-        let mut owned = Vec::new();
-        let mut pinned = Vec::new();
-        for (wanted, name, attach_type, way) in attach_types {
+        let mut links = Vec::new();
+        for (wanted, name, attach_type, way) in ways {
             if !wanted {
                 continue;
             }
-            let attached = if self.pins.is_some() && tcx {
-                let link_name = format!("mss-{ifindex}-{way}");
-                self.attach_linked(name, link_name.clone(), |program| {
-                    let program: &mut SchedClassifier = program
-                        .try_into()
-                        .map_err(|_| DatapathError::MissingProgram(name))?;
-                    let id = program
-                        .attach(interface, attach_type)
-                        .map_err(attach_error)?;
-                    let link = program.take_link(id).map_err(attach_error)?;
-                    FdLink::try_from(link).map_err(|error| DatapathError::Link {
-                        name: name.to_owned(),
-                        source: std::io::Error::other(error.to_string()),
-                    })
-                })
-                .map(|()| pinned.push(link_name))
-            } else {
-                self.classifier(name)?
-                    .attach(interface, attach_type)
-                    .map(|link| owned.push((name, link)))
-                    .map_err(attach_error)
-            };
-            if let Err(error) = attached {
-                // Leave nothing half attached.
-                self.detach_mss(MssLinks::Owned(owned));
-                self.detach_mss(MssLinks::Pinned(pinned));
-                return Err(error);
+            match self.attach_tc(
+                name,
+                interface,
+                attach_type,
+                &format!("mss-{{ifindex}}-{way}"),
+            ) {
+                Ok(link) => links.push(link),
+                Err(error) => {
+                    // Leave nothing half attached.
+                    self.detach_mss(MssLinks(links));
+                    return Err(error);
+                }
             }
         }
-        Ok(if pinned.is_empty() {
-            MssLinks::Owned(owned)
-        } else {
-            MssLinks::Pinned(pinned)
-        })
+        Ok(MssLinks(links))
     }
 
     /// Detaches the clamp from an interface. An interface that went away
     /// took its attachments with it: nothing to report then.
     pub fn detach_mss(&mut self, links: MssLinks) {
-        match links {
-            MssLinks::Owned(links) => {
-                for (name, link) in links {
-                    if let Ok(program) = self.classifier(name) {
-                        let _ = program.detach(link);
-                    }
-                }
-            }
-            MssLinks::Pinned(names) => {
-                for name in names {
-                    self.unpin_link(&name);
-                }
-            }
+        for link in links.0 {
+            self.detach_tc(link);
         }
     }
 
@@ -182,20 +120,5 @@ impl Datapath {
     /// The counters in `slot`, summed over CPUs.
     pub fn mss_stats(&self, slot: u32) -> Result<MssStats, DatapathError> {
         self.summed_counters("MSS_STATS", slot)
-    }
-
-    /// The loaded clamp program of one way: [`MSS_OUT_PROGRAM`] or
-    /// [`MSS_IN_PROGRAM`].
-    pub fn classifier(
-        &mut self,
-        name: &'static str,
-    ) -> Result<&mut SchedClassifier, DatapathError> {
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(DatapathError::MissingProgram(name))?;
-        program
-            .try_into()
-            .map_err(|_| DatapathError::MissingProgram(name))
     }
 }

@@ -79,7 +79,7 @@ impl Datapath {
         )?;
         self.sync("BIND_REMAPS", &old.binds, &new.binds)?;
         self.sync("HOST_SERVICES", &old.services, &new.services)?;
-        self.sync("GRANTS", &present(&old.grants), &present(&new.grants))?;
+        self.sync("GRANTS", &old.grants, &new.grants)?;
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
         for (&(prefix_len, key), target) in &new.forwards {
             if old.forwards.get(&(prefix_len, key)) != Some(target) {

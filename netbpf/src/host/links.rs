@@ -20,6 +20,8 @@ pub struct Interface {
     /// Bytes before the IP header of its packets: 14 on Ethernet, 0 on L3
     /// devices (WireGuard, tun); None where netbpf cannot parse them.
     pub l3_offset: Option<u16>,
+    /// The bridge it is a port of, by index.
+    pub master: Option<u32>,
 }
 
 /// A change to the interfaces of the namespace.
@@ -131,9 +133,17 @@ fn interface(link: &LinkMessage) -> Interface {
         | LinkLayerType::Sit => Some(0),
         _ => None,
     };
+    let master = link
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Controller(master) => Some(*master),
+            _ => None,
+        });
     Interface {
         index: link.header.index,
         name,
         l3_offset,
+        master,
     }
 }

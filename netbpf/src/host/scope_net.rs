@@ -12,6 +12,7 @@ use std::{
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     address::{AddressAttribute, AddressMessage, AddressScope},
+    link::{LinkAttribute, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
@@ -42,6 +43,7 @@ pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
                     );
             }
         }
+        let mut default_interface = None;
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut request = RouteMessage::default();
             request.header.address_family = family;
@@ -55,11 +57,44 @@ pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
                         .any(|known| known.is_ipv4() == gateway.is_ipv4())
                 {
                     network.gateways.push(gateway);
+                    default_interface = default_interface.or_else(|| {
+                        route
+                            .attributes
+                            .iter()
+                            .find_map(|attribute| match attribute {
+                                RouteAttribute::Oif(index) => Some(*index),
+                                _ => None,
+                            })
+                    });
                 }
             }
         }
+        if let Some(index) = default_interface {
+            network.host_interface = peer_in_other_namespace(index)?;
+        }
         Ok(network)
     })?
+}
+
+/// The index, in its own namespace, of the peer of the veth `index` of
+/// the calling thread's namespace, when its peer is in another namespace.
+fn peer_in_other_namespace(index: u32) -> io::Result<Option<u32>> {
+    let links = rtnetlink::dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?;
+    Ok(links.iter().find_map(|message| match message {
+        RouteNetlinkMessage::NewLink(link) if link.header.index == index => {
+            let elsewhere = link
+                .attributes
+                .iter()
+                .any(|attribute| matches!(attribute, LinkAttribute::LinkNetNsId(_)));
+            link.attributes
+                .iter()
+                .find_map(|attribute| match attribute {
+                    LinkAttribute::Link(peer) if elsewhere => Some(*peer),
+                    _ => None,
+                })
+        }
+        _ => None,
+    }))
 }
 
 /// The union of the networks of `namespaces`.
@@ -68,6 +103,7 @@ pub fn of_namespaces(namespaces: &[PathBuf]) -> io::Result<ScopeNetwork> {
     for namespace in namespaces {
         let found = of_netns(namespace)?;
         network.addresses.extend(found.addresses);
+        network.host_interface = network.host_interface.or(found.host_interface);
         for gateway in found.gateways {
             if !network
                 .gateways

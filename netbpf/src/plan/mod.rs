@@ -150,8 +150,9 @@ pub struct Plan {
     pub aliased_addrs: BTreeSet<AliasedAddr>,
     /// Where connections for a host service arrive -> the service's index.
     pub services: BTreeMap<ServiceKey, u32>,
-    /// The container addresses granted each service.
-    pub grants: BTreeSet<GrantKey>,
+    /// The container addresses granted each service -> the host-side
+    /// interface their packets must arrive through (0: any).
+    pub grants: BTreeMap<GrantKey, u32>,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
     pub binds: BTreeMap<ScopePort, BindTarget>,
 }
@@ -366,7 +367,8 @@ impl Plan {
         );
         for source in &grant.sources {
             let (addr, family) = target_words(*source);
-            self.grants.insert(GrantKey::new(service, addr, family));
+            self.grants
+                .insert(GrantKey::new(service, addr, family), grant.via.unwrap_or(0));
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct Grant {
     /// The container's own addresses of the dialed family: only
     /// connections from them reach the service.
     pub sources: Vec<IpAddr>,
+    /// The host-side interface the container's packets arrive through;
+    /// packets from `sources` through any other are forged.
+    pub via: Option<u32>,
 }
 
 /// What the host knows of a scope's network.
@@ -44,6 +47,9 @@ pub struct ScopeNetwork {
     pub gateways: Vec<IpAddr>,
     /// Its global addresses.
     pub addresses: Vec<IpAddr>,
+    /// The node-side peer (an interface index in the node's namespace) of
+    /// the veth its default route leaves through.
+    pub host_interface: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +265,7 @@ pub(super) fn resolve_grant(
         dial: def.dial,
         gateway,
         sources,
+        via: network.host_interface,
     })
 }
 

@@ -11,6 +11,7 @@ impl Facts for FakeFacts {
             node: false,
             gateways: vec!["10.210.1.1".parse().unwrap(), "fd21::1".parse().unwrap()],
             addresses: vec!["10.210.1.2".parse().unwrap(), "fd21::2".parse().unwrap()],
+            host_interface: Some(7),
         })
     }
 
@@ -424,6 +425,11 @@ fn accepts_host_services_and_finds_gateways() {
         "found from the scope's default route"
     );
     assert_eq!(gpu.sources, vec!["10.210.1.2".parse::<IpAddr>().unwrap()]);
+    assert_eq!(
+        gpu.via,
+        Some(7),
+        "bound to the container's host-side interface"
+    );
     assert_eq!((db.service, db.gateway), (1, "fd21::99".parse().unwrap()));
 }
 
