@@ -156,6 +156,17 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
         status["scopes"][0]["forwards"][0]["connects"], 1,
         "{status}"
     );
+
+    // More of the project, for a sample of the delay from a cgroup to its
+    // scope in the maps.
+    for worker in 2..=21 {
+        node.run(&format!("llamasketch-worker-{worker}"), &[project]);
+    }
+    let status = agent
+        .wait_for_status(Duration::from_secs(20), |status| {
+            applied(status).len() == 22
+        })
+        .unwrap();
     eprintln!(
         "delay from a container's cgroup to its scope in the maps: p50 {} us, p99 {} us over {} cgroups",
         status["discovery"]["delay_p50_us"],
@@ -163,10 +174,38 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
         status["discovery"]["delays_measured"]
     );
 
-    // Removed: nothing of them stays.
+    // Restarted: a new cgroup, and no new create event; the container
+    // keeps its scope, with a new key.
+    let before = status["scopes"][0]["cgroup_id"].clone();
     node.daemon
-        .docker(&["rm", "--force", "llamasketch-app-1", "llamasketch-worker-1"])
+        .docker(&["restart", "--time", "0", "llamasketch-app-1"])
         .unwrap();
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| {
+            status["scopes"].as_array().unwrap().iter().any(|scope| {
+                scope["name"] == "app/llamasketch-app-1" && scope["cgroup_id"] != before
+            })
+        })
+        .unwrap();
+    assert_eq!(applied(&status).len(), 22, "{status}");
+    assert_eq!(
+        node.get("llamasketch-app-1", "127.0.0.1", 8082),
+        "published"
+    );
+
+    // Removed: nothing of them stays.
+    let project_ids = node
+        .daemon
+        .docker(&[
+            "ps",
+            "--quiet",
+            "--filter",
+            "label=com.docker.compose.project",
+        ])
+        .unwrap();
+    let mut remove = vec!["rm", "--force"];
+    remove.extend(project_ids.split_whitespace());
+    node.daemon.docker(&remove).unwrap();
     agent
         .wait_for_status(Duration::from_secs(10), |status| {
             status["scopes"].as_array().is_some_and(Vec::is_empty)
