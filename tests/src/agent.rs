@@ -37,6 +37,23 @@ pub fn netbpf_binary() -> PathBuf {
     binary
 }
 
+/// The next version of the `netbpf` binary (a new map layout), which
+/// `cargo xtask test` builds beside it: `$NETBPF_NEXT_BIN`, else
+/// `target/<profile>/netbpf-next`.
+#[must_use]
+pub fn netbpf_next_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NETBPF_NEXT_BIN") {
+        return PathBuf::from(path);
+    }
+    let binary = netbpf_binary().with_file_name("netbpf-next");
+    assert!(
+        binary.is_file(),
+        "the next version of netbpf is not built at {}: run the tests with `cargo xtask test`, which builds it",
+        binary.display()
+    );
+    binary
+}
+
 /// A running `netbpf run`.
 pub struct NetbpfRun {
     process: Process,

@@ -65,9 +65,15 @@ impl AgentSetup {
 
     /// Starts the agent, its log and run directory in `WORK/round`.
     pub fn start(&self, round: &str) -> anyhow::Result<NetbpfRun> {
+        self.start_binary(round, &netbpf_binary())
+    }
+
+    /// Starts the agent `binary` (another version of netbpf), its log and
+    /// run directory in `WORK/round`.
+    pub fn start_binary(&self, round: &str, binary: &Path) -> anyhow::Result<NetbpfRun> {
         let work = self.work.join(round);
         std::fs::create_dir_all(&work)?;
-        NetbpfRun::start_agent(&netbpf_binary(), &self.config, &work)
+        NetbpfRun::start_agent(binary, &self.config, &work)
     }
 
     /// `netbpf uninstall` of this setup (the agent must be stopped).

@@ -20,7 +20,7 @@ mod site;
 mod topology;
 
 pub use self::{
-    agent::{NetbpfRun, netbpf_binary},
+    agent::{NetbpfRun, netbpf_binary, netbpf_next_binary},
     agent_setup::AgentSetup,
     cgroup::Cgroup,
     docker::DockerDaemon,

@@ -1,14 +1,16 @@
 //! The datapath outlives the agent: a client opens connections through a
 //! forward in a tight loop while the agent is killed (SIGKILL), started
-//! again, stopped (SIGTERM) and started again. Not one connection fails,
-//! the counters continue, and each program stays attached once.
+//! again, stopped (SIGTERM) and replaced by its next version (a new map
+//! layout, migrated). Not one connection fails, the counters continue, and
+//! each program stays attached once.
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{collections::BTreeSet, path::Path, time::Duration};
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, require_root, run_checked,
+    AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, netbpf_binary,
+    netbpf_next_binary, require_root, run_checked,
 };
 use nix::sys::signal::Signal;
 
@@ -113,8 +115,25 @@ fn socket_programs(agent: &NetbpfRun) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The older version of netbpf refuses the newer map layout, naming it,
+/// and changes nothing.
+fn assert_older_version_refuses(setup: &AgentSetup, topology: &DesktopTopology) {
+    let refused = Command::new(netbpf_binary())
+        .args(["agent", "--config"])
+        .arg(&setup.config)
+        .arg("--run-dir")
+        .arg(topology.file("downgrade-run"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("pinned by a newer netbpf"),
+        "{said}"
+    );
+}
+
 #[test]
-fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connection() {
+fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     require_root();
     let topology = DesktopTopology::new().unwrap();
     let _server = topology
@@ -152,10 +171,18 @@ fn the_datapath_outlives_the_agent_killed_and_restarted_without_a_failed_connect
     let mut agent = start("second");
     std::thread::sleep(Duration::from_secs(1));
 
-    // Stopped as a service manager stops it: the datapath stays too.
+    // Stopped as a service manager stops it, and upgraded: the next
+    // version of netbpf (a new map layout) migrates the maps and replaces
+    // the programs in their links.
     assert!(agent.signal(Signal::SIGTERM).unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
-    let agent = start("third");
+    let agent = setup
+        .start_binary("third", &netbpf_next_binary())
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(agent.status_json().unwrap()["map_layout"], 2);
+    assert!(setup.pin_dir.join("maps-v2").is_dir() && !setup.pin_dir.join("maps-v1").exists());
+
+    assert_older_version_refuses(&setup, &topology);
 
     let (ok, failed, said) = client_result(&mut client);
     eprintln!("client: {ok} connections, {failed} failed");

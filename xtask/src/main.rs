@@ -54,6 +54,28 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Builds the `netbpf` binary as its next version (a new map layout) would
+/// be, as `target/debug/netbpf-next`, for the upgrade test; returns its
+/// path. Call before [`build`], which writes the same output file.
+fn build_next(workspace: &Path) -> anyhow::Result<PathBuf> {
+    setup::build_toolchain(workspace)?;
+    cmd::cargo(
+        workspace,
+        &[
+            "build",
+            "--package",
+            "netbpf",
+            "--bin",
+            "netbpf",
+            "--features",
+            "next-layout",
+        ],
+    )?;
+    let next = workspace.join("target/debug/netbpf-next");
+    std::fs::copy(workspace.join("target/debug/netbpf"), &next)?;
+    Ok(next)
+}
+
 /// Sets up what a build needs and builds the `netbpf` binary; returns its
 /// path.
 fn build(workspace: &Path) -> anyhow::Result<PathBuf> {

@@ -4,11 +4,12 @@
 
 use std::{path::Path, process::Command};
 
-use crate::{build, cmd, setup};
+use crate::{build, build_next, cmd, setup};
 
 pub fn test(workspace: &Path) -> anyhow::Result<()> {
     cmd::require_root("cargo xtask test")?;
     setup::test_environment()?;
+    let next = build_next(workspace)?;
     let netbpf = build(workspace)?;
     cmd::cargo(workspace, &["fmt", "--all", "--", "--check"])?;
     cmd::cargo(
@@ -20,7 +21,8 @@ pub fn test(workspace: &Path) -> anyhow::Result<()> {
         Command::new(env!("CARGO"))
             .args(["test", "--workspace", "--exclude", "netbpf-ebpf"])
             .current_dir(workspace)
-            .env("NETBPF_BIN", netbpf),
+            .env("NETBPF_BIN", netbpf)
+            .env("NETBPF_NEXT_BIN", next),
     )
 }
 

@@ -278,6 +278,7 @@ impl Agent {
         })?;
         agent.datapath.prune_links("cgroup-");
         agent.apply_host_features(true)?;
+        agent.datapath.finish_migration();
         Ok(agent)
     }
 

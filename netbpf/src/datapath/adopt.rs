@@ -52,7 +52,7 @@ impl Datapath {
             let fd = program
                 .fd()
                 .map_err(|error| link_error(std::io::Error::other(error.to_string())))?;
-            super::pins::link_update(link.as_fd(), fd.as_fd()).map_err(link_error)?;
+            super::sys::link_update(link.as_fd(), fd.as_fd()).map_err(link_error)?;
             tracing::info!(program = name, link = %link_name, "adopted the pinned link: its program replaced");
         } else {
             attach(program)?
@@ -85,7 +85,7 @@ impl Datapath {
             return;
         };
         if let Ok(Some(link)) = pins.open_link(name) {
-            let _ = super::pins::link_detach(link.as_fd());
+            let _ = super::sys::link_detach(link.as_fd());
         }
         let _ = std::fs::remove_file(pins.link(name));
         self.claimed_links.retain(|claimed| claimed != name);
@@ -164,7 +164,9 @@ impl Datapath {
     }
 
     /// The pinned map of counter slots, made the first time.
-    fn rule_slots(&self) -> Result<Option<HashMap<MapData, RuleSlotKey, u32>>, DatapathError> {
+    pub(super) fn rule_slots(
+        &self,
+    ) -> Result<Option<HashMap<MapData, RuleSlotKey, u32>>, DatapathError> {
         let Some(pins) = &self.pins else {
             return Ok(None);
         };

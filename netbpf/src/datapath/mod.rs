@@ -8,12 +8,14 @@
 mod adopt;
 mod counters;
 mod host_services;
+pub mod migrate;
 mod mss;
 pub mod pins;
 mod sockets;
+mod sys;
 mod tc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -79,6 +81,12 @@ pub enum DatapathError {
     Cpus(#[source] std::io::Error),
     #[error("the pinned datapath")]
     Pins(#[from] pins::PinError),
+    #[error("migrating the maps pinned in {}", from.display())]
+    Migrate {
+        from: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("pinning or adopting the link of program {name}")]
     Link {
         name: String,
@@ -139,6 +147,9 @@ pub struct Datapath {
     pins: Option<Pins>,
     /// The pinned links this datapath uses (others are stale).
     claimed_links: Vec<String>,
+    /// The maps of an older layout this datapath was migrated from, in
+    /// use by the old programs until the links run the new ones.
+    older_layout: Option<PathBuf>,
 }
 
 /// The capacity of each map the policy fills, as its setting says.
@@ -172,8 +183,9 @@ impl Datapath {
             loader.map_max_entries(name, size);
         }
         let pin_paths;
+        let mut older_layout = None;
         if let Some(pins) = pins {
-            pins.prepare()?;
+            older_layout = pins.prepare()?;
             pin_paths = pinned_maps(pins, capacity)?;
             for (name, path) in &pin_paths {
                 loader.map_pin_path(name, path.as_path());
@@ -182,12 +194,19 @@ impl Datapath {
         let ebpf = loader
             .load(PROGRAMS_OBJECT)
             .map_err(|error| DatapathError::Object(Box::new(error)))?;
+
         let mut datapath = Self {
             ebpf,
             programs: Vec::new(),
             pins: pins.cloned(),
             claimed_links: Vec::new(),
+            older_layout,
         };
+        if let (Some(pins), Some(older)) = (pins, &datapath.older_layout) {
+            // The agent's own map first, so that its slots move too.
+            datapath.rule_slots()?;
+            migrate_from(older, &pins.maps_dir())?;
+        }
         datapath.load_programs(optional)?;
         Ok(datapath)
     }
@@ -234,6 +253,26 @@ impl Datapath {
         Ok(())
     }
 
+    /// Unpins the maps of the older layout this datapath was migrated
+    /// from: call once every link runs the new programs.
+    pub fn finish_migration(&mut self) {
+        if let Some(older) = self.older_layout.take() {
+            let maps = self.pins.as_ref().map(Pins::maps_dir).unwrap_or_default();
+            match migrate::add_counters(&older, &maps) {
+                Ok(added) => tracing::info!(?added, "counters migrated"),
+                Err(error) => tracing::warn!(%error, "counters not migrated: they start from zero"),
+            }
+            match std::fs::remove_dir_all(&older) {
+                Ok(()) => {
+                    tracing::info!(from = %older.display(), "migrated to map layout {}", netbpf_common::MAP_LAYOUT);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, dir = %older.display(), "removing the maps of the older layout");
+                }
+            }
+        }
+    }
+
     /// Where the datapath is pinned, if it is.
     #[must_use]
     pub fn pins(&self) -> Option<&Pins> {
@@ -266,6 +305,27 @@ impl Datapath {
             .ok_or(DatapathError::MissingMap(name))?;
         T::try_from(map).map_err(map_error(name))
     }
+}
+
+/// Copies what can be copied of the maps pinned in `older` (an older
+/// layout) into this netbpf's, and says what could not.
+fn migrate_from(older: &Path, maps: &Path) -> Result<(), DatapathError> {
+    let moved = migrate::copy_maps(older, maps).map_err(|source| DatapathError::Migrate {
+        from: older.to_owned(),
+        source,
+    })?;
+    for (map, moved) in moved {
+        match moved {
+            migrate::Moved::Copied(entries) => {
+                tracing::info!(map, entries, from = %older.display(), "map migrated");
+            }
+            migrate::Moved::Later => {}
+            migrate::Moved::Left(why) => {
+                tracing::warn!(map, why, "map not migrated: filled anew");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Each map of the object and where it is pinned, after checking that a

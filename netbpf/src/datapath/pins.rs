@@ -12,16 +12,14 @@
 //! capacity against its own before using it.
 
 use std::{
-    ffi::CString,
     fs, io,
-    os::{
-        fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    },
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
 use aya::maps::MapInfo;
+
+use super::sys::{link_detach, obj_get};
 use netbpf_common::MAP_LAYOUT;
 
 /// The pinned datapath's directory.
@@ -86,16 +84,16 @@ impl Pins {
         self.dir.join("links").join(name)
     }
 
-    /// Makes the directories, and refuses maps of another layout.
-    pub fn prepare(&self) -> Result<(), PinError> {
+    /// Makes the directories. Returns the directory of maps of an older
+    /// layout to migrate from, if there is one; refuses maps of a newer
+    /// layout (and of more than one older).
+    pub fn prepare(&self) -> Result<Option<PathBuf>, PinError> {
         let syscall = |call, path: &Path| {
             let path = path.display().to_string();
             move |source| PinError::Syscall { call, path, source }
         };
-        for dir in [self.maps_dir(), self.dir.join("links")] {
-            fs::create_dir_all(&dir).map_err(syscall("mkdir", &dir))?;
-        }
-        for entry in fs::read_dir(&self.dir).map_err(syscall("listing", &self.dir))? {
+        let mut older = None;
+        for entry in fs::read_dir(&self.dir).into_iter().flatten() {
             let entry = entry.map_err(syscall("listing", &self.dir))?;
             let name = entry.file_name();
             let Some(found) = name
@@ -105,20 +103,30 @@ impl Pins {
             else {
                 continue;
             };
-            if found != MAP_LAYOUT {
-                return Err(PinError::OtherLayout {
-                    dir: self.dir.display().to_string(),
-                    found,
-                    found_dir: entry.path().display().to_string(),
-                    advice: if found > MAP_LAYOUT {
-                        "it was pinned by a newer netbpf; run that one, or remove the datapath with `netbpf uninstall`"
-                    } else {
-                        "this netbpf cannot migrate it; remove the datapath with `netbpf uninstall` (its containers lose their rules until the agent starts again)"
-                    },
-                });
+            let refuse = |advice| PinError::OtherLayout {
+                dir: self.dir.display().to_string(),
+                found,
+                found_dir: entry.path().display().to_string(),
+                advice,
+            };
+            if found > MAP_LAYOUT {
+                return Err(refuse(
+                    "it was pinned by a newer netbpf; run that one, or remove the datapath with `netbpf uninstall`",
+                ));
+            }
+            if found < MAP_LAYOUT {
+                if older.is_some() {
+                    return Err(refuse(
+                        "maps of more than one older layout are pinned there; remove the datapath with `netbpf uninstall`",
+                    ));
+                }
+                older = Some(entry.path());
             }
         }
-        Ok(())
+        for dir in [self.maps_dir(), self.dir.join("links")] {
+            fs::create_dir_all(&dir).map_err(syscall("mkdir", &dir))?;
+        }
+        Ok(older)
     }
 
     /// Checks that the map pinned for `name`, if any, is `expected`.
@@ -189,83 +197,4 @@ impl Pins {
             source,
         })
     }
-}
-
-/// `BPF_OBJ_GET`: a descriptor of the object pinned at `path`.
-fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    #[repr(C)]
-    struct ObjGet {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let path = CString::new(path.as_os_str().as_bytes())?;
-    let attr = ObjGet {
-        pathname: path.as_ptr() as u64,
-        bpf_fd: 0,
-        file_flags: 0,
-    };
-    let fd = bpf(BPF_OBJ_GET, &attr)?;
-    // SAFETY: the kernel returned a new descriptor that nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `BPF_LINK_UPDATE`: makes `link` run `program` in place of its
-/// program, atomically: no event meets the link without a program.
-pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
-    #[repr(C)]
-    struct LinkUpdate {
-        link_fd: u32,
-        new_prog_fd: u32,
-        flags: u32,
-        old_prog_fd: u32,
-    }
-    let attr = LinkUpdate {
-        link_fd: fd_number(link)?,
-        new_prog_fd: fd_number(program)?,
-        flags: 0,
-        old_prog_fd: 0,
-    };
-    bpf(BPF_LINK_UPDATE, &attr).map(drop)
-}
-
-/// `BPF_LINK_DETACH`: detaches `link` from its target, whoever holds it.
-pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
-    #[repr(C)]
-    struct LinkDetach {
-        link_fd: u32,
-    }
-    bpf(
-        BPF_LINK_DETACH,
-        &LinkDetach {
-            link_fd: fd_number(link)?,
-        },
-    )
-    .map(drop)
-}
-
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_LINK_UPDATE: libc::c_long = 29;
-const BPF_LINK_DETACH: libc::c_long = 34;
-
-fn fd_number(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    u32::try_from(fd.as_raw_fd()).map_err(io::Error::other)
-}
-
-/// The `bpf(2)` system call with `attr`, whose size the kernel is told.
-fn bpf<T>(command: libc::c_long, attr: &T) -> io::Result<i32> {
-    // SAFETY: `attr` is a repr(C) prefix of `union bpf_attr` for `command`,
-    // valid for reads of its size for the duration of the call.
-    let result = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            std::ptr::from_ref(attr),
-            std::mem::size_of::<T>(),
-        )
-    };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    i32::try_from(result).map_err(io::Error::other)
 }
