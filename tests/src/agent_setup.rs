@@ -10,6 +10,19 @@ use std::{
 
 use crate::{NetbpfRun, netbpf_binary, unique_name};
 
+/// What a test's agent follows beyond the cgroup tree, and where its node
+/// is.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AgentOptions<'a> {
+    /// A Docker daemon's Engine API socket.
+    pub docker: Option<&'a Path>,
+    /// A containerd's state directory.
+    pub containerd: Option<&'a Path>,
+    /// The node's network namespace (a test's own): where the agent
+    /// attaches its tc and `sk_lookup` programs.
+    pub netns: Option<&'a Path>,
+}
+
 /// The configuration, policy and pins of one test's agent.
 pub struct AgentSetup {
     pub config: PathBuf,
@@ -20,15 +33,8 @@ pub struct AgentSetup {
 
 impl AgentSetup {
     /// An agent attached at `cgroup_root`, its files in `work`, following
-    /// the Docker daemon at `docker` if any (and no other runtime), with
-    /// `netns` as the node's network namespace if given (a test's own: the
-    /// agent attaches its tc and `sk_lookup` programs there).
-    pub fn new(
-        work: &Path,
-        cgroup_root: &Path,
-        docker: Option<&Path>,
-        netns: Option<&Path>,
-    ) -> anyhow::Result<Self> {
+    /// the runtimes `options` names (and no other).
+    pub fn new(work: &Path, cgroup_root: &Path, options: AgentOptions<'_>) -> anyhow::Result<Self> {
         let policy_dir = work.join("policy.d");
         std::fs::create_dir_all(&policy_dir)?;
         let setup = Self {
@@ -41,17 +47,16 @@ impl AgentSetup {
             &setup.config,
             format!(
                 "policy_dir = \"{}\"\npin_dir = \"{}\"\ncgroup_root = \"{}\"\n{}\
-                 [runtimes]\ndocker = \"{}\"\npodman = \"\"\n",
+                 [runtimes]\ndocker = \"{}\"\npodman = \"\"\ncontainerd = \"{}\"\n",
                 setup.policy_dir.display(),
                 setup.pin_dir.display(),
                 cgroup_root.display(),
-                netns
+                options
+                    .netns
                     .map(|netns| format!("netns = \"{}\"\n", netns.display()))
                     .unwrap_or_default(),
-                docker
-                    .map(Path::display)
-                    .map(|path| path.to_string())
-                    .unwrap_or_default(),
+                text(options.docker),
+                text(options.containerd),
             ),
         )?;
         Ok(setup)
@@ -92,4 +97,10 @@ impl Drop for AgentSetup {
         let _ = self.uninstall();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }
+}
+
+/// A path for the configuration, or "" (off).
+fn text(path: Option<&Path>) -> String {
+    path.map(|path| path.display().to_string())
+        .unwrap_or_default()
 }

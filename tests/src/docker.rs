@@ -136,18 +136,9 @@ impl Drop for DockerDaemon {
         if let Some(mut daemon) = self.daemon.take() {
             let _ = daemon.stop(Signal::SIGTERM, Duration::from_secs(20));
         }
-        // Whatever it left mounted below its directory (network namespace
-        // files, layers) goes before the directory does.
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = mountinfo
-            .lines()
-            .filter_map(|line| line.split_whitespace().nth(4))
-            .filter(|point| Path::new(point).starts_with(&self.dir))
-            .collect();
-        mounts.sort_unstable_by_key(|point| std::cmp::Reverse(point.len()));
-        for point in mounts {
-            let _ = Command::new("umount").args(["-l", point]).status();
-        }
+        // Whatever it left mounted below its directory goes before the
+        // directory does.
+        crate::unmount_below(&self.dir);
     }
 }
 

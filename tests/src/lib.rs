@@ -10,6 +10,7 @@
 mod agent;
 mod agent_setup;
 mod cgroup;
+mod containerd;
 mod docker;
 mod images;
 mod netns;
@@ -21,8 +22,9 @@ mod topology;
 
 pub use self::{
     agent::{NetbpfRun, netbpf_binary, netbpf_next_binary},
-    agent_setup::AgentSetup,
+    agent_setup::{AgentOptions, AgentSetup},
     cgroup::Cgroup,
+    containerd::Containerd,
     docker::DockerDaemon,
     images::{busybox_rootfs, ensure_podman_image},
     netns::Netns,
@@ -50,6 +52,23 @@ pub fn unique_name(prefix: &str) -> String {
         "{name} is longer than an interface name may be"
     );
     name
+}
+
+/// Unmounts, lazily and deepest first, whatever is mounted below `dir`
+/// (what a container runtime of a test left: layers, namespace files).
+pub(crate) fn unmount_below(dir: &std::path::Path) {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(4))
+        .filter(|point| std::path::Path::new(point).starts_with(dir))
+        .collect();
+    mounts.sort_unstable_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in mounts {
+        let _ = std::process::Command::new("umount")
+            .args(["-l", point])
+            .status();
+    }
 }
 
 /// Fails with a clear message unless this process may do what the

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use netbpf_testenv::{AgentSetup, BRIDGE_V4, DesktopTopology, Place, require_root};
+use netbpf_testenv::{AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, Place, require_root};
 
 /// A policy forwarding the desktop's localhost:8082 to `port` on the
 /// bridge.
@@ -50,7 +50,12 @@ fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
     let _second = topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9002, "second")
         .unwrap();
-    let setup = AgentSetup::new(topology.work.path(), topology.root.path(), None, None).unwrap();
+    let setup = AgentSetup::new(
+        topology.work.path(),
+        topology.root.path(),
+        AgentOptions::default(),
+    )
+    .unwrap();
     setup
         .policy("desktop.toml", &forward_to(&topology, 9001))
         .unwrap();

@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    AgentSetup, Cgroup, DockerDaemon, NetbpfRun, Process, Site, require_root, unique_name,
+    AgentOptions, AgentSetup, Cgroup, Containerd, DockerDaemon, NetbpfRun, Process, Site,
+    require_root, unique_name,
 };
 
 const IMAGE: &str = "localhost/netbpf-test-busybox:1";
@@ -67,8 +68,10 @@ impl DockerNode {
         let setup = AgentSetup::new(
             self.work.path(),
             self.root.path(),
-            Some(self.daemon.socket()),
-            None,
+            AgentOptions {
+                docker: Some(self.daemon.socket()),
+                ..AgentOptions::default()
+            },
         )
         .unwrap();
         setup.policy("50-test.toml", policy).unwrap();
@@ -211,5 +214,95 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
             status["scopes"].as_array().is_some_and(Vec::is_empty)
         })
         .unwrap();
+    assert!(agent.stop().unwrap().success());
+}
+
+/// A containerd of the test's own, and a service in its network namespace
+/// (which `--net-host` containers share).
+#[test]
+fn containerd_containers_get_their_scope_from_their_bundle() {
+    require_root();
+    let root = Cgroup::new_test_root(&unique_name("nbc")).unwrap();
+    let tasks = root.child("containerd").unwrap();
+    let helpers = root.child("helpers").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("netbpf-containerd-")
+        .tempdir()
+        .unwrap();
+    let containerd = Containerd::start(&helpers, &work.path().join("containerd"))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let image = "localhost/netbpf-test-busybox:3";
+    containerd.import_podman_image(image).unwrap();
+    containerd
+        .netns()
+        .ip(&["addr", "add", "10.204.0.1/32", "dev", "lo"])
+        .unwrap();
+    let _service = Site {
+        cgroup: &helpers,
+        netns: containerd.netns(),
+    }
+    .start_http_server(work.path(), "10.204.0.1", 8082, "published")
+    .unwrap();
+    let setup = AgentSetup::new(
+        work.path(),
+        root.path(),
+        AgentOptions {
+            containerd: Some(containerd.state()),
+            ..AgentOptions::default()
+        },
+    )
+    .unwrap();
+    setup
+        .policy(
+            "front.toml",
+            "version = 1\n[[scope]]\nname = \"front\"\nmatch = { label = { tier = \"front\" } }\n\
+             forward = [{ from = \"localhost:8082\", to = \"10.204.0.1:8082\" }]\n",
+        )
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+
+    // A task id as the CRI makes them, labelled as `ctr run --label` does.
+    let id = format!(
+        "{:0>64}",
+        format!("{:x}{:x}", std::process::id(), 0x00c0_ffee)
+    );
+    let cgroup = format!("{}/{id}", tasks.runtime_parent().unwrap());
+    containerd
+        .ctr(&[
+            "run",
+            "--detach",
+            "--net-host",
+            "--cgroup",
+            &cgroup,
+            "--label",
+            "tier=front",
+            image,
+            &id,
+            "sleep",
+            "600",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| applied(status).len() == 1)
+        .unwrap();
+    assert_eq!(applied(&status), [format!("front/{id}")], "{status}");
+    let answer = containerd
+        .ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "probe",
+            &id,
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 8082",
+        ])
+        .unwrap();
+    assert_eq!(
+        answer.lines().last().unwrap_or_default().trim(),
+        "published"
+    );
     assert!(agent.stop().unwrap().success());
 }

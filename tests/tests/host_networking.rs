@@ -10,11 +10,11 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    AgentSetup, Cgroup, NetbpfRun, Netns, Process, Site, Spawn, ensure_podman_image, netbpf_binary,
-    require_root, run_checked, unique_name,
+    AgentOptions, AgentSetup, Cgroup, NetbpfRun, Netns, Process, Site, Spawn, ensure_podman_image,
+    netbpf_binary, require_root, run_checked, unique_name,
 };
 
-const IMAGE: &str = "localhost/netbpf-test-busybox:2";
+const IMAGE: &str = "localhost/netbpf-test-busybox:3";
 const INSTANCES: [(&str, u16); 3] = [("one", 7041), ("two", 7042), ("three", 7043)];
 
 /// Podman containers started by a test, removed when dropped.
@@ -374,7 +374,12 @@ fn a_remap_never_gives_an_unprivileged_process_a_privileged_port() {
 fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
     let mut hosts = Hosts::new();
     let hooked = hosts.root.child("hooked").unwrap();
-    let setup = AgentSetup::new(hosts.work.path(), hosts.root.path(), None, None).unwrap();
+    let setup = AgentSetup::new(
+        hosts.work.path(),
+        hosts.root.path(),
+        AgentOptions::default(),
+    )
+    .unwrap();
     setup
         .policy(
             "onetime.toml",

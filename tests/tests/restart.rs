@@ -9,7 +9,7 @@
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, netbpf_binary,
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, netbpf_binary,
     netbpf_next_binary, require_root, run_checked,
 };
 use nix::sys::signal::Signal;
@@ -67,11 +67,14 @@ print(ok, failed, first)
 /// on the bridge (whose egress every connection's SYN-ACK crosses), for an
 /// agent whose node is the docker host's namespace.
 fn pinned_agent(topology: &DesktopTopology) -> AgentSetup {
+    let netns = topology.host_ns.path();
     let setup = AgentSetup::new(
         topology.work.path(),
         topology.root.path(),
-        None,
-        Some(&topology.host_ns.path()),
+        AgentOptions {
+            netns: Some(&netns),
+            ..AgentOptions::default()
+        },
     )
     .unwrap();
     setup

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use netbpf_testenv::{AgentSetup, Cgroup, DockerDaemon, Site, unique_name};
+use netbpf_testenv::{AgentOptions, AgentSetup, Cgroup, DockerDaemon, Site, unique_name};
 
 use crate::{build, cmd, setup};
 
@@ -54,7 +54,14 @@ pub fn demo(workspace: &Path) -> anyhow::Result<()> {
         "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ container = \"desktop-*\" }}\n\
          forward = [{{ from = \"localhost:8082\", to = \"{GATEWAY}:8082\" }}]\n"
     );
-    let setup = AgentSetup::new(work.path(), root.path(), Some(docker.socket()), None)?;
+    let setup = AgentSetup::new(
+        work.path(),
+        root.path(),
+        AgentOptions {
+            docker: Some(docker.socket()),
+            ..AgentOptions::default()
+        },
+    )?;
     setup.policy("desktop.toml", &policy)?;
     step("The policy (policy.d/desktop.toml): containers by name");
     print!("{policy}");

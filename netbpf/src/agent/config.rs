@@ -53,6 +53,9 @@ pub struct Runtimes {
     /// Podman's API service (`podman system service`). Default
     /// `/run/podman/podman.sock`.
     pub podman: PathBuf,
+    /// containerd's state directory, where it writes each task's OCI
+    /// bundle (CRI names and pods, labels). Default `/run/containerd`.
+    pub containerd: PathBuf,
 }
 
 impl Default for Runtimes {
@@ -60,6 +63,7 @@ impl Default for Runtimes {
         Self {
             docker: PathBuf::from("/run/docker.sock"),
             podman: PathBuf::from("/run/podman/podman.sock"),
+            containerd: PathBuf::from("/run/containerd"),
         }
     }
 }

@@ -42,8 +42,9 @@ use self::{
 };
 use crate::{
     containers::{
-        Container, Workload,
+        Container, Runtime, Workload,
         cgroup_watch::{CgroupEvent, CgroupWatcher},
+        containerd,
         engine::{self, EngineEvent},
         layout,
         oci::State,
@@ -138,10 +139,13 @@ pub struct Agent {
     policy_watch: Option<PolicyWatch>,
     /// What the runtimes' APIs and hooks say of their containers, by id.
     described: HashMap<String, Container>,
-    /// The ids described by an OCI hook only: forgotten with their cgroup
-    /// (the hook runs again for a new one), where an API says when a
-    /// container goes.
+    /// The ids described by an OCI hook or a containerd bundle only:
+    /// forgotten with their cgroup (described again for a new one), where
+    /// an API says when a container goes.
     hooked: std::collections::HashSet<String>,
+    /// containerd's state directory, where its tasks' bundles are; empty:
+    /// not looked at.
+    containerd_state: PathBuf,
     runtime_events: tokio::sync::mpsc::Receiver<EngineEvent>,
     pub last_reload: Option<LastReload>,
     /// How long after a cgroup appeared its policy was in the maps.
@@ -256,6 +260,7 @@ impl Agent {
             policy_watch,
             described: HashMap::new(),
             hooked: std::collections::HashSet::new(),
+            containerd_state: runtimes.containerd.clone(),
             runtime_events,
             last_reload: None,
             delays: Delays::default(),
@@ -456,6 +461,20 @@ impl Agent {
         });
         if let Some(container) = &container {
             tracing::info!(cgroup = %path.display(), id = %container.id, "container found");
+            // containerd wrote the container's bundle before its cgroup:
+            // its names and labels are there.
+            let by_containerd = matches!(
+                container.runtime,
+                None | Some(Runtime::Containerd | Runtime::CriO)
+            );
+            if by_containerd
+                && !self.described.contains_key(&container.id)
+                && !self.containerd_state.as_os_str().is_empty()
+                && let Some(described) = containerd::describe(&self.containerd_state, &container.id)
+            {
+                self.hooked.insert(described.id.clone());
+                self.described.insert(described.id.clone(), described);
+            }
         }
         self.workloads.insert(
             path.clone(),

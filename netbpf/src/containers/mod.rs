@@ -4,6 +4,7 @@
 //! are containers, with their names, labels and pods.
 
 pub mod cgroup_watch;
+pub mod containerd;
 pub mod engine;
 pub mod layout;
 pub mod oci;

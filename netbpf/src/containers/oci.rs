@@ -48,21 +48,10 @@ impl State {
     /// userdata` beside `containers.json`.
     #[must_use]
     pub fn container(&self) -> Container {
-        let annotation = |key: &str| self.annotations.get(key).cloned();
-        for (runtime, name, namespace, pod) in CRI_ANNOTATIONS {
-            if let Some(pod_name) = annotation(pod) {
-                return Container {
-                    runtime: Some(runtime),
-                    id: self.id.clone(),
-                    name: annotation(name),
-                    labels: BTreeMap::new(),
-                    pod: Some(format!(
-                        "{}/{pod_name}",
-                        annotation(namespace).unwrap_or_default()
-                    )),
-                };
-            }
+        if let Some(container) = kubernetes(&self.id, &self.annotations) {
+            return container;
         }
+        let annotation = |key: &str| self.annotations.get(key).cloned();
         let podman = annotation("io.container.manager").is_some_and(|manager| manager == "libpod");
         Container {
             runtime: podman.then_some(Runtime::Podman),
@@ -87,6 +76,28 @@ impl State {
                 std::io::Error::other(format!("process {} has no cgroup v2 path", self.pid))
             })
     }
+}
+
+/// The Kubernetes container `annotations` describe (its runtime's CRI
+/// annotations), if they do.
+#[must_use]
+pub fn kubernetes(id: &str, annotations: &BTreeMap<String, String>) -> Option<Container> {
+    let annotation = |key: &str| annotations.get(key).cloned();
+    CRI_ANNOTATIONS
+        .into_iter()
+        .find_map(|(runtime, name, namespace, pod)| {
+            let pod_name = annotation(pod)?;
+            Some(Container {
+                runtime: Some(runtime),
+                id: id.to_owned(),
+                name: annotation(name),
+                labels: BTreeMap::new(),
+                pod: Some(format!(
+                    "{}/{pod_name}",
+                    annotation(namespace).unwrap_or_default()
+                )),
+            })
+        })
 }
 
 /// One entry of Podman's `containers.json`.
