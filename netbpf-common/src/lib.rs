@@ -55,6 +55,9 @@ pub const MAX_BIND_REMAPS: u32 = 16_384;
 pub const MAX_ALIASES: u32 = 16_384;
 /// Capacity of the host service tables, in services.
 pub const MAX_HOST_SERVICES: u32 = 256;
+/// Capacity of the table of where host services are reached, in
+/// (gateway, port) pairs: one per network a service is granted on.
+pub const MAX_SERVICE_ADDRESSES: u32 = 4096;
 /// Capacity of the table of container addresses granted a host service.
 pub const MAX_GRANTS: u32 = 16_384;
 

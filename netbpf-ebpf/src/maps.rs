@@ -8,8 +8,8 @@ use aya_ebpf::{
 use netbpf_common::{
     AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, MAX_ALIASES,
     MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS,
-    MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MssConfig, MssStats,
-    ReverseKey, RuleStats, ScopePort, ServiceKey, ServiceStats, SockAddr,
+    MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
+    MssConfig, MssStats, ReverseKey, RuleStats, ScopePort, ServiceKey, ServiceStats, SockAddr,
 };
 
 /// Flags of the hash maps only userspace writes: their memory follows the
@@ -71,7 +71,7 @@ pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> =
 /// (host-side address, port) a container dials -> the host service there.
 #[map]
 pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
-    HashMap::with_max_entries(MAX_HOST_SERVICES, USER_FILLED);
+    HashMap::with_max_entries(MAX_SERVICE_ADDRESSES, USER_FILLED);
 
 /// (service, container address) allowed to reach the service -> the
 /// host-side interface its packets must arrive through (0: any).

@@ -131,7 +131,7 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
          [[scope]]\nname = \"project\"\nmatch = {{ label = {{ \"com.docker.compose.project\" = \"llamasketch\" }} }}\n\
          forward = [{{ from = \"localhost:9082\", to = \"{PUBLISHED}:8082\" }}]\n"
     );
-    let (_setup, agent) = node.agent(&policy);
+    let (setup, agent) = node.agent(&policy);
     assert!(applied(&agent.status_json().unwrap()).is_empty());
 
     let project = "com.docker.compose.project=llamasketch";
@@ -159,6 +159,24 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
         status["scopes"][0]["forwards"][0]["connects"], 1,
         "{status}"
     );
+
+    // Restarted, the agent knows the containers by name before it touches
+    // the maps: same scope ids, counters going on.
+    assert!(agent.stop().unwrap().success());
+    let agent = setup
+        .start("restarted")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let again = agent.status_json().unwrap();
+    let ids = |status: &serde_json::Value| -> Vec<serde_json::Value> {
+        status["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|scope| scope["id"].clone())
+            .collect()
+    };
+    assert_eq!(ids(&again), ids(&status), "{again}");
+    assert_eq!(again["scopes"][0]["forwards"][0]["connects"], 1, "{again}");
 
     // More of the project, for a sample of the delay from a cgroup to its
     // scope in the maps.

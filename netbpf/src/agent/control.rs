@@ -169,6 +169,9 @@ impl RunDir {
         }
         let listener = StdUnixListener::bind(&socket)
             .with_context(|| format!("listening on {}", socket.display()))?;
+        // Only root may ask: a hook's registration applies policy.
+        fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("restricting {} to its owner", socket.display()))?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             dir: dir.to_owned(),

@@ -117,8 +117,9 @@ pub struct Agent {
     workloads: BTreeMap<PathBuf, Workload>,
     ids: ScopeIds,
     slots: RuleSlots,
-    /// The rules each instance resolved to, until the policy changes.
-    resolved: HashMap<(usize, ScopeKey), Result<policy::Scope, String>>,
+    /// The rules each instance resolved to, until the policy changes or
+    /// the instance does (its name, what its match captured).
+    resolved: HashMap<(usize, ScopeKey, String, policy::Captures), Result<policy::Scope, String>>,
     /// What the maps hold.
     pub plan: Plan,
     /// What became of each scope instance.
@@ -146,6 +147,9 @@ pub struct Agent {
     /// containerd's state directory, where its tasks' bundles are; empty:
     /// not looked at.
     containerd_state: PathBuf,
+    /// Where the containers only hooks and bundles describe are kept, for
+    /// the next agent.
+    described_file: Option<PathBuf>,
     runtime_events: tokio::sync::mpsc::Receiver<EngineEvent>,
     pub last_reload: Option<LastReload>,
     /// How long after a cgroup appeared its policy was in the maps.
@@ -193,12 +197,19 @@ impl Agent {
     ///
     /// With `pins`, the datapath pinned there is adopted (same maps, its
     /// links' programs replaced atomically) or made and pinned there.
+    ///
+    /// `described` is what the runtimes' APIs list now; the containers that
+    /// only hooks and bundles describe are kept in `described_file` across
+    /// restarts. Both are known before the first update of the maps, so a
+    /// restart drops no container's scope.
     pub fn start(
         node: Node,
         source: PolicySource,
         runtimes: &Runtimes,
         capacity: Capacity,
         pins: Option<&Pins>,
+        described: Vec<Container>,
+        described_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
         let policy = source.load()?;
         let datapath = Datapath::load(Optional::for_policy(&policy), &capacity, pins)?;
@@ -258,16 +269,22 @@ impl Agent {
             guard,
             cgroups,
             policy_watch,
-            described: HashMap::new(),
+            described: described
+                .into_iter()
+                .map(|container| (container.id.clone(), container))
+                .collect(),
             hooked: std::collections::HashSet::new(),
+            described_file,
             containerd_state: runtimes.containerd.clone(),
             runtime_events,
             last_reload: None,
             delays: Delays::default(),
         };
+        agent.restore_hooked();
         for (path, id) in present {
             agent.add_workload(path, id);
         }
+        agent.forget_hooked_but_present();
         // The maps are filled before the programs attach, so they act on
         // the whole plan from their first run.
         agent.reconcile()?;
@@ -328,7 +345,7 @@ impl Agent {
                         tracing::warn!(error = format!("{error:#}"), "host services not refreshed");
                     }
                 }
-                _ = retry.tick(), if self.outcomes.iter().any(|outcome| outcome.applied.is_err()) => {
+                _ = retry.tick(), if self.waiting() => {
                     self.resolved.retain(|_, rules| rules.is_ok());
                     self.reconcile_logged();
                 }
@@ -348,6 +365,25 @@ impl Agent {
                 },
             }
         }
+    }
+
+    /// Whether some instance waits: its rules failed (a container whose
+    /// network is not up yet), or its network namespace does not exist yet
+    /// (nothing announces one).
+    fn waiting(&self) -> bool {
+        let netns_scopes = self
+            .policy
+            .scopes
+            .iter()
+            .filter(|def| matches!(def.selector, Selector::Netns(_)))
+            .count();
+        let netns_instances = self
+            .outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome.assignment.key, ScopeKey::Netns(_)))
+            .count();
+        netns_instances < netns_scopes
+            || self.outcomes.iter().any(|outcome| outcome.applied.is_err())
     }
 
     /// How many cgroups the agent follows.
@@ -382,17 +418,25 @@ impl Agent {
                     added = true;
                     self.add_workload(path, id);
                 }
+                // A cgroup made again at the same path since (a restarted
+                // container) is not gone.
+                CgroupEvent::Removed(path) if self.node.mount.join(&path).exists() => {}
                 CgroupEvent::Removed(path) => {
                     let (gone, kept) = std::mem::take(&mut self.workloads)
                         .into_iter()
                         .partition(|(known, _)| known.starts_with(&path));
                     self.workloads = kept;
+                    let mut forgot = false;
                     for workload in gone.into_values() {
                         if let Some(container) = workload.container
                             && self.hooked.remove(&container.id)
                         {
                             self.described.remove(&container.id);
+                            forgot = true;
                         }
+                    }
+                    if forgot {
+                        self.save_hooked();
                     }
                 }
                 CgroupEvent::Resynced(present) => {
@@ -407,6 +451,73 @@ impl Agent {
         self.reconcile_logged();
         if added {
             self.delays.record(seen.elapsed());
+        }
+    }
+
+    /// Takes in what the last agent knew of the containers only hooks and
+    /// bundles describe.
+    fn restore_hooked(&mut self) {
+        let Some(file) = &self.described_file else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return;
+        };
+        match serde_json::from_str::<Vec<Container>>(&text) {
+            Ok(containers) => {
+                for container in containers {
+                    if !self.described.contains_key(&container.id) {
+                        self.hooked.insert(container.id.clone());
+                        self.described.insert(container.id.clone(), container);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, file = %file.display(), "ignoring the containers the last agent kept");
+            }
+        }
+    }
+
+    /// Forgets hook-described containers whose cgroup is gone, and keeps
+    /// the rest for the next agent.
+    fn forget_hooked_but_present(&mut self) {
+        let present: std::collections::HashSet<&str> = self
+            .workloads
+            .values()
+            .filter_map(|workload| Some(workload.container.as_ref()?.id.as_str()))
+            .collect();
+        let gone: Vec<String> = self
+            .hooked
+            .iter()
+            .filter(|id| !present.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.hooked.remove(&id);
+            self.described.remove(&id);
+        }
+        self.save_hooked();
+    }
+
+    /// Writes the hook-described containers for the next agent.
+    fn save_hooked(&self) {
+        let Some(file) = &self.described_file else {
+            return;
+        };
+        let hooked: Vec<&Container> = self
+            .hooked
+            .iter()
+            .filter_map(|id| self.described.get(id))
+            .collect();
+        let written = serde_json::to_vec(&hooked)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let temporary = file.with_extension("tmp");
+                std::fs::write(&temporary, json)?;
+                std::fs::rename(&temporary, file)
+            });
+        if let Err(error) = written {
+            tracing::warn!(%error, file = %file.display(), "keeping the hook-described containers");
         }
     }
 
@@ -555,6 +666,10 @@ impl Agent {
         self.datapath
             .load_programs(Optional::for_policy(&self.policy))?;
         if self.host_services.is_empty() {
+            if self.host_services_attached {
+                self.datapath.detach_host_services();
+                self.host_services_attached = false;
+            }
             self.datapath.prune_links("hostsvc-");
         } else {
             // Attached only where a host service is: it runs for every
@@ -578,6 +693,7 @@ impl Agent {
             }
             self.clamper.prune(&mut self.datapath)?;
             self.apply_guard();
+            self.datapath.prune_links("guard-");
             return Ok(());
         }
         let (socket, interfaces) =
@@ -639,16 +755,22 @@ impl Agent {
                 });
             }
         }
-        assignments
+        let resolved = assignments
             .into_iter()
             .map(|mut assignment| {
                 if let ScopeKey::Cgroup(_) = assignment.key {
                     assignment.place = self.node.mount.join(&assignment.place);
                 }
                 let def = &self.policy.scopes[assignment.scope];
+                let cache_key = (
+                    assignment.scope,
+                    assignment.key,
+                    assignment.instance.clone(),
+                    assignment.captures.clone(),
+                );
                 let rules = self
                     .resolved
-                    .entry((assignment.scope, assignment.key))
+                    .entry(cache_key)
                     .or_insert_with(|| {
                         let facts = InstanceFacts {
                             key: assignment.key,
@@ -665,7 +787,22 @@ impl Agent {
                     .clone();
                 Resolved { assignment, rules }
             })
-            .collect()
+            .collect::<Vec<_>>();
+        // What matches no more (a container gone) leaves the cache.
+        let current: std::collections::HashSet<_> = resolved
+            .iter()
+            .map(|instance| {
+                let assignment = &instance.assignment;
+                (
+                    assignment.scope,
+                    assignment.key,
+                    assignment.instance.clone(),
+                    assignment.captures.clone(),
+                )
+            })
+            .collect();
+        self.resolved.retain(|key, _| current.contains(key));
+        resolved
     }
 
     /// Makes the maps hold the plan of what matches now, logging failures.
@@ -767,11 +904,10 @@ impl Agent {
             scope: None,
             error: Some(error),
         };
-        let path = match state.cgroup() {
-            Ok(path) => path,
+        let full = match state.cgroup() {
+            Ok(path) => self.node.mount.join(path),
             Err(error) => return failed(format!("finding the container's cgroup: {error}")),
         };
-        let full = self.node.mount.join(&path);
         if !full.starts_with(&self.node.cgroup_root) {
             // Below another cgroup root: not this agent's.
             return Registered {
@@ -779,22 +915,40 @@ impl Agent {
                 error: None,
             };
         }
-        let cgroup_id = match std::fs::metadata(&full) {
-            Ok(metadata) => std::os::unix::fs::MetadataExt::ino(&metadata),
-            Err(error) => return failed(format!("reading {}: {error}", full.display())),
-        };
         let container = state.container();
-        tracing::info!(id = %container.id, name = ?container.name, cgroup = %path.display(), "container registered by its runtime's hook");
+        tracing::info!(id = %container.id, name = ?container.name, cgroup = %full.display(), "container registered by its runtime's hook");
         if !self.described.contains_key(&container.id) {
             self.hooked.insert(container.id.clone());
             self.described.insert(container.id.clone(), container);
+            self.save_hooked();
         }
-        self.add_workload(path, cgroup_id);
-        self.reconcile_logged();
-        let outcome = self
-            .outcomes
-            .iter()
-            .find(|outcome| outcome.assignment.key == ScopeKey::Cgroup(cgroup_id));
+        // The process may sit in a sub-cgroup of the container's (crun's
+        // `container`): every cgroup from the root down is known before the
+        // maps are updated, whatever inotify said so far.
+        let mut keys = Vec::new();
+        let (root, mount) = (self.node.cgroup_root.clone(), self.node.mount.clone());
+        for dir in full.ancestors().take_while(|dir| dir.starts_with(&root)) {
+            let cgroup_id = match std::fs::metadata(dir) {
+                Ok(metadata) => std::os::unix::fs::MetadataExt::ino(&metadata),
+                Err(error) => return failed(format!("reading {}: {error}", dir.display())),
+            };
+            keys.push(ScopeKey::Cgroup(cgroup_id));
+            if let Ok(relative) = dir.strip_prefix(&mount)
+                && !self.workloads.contains_key(relative)
+            {
+                self.add_workload(relative.to_owned(), cgroup_id);
+            }
+        }
+        if let Err(error) = self.reconcile() {
+            return failed(format!("updating the maps: {error:#}"));
+        }
+        self.apply_guard();
+        // The deepest scope instance the container's sockets meet.
+        let outcome = keys.iter().find_map(|key| {
+            self.outcomes
+                .iter()
+                .find(|outcome| outcome.assignment.key == *key)
+        });
         match outcome {
             None => Registered {
                 scope: None,
@@ -855,7 +1009,9 @@ impl Agent {
                 self.node.other_netns.as_deref(),
             );
         }
-        self.apply_host_features(false)
+        self.apply_host_features(false).map_err(|error| {
+            error.context("the new policy is applied to the containers, but not all of its host services and MSS clamps")
+        })
     }
 
     fn document(&self) -> Vec<u8> {

@@ -39,11 +39,13 @@ impl PolicyWatch {
                 .next()
                 .await
                 .ok_or_else(|| io::Error::other("the inotify stream ended"))??;
-            // The files `policy::load_dir` reads, or the directory itself.
-            let is_policy = event
-                .name
-                .as_deref()
-                .is_none_or(|name| Path::new(name).extension().is_some_and(|ext| ext == "toml"));
+            // The files `policy::load_dir` reads, the directory itself, or
+            // what a Kubernetes ConfigMap volume swaps (`..data`, renamed
+            // over in one step).
+            let is_policy = event.name.as_deref().is_none_or(|name| {
+                Path::new(name).extension().is_some_and(|ext| ext == "toml")
+                    || name.to_str().is_some_and(|name| name.starts_with(".."))
+            });
             if is_policy {
                 return Ok(());
             }

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 
 use crate::{
     agent::{Agent, Node, PolicySource, Signals, config::Runtimes, control::RunDir},
+    containers::engine,
     datapath::Pins,
     plan::Capacity,
 };
@@ -31,7 +32,21 @@ pub fn serve(
     // Validated before the run directory is claimed or the kernel touched.
     source.load()?;
     let mut run_dir_lock = RunDir::claim(run_dir)?;
-    let mut agent = Agent::start(node, source, runtimes, capacity, pins)?;
+    // What the runtimes run now is known before the maps are touched.
+    let described = runtime.block_on(engine::list_all(
+        &runtimes.sockets(),
+        std::time::Duration::from_secs(3),
+    ));
+    let mut agent = Agent::start(
+        node,
+        source,
+        runtimes,
+        capacity,
+        pins,
+        described,
+        // What outlives this agent is kept for the next one.
+        pins.map(|_| run_dir.join("described.json")),
+    )?;
     print!("{}", agent.status()?.render());
     tracing::info!(run_dir = %run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
     let listener = run_dir_lock.take_listener()?;

@@ -111,12 +111,23 @@ impl CgroupWatcher {
                 ))
             })?
             .to_owned();
-        let watch = self.events.watches().add(
+        let id = fs::metadata(dir)?.ino();
+        match self.events.watches().add(
             dir,
             WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR,
-        )?;
-        self.watched.insert(watch, relative.clone());
-        found.push((relative, fs::metadata(dir)?.ino()));
+        ) {
+            Ok(watch) => {
+                self.watched.insert(watch, relative.clone());
+            }
+            // Out of watches (fs.inotify.max_user_watches): the cgroup is
+            // still followed, what is made below it is not.
+            Err(error) => tracing::warn!(
+                cgroup = %relative.display(),
+                %error,
+                "cgroups made below this one will not be seen: raise fs.inotify.max_user_watches"
+            ),
+        }
+        found.push((relative, id));
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_type()?.is_dir() {

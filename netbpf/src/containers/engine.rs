@@ -56,33 +56,14 @@ async fn follow_once(
     socket: &std::path::Path,
     events: &mpsc::Sender<EngineEvent>,
 ) -> Result<(), bollard::errors::Error> {
-    let docker = Docker::connect_with_unix(&socket.to_string_lossy(), 30, API_DEFAULT_VERSION)?
-        .negotiate_version()
-        .await?;
+    let docker = connect(socket).await?;
     // Subscribed before listing: nothing that starts in between is missed.
     let filters = [("type".to_owned(), vec!["container".to_owned()])].into();
     let mut stream = docker.events(Some(EventsOptions {
         filters: Some(filters),
         ..EventsOptions::default()
     }));
-    let listed = docker
-        .list_containers(Some(ListContainersOptions {
-            all: true,
-            ..ListContainersOptions::default()
-        }))
-        .await?;
-    let all = listed
-        .into_iter()
-        .filter_map(|summary| {
-            let name = summary.names?.first()?.trim_start_matches('/').to_owned();
-            Some(container(
-                runtime,
-                summary.id?,
-                Some(name),
-                summary.labels.unwrap_or_default(),
-            ))
-        })
-        .collect();
+    let all = list_containers(&docker, runtime).await?;
     tracing::info!(%runtime, socket = %socket.display(), "following the runtime's containers");
     if events.send(EngineEvent::All(runtime, all)).await.is_err() {
         return Ok(());
@@ -116,6 +97,65 @@ async fn follow_once(
     Err(bollard::errors::Error::IOError {
         err: std::io::Error::other("the event stream ended"),
     })
+}
+
+/// The containers of every runtime in `sockets` that answers within
+/// `timeout`: what the agent knows before its first update of the maps,
+/// so that a restart does not drop the scopes of containers named by
+/// their runtime. A runtime that does not answer is said and skipped.
+pub async fn list_all(sockets: &[(Runtime, PathBuf)], timeout: Duration) -> Vec<Container> {
+    let mut all = Vec::new();
+    for (runtime, socket) in sockets {
+        if !socket.exists() {
+            continue;
+        }
+        let listed = tokio::time::timeout(timeout, async {
+            list_containers(&connect(socket).await?, *runtime).await
+        })
+        .await;
+        match listed {
+            Ok(Ok(containers)) => all.extend(containers),
+            Ok(Err(error)) => {
+                tracing::warn!(%runtime, %error, "listing the runtime's containers at start");
+            }
+            Err(_) => {
+                tracing::warn!(%runtime, "the runtime did not list its containers in {timeout:?} at start");
+            }
+        }
+    }
+    all
+}
+
+/// A client of the Engine API at `socket`, at the version both speak.
+async fn connect(socket: &std::path::Path) -> Result<Docker, bollard::errors::Error> {
+    Docker::connect_with_unix(&socket.to_string_lossy(), 30, API_DEFAULT_VERSION)?
+        .negotiate_version()
+        .await
+}
+
+/// Every container the runtime has, with its name and labels.
+async fn list_containers(
+    docker: &Docker,
+    runtime: Runtime,
+) -> Result<Vec<Container>, bollard::errors::Error> {
+    let listed = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            ..ListContainersOptions::default()
+        }))
+        .await?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|summary| {
+            let name = summary.names?.first()?.trim_start_matches('/').to_owned();
+            Some(container(
+                runtime,
+                summary.id?,
+                Some(name),
+                summary.labels.unwrap_or_default(),
+            ))
+        })
+        .collect())
 }
 
 fn container(

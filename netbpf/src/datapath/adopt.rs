@@ -44,8 +44,10 @@ impl Datapath {
             .program_mut(name)
             .ok_or(DatapathError::MissingProgram(name))?;
         let Some(pins) = pins else {
-            // Dropped with the program: nothing outlives this datapath.
-            std::mem::forget(attach(program)?);
+            // Held here: it goes with this datapath.
+            let link = attach(program)?;
+            self.owned_links.push((link_name.clone(), link));
+            self.claimed_links.push(link_name);
             return Ok(());
         };
         if let Some(link) = pins.open_link(&link_name)? {
@@ -79,8 +81,10 @@ impl Datapath {
         }
     }
 
-    /// Detaches the pinned link `name` and removes its pin.
+    /// Detaches the link `name`: removes its pin, or drops it.
     pub(super) fn unpin_link(&mut self, name: &str) {
+        self.owned_links.retain(|(owned, _)| owned != name);
+        self.claimed_links.retain(|claimed| claimed != name);
         let Some(pins) = &self.pins else {
             return;
         };
@@ -88,7 +92,19 @@ impl Datapath {
             let _ = super::sys::link_detach(link.as_fd());
         }
         let _ = std::fs::remove_file(pins.link(name));
-        self.claimed_links.retain(|claimed| claimed != name);
+    }
+
+    /// Detaches every link whose name starts with `prefix`.
+    pub(super) fn detach_links(&mut self, prefix: &str) {
+        let names: Vec<String> = self
+            .claimed_links
+            .iter()
+            .filter(|name| name.starts_with(prefix))
+            .cloned()
+            .collect();
+        for name in names {
+            self.unpin_link(&name);
+        }
     }
 
     /// What the maps the policy fills hold now: a new agent's starting

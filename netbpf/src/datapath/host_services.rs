@@ -48,6 +48,11 @@ impl Datapath {
         )
     }
 
+    /// Detaches the host service program from the node's network namespace.
+    pub fn detach_host_services(&mut self) {
+        self.detach_links("hostsvc-");
+    }
+
     /// Attaches the grant guard to `interface` of the calling thread's
     /// network namespace, on ingress: where a container's packets arrive.
     pub fn attach_grant_guard(&mut self, interface: &str) -> Result<TcLink, DatapathError> {

@@ -145,15 +145,18 @@ pub struct Datapath {
     programs: Vec<LoadedProgram>,
     /// Where maps and links are pinned; None: nothing outlives this value.
     pins: Option<Pins>,
-    /// The pinned links this datapath uses (others are stale).
+    /// The links this datapath attached through, by name (pinned ones not
+    /// among them are stale).
     claimed_links: Vec<String>,
+    /// The links it holds when nothing is pinned: they go with it.
+    owned_links: Vec<(String, aya::programs::links::FdLink)>,
     /// The maps of an older layout this datapath was migrated from, in
     /// use by the old programs until the links run the new ones.
     older_layout: Option<PathBuf>,
 }
 
 /// The capacity of each map the policy fills, as its setting says.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 8] {
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 9] {
     [
         ("CGROUP_SCOPES", capacity.scopes),
         ("NETNS_SCOPES", capacity.scopes),
@@ -163,6 +166,7 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 8] {
         ("ALIASED_ADDRS", capacity.aliases),
         ("BIND_REMAPS", capacity.bind_remaps),
         ("GRANTS", capacity.grants),
+        ("HOST_SERVICES", capacity.service_addresses),
     ]
 }
 
@@ -200,6 +204,7 @@ impl Datapath {
             programs: Vec::new(),
             pins: pins.cloned(),
             claimed_links: Vec::new(),
+            owned_links: Vec::new(),
             older_layout,
         };
         if let (Some(pins), Some(older)) = (pins, &datapath.older_layout) {

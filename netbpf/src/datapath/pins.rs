@@ -123,6 +123,12 @@ impl Pins {
                 older = Some(entry.path());
             }
         }
+        // Maps of this layout exist already: a migration from the older
+        // one was interrupted after the links switched to them. The older
+        // maps are stale then: not copied again, only removed.
+        if let Some(stale) = older.take_if(|_| self.maps_dir().exists()) {
+            fs::remove_dir_all(&stale).map_err(syscall("removing", &stale))?;
+        }
         for dir in [self.maps_dir(), self.dir.join("links")] {
             fs::create_dir_all(&dir).map_err(syscall("mkdir", &dir))?;
         }
@@ -140,7 +146,9 @@ impl Pins {
             path: path.display().to_string(),
             source: io::Error::other(error.to_string()),
         })?;
+        let found_type = info.map_type().map_or(u32::MAX, |kind| kind as u32);
         let pairs = [
+            ("type", found_type, expected.map_type()),
             ("key size", info.key_size(), expected.key_size()),
             ("value size", info.value_size(), expected.value_size()),
             ("capacity", info.max_entries(), expected.max_entries()),

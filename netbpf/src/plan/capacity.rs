@@ -24,12 +24,16 @@ pub struct Capacity {
     pub bind_remaps: u32,
     /// Container addresses granted host services (`GRANTS`). Default 16384.
     pub grants: u32,
+    /// Where host services are reached: (gateway, port) pairs
+    /// (`HOST_SERVICES`). Default 4096.
+    pub service_addresses: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
         use netbpf_common::{
             MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_RULES, MAX_SCOPES,
+            MAX_SERVICE_ADDRESSES,
         };
         Self {
             scopes: MAX_SCOPES,
@@ -38,6 +42,7 @@ impl Default for Capacity {
             aliases: MAX_ALIASES,
             bind_remaps: MAX_BIND_REMAPS,
             grants: MAX_GRANTS,
+            service_addresses: MAX_SERVICE_ADDRESSES,
         }
     }
 }

@@ -105,16 +105,35 @@ impl Pattern {
     }
 
     /// Matches `subject` whole; the captures on success, added to `into`.
+    /// Each `*` and capture takes the shortest text that lets the rest
+    /// match (`{name}-{port}` splits at the first `-`).
     #[must_use]
     pub fn matches(&self, subject: &str, into: &mut Captures) -> bool {
         let subject: Vec<char> = subject.chars().collect();
-        let mut found = Vec::new();
-        if match_from(&self.parts, &subject, &mut found) {
-            into.extend(found);
-            true
-        } else {
-            false
+        let table = Matchable::new(&self.parts, &subject);
+        if !table.from(0, 0) {
+            return false;
         }
+        let mut at = 0;
+        for (index, part) in self.parts.iter().enumerate() {
+            let taken = match part {
+                Part::Any | Part::Capture(_) => {
+                    let least = usize::from(matches!(part, Part::Capture(_)));
+                    (least..=subject.len() - at)
+                        .find(|&taken| {
+                            subject[at..at + taken].iter().all(|&c| c != '/')
+                                && table.from(index + 1, at + taken)
+                        })
+                        .expect("the table says the rest matches")
+                }
+                _ => 1,
+            };
+            if let Part::Capture(name) = part {
+                into.insert(name.clone(), subject[at..at + taken].iter().collect());
+            }
+            at += taken;
+        }
+        true
     }
 
     #[must_use]
@@ -134,40 +153,60 @@ pub(super) fn is_capture_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Backtracking match of `parts` against `subject`; captures go to `found`.
-fn match_from(parts: &[Part], subject: &[char], found: &mut Vec<(String, String)>) -> bool {
-    let Some((part, rest)) = parts.split_first() else {
-        return subject.is_empty();
-    };
-    match part {
-        Part::Literal(c) => subject.first() == Some(c) && match_from(rest, &subject[1..], found),
-        Part::One => {
-            subject.first().is_some_and(|&c| c != '/') && match_from(rest, &subject[1..], found)
+/// Which suffixes of a pattern match which suffixes of a subject,
+/// computed once for all (time and space in the product of their lengths,
+/// whatever the subject: a label value is anybody's text).
+struct Matchable {
+    /// `ok[part * (len + 1) + at]`: `parts[part..]` matches `subject[at..]`.
+    ok: Vec<bool>,
+    len: usize,
+}
+
+impl Matchable {
+    fn new(parts: &[Part], subject: &[char]) -> Self {
+        let len = subject.len();
+        let mut table = Self {
+            ok: vec![false; (parts.len() + 1) * (len + 1)],
+            len,
+        };
+        table.set(parts.len(), len, true);
+        for (index, part) in parts.iter().enumerate().rev() {
+            for at in (0..=len).rev() {
+                let next = subject.get(at).copied();
+                let one = |accepts: &dyn Fn(char) -> bool| {
+                    next.is_some_and(accepts) && table.from(index + 1, at + 1)
+                };
+                let ok = match part {
+                    Part::Literal(literal) => one(&|c| c == *literal),
+                    Part::One => one(&|c| c != '/'),
+                    Part::Class { negated, ranges } => one(&|c| {
+                        c != '/'
+                            && ranges.iter().any(|&(low, high)| (low..=high).contains(&c))
+                                != *negated
+                    }),
+                    // Nothing more, or one more character and the same part.
+                    Part::Any => {
+                        table.from(index + 1, at)
+                            || (next.is_some_and(|c| c != '/') && table.from(index, at + 1))
+                    }
+                    // One character, then the rest or more of the same.
+                    Part::Capture(_) => {
+                        next.is_some_and(|c| c != '/')
+                            && (table.from(index + 1, at + 1) || table.from(index, at + 1))
+                    }
+                };
+                table.set(index, at, ok);
+            }
         }
-        Part::Class { negated, ranges } => {
-            subject.first().is_some_and(|&c| {
-                c != '/' && ranges.iter().any(|&(low, high)| (low..=high).contains(&c)) != *negated
-            }) && match_from(rest, &subject[1..], found)
-        }
-        Part::Any | Part::Capture(_) => {
-            let least = usize::from(matches!(part, Part::Capture(_)));
-            let most = subject
-                .iter()
-                .position(|&c| c == '/')
-                .unwrap_or(subject.len());
-            // Shortest first: `{name}-{port}` splits at the first `-`.
-            (least..=most).any(|taken| {
-                let before = found.len();
-                if let Part::Capture(name) = part {
-                    found.push((name.clone(), subject[..taken].iter().collect()));
-                }
-                if match_from(rest, &subject[taken..], found) {
-                    return true;
-                }
-                found.truncate(before);
-                false
-            })
-        }
+        table
+    }
+
+    fn from(&self, part: usize, at: usize) -> bool {
+        self.ok[part * (self.len + 1) + at]
+    }
+
+    fn set(&mut self, part: usize, at: usize, ok: bool) {
+        self.ok[part * (self.len + 1) + at] = ok;
     }
 }
 
@@ -201,6 +240,14 @@ mod tests {
             captured("onetime-{port}", "onetime-").is_none(),
             "captures are not empty"
         );
+    }
+
+    #[test]
+    fn long_subjects_match_as_short_ones_do() {
+        let subject = format!("{}b", "a".repeat(5000));
+        assert!(captured("*a*a*a*a*a*b", &subject).is_some());
+        assert!(captured("*a*a*a*a*a*c", &subject).is_none());
+        assert_eq!(captured("{head}a*b", &subject).unwrap()["head"], "a");
     }
 
     #[test]
