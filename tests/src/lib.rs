@@ -42,16 +42,29 @@ use std::sync::atomic::{AtomicU32, Ordering};
 #[must_use]
 pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Base 36 keeps a 7-character prefix within the limit for any pid.
     let name = format!(
-        "{prefix}{:x}x{:x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        "{prefix}{}x{}",
+        base36(std::process::id()),
+        base36(NEXT.fetch_add(1, Ordering::Relaxed))
     );
     assert!(
         name.len() <= 15,
         "{name} is longer than an interface name may be"
     );
     name
+}
+
+/// `number` in base 36 (digits, then lowercase letters).
+fn base36(mut number: u32) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(char::from_digit(number % 36, 36).expect("a base-36 digit"));
+        number /= 36;
+        if number == 0 {
+            return digits.iter().rev().collect();
+        }
+    }
 }
 
 /// Unmounts, lazily and deepest first, whatever is mounted below `dir`

@@ -16,10 +16,21 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
-use crate::{
-    host::{netns, rtnetlink},
-    policy::ScopeNetwork,
-};
+use crate::host::{netns, rtnetlink};
+
+/// What the host knows of a scope's network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScopeNetwork {
+    /// Whether the scope lives in the node's own network namespace.
+    pub node: bool,
+    /// Its default gateways, one per family at most.
+    pub gateways: Vec<IpAddr>,
+    /// Its global addresses.
+    pub addresses: Vec<IpAddr>,
+    /// The node-side peer (an interface index in the node's namespace) of
+    /// the veth its default route leaves through.
+    pub host_interface: Option<u32>,
+}
 
 /// The addresses and gateways of the namespace at `path`.
 pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{Locator, PolicyError};
+pub use crate::host::scope_net::ScopeNetwork;
 
 /// A service listening on the host's loopback.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,20 +37,6 @@ pub struct Grant {
     /// The host-side interface the container's packets arrive through;
     /// packets from `sources` through any other are forged.
     pub via: Option<u32>,
-}
-
-/// What the host knows of a scope's network.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ScopeNetwork {
-    /// Whether the scope lives in the node's own network namespace.
-    pub node: bool,
-    /// Its default gateways, one per family at most.
-    pub gateways: Vec<IpAddr>,
-    /// Its global addresses.
-    pub addresses: Vec<IpAddr>,
-    /// The node-side peer (an interface index in the node's namespace) of
-    /// the veth its default route leaves through.
-    pub host_interface: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
