@@ -16,6 +16,8 @@ use crate::{NetbpfRun, netbpf_binary, unique_name};
 pub struct AgentOptions<'a> {
     /// A Docker daemon's Engine API socket.
     pub docker: Option<&'a Path>,
+    /// Podman's API service socket.
+    pub podman: Option<&'a Path>,
     /// A containerd's state directory.
     pub containerd: Option<&'a Path>,
     /// The node's network namespace (a test's own): where the agent
@@ -47,7 +49,7 @@ impl AgentSetup {
             &setup.config,
             format!(
                 "policy_dir = \"{}\"\npin_dir = \"{}\"\ncgroup_root = \"{}\"\n{}\
-                 [runtimes]\ndocker = \"{}\"\npodman = \"\"\ncontainerd = \"{}\"\n",
+                 [runtimes]\ndocker = \"{}\"\npodman = \"{}\"\ncontainerd = \"{}\"\n",
                 setup.policy_dir.display(),
                 setup.pin_dir.display(),
                 cgroup_root.display(),
@@ -56,6 +58,7 @@ impl AgentSetup {
                     .map(|netns| format!("netns = \"{}\"\n", netns.display()))
                     .unwrap_or_default(),
                 text(options.docker),
+                text(options.podman),
                 text(options.containerd),
             ),
         )?;

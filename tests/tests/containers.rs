@@ -121,6 +121,31 @@ fn applied(status: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// Restarts the agent: it knows the containers by name before it touches
+/// the maps, so they keep their scope ids, and the counters go on.
+fn restart_keeps_scopes(
+    setup: &AgentSetup,
+    agent: NetbpfRun,
+    status: &serde_json::Value,
+) -> NetbpfRun {
+    assert!(agent.stop().unwrap().success());
+    let agent = setup
+        .start("restarted")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let again = agent.status_json().unwrap();
+    let ids = |status: &serde_json::Value| -> Vec<serde_json::Value> {
+        status["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|scope| scope["id"].clone())
+            .collect()
+    };
+    assert_eq!(ids(&again), ids(status), "{again}");
+    assert_eq!(again["scopes"][0]["forwards"][0]["connects"], 1, "{again}");
+    agent
+}
+
 #[test]
 fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
     let node = DockerNode::new();
@@ -146,6 +171,12 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
         ["app/llamasketch-app-1", "project/llamasketch-worker-1"],
         "the first scope that matches a container is its scope: {status}"
     );
+    assert_eq!(status["scopes"][0]["runtime"], "docker", "{status}");
+    assert_eq!(
+        status["scopes"][0]["container_id"].as_str().map(str::len),
+        Some(64),
+        "{status}"
+    );
     assert_eq!(
         node.get("llamasketch-app-1", "127.0.0.1", 8082),
         "published"
@@ -160,23 +191,7 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
         "{status}"
     );
 
-    // Restarted, the agent knows the containers by name before it touches
-    // the maps: same scope ids, counters going on.
-    assert!(agent.stop().unwrap().success());
-    let agent = setup
-        .start("restarted")
-        .unwrap_or_else(|error| panic!("{error:#}"));
-    let again = agent.status_json().unwrap();
-    let ids = |status: &serde_json::Value| -> Vec<serde_json::Value> {
-        status["scopes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|scope| scope["id"].clone())
-            .collect()
-    };
-    assert_eq!(ids(&again), ids(&status), "{again}");
-    assert_eq!(again["scopes"][0]["forwards"][0]["connects"], 1, "{again}");
+    let agent = restart_keeps_scopes(&setup, agent, &status);
 
     // More of the project, for a sample of the delay from a cgroup to its
     // scope in the maps.

@@ -55,7 +55,7 @@ impl Hosts {
             .map(|(_, port)| root.child(&format!("onetime@{port}")).unwrap())
             .collect();
         let helpers = root.child("helpers").unwrap();
-        let host = Netns::new("nbhostnet").unwrap();
+        let host = Netns::new("nbhnet").unwrap();
         let databases = [Netns::new("nbdb").unwrap(), Netns::new("nbdb").unwrap()];
         let work = tempfile::Builder::new()
             .prefix("netbpf-hostnet-")
@@ -451,5 +451,92 @@ fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
             Containers(Vec::new()),
         ));
     }
+    assert!(agent.stop().unwrap().success());
+}
+
+#[test]
+fn podman_containers_are_named_by_its_api_service() {
+    let mut hosts = Hosts::new();
+    let socket = hosts.work.path().join("podman.sock");
+    let _service = Spawn::new(
+        hosts.helpers.path(),
+        None,
+        "podman",
+        [
+            "system",
+            "service",
+            "--time=0",
+            &format!("unix://{}", socket.display()),
+        ],
+    )
+    .unwrap()
+    .start(&hosts.work.path().join("podman-service.log"))
+    .unwrap();
+    let setup = AgentSetup::new(
+        hosts.work.path(),
+        hosts.root.path(),
+        AgentOptions {
+            podman: Some(&socket),
+            ..AgentOptions::default()
+        },
+    )
+    .unwrap();
+    // The port comes from a label this time.
+    setup
+        .policy(
+            "labelled.toml",
+            "version = 1\n[[scope]]\nname = \"labelled\"\nmatch = { label = { \"app.port\" = \"{port}\" } }\n\
+             bind = [{ port = 3000, to = \"{port}\" }]\n",
+        )
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    agent
+        .wait_for_status(Duration::from_secs(10), |_| socket.exists())
+        .unwrap();
+
+    // No hook: the API's events name the container. It waits a moment
+    // before it binds, as a server that starts slowly would.
+    let name = unique_name("nbapi");
+    let parent = hosts.instances[0].runtime_parent().unwrap();
+    let network = format!("ns:{}", hosts.host.path().display());
+    run_checked(
+        "podman",
+        [
+            "run",
+            "--detach",
+            "--name",
+            &name,
+            "--label",
+            "app.port=7051",
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--cgroup-parent",
+            &parent,
+            "--network",
+            &network,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            IMAGE,
+            "/bin/sh",
+            "-c",
+            "echo labelled > /www/index.html; sleep 2; exec httpd -f -p 3000 -h /www",
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    hosts.containers.0.push(name.clone());
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| {
+            status["scopes"][0]["instance"] == name.as_str()
+        })
+        .unwrap();
+    assert_eq!(status["scopes"][0]["binds"][0]["to"], 7051, "{status}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(hosts.get(7051), "labelled");
     assert!(agent.stop().unwrap().success());
 }

@@ -752,6 +752,7 @@ impl Agent {
                     instance: path.display().to_string(),
                     place: path.clone(),
                     captures: policy::Captures::new(),
+                    container: None,
                 });
             }
         }

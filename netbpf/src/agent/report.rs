@@ -116,6 +116,17 @@ fn instance_status(agent: &Agent, outcome: &Outcome) -> anyhow::Result<ScopeStat
         name: format!("{}/{}", def.name, outcome.assignment.instance),
         scope: def.name.clone(),
         instance: outcome.assignment.instance.clone(),
+        runtime: outcome
+            .assignment
+            .container
+            .as_ref()
+            .and_then(|container| container.runtime)
+            .map(|runtime| runtime.to_string()),
+        container_id: outcome
+            .assignment
+            .container
+            .as_ref()
+            .map(|container| container.id.clone()),
         selector: serde_json::to_value(&def.selector)?,
         cgroup,
         cgroup_id,

@@ -100,6 +100,9 @@ pub struct ScopeStatus {
     pub scope: String,
     /// What it matched: a container's name, a cgroup's, a pod's.
     pub instance: String,
+    /// The container's runtime and id, when it is a container.
+    pub runtime: Option<String>,
+    pub container_id: Option<String>,
     #[serde(rename = "match")]
     pub selector: serde_json::Value,
     /// The cgroup it is keyed by, and that cgroup's id; or
@@ -252,9 +255,14 @@ impl Status {
             "LOCAL SKIPS",
         ]);
         for scope in self.scopes.iter().filter(|scope| scope.error.is_none()) {
-            let selector = match (&scope.cgroup, &scope.netns) {
-                (Some(cgroup), _) => format!("cgroup {}", cgroup.display()),
-                (_, Some(netns)) => format!("netns {}", netns.display()),
+            let selector = match (&scope.container_id, &scope.cgroup, &scope.netns) {
+                (Some(id), _, _) => format!(
+                    "{} container {}",
+                    scope.runtime.as_deref().unwrap_or("a"),
+                    id.get(..12).unwrap_or(id)
+                ),
+                (None, Some(cgroup), _) => format!("cgroup {}", cgroup.display()),
+                (None, _, Some(netns)) => format!("netns {}", netns.display()),
                 _ => String::new(),
             };
             if scope.forwards.is_empty() {

@@ -29,7 +29,7 @@ pub use self::{
     ids::{RuleSlots, ScopeIds},
 };
 use crate::{
-    containers::Workload,
+    containers::{Container, Workload},
     policy::{Alias, Candidate, Captures, ContainerView, Grant, Policy, Scope, Selector},
 };
 
@@ -53,6 +53,9 @@ pub struct Assignment {
     /// Where the instance is: its cgroup path, or the namespace's path.
     pub place: PathBuf,
     pub captures: Captures,
+    /// The container it is, when it is one (not a pod, a cgroup, a
+    /// namespace).
+    pub container: Option<Container>,
 }
 
 /// Gives each workload the first scope (in policy order) that selects it.
@@ -85,7 +88,7 @@ pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assi
         let Some((scope, captures, per_pod)) = matched else {
             continue;
         };
-        let (key, instance, place) = if per_pod {
+        let (key, instance, place, described) = if per_pod {
             let Some(pod) = workload
                 .cgroup
                 .parent()
@@ -96,12 +99,13 @@ pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assi
             let name = container
                 .and_then(|container| container.pod)
                 .unwrap_or_default();
-            (pod.cgroup_id, name.to_owned(), pod.cgroup.clone())
+            (pod.cgroup_id, name.to_owned(), pod.cgroup.clone(), None)
         } else {
             (
                 workload.cgroup_id,
                 workload.instance_name(),
                 workload.cgroup.clone(),
+                workload.container.clone(),
             )
         };
         assignments
@@ -112,6 +116,7 @@ pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assi
                 instance,
                 place,
                 captures,
+                container: described,
             });
     }
     assignments.into_values().collect()
