@@ -22,6 +22,21 @@ pub struct InstanceFacts<'a> {
 }
 
 impl InstanceFacts<'_> {
+    /// The network namespace the instance's sockets bind in, by inode:
+    /// that of its first process (or its own, for a netns scope); None
+    /// while it has no process (it binds in the node's then).
+    #[must_use]
+    pub fn network_namespace(&self) -> Option<u64> {
+        let first = self.namespaces().ok()?.into_iter().next()?;
+        let namespace = std::fs::metadata(first).ok()?;
+        let node = std::fs::metadata(self.node_netns).ok()?;
+        let same = |a: &std::fs::Metadata, b: &std::fs::Metadata| {
+            use std::os::unix::fs::MetadataExt as _;
+            (a.dev(), a.ino()) == (b.dev(), b.ino())
+        };
+        (!same(&namespace, &node)).then(|| std::os::unix::fs::MetadataExt::ino(&namespace))
+    }
+
     /// One path per network namespace the instance's sockets live in.
     fn namespaces(&self) -> Result<Vec<PathBuf>, String> {
         match self.key {

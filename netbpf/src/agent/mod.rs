@@ -769,15 +769,17 @@ impl Agent {
                     assignment.instance.clone(),
                     assignment.captures.clone(),
                 );
+                let facts = InstanceFacts {
+                    key: assignment.key,
+                    place: &assignment.place,
+                    node_netns: &self.node.netns,
+                };
+                // Where its bind remaps claim ports (only they need it).
+                let network = def.has_binds().then(|| facts.network_namespace()).flatten();
                 let rules = self
                     .resolved
                     .entry(cache_key)
                     .or_insert_with(|| {
-                        let facts = InstanceFacts {
-                            key: assignment.key,
-                            place: &assignment.place,
-                            node_netns: &self.node.netns,
-                        };
                         let instance = Instance {
                             name: &assignment.instance,
                             captures: &assignment.captures,
@@ -786,13 +788,17 @@ impl Agent {
                             .map_err(|error| error.to_string())
                     })
                     .clone();
-                Resolved { assignment, rules }
+                Resolved {
+                    assignment,
+                    rules,
+                    network,
+                }
             })
             .collect::<Vec<_>>();
         // What matches no more (a container gone) leaves the cache.
         let current: std::collections::HashSet<_> = resolved
             .iter()
-            .map(|instance| {
+            .map(|instance: &Resolved| {
                 let assignment = &instance.assignment;
                 (
                     assignment.scope,

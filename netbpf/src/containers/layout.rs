@@ -75,20 +75,6 @@ pub fn recognise(path: &Path) -> Option<Recognised> {
     None
 }
 
-/// The uid of the Kubernetes pod whose cgroup is at `path`: `podUID`
-/// (cgroupfs) or `kubepods-…-podUID.slice` (systemd, where the uid's
-/// dashes are underscores).
-#[must_use]
-pub fn pod_uid(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    let uid = name
-        .strip_suffix(".slice")
-        .and_then(|slice| slice.rsplit_once("-pod"))
-        .map(|(_, uid)| uid.replace('_', "-"))
-        .or_else(|| name.strip_prefix("pod").map(str::to_owned))?;
-    (uid.len() == 36 && uid.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(uid)
-}
-
 /// The middle of `PREFIX…SUFFIX`.
 fn unit<'a>(name: &'a str, prefix: &str, suffix: &str) -> Option<&'a str> {
     name.strip_prefix(prefix)?.strip_suffix(suffix)
@@ -169,26 +155,6 @@ mod tests {
             runtime_of(&format!("docker/{}", &ID[1..])),
             Err(()),
             "63 digits are no id"
-        );
-    }
-
-    #[test]
-    fn finds_pod_uids_with_both_drivers() {
-        let uid = "0d5e8c1a-11aa-4b2c-9d3e-4f5a6b7c8d9e";
-        assert_eq!(
-            pod_uid(Path::new(&format!(
-                "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
-                uid.replace('-', "_")
-            ))),
-            Some(uid.to_owned())
-        );
-        assert_eq!(
-            pod_uid(Path::new(&format!("kubepods/besteffort/pod{uid}"))),
-            Some(uid.to_owned())
-        );
-        assert_eq!(
-            pod_uid(Path::new("kubepods.slice/kubepods-burstable.slice")),
-            None
         );
     }
 }

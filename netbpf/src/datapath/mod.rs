@@ -155,8 +155,8 @@ pub struct Datapath {
     older_layout: Option<PathBuf>,
 }
 
-/// The capacity of each map the policy fills, as its setting says.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 9] {
+/// The capacity of each map that has a setting.
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 12] {
     [
         ("CGROUP_SCOPES", capacity.scopes),
         ("NETNS_SCOPES", capacity.scopes),
@@ -167,6 +167,9 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 9] {
         ("BIND_REMAPS", capacity.bind_remaps),
         ("GRANTS", capacity.grants),
         ("HOST_SERVICES", capacity.service_addresses),
+        ("LOCAL_BINDS", capacity.local_binds),
+        ("BOUND_SOCKETS", capacity.local_binds),
+        ("REVERSE", capacity.reverse_entries),
     ]
 }
 

@@ -128,6 +128,9 @@ pub struct Resolved {
     pub assignment: Assignment,
     /// Its rules, or why the policy gives it none (located in the policy).
     pub rules: Result<Scope, String>,
+    /// The network namespace its sockets bind in (its inode), where its
+    /// bind remaps claim ports; None: the node's.
+    pub network: Option<u64>,
 }
 
 /// What became of one instance.
@@ -165,8 +168,10 @@ pub struct Plan {
 /// What the instances compiled so far claim, to find conflicts.
 #[derive(Default)]
 struct Claims {
-    /// (protocol, port a bind is remapped to) -> the instance that has it.
-    remapped_ports: HashMap<(u8, u16), String>,
+    /// (network namespace, protocol, port a bind is remapped to) -> the
+    /// instance that has it: instances of different namespaces never
+    /// collide.
+    remapped_ports: HashMap<(Option<u64>, u8, u16), String>,
     /// Where a grant's connections arrive -> the service handed them.
     service_addresses: HashMap<SocketAddr, usize>,
 }
@@ -187,21 +192,26 @@ pub fn compile(
     let mut claims = Claims::default();
     let mut used_slots = BTreeSet::new();
     let mut outcomes = Vec::with_capacity(resolved.len());
-    for Resolved { assignment, rules } in resolved {
+    for Resolved {
+        assignment,
+        rules,
+        network,
+    } in resolved
+    {
         let applied = rules.and_then(|scope| {
             let id = ids.get_or_assign(assignment.key, capacity.scopes)?;
             let name = format!(
                 "{}/{}",
                 policy.scopes[assignment.scope].name, assignment.instance
             );
-            claims.check(&scope, policy)?;
+            claims.check(&scope, network, policy)?;
             let mut entries = Plan::default();
             entries.add_scope(assignment.key, id, &scope);
             capacity.check(&plan, &entries)?;
             let scope = slots.assign(id, scope, &mut used_slots, capacity.rules)?;
             let mut entries = Plan::default();
             entries.add_scope(assignment.key, id, &scope);
-            claims.take(&name, &scope);
+            claims.take(&name, &scope, network);
             plan.merge(entries);
             Ok((id, scope))
         });
@@ -216,10 +226,10 @@ pub fn compile(
 
 impl Claims {
     /// Whether `scope` (of instance `name`) can have what it asks for.
-    fn check(&self, scope: &Scope, policy: &Policy) -> Result<(), String> {
+    fn check(&self, scope: &Scope, network: Option<u64>, policy: &Policy) -> Result<(), String> {
         for bind in &scope.binds {
             for &protocol in bind.protocols.numbers() {
-                if let Some(other) = self.remapped_ports.get(&(protocol, bind.to)) {
+                if let Some(other) = self.remapped_ports.get(&(network, protocol, bind.to)) {
                     return Err(format!(
                         "bind remap of port {} onto {}: {other} has that port already (two instances cannot get the same port)",
                         bind.port, bind.to
@@ -241,11 +251,11 @@ impl Claims {
         Ok(())
     }
 
-    fn take(&mut self, name: &str, scope: &Scope) {
+    fn take(&mut self, name: &str, scope: &Scope, network: Option<u64>) {
         for bind in &scope.binds {
             for &protocol in bind.protocols.numbers() {
                 self.remapped_ports
-                    .insert((protocol, bind.to), name.to_owned());
+                    .insert((network, protocol, bind.to), name.to_owned());
             }
         }
         for grant in &scope.grants {

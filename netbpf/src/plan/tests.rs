@@ -49,7 +49,11 @@ fn resolved(policy: &Policy, assignments: Vec<Assignment>) -> Vec<Resolved> {
                     &NoFacts,
                 )
                 .map_err(|error| error.to_string());
-            Resolved { assignment, rules }
+            Resolved {
+                assignment,
+                rules,
+                network: None,
+            }
         })
         .collect()
 }
@@ -126,6 +130,29 @@ fn a_later_instance_that_conflicts_fails_alone() {
     );
     let error = outcomes[0].applied.as_ref().unwrap_err();
     assert!(error.contains("map FORWARDS is full"), "{error}");
+}
+
+#[test]
+fn remaps_claim_ports_in_their_own_network_namespace() {
+    let policy = policy(
+        "version = 1\n[[scope]]\nname = \"w\"\nmatch = { container = \"w-*\" }\n\
+         bind = [{ port = 80, to = 8080 }]\n",
+    );
+    let workloads = [workload("a", 1, Some("w-a")), workload("b", 2, Some("w-b"))];
+    let mut resolved = resolved(&policy, assign(&policy, &workloads, Path::new("/")));
+    resolved[0].network = Some(1001);
+    resolved[1].network = Some(1002);
+    let (_, outcomes) = compile(
+        &policy,
+        resolved,
+        &mut ScopeIds::default(),
+        &mut RuleSlots::default(),
+        &Capacity::default(),
+    );
+    assert!(
+        outcomes.iter().all(|outcome| outcome.applied.is_ok()),
+        "{outcomes:?}"
+    );
 }
 
 #[test]

@@ -96,14 +96,6 @@ impl Pattern {
         })
     }
 
-    /// Whether the pattern is plain text, without any wildcard or capture.
-    #[must_use]
-    pub fn is_literal(&self) -> bool {
-        self.parts
-            .iter()
-            .all(|part| matches!(part, Part::Literal(_)))
-    }
-
     /// Matches `subject` whole; the captures on success, added to `into`.
     /// Each `*` and capture takes the shortest text that lets the rest
     /// match (`{name}-{port}` splits at the first `-`).
@@ -266,6 +258,5 @@ mod tests {
         assert!(Pattern::new("a{}").unwrap_err().contains("not a name"));
         assert!(Pattern::new("a}").unwrap_err().contains("did not open"));
         assert!(Pattern::new("{p}-{p}").unwrap_err().contains("twice"));
-        assert!(Pattern::new("plain").unwrap().is_literal());
     }
 }

@@ -130,11 +130,10 @@ impl ScopeDef {
         })
     }
 
-    /// Whether any rule needs facts of the host (its network, the ports
-    /// bound there): the agent looks them up only then.
+    /// Whether the scope remaps binds: its instances claim ports.
     #[must_use]
-    pub fn needs_facts(&self) -> bool {
-        !self.raw.host_services.is_empty() || !self.raw.bind.is_empty()
+    pub fn has_binds(&self) -> bool {
+        !self.raw.bind.is_empty()
     }
 
     /// An error about the scope as a whole, at its name.
