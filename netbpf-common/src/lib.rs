@@ -30,8 +30,9 @@ pub const MAX_RULES: u32 = 4096;
 pub const MAX_FORWARD_PREFIXES: u32 = 65_536;
 /// Capacity of the table of localhost ports bound inside scopes.
 pub const MAX_LOCAL_BINDS: u32 = 65_536;
-/// Capacity of the LRU table that remembers what each socket dialed.
-pub const MAX_REVERSE_ENTRIES: u32 = 262_144;
+/// How many rewritten destinations a socket remembers: a UDP socket may
+/// send to several; the oldest is forgotten first.
+pub const DIALED_PER_SOCKET: usize = 4;
 /// How many cgroup ancestors the programs look at to find a scope.
 pub const MAX_CGROUP_DEPTH: i32 = 32;
 
@@ -123,27 +124,25 @@ pub struct SockAddr {
     pub family: u16,
 }
 
-/// Key of the reverse table: a socket (by cookie) and the rewritten
-/// destination it talks to.
+/// One destination a socket dialed and where netbpf sent it instead.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ReverseKey {
-    /// `bpf_get_socket_cookie` of the socket.
-    pub cookie: u64,
-    /// The destination after the rewrite.
-    pub peer: SockAddr,
-    _pad: u32,
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dialed {
+    /// The destination after the rewrite: the peer replies come from.
+    pub to: SockAddr,
+    /// The destination the application dialed.
+    pub dialed: SockAddr,
 }
 
-impl ReverseKey {
-    #[must_use]
-    pub const fn new(cookie: u64, peer: SockAddr) -> Self {
-        Self {
-            cookie,
-            peer,
-            _pad: 0,
-        }
-    }
+/// What one socket dialed: the value of its per-socket storage, freed by
+/// the kernel with the socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialedBySocket {
+    pub entries: [Dialed; DIALED_PER_SOCKET],
+    /// Where the next new destination goes (wrapping).
+    pub next: u32,
+    _pad: u32,
 }
 
 /// Key of the alias table: a scope dialing an exact address and port.
@@ -368,7 +367,8 @@ const _: () = assert!(size_of::<ForwardKey>() == 8);
 const _: () = assert!(size_of::<RuleSlotKey>() == 16);
 const _: () = assert!(size_of::<ForwardTarget>() == 24);
 const _: () = assert!(size_of::<SockAddr>() == 20);
-const _: () = assert!(size_of::<ReverseKey>() == 32);
+const _: () = assert!(size_of::<Dialed>() == 40);
+const _: () = assert!(size_of::<DialedBySocket>() == 168);
 const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 32);
 const _: () = assert!(size_of::<MssConfig>() == 8);
@@ -406,7 +406,6 @@ mod pod {
     unsafe impl aya::Pod for super::ForwardKey {}
     unsafe impl aya::Pod for super::ForwardTarget {}
     unsafe impl aya::Pod for super::SockAddr {}
-    unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::ScopePort {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::MssConfig {}
@@ -422,7 +421,7 @@ mod pod {
 
 #[cfg(test)]
 mod tests {
-    use core::mem::{align_of, offset_of};
+    use core::mem::offset_of;
 
     use super::*;
 
@@ -441,13 +440,12 @@ mod tests {
         assert_eq!(offset_of!(ForwardTarget, rule), 20);
         assert_eq!(offset_of!(SockAddr, port), 16);
         assert_eq!(offset_of!(SockAddr, family), 18);
-        assert_eq!(offset_of!(ReverseKey, peer), 8);
+        assert_eq!(offset_of!(DialedBySocket, next), 160);
         assert_eq!(offset_of!(ScopePort, port), 4);
         assert_eq!(offset_of!(ScopePort, protocol), 6);
         assert_eq!(offset_of!(RuleStats, local_skips), 16);
         assert_eq!(offset_of!(RuleStats, binds), 24);
         assert_eq!(offset_of!(BindTarget, port), 18);
-        assert_eq!(align_of::<ReverseKey>(), 8);
         assert_eq!(offset_of!(MssConfig, l3_offset), 2);
         assert_eq!(offset_of!(AliasKey, addr), 4);
         assert_eq!(offset_of!(AliasKey, port), 20);

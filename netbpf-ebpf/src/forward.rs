@@ -2,12 +2,10 @@
 //! aliases of exact addresses), and the reverse path of recvmsg and
 //! getpeername.
 
-use core::ffi::c_void;
-
-use aya_ebpf::{bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, maps::lpm_trie::Key};
+use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
-    PROTO_TCP, PROTO_UDP, ReverseKey, RuleStats, ScopePort, SockAddr,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, Dialed, FORWARD_KEY_BITS,
+    ForwardKey, ForwardTarget, PROTO_TCP, PROTO_UDP, RuleStats, ScopePort, SockAddr,
 };
 
 use crate::{
@@ -66,9 +64,9 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     // ones, which see IPv4-mapped addresses: remember it the way they ask.
     // SAFETY: `ctx` is the program's context.
     if family == AF_INET && unsafe { (*ctx).family } == u32::from(AF_INET6) {
-        remember(ctx.cast(), addr::mapped(&to), addr::mapped(&dialed));
+        remember(ctx, addr::mapped(&to), addr::mapped(&dialed));
     } else {
-        remember(ctx.cast(), to, dialed);
+        remember(ctx, to, dialed);
     }
     addr::write_user(ctx, family, &to);
     match syscall {
@@ -163,17 +161,26 @@ pub fn rule_stats(rule: u32) -> Option<&'static mut RuleStats> {
         .map(|stats| unsafe { &mut *stats })
 }
 
-/// Records that the socket of `ctx` talks to `to` in place of `dialed`.
+/// Records that the socket of `ctx` talks to `to` in place of `dialed`,
+/// in the socket's own storage.
 #[inline(always)]
-fn remember(ctx: *mut c_void, to: SockAddr, dialed: SockAddr) {
-    let key = reverse_key(ctx, to);
-    // SAFETY: the value is copied out at once.
-    if unsafe { REVERSE.get(key) } == Some(&dialed) {
+fn remember(ctx: *mut bpf_sock_addr, to: SockAddr, dialed: SockAddr) {
+    let context = SockAddrContext { sock_addr: ctx };
+    // SAFETY: the storage of the context's socket, made if it has none; a
+    // pointer the kernel keeps valid for this program run.
+    let Some(by_socket) = (unsafe { REVERSE.get_or_insert_ptr_mut(&context, None).as_mut() })
+    else {
         return;
+    };
+    for index in 0..DIALED_PER_SOCKET {
+        if by_socket.entries[index].to == to {
+            by_socket.entries[index].dialed = dialed;
+            return;
+        }
     }
-    // A full table evicts its least recently used entry: a failure here
-    // only means replies show the target's address.
-    let _ = REVERSE.insert(key, dialed, 0);
+    let slot = by_socket.next as usize % DIALED_PER_SOCKET;
+    by_socket.entries[slot] = Dialed { to, dialed };
+    by_socket.next = by_socket.next.wrapping_add(1);
 }
 
 /// Makes a peer address that netbpf rewrote look like the address the
@@ -181,15 +188,18 @@ fn remember(ctx: *mut c_void, to: SockAddr, dialed: SockAddr) {
 /// getpeername).
 #[inline(always)]
 pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16) {
-    let key = reverse_key(ctx.cast(), addr::read_user(ctx, family));
-    // SAFETY: the value is copied out at once.
-    if let Some(dialed) = unsafe { REVERSE.get(key) }.copied() {
-        addr::write_user(ctx, family, &dialed);
+    let context = SockAddrContext { sock_addr: ctx };
+    // SAFETY: as in `remember`; a socket without storage dialed nothing
+    // netbpf rewrote.
+    let Some(by_socket) = (unsafe { REVERSE.get_ptr_mut(&context).as_ref() }) else {
+        return;
+    };
+    let peer = addr::read_user(ctx, family);
+    for index in 0..DIALED_PER_SOCKET {
+        let entry = by_socket.entries[index];
+        if entry.to == peer {
+            addr::write_user(ctx, family, &entry.dialed);
+            return;
+        }
     }
-}
-
-#[inline(always)]
-fn reverse_key(ctx: *mut c_void, peer: SockAddr) -> ReverseKey {
-    // SAFETY: `ctx` is the program's context, as the helper requires.
-    ReverseKey::new(unsafe { bpf_get_socket_cookie(ctx) }, peer)
 }

@@ -2,14 +2,15 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{HashMap, LpmTrie, PerCpuArray, SockMap},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, MAX_ALIASES,
-    MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS,
-    MAX_MSS_INTERFACES, MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
-    MssConfig, MssStats, ReverseKey, RuleStats, ScopePort, ServiceKey, ServiceStats, SockAddr,
+    AliasKey, AliasedAddr, BindTarget, DialedBySocket, ForwardKey, ForwardTarget, GrantKey,
+    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES,
+    MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig,
+    MssStats, RuleStats, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// Flags of the hash maps only userspace writes: their memory follows the
@@ -43,11 +44,11 @@ pub static LOCAL_BINDS: HashMap<ScopePort, u32> = HashMap::with_max_entries(MAX_
 #[map]
 pub static BOUND_SOCKETS: HashMap<u64, ScopePort> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
 
-/// (socket cookie, rewritten destination) -> the destination the
-/// application dialed, to answer recvmsg and getpeername with it.
-#[map]
-pub static REVERSE: LruHashMap<ReverseKey, SockAddr> =
-    LruHashMap::with_max_entries(MAX_REVERSE_ENTRIES, 0);
+/// Per socket: the destinations it dialed that netbpf rewrote, to answer
+/// recvmsg and getpeername with them. Freed by the kernel with the socket:
+/// nothing to evict, nothing left behind.
+#[btf_map]
+pub static REVERSE: SkStorage<DialedBySocket> = SkStorage::new();
 
 /// ifindex -> how the tc program clamps MSS on that interface.
 #[map]

@@ -16,6 +16,9 @@ use super::sys::{map_lookup, map_next_key, map_update, obj_get};
 /// `BPF_MAP_TYPE_SOCKMAP`: its entries are sockets, which a copy cannot
 /// carry (the host services' listeners are taken again).
 const SOCKMAP: u32 = 15;
+/// `BPF_MAP_TYPE_SK_STORAGE`: per-socket storage, keyed by sockets, which
+/// userspace cannot walk.
+const SK_STORAGE: u32 = 24;
 /// Per-CPU map types, whose values are one per possible CPU, 8-aligned.
 const PER_CPU: [u32; 3] = [5, 6, 10];
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: netbpf's counters, all `u64` fields.
@@ -59,6 +62,12 @@ fn copy_map(from: &Path, to: &Path) -> io::Result<Moved> {
     let raw_type = |info: &MapInfo| info.map_type().map_or(u32::MAX, |kind| kind as u32);
     if raw_type(&old) == SOCKMAP {
         return Ok(Moved::Left("sockets are taken again".to_owned()));
+    }
+    if raw_type(&old) == SK_STORAGE {
+        return Ok(Moved::Left(
+            "per-socket storage cannot be walked: sockets open now lose what they dialed"
+                .to_owned(),
+        ));
     }
     if raw_type(&old) == COUNTERS && same_shape(&old, &new) {
         return Ok(Moved::Later);

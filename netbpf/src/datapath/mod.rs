@@ -156,7 +156,7 @@ pub struct Datapath {
 }
 
 /// The capacity of each map that has a setting.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 12] {
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 11] {
     [
         ("CGROUP_SCOPES", capacity.scopes),
         ("NETNS_SCOPES", capacity.scopes),
@@ -169,7 +169,6 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 12] {
         ("HOST_SERVICES", capacity.service_addresses),
         ("LOCAL_BINDS", capacity.local_binds),
         ("BOUND_SOCKETS", capacity.local_binds),
-        ("REVERSE", capacity.reverse_entries),
     ]
 }
 
@@ -343,7 +342,10 @@ fn pinned_maps(pins: &Pins, capacity: &Capacity) -> Result<Vec<(String, PathBuf)
         .map_err(|error| DatapathError::Object(Box::new(error.into())))?;
     let mut maps = Vec::new();
     for (name, mut map) in object.maps {
-        if map.section_kind() != aya_obj::EbpfSectionKind::Maps {
+        if !matches!(
+            map.section_kind(),
+            aya_obj::EbpfSectionKind::Maps | aya_obj::EbpfSectionKind::BtfMaps
+        ) {
             continue;
         }
         if let Some((_, size)) = capacities(capacity)

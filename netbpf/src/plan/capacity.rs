@@ -30,16 +30,13 @@ pub struct Capacity {
     /// Sockets bound on localhost inside scopes (`LOCAL_BINDS`,
     /// `BOUND_SOCKETS`). Default 65536.
     pub local_binds: u32,
-    /// What rewritten sockets dialed, for their replies and getpeername
-    /// (`REVERSE`, least recently used evicted). Default 262144.
-    pub reverse_entries: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
         use netbpf_common::{
             MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_LOCAL_BINDS,
-            MAX_REVERSE_ENTRIES, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
+            MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
         };
         Self {
             scopes: MAX_SCOPES,
@@ -50,7 +47,6 @@ impl Default for Capacity {
             grants: MAX_GRANTS,
             service_addresses: MAX_SERVICE_ADDRESSES,
             local_binds: MAX_LOCAL_BINDS,
-            reverse_entries: MAX_REVERSE_ENTRIES,
         }
     }
 }
