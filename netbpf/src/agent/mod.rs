@@ -318,6 +318,8 @@ impl Agent {
         let mut retry = tokio::time::interval(Duration::from_millis(500));
         // A change of the policy directory, reloaded once it settles.
         let mut policy_changed: Option<tokio::time::Instant> = None;
+        // Control clients' requests, each with where its answer goes.
+        let (asking, mut requests) = tokio::sync::mpsc::channel::<ControlRequest>(16);
         loop {
             let settled = policy_changed.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
@@ -350,11 +352,14 @@ impl Agent {
                     self.reconcile_logged();
                 }
                 events = next_link_events(self.links.as_mut()) => self.follow_links(events),
+                Some((request, reply)) = requests.recv() => {
+                    let _ = reply.send(self.answer(request));
+                }
                 accepted = listener.accept() => match accepted {
+                    // Read and written in a task of its own: a slow client
+                    // never holds up the loop.
                     Ok((stream, _)) => {
-                        if let Err(error) = self.answer(stream).await {
-                            tracing::warn!(%error, "a control client went away");
-                        }
+                        tokio::spawn(serve_client(stream, asking.clone()));
                     }
                     // Out of descriptors, or a client that gave up: the
                     // datapath runs on, and so does the socket.
@@ -879,29 +884,18 @@ impl Agent {
         Ok(())
     }
 
-    /// Reads one request from a control client and answers it.
-    async fn answer(&mut self, stream: UnixStream) -> io::Result<()> {
-        let (reader, mut writer) = stream.into_split();
-        let mut line = String::new();
-        let mut reader = BufReader::new(reader.take(Request::MAX_LINE));
-        tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await??;
-        let answer = match Request::parse(&line) {
-            Some(Request::Status) => self.document(),
-            Some(Request::Register(state)) => {
+    /// The answer to a control client's request.
+    fn answer(&mut self, request: Request) -> Vec<u8> {
+        match request {
+            Request::Status => self.document(),
+            Request::Register(state) => {
                 serde_json::to_vec(&self.register(&state)).expect("an answer serializes")
             }
-            Some(Request::Reload) => {
+            Request::Reload => {
                 let error = self.reload().err().map(|error| format!("{error:#}"));
                 serde_json::to_vec(&Reloaded { error }).expect("an answer serializes")
             }
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("unknown request {line:?}"),
-                ));
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(2), writer.write_all(&answer)).await?
+        }
     }
 
     /// Applies the policy to a container about to run, as an OCI hook
@@ -1029,6 +1023,38 @@ impl Agent {
                 Vec::new()
             }
         }
+    }
+}
+
+/// A control request, and where its answer goes.
+type ControlRequest = (Request, tokio::sync::oneshot::Sender<Vec<u8>>);
+
+/// Reads one request from a control client, has the loop answer it
+/// through `asking`, and writes the answer back.
+async fn serve_client(stream: UnixStream, asking: tokio::sync::mpsc::Sender<ControlRequest>) {
+    let served = async {
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(reader.take(Request::MAX_LINE));
+        tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await??;
+        let request = Request::parse(&line).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown request {line:?}"),
+            )
+        })?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        asking
+            .send((request, reply))
+            .await
+            .map_err(|_| io::Error::other("the agent is stopping"))?;
+        let answer = answer
+            .await
+            .map_err(|_| io::Error::other("the agent is stopping"))?;
+        tokio::time::timeout(Duration::from_secs(2), writer.write_all(&answer)).await?
+    };
+    if let Err(error) = served.await {
+        tracing::warn!(%error, "a control client went away");
     }
 }
 

@@ -135,6 +135,18 @@ pub(super) struct GrantDef {
     gateway: Option<IpAddr>,
 }
 
+impl GrantDef {
+    /// The address the container dials.
+    pub(super) fn dial(&self) -> SocketAddr {
+        self.dial
+    }
+
+    /// The gateway the policy names, if it names one.
+    pub(super) fn gateway(&self) -> Option<IpAddr> {
+        self.gateway
+    }
+}
+
 /// Validates one grant on its own.
 pub(super) fn validate_grant(
     locator: &Locator<'_>,

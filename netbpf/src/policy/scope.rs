@@ -146,6 +146,10 @@ impl ScopeDef {
     }
 }
 
+/// What a grant's connections dial, and the gateway they are sent to
+/// (when known): what no alias of the scope may take.
+type Granted = (SocketAddr, Option<IpAddr>);
+
 /// Checks a scope: alone (no instance, no facts: rules with per-instance
 /// values are left for later), or for one instance.
 struct Checker<'a> {
@@ -163,9 +167,9 @@ impl Checker<'_> {
         let field = format!("scope[{}]", self.def.index);
         let raw = &self.def.raw;
         let forwards = self.forwards(&field, &raw.forward)?;
-        let grants = self.grants(&field, &raw.host_services)?;
+        let (grants, dialed) = self.grants(&field, &raw.host_services)?;
         let binds = self.binds(&field, &raw.bind)?;
-        let aliases = self.aliases(&field, &raw.alias, &grants)?;
+        let aliases = self.aliases(&field, &raw.alias, &dialed)?;
         Ok(self.instance.map(|_| Scope {
             forwards,
             grants,
@@ -271,13 +275,16 @@ impl Checker<'_> {
         }))
     }
 
+    /// The grants of the instance (none when the scope is checked alone),
+    /// and what each grant's connections dial and are sent to (the
+    /// gateway, when known): what no alias may take.
     fn grants(
         &mut self,
         field: &str,
         raw: &[Spanned<host::RawGrant>],
-    ) -> Result<Vec<Grant>, PolicyError> {
+    ) -> Result<(Vec<Grant>, Vec<Granted>), PolicyError> {
         let Some(first) = raw.first() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         let network = match self.facts {
             Some(facts) => {
@@ -293,11 +300,20 @@ impl Checker<'_> {
             None => None,
         };
         let mut grants: Vec<Grant> = Vec::new();
+        let mut dialed: Vec<Granted> = Vec::new();
         for (index, raw) in raw.iter().enumerate() {
             let grant_field = format!("{field}.host_services[{index}]");
             let def =
                 host::validate_grant(self.locator, self.services, &grant_field, raw.get_ref())?;
+            if dialed.iter().any(|(dial, _)| *dial == def.dial()) {
+                return Err(self.locator.error(
+                    raw.get_ref().dial_span(),
+                    format!("{grant_field}.dial"),
+                    format!("{} is granted twice in this scope", def.dial()),
+                ));
+            }
             let Some((network, node_addresses)) = &network else {
+                dialed.push((def.dial(), def.gateway()));
                 continue;
             };
             let grant = host::resolve_grant(
@@ -309,16 +325,10 @@ impl Checker<'_> {
                 raw.get_ref(),
                 self.take_rule(),
             )?;
-            if grants.iter().any(|earlier| earlier.dial == grant.dial) {
-                return Err(self.locator.error(
-                    raw.get_ref().dial_span(),
-                    format!("{grant_field}.dial"),
-                    format!("{} is granted twice in this scope", grant.dial),
-                ));
-            }
+            dialed.push((grant.dial, Some(grant.gateway)));
             grants.push(grant);
         }
-        Ok(grants)
+        Ok((grants, dialed))
     }
 
     fn binds(
@@ -395,16 +405,15 @@ impl Checker<'_> {
         &mut self,
         field: &str,
         raw: &[Spanned<remap::RawAlias>],
-        grants: &[Grant],
+        granted: &[Granted],
     ) -> Result<Vec<Alias>, PolicyError> {
         let mut aliases: Vec<Alias> = Vec::new();
         for (index, raw) in raw.iter().enumerate() {
             let alias_field = format!("{field}.alias[{index}]");
             let alias = remap::validate_alias(self.locator, &alias_field, raw.get_ref(), 0)?;
-            let takes_grant = grants.iter().position(|grant| {
-                let address =
-                    alias.from.ip() == grant.dial.ip() || alias.from.ip() == grant.gateway;
-                let port = alias.from.port() == 0 || alias.from.port() == grant.dial.port();
+            let takes_grant = granted.iter().position(|(dial, gateway)| {
+                let address = alias.from.ip() == dial.ip() || Some(alias.from.ip()) == *gateway;
+                let port = alias.from.port() == 0 || alias.from.port() == dial.port();
                 alias
                     .protocols
                     .numbers()

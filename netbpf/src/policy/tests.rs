@@ -598,6 +598,24 @@ fn a_directory_merges_its_files_and_names_both_places_of_a_clash() {
 }
 
 #[test]
+fn grants_that_collide_are_refused_when_the_policy_is_read() {
+    let twice = with_grants(
+        r#"{ service = "gpu", dial = "172.17.0.1:1" }, { service = "gpu", dial = "172.17.0.1:1" }"#,
+    );
+    let error = parse_text(&twice).expect_err("refused before any instance");
+    assert!(error.message.contains("granted twice"), "{error}");
+    let taken = format!(
+        "{}alias = [{{ from = \"172.17.0.1:18188\", to = \"10.0.0.9:80\" }}]\n",
+        with_grants(r#"{ service = "gpu", dial = "172.17.0.1:18188" }"#)
+    );
+    let error = parse_text(&taken).expect_err("refused before any instance");
+    assert!(
+        error.message.contains("would take the connections"),
+        "{error}"
+    );
+}
+
+#[test]
 fn rejects_grants_and_remaps_that_could_not_work() {
     assert_rejected(
         &with_grants(r#"{ service = "gpu", dial = "172.17.0.1:18188", gateway = "10.9.9.9" }"#),
