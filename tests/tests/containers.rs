@@ -253,7 +253,7 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
 /// A containerd of the test's own, and a service in its network namespace
 /// (which `--net-host` containers share).
 #[test]
-fn containerd_containers_get_their_scope_from_their_bundle() {
+fn containerd_containers_and_pods_get_their_scope_from_their_bundles() {
     require_root();
     let root = Cgroup::new_test_root(&unique_name("nbc")).unwrap();
     let tasks = root.child("containerd").unwrap();
@@ -289,53 +289,69 @@ fn containerd_containers_get_their_scope_from_their_bundle() {
         .policy(
             "front.toml",
             "version = 1\n[[scope]]\nname = \"front\"\nmatch = { label = { tier = \"front\" } }\n\
-             forward = [{ from = \"localhost:8082\", to = \"10.204.0.1:8082\" }]\n",
+             forward = [{ from = \"localhost:8082\", to = \"10.204.0.1:8082\" }]\n\
+             [[scope]]\nname = \"shop\"\nmatch = { pod = \"shop/web-*\" }\n\
+             forward = [{ from = \"localhost:9082\", to = \"10.204.0.1:8082\" }]\n",
         )
         .unwrap();
     let agent = setup
         .start("agent")
         .unwrap_or_else(|error| panic!("{error:#}"));
 
-    // A task id as the CRI makes them, labelled as `ctr run --label` does.
-    let id = format!(
-        "{:0>64}",
-        format!("{:x}{:x}", std::process::id(), 0x00c0_ffee)
-    );
-    let cgroup = format!("{}/{id}", tasks.runtime_parent().unwrap());
-    containerd
-        .ctr(&[
-            "run",
-            "--detach",
-            "--net-host",
-            "--cgroup",
-            &cgroup,
-            "--label",
-            "tier=front",
-            image,
-            &id,
-            "sleep",
-            "600",
-        ])
-        .unwrap_or_else(|error| panic!("{error:#}"));
-    let status = agent
-        .wait_for_status(Duration::from_secs(10), |status| applied(status).len() == 1)
-        .unwrap();
-    assert_eq!(applied(&status), [format!("front/{id}")], "{status}");
-    let answer = containerd
-        .ctr(&[
+    // Task ids as the CRI makes them, labelled as `ctr run --label` does.
+    let run = |number: u32, parent: &Cgroup, labels: &[&str]| -> String {
+        let id = format!("{:0>64}", format!("{:x}{number:04x}", std::process::id()));
+        let cgroup = format!("{}/{id}", parent.runtime_parent().unwrap());
+        let mut args = vec!["run", "--detach", "--net-host", "--cgroup", &cgroup];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        args.extend([image, &id, "sleep", "600"]);
+        containerd
+            .ctr(&args)
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        id
+    };
+    let ask = |id: &str, port: u16| -> anyhow::Result<String> {
+        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 {port}");
+        let answer = containerd.ctr(&[
             "tasks",
             "exec",
             "--exec-id",
             "probe",
-            &id,
+            id,
             "sh",
             "-c",
-            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 8082",
-        ])
+            &script,
+        ])?;
+        Ok(answer.lines().last().unwrap_or_default().trim().to_owned())
+    };
+    let front = run(1, &tasks, &["tier=front"]);
+    // Two containers of one Kubernetes pod, as the CRI annotates them, in
+    // the pod's cgroup: one instance of the pod's scope.
+    let pod = root.child("pod-web-0").unwrap();
+    let cri = |name: &'static str| {
+        [
+            "io.kubernetes.cri.sandbox-namespace=shop",
+            "io.kubernetes.cri.sandbox-name=web-0",
+            name,
+        ]
+    };
+    let app = run(2, &pod, &cri("io.kubernetes.cri.container-name=app"));
+    let sidecar = run(3, &pod, &cri("io.kubernetes.cri.container-name=sidecar"));
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| applied(status).len() == 2)
         .unwrap();
     assert_eq!(
-        answer.lines().last().unwrap_or_default().trim(),
-        "published"
+        applied(&status),
+        [format!("front/{front}"), "shop/shop/web-0".to_owned()],
+        "{status}"
     );
+    assert_eq!(ask(&front, 8082).unwrap(), "published");
+    assert_eq!(ask(&app, 9082).unwrap(), "published");
+    assert_eq!(ask(&sidecar, 9082).unwrap(), "published");
+    // The pod's forward is its own: the front container has none on 9082.
+    let refused = ask(&front, 9082).unwrap_err();
+    assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
     assert!(agent.stop().unwrap().success());
 }
