@@ -93,47 +93,47 @@ fn bpf<T>(command: libc::c_long, attr: &T) -> io::Result<i32> {
 /// `BPF_MAP_GET_NEXT_KEY`: the key after `key` (the first without one) in
 /// `next`; false at the end.
 pub fn map_next_key(map: &OwnedFd, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
-    let attr = MapElem {
-        map_fd: fd_number(map.as_fd())?,
-        _pad: 0,
-        key: key.map_or(0, |key| key.as_ptr() as u64),
-        value: next.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
-        Ok(_) => Ok(true),
-        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(error) => Err(error),
-    }
+    let key = key.map_or(0, |key| key.as_ptr() as u64);
+    found(map_elem(
+        BPF_MAP_GET_NEXT_KEY,
+        map,
+        key,
+        next.as_mut_ptr() as u64,
+    ))
 }
 
 /// `BPF_MAP_LOOKUP_ELEM`: the value of `key` in `value`; false when the
 /// entry went meanwhile.
 pub fn map_lookup(map: &OwnedFd, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-    let attr = MapElem {
-        map_fd: fd_number(map.as_fd())?,
-        _pad: 0,
-        key: key.as_ptr() as u64,
-        value: value.as_mut_ptr() as u64,
-        flags: 0,
-    };
-    match bpf(BPF_MAP_LOOKUP_ELEM, &attr) {
-        Ok(_) => Ok(true),
-        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(error) => Err(error),
-    }
+    let (key, value) = (key.as_ptr() as u64, value.as_mut_ptr() as u64);
+    found(map_elem(BPF_MAP_LOOKUP_ELEM, map, key, value))
 }
 
 /// `BPF_MAP_UPDATE_ELEM` of `key` to `value`.
 pub fn map_update(map: &OwnedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let (key, value) = (key.as_ptr() as u64, value.as_ptr() as u64);
+    map_elem(BPF_MAP_UPDATE_ELEM, map, key, value)
+}
+
+/// One map element `command` on the buffers at `key` and `value`.
+fn map_elem(command: libc::c_long, map: &OwnedFd, key: u64, value: u64) -> io::Result<()> {
     let attr = MapElem {
         map_fd: fd_number(map.as_fd())?,
         _pad: 0,
-        key: key.as_ptr() as u64,
-        value: value.as_ptr() as u64,
+        key,
+        value,
         flags: 0,
     };
-    bpf(BPF_MAP_UPDATE_ELEM, &attr).map(drop)
+    bpf(command, &attr).map(drop)
+}
+
+/// A map command's result as found (true) or not there (false, `ENOENT`).
+fn found(result: io::Result<()>) -> io::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// The map element commands' part of `union bpf_attr`.
