@@ -130,39 +130,52 @@ impl Hosts {
         index: usize,
         global: &[&str],
     ) -> Vec<String> {
-        // --cgroup-parent is a path from the cgroup v2 root.
-        let parent = cgroup.runtime_parent().unwrap();
         let server = format!(
             "echo instance-{} > /www/index.html; exec httpd -f -p 3000 -h /www",
             INSTANCES[index].0
         );
+        self.run_command(name, cgroup, global, &[], &server)
+    }
+
+    /// The `podman` arguments that run `script` in a container `name` in
+    /// `cgroup`, on the shared network; `global` go before `run`, `options`
+    /// after it.
+    fn run_command(
+        &self,
+        name: &str,
+        cgroup: &Cgroup,
+        global: &[&str],
+        options: &[&str],
+        script: &str,
+    ) -> Vec<String> {
+        // --cgroup-parent is a path from the cgroup v2 root.
+        let parent = cgroup.runtime_parent().unwrap();
         let network = format!("ns:{}", self.host.path().display());
+        let run = [
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--cgroup-parent",
+            &parent,
+            "--network",
+            &network,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ];
+        let command = [IMAGE, "/bin/sh", "-c", script];
         global
             .iter()
-            .copied()
-            .chain([
-                "run",
-                "--detach",
-                "--name",
-                name,
-                "--runtime",
-                "runc",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--cgroup-parent",
-                &parent,
-                "--network",
-                &network,
-                "--ulimit",
-                "nofile=1024:1024",
-                "--ulimit",
-                "nproc=1024:1024",
-                IMAGE,
-                "/bin/sh",
-                "-c",
-                &server,
-            ])
-            .map(str::to_owned)
+            .chain(&run)
+            .chain(options)
+            .chain(&command)
+            .map(|&argument| argument.to_owned())
             .collect()
     }
 
@@ -499,34 +512,15 @@ fn podman_containers_are_named_by_its_api_service() {
     // No hook: the API's events name the container. It waits a moment
     // before it binds, as a server that starts slowly would.
     let name = unique_name("nbapi");
-    let parent = hosts.instances[0].runtime_parent().unwrap();
-    let network = format!("ns:{}", hosts.host.path().display());
     run_checked(
         "podman",
-        [
-            "run",
-            "--detach",
-            "--name",
+        hosts.run_command(
             &name,
-            "--label",
-            "app.port=7051",
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--cgroup-parent",
-            &parent,
-            "--network",
-            &network,
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            IMAGE,
-            "/bin/sh",
-            "-c",
+            &hosts.instances[0],
+            &[],
+            &["--label", "app.port=7051"],
             "echo labelled > /www/index.html; sleep 2; exec httpd -f -p 3000 -h /www",
-        ],
+        ),
     )
     .unwrap_or_else(|error| panic!("{error:#}"));
     hosts.containers.0.push(name.clone());
