@@ -319,6 +319,7 @@ pub struct MssConfig {
 /// Counters of the MSS clamp on one interface, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct MssStats {
     /// TCP segments with SYN set (SYN and SYN-ACK) the program looked at.
     pub seen: u64,

@@ -7,8 +7,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use netbpf_common::{MAX_MSS_INTERFACES, MSS_PATH_MTU, MssConfig, MssStats};
+use netbpf_common::{MAX_MSS_INTERFACES, MSS_PATH_MTU, MssConfig};
 
+use super::status::MssInterfaceStatus;
 use crate::{
     datapath::{Datapath, DatapathError, MssLinks},
     host::{
@@ -37,14 +38,6 @@ pub enum ClampError {
     Listing(#[source] std::io::Error),
     #[error(transparent)]
     Datapath(#[from] DatapathError),
-}
-
-/// An interface a clamp is on, as `status` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClampedInterface {
-    pub name: String,
-    pub ifindex: u32,
-    pub stats: MssStats,
 }
 
 /// An interface the clamp is attached to.
@@ -257,7 +250,7 @@ impl MssClamper {
     pub fn status(
         &self,
         datapath: &Datapath,
-    ) -> Result<Vec<(MssClamp, Vec<ClampedInterface>)>, DatapathError> {
+    ) -> Result<Vec<(MssClamp, Vec<MssInterfaceStatus>)>, DatapathError> {
         self.clamps
             .iter()
             .enumerate()
@@ -267,7 +260,7 @@ impl MssClamper {
                     .iter()
                     .filter(|(_, clamped)| clamped.clamp == index)
                     .map(|(ifindex, clamped)| {
-                        Ok(ClampedInterface {
+                        Ok(MssInterfaceStatus {
                             name: clamped.name.clone(),
                             ifindex: *ifindex,
                             stats: datapath.mss_stats(clamped.slot)?,

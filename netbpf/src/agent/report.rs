@@ -3,10 +3,9 @@
 
 use super::{
     Agent,
-    mss_clamp::ClampedInterface,
     status::{
         AliasStatus, BindStatus, DiscoveryStatus, ForwardStatus, GrantStatus, HostServiceStatus,
-        MssClampStatus, MssInterfaceStatus, ReloadStatus, ScopeStatus, Status,
+        MssClampStatus, ReloadStatus, ScopeStatus, Status,
     },
 };
 use crate::{
@@ -32,7 +31,7 @@ impl Agent {
                 interface: clamp.interface,
                 direction: clamp.direction,
                 mss: clamp.mss,
-                attached: interfaces.into_iter().map(interface_status).collect(),
+                attached: interfaces,
             })
             .collect();
         let host_services = agent
@@ -80,26 +79,6 @@ impl Agent {
             grant_guard: agent.guard.interfaces(),
             mss_clamps,
         })
-    }
-}
-
-fn interface_status(
-    ClampedInterface {
-        name,
-        ifindex,
-        stats,
-    }: ClampedInterface,
-) -> MssInterfaceStatus {
-    MssInterfaceStatus {
-        name,
-        ifindex,
-        seen: stats.seen,
-        clamped: stats.clamped,
-        inserted: stats.inserted,
-        already_small: stats.already_small,
-        without_option: stats.without_option,
-        malformed: stats.malformed,
-        unparsed: stats.unparsed,
     }
 }
 

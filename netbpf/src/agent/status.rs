@@ -8,6 +8,7 @@ use std::{
 };
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use netbpf_common::MssStats;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -170,13 +171,8 @@ pub struct MssClampStatus {
 pub struct MssInterfaceStatus {
     pub name: String,
     pub ifindex: u32,
-    pub seen: u64,
-    pub clamped: u64,
-    pub inserted: u64,
-    pub already_small: u64,
-    pub without_option: u64,
-    pub malformed: u64,
-    pub unparsed: u64,
+    #[serde(flatten)]
+    pub stats: MssStats,
 }
 
 impl Status {
@@ -383,14 +379,23 @@ impl Status {
                 table.add_row(head.iter().cloned().chain(waiting));
             }
             for interface in &clamp.attached {
+                let MssStats {
+                    seen,
+                    clamped,
+                    inserted,
+                    already_small,
+                    without_option,
+                    malformed,
+                    unparsed,
+                } = interface.stats;
                 let counters = [
-                    interface.seen,
-                    interface.clamped,
-                    interface.inserted,
-                    interface.already_small,
-                    interface.without_option,
-                    interface.malformed,
-                    interface.unparsed,
+                    seen,
+                    clamped,
+                    inserted,
+                    already_small,
+                    without_option,
+                    malformed,
+                    unparsed,
                 ]
                 .map(|count| count.to_string());
                 table.add_row(
