@@ -153,6 +153,19 @@ impl Lab {
             .unwrap()
     }
 
+    /// netbpf on the node's policy, its network namespace the node's.
+    fn start_netbpf(&self) -> NetbpfRun {
+        std::fs::create_dir(self.file("netbpf")).unwrap();
+        NetbpfRun::start_with(
+            &netbpf_binary(),
+            &self.policy(),
+            self.root.path(),
+            &self.file("netbpf"),
+            &["--netns", path(&self.node.path())],
+        )
+        .unwrap()
+    }
+
     /// `ssh -N -L 127.0.0.1:18188:127.0.0.1:8000` on the node: the tunnel,
     /// bound to the node's loopback only.
     fn open_tunnel(&mut self) {
@@ -265,15 +278,7 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
     // closed: the tunnel listens on the node's loopback only.
     assert_ne!(node.curl(Place::Granted, "http://10.210.1.1:18188/").0, 0);
 
-    std::fs::create_dir(node.file("netbpf")).unwrap();
-    let netbpf = NetbpfRun::start_with(
-        &netbpf_binary(),
-        &node.policy(),
-        node.root.path(),
-        &node.file("netbpf"),
-        &["--netns", path(&node.node.path())],
-    )
-    .unwrap();
+    let netbpf = node.start_netbpf();
 
     // The granted container dials the host alias, as host.docker.internal.
     assert_eq!(
@@ -415,15 +420,7 @@ fn a_container_that_forges_a_granted_address_does_not_reach_the_service() {
     let mut node = Lab::new();
     node.open_tunnel();
     let _plain = node.http_server(Place::Node, "10.210.1.1", 18199, "a plain node service");
-    std::fs::create_dir(node.file("netbpf")).unwrap();
-    let netbpf = NetbpfRun::start_with(
-        &netbpf_binary(),
-        &node.policy(),
-        node.root.path(),
-        &node.file("netbpf"),
-        &["--netns", path(&node.node.path())],
-    )
-    .unwrap();
+    let netbpf = node.start_netbpf();
     assert_eq!(
         node.curl(Place::Granted, "http://172.17.0.1:18188/"),
         (0, GPU_ANSWER.to_owned())
