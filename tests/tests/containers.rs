@@ -25,7 +25,7 @@ struct DockerNode {
     daemon: DockerDaemon,
     _service: Process,
     _containers: Cgroup,
-    _helpers: Cgroup,
+    helpers: Cgroup,
     root: Cgroup,
     work: tempfile::TempDir,
 }
@@ -55,21 +55,23 @@ impl DockerNode {
             daemon,
             _service: service,
             _containers: containers,
-            _helpers: helpers,
+            helpers,
             root,
             work,
         }
     }
 
     /// `netbpf agent` with `policy` as its one policy file, following this
-    /// daemon and the cgroups below the test's root; its pins go with the
-    /// returned setup.
+    /// daemon and the cgroups below the test's root, the daemon's network
+    /// namespace its node's; its pins go with the returned setup.
     fn agent(&self, policy: &str) -> (AgentSetup, NetbpfRun) {
+        let node = self.daemon.netns().path();
         let setup = AgentSetup::new(
             self.work.path(),
             self.root.path(),
             AgentOptions {
                 docker: Some(self.daemon.socket()),
+                netns: Some(&node),
                 ..AgentOptions::default()
             },
         )
@@ -247,6 +249,83 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
             status["scopes"].as_array().is_some_and(Vec::is_empty)
         })
         .unwrap();
+    assert!(agent.stop().unwrap().success());
+}
+
+/// `docker network connect` and `disconnect` change a container's
+/// addresses and gateway, not its cgroup: its grant follows from the
+/// network events.
+#[test]
+fn a_granted_container_moved_to_another_network_keeps_its_host_service() {
+    let node = DockerNode::new();
+    let netns = node.daemon.netns();
+    // The address containers dial for the service: the node's, where
+    // nothing listens.
+    netns
+        .ip(&["addr", "add", "10.213.9.1/32", "dev", "lo"])
+        .unwrap();
+    let _tunnel = Site {
+        cgroup: &node.helpers,
+        netns,
+    }
+    .start_http_server(node.work.path(), "127.0.0.1", 18190, "tunnel")
+    .unwrap();
+    let (_setup, agent) = node.agent(
+        "version = 1
+         [[host_service]]
+name = \"tunnel\"
+listen = \"127.0.0.1:18190\"
+         [[scope]]
+name = \"granted\"
+match = { container = \"granted-*\" }
+         host_services = [{ service = \"tunnel\", dial = \"10.213.9.1:18190\" }]
+",
+    );
+    node.run("granted-1", &[]);
+    node.run("other-1", &[]);
+    let gateway = |status: &serde_json::Value| status["scopes"][0]["grants"][0]["gateway"].clone();
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| applied(status).len() == 1)
+        .unwrap();
+    assert_eq!(gateway(&status), PUBLISHED, "{status}");
+    assert_eq!(node.get("granted-1", "10.213.9.1", 18190), "tunnel");
+    // Guarded where it arrives: the ports of its bridge.
+    let guarded = |status: &serde_json::Value| status["grant_guard"].as_array().unwrap().clone();
+    let before = agent
+        .wait_for_status(Duration::from_secs(5), |status| !guarded(status).is_empty())
+        .unwrap();
+
+    node.daemon
+        .docker(&["network", "create", "--subnet", "10.214.0.0/24", "moved"])
+        .unwrap();
+    node.daemon
+        .docker(&["network", "connect", "moved", "granted-1"])
+        .unwrap();
+    node.daemon
+        .docker(&["network", "disconnect", "bridge", "granted-1"])
+        .unwrap();
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| {
+            gateway(status) == "10.214.0.1"
+        })
+        .unwrap();
+    assert!(status["scopes"][0]["error"].is_null(), "{status}");
+    assert_eq!(node.get("granted-1", "10.213.9.1", 18190), "tunnel");
+    let after = agent.status_json().unwrap();
+    assert!(!guarded(&after).is_empty(), "{after}");
+    assert_ne!(guarded(&after), guarded(&before), "{after}");
+    // A container of no grant is refused.
+    let refused = node
+        .daemon
+        .docker(&[
+            "exec",
+            "other-1",
+            "sh",
+            "-c",
+            "nc -w 5 10.213.9.1 18190 </dev/null",
+        ])
+        .unwrap_err();
+    assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
     assert!(agent.stop().unwrap().success());
 }
 

@@ -17,7 +17,7 @@ mod signals;
 pub mod status;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -143,7 +143,7 @@ pub struct Agent {
     /// The ids described by an OCI hook or a containerd bundle only:
     /// forgotten with their cgroup (described again for a new one), where
     /// an API says when a container goes.
-    hooked: std::collections::HashSet<String>,
+    hooked: HashSet<String>,
     /// containerd's state directory, where its tasks' bundles are; empty:
     /// not looked at.
     containerd_state: PathBuf,
@@ -273,7 +273,7 @@ impl Agent {
                 .into_iter()
                 .map(|container| (container.id.clone(), container))
                 .collect(),
-            hooked: std::collections::HashSet::new(),
+            hooked: HashSet::new(),
             described_file,
             containerd_state: runtimes.containerd.clone(),
             runtime_events,
@@ -486,7 +486,7 @@ impl Agent {
     /// Forgets hook-described containers whose cgroup is gone, and keeps
     /// the rest for the next agent.
     fn forget_hooked_but_present(&mut self) {
-        let present: std::collections::HashSet<&str> = self
+        let present: HashSet<&str> = self
             .workloads
             .values()
             .filter_map(|workload| Some(workload.container.as_ref()?.id.as_str()))
@@ -536,6 +536,10 @@ impl Agent {
             EngineEvent::Gone(id) => {
                 self.described.remove(&id);
             }
+            EngineEvent::Rewired(id) => {
+                tracing::info!(%id, "container joined or left a network: resolving its rules again");
+                self.forget_resolved(&id);
+            }
             EngineEvent::All(runtime, containers) => {
                 self.described
                     .retain(|_, known| known.runtime != Some(runtime));
@@ -547,6 +551,20 @@ impl Agent {
             }
         }
         self.reconcile_logged();
+    }
+
+    /// Forgets the rules resolved for the container `id` from what the host
+    /// said of it (its addresses, its gateway), to be resolved again.
+    fn forget_resolved(&mut self, id: &str) {
+        let cgroups: HashSet<u64> = self
+            .workloads
+            .values()
+            .filter(|workload| workload.container.as_ref().is_some_and(|c| c.id == id))
+            .map(|workload| workload.cgroup_id)
+            .collect();
+        self.resolved.retain(|(_, key, _, _), _| {
+            !matches!(key, ScopeKey::Cgroup(cgroup) if cgroups.contains(cgroup))
+        });
     }
 
     /// The workloads, each container with what its runtime said of it.
@@ -801,7 +819,7 @@ impl Agent {
             })
             .collect::<Vec<_>>();
         // What matches no more (a container gone) leaves the cache.
-        let current: std::collections::HashSet<_> = resolved
+        let current: HashSet<_> = resolved
             .iter()
             .map(|instance: &Resolved| {
                 let assignment = &instance.assignment;

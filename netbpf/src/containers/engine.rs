@@ -9,6 +9,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use bollard::{
     API_DEFAULT_VERSION, Docker,
+    models::EventMessageTypeEnum,
     query_parameters::{EventsOptions, ListContainersOptions},
 };
 use futures_util::StreamExt as _;
@@ -23,6 +24,9 @@ pub enum EngineEvent {
     Known(Container),
     /// The container with this id is gone.
     Gone(String),
+    /// The container with this id joined or left a network: its addresses
+    /// and gateway are not what they were.
+    Rewired(String),
     /// The runtime's containers are these, and no others (after the
     /// socket answered, again after it went away and came back).
     All(Runtime, Vec<Container>),
@@ -58,7 +62,8 @@ async fn follow_once(
 ) -> Result<(), bollard::errors::Error> {
     let docker = connect(socket).await?;
     // Subscribed before listing: nothing that starts in between is missed.
-    let filters = [("type".to_owned(), vec!["container".to_owned()])].into();
+    let types = vec!["container".to_owned(), "network".to_owned()];
+    let filters = [("type".to_owned(), types)].into();
     let mut stream = docker.events(Some(EventsOptions {
         filters: Some(filters),
         ..EventsOptions::default()
@@ -76,6 +81,19 @@ async fn follow_once(
         let Some(id) = actor.id else {
             continue;
         };
+        if message.typ == Some(EventMessageTypeEnum::NETWORK) {
+            // A network event's actor is the network; the container that
+            // joined or left it is an attribute.
+            let container = actor
+                .attributes
+                .and_then(|mut attributes| attributes.remove("container"));
+            if let (Some(container), "connect" | "disconnect") = (container, action.as_str())
+                && events.send(EngineEvent::Rewired(container)).await.is_err()
+            {
+                return Ok(());
+            }
+            continue;
+        }
         let event = match action.as_str() {
             // The create event names the container before its cgroup is
             // made: matched by name and labels, its scope is ready when
