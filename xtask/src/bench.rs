@@ -335,10 +335,11 @@ fn report(results: &[(&str, Cost)]) -> String {
         "\nnetbpf rewrites the destination once, in `connect()`, and the connection is then a direct one: \
          no NAT, no conntrack entry. The iptables way sends every packet of every connection through NAT \
                   and conntrack, and leaves a conntrack entry per connection behind (counted in the desktop's \
-                  namespace after the runs). netbpf's memory does not grow with traffic: the maps its programs \
-         write are preallocated at their capacity when it starts (the largest, the table that \
-         remembers what each socket dialed, holds 262,144 sockets), and the maps of the policy grow \
-         only with the policy. It is the same at one connection or a million. Each way runs \
+                  namespace after the runs). netbpf's maps do not grow with traffic: those its programs \
+         write are preallocated at their capacity when it starts (the tables of bound sockets, \
+         the per-CPU counters), and the maps of the policy grow only with the policy. What each \
+         socket dialed is kept in the socket's own storage (`SK_STORAGE`): a few dozen bytes per \
+         socket of a scope, freed with the socket, never evicted. Each way runs \
          on a topology of its own, so none meets another's TIME_WAIT or \
          conntrack entries. On a small VM the rates move by 10-20% between runs: the p50 column and the \
          ratios are the steadier reading.\n",
