@@ -31,7 +31,8 @@ pub static NETNS_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPE
 pub static FORWARDS: LpmTrie<ForwardKey, ForwardTarget> =
     LpmTrie::with_max_entries(MAX_FORWARD_PREFIXES, 0);
 
-/// Per-CPU counters of each forward rule, indexed by rule id.
+/// Per-CPU counters of every rule (forward, grant, bind remap, alias),
+/// indexed by the rule's counter slot.
 #[map]
 pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MAX_RULES, 0);
 

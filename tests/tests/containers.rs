@@ -270,17 +270,7 @@ fn a_granted_container_moved_to_another_network_keeps_its_host_service() {
     }
     .start_http_server(node.work.path(), "127.0.0.1", 18190, "tunnel")
     .unwrap();
-    let (_setup, agent) = node.agent(
-        "version = 1
-         [[host_service]]
-name = \"tunnel\"
-listen = \"127.0.0.1:18190\"
-         [[scope]]
-name = \"granted\"
-match = { container = \"granted-*\" }
-         host_services = [{ service = \"tunnel\", dial = \"10.213.9.1:18190\" }]
-",
-    );
+    let (setup, agent) = node.agent(&granted_policy(&[("tunnel", 18190)]));
     node.run("granted-1", &[]);
     node.run("other-1", &[]);
     let gateway = |status: &serde_json::Value| status["scopes"][0]["grants"][0]["gateway"].clone();
@@ -326,7 +316,58 @@ match = { container = \"granted-*\" }
         ])
         .unwrap_err();
     assert!(format!("{refused:#}").contains("refused"), "{refused:#}");
+
+    // A reload puts a service nobody serves where the tunnel was: its
+    // grant is refused, never handed to the tunnel's listener.
+    setup
+        .policy(
+            "50-test.toml",
+            &granted_policy(&[("metrics", 18191), ("tunnel", 18190)]),
+        )
+        .unwrap();
+    agent
+        .wait_for_status(Duration::from_secs(10), |status| {
+            status["scopes"][0]["grants"].as_array().map(Vec::len) == Some(2)
+        })
+        .unwrap();
+    let moved = node
+        .daemon
+        .docker(&[
+            "exec",
+            "granted-1",
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.213.9.1 18191",
+        ])
+        .map(|answer| answer.lines().last().unwrap_or_default().trim().to_owned());
+    assert!(moved.is_err(), "the tunnel answered for metrics: {moved:?}");
+    assert_eq!(node.get("granted-1", "10.213.9.1", 18190), "tunnel");
     assert!(agent.stop().unwrap().success());
+}
+
+/// A policy of the host `services` (name, port on the node's loopback) in
+/// this order, each granted to the `granted-*` containers at the same port
+/// of 10.213.9.1.
+fn granted_policy(services: &[(&str, u16)]) -> String {
+    use std::fmt::Write as _;
+    let mut policy = "version = 1\n".to_owned();
+    let mut grants = Vec::new();
+    for (name, port) in services {
+        let _ = write!(
+            policy,
+            "[[host_service]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\n"
+        );
+        grants.push(format!(
+            "{{ service = \"{name}\", dial = \"10.213.9.1:{port}\" }}"
+        ));
+    }
+    let _ = write!(
+        policy,
+        "[[scope]]\nname = \"granted\"\nmatch = {{ container = \"granted-*\" }}\n\
+         host_services = [{}]\n",
+        grants.join(", ")
+    );
+    policy
 }
 
 /// A containerd of the test's own, and a service in its network namespace

@@ -89,9 +89,8 @@ impl HostServices {
             // A socket that stopped listening and listens again keeps its
             // cookie but has left the map: granted connections that found
             // no listener since the last look say so.
-            let down = datapath
-                .service_stats(u32::try_from(index).expect("services are few"))
-                .map_or(0, |stats| stats.down);
+            let slot = u32::try_from(index).expect("services are few");
+            let down = datapath.service_stats(slot).map_or(0, |stats| stats.down);
             let missed = down > self.down_seen[index];
             self.down_seen[index] = down;
             match (found, self.listeners[index]) {
@@ -110,11 +109,15 @@ impl HostServices {
                         tracing::warn!(service = %service.name, error = format!("{error:#}"), "listener not taken");
                     }
                 },
-                (None, Some(_)) => {
-                    tracing::warn!(service = %service.name, listen = %service.listen, "the listener is gone: connections are refused until one listens again");
-                    self.listeners[index] = None;
+                (None, current) => {
+                    if current.is_some() {
+                        tracing::warn!(service = %service.name, listen = %service.listen, "the listener is gone: connections are refused until one listens again");
+                        self.listeners[index] = None;
+                    }
+                    // Whatever the slot holds is not this service's (an
+                    // agent of another policy may have left it).
+                    datapath.clear_service_sockets([slot])?;
                 }
-                (None, None) => {}
             }
         }
         Ok(())

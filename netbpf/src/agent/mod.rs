@@ -284,7 +284,12 @@ impl Agent {
         for (path, id) in present {
             agent.add_workload(path, id);
         }
-        agent.forget_hooked_but_present();
+        agent.forget_hooked_gone();
+        // Listener slots an agent of a longer list of services left: the
+        // others are taken or emptied by the first look for listeners.
+        agent
+            .datapath
+            .clear_unused_service_sockets(agent.policy.host_services.len())?;
         // The maps are filled before the programs attach, so they act on
         // the whole plan from their first run.
         agent.reconcile()?;
@@ -343,9 +348,7 @@ impl Agent {
                 events = self.cgroups.next() => self.follow_cgroups(events),
                 Some(event) = self.runtime_events.recv() => self.follow_runtime(event),
                 _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
-                    if let Err(error) = self.host_services.refresh(&mut self.datapath) {
-                        tracing::warn!(error = format!("{error:#}"), "host services not refreshed");
-                    }
+                    self.refresh_host_services();
                 }
                 _ = retry.tick(), if self.waiting() => {
                     self.resolved.retain(|_, rules| rules.is_ok());
@@ -450,6 +453,8 @@ impl Agent {
                     for (path, id) in present {
                         self.add_workload(path, id);
                     }
+                    // Those whose cgroup went while events were lost.
+                    self.forget_hooked_gone();
                 }
             }
         }
@@ -485,7 +490,7 @@ impl Agent {
 
     /// Forgets hook-described containers whose cgroup is gone, and keeps
     /// the rest for the next agent.
-    fn forget_hooked_but_present(&mut self) {
+    fn forget_hooked_gone(&mut self) {
         let present: HashSet<&str> = self
             .workloads
             .values()
@@ -541,8 +546,10 @@ impl Agent {
                 self.forget_resolved(&id);
             }
             EngineEvent::All(runtime, containers) => {
+                // What the hook said stays: the hook may have run before
+                // the runtime listed its containers.
                 self.described
-                    .retain(|_, known| known.runtime != Some(runtime));
+                    .retain(|id, known| known.runtime != Some(runtime) || self.hooked.contains(id));
                 self.described.extend(
                     containers
                         .into_iter()
@@ -642,17 +649,7 @@ impl Agent {
             // The kernel dropped events (ENOBUFS): look at everything again.
             Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
                 tracing::warn!("interface events were lost: listing the interfaces again");
-                match netns::in_netns_or_here(self.node.other_netns.as_deref(), links::list)
-                    .and_then(|listed| listed)
-                {
-                    Ok(listed) => {
-                        self.interfaces = listed
-                            .into_iter()
-                            .map(|interface| (interface.index, interface))
-                            .collect();
-                    }
-                    Err(error) => tracing::warn!(%error, "listing the interfaces failed"),
-                }
+                self.relist_interfaces();
                 if let Err(error) = self.clamper.resync(&mut self.datapath) {
                     tracing::warn!(
                         error = format!("{error:#}"),
@@ -663,6 +660,21 @@ impl Agent {
             Err(error) => tracing::warn!(%error, "reading interface changes failed"),
         }
         self.apply_guard();
+    }
+
+    /// Lists the node's interfaces again, whatever events are still queued.
+    fn relist_interfaces(&mut self) {
+        match netns::in_netns_or_here(self.node.other_netns.as_deref(), links::list)
+            .and_then(|listed| listed)
+        {
+            Ok(listed) => {
+                self.interfaces = listed
+                    .into_iter()
+                    .map(|interface| (interface.index, interface))
+                    .collect();
+            }
+            Err(error) => tracing::warn!(%error, "listing the interfaces failed"),
+        }
     }
 
     /// Keeps the grant guard on what the grants of the plan call for.
@@ -679,6 +691,25 @@ impl Agent {
             .collect();
         self.guard
             .apply(&mut self.datapath, &vias, &self.interfaces);
+    }
+
+    /// Follows the host services of the policy in force, none of their
+    /// listeners taken yet.
+    fn restart_host_services(&mut self) {
+        self.host_services = HostServices::new(
+            self.policy.host_services.clone(),
+            self.node.other_netns.as_deref(),
+        );
+    }
+
+    /// Hands the host services' listeners to the datapath, logging trouble.
+    fn refresh_host_services(&mut self) {
+        if let Err(error) = self.host_services.refresh(&mut self.datapath) {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "looking for the host services' listeners"
+            );
+        }
     }
 
     /// Starts what the policy's host services and MSS clamps need: the
@@ -701,12 +732,7 @@ impl Agent {
                 self.datapath.attach_host_services(&self.node.netns)?;
                 self.host_services_attached = true;
             }
-            if let Err(error) = self.host_services.refresh(&mut self.datapath) {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "looking for the host services' listeners"
-                );
-            }
+            self.refresh_host_services();
             self.host_services.warn_missing();
         }
         let wants_interfaces = !self.clamper.is_empty() || !self.host_services.is_empty();
@@ -845,7 +871,8 @@ impl Agent {
     }
 
     /// Makes the maps hold the plan of what matches now. New and changed
-    /// entries first, dropped ones last; a failed update is undone.
+    /// entries first, dropped ones last; a failed update is undone, and
+    /// only a failed update is an error.
     fn reconcile(&mut self) -> Result<(), DatapathError> {
         let resolved = self.resolve();
         let mut ids = self.ids.clone();
@@ -854,11 +881,25 @@ impl Agent {
             plan::compile(&self.policy, resolved, &mut ids, &mut slots, &self.capacity);
         self.datapath.reset_rule_stats(slots.take_fresh())?;
         if let Err(error) = self.datapath.update(&self.plan, &plan) {
-            let _ = self.datapath.update(&plan, &self.plan);
+            if let Err(undo) = self.datapath.update(&plan, &self.plan) {
+                // Neither plan is what the maps hold: the next update
+                // starts from what they do hold.
+                tracing::warn!(error = %undo, "undoing a failed update: reading the maps back");
+                match self.datapath.read_plan() {
+                    Ok(held) => self.plan = held,
+                    Err(error) => tracing::warn!(%error, "reading the maps back"),
+                }
+            }
             return Err(error);
         }
-        self.datapath
-            .write_rule_slots(self.slots.entries(), slots.entries())?;
+        // The maps hold the new plan: from here on nothing undoes it, and
+        // the agent's view follows it whatever else fails.
+        if let Err(error) = self
+            .datapath
+            .write_rule_slots(self.slots.entries(), slots.entries())
+        {
+            tracing::warn!(%error, "the rule slots were not pinned: a restarted agent renumbers counters");
+        }
         let known: Vec<u32> = self
             .plan
             .cgroup_scopes
@@ -897,7 +938,9 @@ impl Agent {
             .collect();
         if !new.is_empty() {
             let existing = existing_binds::find(&new).unwrap_or_default();
-            self.datapath.record_binds(&existing)?;
+            if let Err(error) = self.datapath.record_binds(&existing) {
+                tracing::warn!(%error, "the sockets bound before their scope was applied are not counted");
+            }
         }
         Ok(())
     }
@@ -936,7 +979,15 @@ impl Agent {
         }
         let container = state.container();
         tracing::info!(id = %container.id, name = ?container.name, cgroup = %full.display(), "container registered by its runtime's hook");
-        if !self.described.contains_key(&container.id) {
+        // Kept only where the cgroup layout says which container a cgroup
+        // is: elsewhere nothing would match it, nor forget it.
+        let recognised = full.ancestors().any(|dir| {
+            dir.strip_prefix(&self.node.mount)
+                .ok()
+                .and_then(layout::recognise)
+                .is_some_and(|found| found.id == container.id)
+        });
+        if recognised && !self.described.contains_key(&container.id) {
             self.hooked.insert(container.id.clone());
             self.described.insert(container.id.clone(), container);
             self.save_hooked();
@@ -960,6 +1011,11 @@ impl Agent {
         }
         if let Err(error) = self.reconcile() {
             return failed(format!("updating the maps: {error:#}"));
+        }
+        // The container's bridge port may be newer than the last interface
+        // event read: guarded before it runs.
+        if self.links.is_some() {
+            self.relist_interfaces();
         }
         self.apply_guard();
         // The deepest scope instance the container's sockets meet.
@@ -1006,20 +1062,28 @@ impl Agent {
 
     fn try_reload(&mut self) -> anyhow::Result<()> {
         let policy = self.source.load()?;
+        let services_move = policy.host_services != self.policy.host_services;
+        if services_move {
+            // The services' listener slots are their places in the policy:
+            // emptied before the maps point at the new places, taken again
+            // (by whichever policy is in force) at the next look.
+            self.datapath.reset_service_slots()?;
+        }
         let old = std::mem::replace(&mut self.policy, policy);
         let old_resolved = std::mem::take(&mut self.resolved);
         if let Err(error) = self.reconcile() {
             self.policy = old;
             self.resolved = old_resolved;
+            if services_move {
+                self.restart_host_services();
+                self.refresh_host_services();
+            }
             return Err(
                 anyhow::Error::from(error).context("updating the maps; the running policy stays")
             );
         }
-        if self.policy.host_services != old.host_services {
-            self.host_services = HostServices::new(
-                self.policy.host_services.clone(),
-                self.node.other_netns.as_deref(),
-            );
+        if services_move {
+            self.restart_host_services();
         }
         if self.policy.mss_clamps != old.mss_clamps {
             self.clamper.release_all(&mut self.datapath);

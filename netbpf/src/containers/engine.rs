@@ -102,7 +102,9 @@ async fn follow_once(
             "create" | "rename" | "update" => {
                 let mut labels = actor.attributes.unwrap_or_default();
                 let name = labels.remove("name");
+                // Not labels: what Docker adds of its own.
                 labels.remove("image");
+                labels.remove("oldName");
                 EngineEvent::Known(container(runtime, id, name, labels))
             }
             "destroy" | "remove" => EngineEvent::Gone(id),

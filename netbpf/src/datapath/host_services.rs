@@ -9,10 +9,10 @@ use std::{
 };
 
 use aya::{
-    maps::SockMap,
+    maps::{MapError, SockMap},
     programs::{SkLookup, TcAttachType, links::FdLink},
 };
-use netbpf_common::ServiceStats;
+use netbpf_common::{MAX_HOST_SERVICES, ServiceStats};
 
 use super::{Datapath, DatapathError, TcLink, map_error};
 
@@ -76,6 +76,43 @@ impl Datapath {
         sockets
             .set(index, socket, 0)
             .map_err(map_error("SERVICE_SOCKETS"))
+    }
+
+    /// Empties the listener slots `indexes`: slots of services with no
+    /// listener, slots no service holds any more, or every slot when the
+    /// services change places, so that no connection is ever handed to
+    /// another service's listener.
+    pub fn clear_service_sockets(
+        &mut self,
+        indexes: impl IntoIterator<Item = u32>,
+    ) -> Result<(), DatapathError> {
+        let mut sockets: SockMap<_> = self.map_mut("SERVICE_SOCKETS")?;
+        for index in indexes {
+            match sockets.clear_index(&index) {
+                // A socket map says EINVAL for a slot already empty.
+                Err(MapError::SyscallError(error))
+                    if matches!(
+                        error.io_error.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOENT)
+                    ) => {}
+                result => result.map_err(map_error("SERVICE_SOCKETS"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Empties every listener slot and zeroes every service counter: the
+    /// services are about to change places.
+    pub fn reset_service_slots(&mut self) -> Result<(), DatapathError> {
+        self.clear_service_sockets(0..MAX_HOST_SERVICES)?;
+        self.reset_counters::<ServiceStats>("SERVICE_STATS", 0..MAX_HOST_SERVICES)
+    }
+
+    /// Empties the listener slots no service of a policy of `services`
+    /// services holds: what an agent with another policy left pinned.
+    pub fn clear_unused_service_sockets(&mut self, services: usize) -> Result<(), DatapathError> {
+        let first = u32::try_from(services).unwrap_or(MAX_HOST_SERVICES);
+        self.clear_service_sockets(first..MAX_HOST_SERVICES)
     }
 
     /// The counters of service `index`, summed over CPUs.

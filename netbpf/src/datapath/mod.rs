@@ -1,9 +1,13 @@
 //! Loads netbpf's kernel programs, fills their maps, attaches them and
-//! reads their counters. Dropping a [`Datapath`] detaches and unloads
-//! everything it loaded.
+//! reads their counters. A datapath pinned in bpffs outlives the process
+//! (its links and maps stay); an unpinned one is detached and unloaded
+//! when dropped.
 //!
 //! One file per concern: the socket programs on a cgroup (`sockets`), the
-//! MSS clamp on tc (`mss`).
+//! MSS clamp (`mss`) and tc attachment (`tc`), host services and the grant
+//! guard (`host_services`), pins (`pins`), adoption of a pinned datapath
+//! (`adopt`), layout migration (`migrate`), counters (`counters`) and the
+//! raw `bpf()` calls aya does not offer (`sys`).
 
 mod adopt;
 mod counters;
@@ -93,7 +97,7 @@ pub enum DatapathError {
         #[source]
         source: std::io::Error,
     },
-    #[error("attaching the MSS clamp to interface {interface}")]
+    #[error("attaching a tc program (MSS clamp or grant guard) to interface {interface}")]
     TcAttach {
         interface: String,
         #[source]
