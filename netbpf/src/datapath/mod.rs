@@ -264,10 +264,18 @@ impl Datapath {
         Ok(())
     }
 
-    /// Unpins the maps of the older layout this datapath was migrated
-    /// from: call once every link runs the new programs.
+    /// Settles the maps this datapath migrated to (their staged directory
+    /// becomes this layout's), adds the counters the older maps counted
+    /// meanwhile and unpins those: call once every link runs the new
+    /// programs.
     pub fn finish_migration(&mut self) {
         if let Some(older) = self.older_layout.take() {
+            if let Some(pins) = &self.pins
+                && let Err(error) = pins.settle_maps()
+            {
+                tracing::warn!(%error, dir = %pins.dir().display(), "settling the migrated maps: the older ones stay");
+                return;
+            }
             let maps = self.pins.as_ref().map(Pins::maps_dir).unwrap_or_default();
             match migrate::add_counters(&older, &maps) {
                 Ok(added) => tracing::info!(?added, "counters migrated"),

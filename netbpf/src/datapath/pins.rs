@@ -72,10 +72,37 @@ impl Pins {
         &self.dir
     }
 
-    /// Where this netbpf's maps are pinned.
+    /// Where this netbpf's maps are pinned: `maps-vLAYOUT`, or while it
+    /// migrates from an older layout, until its links run on them,
+    /// `maps-vLAYOUT-staged`.
     #[must_use]
     pub fn maps_dir(&self) -> PathBuf {
+        let settled = self.settled_maps_dir();
+        let staged = self.staged_maps_dir();
+        if !settled.exists() && staged.exists() {
+            staged
+        } else {
+            settled
+        }
+    }
+
+    fn settled_maps_dir(&self) -> PathBuf {
         self.dir.join(format!("maps-v{MAP_LAYOUT}"))
+    }
+
+    fn staged_maps_dir(&self) -> PathBuf {
+        self.dir.join(format!("maps-v{MAP_LAYOUT}-staged"))
+    }
+
+    /// Settles the staged maps of a migration: called once the links run
+    /// on them, it makes them this layout's maps, and the older layout's
+    /// stale.
+    pub fn settle_maps(&self) -> io::Result<()> {
+        let staged = self.staged_maps_dir();
+        if staged.exists() {
+            fs::rename(&staged, self.settled_maps_dir())?;
+        }
+        Ok(())
     }
 
     /// Where the link `name` is pinned.
@@ -123,13 +150,24 @@ impl Pins {
                 older = Some(entry.path());
             }
         }
-        // Maps of this layout exist already: a migration from the older
-        // one was interrupted after the links switched to them. The older
-        // maps are stale then: not copied again, only removed.
-        if let Some(stale) = older.take_if(|_| self.maps_dir().exists()) {
+        // Maps of this layout are settled only once the links run on them:
+        // a migration interrupted after that leaves older maps that are
+        // stale, only to be removed.
+        if let Some(stale) = older.take_if(|_| self.settled_maps_dir().exists()) {
             fs::remove_dir_all(&stale).map_err(syscall("removing", &stale))?;
         }
-        for dir in [self.maps_dir(), self.dir.join("links")] {
+        let maps = if older.is_some() {
+            // Staged maps of a migration interrupted before its links ran
+            // on them: copied again from the older ones, still in use.
+            let staged = self.staged_maps_dir();
+            if staged.exists() {
+                fs::remove_dir_all(&staged).map_err(syscall("removing", &staged))?;
+            }
+            staged
+        } else {
+            self.settled_maps_dir()
+        };
+        for dir in [maps, self.dir.join("links")] {
             fs::create_dir_all(&dir).map_err(syscall("mkdir", &dir))?;
         }
         Ok(older)
