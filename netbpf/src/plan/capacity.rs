@@ -2,6 +2,8 @@
 //! agent's configuration), checked before a plan is applied so that a full
 //! map fails the instance that would overflow it, by name.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::Plan;
@@ -53,32 +55,39 @@ impl Default for Capacity {
 
 impl Capacity {
     /// Whether `plan` with `more` added still fits the maps; which map is
-    /// full otherwise.
+    /// full otherwise. Entries both hold (a gateway port instances share)
+    /// count once.
     pub fn check(&self, plan: &Plan, more: &Plan) -> Result<(), String> {
         let maps = [
             (
                 "FORWARDS",
-                plan.forwards.len() + more.forwards.len(),
+                together(&plan.forwards, &more.forwards),
                 self.forward_prefixes,
                 "forward_prefixes",
             ),
             (
                 "ALIASES",
-                plan.aliases.len() + more.aliases.len(),
+                together(&plan.aliases, &more.aliases),
                 self.aliases,
                 "aliases",
             ),
             (
                 "BIND_REMAPS",
-                plan.binds.len() + more.binds.len(),
+                together(&plan.binds, &more.binds),
                 self.bind_remaps,
                 "bind_remaps",
             ),
             (
                 "GRANTS",
-                plan.grants.len() + more.grants.len(),
+                together(&plan.grants, &more.grants),
                 self.grants,
                 "grants",
+            ),
+            (
+                "HOST_SERVICES",
+                together(&plan.services, &more.services),
+                self.service_addresses,
+                "service_addresses",
             ),
         ];
         for (map, entries, capacity, setting) in maps {
@@ -89,5 +98,45 @@ impl Capacity {
             }
         }
         Ok(())
+    }
+}
+
+/// How many keys `a` and `b` hold together.
+fn together<K: Ord, V>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> usize {
+    a.len() + b.keys().filter(|key| !a.contains_key(key)).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use netbpf_common::ServiceKey;
+
+    use super::*;
+
+    fn with_services(ports: &[u16]) -> Plan {
+        let mut plan = Plan::default();
+        for &port in ports {
+            let key = ServiceKey {
+                addr: [u32::from_be_bytes([10, 0, 0, 1]).to_be(), 0, 0, 0],
+                port,
+                family: 2,
+            };
+            plan.services.insert(key, 0);
+        }
+        plan
+    }
+
+    #[test]
+    fn a_gateway_port_instances_share_counts_once() {
+        let capacity = Capacity {
+            service_addresses: 2,
+            ..Capacity::default()
+        };
+        let held = with_services(&[18188, 18189]);
+        assert_eq!(capacity.check(&held, &with_services(&[18188])), Ok(()));
+        let error = capacity.check(&held, &with_services(&[18190])).unwrap_err();
+        assert!(
+            error.contains("HOST_SERVICES") && error.contains("capacity.service_addresses"),
+            "{error}"
+        );
     }
 }
