@@ -13,6 +13,7 @@ pub mod host_services;
 pub mod mss_clamp;
 mod policy_watch;
 mod report;
+mod retry;
 mod signals;
 pub mod status;
 
@@ -38,6 +39,7 @@ use self::{
     host_services::HostServices,
     mss_clamp::{ClampError, MssClamper},
     policy_watch::PolicyWatch,
+    retry::Retry,
     signals::Asked,
 };
 use crate::{
@@ -319,14 +321,16 @@ impl Agent {
         // (autossh reconnecting) is handed connections again within it.
         let mut look_for_listeners = tokio::time::interval(Duration::from_secs(1));
         // Instances whose facts were not there yet (a container without a
-        // process) are tried again.
-        let mut retry = tokio::time::interval(Duration::from_millis(500));
+        // process) are tried again, less often while nothing changes.
+        let mut retry = Retry::new(self.failing());
         // A change of the policy directory, reloaded once it settles.
         let mut policy_changed: Option<tokio::time::Instant> = None;
         // Control clients' requests, each with where its answer goes.
         let (asking, mut requests) = tokio::sync::mpsc::channel::<ControlRequest>(16);
         loop {
             let settled = policy_changed.unwrap_or_else(tokio::time::Instant::now);
+            let waiting = self.waiting();
+            let retry_at = retry.next(self.failing());
             tokio::select! {
                 changed = next_policy_change(self.policy_watch.as_mut()) => match changed {
                     Ok(()) => policy_changed = Some(tokio::time::Instant::now() + policy_watch::SETTLE),
@@ -350,9 +354,10 @@ impl Agent {
                 _ = look_for_listeners.tick(), if !self.host_services.is_empty() => {
                     self.refresh_host_services();
                 }
-                _ = retry.tick(), if self.waiting() => {
+                () = tokio::time::sleep_until(retry_at), if waiting => {
                     self.resolved.retain(|_, rules| rules.is_ok());
                     self.reconcile_logged();
+                    retry.tried(self.failing());
                 }
                 events = next_link_events(self.links.as_mut()) => self.follow_links(events),
                 Some((request, reply)) = requests.recv() => {
@@ -373,6 +378,26 @@ impl Agent {
                 },
             }
         }
+    }
+
+    /// What waits, as the retry compares it: each instance that failed
+    /// with its reason, and the network namespace scopes with no instance.
+    fn failing(&self) -> Vec<String> {
+        let mut failing: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let error = outcome.applied.as_ref().err()?;
+                Some(format!("{:?}: {error}", outcome.assignment.key))
+            })
+            .collect();
+        let netns_instances = self
+            .outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome.assignment.key, ScopeKey::Netns(_)))
+            .count();
+        failing.push(format!("{netns_instances} network namespace instances"));
+        failing
     }
 
     /// Whether some instance waits: its rules failed (a container whose
