@@ -962,12 +962,37 @@ impl Agent {
             .filter(|scope| !known.contains(&scope.id))
             .collect();
         if !new.is_empty() {
-            let existing = existing_binds::find(&new).unwrap_or_default();
-            if let Err(error) = self.datapath.record_binds(&existing) {
-                tracing::warn!(%error, "the sockets bound before their scope was applied are not counted");
-            }
+            self.record_existing_binds(&new);
         }
         Ok(())
+    }
+
+    /// Counts the sockets bound inside `scopes` (new to the maps) before
+    /// their bind hooks could. The programs run meanwhile: a socket closed
+    /// between the listing and the count is uncounted again, found gone by
+    /// a second listing.
+    fn record_existing_binds(&mut self, scopes: &[ScopePlace]) {
+        let existing = existing_binds::find(scopes).unwrap_or_default();
+        let recorded = match self.datapath.record_binds(&existing) {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                tracing::warn!(%error, "the sockets bound before their scope was applied are not counted");
+                return;
+            }
+        };
+        if recorded.is_empty() {
+            return;
+        }
+        let Ok(still) = existing_binds::find(scopes) else {
+            return;
+        };
+        let gone: Vec<_> = recorded
+            .into_iter()
+            .filter(|socket| !still.iter().any(|open| open.cookie == socket.cookie))
+            .collect();
+        if let Err(error) = self.datapath.forget_binds(&gone) {
+            tracing::warn!(%error, "uncounting sockets closed while they were counted");
+        }
     }
 
     /// The answer to a control client's request.

@@ -193,27 +193,56 @@ impl Datapath {
     }
 
     /// Counts `sockets` as bound inside their scopes, as the bind hooks
-    /// would have. A socket the hooks counted already (by cookie) is
-    /// skipped, so racing with them counts nobody twice.
-    pub fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
+    /// would have, and returns those it counted. A socket the hooks counted
+    /// already (by cookie) is skipped, so racing with them counts nobody
+    /// twice.
+    pub fn record_binds(
+        &mut self,
+        sockets: &[BoundSocket],
+    ) -> Result<Vec<BoundSocket>, DatapathError> {
         let mut bound: HashMap<_, u64, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
         let mut new = Vec::new();
         for socket in sockets {
             match bound.insert(socket.cookie, socket.key, BPF_NOEXIST) {
-                Ok(()) => new.push(socket.key),
+                Ok(()) => new.push(*socket),
                 Err(MapError::SyscallError(error))
                     if error.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(error) => return Err(map_error("BOUND_SOCKETS")(error)),
             }
         }
         let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
-        for key in new {
-            // Userspace cannot add atomically; this runs before any socket
-            // of a scope can be rewritten, while binds are rare.
-            let count = counts.get(&key, 0).unwrap_or(0);
+        for socket in &new {
+            // Userspace cannot add atomically: a bind of the same scope and
+            // port in between is lost (binds are rare, ports per scope few).
+            let count = counts.get(&socket.key, 0).unwrap_or(0);
             counts
-                .insert(key, count + 1, 0)
+                .insert(socket.key, count + 1, 0)
                 .map_err(map_error("LOCAL_BINDS"))?;
+        }
+        Ok(new)
+    }
+
+    /// Uncounts `sockets` recorded by [`Self::record_binds`] that closed
+    /// before they were: their release hook found nothing to uncount. One
+    /// the hook uncounted meanwhile is left alone (whoever removes its
+    /// cookie uncounts it).
+    pub fn forget_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
+        let mut bound: HashMap<_, u64, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
+        let mut gone = Vec::new();
+        for socket in sockets {
+            if bound.remove(&socket.cookie).is_ok() {
+                gone.push(socket.key);
+            }
+        }
+        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
+        for key in gone {
+            match counts.get(&key, 0) {
+                Ok(count) if count > 1 => counts
+                    .insert(key, count - 1, 0)
+                    .map_err(map_error("LOCAL_BINDS"))?,
+                Ok(_) => forgiving(counts.remove(&key)).map_err(map_error("LOCAL_BINDS"))?,
+                Err(_) => {}
+            }
         }
         Ok(())
     }
