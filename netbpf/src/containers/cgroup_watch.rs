@@ -10,8 +10,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
+
+/// The most events read at once before the maps are updated.
+const MOST_AT_ONCE: usize = 256;
 
 /// A change below the cgroup root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +54,7 @@ impl CgroupWatcher {
         Ok((watcher, found))
     }
 
-    /// The next changes.
+    /// The next changes: the first to come, and those ready with it.
     pub async fn next(&mut self) -> io::Result<Vec<CgroupEvent>> {
         let first = self
             .events
@@ -60,6 +63,15 @@ impl CgroupWatcher {
             .ok_or_else(|| io::Error::other("the inotify stream ended"))??;
         let mut events = Vec::new();
         self.apply(first.mask, &first.wd, first.name, &mut events)?;
+        // What is ready too, for one update of the maps (a pod's or a
+        // compose project's containers start together).
+        for _ in 0..MOST_AT_ONCE {
+            let Some(Some(ready)) = self.events.next().now_or_never() else {
+                break;
+            };
+            let ready = ready?;
+            self.apply(ready.mask, &ready.wd, ready.name, &mut events)?;
+        }
         Ok(events)
     }
 
