@@ -1,6 +1,7 @@
 //! `netbpf agent` and its policy directory: an edit takes effect while the
 //! container runs, an invalid edit changes nothing and says where it is
-//! wrong, and a name defined in two files is refused naming both.
+//! wrong, and a name defined in two files is refused naming both. A full
+//! map takes a replacement in one update.
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
@@ -107,5 +108,69 @@ fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
         "{error}"
     );
     assert_eq!(banner(&topology), "second");
+    assert!(agent.stop().unwrap().success());
+}
+
+/// A policy of one scope per cgroup of `names` below the test's root, each
+/// forwarding localhost:8082 to the bridge.
+fn scopes_for(topology: &DesktopTopology, names: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let mut policy = "version = 1\n".to_owned();
+    for name in names {
+        let _ = write!(
+            policy,
+            "[[scope]]\nname = \"{name}\"\nmatch = {{ cgroup = \"{}\" }}\n\
+             forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:9001\" }}]\n",
+            topology.root.path().join(name).display()
+        );
+    }
+    policy
+}
+
+/// The scopes map holds two; the policy goes from cgroups a and b to b and
+/// c in one update. c's entry is written while a's still holds its place:
+/// the update makes room rather than fail the whole node.
+#[test]
+fn a_full_map_takes_a_replacement_in_one_update() {
+    require_root();
+    let topology = DesktopTopology::new().unwrap();
+    let _cgroups: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| topology.root.child(name).unwrap())
+        .collect();
+    let setup = AgentSetup::new(
+        topology.work.path(),
+        topology.root.path(),
+        AgentOptions::default(),
+    )
+    .unwrap();
+    let mut config = std::fs::read_to_string(&setup.config).unwrap();
+    config.push_str("[capacity]\nscopes = 2\n");
+    std::fs::write(&setup.config, config).unwrap();
+    setup
+        .policy("scopes.toml", &scopes_for(&topology, &["a", "b"]))
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let applied = |status: &serde_json::Value| -> Vec<String> {
+        status["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|scope| scope["error"].is_null())
+            .map(|scope| scope["scope"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(applied(&agent.status_json().unwrap()), ["a", "b"]);
+
+    save(&setup, "scopes.toml", &scopes_for(&topology, &["b", "c"]));
+    let status = agent
+        .wait_for_status(Duration::from_secs(5), |status| {
+            !status["last_reload"].is_null()
+        })
+        .unwrap();
+    assert!(status["last_reload"]["error"].is_null(), "{status}");
+    assert_eq!(applied(&status), ["b", "c"], "{status}");
     assert!(agent.stop().unwrap().success());
 }

@@ -38,6 +38,48 @@ fn forgiving(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// Writes the `changed` entries of map `name`, then removes the `dropped`
+/// keys: no lookup meets a rule half replaced. A map too full for that
+/// order (its capacity held by entries on their way out, as when a
+/// container restarts with a new cgroup id) has the dropped keys removed
+/// first, and the write goes on.
+fn replace<M, K, V: Copy>(
+    name: &'static str,
+    map: &mut M,
+    changed: impl Iterator<Item = (K, V)>,
+    dropped: &[K],
+    insert: impl Fn(&mut M, &K, V) -> Result<(), MapError>,
+    remove: impl Fn(&mut M, &K) -> Result<(), MapError>,
+) -> Result<(), DatapathError> {
+    let remove_dropped = |map: &mut M| -> Result<(), DatapathError> {
+        for key in dropped {
+            forgiving(remove(map, key)).map_err(map_error(name))?;
+        }
+        Ok(())
+    };
+    let mut removed = false;
+    for (key, value) in changed {
+        match insert(map, &key, value) {
+            Err(MapError::SyscallError(error))
+                if !removed
+                    && matches!(
+                        error.io_error.raw_os_error(),
+                        Some(libc::E2BIG | libc::ENOSPC)
+                    ) =>
+            {
+                remove_dropped(map)?;
+                removed = true;
+                insert(map, &key, value).map_err(map_error(name))?;
+            }
+            result => result.map_err(map_error(name))?,
+        }
+    }
+    if !removed {
+        remove_dropped(map)?;
+    }
+    Ok(())
+}
+
 /// `BPF_NOEXIST`: a map update that only creates, never replaces.
 const BPF_NOEXIST: u64 = 1;
 
@@ -65,7 +107,8 @@ pub(super) const REWRITING_PROGRAMS: &[&str] = &[
 impl Datapath {
     /// Turns the maps from `old`'s entries into `new`'s: new and changed
     /// entries first, then the ones `new` drops, so that no lookup meets a
-    /// half-written policy. At start `old` is the empty plan; call before
+    /// half-written policy (the dropped ones first in a map too full for
+    /// that). At start `old` is the empty plan; call before
     /// [`Self::attach`], so the programs act on the whole plan from their
     /// first run.
     pub fn update(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
@@ -81,22 +124,25 @@ impl Datapath {
         self.sync("HOST_SERVICES", &old.services, &new.services)?;
         self.sync("GRANTS", &old.grants, &new.grants)?;
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
-        for (&(prefix_len, key), target) in &new.forwards {
-            if old.forwards.get(&(prefix_len, key)) != Some(target) {
-                forwards
-                    .insert(&Key::new(prefix_len, key), target, 0)
-                    .map_err(map_error("FORWARDS"))?;
-            }
-        }
-        for &(prefix_len, key) in old
+        let dropped: Vec<_> = old
             .forwards
             .keys()
             .filter(|entry| !new.forwards.contains_key(entry))
-        {
-            forgiving(forwards.remove(&Key::new(prefix_len, key)))
-                .map_err(map_error("FORWARDS"))?;
-        }
-        Ok(())
+            .map(|&(prefix_len, key)| Key::new(prefix_len, key))
+            .collect();
+        let changed = new
+            .forwards
+            .iter()
+            .filter(|(entry, target)| old.forwards.get(entry) != Some(target))
+            .map(|(&(prefix_len, key), target)| (Key::new(prefix_len, key), *target));
+        replace(
+            "FORWARDS",
+            &mut forwards,
+            changed,
+            &dropped,
+            |map, key, target| map.insert(key, target, 0),
+            LpmTrie::remove,
+        )
     }
 
     /// Makes the hash map `name` go from `old`'s entries to `new`'s.
@@ -111,15 +157,23 @@ impl Datapath {
         V: Pod + PartialEq,
     {
         let mut map: HashMap<_, K, V> = self.map_mut(name)?;
-        for (key, value) in new {
-            if old.get(key) != Some(value) {
-                map.insert(key, value, 0).map_err(map_error(name))?;
-            }
-        }
-        for key in old.keys().filter(|key| !new.contains_key(key)) {
-            forgiving(map.remove(key)).map_err(map_error(name))?;
-        }
-        Ok(())
+        let dropped: Vec<K> = old
+            .keys()
+            .filter(|key| !new.contains_key(key))
+            .copied()
+            .collect();
+        let changed = new
+            .iter()
+            .filter(|(key, value)| old.get(key) != Some(value))
+            .map(|(key, value)| (*key, *value));
+        replace(
+            name,
+            &mut map,
+            changed,
+            &dropped,
+            |map, key, value| map.insert(key, value, 0),
+            HashMap::remove,
+        )
     }
 
     /// Sets the counters in `slots` to zero: slots new rules were given.
