@@ -9,6 +9,7 @@
 
 mod agent;
 mod agent_setup;
+mod bpftool;
 mod cgroup;
 mod containerd;
 mod docker;
@@ -23,6 +24,7 @@ mod topology;
 pub use self::{
     agent::{NetbpfRun, netbpf_binary, netbpf_next_binary},
     agent_setup::{AgentOptions, AgentSetup},
+    bpftool::bpftool_json,
     cgroup::Cgroup,
     containerd::Containerd,
     docker::DockerDaemon,

@@ -7,7 +7,8 @@
 use std::{collections::BTreeSet, path::Path, process::Command};
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Site, netbpf_binary, require_root, run_checked,
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Site, bpftool_json, netbpf_binary, require_root,
+    run_checked,
 };
 
 fn topology() -> DesktopTopology {
@@ -105,9 +106,8 @@ fn needs_no_iptables_rule_and_no_sysctl() {
 }
 
 /// Program ids in a `bpftool -j` listing whose objects carry `prog_id`.
-fn prog_ids_in(listing: &str, field: &str) -> BTreeSet<u64> {
-    let value: serde_json::Value = serde_json::from_str(listing).unwrap_or_default();
-    value
+fn prog_ids_in(listing: &serde_json::Value, field: &str) -> BTreeSet<u64> {
+    listing
         .as_array()
         .into_iter()
         .flatten()
@@ -137,8 +137,8 @@ fn attached_to(path: &str) -> BTreeSet<u64> {
     prog_ids_in(&bpftool(&["cgroup", "show", path]), "id")
 }
 
-fn bpftool(args: &[&str]) -> String {
-    run_checked("bpftool", ["-j"].iter().chain(args)).unwrap_or_else(|error| panic!("{error:#}"))
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    bpftool_json(args).unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 #[test]

@@ -16,9 +16,9 @@ use netbpf::{
 };
 use netbpf_common::MssConfig;
 use netbpf_testenv::{
-    NetbpfRun, Netns, PacketSocket, mac_address,
+    NetbpfRun, Netns, PacketSocket, bpftool_json, mac_address,
     packet::{ACK, Parsed, RST, SYN, Segment},
-    require_root, run_checked,
+    require_root,
 };
 
 const CLAMP: u16 = 1300;
@@ -467,8 +467,7 @@ fn pmtu_agrees_when_attached(ingress: bool) {
 
 /// How many bpf links of program `id` the kernel holds.
 fn tc_links_of(id: u64) -> usize {
-    let links: serde_json::Value =
-        serde_json::from_str(&run_checked("bpftool", ["-j", "link", "show"]).unwrap()).unwrap();
+    let links = bpftool_json(&["link", "show"]).unwrap();
     links
         .as_array()
         .into_iter()

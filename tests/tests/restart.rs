@@ -9,16 +9,15 @@
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, netbpf_binary,
-    netbpf_next_binary, require_root, run_checked,
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
+    netbpf_binary, netbpf_next_binary, require_root,
 };
 use nix::sys::signal::Signal;
 
 /// Ids of the programs attached to the cgroup at `path`, with the number
 /// of times each is.
 fn attached(path: &Path) -> Vec<u64> {
-    let listing = run_checked("bpftool", ["-j", "cgroup", "show", path.to_str().unwrap()]).unwrap();
-    let value: serde_json::Value = serde_json::from_str(&listing).unwrap_or_default();
+    let value = bpftool_json(&["cgroup", "show", path.to_str().unwrap()]).unwrap();
     value
         .as_array()
         .into_iter()
@@ -30,8 +29,7 @@ fn attached(path: &Path) -> Vec<u64> {
 /// How many links run the program with id `program` (bpftool 7.1 shows
 /// TCX links without their interface).
 fn links_running(program: u64) -> usize {
-    let listing = run_checked("bpftool", ["-j", "link", "show"]).unwrap();
-    let value: serde_json::Value = serde_json::from_str(&listing).unwrap_or_default();
+    let value = bpftool_json(&["link", "show"]).unwrap();
     value
         .as_array()
         .into_iter()
