@@ -12,6 +12,26 @@ use crate::{
     policy::{Facts, ScopeNetwork},
 };
 
+/// The network namespace an instance's sockets bind in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindsIn {
+    /// The node's.
+    Node,
+    /// One of its own, by inode.
+    Namespace(u64),
+}
+
+impl BindsIn {
+    /// Its inode, for a namespace of its own.
+    #[must_use]
+    pub fn own(self) -> Option<u64> {
+        match self {
+            Self::Node => None,
+            Self::Namespace(inode) => Some(inode),
+        }
+    }
+}
+
 /// The facts of the instance at `place` (its cgroup directory, or its
 /// network namespace), looked up when a rule asks.
 pub struct InstanceFacts<'a> {
@@ -22,11 +42,11 @@ pub struct InstanceFacts<'a> {
 }
 
 impl InstanceFacts<'_> {
-    /// The network namespace the instance's sockets bind in, by inode:
-    /// that of its first process (or its own, for a netns scope); None
-    /// while it has no process (it binds in the node's then).
+    /// The network namespace the instance's sockets bind in: that of its
+    /// first process (or its own, for a netns scope). Unknown (None) while
+    /// it has no process.
     #[must_use]
-    pub fn network_namespace(&self) -> Option<u64> {
+    pub fn network_namespace(&self) -> Option<BindsIn> {
         let first = self.namespaces().ok()?.into_iter().next()?;
         let namespace = std::fs::metadata(first).ok()?;
         let node = std::fs::metadata(self.node_netns).ok()?;
@@ -34,7 +54,11 @@ impl InstanceFacts<'_> {
             use std::os::unix::fs::MetadataExt as _;
             (a.dev(), a.ino()) == (b.dev(), b.ino())
         };
-        (!same(&namespace, &node)).then(|| std::os::unix::fs::MetadataExt::ino(&namespace))
+        Some(if same(&namespace, &node) {
+            BindsIn::Node
+        } else {
+            BindsIn::Namespace(std::os::unix::fs::MetadataExt::ino(&namespace))
+        })
     }
 
     /// One path per network namespace the instance's sockets live in.

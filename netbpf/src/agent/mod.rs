@@ -34,7 +34,7 @@ pub use self::signals::Signals;
 use self::{
     control::{Registered, Reloaded, Request},
     existing_binds::ScopePlace,
-    facts::InstanceFacts,
+    facts::{BindsIn, InstanceFacts},
     grant_guard::GrantGuard,
     host_services::HostServices,
     mss_clamp::{ClampError, MssClamper},
@@ -122,6 +122,10 @@ pub struct Agent {
     /// The rules each instance resolved to, until the policy changes or
     /// the instance does (its name, what its match captured).
     resolved: HashMap<(usize, ScopeKey, String, policy::Captures), Result<policy::Scope, String>>,
+    /// The network namespace each instance with bind remaps binds in,
+    /// known once one of its processes runs: it stays while the cgroup
+    /// does.
+    namespaces: HashMap<ScopeKey, BindsIn>,
     /// What the maps hold.
     pub plan: Plan,
     /// What became of each scope instance.
@@ -261,6 +265,7 @@ impl Agent {
             ids,
             slots,
             resolved: HashMap::new(),
+            namespaces: HashMap::new(),
             plan,
             outcomes: Vec::new(),
             clamper,
@@ -849,7 +854,16 @@ impl Agent {
                     node_netns: &self.node.netns,
                 };
                 // Where its bind remaps claim ports (only they need it).
-                let network = def.has_binds().then(|| facts.network_namespace()).flatten();
+                let network = if def.has_binds() {
+                    let cached = self.namespaces.get(&assignment.key).copied();
+                    let known = cached.or_else(|| facts.network_namespace());
+                    if let Some(network) = known {
+                        self.namespaces.insert(assignment.key, network);
+                    }
+                    known.and_then(BindsIn::own)
+                } else {
+                    None
+                };
                 let rules = self
                     .resolved
                     .entry(cache_key)
@@ -883,6 +897,8 @@ impl Agent {
             })
             .collect();
         self.resolved.retain(|key, _| current.contains(key));
+        self.namespaces
+            .retain(|key, _| current.iter().any(|(_, current, _, _)| current == key));
         resolved
     }
 
