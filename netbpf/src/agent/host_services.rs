@@ -7,6 +7,7 @@ use std::{
     fs, io,
     os::fd::{FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use netbpf_common::{PROTO_TCP, ServiceStats};
@@ -48,12 +49,28 @@ pub struct Listener {
     pub pid: u32,
 }
 
+/// A listener that could not be taken, and when to try it again: less
+/// often while it fails the same way (each try walks `/proc`).
+#[derive(Debug)]
+struct Untaken {
+    cookie: u64,
+    error: String,
+    delay: Duration,
+    next: Instant,
+}
+
+/// The longest wait before a listener that could not be taken is tried
+/// again.
+const LONGEST_WAIT: Duration = Duration::from_secs(30);
+
 /// The host services of a policy and their current listeners.
 pub struct HostServices {
     services: Vec<HostService>,
     /// The node's network namespace; None: netbpf's own.
     netns: Option<PathBuf>,
     listeners: Vec<Option<Listener>>,
+    /// Each service's listener that could not be taken, if any.
+    untaken: Vec<Option<Untaken>>,
     /// Each service's `down` counter at the last look.
     down_seen: Vec<u64>,
 }
@@ -62,11 +79,13 @@ impl HostServices {
     #[must_use]
     pub fn new(services: Vec<HostService>, netns: Option<&Path>) -> Self {
         let listeners = vec![None; services.len()];
+        let untaken = services.iter().map(|_| None).collect();
         let down_seen = vec![0; services.len()];
         Self {
             services,
             netns: netns.map(Path::to_owned),
             listeners,
+            untaken,
             down_seen,
         }
     }
@@ -95,20 +114,46 @@ impl HostServices {
             self.down_seen[index] = down;
             match (found, self.listeners[index]) {
                 (Some(socket), Some(current)) if current.cookie == socket.cookie && !missed => {}
-                (Some(socket), _) => match take_listener(datapath, index, service, socket) {
-                    Ok(pid) => {
-                        tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");
-                        self.listeners[index] = Some(Listener {
-                            cookie: socket.cookie,
-                            pid,
-                        });
+                (Some(socket), _) => {
+                    let untaken = &mut self.untaken[index];
+                    if untaken.as_ref().is_some_and(|untaken| {
+                        untaken.cookie == socket.cookie && Instant::now() < untaken.next
+                    }) {
+                        continue;
                     }
-                    // One service's trouble is not the others': it is
-                    // tried again at the next look.
-                    Err(error) => {
-                        tracing::warn!(service = %service.name, error = format!("{error:#}"), "listener not taken");
+                    match take_listener(datapath, index, service, socket) {
+                        Ok(pid) => {
+                            tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");
+                            self.listeners[index] = Some(Listener {
+                                cookie: socket.cookie,
+                                pid,
+                            });
+                            *untaken = None;
+                        }
+                        // One service's trouble is not the others': it is
+                        // tried again, said again when it changes.
+                        Err(error) => {
+                            let error = format!("{error:#}");
+                            let delay = match untaken.as_ref() {
+                                Some(last)
+                                    if last.cookie == socket.cookie && last.error == error =>
+                                {
+                                    (last.delay * 2).min(LONGEST_WAIT)
+                                }
+                                _ => {
+                                    tracing::warn!(service = %service.name, %error, "listener not taken: trying again, less often while it fails so");
+                                    Duration::from_secs(1)
+                                }
+                            };
+                            *untaken = Some(Untaken {
+                                cookie: socket.cookie,
+                                error,
+                                delay,
+                                next: Instant::now() + delay,
+                            });
+                        }
                     }
-                },
+                }
                 (None, current) => {
                     if current.is_some() {
                         tracing::warn!(service = %service.name, listen = %service.listen, "the listener is gone: connections are refused until one listens again");
