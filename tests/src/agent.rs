@@ -230,3 +230,16 @@ impl NetbpfRun {
         &self.run_dir
     }
 }
+
+/// The names (`SCOPE/INSTANCE`) of the scope instances a status document
+/// shows applied.
+#[must_use]
+pub fn applied(status: &serde_json::Value) -> Vec<String> {
+    status["scopes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|scope| scope["error"].is_null())
+        .filter_map(|scope| scope["name"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -22,7 +22,7 @@ mod site;
 mod topology;
 
 pub use self::{
-    agent::{NetbpfRun, netbpf_binary, netbpf_next_binary},
+    agent::{NetbpfRun, applied, netbpf_binary, netbpf_next_binary},
     agent_setup::{AgentOptions, AgentSetup},
     bpftool::bpftool_json,
     cgroup::Cgroup,

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use netbpf_testenv::{AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, Place, require_root};
+use netbpf_testenv::{
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, Place, applied, require_root,
+};
 
 /// A policy forwarding the desktop's localhost:8082 to `port` on the
 /// bridge.
@@ -153,16 +155,7 @@ fn a_full_map_takes_a_replacement_in_one_update() {
     let agent = setup
         .start("agent")
         .unwrap_or_else(|error| panic!("{error:#}"));
-    let applied = |status: &serde_json::Value| -> Vec<String> {
-        status["scopes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|scope| scope["error"].is_null())
-            .map(|scope| scope["scope"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    assert_eq!(applied(&agent.status_json().unwrap()), ["a", "b"]);
+    assert_eq!(applied(&agent.status_json().unwrap()), ["a/a", "b/b"]);
 
     save(&setup, "scopes.toml", &scopes_for(&topology, &["b", "c"]));
     let status = agent
@@ -171,6 +164,6 @@ fn a_full_map_takes_a_replacement_in_one_update() {
         })
         .unwrap();
     assert!(status["last_reload"]["error"].is_null(), "{status}");
-    assert_eq!(applied(&status), ["b", "c"], "{status}");
+    assert_eq!(applied(&status), ["b/b", "c/c"], "{status}");
     assert!(agent.stop().unwrap().success());
 }

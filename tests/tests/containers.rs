@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, Cgroup, Containerd, DockerDaemon, NetbpfRun, Process, Site,
+    AgentOptions, AgentSetup, Cgroup, Containerd, DockerDaemon, NetbpfRun, Process, Site, applied,
     require_root, unique_name,
 };
 
@@ -110,17 +110,6 @@ impl DockerNode {
             .trim()
             .to_owned()
     }
-}
-
-/// The names of the scope instances applied.
-fn applied(status: &serde_json::Value) -> Vec<String> {
-    status["scopes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|scope| scope["error"].is_null())
-        .map(|scope| scope["name"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 /// Restarts the agent: it knows the containers by name before it touches

@@ -396,13 +396,19 @@ impl Agent {
                 Some(format!("{:?}: {error}", outcome.assignment.key))
             })
             .collect();
-        let netns_instances = self
-            .outcomes
+        failing.push(format!(
+            "{} network namespace instances",
+            self.netns_instances()
+        ));
+        failing
+    }
+
+    /// How many instances are network namespaces.
+    fn netns_instances(&self) -> usize {
+        self.outcomes
             .iter()
             .filter(|outcome| matches!(outcome.assignment.key, ScopeKey::Netns(_)))
-            .count();
-        failing.push(format!("{netns_instances} network namespace instances"));
-        failing
+            .count()
     }
 
     /// Whether some instance waits: its rules failed (a container whose
@@ -415,12 +421,7 @@ impl Agent {
             .iter()
             .filter(|def| matches!(def.selector, Selector::Netns(_)))
             .count();
-        let netns_instances = self
-            .outcomes
-            .iter()
-            .filter(|outcome| matches!(outcome.assignment.key, ScopeKey::Netns(_)))
-            .count();
-        netns_instances < netns_scopes
+        self.netns_instances() < netns_scopes
             || self.outcomes.iter().any(|outcome| outcome.applied.is_err())
     }
 
