@@ -264,15 +264,7 @@ impl Datapath {
                 Err(error) => return Err(map_error("BOUND_SOCKETS")(error)),
             }
         }
-        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
-        for socket in &new {
-            // Userspace cannot add atomically: a bind of the same scope and
-            // port in between is lost (binds are rare, ports per scope few).
-            let count = counts.get(&socket.key, 0).unwrap_or(0);
-            counts
-                .insert(socket.key, count + 1, 0)
-                .map_err(map_error("LOCAL_BINDS"))?;
-        }
+        self.count_local_binds(new.iter().map(|socket| socket.key), 1)?;
         Ok(new)
     }
 
@@ -288,14 +280,26 @@ impl Datapath {
                 gone.push(socket.key);
             }
         }
+        self.count_local_binds(gone, -1)
+    }
+
+    /// Adds `delta` to the local-binds count of each of `keys`; a count
+    /// that reaches zero leaves the map. Userspace cannot add atomically: a
+    /// bind of the same scope and port in between is lost (binds are rare,
+    /// ports per scope few).
+    fn count_local_binds(
+        &mut self,
+        keys: impl IntoIterator<Item = ScopePort>,
+        delta: i64,
+    ) -> Result<(), DatapathError> {
         let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
-        for key in gone {
-            match counts.get(&key, 0) {
-                Ok(count) if count > 1 => counts
-                    .insert(key, count - 1, 0)
+        for key in keys {
+            let count = i64::from(counts.get(&key, 0).unwrap_or(0)) + delta;
+            match u32::try_from(count) {
+                Ok(count) if count > 0 => counts
+                    .insert(key, count, 0)
                     .map_err(map_error("LOCAL_BINDS"))?,
-                Ok(_) => forgiving(counts.remove(&key)).map_err(map_error("LOCAL_BINDS"))?,
-                Err(_) => {}
+                _ => forgiving(counts.remove(&key)).map_err(map_error("LOCAL_BINDS"))?,
             }
         }
         Ok(())
