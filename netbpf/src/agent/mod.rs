@@ -836,6 +836,9 @@ impl Agent {
                 });
             }
         }
+        // What matches now; the rest (a container gone) leaves the caches.
+        let mut current = HashSet::new();
+        let mut current_keys = HashSet::new();
         let resolved = assignments
             .into_iter()
             .map(|mut assignment| {
@@ -849,6 +852,8 @@ impl Agent {
                     assignment.instance.clone(),
                     assignment.captures.clone(),
                 );
+                current.insert(cache_key.clone());
+                current_keys.insert(assignment.key);
                 let facts = InstanceFacts {
                     key: assignment.key,
                     place: &assignment.place,
@@ -884,22 +889,8 @@ impl Agent {
                 }
             })
             .collect::<Vec<_>>();
-        // What matches no more (a container gone) leaves the cache.
-        let current: HashSet<_> = resolved
-            .iter()
-            .map(|instance: &Resolved| {
-                let assignment = &instance.assignment;
-                (
-                    assignment.scope,
-                    assignment.key,
-                    assignment.instance.clone(),
-                    assignment.captures.clone(),
-                )
-            })
-            .collect();
         self.resolved.retain(|key, _| current.contains(key));
-        self.namespaces
-            .retain(|key, _| current.iter().any(|(_, current, _, _)| current == key));
+        self.namespaces.retain(|key, _| current_keys.contains(key));
         resolved
     }
 
