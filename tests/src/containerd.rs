@@ -5,14 +5,16 @@
 
 use std::{
     path::{Path, PathBuf},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use nix::sys::signal::Signal;
 
-use crate::{Cgroup, Netns, Process, Spawn, ensure_podman_image, run_checked, unique_name};
+use crate::{
+    Cgroup, Netns, Process, Spawn, ensure_podman_image, process::wait_for_daemon, run_checked,
+    unique_name,
+};
 
 /// A running containerd of one test.
 pub struct Containerd {
@@ -59,16 +61,12 @@ impl Containerd {
             dir: dir.to_owned(),
             netns,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while containerd.ctr(&["version"]).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "containerd did not answer in 20 s:\n{}",
-                    std::fs::read_to_string(path("containerd.log")).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_daemon(
+            "containerd",
+            Duration::from_secs(20),
+            &path("containerd.log"),
+            || containerd.ctr(&["version"]).is_ok(),
+        )?;
         Ok(containerd)
     }
 

@@ -8,14 +8,13 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
 
-use crate::{Cgroup, Netns, Process, Spawn, busybox_rootfs, unique_name};
+use crate::{Cgroup, Netns, Process, Spawn, busybox_rootfs, process::wait_for_daemon, unique_name};
 
 /// A running dockerd of one test.
 pub struct DockerDaemon {
@@ -69,16 +68,12 @@ impl DockerDaemon {
             dir: dir.to_owned(),
             netns,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while docker.docker(&["version"]).is_err() {
-            if Instant::now() > deadline {
-                bail!(
-                    "dockerd did not answer in 30 s:\n{}",
-                    std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_daemon(
+            "dockerd",
+            Duration::from_secs(30),
+            &dir.join("dockerd.log"),
+            || docker.docker(&["version"]).is_ok(),
+        )?;
         Ok(docker)
     }
 

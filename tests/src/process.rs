@@ -252,3 +252,25 @@ impl Drop for Process {
         }
     }
 }
+
+/// Waits until the daemon `what` answers (`answers` returns true), at most
+/// `timeout`; its log at `log` says why it did not.
+pub fn wait_for_daemon(
+    what: &str,
+    timeout: Duration,
+    log: &Path,
+    mut answers: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !answers() {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "{what} did not answer in {} s:\n{}",
+                timeout.as_secs(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
