@@ -20,7 +20,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 2 } else { 1 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 3 } else { 2 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -33,8 +33,12 @@ pub const MAX_LOCAL_BINDS: u32 = 65_536;
 /// How many rewritten destinations a socket remembers: a UDP socket may
 /// send to several; the oldest is forgotten first.
 pub const DIALED_PER_SOCKET: usize = 4;
-/// How many cgroup ancestors the programs look at to find a scope.
-pub const MAX_CGROUP_DEPTH: i32 = 32;
+/// How many cgroup levels below the root the programs look at to find a
+/// scope: a scope's cgroup must be less deep than this.
+pub const MAX_CGROUP_DEPTH: u32 = 64;
+/// Capacity of the table of exact localhost ports forwarded or remapped
+/// in scopes.
+pub const MAX_FORWARD_PORTS: u32 = 65_536;
 
 /// Capacity of the MSS clamp configuration and statistics, in interfaces.
 pub const MAX_MSS_INTERFACES: u32 = 1024;
@@ -61,6 +65,25 @@ pub const MAX_HOST_SERVICES: u32 = 256;
 pub const MAX_SERVICE_ADDRESSES: u32 = 4096;
 /// Capacity of the table of container addresses granted a host service.
 pub const MAX_GRANTS: u32 = 16_384;
+
+/// [`ScopeEntry::flags`]: the scope has forwards of port ranges, which
+/// only the forward trie holds.
+pub const SCOPE_PORT_RANGES: u16 = 1;
+
+/// What the programs know of a scope: the value of the cgroup and network
+/// namespace scope maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeEntry {
+    /// The scope's id, in the keys of every map of rules.
+    pub id: u32,
+    /// [`SCOPE_PORT_RANGES`], or 0.
+    pub flags: u16,
+    /// Depth of a cgroup scope's directory below the cgroup root (the
+    /// level `bpf_get_current_ancestor_cgroup_id` takes); 0 for a network
+    /// namespace. The programs look only at levels where scopes are.
+    pub level: u16,
+}
 
 /// Bits of a [`ForwardKey`] before the port: scope (32) and protocol (8).
 pub const FORWARD_KEY_PORT_OFFSET_BITS: u32 = 40;
@@ -110,6 +133,15 @@ pub struct ForwardTarget {
     pub port_delta: u16,
     /// Index of the rule in the statistics array.
     pub rule: u32,
+}
+
+impl ForwardTarget {
+    /// Whether this is a bind remap's own service, not a forward: the
+    /// dialed localhost address stays (`family` is 0), only the port moves.
+    #[must_use]
+    pub const fn is_own_service(&self) -> bool {
+        self.family == 0
+    }
 }
 
 /// An address and port as the kernel's socket hooks see them.
@@ -300,6 +332,11 @@ pub struct RuleStats {
     pub local_skips: u64,
     /// `bind()` calls whose port was remapped.
     pub binds: u64,
+    /// Rewrites whose reverse path could not be kept: the socket's storage
+    /// could not be made, or the socket had dialed more rewritten
+    /// destinations than it remembers and the oldest was forgotten (its
+    /// replies and `getpeername()` then show the address it reached).
+    pub unremembered: u64,
 }
 
 /// How the tc program clamps MSS on one interface: the value of the
@@ -371,7 +408,8 @@ const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<Dialed>() == 40);
 const _: () = assert!(size_of::<DialedBySocket>() == 168);
 const _: () = assert!(size_of::<ScopePort>() == 8);
-const _: () = assert!(size_of::<RuleStats>() == 32);
+const _: () = assert!(size_of::<RuleStats>() == 40);
+const _: () = assert!(size_of::<ScopeEntry>() == 8);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);
 const _: () = assert!(size_of::<BindTarget>() == 24);
@@ -395,7 +433,7 @@ macro_rules! counters_add {
 }
 
 counters_add! {
-    RuleStats { connects, datagrams, local_skips, binds }
+    RuleStats { connects, datagrams, local_skips, binds, unremembered }
     ServiceStats { steered, refused, down, forged }
     MssStats { seen, clamped, inserted, already_small, without_option, malformed, unparsed }
 }
@@ -409,6 +447,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::ScopePort {}
     unsafe impl aya::Pod for super::RuleStats {}
+    unsafe impl aya::Pod for super::ScopeEntry {}
     unsafe impl aya::Pod for super::MssConfig {}
     unsafe impl aya::Pod for super::MssStats {}
     unsafe impl aya::Pod for super::AliasKey {}

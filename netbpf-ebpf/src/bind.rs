@@ -30,7 +30,8 @@ pub fn remap(ctx: *mut bpf_sock_addr, family: u16) {
         return;
     };
     // SAFETY: the value is copied out at once.
-    let Some(target) = (unsafe { BIND_REMAPS.get(ScopePort::new(scope, port, protocol)) }).copied()
+    let Some(target) =
+        (unsafe { BIND_REMAPS.get(ScopePort::new(scope.id, port, protocol)) }).copied()
     else {
         return;
     };

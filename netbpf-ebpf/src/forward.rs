@@ -5,12 +5,13 @@
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, Dialed, FORWARD_KEY_BITS,
-    ForwardKey, ForwardTarget, PROTO_TCP, PROTO_UDP, RuleStats, ScopePort, SockAddr,
+    ForwardKey, ForwardTarget, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES, ScopePort,
+    SockAddr,
 };
 
 use crate::{
     addr,
-    maps::{ALIASED_ADDRS, ALIASES, BIND_REMAPS, FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
+    maps::{ALIASED_ADDRS, ALIASES, FORWARD_PORTS, FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
     scope,
 };
 
@@ -63,10 +64,13 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     // IPv4 hooks, but its replies and getpeername() go through the IPv6
     // ones, which see IPv4-mapped addresses: remember it the way they ask.
     // SAFETY: `ctx` is the program's context.
-    if family == AF_INET && unsafe { (*ctx).family } == u32::from(AF_INET6) {
-        remember(ctx, addr::mapped(&to), addr::mapped(&dialed));
+    let remembered = if family == AF_INET && unsafe { (*ctx).family } == u32::from(AF_INET6) {
+        remember(ctx, addr::mapped(&to), addr::mapped(&dialed))
     } else {
-        remember(ctx, to, dialed);
+        remember(ctx, to, dialed)
+    };
+    if !remembered {
+        stats.unremembered += 1;
     }
     addr::write_user(ctx, family, &to);
     match syscall {
@@ -77,7 +81,9 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
 
 /// Where a localhost `port` of the caller's scope leads: its own service
 /// on the port its bind was remapped to; else its forward, unless a
-/// socket of the scope is bound there (counted as a local skip).
+/// socket of the scope is bound there (counted as a local skip). Exact
+/// ports are one hash lookup; the trie of port ranges is looked up only
+/// in scopes that have ranges.
 #[inline(always)]
 fn localhost_target(
     ctx: *mut bpf_sock_addr,
@@ -86,25 +92,27 @@ fn localhost_target(
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
     let scope = scope::current(ctx.cast())?;
+    let this_port = ScopePort::new(scope.id, port, protocol);
     // SAFETY: the value is copied out at once.
-    if let Some(remap) =
-        (unsafe { BIND_REMAPS.get(ScopePort::new(scope, port, protocol)) }).copied()
-        && (remap.family == 0 || addr::is_localhost(&remap.addr, remap.family))
-    {
-        let own = ForwardTarget {
-            addr: dialed.addr,
-            family: dialed.family,
-            port_delta: remap.port.wrapping_sub(port),
-            rule: remap.rule,
-        };
-        return Some((own, rule_stats(remap.rule)?));
-    }
-    let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope, protocol, port));
-    let target = *FORWARDS.get(&key)?;
+    let target = match unsafe { FORWARD_PORTS.get(this_port) }.copied() {
+        Some(own) if own.is_own_service() => {
+            let own = ForwardTarget {
+                addr: dialed.addr,
+                family: dialed.family,
+                ..own
+            };
+            return Some((own, rule_stats(own.rule)?));
+        }
+        Some(forward) => forward,
+        None if scope.flags & SCOPE_PORT_RANGES != 0 => {
+            let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope.id, protocol, port));
+            *FORWARDS.get(&key)?
+        }
+        None => return None,
+    };
     let stats = rule_stats(target.rule)?;
-    let bound = ScopePort::new(scope, port, protocol);
     // SAFETY: the value is only tested for presence.
-    if unsafe { LOCAL_BINDS.get(bound) }.is_some() {
+    if unsafe { LOCAL_BINDS.get(this_port) }.is_some() {
         stats.local_skips += 1;
         return None;
     }
@@ -145,7 +153,7 @@ fn alias_target(
     let scope = scope::current(ctx.cast())?;
     let lookup = |port| {
         // SAFETY: the value is copied out at once.
-        unsafe { ALIASES.get(AliasKey::new(scope, addr, addr_family, port, protocol)) }.copied()
+        unsafe { ALIASES.get(AliasKey::new(scope.id, addr, addr_family, port, protocol)) }.copied()
     };
     let target = lookup(key_port).or_else(|| if key_port == 0 { None } else { lookup(0) })?;
     Some((target, rule_stats(target.rule)?))
@@ -162,25 +170,29 @@ pub fn rule_stats(rule: u32) -> Option<&'static mut RuleStats> {
 }
 
 /// Records that the socket of `ctx` talks to `to` in place of `dialed`,
-/// in the socket's own storage.
+/// in the socket's own storage. False when something was lost: the
+/// storage could not be made, or a destination the socket dialed before
+/// was forgotten to make room.
 #[inline(always)]
-fn remember(ctx: *mut bpf_sock_addr, to: SockAddr, dialed: SockAddr) {
+fn remember(ctx: *mut bpf_sock_addr, to: SockAddr, dialed: SockAddr) -> bool {
     let context = SockAddrContext { sock_addr: ctx };
     // SAFETY: the storage of the context's socket, made if it has none; a
     // pointer the kernel keeps valid for this program run.
     let Some(by_socket) = (unsafe { REVERSE.get_or_insert_ptr_mut(&context, None).as_mut() })
     else {
-        return;
+        return false;
     };
     for index in 0..DIALED_PER_SOCKET {
         if by_socket.entries[index].to == to {
             by_socket.entries[index].dialed = dialed;
-            return;
+            return true;
         }
     }
     let slot = by_socket.next as usize % DIALED_PER_SOCKET;
+    let forgotten = by_socket.entries[slot].to.family != 0;
     by_socket.entries[slot] = Dialed { to, dialed };
     by_socket.next = by_socket.next.wrapping_add(1);
+    !forgotten
 }
 
 /// Makes a peer address that netbpf rewrote look like the address the

@@ -4,29 +4,46 @@ use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, LpmTrie, PerCpuArray, SockMap},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap},
 };
 use netbpf_common::{
     AliasKey, AliasedAddr, BindTarget, DialedBySocket, ForwardKey, ForwardTarget, GrantKey,
-    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES,
-    MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig,
-    MssStats, RuleStats, ScopePort, ServiceKey, ServiceStats,
+    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
+    MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPES,
+    MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats, ScopeEntry, ScopePort, ServiceKey,
+    ServiceStats,
 };
 
-/// Flags of the hash maps only userspace writes: their memory follows the
-/// policy instead of being reserved at capacity, and the programs only
-/// look them up. The maps the programs write stay preallocated.
-const USER_FILLED: u32 = BPF_F_NO_PREALLOC;
+/// Flags of the hash maps whose memory follows what they hold instead of
+/// being reserved at capacity: every hash map but the counters' arrays
+/// (those only userspace writes, and the local binds, which only binds
+/// and releases of bound sockets change).
+const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
 
-/// cgroup v2 id of a container's cgroup directory -> scope id.
+/// cgroup v2 id of a container's cgroup directory -> its scope.
 #[map]
-pub static CGROUP_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, USER_FILLED);
+pub static CGROUP_SCOPES: HashMap<u64, ScopeEntry> =
+    HashMap::with_max_entries(MAX_SCOPES, ON_DEMAND);
 
-/// Network namespace cookie -> scope id.
+/// Network namespace cookie -> its scope.
 #[map]
-pub static NETNS_SCOPES: HashMap<u64, u32> = HashMap::with_max_entries(MAX_SCOPES, USER_FILLED);
+pub static NETNS_SCOPES: HashMap<u64, ScopeEntry> =
+    HashMap::with_max_entries(MAX_SCOPES, ON_DEMAND);
 
-/// (scope, protocol, localhost port prefix) -> where that destination goes.
+/// One bit per cgroup level (below the root) where some cgroup scope is:
+/// the only levels the programs look up.
+#[map]
+pub static SCOPE_LEVELS: Array<u64> = Array::with_max_entries(1, 0);
+
+/// (scope, exact localhost port, protocol) -> its forward, or the own
+/// service a bind remap moved there: the one lookup of most connects.
+#[map]
+pub static FORWARD_PORTS: HashMap<ScopePort, ForwardTarget> =
+    HashMap::with_max_entries(MAX_FORWARD_PORTS, ON_DEMAND);
+
+/// (scope, protocol, localhost port prefix) -> where that destination
+/// goes, for forwards of port ranges (looked up after `FORWARD_PORTS`, in
+/// scopes that have ranges).
 #[map]
 pub static FORWARDS: LpmTrie<ForwardKey, ForwardTarget> =
     LpmTrie::with_max_entries(MAX_FORWARD_PREFIXES, 0);
@@ -39,11 +56,13 @@ pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MA
 /// (scope, protocol, port) bound on localhost or a wildcard address inside
 /// the scope -> number of sockets bound there.
 #[map]
-pub static LOCAL_BINDS: HashMap<ScopePort, u32> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
+pub static LOCAL_BINDS: HashMap<ScopePort, u32> =
+    HashMap::with_max_entries(MAX_LOCAL_BINDS, ON_DEMAND);
 
-/// Socket cookie of a socket counted in `LOCAL_BINDS` -> its key there.
-#[map]
-pub static BOUND_SOCKETS: HashMap<u64, ScopePort> = HashMap::with_max_entries(MAX_LOCAL_BINDS, 0);
+/// Per socket counted in `LOCAL_BINDS`: its key there. Freed by the kernel
+/// with the socket; other sockets have none.
+#[btf_map]
+pub static BOUND_SOCKETS: SkStorage<ScopePort> = SkStorage::new();
 
 /// Per socket: the destinations it dialed that netbpf rewrote, to answer
 /// recvmsg and getpeername with them. Freed by the kernel with the socket:
@@ -54,7 +73,7 @@ pub static REVERSE: SkStorage<DialedBySocket> = SkStorage::new();
 /// ifindex -> how the tc program clamps MSS on that interface.
 #[map]
 pub static MSS_INTERFACES: HashMap<u32, MssConfig> =
-    HashMap::with_max_entries(MAX_MSS_INTERFACES, USER_FILLED);
+    HashMap::with_max_entries(MAX_MSS_INTERFACES, ON_DEMAND);
 
 /// Per-CPU MSS clamp counters, indexed by the interface's slot.
 #[map]
@@ -63,22 +82,22 @@ pub static MSS_STATS: PerCpuArray<MssStats> = PerCpuArray::with_max_entries(MAX_
 /// (scope, protocol, exact address, port) dialed -> where it goes instead.
 #[map]
 pub static ALIASES: HashMap<AliasKey, ForwardTarget> =
-    HashMap::with_max_entries(MAX_ALIASES, USER_FILLED);
+    HashMap::with_max_entries(MAX_ALIASES, ON_DEMAND);
 
 /// Every (address, port) some scope has an alias for: the quick test.
 #[map]
 pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> =
-    HashMap::with_max_entries(MAX_ALIASES, USER_FILLED);
+    HashMap::with_max_entries(MAX_ALIASES, ON_DEMAND);
 
 /// (host-side address, port) a container dials -> the host service there.
 #[map]
 pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
-    HashMap::with_max_entries(MAX_SERVICE_ADDRESSES, USER_FILLED);
+    HashMap::with_max_entries(MAX_SERVICE_ADDRESSES, ON_DEMAND);
 
 /// (service, container address) allowed to reach the service -> the
 /// host-side interface its packets must arrive through (0: any).
 #[map]
-pub static GRANTS: HashMap<GrantKey, u32> = HashMap::with_max_entries(MAX_GRANTS, USER_FILLED);
+pub static GRANTS: HashMap<GrantKey, u32> = HashMap::with_max_entries(MAX_GRANTS, ON_DEMAND);
 
 /// Service index -> its listening socket on the host's loopback.
 #[map]
@@ -92,4 +111,4 @@ pub static SERVICE_STATS: PerCpuArray<ServiceStats> =
 /// (scope, port bound, protocol) -> the port the socket gets instead.
 #[map]
 pub static BIND_REMAPS: HashMap<ScopePort, BindTarget> =
-    HashMap::with_max_entries(MAX_BIND_REMAPS, USER_FILLED);
+    HashMap::with_max_entries(MAX_BIND_REMAPS, ON_DEMAND);

@@ -2,13 +2,14 @@
 //! bound inside each scope, so that its own services are never forwarded.
 
 use core::{
+    ffi::c_void,
     intrinsics::{AtomicOrdering, atomic_xadd},
-    ptr::{addr_of, read_volatile},
+    ptr::{self, addr_of, read_volatile},
 };
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, bpf_sock},
-    helpers::bpf_get_socket_cookie,
+    bindings::{BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
+    helpers::generated::bpf_sk_storage_get,
     macros::cgroup_sock,
     programs::SockContext,
 };
@@ -71,15 +72,17 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
     let Some(scope) = scope::current(sk.cast()) else {
         return;
     };
-    let key = ScopePort::new(scope, port, protocol);
-    // SAFETY: `sk` is the program's context, as the helper requires.
-    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
-    if BOUND_SOCKETS
-        .insert(cookie, key, u64::from(BPF_NOEXIST))
-        .is_err()
-    {
+    let key = ScopePort::new(scope.id, port, protocol);
+    // SAFETY: `sk` is the program's context.
+    let Some(counted) = (unsafe { bound_key(sk, BPF_SK_STORAGE_GET_F_CREATE.into()).as_mut() })
+    else {
+        return;
+    };
+    if counted.port != 0 {
+        // Counted already (by the agent, which found it bound).
         return;
     }
+    *counted = key;
     if LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
         return;
     }
@@ -97,13 +100,14 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
 
 #[inline(always)]
 fn forget_bind(sk: *mut bpf_sock) {
-    // SAFETY: `sk` is the program's context, as the helper requires.
-    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
-    // SAFETY: the key is copied out at once.
-    let Some(key) = (unsafe { BOUND_SOCKETS.get(cookie) }).copied() else {
+    // SAFETY: `sk` is the program's context. Most sockets have no storage:
+    // one pointer test in the kernel.
+    let Some(key) = (unsafe { bound_key(sk, 0).as_ref() }).copied() else {
         return;
     };
-    let _ = BOUND_SOCKETS.remove(cookie);
+    if key.port == 0 {
+        return;
+    }
     let Some(count) = LOCAL_BINDS.get_ptr_mut(key) else {
         return;
     };
@@ -120,4 +124,16 @@ fn forget_bind(sk: *mut bpf_sock) {
         // (SO_REUSEPORT siblings closing and opening at once) to accept.
         let _ = LOCAL_BINDS.remove(key);
     }
+}
+
+/// The `BOUND_SOCKETS` storage of `sk`, made (zeroed) when `flags` asks
+/// for it; null when it has none or it could not be made.
+///
+/// # Safety
+/// `sk` is the context of a `bpf_sock` program.
+#[inline(always)]
+unsafe fn bound_key(sk: *mut bpf_sock, flags: u64) -> *mut ScopePort {
+    let map: *mut c_void = ptr::from_ref(&BOUND_SOCKETS).cast_mut().cast();
+    // SAFETY: the caller's promise; these hooks may use socket storage.
+    unsafe { bpf_sk_storage_get(map, sk.cast(), ptr::null_mut(), flags) }.cast()
 }

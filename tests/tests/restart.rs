@@ -12,6 +12,7 @@ use netbpf_testenv::{
     AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
     netbpf_binary, netbpf_next_binary, require_root,
 };
+use netbpf_common::MAP_LAYOUT;
 use nix::sys::signal::Signal;
 
 /// Ids of the programs attached to the cgroup at `path`, with the number
@@ -179,13 +180,17 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     std::thread::sleep(Duration::from_millis(500));
     // What an upgrade interrupted before its links switched leaves: staged
     // maps of the new layout, never used. They are made again.
-    let staged = setup.pin_dir.join("maps-v2-staged");
+    let (layout, next) = (MAP_LAYOUT, MAP_LAYOUT + 1);
+    let staged = setup.pin_dir.join(format!("maps-v{next}-staged"));
     std::fs::create_dir(&staged).unwrap();
     let agent = setup
         .start_binary("third", &netbpf_next_binary())
         .unwrap_or_else(|error| panic!("{error:#}"));
-    assert_eq!(agent.status_json().unwrap()["map_layout"], 2);
-    assert!(setup.pin_dir.join("maps-v2").is_dir() && !setup.pin_dir.join("maps-v1").exists());
+    assert_eq!(agent.status_json().unwrap()["map_layout"], next);
+    assert!(
+        setup.pin_dir.join(format!("maps-v{next}")).is_dir()
+            && !setup.pin_dir.join(format!("maps-v{layout}")).exists()
+    );
     assert!(!staged.exists(), "the staged maps are settled");
 
     assert_older_version_refuses(&setup, &topology);

@@ -49,6 +49,7 @@ pub fn find(scopes: &[ScopePlace]) -> io::Result<Vec<BoundSocket>> {
                 .filter_map(|socket| Some((owners.scope_of(socket, cookie)?, socket)))
                 .map(|(scope, socket)| BoundSocket {
                     cookie: socket.cookie,
+                    inode: socket.inode,
                     key: ScopePort::new(scope, socket.local.port(), socket.protocol),
                 }),
         );

@@ -4,8 +4,7 @@
 //! service restarts (a new socket) without netbpf restarting.
 
 use std::{
-    fs, io,
-    os::fd::{FromRawFd as _, OwnedFd},
+    io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -17,6 +16,7 @@ use crate::{
     host::{
         netns,
         sock_diag::{self, DiagSocket},
+        socket_fds,
     },
     policy::HostService,
 };
@@ -208,84 +208,18 @@ fn take_listener(
     service: &HostService,
     socket: &DiagSocket,
 ) -> Result<u32, ServiceError> {
-    let (pid, fd) =
-        owner(socket.inode).ok_or(ServiceError::NoOwner(service.listen, socket.inode))?;
-    let duplicate = duplicate_fd(pid, fd).map_err(|source| ServiceError::Take { pid, source })?;
+    let (pid, fd) = socket_fds::owners(&[socket.inode])
+        .remove(&socket.inode)
+        .ok_or(ServiceError::NoOwner(service.listen, socket.inode))?;
+    let duplicate =
+        socket_fds::duplicate(pid, fd).map_err(|source| ServiceError::Take { pid, source })?;
     // The pid or the descriptor number may have been reused since /proc was
     // read: only the very socket sock_diag reported may get the traffic.
-    if cookie_of(&duplicate) != Some(socket.cookie) || !is_listening(&duplicate) {
+    if socket_fds::cookie_of(&duplicate) != Some(socket.cookie)
+        || !socket_fds::is_listening(&duplicate)
+    {
         return Err(ServiceError::Changed(service.listen));
     }
     datapath.set_service_socket(u32::try_from(index).expect("services are few"), &duplicate)?;
     Ok(pid)
-}
-
-/// The process and descriptor that hold the socket with `inode`.
-fn owner(inode: u32) -> Option<(u32, i32)> {
-    let target = format!("socket:[{inode}]");
-    fs::read_dir("/proc").ok()?.flatten().find_map(|process| {
-        let pid: u32 = process.file_name().to_str()?.parse().ok()?;
-        fs::read_dir(process.path().join("fd"))
-            .ok()?
-            .flatten()
-            .find_map(|fd| {
-                let link = fs::read_link(fd.path()).ok()?;
-                (link.to_str()? == target)
-                    .then(|| Some((pid, fd.file_name().to_str()?.parse().ok()?)))?
-            })
-    })
-}
-
-/// A duplicate, in this process, of descriptor `fd` of process `pid`.
-fn duplicate_fd(pid: u32, fd: i32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open(2) with no flags; the result is checked.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if pidfd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `pidfd` is a new descriptor nobody else owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(i32::try_from(pidfd).map_err(io::Error::other)?) };
-    // SAFETY: pidfd_getfd(2) with no flags; the result is checked.
-    let duplicate = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_getfd,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-            fd,
-            0,
-        )
-    };
-    if duplicate < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(duplicate).map_err(io::Error::other)?) })
-}
-
-/// The cookie of a socket (`SO_COOKIE`): the one `sock_diag` and the kernel
-/// programs know it by.
-fn cookie_of(socket: &OwnedFd) -> Option<u64> {
-    let mut cookie = 0u64;
-    getsockopt_into(socket, libc::SO_COOKIE, &mut cookie).then_some(cookie)
-}
-
-/// Whether a socket is listening (`SO_ACCEPTCONN`).
-fn is_listening(socket: &OwnedFd) -> bool {
-    let mut listening = 0i32;
-    getsockopt_into(socket, libc::SO_ACCEPTCONN, &mut listening) && listening != 0
-}
-
-/// Reads the `SOL_SOCKET` option `option` of `socket` into `value`.
-fn getsockopt_into<T: Copy>(socket: &OwnedFd, option: libc::c_int, value: &mut T) -> bool {
-    let mut len = libc::socklen_t::try_from(size_of::<T>()).expect("a small option");
-    // SAFETY: `value` and `len` are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
-            libc::SOL_SOCKET,
-            option,
-            std::ptr::from_mut(value).cast(),
-            &raw mut len,
-        )
-    };
-    rc == 0
 }

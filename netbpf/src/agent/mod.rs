@@ -225,11 +225,11 @@ impl Agent {
         let ids = ScopeIds::adopt(
             plan.cgroup_scopes
                 .iter()
-                .map(|(&id, &scope)| (ScopeKey::Cgroup(id), scope))
+                .map(|(&id, scope)| (ScopeKey::Cgroup(id), scope.id))
                 .chain(
                     plan.netns_scopes
                         .iter()
-                        .map(|(&cookie, &scope)| (ScopeKey::Netns(cookie), scope)),
+                        .map(|(&cookie, scope)| (ScopeKey::Netns(cookie), scope.id)),
                 )
                 .collect(),
         );
@@ -831,6 +831,7 @@ impl Agent {
                     key: ScopeKey::Netns(cookie),
                     instance: path.display().to_string(),
                     place: path.clone(),
+                    level: 0,
                     captures: policy::Captures::new(),
                     container: None,
                 });
@@ -938,7 +939,7 @@ impl Agent {
             .cgroup_scopes
             .values()
             .chain(self.plan.netns_scopes.values())
-            .copied()
+            .map(|scope| scope.id)
             .collect();
         for outcome in &outcomes {
             let name = format!(
@@ -976,30 +977,11 @@ impl Agent {
     }
 
     /// Counts the sockets bound inside `scopes` (new to the maps) before
-    /// their bind hooks could. The programs run meanwhile: a socket closed
-    /// between the listing and the count is uncounted again, found gone by
-    /// a second listing.
+    /// their bind hooks could.
     fn record_existing_binds(&mut self, scopes: &[ScopePlace]) {
         let existing = existing_binds::find(scopes).unwrap_or_default();
-        let recorded = match self.datapath.record_binds(&existing) {
-            Ok(recorded) => recorded,
-            Err(error) => {
-                tracing::warn!(%error, "the sockets bound before their scope was applied are not counted");
-                return;
-            }
-        };
-        if recorded.is_empty() {
-            return;
-        }
-        let Ok(still) = existing_binds::find(scopes) else {
-            return;
-        };
-        let gone: Vec<_> = recorded
-            .into_iter()
-            .filter(|socket| !still.iter().any(|open| open.cookie == socket.cookie))
-            .collect();
-        if let Err(error) = self.datapath.forget_binds(&gone) {
-            tracing::warn!(%error, "uncounting sockets closed while they were counted");
+        if let Err(error) = self.datapath.record_binds(&existing) {
+            tracing::warn!(%error, "the sockets bound before their scope was applied are not counted");
         }
     }
 

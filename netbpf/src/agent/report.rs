@@ -144,6 +144,7 @@ fn rules_status(agent: &Agent, scope: &Scope, status: &mut ScopeStatus) -> anyho
                 connects: counters.connects,
                 datagrams: counters.datagrams,
                 local_skips: counters.local_skips,
+                unremembered: counters.unremembered,
             })
         })
         .collect::<anyhow::Result<_>>()?;
@@ -186,6 +187,7 @@ fn rules_status(agent: &Agent, scope: &Scope, status: &mut ScopeStatus) -> anyho
                 to: alias.to,
                 connects: counters.connects,
                 datagrams: counters.datagrams,
+                unremembered: counters.unremembered,
             })
         })
         .collect::<anyhow::Result<_>>()?;

@@ -142,6 +142,8 @@ pub struct AliasStatus {
     pub to: SocketAddr,
     pub connects: u64,
     pub datagrams: u64,
+    /// Rewrites whose reverse path was lost (see `RuleStats::unremembered`).
+    pub unremembered: u64,
 }
 
 /// A localhost forward and its counters, summed over CPUs.
@@ -154,6 +156,9 @@ pub struct ForwardStatus {
     pub connects: u64,
     pub datagrams: u64,
     pub local_skips: u64,
+    /// Rewrites whose reverse path was lost: replies and `getpeername()`
+    /// of those sockets show the target instead of the address dialed.
+    pub unremembered: u64,
 }
 
 /// An `[[mss_clamp]]` of the policy and the interfaces it is on.
@@ -249,6 +254,7 @@ impl Status {
             "CONNECTS",
             "DATAGRAMS",
             "LOCAL SKIPS",
+            "REVERSE LOST",
         ]);
         for scope in self.scopes.iter().filter(|scope| scope.error.is_none()) {
             let selector = match (&scope.container_id, &scope.cgroup, &scope.netns) {
@@ -262,7 +268,17 @@ impl Status {
                 _ => String::new(),
             };
             if scope.forwards.is_empty() {
-                table.add_row([scope.name.as_str(), &selector, "-", "-", "-", "-", "-", "-"]);
+                table.add_row([
+                    scope.name.as_str(),
+                    &selector,
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                ]);
             }
             for forward in &scope.forwards {
                 table.add_row([
@@ -274,6 +290,7 @@ impl Status {
                     forward.connects.to_string(),
                     forward.datagrams.to_string(),
                     forward.local_skips.to_string(),
+                    forward.unremembered.to_string(),
                 ]);
             }
         }
@@ -303,7 +320,10 @@ impl Status {
                     format!("{:?}", alias.proto).to_lowercase(),
                     alias.from.to_string(),
                     alias.to.to_string(),
-                    format!("{} connects, {} datagrams", alias.connects, alias.datagrams),
+                    format!(
+                        "{} connects, {} datagrams, {} reverse lost",
+                        alias.connects, alias.datagrams, alias.unremembered
+                    ),
                 ]);
             }
         }

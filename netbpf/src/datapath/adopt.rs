@@ -120,6 +120,7 @@ impl Datapath {
         Ok(Plan {
             cgroup_scopes: self.entries("CGROUP_SCOPES")?,
             netns_scopes: self.entries("NETNS_SCOPES")?,
+            forward_ports: self.entries("FORWARD_PORTS")?,
             forwards,
             aliases: self.entries::<AliasKey, ForwardTarget>("ALIASES")?,
             aliased_addrs: self.keys::<AliasedAddr, u8>("ALIASED_ADDRS")?,

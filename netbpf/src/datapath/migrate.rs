@@ -2,10 +2,13 @@
 //! layout whose key and value have the same size in the new one is copied
 //! entry by entry, before the new programs replace the old ones in their
 //! links. Counters are added instead, once the links run the new programs
-//! (the old ones count until then). Maps whose entries changed size are
-//! not copied: those the policy fills are filled from the plan, the local
-//! binds are found again with `sock_diag`, the rest (counters, what
-//! sockets dialed) starts empty, and each is named in the log.
+//! (the old ones count until then), also where the new layout appended
+//! counters. Maps whose entries changed size are not copied: those the
+//! policy fills are filled from the plan, the rest (what sockets dialed)
+//! starts empty, and each is named in the log. The local binds are never
+//! copied: their counts go with the per-socket record of which sockets
+//! they count, which a copy cannot carry, so the agent counts the sockets
+//! bound now again (`sock_diag`).
 
 use std::{fs, io, path::Path};
 
@@ -23,6 +26,8 @@ const SK_STORAGE: u32 = 24;
 const PER_CPU: [u32; 3] = [5, 6, 10];
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: netbpf's counters, all `u64` fields.
 const COUNTERS: u32 = 6;
+/// Maps counted again from the sockets open when the new agent starts.
+const RECOUNTED: &[&str] = &["LOCAL_BINDS"];
 
 /// What became of one map of the old layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +50,9 @@ pub fn copy_maps(old: &Path, new: &Path) -> io::Result<Vec<(String, Moved)>> {
             continue;
         };
         let target = new.join(&name);
-        let result = if target.exists() {
+        let result = if RECOUNTED.contains(&name.as_str()) {
+            Moved::Left("counted again from the sockets bound now".to_owned())
+        } else if target.exists() {
             copy_map(&entry.path(), &target)?
         } else {
             Moved::Left("this netbpf has no such map".to_owned())
@@ -69,7 +76,7 @@ fn copy_map(from: &Path, to: &Path) -> io::Result<Moved> {
                 .to_owned(),
         ));
     }
-    if raw_type(&old) == COUNTERS && same_shape(&old, &new) {
+    if counters_carry_over(&old, &new) {
         return Ok(Moved::Later);
     }
     if !same_shape(&old, &new) {
@@ -112,9 +119,21 @@ fn same_shape(old: &MapInfo, new: &MapInfo) -> bool {
         && old.value_size() == new.value_size()
 }
 
+/// Whether the counters of `old` can be added to `new`'s: both are
+/// counter arrays, and `new`'s counters are `old`'s, perhaps with more
+/// appended.
+fn counters_carry_over(old: &MapInfo, new: &MapInfo) -> bool {
+    let raw_type = |info: &MapInfo| info.map_type().map_or(u32::MAX, |kind| kind as u32);
+    raw_type(old) == COUNTERS
+        && raw_type(new) == COUNTERS
+        && old.key_size() == new.key_size()
+        && old.value_size() <= new.value_size()
+}
+
 /// Adds the counters of each per-CPU array of `old` to the one of the
-/// same name in `new` (word by word: every counter is a `u64`), once no
-/// program counts in `old` any more; returns the maps added.
+/// same name in `new` (word by word: every counter is a `u64`; counters
+/// the new layout appended keep their own), once no program counts in
+/// `old` any more; returns the maps added.
 pub fn add_counters(old: &Path, new: &Path) -> io::Result<Vec<String>> {
     let info =
         |path: &Path| MapInfo::from_pin(path).map_err(|error| io::Error::other(error.to_string()));
@@ -129,25 +148,30 @@ pub fn add_counters(old: &Path, new: &Path) -> io::Result<Vec<String>> {
             continue;
         }
         let (from_info, to_info) = (info(&entry.path())?, info(&target)?);
-        if from_info.map_type().map_or(u32::MAX, |kind| kind as u32) != COUNTERS
-            || !same_shape(&from_info, &to_info)
-        {
+        if !counters_carry_over(&from_info, &to_info) {
             continue;
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
-        let value_size = (from_info.value_size() as usize).next_multiple_of(8) * cpus;
+        let old_stride = (from_info.value_size() as usize).next_multiple_of(8);
+        let new_stride = (to_info.value_size() as usize).next_multiple_of(8);
         let (from, to) = (obj_get(&entry.path())?, obj_get(&target)?);
-        let (mut old_value, mut new_value) = (vec![0u8; value_size], vec![0u8; value_size]);
+        let (mut old_value, mut new_value) =
+            (vec![0u8; old_stride * cpus], vec![0u8; new_stride * cpus]);
         for slot in 0..from_info.max_entries().min(to_info.max_entries()) {
             let key = slot.to_ne_bytes();
             if !map_lookup(&from, &key, &mut old_value)? || !map_lookup(&to, &key, &mut new_value)?
             {
                 continue;
             }
-            for (sum, more) in new_value.chunks_exact_mut(8).zip(old_value.chunks_exact(8)) {
-                let total = u64::from_ne_bytes(sum.try_into().expect("8 bytes"))
-                    .wrapping_add(u64::from_ne_bytes(more.try_into().expect("8 bytes")));
-                sum.copy_from_slice(&total.to_ne_bytes());
+            for (sums, more) in new_value
+                .chunks_exact_mut(new_stride)
+                .zip(old_value.chunks_exact(old_stride))
+            {
+                for (sum, more) in sums.chunks_exact_mut(8).zip(more.chunks_exact(8)) {
+                    let total = u64::from_ne_bytes(sum.try_into().expect("8 bytes"))
+                        .wrapping_add(u64::from_ne_bytes(more.try_into().expect("8 bytes")));
+                    sum.copy_from_slice(&total.to_ne_bytes());
+                }
             }
             map_update(&to, &key, &new_value)?;
         }

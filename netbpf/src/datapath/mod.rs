@@ -165,6 +165,7 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 11] {
         ("CGROUP_SCOPES", capacity.scopes),
         ("NETNS_SCOPES", capacity.scopes),
         ("RULE_STATS", capacity.rules),
+        ("FORWARD_PORTS", capacity.forward_ports),
         ("FORWARDS", capacity.forward_prefixes),
         ("ALIASES", capacity.aliases),
         ("ALIASED_ADDRS", capacity.aliases),
@@ -172,7 +173,6 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 11] {
         ("GRANTS", capacity.grants),
         ("HOST_SERVICES", capacity.service_addresses),
         ("LOCAL_BINDS", capacity.local_binds),
-        ("BOUND_SOCKETS", capacity.local_binds),
     ]
 }
 

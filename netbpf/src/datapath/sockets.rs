@@ -10,18 +10,20 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap, LpmTrie, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapError, SkStorage, lpm_trie::Key},
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
 use netbpf_common::{ForwardKey, ForwardTarget, RuleStats, ScopePort};
 
 use super::{Datapath, DatapathError, map_error};
-use crate::plan::Plan;
+use crate::{host::socket_fds, plan::Plan};
 
 /// A socket bound inside a scope, and its key in the local-binds table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundSocket {
     pub cookie: u64,
+    /// Its `socket:[INODE]`, to find a descriptor of it.
+    pub inode: u32,
     pub key: ScopePort,
 }
 
@@ -112,8 +114,12 @@ impl Datapath {
     /// [`Self::attach`], so the programs act on the whole plan from their
     /// first run.
     pub fn update(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
+        // Levels where new scopes are are looked at before the scopes are
+        // there, and those of old ones until they are gone.
+        self.set_scope_levels(old.scope_levels() | new.scope_levels())?;
         self.sync("CGROUP_SCOPES", &old.cgroup_scopes, &new.cgroup_scopes)?;
         self.sync("NETNS_SCOPES", &old.netns_scopes, &new.netns_scopes)?;
+        self.sync("FORWARD_PORTS", &old.forward_ports, &new.forward_ports)?;
         self.sync("ALIASES", &old.aliases, &new.aliases)?;
         self.sync(
             "ALIASED_ADDRS",
@@ -142,7 +148,14 @@ impl Datapath {
             &dropped,
             |map, key, target| map.insert(key, target, 0),
             LpmTrie::remove,
-        )
+        )?;
+        self.set_scope_levels(new.scope_levels())
+    }
+
+    /// Tells the programs which cgroup levels to look up scopes at.
+    fn set_scope_levels(&mut self, levels: u64) -> Result<(), DatapathError> {
+        let mut map: Array<_, u64> = self.map_mut("SCOPE_LEVELS")?;
+        map.set(0, levels, 0).map_err(map_error("SCOPE_LEVELS"))
     }
 
     /// Makes the hash map `name` go from `old`'s entries to `new`'s.
@@ -247,40 +260,37 @@ impl Datapath {
     }
 
     /// Counts `sockets` as bound inside their scopes, as the bind hooks
-    /// would have, and returns those it counted. A socket the hooks counted
-    /// already (by cookie) is skipped, so racing with them counts nobody
-    /// twice.
-    pub fn record_binds(
-        &mut self,
-        sockets: &[BoundSocket],
-    ) -> Result<Vec<BoundSocket>, DatapathError> {
-        let mut bound: HashMap<_, u64, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
-        let mut new = Vec::new();
+    /// would have, and returns how many it counted. Each is marked in its
+    /// own storage through a duplicate of its descriptor; one the hooks
+    /// counted already is skipped. The duplicates close after the count:
+    /// a socket its process closed meanwhile is then released, and its
+    /// release hook uncounts it.
+    pub fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<usize, DatapathError> {
+        let inodes: Vec<u32> = sockets.iter().map(|socket| socket.inode).collect();
+        let owners = socket_fds::owners(&inodes);
+        let mut storage: SkStorage<_, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
+        let mut held = Vec::new();
+        let mut counted = Vec::new();
         for socket in sockets {
-            match bound.insert(socket.cookie, socket.key, BPF_NOEXIST) {
-                Ok(()) => new.push(*socket),
+            let Some(duplicate) = owners
+                .get(&socket.inode)
+                .and_then(|&(pid, fd)| socket_fds::duplicate(pid, fd).ok())
+                .filter(|duplicate| socket_fds::cookie_of(duplicate) == Some(socket.cookie))
+            else {
+                // Closed since it was listed.
+                continue;
+            };
+            match storage.insert(&duplicate, socket.key, BPF_NOEXIST) {
+                Ok(()) => counted.push(socket.key),
                 Err(MapError::SyscallError(error))
                     if error.io_error.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(error) => return Err(map_error("BOUND_SOCKETS")(error)),
             }
+            held.push(duplicate);
         }
-        self.count_local_binds(new.iter().map(|socket| socket.key), 1)?;
-        Ok(new)
-    }
-
-    /// Uncounts `sockets` recorded by [`Self::record_binds`] that closed
-    /// before they were: their release hook found nothing to uncount. One
-    /// the hook uncounted meanwhile is left alone (whoever removes its
-    /// cookie uncounts it).
-    pub fn forget_binds(&mut self, sockets: &[BoundSocket]) -> Result<(), DatapathError> {
-        let mut bound: HashMap<_, u64, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
-        let mut gone = Vec::new();
-        for socket in sockets {
-            if bound.remove(&socket.cookie).is_ok() {
-                gone.push(socket.key);
-            }
-        }
-        self.count_local_binds(gone, -1)
+        self.count_local_binds(counted.iter().copied(), 1)?;
+        drop(held);
+        Ok(counted.len())
     }
 
     /// Adds `delta` to the local-binds count of each of `keys`; a count

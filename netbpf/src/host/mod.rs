@@ -1,5 +1,5 @@
 //! Facts of this host, read from the kernel: cgroups, network namespaces,
-//! sockets (`sock_diag`), interfaces, addresses and routes (rtnetlink).
+//! sockets (`sock_diag`, and the descriptors that hold them), interfaces, addresses and routes (rtnetlink).
 
 pub mod cgroup;
 pub mod links;
@@ -7,3 +7,4 @@ pub mod netns;
 pub mod rtnetlink;
 pub mod scope_net;
 pub mod sock_diag;
+pub mod socket_fds;

@@ -17,8 +17,11 @@ pub struct Capacity {
     pub scopes: u32,
     /// Rules with counters (`RULE_STATS`). Default 4096.
     pub rules: u32,
-    /// Port prefixes of forwards (`FORWARDS`); a port range takes up to
-    /// 30. Default 65536.
+    /// Exact ports forwarded, and localhost ports remapped by binds, per
+    /// scope (`FORWARD_PORTS`). Default 65536.
+    pub forward_ports: u32,
+    /// Port prefixes of forwards of port ranges (`FORWARDS`); a range
+    /// takes up to 30. Default 65536.
     pub forward_prefixes: u32,
     /// Aliases, grants' host aliases included (`ALIASES`). Default 16384.
     pub aliases: u32,
@@ -29,20 +32,21 @@ pub struct Capacity {
     /// Where host services are reached: (gateway, port) pairs
     /// (`HOST_SERVICES`). Default 4096.
     pub service_addresses: u32,
-    /// Sockets bound on localhost inside scopes (`LOCAL_BINDS`,
-    /// `BOUND_SOCKETS`). Default 65536.
+    /// (scope, port) pairs bound on localhost or a wildcard address inside
+    /// scopes (`LOCAL_BINDS`). Default 65536.
     pub local_binds: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
         use netbpf_common::{
-            MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_LOCAL_BINDS,
-            MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
+            MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
+            MAX_LOCAL_BINDS, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
         };
         Self {
             scopes: MAX_SCOPES,
             rules: MAX_RULES,
+            forward_ports: MAX_FORWARD_PORTS,
             forward_prefixes: MAX_FORWARD_PREFIXES,
             aliases: MAX_ALIASES,
             bind_remaps: MAX_BIND_REMAPS,
@@ -59,6 +63,12 @@ impl Capacity {
     /// count once.
     pub fn check(&self, plan: &Plan, more: &Plan) -> Result<(), String> {
         let maps = [
+            (
+                "FORWARD_PORTS",
+                together(&plan.forward_ports, &more.forward_ports),
+                self.forward_ports,
+                "forward_ports",
+            ),
             (
                 "FORWARDS",
                 together(&plan.forwards, &more.forwards),

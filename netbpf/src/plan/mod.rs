@@ -21,7 +21,7 @@ use std::{
 
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
-    ForwardTarget, GrantKey, PROTO_TCP, ScopePort, ServiceKey,
+    ForwardTarget, GrantKey, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopePort, ServiceKey,
 };
 
 pub use self::{
@@ -52,6 +52,9 @@ pub struct Assignment {
     pub instance: String,
     /// Where the instance is: its cgroup path, or the namespace's path.
     pub place: PathBuf,
+    /// How deep its cgroup is below the cgroup root (the level the
+    /// kernel numbers cgroup ancestors by); 0 for a network namespace.
+    pub level: u16,
     pub captures: Captures,
     /// The container it is, when it is one (not a pod, a cgroup, a
     /// namespace).
@@ -114,12 +117,24 @@ pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assi
                 scope,
                 key: ScopeKey::Cgroup(key),
                 instance,
+                level: cgroup_level(mount, &place),
                 place,
                 captures,
                 container: described,
             });
     }
     assignments.into_values().collect()
+}
+
+/// How deep the cgroup at `path` (below `mount`, or relative to it) is:
+/// one level per directory.
+fn cgroup_level(mount: &Path, path: &Path) -> u16 {
+    let below = path.strip_prefix(mount).unwrap_or(path);
+    let depth = below
+        .components()
+        .filter(|component| matches!(component, std::path::Component::Normal(_)))
+        .count();
+    u16::try_from(depth).unwrap_or(u16::MAX)
 }
 
 /// A scope instance with its rules resolved, or why they could not be.
@@ -146,11 +161,15 @@ pub struct Outcome {
 /// plans can be compared entry by entry.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// cgroup id -> scope id.
-    pub cgroup_scopes: BTreeMap<u64, u32>,
-    /// netns cookie -> scope id.
-    pub netns_scopes: BTreeMap<u64, u32>,
-    /// (prefix length in bits, key) -> target, for the forward trie.
+    /// cgroup id -> its scope.
+    pub cgroup_scopes: BTreeMap<u64, ScopeEntry>,
+    /// netns cookie -> its scope.
+    pub netns_scopes: BTreeMap<u64, ScopeEntry>,
+    /// (scope, exact port, protocol) -> a forward of that one port, or the
+    /// own service a localhost bind remap moved there.
+    pub forward_ports: BTreeMap<ScopePort, ForwardTarget>,
+    /// (prefix length in bits, key) -> target, for the trie of forwards of
+    /// port ranges.
     pub forwards: BTreeMap<(u32, ForwardKey), ForwardTarget>,
     /// Exact addresses dialed in a scope -> where they go instead.
     pub aliases: BTreeMap<AliasKey, ForwardTarget>,
@@ -205,12 +224,19 @@ pub fn compile(
                 policy.scopes[assignment.scope].name, assignment.instance
             );
             claims.check(&scope, network, policy)?;
+            let level = assignment.level;
+            if u32::from(level) >= netbpf_common::MAX_CGROUP_DEPTH {
+                return Err(format!(
+                    "its cgroup is {level} levels deep; netbpf looks {} deep at most",
+                    netbpf_common::MAX_CGROUP_DEPTH - 1
+                ));
+            }
             let mut entries = Plan::default();
-            entries.add_scope(assignment.key, id, &scope);
+            entries.add_scope(assignment.key, id, level, &scope);
             capacity.check(&plan, &entries)?;
             let scope = slots.assign(id, scope, &mut used_slots, capacity.rules)?;
             let mut entries = Plan::default();
-            entries.add_scope(assignment.key, id, &scope);
+            entries.add_scope(assignment.key, id, level, &scope);
             claims.take(&name, &scope, network);
             plan.merge(entries);
             Ok((id, scope))
@@ -268,17 +294,38 @@ impl Claims {
 }
 
 impl Plan {
-    /// The entries of one scope instance.
-    fn add_scope(&mut self, key: ScopeKey, scope_id: u32, scope: &Scope) {
-        match key {
-            ScopeKey::Cgroup(id) => self.cgroup_scopes.insert(id, scope_id),
-            ScopeKey::Netns(cookie) => self.netns_scopes.insert(cookie, scope_id),
-        };
+    /// The entries of one scope instance, whose cgroup (if it is one) is
+    /// `level` deep below the root.
+    fn add_scope(&mut self, key: ScopeKey, scope_id: u32, level: u16, scope: &Scope) {
         for grant in &scope.grants {
             self.add_grant(scope_id, grant);
         }
         for alias in &scope.aliases {
             self.add_alias(scope_id, alias);
+        }
+        let mut has_ranges = false;
+        for forward in &scope.forwards {
+            let (addr, family) = target_words(forward.to.addr);
+            let target = ForwardTarget {
+                addr,
+                family,
+                port_delta: forward.port_delta(),
+                rule: forward.rule,
+            };
+            let ports = forward.from.range();
+            for &protocol in forward.protocols.numbers() {
+                if ports.start() == ports.end() {
+                    self.forward_ports
+                        .insert(ScopePort::new(scope_id, *ports.start(), protocol), target);
+                    continue;
+                }
+                has_ranges = true;
+                for (port, port_bits) in forward.from.prefixes() {
+                    let key = ForwardKey::new(scope_id, protocol, port);
+                    self.forwards
+                        .insert((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key), target);
+                }
+            }
         }
         for bind in &scope.binds {
             let (addr, family) = bind.address.map_or(([0; 4], 0), target_words);
@@ -288,33 +335,49 @@ impl Plan {
                 port: bind.to,
                 rule: bind.rule,
             };
+            // Dialing the port on localhost reaches the scope's own
+            // service where the remap moved it, before any forward.
+            let own =
+                (family == 0 || bind.address.is_some_and(|addr| addr.is_loopback())).then(|| {
+                    ForwardTarget {
+                        addr: [0; 4],
+                        family: 0,
+                        port_delta: bind.to.wrapping_sub(bind.port),
+                        rule: bind.rule,
+                    }
+                });
             for &protocol in bind.protocols.numbers() {
-                self.binds
-                    .insert(ScopePort::new(scope_id, bind.port, protocol), target);
-            }
-        }
-        for forward in &scope.forwards {
-            let (addr, family) = target_words(forward.to.addr);
-            let target = ForwardTarget {
-                addr,
-                family,
-                port_delta: forward.port_delta(),
-                rule: forward.rule,
-            };
-            for &protocol in forward.protocols.numbers() {
-                for (port, port_bits) in forward.from.prefixes() {
-                    let key = ForwardKey::new(scope_id, protocol, port);
-                    self.forwards
-                        .insert((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key), target);
+                let key = ScopePort::new(scope_id, bind.port, protocol);
+                self.binds.insert(key, target);
+                if let Some(own) = own {
+                    self.forward_ports.insert(key, own);
                 }
             }
         }
+        let entry = ScopeEntry {
+            id: scope_id,
+            flags: if has_ranges { SCOPE_PORT_RANGES } else { 0 },
+            level,
+        };
+        match key {
+            ScopeKey::Cgroup(id) => self.cgroup_scopes.insert(id, entry),
+            ScopeKey::Netns(cookie) => self.netns_scopes.insert(cookie, entry),
+        };
+    }
+
+    /// One bit per cgroup level where this plan has a cgroup scope.
+    #[must_use]
+    pub fn scope_levels(&self) -> u64 {
+        self.cgroup_scopes.values().fold(0, |levels, scope| {
+            levels | 1u64.checked_shl(scope.level.into()).unwrap_or(0)
+        })
     }
 
     /// Adds `other`'s entries to this plan.
     fn merge(&mut self, other: Self) {
         self.cgroup_scopes.extend(other.cgroup_scopes);
         self.netns_scopes.extend(other.netns_scopes);
+        self.forward_ports.extend(other.forward_ports);
         self.forwards.extend(other.forwards);
         self.aliases.extend(other.aliases);
         self.aliased_addrs.extend(other.aliased_addrs);

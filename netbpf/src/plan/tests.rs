@@ -198,3 +198,20 @@ fn targets_are_stored_in_network_order() {
     assert_eq!(words[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
     assert_eq!(words[3].to_ne_bytes(), [0, 0, 0, 0x53]);
 }
+
+#[test]
+fn cgroup_levels_count_directories_below_the_mount() {
+    let mount = Path::new("/sys/fs/cgroup");
+    assert_eq!(
+        super::cgroup_level(
+            mount,
+            Path::new("/sys/fs/cgroup/system.slice/docker-1.scope")
+        ),
+        2
+    );
+    assert_eq!(
+        super::cgroup_level(mount, Path::new("system.slice/docker-1.scope")),
+        2
+    );
+    assert_eq!(super::cgroup_level(mount, Path::new("/sys/fs/cgroup")), 0);
+}

@@ -1,0 +1,89 @@
+//! The load the bench puts through a forward: a TCP client that opens
+//! connections one after the other, a UDP client that sends a datagram
+//! and waits for its echo, and their servers. Each is a subcommand of the
+//! bench binary, started in a namespace and cgroup of the topology.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// One run of a client: its rate and latencies.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Measurement {
+    /// Connections (TCP) or round trips (UDP) per second.
+    pub per_second: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// `tcp-server ADDR`: answers every connection with one byte and closes.
+pub fn tcp_server(listen: &str) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    for stream in listener.incoming() {
+        let _ = stream?.write_all(b"x");
+    }
+    Ok(())
+}
+
+/// `udp-server ADDR`: echoes every datagram to its sender.
+pub fn udp_server(listen: &str) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind(listen)?;
+    let mut buffer = [0u8; 64];
+    loop {
+        let (length, from) = socket.recv_from(&mut buffer)?;
+        socket.send_to(&buffer[..length], from)?;
+    }
+}
+
+/// `tcp-client ADDR COUNT`: COUNT connections, each asking its peer's
+/// address (`getpeername`, as clients that log it do), reading the byte
+/// and closing; prints a [`Measurement`] as JSON.
+pub fn tcp_client(target: &str, count: usize) -> anyhow::Result<()> {
+    timed(count, || {
+        let mut stream = TcpStream::connect(target)?;
+        stream.peer_addr()?;
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte)?;
+        Ok(())
+    })
+}
+
+/// `udp-client ADDR COUNT`: one socket, bound explicitly (as servers that
+/// also dial do), sending COUNT datagrams to ADDR, each waiting for its
+/// echo; prints a [`Measurement`] as JSON.
+pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buffer = [0u8; 64];
+    timed(count, || {
+        socket.send_to(b"ping", target)?;
+        socket.recv_from(&mut buffer)?;
+        Ok(())
+    })
+}
+
+/// Runs `once` `count` times and prints the rate and latencies.
+fn timed(count: usize, mut once: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut latencies = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        let began = Instant::now();
+        once()?;
+        latencies.push(began.elapsed());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let micros =
+        |percent: usize| latencies[(latencies.len() - 1) * percent / 100].as_secs_f64() * 1e6;
+    let measurement = Measurement {
+        per_second: f64::from(u32::try_from(count)?) / elapsed,
+        p50_us: micros(50),
+        p99_us: micros(99),
+    };
+    println!("{}", serde_json::to_string(&measurement)?);
+    Ok(())
+}

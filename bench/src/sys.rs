@@ -1,0 +1,121 @@
+//! The `bpf()` calls aya does not offer for the bench: loading an empty
+//! program (the floor every program's cost is measured against), linking
+//! it to a cgroup, and `BPF_PROG_TEST_RUN` with a context (`sk_lookup`).
+
+use std::{
+    io,
+    os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+};
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_LINK_CREATE: libc::c_long = 28;
+
+/// `BPF_PROG_TYPE_CGROUP_SOCK`: post_bind, sock_release.
+pub const CGROUP_SOCK: u32 = 9;
+/// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`: connect, sendmsg, recvmsg, getpeername.
+pub const CGROUP_SOCK_ADDR: u32 = 18;
+
+/// `union bpf_attr`, as bytes: each command sets the fields it reads.
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 128])
+    }
+
+    fn u32(&mut self, offset: usize, value: u32) -> &mut Self {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+        self
+    }
+
+    fn u64(&mut self, offset: usize, value: u64) -> &mut Self {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+        self
+    }
+
+    fn read_u32(&self, offset: usize) -> u32 {
+        u32::from_ne_bytes(self.0[offset..offset + 4].try_into().expect("4 bytes"))
+    }
+
+    /// Runs `bpf(command, self)`; its result.
+    fn call(&mut self, command: libc::c_long) -> io::Result<i64> {
+        // SAFETY: the attribute buffer is valid, as large as the kernel's
+        // union for every command used here, and its pointers point at
+        // buffers that outlive the call.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                command,
+                self.0.as_mut_ptr(),
+                self.0.len() as libc::c_uint,
+            )
+        };
+        if result < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(result)
+        }
+    }
+}
+
+fn owned(fd: i64) -> io::Result<OwnedFd> {
+    let fd = i32::try_from(fd).map_err(io::Error::other)?;
+    // SAFETY: a descriptor the kernel just made for this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Loads a program of `prog_type` for `attach_type` that only returns 1
+/// (let the call go on): the cost of running any program at that hook.
+pub fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> io::Result<OwnedFd> {
+    // r0 = 1; exit
+    let instructions: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let license = c"GPL";
+    let mut attr = Attr::new();
+    attr.u32(0, prog_type)
+        .u32(4, 2)
+        .u64(8, instructions.as_ptr() as u64)
+        .u64(16, license.as_ptr() as u64)
+        .u32(68, attach_type);
+    let name = name.as_bytes();
+    let length = name.len().min(15);
+    attr.0[48..48 + length].copy_from_slice(&name[..length]);
+    owned(attr.call(BPF_PROG_LOAD)?)
+}
+
+/// Links `program` to the cgroup `cgroup` at `attach_type`; the program
+/// stays attached while the returned link is open.
+pub fn link_cgroup(program: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, fd_number(program))
+        .u32(4, fd_number(cgroup))
+        .u32(8, attach_type);
+    owned(attr.call(BPF_LINK_CREATE)?)
+}
+
+/// Runs `program` `repeat` times on `data` (a packet) or `context` with
+/// `BPF_PROG_TEST_RUN`; the kernel's average time per run, in ns.
+pub fn test_run(program: impl AsFd, data: &[u8], context: &[u8], repeat: u32) -> io::Result<u32> {
+    let mut out = vec![0u8; data.len() + 256];
+    let mut attr = Attr::new();
+    attr.u32(0, fd_number(program.as_fd())).u32(32, repeat);
+    if !data.is_empty() {
+        attr.u32(8, u32::try_from(data.len()).map_err(io::Error::other)?)
+            .u32(12, u32::try_from(out.len()).map_err(io::Error::other)?)
+            .u64(16, data.as_ptr() as u64)
+            .u64(24, out.as_mut_ptr() as u64);
+    }
+    if !context.is_empty() {
+        attr.u32(40, u32::try_from(context.len()).map_err(io::Error::other)?)
+            .u64(48, context.as_ptr() as u64);
+    }
+    attr.call(BPF_PROG_TEST_RUN)?;
+    Ok(attr.read_u32(36))
+}
+
+fn fd_number(fd: BorrowedFd<'_>) -> u32 {
+    u32::try_from(fd.as_raw_fd()).expect("descriptors are not negative")
+}
