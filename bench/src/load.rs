@@ -66,6 +66,16 @@ pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
     })
 }
 
+/// `bind-client COUNT`: COUNT UDP sockets, each bound explicitly to the
+/// wildcard address on a port the kernel picks, then closed (as servers
+/// and clients that bind do); prints a [`Measurement`] as JSON.
+pub fn bind_client(count: usize) -> anyhow::Result<()> {
+    timed(count, || {
+        UdpSocket::bind("0.0.0.0:0")?;
+        Ok(())
+    })
+}
+
 /// Runs `once` `count` times and prints the rate and latencies.
 fn timed(count: usize, mut once: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(count);

@@ -11,10 +11,16 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
 
-/// `BPF_PROG_TYPE_CGROUP_SOCK`: post_bind, sock_release.
+/// `BPF_PROG_TYPE_CGROUP_SOCK`: `post_bind`, `sock_release`.
 pub const CGROUP_SOCK: u32 = 9;
 /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`: connect, sendmsg, recvmsg, getpeername.
 pub const CGROUP_SOCK_ADDR: u32 = 18;
+/// `BPF_PROG_TYPE_SCHED_CLS`: tc.
+pub const SCHED_CLS: u32 = 3;
+/// `BPF_PROG_TYPE_SK_LOOKUP`.
+pub const SK_LOOKUP: u32 = 30;
+/// `BPF_SK_LOOKUP`: the attach type an `sk_lookup` program is loaded for.
+pub const SK_LOOKUP_ATTACH: u32 = 36;
 
 /// `union bpf_attr`, as bytes: each command sets the fields it reads.
 struct Attr([u8; 128]);
@@ -48,7 +54,7 @@ impl Attr {
                 libc::SYS_bpf,
                 command,
                 self.0.as_mut_ptr(),
-                self.0.len() as libc::c_uint,
+                libc::c_uint::try_from(self.0.len()).expect("128 bytes"),
             )
         };
         if result < 0 {
@@ -66,7 +72,8 @@ fn owned(fd: i64) -> io::Result<OwnedFd> {
 }
 
 /// Loads a program of `prog_type` for `attach_type` that only returns 1
-/// (let the call go on): the cost of running any program at that hook.
+/// (let the call go on; for tc and `sk_lookup`, a verdict that passes the
+/// packet on): the cost of running any program at that hook.
 pub fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> io::Result<OwnedFd> {
     // r0 = 1; exit
     let instructions: [u64; 2] = [
@@ -88,7 +95,11 @@ pub fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> io::Result<Ow
 
 /// Links `program` to the cgroup `cgroup` at `attach_type`; the program
 /// stays attached while the returned link is open.
-pub fn link_cgroup(program: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attach_type: u32) -> io::Result<OwnedFd> {
+pub fn link_cgroup(
+    program: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = Attr::new();
     attr.u32(0, fd_number(program))
         .u32(4, fd_number(cgroup))

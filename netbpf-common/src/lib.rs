@@ -34,7 +34,8 @@ pub const MAX_LOCAL_BINDS: u32 = 65_536;
 /// send to several; the oldest is forgotten first.
 pub const DIALED_PER_SOCKET: usize = 4;
 /// How many cgroup levels below the root the programs look at to find a
-/// scope: a scope's cgroup must be less deep than this.
+/// scope: a scope's cgroup must be less deep than this (one bit of
+/// [`Lookups::cgroup_levels`] each).
 pub const MAX_CGROUP_DEPTH: u32 = 64;
 /// Capacity of the table of exact localhost ports forwarded or remapped
 /// in scopes.
@@ -65,6 +66,45 @@ pub const MAX_HOST_SERVICES: u32 = 256;
 pub const MAX_SERVICE_ADDRESSES: u32 = 4096;
 /// Capacity of the table of container addresses granted a host service.
 pub const MAX_GRANTS: u32 = 16_384;
+
+/// [`Lookups::flags`]: some scope is keyed by a network namespace.
+pub const LOOKUP_NETNS_SCOPES: u32 = 1;
+/// [`Lookups::flags`]: some scope has aliases of exact addresses.
+pub const LOOKUP_ALIASES: u32 = 2;
+
+/// Which lookups the programs need at all, from the policy applied now:
+/// the value of the one-entry `LOOKUPS` array. A node without network
+/// namespace scopes or aliases never pays for those lookups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lookups {
+    /// One bit per cgroup level (below the root) where some cgroup scope
+    /// is: the only levels looked up, deepest first.
+    pub cgroup_levels: u64,
+    /// [`LOOKUP_NETNS_SCOPES`], [`LOOKUP_ALIASES`].
+    pub flags: u32,
+    _pad: u32,
+}
+
+impl Lookups {
+    #[must_use]
+    pub const fn new(cgroup_levels: u64, flags: u32) -> Self {
+        Self {
+            cgroup_levels,
+            flags,
+            _pad: 0,
+        }
+    }
+
+    /// What either `self` or `other` needs.
+    #[must_use]
+    pub const fn union(self, other: Self) -> Self {
+        Self::new(
+            self.cgroup_levels | other.cgroup_levels,
+            self.flags | other.flags,
+        )
+    }
+}
 
 /// [`ScopeEntry::flags`]: the scope has forwards of port ranges, which
 /// only the forward trie holds.
@@ -410,6 +450,7 @@ const _: () = assert!(size_of::<DialedBySocket>() == 168);
 const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 40);
 const _: () = assert!(size_of::<ScopeEntry>() == 8);
+const _: () = assert!(size_of::<Lookups>() == 16);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);
 const _: () = assert!(size_of::<BindTarget>() == 24);
@@ -448,6 +489,7 @@ mod pod {
     unsafe impl aya::Pod for super::ScopePort {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::ScopeEntry {}
+    unsafe impl aya::Pod for super::Lookups {}
     unsafe impl aya::Pod for super::MssConfig {}
     unsafe impl aya::Pod for super::MssStats {}
     unsafe impl aya::Pod for super::AliasKey {}

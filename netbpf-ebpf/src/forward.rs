@@ -5,8 +5,8 @@
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, Dialed, FORWARD_KEY_BITS,
-    ForwardKey, ForwardTarget, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES, ScopePort,
-    SockAddr,
+    ForwardKey, ForwardTarget, LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES,
+    ScopePort, SockAddr,
 };
 
 use crate::{
@@ -120,8 +120,9 @@ fn localhost_target(
 }
 
 /// The alias of the exact address and port `dialed` in the caller's
-/// scope. Most connections dial no alias: a lookup by address alone rules
-/// them out before the scope is looked up.
+/// scope. Most connections dial no alias: on a node without aliases none
+/// is looked up, and a lookup by address alone rules the others out
+/// before the scope is looked up.
 #[inline(always)]
 fn alias_target(
     ctx: *mut bpf_sock_addr,
@@ -130,6 +131,9 @@ fn alias_target(
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
+    if scope::lookups().flags & LOOKUP_ALIASES == 0 {
+        return None;
+    }
     let (addr, addr_family) = addr::canonical(&dialed.addr, family);
     let aliased = |port| {
         let key = AliasedAddr {

@@ -8,6 +8,14 @@ const ETH_P_IPV6: u16 = 0x86dd;
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
 pub const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+/// The SYN bit of the TCP flags.
+pub const TCP_FLAG_SYN: u8 = 0x02;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS: usize = 13;
+/// The IPv4 header without options.
+const IPV4_HEADER: usize = 20;
 /// The fixed IPv6 header.
 const IPV6_HEADER: usize = 40;
 /// Extension headers walked before giving up on an IPv6 packet.
@@ -40,6 +48,57 @@ pub fn parse(ctx: &TcContext, l3: usize) -> Parsed {
         ETH_P_IP => ipv4_segment(ctx, l3),
         ETH_P_IPV6 => ipv6_segment(ctx, l3),
         _ => Parsed::NotTcp,
+    }
+}
+
+/// The fast path of the MSS clamp: whether the packet's linear data shows
+/// at once that it is no TCP SYN (another protocol, or a TCP segment
+/// without SYN), read directly from the packet, without a helper call.
+/// False when in doubt (a fragment, IPv6 extension headers, headers out
+/// of the linear data, an L3 offset other than 0 or 14): the full parse
+/// decides then.
+#[inline(always)]
+pub fn surely_not_syn(ctx: &TcContext, l3_offset: u16) -> bool {
+    // Constants the verifier can bound the packet offsets with.
+    let l3 = match l3_offset {
+        0 => 0,
+        14 => 14,
+        _ => return false,
+    };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    // Whether the first `len` bytes from `offset` are in the linear data.
+    // One check covers a header: the verifier then allows every read in it.
+    let holds = |offset: usize, len: usize| start + offset + len <= end;
+    // SAFETY (of every call): the byte is inside a range `holds` checked.
+    let byte = |offset: usize| unsafe { *((start + offset) as *const u8) };
+    // SAFETY: `skb` is the program's context.
+    let protocol = u16::try_from(unsafe { (*ctx.skb.skb).protocol }).map_or(0, u16::from_be);
+    match protocol {
+        ETH_P_IP => {
+            if !holds(l3, IPV4_HEADER) {
+                return false;
+            }
+            // More fragments, or a fragment offset: the full parse.
+            if byte(l3 + 6) & 0x3f != 0 || byte(l3 + 7) != 0 {
+                return false;
+            }
+            if byte(l3 + 9) != IPPROTO_TCP {
+                return true;
+            }
+            let l4 = l3 + usize::from(byte(l3) & 0x0f) * 4;
+            holds(l4, TCP_FLAGS + 1) && byte(l4 + TCP_FLAGS) & TCP_FLAG_SYN == 0
+        }
+        ETH_P_IPV6 => {
+            if !holds(l3, IPV6_HEADER + TCP_FLAGS + 1) {
+                return false;
+            }
+            match byte(l3 + 6) {
+                IPPROTO_TCP => byte(l3 + IPV6_HEADER + TCP_FLAGS) & TCP_FLAG_SYN == 0,
+                IPPROTO_UDP | IPPROTO_ICMPV6 => true,
+                _ => false,
+            }
+        }
+        _ => true,
     }
 }
 

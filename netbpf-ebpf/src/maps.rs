@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use netbpf_common::{
     AliasKey, AliasedAddr, BindTarget, DialedBySocket, ForwardKey, ForwardTarget, GrantKey,
-    MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
+    Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
     MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPES,
     MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats, ScopeEntry, ScopePort, ServiceKey,
     ServiceStats,
@@ -30,10 +30,11 @@ pub static CGROUP_SCOPES: HashMap<u64, ScopeEntry> =
 pub static NETNS_SCOPES: HashMap<u64, ScopeEntry> =
     HashMap::with_max_entries(MAX_SCOPES, ON_DEMAND);
 
-/// One bit per cgroup level (below the root) where some cgroup scope is:
-/// the only levels the programs look up.
+/// Which lookups the programs need at all (one entry): the cgroup levels
+/// where scopes are, whether any scope is a network namespace's, whether
+/// any has aliases.
 #[map]
-pub static SCOPE_LEVELS: Array<u64> = Array::with_max_entries(1, 0);
+pub static LOOKUPS: Array<Lookups> = Array::with_max_entries(1, 0);
 
 /// (scope, exact localhost port, protocol) -> its forward, or the own
 /// service a bind remap moved there: the one lookup of most connects.

@@ -17,9 +17,8 @@ use netbpf_common::{
     MssStats,
 };
 
-use crate::ip::{AF_INET, IPPROTO_TCP, Parsed, Segment, parse};
+use crate::ip::{AF_INET, IPPROTO_TCP, Parsed, Segment, TCP_FLAG_SYN, parse, surely_not_syn};
 
-const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_RST: u8 = 0x04;
 const TCPOPT_MSS: u8 = 2;
 const TCPOLEN_MSS: usize = 4;
@@ -43,6 +42,9 @@ pub enum Way {
 /// what it did in `stats`.
 #[inline(always)]
 pub fn clamp(ctx: &TcContext, config: &MssConfig, way: Way, stats: &mut MssStats) {
+    if surely_not_syn(ctx, config.l3_offset) {
+        return;
+    }
     let segment = match parse(ctx, usize::from(config.l3_offset)) {
         Parsed::Tcp(segment) => segment,
         Parsed::NotTcp => return,

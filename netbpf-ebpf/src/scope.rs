@@ -1,19 +1,30 @@
-//! Which scope (container) the calling socket belongs to.
+//! Which scope (container) the calling socket belongs to, and which
+//! lookups the policy applied now needs at all.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie};
-use netbpf_common::{MAX_CGROUP_DEPTH, ScopeEntry};
+use netbpf_common::{LOOKUP_NETNS_SCOPES, Lookups, MAX_CGROUP_DEPTH, ScopeEntry};
 
-use crate::maps::{CGROUP_SCOPES, NETNS_SCOPES, SCOPE_LEVELS};
+use crate::maps::{CGROUP_SCOPES, LOOKUPS, NETNS_SCOPES};
+
+/// Which lookups the programs need: none before the agent has said.
+#[inline(always)]
+pub fn lookups() -> Lookups {
+    LOOKUPS.get(0).copied().unwrap_or_default()
+}
 
 /// The scope of the current task and `ctx`'s network namespace: the deepest
 /// registered cgroup among the task's cgroup ancestors (processes of a
 /// container may sit in its sub-cgroups), else the namespace's scope.
 #[inline(always)]
 pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
-    if let Some(scope) = by_cgroup() {
+    let lookups = lookups();
+    if let Some(scope) = by_cgroup(lookups.cgroup_levels) {
         return Some(scope);
+    }
+    if lookups.flags & LOOKUP_NETNS_SCOPES == 0 {
+        return None;
     }
     // SAFETY: `ctx` is the program's context, as the helper requires.
     let cookie = unsafe { bpf_get_netns_cookie(ctx) };
@@ -21,12 +32,11 @@ pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
     unsafe { NETNS_SCOPES.get(cookie) }.copied()
 }
 
-/// The scope of the deepest registered ancestor of the task's cgroup. Only
-/// the levels where scopes are registered are looked at, deepest first: on
-/// a node whose containers all sit at one depth, one lookup.
+/// The scope of the deepest registered ancestor of the task's cgroup,
+/// looking only at `levels` (one bit per level), deepest first: on a node
+/// whose containers all sit at one depth, one lookup.
 #[inline(always)]
-fn by_cgroup() -> Option<ScopeEntry> {
-    let mut levels = *SCOPE_LEVELS.get(0)?;
+fn by_cgroup(mut levels: u64) -> Option<ScopeEntry> {
     for _ in 0..MAX_CGROUP_DEPTH {
         let Some(level) = levels.checked_ilog2() else {
             break;

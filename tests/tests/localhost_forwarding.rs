@@ -7,7 +7,9 @@
 
 use std::{path::Path, time::Duration};
 
-use netbpf_testenv::{BRIDGE_V4, DesktopTopology, NetbpfRun, Place, netbpf_binary, require_root};
+use netbpf_testenv::{
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, netbpf_binary, require_root, wait_for_listener,
+};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -392,5 +394,107 @@ fn an_alias_sends_udp_elsewhere_and_replies_come_from_the_alias() {
     assert_eq!(
         status["scopes"][0]["aliases"][0]["datagrams"], 1,
         "{status}"
+    );
+}
+
+/// Sends one datagram from each of COUNT sockets to localhost:FIRST, then
+/// one datagram from a single socket to each of the ports FIRST.. given;
+/// prints where each reply came from, as JSON.
+const MANY_REPLIES: &str = r#"
+import json, resource, socket, sys
+count, ports = int(sys.argv[1]), [int(port) for port in sys.argv[2:]]
+resource.setrlimit(resource.RLIMIT_NOFILE, (count + 64, count + 64))
+sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(count)]
+for sock in sockets:
+    sock.sendto(b"x", ("127.0.0.1", ports[0]))
+dialed = 0
+for sock in sockets:
+    sock.settimeout(5)
+    dialed += sock.recvfrom(64)[1] == ("127.0.0.1", ports[0])
+one = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+one.settimeout(5)
+for port in ports:
+    one.sendto(b"x", ("127.0.0.1", port))
+sources = sorted("%s:%d" % one.recvfrom(64)[1] for _ in ports)
+print(json.dumps({"dialed": dialed, "sources": sources}))
+"#;
+
+/// Echoes every datagram on ADDR, on each port given.
+const ECHO: &str = r"
+import selectors, socket, sys
+selector = selectors.DefaultSelector()
+for port in sys.argv[2:]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.bind((sys.argv[1], int(port)))
+    selector.register(sock, selectors.EVENT_READ)
+while True:
+    for key, _ in selector.select():
+        data, sender = key.fileobj.recvfrom(64)
+        key.fileobj.sendto(data, sender)
+";
+
+#[test]
+fn every_socket_keeps_its_reverse_path_and_a_lost_one_is_counted() {
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:9100-9105", to = "{BRIDGE_V4}:9100-9105", proto = "udp" }}"#
+    ));
+    let ports: Vec<String> = (9100..=9105).map(|port| port.to_string()).collect();
+    let echo_args: Vec<&str> = ["-c", ECHO, BRIDGE_V4]
+        .into_iter()
+        .chain(ports.iter().map(String::as_str))
+        .collect();
+    let _echo = setup
+        .topology
+        .spawn(Place::DockerHost, "python3", &echo_args)
+        .unwrap()
+        .start(&setup.topology.file("echo.log"))
+        .unwrap();
+    wait_for_listener(&setup.topology.host_ns, 9105, "udp").unwrap();
+    let sockets = "3000";
+    let args: Vec<&str> = ["-c", MANY_REPLIES, sockets]
+        .into_iter()
+        .chain(ports.iter().map(String::as_str))
+        .collect();
+    let output = setup
+        .topology
+        .spawn(Place::Desktop, "python3", &args)
+        .unwrap()
+        .output(Duration::from_mins(1))
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let replies: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // Each of 3000 open sockets remembers what it dialed (the LRU table
+    // this replaced evicted entries when full): every reply shows it.
+    assert_eq!(replies["dialed"], 3000, "{replies}");
+    // One socket that dialed six destinations remembers the last four
+    // (DIALED_PER_SOCKET): the two it forgot reply from where they are,
+    // and the forward counts them.
+    let sources: Vec<&str> = replies["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|source| source.as_str().unwrap())
+        .collect();
+    let from = |addr: &str, ports: std::ops::RangeInclusive<u16>| -> Vec<String> {
+        ports.map(|port| format!("{addr}:{port}")).collect()
+    };
+    let mut expected = from(BRIDGE_V4, 9100..=9101);
+    expected.extend(from("127.0.0.1", 9102..=9105));
+    expected.sort();
+    assert_eq!(sources, expected);
+    let status = setup.netbpf.status_json().unwrap();
+    assert_eq!(
+        status["scopes"][0]["forwards"][0]["unremembered"], 2,
+        "{status}"
+    );
+    assert!(
+        setup.netbpf.status(&[]).unwrap().contains("REVERSE LOST"),
+        "netbpf status shows the lost reverse paths"
     );
 }

@@ -8,11 +8,11 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
+use netbpf_common::MAP_LAYOUT;
 use netbpf_testenv::{
     AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
     netbpf_binary, netbpf_next_binary, require_root,
 };
-use netbpf_common::MAP_LAYOUT;
 use nix::sys::signal::Signal;
 
 /// Ids of the programs attached to the cgroup at `path`, with the number

@@ -30,15 +30,9 @@ enum Command {
     Test,
     /// Show localhost forwarding on a throw-away desktop/bridge topology.
     Demo,
-    /// Measure forwarded connections against no program and the iptables
-    /// way, side by side; writes docs/benchmarks.md and its plot.
-    Bench,
-    /// The benchmark's server (run by `bench` in a namespace).
-    #[command(hide = true)]
-    BenchServer { listen: String },
-    /// The benchmark's client (run by `bench` in the container).
-    #[command(hide = true)]
-    BenchClient { target: String, count: usize },
+    /// Measure netbpf against no program and the iptables way, side by
+    /// side; writes docs/benchmarks.md, its plots and the raw figures.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,9 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build(&workspace).map(drop),
         Command::Test => test::test(&workspace),
         Command::Demo => demo::demo(&workspace),
-        Command::Bench => bench::bench(&workspace),
-        Command::BenchServer { listen } => bench::server(&listen),
-        Command::BenchClient { target, count } => bench::client(&target, count),
+        Command::Bench(args) => bench::bench(&workspace, args),
     }
 }
 

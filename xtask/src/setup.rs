@@ -34,6 +34,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "docker.io",       // a real Docker daemon (and containerd), run by tests in their own namespace
     "runc",            // podman's runtime here (crun refuses hybrid cgroups)
     "busybox-static",  // the root file system of the test image
+    "iperf3",          // the throughput benchmark
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.

@@ -1,10 +1,15 @@
 //! `cargo xtask test`: the whole suite. Lints first (they are quick), then
 //! every test of the workspace, the privileged ones included: they load
 //! the programs into this kernel and fail, never skip, where they cannot.
+//! Last the benchmarks' verifier check and their quick mode, so a program
+//! that grew or a benchmark that broke fails the suite.
 
 use std::{path::Path, process::Command};
 
-use crate::{build, build_next, cmd, setup};
+use crate::{
+    bench::{self, BenchArgs},
+    build, build_next, cmd, setup,
+};
 
 pub fn test(workspace: &Path) -> anyhow::Result<()> {
     cmd::require_root("cargo xtask test")?;
@@ -23,7 +28,20 @@ pub fn test(workspace: &Path) -> anyhow::Result<()> {
             .current_dir(workspace)
             .env("NETBPF_BIN", netbpf)
             .env("NETBPF_NEXT_BIN", next),
-    )
+    )?;
+    for args in [
+        BenchArgs {
+            check: true,
+            ..BenchArgs::default()
+        },
+        BenchArgs {
+            quick: true,
+            ..BenchArgs::default()
+        },
+    ] {
+        bench::bench(workspace, args)?;
+    }
+    Ok(())
 }
 
 /// Clippy on the kernel crate, for the target it is built for.

@@ -17,9 +17,9 @@ use netbpf_common::{MAX_HOST_SERVICES, ServiceStats};
 use super::{Datapath, DatapathError, TcLink, map_error};
 
 /// The `sk_lookup` program of host services.
-pub(super) const HOST_SERVICE_PROGRAM: &str = "netbpf_hostsvc";
+pub const HOST_SERVICE_PROGRAM: &str = "netbpf_hostsvc";
 /// The tc program that drops forged grants, on containers' host sides.
-pub(super) const GRANT_GUARD_PROGRAM: &str = "netbpf_grant_guard";
+pub const GRANT_GUARD_PROGRAM: &str = "netbpf_grant_guard";
 
 impl Datapath {
     /// Attaches the host service program to the network namespace at

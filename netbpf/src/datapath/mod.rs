@@ -30,6 +30,7 @@ use aya::{
 use crate::plan::Capacity;
 
 pub use self::{
+    host_services::{GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM},
     mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
     pins::Pins,
     sockets::BoundSocket,
@@ -111,6 +112,9 @@ pub struct LoadedProgram {
     pub name: String,
     /// The kernel's id of the program (`bpftool prog show id ID`).
     pub id: u32,
+    /// Instructions the verifier processed to load it (kernel 5.16+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_instructions: Option<u32>,
 }
 
 /// The programs a policy may not need: each is loaded only when asked
@@ -254,10 +258,11 @@ impl Datapath {
                 other => unreachable!("netbpf has no {:?} program", other.prog_type()),
             }
             .map_err(load)?;
-            let id = program.info().map_err(load)?.id();
+            let info = program.info().map_err(load)?;
             self.programs.push(LoadedProgram {
                 name: name.to_owned(),
-                id,
+                id: info.id(),
+                verified_instructions: info.verified_instruction_count(),
             });
         }
         self.programs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -302,6 +307,22 @@ impl Datapath {
     #[must_use]
     pub fn programs(&self) -> &[LoadedProgram] {
         &self.programs
+    }
+
+    /// The descriptor of the loaded program `name` (to run it with
+    /// `BPF_PROG_TEST_RUN`).
+    pub fn program_fd(
+        &self,
+        name: &'static str,
+    ) -> Result<&aya::programs::ProgramFd, DatapathError> {
+        let program = self
+            .ebpf
+            .program(name)
+            .ok_or(DatapathError::MissingProgram(name))?;
+        program.fd().map_err(|error| DatapathError::Load {
+            name: name.to_owned(),
+            source: Box::new(error),
+        })
     }
 
     /// The map `name`, typed, for reading.

@@ -13,7 +13,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapError, SkStorage, lpm_trie::Key},
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
-use netbpf_common::{ForwardKey, ForwardTarget, RuleStats, ScopePort};
+use netbpf_common::{ForwardKey, ForwardTarget, Lookups, RuleStats, ScopePort};
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{host::socket_fds, plan::Plan};
@@ -114,9 +114,9 @@ impl Datapath {
     /// [`Self::attach`], so the programs act on the whole plan from their
     /// first run.
     pub fn update(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
-        // Levels where new scopes are are looked at before the scopes are
-        // there, and those of old ones until they are gone.
-        self.set_scope_levels(old.scope_levels() | new.scope_levels())?;
+        // What new entries need is looked up before they are there, and
+        // what old ones need until they are gone.
+        self.set_lookups(old.lookups().union(new.lookups()))?;
         self.sync("CGROUP_SCOPES", &old.cgroup_scopes, &new.cgroup_scopes)?;
         self.sync("NETNS_SCOPES", &old.netns_scopes, &new.netns_scopes)?;
         self.sync("FORWARD_PORTS", &old.forward_ports, &new.forward_ports)?;
@@ -149,13 +149,13 @@ impl Datapath {
             |map, key, target| map.insert(key, target, 0),
             LpmTrie::remove,
         )?;
-        self.set_scope_levels(new.scope_levels())
+        self.set_lookups(new.lookups())
     }
 
-    /// Tells the programs which cgroup levels to look up scopes at.
-    fn set_scope_levels(&mut self, levels: u64) -> Result<(), DatapathError> {
-        let mut map: Array<_, u64> = self.map_mut("SCOPE_LEVELS")?;
-        map.set(0, levels, 0).map_err(map_error("SCOPE_LEVELS"))
+    /// Tells the programs which lookups they need.
+    fn set_lookups(&mut self, lookups: Lookups) -> Result<(), DatapathError> {
+        let mut map: Array<_, Lookups> = self.map_mut("LOOKUPS")?;
+        map.set(0, lookups, 0).map_err(map_error("LOOKUPS"))
     }
 
     /// Makes the hash map `name` go from `old`'s entries to `new`'s.

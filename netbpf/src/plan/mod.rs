@@ -21,7 +21,8 @@ use std::{
 
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
-    ForwardTarget, GrantKey, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopePort, ServiceKey,
+    ForwardTarget, GrantKey, LOOKUP_ALIASES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP,
+    SCOPE_PORT_RANGES, ScopeEntry, ScopePort, ServiceKey,
 };
 
 pub use self::{
@@ -365,12 +366,20 @@ impl Plan {
         };
     }
 
-    /// One bit per cgroup level where this plan has a cgroup scope.
+    /// Which lookups the programs need for this plan.
     #[must_use]
-    pub fn scope_levels(&self) -> u64 {
-        self.cgroup_scopes.values().fold(0, |levels, scope| {
+    pub fn lookups(&self) -> Lookups {
+        let levels = self.cgroup_scopes.values().fold(0, |levels, scope| {
             levels | 1u64.checked_shl(scope.level.into()).unwrap_or(0)
-        })
+        });
+        let mut flags = 0;
+        if !self.netns_scopes.is_empty() {
+            flags |= LOOKUP_NETNS_SCOPES;
+        }
+        if !self.aliased_addrs.is_empty() {
+            flags |= LOOKUP_ALIASES;
+        }
+        Lookups::new(levels, flags)
     }
 
     /// Adds `other`'s entries to this plan.

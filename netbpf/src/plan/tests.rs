@@ -215,3 +215,21 @@ fn cgroup_levels_count_directories_below_the_mount() {
     );
     assert_eq!(super::cgroup_level(mount, Path::new("/sys/fs/cgroup")), 0);
 }
+
+#[test]
+fn lookups_name_the_levels_and_kinds_of_scope_present() {
+    let mut plan = Plan::default();
+    assert_eq!(plan.lookups(), Lookups::new(0, 0));
+    let scope = |id, level| ScopeEntry {
+        id,
+        flags: 0,
+        level,
+    };
+    plan.cgroup_scopes.insert(10, scope(0, 2));
+    plan.cgroup_scopes.insert(11, scope(1, 5));
+    plan.netns_scopes.insert(4096, scope(2, 0));
+    assert_eq!(
+        plan.lookups(),
+        Lookups::new(1 << 2 | 1 << 5, LOOKUP_NETNS_SCOPES)
+    );
+}

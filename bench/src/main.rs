@@ -1,0 +1,72 @@
+//! netbpf's benchmarks, run by `cargo xtask bench`: netbpf against no
+//! program and against the iptables way, side by side in one run, on
+//! throw-away topologies of the bench's own. Writes a page of results,
+//! its plots and a JSON file of every raw figure; `check` compares the
+//! verifier's instruction counts with a committed baseline.
+
+mod load;
+mod plot;
+mod programs;
+mod report;
+mod run;
+mod stats;
+mod sys;
+mod throughput;
+mod ways;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "netbpf's benchmarks (run by `cargo xtask bench`)")]
+struct Bench {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure everything; write the page, its plots and the raw figures.
+    Run {
+        /// Fewer rounds, shorter runs and three scaling points: for CI.
+        #[arg(long)]
+        quick: bool,
+        /// Where the page (`benchmarks.md`), `bench/*.svg` and
+        /// `bench/results.json` go.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Fail when a program's verifier instruction count grew by more than
+    /// 20% over the baseline.
+    Check {
+        /// The committed baseline (JSON: program -> instructions).
+        #[arg(long)]
+        baseline: PathBuf,
+        /// Write the counts measured now as the new baseline instead.
+        #[arg(long)]
+        bless: bool,
+    },
+    #[command(hide = true)]
+    TcpServer { listen: String },
+    #[command(hide = true)]
+    UdpServer { listen: String },
+    #[command(hide = true)]
+    TcpClient { target: String, count: usize },
+    #[command(hide = true)]
+    UdpClient { target: String, count: usize },
+    #[command(hide = true)]
+    BindClient { count: usize },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Bench::parse().command {
+        Command::Run { quick, out } => run::run(quick, &out),
+        Command::Check { baseline, bless } => run::check(&baseline, bless),
+        Command::TcpServer { listen } => load::tcp_server(&listen),
+        Command::UdpServer { listen } => load::udp_server(&listen),
+        Command::TcpClient { target, count } => load::tcp_client(&target, count),
+        Command::UdpClient { target, count } => load::udp_client(&target, count),
+        Command::BindClient { count } => load::bind_client(count),
+    }
+}

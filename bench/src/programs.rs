@@ -1,0 +1,332 @@
+//! What each of netbpf's programs costs per run, from the kernel's own
+//! statistics (`kernel.bpf_stats_enabled`) minus an empty program at the
+//! same hook measured the same way; `BPF_PROG_TEST_RUN` for the tc and
+//! `sk_lookup` programs; and the verifier's instruction count of each.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
+
+use anyhow::Context as _;
+use netbpf::{
+    datapath::{Datapath, GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM, MSS_OUT_PROGRAM, Optional},
+    plan::Capacity,
+};
+use netbpf_common::MssConfig;
+use netbpf_testenv::{bpftool_json, packet::Segment};
+use serde::{Deserialize, Serialize};
+
+use crate::sys;
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// `kernel.bpf_stats_enabled` set for the bench's measurement, and put
+/// back as it was when dropped.
+pub struct BpfStats {
+    previous: String,
+}
+
+impl BpfStats {
+    pub fn enable() -> anyhow::Result<Self> {
+        let previous = std::fs::read_to_string(STATS_SYSCTL)?.trim().to_owned();
+        std::fs::write(STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(Self { previous })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::write(STATS_SYSCTL, &self.previous) {
+            eprintln!(
+                "restoring kernel.bpf_stats_enabled to {}: {error}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// The hooks the bench's IPv4 clients exercise: netbpf's program there,
+/// and the attach type of an empty program beside it.
+const HOOKS: [(&str, u32, u32); 6] = [
+    // (netbpf's program, program type, attach type)
+    ("netbpf_connect4", sys::CGROUP_SOCK_ADDR, 10),
+    ("netbpf_getpeer4", sys::CGROUP_SOCK_ADDR, 29),
+    ("netbpf_sendmsg4", sys::CGROUP_SOCK_ADDR, 14),
+    ("netbpf_recvmsg4", sys::CGROUP_SOCK_ADDR, 19),
+    ("netbpf_bound4", sys::CGROUP_SOCK, 12),
+    ("netbpf_release", sys::CGROUP_SOCK, 34),
+];
+
+/// An empty program at each hook of [`HOOKS`], attached to a cgroup
+/// beside netbpf's; detached when dropped.
+pub struct EmptyPrograms {
+    /// netbpf's program at the hook -> the empty one's kernel id.
+    ids: BTreeMap<&'static str, u64>,
+    _links: Vec<OwnedFd>,
+}
+
+impl EmptyPrograms {
+    pub fn attach(cgroup: &Path) -> anyhow::Result<Self> {
+        let directory =
+            File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
+        let mut ids = BTreeMap::new();
+        let mut links = Vec::new();
+        for (index, (program, prog_type, attach_type)) in HOOKS.into_iter().enumerate() {
+            let name = format!("nb_empty_{index}");
+            let fd = sys::load_empty(&name, prog_type, attach_type)
+                .with_context(|| format!("loading an empty program beside {program}"))?;
+            links.push(
+                sys::link_cgroup(fd.as_fd(), directory.as_fd(), attach_type)
+                    .with_context(|| format!("attaching an empty program beside {program}"))?,
+            );
+            ids.insert(program, program_id(&name)?);
+        }
+        Ok(Self { ids, _links: links })
+    }
+}
+
+/// The id of the loaded program named `name`.
+fn program_id(name: &str) -> anyhow::Result<u64> {
+    bpftool_json(&["prog", "show"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|program| program["name"] == name)
+        .filter_map(|program| program["id"].as_u64())
+        .max()
+        .with_context(|| format!("no program {name} is loaded"))
+}
+
+/// Runs and time spent of programs, by id.
+pub type Counts = BTreeMap<u64, (u64, u64)>;
+
+/// The kernel's run count and run time of every loaded program.
+pub fn counts() -> anyhow::Result<Counts> {
+    Ok(bpftool_json(&["prog", "show"])?
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|program| {
+            Some((
+                program["id"].as_u64()?,
+                (
+                    program["run_cnt"].as_u64().unwrap_or(0),
+                    program["run_time_ns"].as_u64().unwrap_or(0),
+                ),
+            ))
+        })
+        .collect())
+}
+
+/// One program's cost over a stretch of load.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Cost {
+    pub runs: u64,
+    /// Kernel time per run of netbpf's program.
+    pub ns_per_run: f64,
+    /// Kernel time per run of the empty program at the same hook.
+    pub empty_ns_per_run: f64,
+}
+
+impl Cost {
+    /// What netbpf's program adds to an empty one.
+    #[must_use]
+    pub fn net(&self) -> f64 {
+        (self.ns_per_run - self.empty_ns_per_run).max(0.0)
+    }
+}
+
+/// The cost of each of netbpf's programs (`programs`: name -> id) between
+/// `before` and `after`; programs that did not run are absent.
+pub fn costs(
+    programs: &BTreeMap<String, u64>,
+    empty: &EmptyPrograms,
+    before: &Counts,
+    after: &Counts,
+) -> BTreeMap<String, Cost> {
+    let delta = |id: u64| {
+        let (runs_before, time_before) = before.get(&id).copied().unwrap_or_default();
+        let (runs, time) = after.get(&id).copied().unwrap_or_default();
+        (runs - runs_before, time - time_before)
+    };
+    let per_run = |(runs, time): (u64, u64)| {
+        #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let value = time as f64 / runs as f64;
+        value
+    };
+    let mut costs = BTreeMap::new();
+    for (&name, &empty_id) in &empty.ids {
+        let Some(&id) = programs.get(name) else {
+            continue;
+        };
+        let (runs, time) = delta(id);
+        let empty_delta = delta(empty_id);
+        if runs == 0 || empty_delta.0 == 0 {
+            continue;
+        }
+        costs.insert(
+            name.to_owned(),
+            Cost {
+                runs,
+                ns_per_run: per_run((runs, time)),
+                empty_ns_per_run: per_run(empty_delta),
+            },
+        );
+    }
+    costs
+}
+
+/// One `BPF_PROG_TEST_RUN` case: netbpf's program and an empty one of the
+/// same type on the same input, in ns per run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TestRun {
+    pub ns_per_run: f64,
+    pub empty_ns_per_run: f64,
+}
+
+impl TestRun {
+    /// What netbpf's program adds to an empty one.
+    #[must_use]
+    pub fn net(&self) -> f64 {
+        (self.ns_per_run - self.empty_ns_per_run).max(0.0)
+    }
+}
+
+/// `BPF_PROG_TEST_RUN` times of the tc and `sk_lookup` programs, by case.
+pub fn test_runs(repeat: u32) -> anyhow::Result<BTreeMap<String, TestRun>> {
+    let mut datapath = Datapath::load(
+        Optional {
+            mss_egress: true,
+            mss_ingress: false,
+            host_services: true,
+        },
+        &Capacity::default(),
+        None,
+    )?;
+    // BPF_PROG_TEST_RUN runs on the loopback device: ifindex 1.
+    datapath.set_mss_interface(
+        1,
+        MssConfig {
+            mss: 1200,
+            l3_offset: 14,
+            slot: 0,
+        },
+    )?;
+    let syn = frame(
+        0x02,
+        &[
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ],
+    );
+    let ack = frame(0x10, &[]);
+    let empty_tc = sys::load_empty("nb_empty_tc", sys::SCHED_CLS, 0)?;
+    let empty_lookup = sys::load_empty("nb_empty_lookup", sys::SK_LOOKUP, sys::SK_LOOKUP_ATTACH)?;
+    let mut results = BTreeMap::new();
+    let mut time = |name: &str, program: &'static str, data: &[u8], context: &[u8]| {
+        let run = |fd: std::os::fd::BorrowedFd<'_>| {
+            sys::test_run(fd, data, context, repeat)
+                .map(f64::from)
+                .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))
+        };
+        let empty = if context.is_empty() {
+            &empty_tc
+        } else {
+            &empty_lookup
+        };
+        let empty_ns_per_run = run(empty.as_fd())?;
+        let ns_per_run = run(datapath.program_fd(program)?.as_fd())?;
+        results.insert(
+            name.to_owned(),
+            TestRun {
+                ns_per_run,
+                empty_ns_per_run,
+            },
+        );
+        anyhow::Ok(())
+    };
+    time(
+        "netbpf_mss_out: SYN with options (clamped)",
+        MSS_OUT_PROGRAM,
+        &syn,
+        &[],
+    )?;
+    time(
+        "netbpf_mss_out: not a SYN (fast path)",
+        MSS_OUT_PROGRAM,
+        &ack,
+        &[],
+    )?;
+    time(
+        "netbpf_grant_guard: not for a host service",
+        GRANT_GUARD_PROGRAM,
+        &ack,
+        &[],
+    )?;
+    time(
+        "netbpf_hostsvc: not for a host service",
+        HOST_SERVICE_PROGRAM,
+        &[],
+        &sk_lookup_context(),
+    )?;
+    Ok(results)
+}
+
+/// An Ethernet frame of a TCP segment with `flags` and `options`.
+fn frame(flags: u8, options: &[u8]) -> Vec<u8> {
+    Segment {
+        src: IpAddr::V4(Ipv4Addr::new(10, 200, 1, 2)),
+        dst: IpAddr::V4(Ipv4Addr::new(10, 200, 1, 1)),
+        src_port: 40_000,
+        dst_port: 443,
+        flags,
+        options: options.to_vec(),
+        payload: Vec::new(),
+    }
+    .frame([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+}
+
+/// A `struct bpf_sk_lookup` of a TCP connection from 10.200.1.2:40000 to
+/// 10.200.1.1:443, which no host service takes.
+fn sk_lookup_context() -> Vec<u8> {
+    let mut context = vec![0u8; 72];
+    let mut put = |offset: usize, value: u32| {
+        context[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    };
+    put(8, u32::from(netbpf_common::AF_INET));
+    put(12, u32::from(netbpf_common::PROTO_TCP));
+    put(16, u32::from_be_bytes([10, 200, 1, 2]).to_be());
+    put(36, u32::from(40_000u16.to_be()));
+    put(40, u32::from_be_bytes([10, 200, 1, 1]).to_be());
+    put(60, 443);
+    context
+}
+
+/// Instructions the verifier processed for each program netbpf loads.
+pub fn verifier_counts() -> anyhow::Result<BTreeMap<String, u64>> {
+    let datapath = Datapath::load(
+        Optional {
+            mss_egress: true,
+            mss_ingress: true,
+            host_services: true,
+        },
+        &Capacity::default(),
+        None,
+    )?;
+    datapath
+        .programs()
+        .iter()
+        .map(|program| {
+            let count = program.verified_instructions.with_context(|| {
+                format!(
+                    "the kernel reports no verified instruction count for {}",
+                    program.name
+                )
+            })?;
+            Ok((program.name.clone(), u64::from(count)))
+        })
+        .collect()
+}

@@ -1,0 +1,354 @@
+//! The ways a container reaches a server published on another bridge's
+//! gateway, each set up on a throw-away topology of its own (so no way
+//! meets another's `TIME_WAIT` or conntrack entries): dialing the gateway
+//! with no program attached (the floor), dialing localhost forwarded by
+//! netbpf's agent, and dialing localhost forwarded the iptables way (DNAT
+//! and `route_localnet` and MASQUERADE, inside the topology's own
+//! namespace). Each can carry the scopes and rules of many other containers.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::Context as _;
+use netbpf_common::{ForwardTarget, MAP_LAYOUT, PROTO_TCP, ScopeEntry, ScopePort};
+use netbpf_testenv::{
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
+    run_checked, wait_for_listener,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::load::Measurement;
+
+/// The port of the TCP server (and of its forward).
+pub const TCP_PORT: u16 = 8082;
+/// The port of the UDP echo server.
+pub const UDP_PORT: u16 = 8053;
+/// The port of the iperf3 server.
+pub const IPERF_PORT: u16 = 5201;
+
+/// Capacities of the agent that carries up to 100,000 other containers.
+pub const SCALING_CAPACITY: &str =
+    "[capacity]\nscopes = 131072\nrules = 131072\nforward_ports = 131072\n";
+
+/// How the desktop reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Way {
+    /// Dialing the gateway itself, with no program attached.
+    Direct,
+    /// Dialing localhost, forwarded by netbpf.
+    Netbpf,
+    /// Dialing localhost, forwarded by iptables.
+    Iptables,
+}
+
+impl Way {
+    /// Every way, in the order of the report; the first is the floor.
+    pub const ALL: [Way; 3] = [Way::Direct, Way::Netbpf, Way::Iptables];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Way::Direct => "no program",
+            Way::Netbpf => "netbpf",
+            Way::Iptables => "iptables",
+        }
+    }
+}
+
+/// A protocol the load speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// Connections opened one after the other.
+    Tcp,
+    /// Datagrams, each waiting for its echo.
+    Udp,
+    /// UDP sockets bound to the wildcard address and closed.
+    Bind,
+}
+
+/// One way set up on a topology of its own, with its servers running.
+pub struct Prepared {
+    pub way: Way,
+    // Dropped in order: the agent, then its pins, then the topology.
+    agent: Option<NetbpfRun>,
+    setup: Option<AgentSetup>,
+    _servers: Vec<Process>,
+    pub topology: DesktopTopology,
+    /// Other containers' scopes and rules loaded so far.
+    others: usize,
+}
+
+impl Prepared {
+    /// Sets `way` up; netbpf's agent gets `capacity` (a `[capacity]`
+    /// section, or nothing for the defaults) and `policy_extra` (more
+    /// policy, such as an MSS clamp).
+    pub fn new(exe: &str, way: Way, capacity: &str, policy_extra: &str) -> anyhow::Result<Self> {
+        let topology = DesktopTopology::new()?;
+        let servers = start_servers(exe, &topology)?;
+        let mut prepared = Self {
+            way,
+            agent: None,
+            setup: None,
+            _servers: servers,
+            topology,
+            others: 0,
+        };
+        match way {
+            Way::Direct => {}
+            Way::Netbpf => prepared.start_agent(capacity, policy_extra)?,
+            Way::Iptables => prepared.iptables_rules(0)?,
+        }
+        Ok(prepared)
+    }
+
+    fn start_agent(&mut self, capacity: &str, policy_extra: &str) -> anyhow::Result<()> {
+        let topology = &self.topology;
+        let setup = AgentSetup::new(
+            topology.work.path(),
+            topology.root.path(),
+            AgentOptions {
+                netns: Some(&topology.host_ns.path()),
+                ..AgentOptions::default()
+            },
+        )?;
+        let mut config = std::fs::read_to_string(&setup.config)?;
+        config.push_str(capacity);
+        std::fs::write(&setup.config, config)?;
+        let mut policy = format!(
+            "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n",
+            topology.desktop.path().display()
+        );
+        for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp"), (IPERF_PORT, "tcp")] {
+            let _ = writeln!(
+                policy,
+                "  {{ from = \"localhost:{port}\", to = \"{BRIDGE_V4}:{port}\", proto = \"{proto}\" }},"
+            );
+        }
+        policy.push_str("]\n");
+        policy.push_str(policy_extra);
+        setup.policy("bench.toml", &policy)?;
+        self.agent = Some(setup.start("agent")?);
+        self.setup = Some(setup);
+        Ok(())
+    }
+
+    /// The address the desktop dials for the server of `port`.
+    pub fn target(&self, port: u16) -> String {
+        match self.way {
+            Way::Direct => format!("{BRIDGE_V4}:{port}"),
+            Way::Netbpf | Way::Iptables => format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// One run of the `load` client at `place` (the desktop, or a process
+    /// of no scope dialing the gateway).
+    pub fn measure(
+        &self,
+        exe: &str,
+        place: Place,
+        load: Load,
+        count: usize,
+    ) -> anyhow::Result<Measurement> {
+        let (command, port) = match load {
+            Load::Tcp => ("tcp-client", TCP_PORT),
+            Load::Udp => ("udp-client", UDP_PORT),
+            Load::Bind => ("bind-client", 0),
+        };
+        let target = if place == Place::Desktop {
+            self.target(port)
+        } else {
+            format!("{BRIDGE_V4}:{port}")
+        };
+        let count = count.to_string();
+        let args: &[&str] = if load == Load::Bind {
+            &[command, &count]
+        } else {
+            &[command, &target, &count]
+        };
+        let output = self
+            .topology
+            .spawn(place, exe, args)?
+            .output(Duration::from_mins(5))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{command} to {target}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    /// The running agent, for the netbpf way.
+    pub fn agent(&self) -> Option<&NetbpfRun> {
+        self.agent.as_ref()
+    }
+
+    /// Makes the way carry `total` other containers: netbpf gets their
+    /// scopes (a cgroup each, at the desktop's depth) and one forward each
+    /// in its maps, as the agent writes them; the iptables way one DNAT
+    /// rule each, before the desktop's, in the chain its packets walk.
+    pub fn carry_others(&mut self, total: usize) -> anyhow::Result<()> {
+        match self.way {
+            Way::Direct => {}
+            Way::Netbpf => self.add_scopes(total)?,
+            Way::Iptables => self.iptables_rules(total)?,
+        }
+        self.others = total;
+        Ok(())
+    }
+
+    fn add_scopes(&self, total: usize) -> anyhow::Result<()> {
+        let setup = self.setup.as_ref().context("the netbpf way has an agent")?;
+        let maps = setup.pin_dir.join(format!("maps-v{MAP_LAYOUT}"));
+        let open = |name: &str| -> anyhow::Result<aya::maps::MapData> {
+            aya::maps::MapData::from_pin(maps.join(name)).with_context(|| format!("map {name}"))
+        };
+        let mut scopes: aya::maps::HashMap<_, u64, ScopeEntry> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open("CGROUP_SCOPES")?))?;
+        let mut forwards: aya::maps::HashMap<_, ScopePort, ForwardTarget> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open("FORWARD_PORTS")?))?;
+        // The desktop's own entry: its level is every container's here.
+        let level = scopes
+            .iter()
+            .next()
+            .context("the desktop's scope is in the map")??
+            .1
+            .level;
+        let gateway = u32::from_be_bytes([10, 201, 0, 1]).to_be();
+        for other in self.others..total {
+            let index = u32::try_from(other)?;
+            // Ids no real cgroup has, and scope ids past the agent's own.
+            let cgroup = u64::MAX - u64::from(index);
+            let scope = (1 << 24) + index;
+            scopes
+                .insert(
+                    cgroup,
+                    ScopeEntry {
+                        id: scope,
+                        flags: 0,
+                        level,
+                    },
+                    0,
+                )
+                .with_context(|| format!("adding scope {other} to CGROUP_SCOPES"))?;
+            let target = ForwardTarget {
+                addr: [gateway, 0, 0, 0],
+                family: netbpf_common::AF_INET,
+                port_delta: 0,
+                rule: index % 4096,
+            };
+            forwards
+                .insert(ScopePort::new(scope, TCP_PORT, PROTO_TCP), target, 0)
+                .with_context(|| format!("adding the forward of scope {other} to FORWARD_PORTS"))?;
+        }
+        Ok(())
+    }
+
+    /// The iptables way's rules in the desktop's namespace: `others` DNAT
+    /// rules of other containers (their own localhost addresses and ports,
+    /// which the desktop's packets never match), then the desktop's.
+    fn iptables_rules(&self, others: usize) -> anyhow::Result<()> {
+        let mut rules = String::from(
+            "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
+        );
+        for other in 0..others {
+            let _ = writeln!(
+                rules,
+                "-A OUTPUT -d 127.0.0.{} -p tcp --dport {} -j DNAT --to-destination 10.201.{}.{}:{TCP_PORT}",
+                2 + other / 50_000,
+                10_000 + other % 50_000,
+                (other >> 8) & 255,
+                other & 255
+            );
+        }
+        for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp"), (IPERF_PORT, "tcp")] {
+            let _ = writeln!(
+                rules,
+                "-A OUTPUT -d 127.0.0.1 -p {proto} --dport {port} -j DNAT --to-destination {BRIDGE_V4}:{port}"
+            );
+        }
+        let _ = writeln!(rules, "-A POSTROUTING -d {BRIDGE_V4} -j MASQUERADE\nCOMMIT");
+        let file = self.topology.file("iptables.rules");
+        std::fs::write(&file, rules)?;
+        let netns = self.topology.desktop_ns.name();
+        run_checked(
+            "sh",
+            [
+                "-c",
+                &format!(
+                    "ip netns exec {netns} iptables-restore < {} && ip netns exec {netns} sysctl -qw net.ipv4.conf.all.route_localnet=1",
+                    file.display()
+                ),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Memory of the maps netbpf's programs use, from the kernel.
+    pub fn map_bytes(&self) -> anyhow::Result<u64> {
+        let Some(agent) = &self.agent else {
+            return Ok(0);
+        };
+        let mut maps = std::collections::BTreeSet::new();
+        for id in agent.programs()?.values() {
+            let program = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+            maps.extend(
+                program["map_ids"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(serde_json::Value::as_u64),
+            );
+        }
+        let mut bytes = 0;
+        for id in maps {
+            let map = bpftool_json(&["map", "show", "id", &id.to_string()])?;
+            bytes += map["bytes_memlock"].as_u64().unwrap_or(0);
+        }
+        Ok(bytes)
+    }
+
+    /// Conntrack entries in the desktop's namespace.
+    pub fn conntrack_entries(&self) -> anyhow::Result<u64> {
+        let count = self
+            .topology
+            .desktop_ns
+            .exec(&["cat", "/proc/sys/net/netfilter/nf_conntrack_count"])?;
+        count
+            .trim()
+            .parse()
+            .with_context(|| format!("nf_conntrack_count is not a number: {count:?}"))
+    }
+}
+
+/// The servers on the gateway: TCP, UDP echo and iperf3.
+fn start_servers(exe: &str, topology: &DesktopTopology) -> anyhow::Result<Vec<Process>> {
+    let tcp = topology
+        .spawn(
+            Place::DockerHost,
+            exe,
+            &["tcp-server", &format!("{BRIDGE_V4}:{TCP_PORT}")],
+        )?
+        .start(&topology.file("tcp-server.log"))?;
+    let udp = topology
+        .spawn(
+            Place::DockerHost,
+            exe,
+            &["udp-server", &format!("{BRIDGE_V4}:{UDP_PORT}")],
+        )?
+        .start(&topology.file("udp-server.log"))?;
+    let iperf = topology
+        .spawn(
+            Place::DockerHost,
+            "iperf3",
+            &[
+                "--server",
+                "--bind",
+                BRIDGE_V4,
+                "--port",
+                &IPERF_PORT.to_string(),
+            ],
+        )?
+        .start(&topology.file("iperf3.log"))?;
+    for (port, protocol) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp"), (IPERF_PORT, "tcp")] {
+        wait_for_listener(&topology.host_ns, port, protocol)?;
+    }
+    Ok(vec![tcp, udp, iperf])
+}
