@@ -81,13 +81,28 @@ fn pinned_agent(topology: &DesktopTopology) -> AgentSetup {
             "desktop.toml",
             &format!(
                 "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
-                 forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}]\n\
+                 forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}, \
+                 {{ from = \"localhost:8083\", to = \"{BRIDGE_V4}:8083\" }}]\n\
                  [[mss_clamp]]\ninterface = \"br0\"\nmss = 1300\n",
                 topology.desktop.path().display()
             ),
         )
         .unwrap();
     setup
+}
+
+/// What localhost:`port` answers in the desktop.
+fn answer(topology: &DesktopTopology, port: u16) -> String {
+    let output = topology
+        .spawn(
+            Place::Desktop,
+            "socat",
+            &["-T2", "-", &format!("TCP:127.0.0.1:{port}")],
+        )
+        .unwrap()
+        .output(Duration::from_secs(5))
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 /// What the client said: connections made, connections failed, and the
@@ -140,6 +155,14 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     let topology = DesktopTopology::new().unwrap();
     let _server = topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge")
+        .unwrap();
+    let _forwarded = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8083, "bridge-8083")
+        .unwrap();
+    // A service of the desktop's own on a forwarded port, bound before
+    // netbpf started: its port is the desktop's, never forwarded.
+    let mut own = topology
+        .start_tcp_banner(Place::Desktop, "127.0.0.1", 8083, "own")
         .unwrap();
     let setup = pinned_agent(&topology);
     let start = |round: &str| {
@@ -194,6 +217,21 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     assert!(!staged.exists(), "the staged maps are settled");
 
     assert_older_version_refuses(&setup, &topology);
+
+    // The new layout counted the desktop's own listener again (local binds
+    // are recounted, never copied); when it closes, the new release hook
+    // uncounts it and the port is forwarded.
+    assert_eq!(answer(&topology, 8083), "own");
+    own.stop(Signal::SIGTERM, Duration::from_secs(2)).unwrap();
+    let mut forwarded = String::new();
+    for _ in 0..50 {
+        forwarded = answer(&topology, 8083);
+        if forwarded == "bridge-8083" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(forwarded, "bridge-8083");
 
     let (ok, failed, said) = client_result(&mut client);
     eprintln!("client: {ok} connections, {failed} failed");
