@@ -105,6 +105,42 @@ fn answer(topology: &DesktopTopology, port: u16) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// The counters went on from where the first agent left them: at least
+/// one per connection the client made (`ok`).
+fn assert_counters_went_on(status: &serde_json::Value, ok: u64) {
+    let connects = status["scopes"][0]["forwards"][0]["connects"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        connects >= ok,
+        "{connects} connects counted for {ok} connections: {status}"
+    );
+    let seen = status["mss_clamps"][0]["attached"][0]["seen"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        seen >= ok,
+        "{seen} handshakes seen by the MSS clamp for {ok} connections: {status}"
+    );
+}
+
+/// The new layout counted the desktop's own listener on 8083 again (local
+/// binds are recounted, never copied); once it closes, the new release
+/// hook uncounts it and the port is forwarded.
+fn assert_own_listener_recounted(topology: &DesktopTopology, own: &mut Process) {
+    assert_eq!(answer(topology, 8083), "own");
+    own.stop(Signal::SIGTERM, Duration::from_secs(2)).unwrap();
+    let mut forwarded = String::new();
+    for _ in 0..50 {
+        forwarded = answer(topology, 8083);
+        if forwarded == "bridge-8083" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(forwarded, "bridge-8083");
+}
+
 /// What the client said: connections made, connections failed, and the
 /// whole line.
 fn client_result(client: &mut Process) -> (u64, u64, String) {
@@ -218,42 +254,14 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
 
     assert_older_version_refuses(&setup, &topology);
 
-    // The new layout counted the desktop's own listener again (local binds
-    // are recounted, never copied); when it closes, the new release hook
-    // uncounts it and the port is forwarded.
-    assert_eq!(answer(&topology, 8083), "own");
-    own.stop(Signal::SIGTERM, Duration::from_secs(2)).unwrap();
-    let mut forwarded = String::new();
-    for _ in 0..50 {
-        forwarded = answer(&topology, 8083);
-        if forwarded == "bridge-8083" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(forwarded, "bridge-8083");
+    assert_own_listener_recounted(&topology, &mut own);
 
     let (ok, failed, said) = client_result(&mut client);
     eprintln!("client: {ok} connections, {failed} failed");
     assert_eq!(failed, 0, "connections failed across the restarts: {said}");
     assert!(ok > 100, "the client connected {ok} times: {said}");
 
-    // The counters went on from where the first agent left them.
-    let status = agent.status_json().unwrap();
-    let connects = status["scopes"][0]["forwards"][0]["connects"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        connects >= ok,
-        "{connects} connects counted for {ok} connections: {status}"
-    );
-    let seen = status["mss_clamps"][0]["attached"][0]["seen"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        seen >= ok,
-        "{seen} handshakes seen by the MSS clamp for {ok} connections: {status}"
-    );
+    assert_counters_went_on(&agent.status_json().unwrap(), ok);
 
     // Each program attached once, its link running the newest agent's.
     let programs = attached(topology.root.path());
