@@ -37,6 +37,9 @@ pub const DIALED_PER_SOCKET: usize = 4;
 /// scope: a scope's cgroup must be less deep than this (one bit of
 /// [`Lookups::cgroup_levels`] each).
 pub const MAX_CGROUP_DEPTH: u32 = 64;
+/// At how many distinct cgroup depths scopes may sit: the programs look
+/// at each (runtimes put their containers at one to three).
+pub const MAX_SCOPE_LEVELS: u32 = 8;
 /// Capacity of the table of exact localhost ports forwarded or remapped
 /// in scopes.
 pub const MAX_FORWARD_PORTS: u32 = 65_536;

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie};
-use netbpf_common::{LOOKUP_NETNS_SCOPES, Lookups, MAX_CGROUP_DEPTH, ScopeEntry};
+use netbpf_common::{LOOKUP_NETNS_SCOPES, Lookups, MAX_SCOPE_LEVELS, ScopeEntry};
 
 use crate::maps::{CGROUP_SCOPES, LOOKUPS, NETNS_SCOPES};
 
@@ -37,7 +37,7 @@ pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
 /// whose containers all sit at one depth, one lookup.
 #[inline(always)]
 fn by_cgroup(mut levels: u64) -> Option<ScopeEntry> {
-    for _ in 0..MAX_CGROUP_DEPTH {
+    for _ in 0..MAX_SCOPE_LEVELS {
         let Some(level) = levels.checked_ilog2() else {
             break;
         };

@@ -127,6 +127,29 @@ pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assi
     assignments.into_values().collect()
 }
 
+/// Whether the programs can find a cgroup scope `level` deep beside the
+/// scopes of `plan`: no deeper than they look, and at one of the depths
+/// they look at.
+fn check_level(plan: &Plan, key: ScopeKey, level: u16) -> Result<(), String> {
+    use netbpf_common::{MAX_CGROUP_DEPTH, MAX_SCOPE_LEVELS};
+    if let ScopeKey::Netns(_) = key {
+        return Ok(());
+    }
+    if u32::from(level) >= MAX_CGROUP_DEPTH {
+        return Err(format!(
+            "its cgroup is {level} levels deep; netbpf looks {} deep at most",
+            MAX_CGROUP_DEPTH - 1
+        ));
+    }
+    let levels = plan.lookups().cgroup_levels;
+    if levels & (1 << level) == 0 && levels.count_ones() >= MAX_SCOPE_LEVELS {
+        return Err(format!(
+            "its cgroup is {level} levels deep, and scopes sit at {MAX_SCOPE_LEVELS} other depths already, as many as netbpf looks at"
+        ));
+    }
+    Ok(())
+}
+
 /// How deep the cgroup at `path` (below `mount`, or relative to it) is:
 /// one level per directory.
 fn cgroup_level(mount: &Path, path: &Path) -> u16 {
@@ -226,12 +249,7 @@ pub fn compile(
             );
             claims.check(&scope, network, policy)?;
             let level = assignment.level;
-            if u32::from(level) >= netbpf_common::MAX_CGROUP_DEPTH {
-                return Err(format!(
-                    "its cgroup is {level} levels deep; netbpf looks {} deep at most",
-                    netbpf_common::MAX_CGROUP_DEPTH - 1
-                ));
-            }
+            check_level(&plan, assignment.key, level)?;
             let mut entries = Plan::default();
             entries.add_scope(assignment.key, id, level, &scope);
             capacity.check(&plan, &entries)?;

@@ -233,3 +233,26 @@ fn lookups_name_the_levels_and_kinds_of_scope_present() {
         Lookups::new(1 << 2 | 1 << 5, LOOKUP_NETNS_SCOPES)
     );
 }
+
+#[test]
+fn scopes_sit_at_eight_cgroup_depths_at_most() {
+    let mut plan = Plan::default();
+    for level in 1..=8u16 {
+        assert_eq!(
+            super::check_level(&plan, ScopeKey::Cgroup(1), level),
+            Ok(())
+        );
+        plan.cgroup_scopes.insert(
+            u64::from(level),
+            ScopeEntry {
+                id: u32::from(level),
+                flags: 0,
+                level,
+            },
+        );
+    }
+    assert_eq!(super::check_level(&plan, ScopeKey::Cgroup(1), 3), Ok(()));
+    let error = super::check_level(&plan, ScopeKey::Cgroup(1), 9).unwrap_err();
+    assert!(error.contains("9 levels deep"), "{error}");
+    assert!(super::check_level(&plan, ScopeKey::Cgroup(1), 64).is_err());
+}
