@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
+    os::fd::OwnedFd,
     path::Path,
 };
 
@@ -13,7 +14,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapError, SkStorage, lpm_trie::Key},
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
-use netbpf_common::{ForwardKey, ForwardTarget, Lookups, RuleStats, ScopePort};
+use netbpf_common::{ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort};
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{host::socket_fds, plan::Plan};
@@ -40,16 +41,27 @@ fn forgiving(result: Result<(), MapError>) -> Result<(), MapError> {
     }
 }
 
+/// When the entries a map update drops leave the map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// Once the changed entries are written.
+    Now,
+    /// Only if the map is too full to hold them and the changed entries;
+    /// a later update removes them otherwise.
+    IfFull,
+}
+
 /// Writes the `changed` entries of map `name`, then removes the `dropped`
-/// keys: no lookup meets a rule half replaced. A map too full for that
-/// order (its capacity held by entries on their way out, as when a
-/// container restarts with a new cgroup id) has the dropped keys removed
-/// first, and the write goes on.
+/// keys as `removal` says: no lookup meets a rule half replaced. A map too
+/// full for that order (its capacity held by entries on their way out, as
+/// when a container restarts with a new cgroup id) has the dropped keys
+/// removed first, and the write goes on.
 fn replace<M, K, V: Copy>(
     name: &'static str,
     map: &mut M,
     changed: impl Iterator<Item = (K, V)>,
     dropped: &[K],
+    removal: Removal,
     insert: impl Fn(&mut M, &K, V) -> Result<(), MapError>,
     remove: impl Fn(&mut M, &K) -> Result<(), MapError>,
 ) -> Result<(), DatapathError> {
@@ -76,10 +88,46 @@ fn replace<M, K, V: Copy>(
             result => result.map_err(map_error(name))?,
         }
     }
-    if !removed {
+    if !removed && removal == Removal::Now {
         remove_dropped(map)?;
     }
     Ok(())
+}
+
+/// `new`'s scopes, each with the flags `old` gave it too, and `old`'s
+/// other scopes: while rules move between maps, every scope has the
+/// programs look wherever either plan put its rules.
+fn flagged_by_both(
+    old: &BTreeMap<u64, ScopeEntry>,
+    new: &BTreeMap<u64, ScopeEntry>,
+) -> BTreeMap<u64, ScopeEntry> {
+    let mut scopes = old.clone();
+    for (key, scope) in new {
+        let flags = old.get(key).map_or(0, |old| old.flags);
+        scopes.insert(
+            *key,
+            ScopeEntry {
+                flags: scope.flags | flags,
+                ..*scope
+            },
+        );
+    }
+    scopes
+}
+
+/// Says why a socket bound before netbpf started could not be counted: a
+/// process or descriptor gone meanwhile is no news, a refusal is.
+fn warn_uncounted(pid: u32, fd: i32, error: &std::io::Error) {
+    if error.raw_os_error() == Some(libc::EPERM) {
+        tracing::warn!(
+            pid,
+            fd,
+            %error,
+            "cannot take a socket bound before netbpf started to count it (pidfd_getfd needs CAP_SYS_PTRACE): its port may be forwarded although it serves the scope itself"
+        );
+    } else {
+        tracing::debug!(pid, fd, %error, "a socket bound before netbpf started is gone");
+    }
 }
 
 /// `BPF_NOEXIST`: a map update that only creates, never replaces.
@@ -107,19 +155,43 @@ pub(super) const REWRITING_PROGRAMS: &[&str] = &[
 ];
 
 impl Datapath {
-    /// Turns the maps from `old`'s entries into `new`'s: new and changed
-    /// entries first, then the ones `new` drops, so that no lookup meets a
-    /// half-written policy (the dropped ones first in a map too full for
-    /// that). At start `old` is the empty plan; call before
+    /// Turns the maps from `old`'s entries into `new`'s so that no lookup
+    /// meets a half-written policy: within a map, new and changed entries
+    /// first, then the ones `new` drops (the dropped ones first in a map
+    /// too full for that). At start `old` is the empty plan; call before
     /// [`Self::attach`], so the programs act on the whole plan from their
     /// first run.
+    ///
+    /// A forward may move between the exact-port map and the trie of port
+    /// ranges, which the programs look up only for scopes flagged so. While
+    /// it moves, the programs look everywhere either plan has them look,
+    /// and the exact ports of both plans stay until the trie is written.
     pub fn update(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
-        // What new entries need is looked up before they are there, and
-        // what old ones need until they are gone.
         self.set_lookups(old.lookups().union(new.lookups()))?;
-        self.sync("CGROUP_SCOPES", &old.cgroup_scopes, &new.cgroup_scopes)?;
-        self.sync("NETNS_SCOPES", &old.netns_scopes, &new.netns_scopes)?;
-        self.sync("FORWARD_PORTS", &old.forward_ports, &new.forward_ports)?;
+        let cgroup_scopes = flagged_by_both(&old.cgroup_scopes, &new.cgroup_scopes);
+        let netns_scopes = flagged_by_both(&old.netns_scopes, &new.netns_scopes);
+        self.sync_keeping(
+            "CGROUP_SCOPES",
+            &old.cgroup_scopes,
+            &cgroup_scopes,
+            &new.cgroup_scopes,
+        )?;
+        self.sync_keeping(
+            "NETNS_SCOPES",
+            &old.netns_scopes,
+            &netns_scopes,
+            &new.netns_scopes,
+        )?;
+        let mut forward_ports = old.forward_ports.clone();
+        forward_ports.extend(&new.forward_ports);
+        self.sync_keeping(
+            "FORWARD_PORTS",
+            &old.forward_ports,
+            &forward_ports,
+            &new.forward_ports,
+        )?;
+        self.sync_forward_ranges(old, new)?;
+        self.sync("FORWARD_PORTS", &forward_ports, &new.forward_ports)?;
         self.sync("ALIASES", &old.aliases, &new.aliases)?;
         self.sync(
             "ALIASED_ADDRS",
@@ -129,6 +201,13 @@ impl Datapath {
         self.sync("BIND_REMAPS", &old.binds, &new.binds)?;
         self.sync("HOST_SERVICES", &old.services, &new.services)?;
         self.sync("GRANTS", &old.grants, &new.grants)?;
+        self.sync("CGROUP_SCOPES", &cgroup_scopes, &new.cgroup_scopes)?;
+        self.sync("NETNS_SCOPES", &netns_scopes, &new.netns_scopes)?;
+        self.set_lookups(new.lookups())
+    }
+
+    /// Makes the trie of port-range forwards go from `old`'s to `new`'s.
+    fn sync_forward_ranges(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
         let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
         let dropped: Vec<_> = old
             .forwards
@@ -146,10 +225,10 @@ impl Datapath {
             &mut forwards,
             changed,
             &dropped,
+            Removal::Now,
             |map, key, target| map.insert(key, target, 0),
             LpmTrie::remove,
-        )?;
-        self.set_lookups(new.lookups())
+        )
     }
 
     /// Tells the programs which lookups they need.
@@ -169,12 +248,47 @@ impl Datapath {
         K: Pod + Ord,
         V: Pod + PartialEq,
     {
-        let mut map: HashMap<_, K, V> = self.map_mut(name)?;
+        self.replace_in(name, old, new, new, Removal::Now)
+    }
+
+    /// Makes the hash map `name` go from `old`'s entries to `kept`'s, a
+    /// superset of `old`'s keys: the keys `last` drops are removed only if
+    /// the map is too full to hold both.
+    fn sync_keeping<K, V>(
+        &mut self,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        kept: &BTreeMap<K, V>,
+        last: &BTreeMap<K, V>,
+    ) -> Result<(), DatapathError>
+    where
+        K: Pod + Ord,
+        V: Pod + PartialEq,
+    {
+        self.replace_in(name, old, kept, last, Removal::IfFull)
+    }
+
+    /// Writes the entries of `new` that differ from `old`'s into the hash
+    /// map `name`, and removes `old`'s keys that `last` has not as
+    /// `removal` says.
+    fn replace_in<K, V>(
+        &mut self,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+        last: &BTreeMap<K, V>,
+        removal: Removal,
+    ) -> Result<(), DatapathError>
+    where
+        K: Pod + Ord,
+        V: Pod + PartialEq,
+    {
         let dropped: Vec<K> = old
             .keys()
-            .filter(|key| !new.contains_key(key))
+            .filter(|key| !last.contains_key(key))
             .copied()
             .collect();
+        let mut map: HashMap<_, K, V> = self.map_mut(name)?;
         let changed = new
             .iter()
             .filter(|(key, value)| old.get(key) != Some(value))
@@ -184,6 +298,7 @@ impl Datapath {
             &mut map,
             changed,
             &dropped,
+            removal,
             |map, key, value| map.insert(key, value, 0),
             HashMap::remove,
         )
@@ -261,36 +376,65 @@ impl Datapath {
 
     /// Counts `sockets` as bound inside their scopes, as the bind hooks
     /// would have, and returns how many it counted. Each is marked in its
-    /// own storage through a duplicate of its descriptor; one the hooks
-    /// counted already is skipped. The duplicates close after the count:
-    /// a socket its process closed meanwhile is then released, and its
+    /// own storage through a duplicate of its descriptor and counted at
+    /// once; one the hooks counted already is skipped, and a mark whose
+    /// count fails is taken back. The duplicates close after the count: a
+    /// socket its process closed meanwhile is then released, and its
     /// release hook uncounts it.
     pub fn record_binds(&mut self, sockets: &[BoundSocket]) -> Result<usize, DatapathError> {
         let inodes: Vec<u32> = sockets.iter().map(|socket| socket.inode).collect();
         let owners = socket_fds::owners(&inodes);
-        let mut storage: SkStorage<_, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
         let mut held = Vec::new();
-        let mut counted = Vec::new();
+        let mut counted = 0;
         for socket in sockets {
-            let Some(duplicate) = owners
-                .get(&socket.inode)
-                .and_then(|&(pid, fd)| socket_fds::duplicate(pid, fd).ok())
-                .filter(|duplicate| socket_fds::cookie_of(duplicate) == Some(socket.cookie))
-            else {
-                // Closed since it was listed.
+            let Some(duplicate) = owners.get(&socket.inode).and_then(|&(pid, fd)| {
+                socket_fds::duplicate(pid, fd)
+                    .inspect_err(|error| warn_uncounted(pid, fd, error))
+                    .ok()
+            }) else {
                 continue;
             };
-            match storage.insert(&duplicate, socket.key, BPF_NOEXIST) {
-                Ok(()) => counted.push(socket.key),
-                Err(MapError::SyscallError(error))
-                    if error.io_error.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(error) => return Err(map_error("BOUND_SOCKETS")(error)),
+            if socket_fds::cookie_of(&duplicate) != Some(socket.cookie) {
+                // Closed since it was listed, its number taken again.
+                continue;
+            }
+            if self.mark_bound(&duplicate, socket.key)? {
+                if let Err(error) = self.count_local_binds([socket.key], 1) {
+                    self.unmark_bound(&duplicate);
+                    return Err(error);
+                }
+                counted += 1;
             }
             held.push(duplicate);
         }
-        self.count_local_binds(counted.iter().copied(), 1)?;
         drop(held);
-        Ok(counted.len())
+        Ok(counted)
+    }
+
+    /// Marks `socket` as counted under `key` in its own storage; false when
+    /// the bind hooks marked it already.
+    fn mark_bound(&mut self, socket: &OwnedFd, key: ScopePort) -> Result<bool, DatapathError> {
+        let mut storage: SkStorage<_, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
+        match storage.insert(socket, key, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(error))
+                if error.io_error.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                Ok(false)
+            }
+            Err(error) => Err(map_error("BOUND_SOCKETS")(error)),
+        }
+    }
+
+    /// Takes back the mark of a socket whose count failed, so that its
+    /// release uncounts nothing.
+    fn unmark_bound(&mut self, socket: &OwnedFd) {
+        let removed = self
+            .map_mut::<SkStorage<_, ScopePort>>("BOUND_SOCKETS")
+            .and_then(|mut storage| storage.remove(socket).map_err(map_error("BOUND_SOCKETS")));
+        if let Err(error) = removed {
+            tracing::warn!(%error, "a socket stays marked as counted though its count failed");
+        }
     }
 
     /// Adds `delta` to the local-binds count of each of `keys`; a count
@@ -318,5 +462,31 @@ impl Datapath {
     /// The counters of rule `rule`, summed over CPUs.
     pub fn rule_stats(&self, rule: u32) -> Result<RuleStats, DatapathError> {
         self.summed_counters("RULE_STATS", rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netbpf_common::SCOPE_PORT_RANGES;
+
+    use super::*;
+
+    #[test]
+    fn scopes_keep_the_flags_of_both_plans_while_rules_move() {
+        let scope = |id, flags| ScopeEntry {
+            id,
+            flags,
+            level: 2,
+        };
+        let old = BTreeMap::from([(10, scope(1, SCOPE_PORT_RANGES)), (11, scope(2, 0))]);
+        let new = BTreeMap::from([(10, scope(1, 0)), (12, scope(3, SCOPE_PORT_RANGES))]);
+        assert_eq!(
+            flagged_by_both(&old, &new),
+            BTreeMap::from([
+                (10, scope(1, SCOPE_PORT_RANGES)),
+                (11, scope(2, 0)),
+                (12, scope(3, SCOPE_PORT_RANGES)),
+            ])
+        );
     }
 }
