@@ -85,7 +85,13 @@ pub fn surely_not_syn(ctx: &TcContext, l3_offset: u16) -> bool {
             if byte(l3 + 9) != IPPROTO_TCP {
                 return true;
             }
-            let l4 = l3 + usize::from(byte(l3) & 0x0f) * 4;
+            let header_len = usize::from(byte(l3) & 0x0f) * 4;
+            // A header shorter than the minimum is malformed: the full
+            // parse decides.
+            if header_len < IPV4_HEADER {
+                return false;
+            }
+            let l4 = l3 + header_len;
             holds(l4, TCP_FLAGS + 1) && byte(l4 + TCP_FLAGS) & TCP_FLAG_SYN == 0
         }
         ETH_P_IPV6 => {

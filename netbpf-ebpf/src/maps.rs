@@ -14,10 +14,9 @@ use netbpf_common::{
     ServiceStats,
 };
 
-/// Flags of the hash maps whose memory follows what they hold instead of
-/// being reserved at capacity: every hash map but the counters' arrays
-/// (those only userspace writes, and the local binds, which only binds
-/// and releases of bound sockets change).
+/// Flags of every hash map here: entries are allocated as they are added
+/// instead of reserved at capacity, so a map's memory follows what it
+/// holds. (The counter arrays are arrays, reserved at capacity.)
 const ON_DEMAND: u32 = BPF_F_NO_PREALLOC;
 
 /// cgroup v2 id of a container's cgroup directory -> its scope.

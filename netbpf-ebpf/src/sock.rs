@@ -82,19 +82,27 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
         // Counted already (by the agent, which found it bound).
         return;
     }
-    *counted = key;
+    // Marked only once counted: the release hook uncounts marked sockets.
+    if count_bind(key) {
+        *counted = key;
+    }
+}
+
+/// Adds one to the local-binds count of `key`; false when the table is
+/// full.
+#[inline(always)]
+fn count_bind(key: ScopePort) -> bool {
     if LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
-        return;
+        return true;
     }
     match LOCAL_BINDS.get_ptr_mut(key) {
         // SAFETY: `count` points at a live, aligned u32 map value.
         Some(count) => unsafe {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1);
+            true
         },
         // The last sibling was released between the two calls.
-        None => {
-            let _ = LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST));
-        }
+        None => LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok(),
     }
 }
 
