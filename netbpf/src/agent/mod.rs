@@ -91,6 +91,8 @@ impl PolicySource {
 pub struct Node {
     /// The cgroup v2 mount.
     pub mount: PathBuf,
+    /// How deep in the cgroup hierarchy the mounted directory is.
+    pub mount_level: u16,
     /// The cgroup the socket programs attach to, and below which
     /// containers are followed.
     pub cgroup_root: PathBuf,
@@ -819,7 +821,12 @@ impl Agent {
     /// Every scope instance matched now, with its rules.
     fn resolve(&mut self) -> Vec<Resolved> {
         let workloads = self.described_workloads();
-        let mut assignments = plan::assign(&self.policy, &workloads, &self.node.mount);
+        let mut assignments = plan::assign(
+            &self.policy,
+            &workloads,
+            &self.node.mount,
+            self.node.mount_level,
+        );
         for (index, def) in self.policy.scopes.iter().enumerate() {
             let Selector::Netns(path) = &def.selector else {
                 continue;

@@ -29,9 +29,13 @@ impl NodeArgs {
         cgroup_root: Option<&PathBuf>,
         netns: Option<&PathBuf>,
     ) -> anyhow::Result<Node> {
-        let mount = cgroup::cgroup2_mount()
-            .context("finding the cgroup v2 mount")?
-            .canonicalize()?;
+        let cgroup2 = cgroup::cgroup2_mount().context("finding the cgroup v2 mount")?;
+        if cgroup::in_own_cgroup_namespace().unwrap_or(false) {
+            tracing::warn!(
+                "netbpf runs in a cgroup namespace of its own: the cgroup depths it computes fall short of the kernel's, and containers' scopes may be missed (run it in the host's cgroup namespace, e.g. `--cgroupns=host`)"
+            );
+        }
+        let mount = cgroup2.point.canonicalize()?;
         let cgroup_root = match self.cgroup_root.as_ref().or(cgroup_root) {
             Some(root) => root
                 .canonicalize()
@@ -47,6 +51,7 @@ impl NodeArgs {
         let other_netns = self.netns.as_ref().or(netns).cloned();
         Ok(Node {
             mount,
+            mount_level: cgroup2.root_level,
             cgroup_root,
             netns: other_netns
                 .clone()

@@ -9,10 +9,20 @@ use std::{
 
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 
-/// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`
-/// (`/sys/fs/cgroup` on most hosts, `/sys/fs/cgroup/unified` in hybrid
-/// mode).
-pub fn cgroup2_mount() -> io::Result<PathBuf> {
+/// The cgroup v2 hierarchy as this process sees it mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup2Mount {
+    /// Where it is mounted (`/sys/fs/cgroup` on most hosts,
+    /// `/sys/fs/cgroup/unified` in hybrid mode).
+    pub point: PathBuf,
+    /// How deep in the hierarchy the mounted directory is: 0 when the
+    /// mount shows the whole hierarchy, more when it shows a subtree. The
+    /// kernel counts cgroup levels from the hierarchy's root.
+    pub root_level: u16,
+}
+
+/// The cgroup v2 mount, from `/proc/self/mountinfo`.
+pub fn cgroup2_mount() -> io::Result<Cgroup2Mount> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     find_cgroup2_mount(&mountinfo).ok_or_else(|| {
         io::Error::new(
@@ -22,18 +32,36 @@ pub fn cgroup2_mount() -> io::Result<PathBuf> {
     })
 }
 
-/// The first cgroup2 mount point listed in a mountinfo text.
-fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+/// The first cgroup2 mount listed in a mountinfo text: its mount point
+/// (field 5) and the depth of its root (field 4).
+fn find_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
     mountinfo.lines().find_map(|line| {
         let (mount, filesystem) = line.split_once(" - ")?;
         if filesystem.split_whitespace().next()? != "cgroup2" {
             return None;
         }
-        mount
-            .split_whitespace()
-            .nth(4)
-            .map(|point| PathBuf::from(unescape_octal(point)))
+        let mut fields = mount.split_whitespace().skip(3);
+        let root = unescape_octal(fields.next()?);
+        let point = PathBuf::from(unescape_octal(fields.next()?));
+        let depth = Path::new(&root)
+            .components()
+            .filter(|component| matches!(component, std::path::Component::Normal(_)))
+            .count();
+        Some(Cgroup2Mount {
+            point,
+            root_level: u16::try_from(depth).unwrap_or(u16::MAX),
+        })
     })
+}
+
+/// The inode of the initial cgroup namespace (`PROC_CGROUP_INIT_INO`).
+const INITIAL_CGROUP_NAMESPACE: u64 = 0xEFFF_FFFB;
+
+/// Whether this process runs in a cgroup namespace of its own. The
+/// hierarchy it sees then starts at the namespace's cgroup, and the depths
+/// it computes from its paths fall short of the kernel's.
+pub fn in_own_cgroup_namespace() -> io::Result<bool> {
+    Ok(fs::metadata("/proc/self/ns/cgroup")?.ino() != INITIAL_CGROUP_NAMESPACE)
 }
 
 /// Undoes mountinfo's `\040`-style escapes of spaces, tabs and newlines.
@@ -95,11 +123,27 @@ mod tests {
 ";
         assert_eq!(
             find_cgroup2_mount(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+            Some(Cgroup2Mount {
+                point: PathBuf::from("/sys/fs/cgroup/unified"),
+                root_level: 0,
+            })
         );
         assert_eq!(
             find_cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/vda rw\n"),
             None
+        );
+    }
+
+    #[test]
+    fn counts_the_depth_of_a_mounted_subtree() {
+        let mountinfo =
+            "40 30 0:27 /kubepods.slice/pod\\040a /host/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            find_cgroup2_mount(mountinfo),
+            Some(Cgroup2Mount {
+                point: PathBuf::from("/host/cgroup"),
+                root_level: 2,
+            })
         );
     }
 

@@ -63,9 +63,16 @@ pub struct Assignment {
 }
 
 /// Gives each workload the first scope (in policy order) that selects it.
-/// Workloads of one pod share one instance, on the pod's cgroup.
+/// Workloads of one pod share one instance, on the pod's cgroup. `mount`
+/// is the cgroup v2 mount, its directory `mount_level` deep in the
+/// hierarchy.
 #[must_use]
-pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assignment> {
+pub fn assign(
+    policy: &Policy,
+    workloads: &[Workload],
+    mount: &Path,
+    mount_level: u16,
+) -> Vec<Assignment> {
     let by_path: HashMap<&Path, &Workload> = workloads
         .iter()
         .map(|workload| (workload.cgroup.as_path(), workload))
@@ -118,7 +125,7 @@ pub fn assign(policy: &Policy, workloads: &[Workload], mount: &Path) -> Vec<Assi
                 scope,
                 key: ScopeKey::Cgroup(key),
                 instance,
-                level: cgroup_level(mount, &place),
+                level: mount_level.saturating_add(cgroup_level(mount, &place)),
                 place,
                 captures,
                 container: described,

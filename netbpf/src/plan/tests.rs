@@ -70,7 +70,7 @@ fn each_workload_gets_the_first_scope_that_selects_it() {
         workload("test/b/deeper", 3, None),
         workload("other", 4, Some("db")),
     ];
-    let assigned = assign(&policy, &workloads, Path::new("/sys/fs/cgroup"));
+    let assigned = assign(&policy, &workloads, Path::new("/sys/fs/cgroup"), 0);
     let summary: Vec<(usize, ScopeKey, &str)> = assigned
         .iter()
         .map(|found| (found.scope, found.key, found.instance.as_str()))
@@ -83,6 +83,13 @@ fn each_workload_gets_the_first_scope_that_selects_it() {
         ]
     );
     assert_eq!(assigned[0].captures["n"], "1");
+    let levels: Vec<u16> = assigned.iter().map(|found| found.level).collect();
+    assert_eq!(levels, [2, 2]);
+    // A mount of a subtree three levels deep: the kernel counts from the
+    // hierarchy's root.
+    let assigned = assign(&policy, &workloads, Path::new("/sys/fs/cgroup"), 3);
+    let levels: Vec<u16> = assigned.iter().map(|found| found.level).collect();
+    assert_eq!(levels, [5, 5]);
 }
 
 #[test]
@@ -92,7 +99,7 @@ fn a_later_instance_that_conflicts_fails_alone() {
          bind = [{ port = 3000, to = 7000 }]\nforward = [{ from = \"localhost:1-65534\", to = \"10.0.0.1\" }]\n",
     );
     let workloads = [workload("a", 1, Some("w-a")), workload("b", 2, Some("w-b"))];
-    let assigned = assign(&policy, &workloads, Path::new("/"));
+    let assigned = assign(&policy, &workloads, Path::new("/"), 0);
     let mut ids = ScopeIds::default();
     let mut slots = RuleSlots::default();
     let (plan, outcomes) = compile(
@@ -139,7 +146,7 @@ fn remaps_claim_ports_in_their_own_network_namespace() {
          bind = [{ port = 80, to = 8080 }]\n",
     );
     let workloads = [workload("a", 1, Some("w-a")), workload("b", 2, Some("w-b"))];
-    let mut resolved = resolved(&policy, assign(&policy, &workloads, Path::new("/")));
+    let mut resolved = resolved(&policy, assign(&policy, &workloads, Path::new("/"), 0));
     resolved[0].network = Some(1001);
     resolved[1].network = Some(1002);
     let (_, outcomes) = compile(
@@ -164,7 +171,7 @@ fn ids_and_slots_stay_while_their_instance_does() {
     let mut ids = ScopeIds::default();
     let mut slots = RuleSlots::default();
     let mut compiled = |workloads: &[Workload]| {
-        let assigned = assign(&policy, workloads, Path::new("/"));
+        let assigned = assign(&policy, workloads, Path::new("/"), 0);
         let (_, outcomes) = compile(
             &policy,
             resolved(&policy, assigned),
