@@ -304,6 +304,11 @@ pub fn check(baseline: &Path, bless: bool) -> anyhow::Result<()> {
             ));
         }
     }
+    for name in expected.keys().filter(|name| !counts.contains_key(*name)) {
+        failures.push(format!(
+            "{name} is in the baseline but netbpf loads no such program now (bless the baseline with --bless)"
+        ));
+    }
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! The `bpf()` calls aya does not offer for the bench: loading an empty
-//! program (the floor every program's cost is measured against), linking
-//! it to a cgroup, and `BPF_PROG_TEST_RUN` with a context (`sk_lookup`).
+//! The `bpf()` calls aya does not offer for the bench: turning the run-time
+//! statistics on, loading an empty program (the floor every program's cost
+//! is measured against), linking it to a cgroup, and `BPF_PROG_TEST_RUN`
+//! with a context (`sk_lookup`).
 
 use std::{
     io,
@@ -10,6 +11,9 @@ use std::{
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_ENABLE_STATS: libc::c_long = 32;
+/// `BPF_STATS_RUN_TIME`: `run_time_ns` and `run_cnt` of every program.
+const BPF_STATS_RUN_TIME: u32 = 0;
 
 /// `BPF_PROG_TYPE_CGROUP_SOCK`: `post_bind`, `sock_release`.
 pub const CGROUP_SOCK: u32 = 9;
@@ -71,9 +75,20 @@ fn owned(fd: i64) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Loads a program of `prog_type` for `attach_type` that only returns 1
-/// (let the call go on; for tc and `sk_lookup`, a verdict that passes the
-/// packet on): the cost of running any program at that hook.
+/// Turns the kernel's run-time statistics of every program on until the
+/// returned descriptor closes (as `kernel.bpf_stats_enabled` would, but
+/// undone by the kernel itself however this process ends).
+pub fn enable_run_time_stats() -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.u32(0, BPF_STATS_RUN_TIME);
+    owned(attr.call(BPF_ENABLE_STATS)?)
+}
+
+/// Loads a program of `prog_type` for `attach_type` that only returns 1:
+/// the cost of running any program at that hook. At the cgroup hooks 1
+/// lets the call go on; at tc it is `TC_ACT_RECLASSIFY` and at `sk_lookup`
+/// `SK_PASS`, verdicts nothing acts on under `BPF_PROG_TEST_RUN`, the only
+/// way the bench runs those.
 pub fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> io::Result<OwnedFd> {
     // r0 = 1; exit
     let instructions: [u64; 2] = [
