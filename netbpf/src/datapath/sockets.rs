@@ -37,6 +37,11 @@ fn present<K: Copy + Ord>(set: &BTreeSet<K>) -> BTreeMap<K, u8> {
 fn forgiving(result: Result<(), MapError>) -> Result<(), MapError> {
     match result {
         Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(error))
+            if error.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
