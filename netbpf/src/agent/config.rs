@@ -2,7 +2,10 @@
 //! it attaches, and how large its maps are. Every key is optional; each
 //! default is documented where it is defined, and in docs/agent.md.
 
-use std::path::{Path, PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use serde::Deserialize;
 
@@ -36,6 +39,9 @@ pub struct Config {
     /// where host services listen and MSS clamps find interfaces. Default:
     /// the agent's own.
     pub netns: Option<PathBuf>,
+    /// Where Prometheus metrics are served (`GET /metrics`), as
+    /// `ADDRESS:PORT`, e.g. `127.0.0.1:9981`. Default: none, metrics off.
+    pub metrics: Option<SocketAddr>,
     /// The container runtimes' API sockets.
     pub runtimes: Runtimes,
     /// How large the maps are.
@@ -92,6 +98,7 @@ impl Default for Config {
             pin_dir: PathBuf::from("/sys/fs/bpf/netbpf"),
             cgroup_root: None,
             netns: None,
+            metrics: None,
             runtimes: Runtimes::default(),
             capacity: Capacity::default(),
         }

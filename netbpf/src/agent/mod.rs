@@ -10,6 +10,7 @@ pub mod existing_binds;
 mod facts;
 mod grant_guard;
 pub mod host_services;
+mod metrics;
 pub mod mss_clamp;
 mod policy_watch;
 mod report;
@@ -162,6 +163,8 @@ pub struct Agent {
     pub last_reload: Option<LastReload>,
     /// How long after a cgroup appeared its policy was in the maps.
     pub delays: Delays,
+    /// What the metrics count as things happen.
+    events: metrics::Events,
 }
 
 /// The delays from a cgroup's appearing (its inotify event) to its scope
@@ -288,6 +291,7 @@ impl Agent {
             runtime_events,
             last_reload: None,
             delays: Delays::default(),
+            events: metrics::Events::default(),
         };
         agent.restore_hooked();
         for (path, id) in present {
@@ -322,6 +326,7 @@ impl Agent {
     pub async fn serve(
         &mut self,
         listener: UnixListener,
+        metrics: Option<tokio::net::TcpListener>,
         signals: &mut Signals,
     ) -> anyhow::Result<()> {
         // Host services are looked for every second: a restarted service
@@ -334,6 +339,11 @@ impl Agent {
         let mut policy_changed: Option<tokio::time::Instant> = None;
         // Control clients' requests, each with where its answer goes.
         let (asking, mut requests) = tokio::sync::mpsc::channel::<ControlRequest>(16);
+        // Metrics scrapes, answered by the loop like control requests.
+        let (scraping, mut scrapes) = tokio::sync::mpsc::channel(16);
+        if let Some(listener) = metrics {
+            tokio::spawn(metrics::serve(listener, scraping));
+        }
         loop {
             let settled = policy_changed.unwrap_or_else(tokio::time::Instant::now);
             let waiting = self.waiting();
@@ -369,6 +379,9 @@ impl Agent {
                 events = next_link_events(self.links.as_mut()) => self.follow_links(events),
                 Some((request, reply)) = requests.recv() => {
                     let _ = reply.send(self.answer(request));
+                }
+                Some(reply) = scrapes.recv() => {
+                    let _ = reply.send(self.metrics_text());
                 }
                 accepted = listener.accept() => match accepted {
                     // Read and written in a task of its own: a slow client
@@ -494,6 +507,7 @@ impl Agent {
         self.reconcile_logged();
         if added {
             self.delays.record(seen.elapsed());
+            self.events.discovered(seen.elapsed());
         }
     }
 
@@ -568,11 +582,23 @@ impl Agent {
     fn follow_runtime(&mut self, event: EngineEvent) {
         match event {
             EngineEvent::Known(container) => {
-                tracing::info!(runtime = ?container.runtime, id = %container.id, name = ?container.name, "container described");
+                tracing::info!(
+                    runtime = %runtime_name(container.runtime),
+                    id = %container.id,
+                    name = container.name.as_deref().unwrap_or(""),
+                    "container described"
+                );
                 self.described.insert(container.id.clone(), container);
             }
             EngineEvent::Gone(id) => {
-                self.described.remove(&id);
+                if let Some(container) = self.described.remove(&id) {
+                    tracing::info!(
+                        runtime = %runtime_name(container.runtime),
+                        %id,
+                        name = container.name.as_deref().unwrap_or(""),
+                        "container gone"
+                    );
+                }
             }
             EngineEvent::Rewired(id) => {
                 tracing::info!(%id, "container joined or left a network: resolving its rules again");
@@ -634,7 +660,13 @@ impl Agent {
             pod: None,
         });
         if let Some(container) = &container {
-            tracing::info!(cgroup = %path.display(), id = %container.id, "container found");
+            tracing::info!(
+                runtime = %runtime_name(container.runtime),
+                id = %container.id,
+                name = self.described.get(&container.id).and_then(|known| known.name.as_deref()).unwrap_or(""),
+                cgroup = %path.display(),
+                "container found"
+            );
             // containerd wrote the container's bundle before its cgroup:
             // its names and labels are there.
             let by_containerd = matches!(
@@ -953,16 +985,22 @@ impl Agent {
                 "{}/{}",
                 self.policy.scopes[outcome.assignment.scope].name, outcome.assignment.instance
             );
+            let container = outcome.assignment.container.as_ref();
+            let container_name = container.and_then(|c| c.name.as_deref()).unwrap_or("");
+            let container_id = container.map_or("", |c| c.id.as_str());
             match &outcome.applied {
                 Ok((id, _)) if !known.contains(id) => {
-                    tracing::info!(scope = %name, id, "scope instance applied");
+                    tracing::info!(scope = %name, id, container = container_name, container_id, "scope instance applied");
                 }
                 Err(error)
                     if !self.outcomes.iter().any(|old| {
                         old.assignment == outcome.assignment && old.applied.is_err()
                     }) =>
                 {
-                    tracing::warn!(scope = %name, %error, "scope instance not applied");
+                    if let Some(map) = plan::full_map(error) {
+                        self.events.refused_for_full_map(map);
+                    }
+                    tracing::warn!(scope = %name, container = container_name, container_id, %error, "scope instance not applied");
                 }
                 _ => {}
             }
@@ -1100,6 +1138,7 @@ impl Agent {
                 "policy not reloaded: the running one stays"
             ),
         }
+        self.events.reloaded(reloaded.is_err());
         self.last_reload = Some(LastReload {
             at: std::time::SystemTime::now(),
             error: reloaded.as_ref().err().map(|error| format!("{error:#}")),
@@ -1202,4 +1241,9 @@ async fn next_link_events(links: Option<&mut LinkWatcher>) -> io::Result<Vec<Lin
         Some(links) => links.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// A runtime's name in log lines; `unknown` until one claims the container.
+fn runtime_name(runtime: Option<Runtime>) -> String {
+    runtime.map_or_else(|| "unknown".to_owned(), |runtime| runtime.to_string())
 }

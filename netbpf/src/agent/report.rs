@@ -1,8 +1,10 @@
 //! The status document of a running netbpf, read from what it applied
 //! and from the datapath's counters.
 
+use std::collections::BTreeMap;
+
 use super::{
-    Agent,
+    Agent, metrics,
     status::{
         AliasStatus, BindStatus, DiscoveryStatus, ForwardStatus, GrantStatus, HostServiceStatus,
         MssClampStatus, ReloadStatus, ScopeStatus, Status,
@@ -14,6 +16,37 @@ use crate::{
 };
 
 impl Agent {
+    /// The metrics text of a scrape: the counters of the status, and what
+    /// the agent follows and holds.
+    pub(super) fn metrics_text(&self) -> String {
+        let status = match self.status() {
+            Ok(status) => status,
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "reading the counters for metrics failed"
+                );
+                return String::new();
+            }
+        };
+        let mut containers = BTreeMap::new();
+        for container in self
+            .described_workloads()
+            .into_iter()
+            .filter_map(|workload| workload.container)
+        {
+            *containers
+                .entry(super::runtime_name(container.runtime))
+                .or_insert(0) += 1;
+        }
+        let snapshot = metrics::Snapshot {
+            status,
+            containers,
+            maps: self.capacity.fill(&self.plan),
+        };
+        metrics::render(&self.events, &snapshot)
+    }
+
     /// The status of everything this agent applied, with its counters.
     pub fn status(&self) -> anyhow::Result<Status> {
         let agent = self;

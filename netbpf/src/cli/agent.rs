@@ -8,7 +8,10 @@ use crate::{
         PolicySource,
         config::{Config, DEFAULT_CONFIG},
     },
-    cli::{node::NodeArgs, serve::serve},
+    cli::{
+        node::NodeArgs,
+        serve::{Serving, serve},
+    },
     datapath::Pins,
 };
 
@@ -24,6 +27,10 @@ pub struct AgentArgs {
     /// The run directory, in place of the configuration's `run_dir`.
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDRESS:PORT, in place of the
+    /// configuration's `metrics`.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -40,7 +47,10 @@ pub fn agent(args: &AgentArgs) -> anyhow::Result<()> {
         PolicySource::Dir(policy_dir),
         &config.runtimes,
         config.capacity,
-        &run_dir,
+        Serving {
+            run_dir: &run_dir,
+            metrics: args.metrics.or(config.metrics),
+        },
         Some(&Pins::new(&config.pin_dir)),
     )
 }

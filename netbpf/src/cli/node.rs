@@ -30,9 +30,9 @@ impl NodeArgs {
         netns: Option<&PathBuf>,
     ) -> anyhow::Result<Node> {
         let cgroup2 = cgroup::cgroup2_mount().context("finding the cgroup v2 mount")?;
-        if cgroup::in_own_cgroup_namespace().unwrap_or(false) {
+        if !cgroup2.above_namespace && cgroup::in_own_cgroup_namespace().unwrap_or(false) {
             tracing::warn!(
-                "netbpf runs in a cgroup namespace of its own: the cgroup depths it computes fall short of the kernel's, and containers' scopes may be missed (run it in the host's cgroup namespace, e.g. `--cgroupns=host`)"
+                "netbpf runs in a cgroup namespace of its own with cgroup2 mounted from inside it: the cgroup depths it computes may fall short of the kernel's, and containers' scopes be missed (bind the host's /sys/fs/cgroup in, or run in the host's cgroup namespace)"
             );
         }
         let mount = cgroup2.point.canonicalize()?;

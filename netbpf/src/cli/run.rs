@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use crate::{
     agent::{PolicySource, config::Runtimes, control},
-    cli::{node::NodeArgs, serve::serve},
+    cli::{
+        node::NodeArgs,
+        serve::{Serving, serve},
+    },
     plan::Capacity,
 };
 
@@ -19,6 +22,9 @@ pub struct RunArgs {
     /// Directory of the control socket that `netbpf status` reads.
     #[arg(long, default_value = control::DEFAULT_RUN_DIR)]
     run_dir: PathBuf,
+    /// Serve Prometheus metrics on ADDRESS:PORT (default: off).
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
@@ -28,7 +34,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
         PolicySource::File(args.policy.clone()),
         &Runtimes::default(),
         Capacity::default(),
-        &args.run_dir,
+        Serving {
+            run_dir: &args.run_dir,
+            metrics: args.metrics,
+        },
         None,
     )
 }

@@ -10,17 +10,27 @@ use crate::{
     plan::Capacity,
 };
 
-/// Runs an agent on `node` with the policy from `source`, its control
-/// socket in `run_dir`, until SIGINT or SIGTERM. With `pins` the
-/// datapath stays in force when it stops; without, it goes with it.
+/// Where a running agent answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving<'a> {
+    /// The directory of its control socket.
+    pub run_dir: &'a std::path::Path,
+    /// Where it serves Prometheus metrics, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// Runs an agent on `node` with the policy from `source`, answering as
+/// `serving` says, until SIGINT or SIGTERM. With `pins` the datapath stays
+/// in force when it stops; without, it goes with it.
 pub fn serve(
     node: Node,
     source: PolicySource,
     runtimes: &Runtimes,
     capacity: Capacity,
-    run_dir: &std::path::Path,
+    serving: Serving<'_>,
     pins: Option<&Pins>,
 ) -> anyhow::Result<()> {
+    let run_dir = serving.run_dir;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -31,7 +41,21 @@ pub fn serve(
     let mut signals = Signals::install()?;
     // Validated before the run directory is claimed or the kernel touched.
     source.load()?;
+    crate::host::capabilities::check()?;
     let mut run_dir_lock = RunDir::claim(run_dir)?;
+    // Taken before the kernel is touched: an address in use fails the
+    // start, not a later scrape.
+    let metrics = serving
+        .metrics
+        .map(|address| {
+            std::net::TcpListener::bind(address)
+                .and_then(|listener| {
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)
+                })
+                .with_context(|| format!("serving metrics on {address}"))
+        })
+        .transpose()?;
     // What the runtimes run now is known before the maps are touched.
     let described = runtime.block_on(engine::list_all(
         &runtimes.sockets(),
@@ -49,8 +73,11 @@ pub fn serve(
     )?;
     print!("{}", agent.status()?.render());
     tracing::info!(run_dir = %run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
+    if let Some(address) = serving.metrics {
+        tracing::info!(%address, "serving Prometheus metrics on GET /metrics");
+    }
     let listener = run_dir_lock.take_listener()?;
-    runtime.block_on(agent.serve(listener, &mut signals))?;
+    runtime.block_on(agent.serve(listener, metrics, &mut signals))?;
     if let Some(pins) = pins {
         tracing::info!(pins = %pins.dir().display(), "stopping: the pinned datapath stays in force (`netbpf uninstall` removes it)");
     } else {

@@ -19,6 +19,11 @@ pub struct Cgroup2Mount {
     /// mount shows the whole hierarchy, more when it shows a subtree. The
     /// kernel counts cgroup levels from the hierarchy's root.
     pub root_level: u16,
+    /// Whether the mount's root is above this process's cgroup namespace
+    /// (mountinfo shows it as `/..`): the whole hierarchy bound in from the
+    /// host, as a container's hostPath of `/sys/fs/cgroup` is. Its depth is
+    /// then known, in a cgroup namespace too.
+    pub above_namespace: bool,
 }
 
 /// The cgroup v2 mount, from `/proc/self/mountinfo`.
@@ -50,6 +55,7 @@ fn find_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {
         Some(Cgroup2Mount {
             point,
             root_level: u16::try_from(depth).unwrap_or(u16::MAX),
+            above_namespace: root.starts_with("/.."),
         })
     })
 }
@@ -126,6 +132,7 @@ mod tests {
             Some(Cgroup2Mount {
                 point: PathBuf::from("/sys/fs/cgroup/unified"),
                 root_level: 0,
+                above_namespace: false,
             })
         );
         assert_eq!(
@@ -143,8 +150,12 @@ mod tests {
             Some(Cgroup2Mount {
                 point: PathBuf::from("/host/cgroup"),
                 root_level: 2,
+                above_namespace: false,
             })
         );
+        let bound_in = "41 30 0:27 /../../.. /sys/fs/cgroup ro - cgroup2 cgroup2 rw\n";
+        let mount = find_cgroup2_mount(bound_in).unwrap();
+        assert_eq!((mount.root_level, mount.above_namespace), (0, true));
     }
 
     #[test]

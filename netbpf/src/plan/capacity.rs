@@ -62,7 +62,33 @@ impl Capacity {
     /// full otherwise. Entries both hold (a gateway port instances share)
     /// count once.
     pub fn check(&self, plan: &Plan, more: &Plan) -> Result<(), String> {
-        let maps = [
+        for (map, entries, capacity, setting) in self.rule_maps(plan, more) {
+            if entries > capacity as usize {
+                return Err(format!(
+                    "map {map} is full: {entries} entries needed, it holds {capacity} (raise capacity.{setting})"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// How full the maps a plan fills are: (map, entries, capacity).
+    #[must_use]
+    pub fn fill(&self, plan: &Plan) -> Vec<(&'static str, usize, u32)> {
+        let scopes = [
+            ("CGROUP_SCOPES", plan.cgroup_scopes.len(), self.scopes),
+            ("NETNS_SCOPES", plan.netns_scopes.len(), self.scopes),
+        ];
+        let rules = self
+            .rule_maps(plan, &Plan::default())
+            .map(|(map, entries, capacity, _)| (map, entries, capacity));
+        scopes.into_iter().chain(rules).collect()
+    }
+
+    /// The maps of rules: (map, entries `plan` and `more` need together,
+    /// capacity, the setting of that capacity).
+    fn rule_maps(&self, plan: &Plan, more: &Plan) -> [(&'static str, usize, u32, &'static str); 6] {
+        [
             (
                 "FORWARD_PORTS",
                 together(&plan.forward_ports, &more.forward_ports),
@@ -99,16 +125,18 @@ impl Capacity {
                 self.service_addresses,
                 "service_addresses",
             ),
-        ];
-        for (map, entries, capacity, setting) in maps {
-            if entries > capacity as usize {
-                return Err(format!(
-                    "map {map} is full: {entries} entries needed, it holds {capacity} (raise capacity.{setting})"
-                ));
-            }
-        }
-        Ok(())
+        ]
     }
+}
+
+/// The map a [`Capacity::check`] error says is full.
+#[must_use]
+pub fn full_map(error: &str) -> Option<&str> {
+    error
+        .split_once("map ")?
+        .1
+        .split_once(" is full")
+        .map(|(map, _)| map)
 }
 
 /// How many keys `a` and `b` hold together.
@@ -144,9 +172,10 @@ mod tests {
         let held = with_services(&[18188, 18189]);
         assert_eq!(capacity.check(&held, &with_services(&[18188])), Ok(()));
         let error = capacity.check(&held, &with_services(&[18190])).unwrap_err();
-        assert!(
-            error.contains("HOST_SERVICES") && error.contains("capacity.service_addresses"),
-            "{error}"
-        );
+        assert!(error.contains("capacity.service_addresses"), "{error}");
+        assert_eq!(full_map(&error), Some("HOST_SERVICES"));
+        assert_eq!(full_map("no such thing"), None);
+        let fill = capacity.fill(&held);
+        assert!(fill.contains(&("HOST_SERVICES", 2, 2)), "{fill:?}");
     }
 }

@@ -26,7 +26,7 @@ use netbpf_common::{
 };
 
 pub use self::{
-    capacity::Capacity,
+    capacity::{Capacity, full_map},
     ids::{RuleSlots, ScopeIds},
 };
 use crate::{
