@@ -14,9 +14,11 @@ mod cgroup;
 mod containerd;
 mod docker;
 mod images;
+mod metrics;
 mod netns;
 pub mod packet;
 mod packet_socket;
+pub mod pod_spec;
 mod process;
 mod site;
 mod topology;
@@ -29,6 +31,7 @@ pub use self::{
     containerd::Containerd,
     docker::DockerDaemon,
     images::{busybox_rootfs, ensure_podman_image},
+    metrics::Scrape,
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},
     process::{Process, Spawn, run_checked},

@@ -4,6 +4,8 @@
 mod bench;
 mod cmd;
 mod demo;
+mod deploy;
+mod image;
 mod setup;
 mod test;
 
@@ -30,6 +32,12 @@ enum Command {
     Test,
     /// Show localhost forwarding on a throw-away desktop/bridge topology.
     Demo,
+    /// Check deploy/ offline: the systemd unit with systemd-analyze, the
+    /// Kubernetes manifest against the API's schemas.
+    CheckDeploy,
+    /// Build the agent's container image offline with Podman
+    /// (`localhost/netbpf`), and save it under target/image/.
+    Image(image::ImageArgs),
     /// Measure netbpf against no program and the iptables way, side by
     /// side; writes docs/benchmarks.md, its plots and the raw figures.
     Bench(bench::BenchArgs),
@@ -42,6 +50,8 @@ fn main() -> anyhow::Result<()> {
         Command::Build => build(&workspace).map(drop),
         Command::Test => test::test(&workspace),
         Command::Demo => demo::demo(&workspace),
+        Command::CheckDeploy => deploy::check(&workspace),
+        Command::Image(args) => image::image(&workspace, &args).map(drop),
         Command::Bench(args) => bench::bench(&workspace, args),
     }
 }

@@ -35,6 +35,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",            // podman's runtime here (crun refuses hybrid cgroups)
     "busybox-static",  // the root file system of the test image
     "iperf3",          // the throughput benchmark
+    "systemd",         // systemd-analyze: the unit's check
+    "libcap2-bin",     // capsh: the capabilities the unit names
+    "python3-venv",    // the manifest's validators, in a virtualenv of their own
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.

@@ -1,6 +1,7 @@
-//! `cargo xtask test`: the whole suite. Lints first (they are quick), then
-//! every test of the workspace, the privileged ones included: they load
-//! the programs into this kernel and fail, never skip, where they cannot.
+//! `cargo xtask test`: the whole suite. The binaries and the agent's image
+//! first, lints (they are quick), then every test of the workspace, the
+//! privileged ones included: they load the programs into this kernel and
+//! fail, never skip, where they cannot.
 //! Last the benchmarks' verifier check and their quick mode, so a program
 //! that grew or a benchmark that broke fails the suite.
 
@@ -8,7 +9,9 @@ use std::{path::Path, process::Command};
 
 use crate::{
     bench::{self, BenchArgs},
-    build, build_next, cmd, setup,
+    build, build_next, cmd, deploy,
+    image::{self, ImageArgs},
+    setup,
 };
 
 pub fn test(workspace: &Path) -> anyhow::Result<()> {
@@ -16,18 +19,21 @@ pub fn test(workspace: &Path) -> anyhow::Result<()> {
     setup::test_environment()?;
     let next = build_next(workspace)?;
     let netbpf = build(workspace)?;
+    let image = image::image(workspace, &ImageArgs { debug: true })?;
     cmd::cargo(workspace, &["fmt", "--all", "--", "--check"])?;
     cmd::cargo(
         workspace,
         &["clippy", "--all-targets", "--", "-D", "warnings"],
     )?;
     clippy_ebpf(workspace)?;
+    deploy::check(workspace)?;
     cmd::run(
         Command::new(env!("CARGO"))
             .args(["test", "--workspace", "--exclude", "netbpf-ebpf"])
             .current_dir(workspace)
             .env("NETBPF_BIN", netbpf)
-            .env("NETBPF_NEXT_BIN", next),
+            .env("NETBPF_NEXT_BIN", next)
+            .env("NETBPF_IMAGE", image),
     )?;
     for args in [
         BenchArgs {

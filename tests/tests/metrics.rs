@@ -1,0 +1,111 @@
+//! The agent's Prometheus metrics, scraped from a running netbpf while
+//! real traffic crosses its forward: the figures move with it.
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use netbpf_testenv::{
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Scrape, netbpf_binary, require_root,
+};
+
+/// A loopback address with a port nobody listens on now.
+fn free_loopback_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[test]
+fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
+    require_root();
+    let topology = DesktopTopology::new().expect("building the desktop topology");
+    let policy = format!(
+        "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
+         forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}]\n",
+        topology.desktop.path().display()
+    );
+    let file = topology.file("policy.toml");
+    std::fs::write(&file, &policy).unwrap();
+    let address = free_loopback_address();
+    let mut netbpf = NetbpfRun::start_with(
+        &netbpf_binary(),
+        &file,
+        topology.root.path(),
+        topology.work.path(),
+        &["--metrics", &address.to_string()],
+    )
+    .expect("starting netbpf run");
+    let _server = topology
+        .start_http_server(BRIDGE_V4, 8082, "published")
+        .unwrap();
+    let forward = [
+        ("scope", "desktop"),
+        ("kind", "forward"),
+        ("rule", "localhost:8082 -> 10.200.1.1:8082"),
+    ];
+
+    let before = Scrape::fetch(address, None).unwrap();
+    assert!(
+        before
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        before.content_type
+    );
+    assert!(before.text.trim_end().ends_with("# EOF"), "{}", before.text);
+    assert_eq!(before.count("netbpf_rule_connects_total", &forward), 0);
+    assert_eq!(
+        before.count("netbpf_map_entries", &[("map", "FORWARD_PORTS")]),
+        1
+    );
+    assert!(before.count("netbpf_map_capacity_entries", &[("map", "FORWARD_PORTS")]) >= 1);
+    assert_eq!(
+        before.count("netbpf_scope_instances", &[("state", "applied")]),
+        1
+    );
+    assert_eq!(before.count("netbpf_policy_reloads_total", &[]), 0);
+    assert!(
+        before
+            .text
+            .contains("# TYPE netbpf_discovery_delay_seconds histogram")
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            topology
+                .curl(Place::Desktop, "http://localhost:8082/")
+                .unwrap(),
+            (0, "published".to_owned())
+        );
+    }
+    let after = Scrape::fetch(address, None).unwrap();
+    assert!(
+        after.count("netbpf_rule_connects_total", &forward) >= 3,
+        "{}",
+        after.text
+    );
+
+    // A good reload and a bad one: both counted, the bad one as an error.
+    netbpf.reload().unwrap();
+    std::fs::write(&file, "version = 1\n[[scope]]\nname = 3\n").unwrap();
+    netbpf.reload().unwrap();
+    // A cgroup appearing under the root: its discovery delay is observed.
+    let _late = topology.root.child("late").unwrap();
+    let mut scrape = Scrape::fetch(address, None).unwrap();
+    for _ in 0..50 {
+        if scrape.value("netbpf_discovery_delay_seconds_count", &[]) >= Some(1.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        scrape = Scrape::fetch(address, None).unwrap();
+    }
+    assert_eq!(scrape.count("netbpf_policy_reloads_total", &[]), 2);
+    assert_eq!(scrape.count("netbpf_policy_reload_errors_total", &[]), 1);
+    assert!(
+        scrape.count("netbpf_discovery_delay_seconds_count", &[]) >= 1,
+        "{}",
+        scrape.text
+    );
+    // Counters never go back: the running policy stayed.
+    assert!(scrape.count("netbpf_rule_connects_total", &forward) >= 3);
+}
