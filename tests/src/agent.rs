@@ -105,7 +105,6 @@ impl NetbpfRun {
         crate::process::die_with_parent(&mut command);
         let child = command
             .args(&args)
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

@@ -32,7 +32,7 @@ fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
         &file,
         topology.root.path(),
         topology.work.path(),
-        &["--metrics", &address.to_string()],
+        &["--metrics", &address.to_string(), "--log-format", "json"],
     )
     .expect("starting netbpf run");
     let _server = topology
@@ -108,4 +108,27 @@ fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
     );
     // Counters never go back: the running policy stayed.
     assert!(scrape.count("netbpf_rule_connects_total", &forward) >= 3);
+
+    // The log, written to a file: one JSON object per line, no colours.
+    let log = netbpf.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape sequences in the log:\n{log}"
+    );
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .collect();
+    let applied = events
+        .iter()
+        .find(|event| event["message"] == "scope instance applied")
+        .unwrap_or_else(|| panic!("no applied scope in:\n{log}"));
+    assert_eq!(applied["scope"], "desktop/desktop", "{applied}");
+    assert!(
+        events
+            .iter()
+            .any(|event| event["message"] == "policy not reloaded: the running one stays"),
+        "{log}"
+    );
 }
