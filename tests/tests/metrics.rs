@@ -109,8 +109,12 @@ fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
     // Counters never go back: the running policy stayed.
     assert!(scrape.count("netbpf_rule_connects_total", &forward) >= 3);
 
-    // The log, written to a file: one JSON object per line, no colours.
-    let log = netbpf.log();
+    assert_json_log(&netbpf.log());
+}
+
+/// The log, written to a file: one JSON object per line, no colours, the
+/// scope's application and the refused reload among its events.
+fn assert_json_log(log: &str) {
     assert!(
         !log.contains('\u{1b}'),
         "escape sequences in the log:\n{log}"
