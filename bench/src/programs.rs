@@ -12,15 +12,19 @@ use std::{
 };
 
 use anyhow::Context as _;
+use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use netbpf::{
-    datapath::{Datapath, GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM, MSS_OUT_PROGRAM, Optional},
+    datapath::{
+        Datapath, GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM, MSS_OUT_PROGRAM, Optional,
+        cgroup_hooks, sys,
+    },
     plan::Capacity,
 };
 use netbpf_common::MssConfig;
 use netbpf_testenv::{bpftool_json, packet::Segment};
 use serde::{Deserialize, Serialize};
 
-use crate::sys;
+use crate::sys::{enable_run_time_stats, test_run};
 
 /// The kernel's run-time statistics of programs, on while this lives: the
 /// kernel turns them off again when its descriptor closes, also when the
@@ -31,25 +35,24 @@ pub struct BpfStats {
 
 impl BpfStats {
     pub fn enable() -> anyhow::Result<Self> {
-        let enabled = sys::enable_run_time_stats()
+        let enabled = enable_run_time_stats()
             .context("turning on the kernel's BPF run-time statistics (BPF_ENABLE_STATS)")?;
         Ok(Self { _enabled: enabled })
     }
 }
 
-/// The hooks the bench's IPv4 clients exercise: netbpf's program there,
-/// and the attach type of an empty program beside it.
-const HOOKS: [(&str, u32, u32); 6] = [
-    // (netbpf's program, program type, attach type)
-    ("netbpf_connect4", sys::CGROUP_SOCK_ADDR, 10),
-    ("netbpf_getpeer4", sys::CGROUP_SOCK_ADDR, 29),
-    ("netbpf_sendmsg4", sys::CGROUP_SOCK_ADDR, 14),
-    ("netbpf_recvmsg4", sys::CGROUP_SOCK_ADDR, 19),
-    ("netbpf_bound4", sys::CGROUP_SOCK, 12),
-    ("netbpf_release", sys::CGROUP_SOCK, 34),
+/// The programs the bench's IPv4 clients exercise; an empty program goes
+/// beside each, at its hook.
+const MEASURED: [&str; 6] = [
+    "netbpf_connect4",
+    "netbpf_getpeer4",
+    "netbpf_sendmsg4",
+    "netbpf_recvmsg4",
+    "netbpf_bound4",
+    "netbpf_release",
 ];
 
-/// An empty program at each hook of [`HOOKS`], attached to a cgroup
+/// An empty program at the hook of each of [`MEASURED`], attached to a cgroup
 /// beside netbpf's; detached when dropped.
 pub struct EmptyPrograms {
     /// netbpf's program at the hook -> the empty one's kernel id.
@@ -63,12 +66,14 @@ impl EmptyPrograms {
             File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
         let mut ids = BTreeMap::new();
         let mut links = Vec::new();
-        for (index, (program, prog_type, attach_type)) in HOOKS.into_iter().enumerate() {
+        let hooks = cgroup_hooks().filter(|hook| MEASURED.contains(&hook.program));
+        for (index, hook) in hooks.enumerate() {
+            let (program, attach_type) = (hook.program, hook.attach_type as u32);
             let name = format!("nb_empty_{index}");
-            let fd = sys::load_empty(&name, prog_type, attach_type)
+            let fd = sys::load_trivial(&name, hook.prog_type(), attach_type)
                 .with_context(|| format!("loading an empty program beside {program}"))?;
             links.push(
-                sys::link_cgroup(fd.as_fd(), directory.as_fd(), attach_type)
+                sys::link_create(fd.as_fd(), directory.as_fd(), attach_type)
                     .with_context(|| format!("attaching an empty program beside {program}"))?,
             );
             ids.insert(program, program_id(&name)?);
@@ -214,12 +219,20 @@ pub fn test_runs(repeat: u32) -> anyhow::Result<BTreeMap<String, TestRun>> {
         ],
     );
     let ack = frame(0x10, &[]);
-    let empty_tc = sys::load_empty("nb_empty_tc", sys::SCHED_CLS, 0)?;
-    let empty_lookup = sys::load_empty("nb_empty_lookup", sys::SK_LOOKUP, sys::SK_LOOKUP_ATTACH)?;
+    let empty_tc = sys::load_trivial(
+        "nb_empty_tc",
+        bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS as u32,
+        0,
+    )?;
+    let empty_lookup = sys::load_trivial(
+        "nb_empty_lookup",
+        bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP as u32,
+        bpf_attach_type::BPF_SK_LOOKUP as u32,
+    )?;
     let mut results = BTreeMap::new();
     let mut time = |name: &str, program: &'static str, data: &[u8], context: &[u8]| {
         let run = |fd: std::os::fd::BorrowedFd<'_>| {
-            sys::test_run(fd, data, context, repeat)
+            test_run(fd, data, context, repeat)
                 .map(f64::from)
                 .with_context(|| format!("BPF_PROG_TEST_RUN of {program}"))
         };

@@ -1,30 +1,15 @@
-//! The `bpf()` calls aya does not offer for the bench: turning the run-time
-//! statistics on, loading an empty program (the floor every program's cost
-//! is measured against), linking it to a cgroup, and `BPF_PROG_TEST_RUN`
-//! with a context (`sk_lookup`).
+//! The `bpf()` calls only the bench makes: turning the run-time
+//! statistics on, and `BPF_PROG_TEST_RUN` with a context (`sk_lookup`).
 
 use std::{
     io,
     os::fd::{AsFd, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
 };
 
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ENABLE_STATS: libc::c_long = 32;
 /// `BPF_STATS_RUN_TIME`: `run_time_ns` and `run_cnt` of every program.
 const BPF_STATS_RUN_TIME: u32 = 0;
-
-/// `BPF_PROG_TYPE_CGROUP_SOCK`: `post_bind`, `sock_release`.
-pub const CGROUP_SOCK: u32 = 9;
-/// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR`: connect, sendmsg, recvmsg, getpeername.
-pub const CGROUP_SOCK_ADDR: u32 = 18;
-/// `BPF_PROG_TYPE_SCHED_CLS`: tc.
-pub const SCHED_CLS: u32 = 3;
-/// `BPF_PROG_TYPE_SK_LOOKUP`.
-pub const SK_LOOKUP: u32 = 30;
-/// `BPF_SK_LOOKUP`: the attach type an `sk_lookup` program is loaded for.
-pub const SK_LOOKUP_ATTACH: u32 = 36;
 
 /// `union bpf_attr`, as bytes: each command sets the fields it reads.
 struct Attr([u8; 128]);
@@ -82,44 +67,6 @@ pub fn enable_run_time_stats() -> io::Result<OwnedFd> {
     let mut attr = Attr::new();
     attr.u32(0, BPF_STATS_RUN_TIME);
     owned(attr.call(BPF_ENABLE_STATS)?)
-}
-
-/// Loads a program of `prog_type` for `attach_type` that only returns 1:
-/// the cost of running any program at that hook. At the cgroup hooks 1
-/// lets the call go on; at tc it is `TC_ACT_RECLASSIFY` and at `sk_lookup`
-/// `SK_PASS`, verdicts nothing acts on under `BPF_PROG_TEST_RUN`, the only
-/// way the bench runs those.
-pub fn load_empty(name: &str, prog_type: u32, attach_type: u32) -> io::Result<OwnedFd> {
-    // r0 = 1; exit
-    let instructions: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-    ];
-    let license = c"GPL";
-    let mut attr = Attr::new();
-    attr.u32(0, prog_type)
-        .u32(4, 2)
-        .u64(8, instructions.as_ptr() as u64)
-        .u64(16, license.as_ptr() as u64)
-        .u32(68, attach_type);
-    let name = name.as_bytes();
-    let length = name.len().min(15);
-    attr.0[48..48 + length].copy_from_slice(&name[..length]);
-    owned(attr.call(BPF_PROG_LOAD)?)
-}
-
-/// Links `program` to the cgroup `cgroup` at `attach_type`; the program
-/// stays attached while the returned link is open.
-pub fn link_cgroup(
-    program: BorrowedFd<'_>,
-    cgroup: BorrowedFd<'_>,
-    attach_type: u32,
-) -> io::Result<OwnedFd> {
-    let mut attr = Attr::new();
-    attr.u32(0, fd_number(program))
-        .u32(4, fd_number(cgroup))
-        .u32(8, attach_type);
-    owned(attr.call(BPF_LINK_CREATE)?)
 }
 
 /// Runs `program` `repeat` times on `data` (a packet) or `context` with

@@ -16,7 +16,7 @@ pub mod migrate;
 mod mss;
 pub mod pins;
 mod sockets;
-mod sys;
+pub mod sys;
 mod tc;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ pub use self::{
     host_services::{GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM},
     mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
     pins::Pins,
-    sockets::BoundSocket,
+    sockets::{BoundSocket, CgroupHook, cgroup_hooks, cgroup_link_name},
     tc::TcLink,
 };
 
@@ -236,11 +236,7 @@ impl Datapath {
                 host_services::HOST_SERVICE_PROGRAM | host_services::GRANT_GUARD_PROGRAM => {
                     optional.host_services
                 }
-                _ if sockets::TRACKING_PROGRAMS.contains(&name)
-                    || sockets::REWRITING_PROGRAMS.contains(&name) =>
-                {
-                    true
-                }
+                _ if sockets::cgroup_hooks().any(|hook| hook.program == name) => true,
                 _ => return Err(DatapathError::UnorderedProgram(name.to_owned())),
             };
             if !wanted || self.programs.iter().any(|loaded| loaded.name == name) {

@@ -14,6 +14,7 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapError, SkStorage, lpm_trie::Key},
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
+use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use netbpf_common::{ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort};
 
 use super::{Datapath, DatapathError, map_error};
@@ -138,26 +139,82 @@ fn warn_uncounted(pid: u32, fd: i32, error: &std::io::Error) {
 /// `BPF_NOEXIST`: a map update that only creates, never replaces.
 const BPF_NOEXIST: u64 = 1;
 
+/// A socket program and the cgroup hook it runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupHook {
+    pub program: &'static str,
+    pub attach_type: bpf_attach_type,
+}
+
+impl CgroupHook {
+    const fn new(program: &'static str, attach_type: bpf_attach_type) -> Self {
+        Self {
+            program,
+            attach_type,
+        }
+    }
+
+    /// The program type that runs at the hook (`bpf_prog_type`).
+    #[must_use]
+    pub fn prog_type(self) -> u32 {
+        use bpf_attach_type::{
+            BPF_CGROUP_INET_SOCK_RELEASE, BPF_CGROUP_INET4_POST_BIND, BPF_CGROUP_INET6_POST_BIND,
+        };
+        let prog_type = match self.attach_type {
+            BPF_CGROUP_INET_SOCK_RELEASE
+            | BPF_CGROUP_INET4_POST_BIND
+            | BPF_CGROUP_INET6_POST_BIND => bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK,
+            _ => bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+        };
+        prog_type as u32
+    }
+}
+
 /// The programs that track binds inside scopes, attached first: the
 /// release hook before the bind hooks, so no counted bind outlives its
 /// socket. Binds made before they attach are then found and counted.
-pub(super) const TRACKING_PROGRAMS: &[&str] = &["netbpf_release", "netbpf_bound4", "netbpf_bound6"];
+pub const TRACKING_HOOKS: [CgroupHook; 3] = [
+    CgroupHook::new(
+        "netbpf_release",
+        bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE,
+    ),
+    CgroupHook::new("netbpf_bound4", bpf_attach_type::BPF_CGROUP_INET4_POST_BIND),
+    CgroupHook::new("netbpf_bound6", bpf_attach_type::BPF_CGROUP_INET6_POST_BIND),
+];
 
 /// The programs that rewrite addresses, attached once every local bind is
 /// counted: the reverse paths before connect and sendmsg, so no rewritten
 /// socket misses the translation of its replies.
-pub(super) const REWRITING_PROGRAMS: &[&str] = &[
-    "netbpf_bind4",
-    "netbpf_bind6",
-    "netbpf_recvmsg4",
-    "netbpf_recvmsg6",
-    "netbpf_getpeer4",
-    "netbpf_getpeer6",
-    "netbpf_connect4",
-    "netbpf_connect6",
-    "netbpf_sendmsg4",
-    "netbpf_sendmsg6",
+pub const REWRITING_HOOKS: [CgroupHook; 10] = [
+    CgroupHook::new("netbpf_bind4", bpf_attach_type::BPF_CGROUP_INET4_BIND),
+    CgroupHook::new("netbpf_bind6", bpf_attach_type::BPF_CGROUP_INET6_BIND),
+    CgroupHook::new("netbpf_recvmsg4", bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
+    CgroupHook::new("netbpf_recvmsg6", bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
+    CgroupHook::new(
+        "netbpf_getpeer4",
+        bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME,
+    ),
+    CgroupHook::new(
+        "netbpf_getpeer6",
+        bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME,
+    ),
+    CgroupHook::new("netbpf_connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    CgroupHook::new("netbpf_connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    CgroupHook::new("netbpf_sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
+    CgroupHook::new("netbpf_sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
 ];
+
+/// The name the link of socket `program` on the cgroup `cgroup_id` is
+/// pinned under.
+#[must_use]
+pub fn cgroup_link_name(cgroup_id: u64, program: &str) -> String {
+    format!("cgroup-{cgroup_id}-{program}")
+}
+
+/// Every socket program with its hook, in the order they attach.
+pub fn cgroup_hooks() -> impl Iterator<Item = CgroupHook> {
+    TRACKING_HOOKS.into_iter().chain(REWRITING_HOOKS)
+}
 
 impl Datapath {
     /// Turns the maps from `old`'s entries into `new`'s so that no lookup
@@ -328,14 +385,14 @@ impl Datapath {
             path: cgroup_root.to_owned(),
             source,
         })?;
-        self.attach_programs(TRACKING_PROGRAMS, &cgroup, cgroup_root)?;
+        self.attach_programs(&TRACKING_HOOKS, &cgroup, cgroup_root)?;
         self.record_binds(&existing_binds())?;
-        self.attach_programs(REWRITING_PROGRAMS, &cgroup, cgroup_root)
+        self.attach_programs(&REWRITING_HOOKS, &cgroup, cgroup_root)
     }
 
     fn attach_programs(
         &mut self,
-        names: &[&'static str],
+        hooks: &[CgroupHook],
         cgroup: &File,
         path: &Path,
     ) -> Result<(), DatapathError> {
@@ -344,7 +401,7 @@ impl Datapath {
                 path: path.to_owned(),
                 source,
             })?;
-        for name in names {
+        for CgroupHook { program: name, .. } in hooks {
             let attach_error = |source| DatapathError::Attach {
                 name: (*name).to_owned(),
                 cgroup: path.to_owned(),
@@ -360,7 +417,7 @@ impl Datapath {
             };
             self.attach_linked(
                 name,
-                format!("cgroup-{cgroup_id}-{name}"),
+                cgroup_link_name(cgroup_id, name),
                 |program| match program {
                     Program::CgroupSockAddr(program) => {
                         let id = program.attach(cgroup, mode).map_err(attach_error)?;

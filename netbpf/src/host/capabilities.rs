@@ -28,15 +28,24 @@ pub const REQUIRED: [(Capability, &str); 5] = [
     ),
 ];
 
+/// Each of [`REQUIRED`], what needs it, and whether this process holds
+/// it in its effective set.
+pub fn held() -> anyhow::Result<Vec<(Capability, &'static str, bool)>> {
+    let effective = caps::read(None, CapSet::Effective)
+        .map_err(|error| anyhow::anyhow!("reading this process's capabilities: {error}"))?;
+    Ok(REQUIRED
+        .iter()
+        .map(|(capability, needed_for)| (*capability, *needed_for, effective.contains(capability)))
+        .collect())
+}
+
 /// Fails, naming each missing capability and what needs it, unless this
 /// process holds all of [`REQUIRED`] in its effective set.
 pub fn check() -> anyhow::Result<()> {
-    let effective = caps::read(None, CapSet::Effective)
-        .map_err(|error| anyhow::anyhow!("reading this process's capabilities: {error}"))?;
-    let missing: Vec<String> = REQUIRED
-        .iter()
-        .filter(|(capability, _)| !effective.contains(capability))
-        .map(|(capability, needed_for)| format!("{capability} (for {needed_for})"))
+    let missing: Vec<String> = held()?
+        .into_iter()
+        .filter(|(_, _, held)| !held)
+        .map(|(capability, needed_for, _)| format!("{capability} (for {needed_for})"))
         .collect();
     anyhow::ensure!(
         missing.is_empty(),

@@ -37,6 +37,35 @@ pub fn cgroup2_mount() -> io::Result<Cgroup2Mount> {
     })
 }
 
+/// Whether cgroup v1 hierarchies are mounted beside cgroup v2 (the hybrid
+/// layout, cgroup2 at `/sys/fs/cgroup/unified`), rather than v2 alone.
+pub fn is_hybrid() -> io::Result<bool> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(mountinfo.lines().any(|line| {
+        line.split_once(" - ")
+            .and_then(|(_, filesystem)| filesystem.split_whitespace().next())
+            == Some("cgroup")
+    }))
+}
+
+/// Where the cgroup v1 hierarchy of `controller` is mounted, on hybrid
+/// hosts.
+#[must_use]
+pub fn v1_mount(controller: &str) -> Option<PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (mount, filesystem) = line.split_once(" - ")?;
+        let mut filesystem = filesystem.split_whitespace();
+        let options = (filesystem.next()? == "cgroup").then(|| filesystem.nth(1))??;
+        if !options.split(',').any(|option| option == controller) {
+            return None;
+        }
+        Some(PathBuf::from(unescape_octal(
+            mount.split_whitespace().nth(4)?,
+        )))
+    })
+}
+
 /// The first cgroup2 mount listed in a mountinfo text: its mount point
 /// (field 5) and the depth of its root (field 4).
 fn find_cgroup2_mount(mountinfo: &str) -> Option<Cgroup2Mount> {

@@ -5,18 +5,21 @@ use std::io;
 
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    link::{LinkAttribute, LinkLayerType, LinkMessage},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkLayerType, LinkMessage},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::host::rtnetlink;
 
-/// An interface, as the MSS clamp needs to know it.
+/// An interface, as the MSS clamp and doctor need to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
     pub index: u32,
     pub name: String,
+    pub mtu: u32,
+    /// Whether it is a bridge (that containers' veths are ports of).
+    pub bridge: bool,
     /// Bytes before the IP header of its packets: 14 on Ethernet, 0 on L3
     /// devices (WireGuard, tun); None where netbpf cannot parse them.
     pub l3_offset: Option<u16>,
@@ -140,9 +143,25 @@ fn interface(link: &LinkMessage) -> Interface {
             LinkAttribute::Controller(master) => Some(*master),
             _ => None,
         });
+    let mtu = link
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            LinkAttribute::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let bridge = link.attributes.iter().any(|attribute| match attribute {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Bridge))),
+        _ => false,
+    });
     Interface {
         index: link.header.index,
         name,
+        mtu,
+        bridge,
         l3_offset,
         master,
     }

@@ -1,6 +1,7 @@
 //! Facts of this host, read from the kernel: the capabilities held, cgroups, network namespaces,
 //! sockets (`sock_diag`, and the descriptors that hold them), interfaces, addresses and routes (rtnetlink).
 
+pub mod addressing;
 pub mod capabilities;
 pub mod cgroup;
 pub mod links;
