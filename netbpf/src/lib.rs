@@ -6,6 +6,7 @@
 //!
 //! - [`cli`]: the command line, one file per verb;
 //! - [`agent`]: the running netbpf (reconcile loop, control socket, status);
+//! - [`doctor`]: what is wrong with a node's container networking, read-only;
 //! - [`containers`]: what runs on the node (cgroups, runtimes, discovery);
 //! - [`plan`]: a policy and what matches it, compiled to map entries (pure);
 //! - [`policy`]: the policy files, parsed and validated (pure);
@@ -17,6 +18,7 @@ pub mod agent;
 pub mod cli;
 pub mod containers;
 pub mod datapath;
+pub mod doctor;
 pub mod host;
 pub mod plan;
 pub mod policy;

@@ -13,6 +13,8 @@ mod bpftool;
 mod cgroup;
 mod containerd;
 mod docker;
+mod docker_node;
+mod doctor;
 mod images;
 mod metrics;
 mod netns;
@@ -30,6 +32,8 @@ pub use self::{
     cgroup::Cgroup,
     containerd::Containerd,
     docker::DockerDaemon,
+    docker_node::{DockerNode, NODE_BRIDGE, NODE_IMAGE, NODE_PUBLISHED},
+    doctor::{doctor, doctor_config, findings, proposed_policy},
     images::{busybox_rootfs, ensure_podman_image},
     metrics::Scrape,
     netns::Netns,

@@ -8,109 +8,9 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, Cgroup, Containerd, DockerDaemon, NetbpfRun, Process, Site, applied,
-    require_root, unique_name,
+    AgentOptions, AgentSetup, Cgroup, Containerd, DockerNode, NODE_PUBLISHED, NetbpfRun, Site,
+    applied, require_root, unique_name,
 };
-
-const IMAGE: &str = "localhost/netbpf-test-busybox:1";
-/// The Docker bridge of the test's daemon, and the address its published
-/// service listens on (the bridge's gateway).
-const BRIDGE: &str = "10.203.0.1/24";
-const PUBLISHED: &str = "10.203.0.1";
-
-/// A node: a Docker daemon, a service on its bridge, and the agent.
-/// Fields drop in order: the daemon (and its containers) first, the
-/// cgroups after it, the files last.
-struct DockerNode {
-    daemon: DockerDaemon,
-    _service: Process,
-    _containers: Cgroup,
-    helpers: Cgroup,
-    root: Cgroup,
-    work: tempfile::TempDir,
-}
-
-impl DockerNode {
-    fn new() -> Self {
-        require_root();
-        let root = Cgroup::new_test_root(&unique_name("nbk")).unwrap();
-        let containers = root.child("docker").unwrap();
-        let helpers = root.child("helpers").unwrap();
-        let work = tempfile::Builder::new()
-            .prefix("netbpf-docker-")
-            .tempdir()
-            .unwrap();
-        let daemon =
-            DockerDaemon::start(&containers, &helpers, BRIDGE, &work.path().join("docker"))
-                .unwrap_or_else(|error| panic!("{error:#}"));
-        daemon.import_busybox(IMAGE).unwrap();
-        let site = Site {
-            cgroup: &helpers,
-            netns: daemon.netns(),
-        };
-        let service = site
-            .start_http_server(work.path(), PUBLISHED, 8082, "published")
-            .unwrap();
-        Self {
-            daemon,
-            _service: service,
-            _containers: containers,
-            helpers,
-            root,
-            work,
-        }
-    }
-
-    /// `netbpf agent` with `policy` as its one policy file, following this
-    /// daemon and the cgroups below the test's root, the daemon's network
-    /// namespace its node's; its pins go with the returned setup.
-    fn agent(&self, policy: &str) -> (AgentSetup, NetbpfRun) {
-        let node = self.daemon.netns().path();
-        let setup = AgentSetup::new(
-            self.work.path(),
-            self.root.path(),
-            AgentOptions {
-                docker: Some(self.daemon.socket()),
-                netns: Some(&node),
-                ..AgentOptions::default()
-            },
-        )
-        .unwrap();
-        setup.policy("50-test.toml", policy).unwrap();
-        let agent = setup
-            .start("agent")
-            .unwrap_or_else(|error| panic!("{error:#}"));
-        (setup, agent)
-    }
-
-    /// Starts a container that sleeps, named `name`, with `labels`.
-    fn run(&self, name: &str, labels: &[&str]) {
-        let mut args = vec!["run", "--detach", "--name", name];
-        for label in labels {
-            args.extend(["--label", label]);
-        }
-        args.extend([IMAGE, "sleep", "600"]);
-        self.daemon
-            .docker(&args)
-            .unwrap_or_else(|error| panic!("{error:#}"));
-    }
-
-    /// The body the container `name` gets for `GET /` from `host`:`port`
-    /// (busybox nc: its wget needs a resolver the image does not have).
-    fn get(&self, name: &str, host: &str, port: u16) -> String {
-        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}");
-        let response = self
-            .daemon
-            .docker(&["exec", name, "sh", "-c", &script])
-            .unwrap_or_else(|error| panic!("{error:#}"));
-        response
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    }
-}
 
 /// Restarts the agent: it knows the containers by name before it touches
 /// the maps, so they keep their scope ids, and the counters go on.
@@ -143,9 +43,9 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
     let policy = format!(
         "version = 1\n\
          [[scope]]\nname = \"app\"\nmatch = {{ container = \"llamasketch-app-1\" }}\n\
-         forward = [{{ from = \"localhost:8082\", to = \"{PUBLISHED}:8082\" }}]\n\
+         forward = [{{ from = \"localhost:8082\", to = \"{NODE_PUBLISHED}:8082\" }}]\n\
          [[scope]]\nname = \"project\"\nmatch = {{ label = {{ \"com.docker.compose.project\" = \"llamasketch\" }} }}\n\
-         forward = [{{ from = \"localhost:9082\", to = \"{PUBLISHED}:8082\" }}]\n"
+         forward = [{{ from = \"localhost:9082\", to = \"{NODE_PUBLISHED}:8082\" }}]\n"
     );
     let (setup, agent) = node.agent(&policy);
     assert!(applied(&agent.status_json().unwrap()).is_empty());
@@ -266,7 +166,7 @@ fn a_granted_container_moved_to_another_network_keeps_its_host_service() {
     let status = agent
         .wait_for_status(Duration::from_secs(10), |status| applied(status).len() == 1)
         .unwrap();
-    assert_eq!(gateway(&status), PUBLISHED, "{status}");
+    assert_eq!(gateway(&status), NODE_PUBLISHED, "{status}");
     assert_eq!(node.get("granted-1", "10.213.9.1", 18190), "tunnel");
     // Guarded where it arrives: the ports of its bridge.
     let guarded = |status: &serde_json::Value| status["grant_guard"].as_array().unwrap().clone();

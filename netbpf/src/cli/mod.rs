@@ -2,6 +2,7 @@
 
 mod agent;
 mod check;
+mod doctor;
 mod hook;
 mod node;
 mod reload;
@@ -49,6 +50,9 @@ enum Command {
     /// Remove the pinned datapath: every program, link and map (the agent
     /// must be stopped).
     Uninstall(uninstall::UninstallArgs),
+    /// Name what is wrong with this node's container networking, and the
+    /// policy that fixes it (read-only).
+    Doctor(doctor::DoctorArgs),
     /// Have a running netbpf reload its policy file (as SIGHUP does), and
     /// wait until it has.
     Reload(reload::ReloadArgs),
@@ -65,6 +69,7 @@ impl Cli {
             Command::Reload(args) => reload::reload(&args),
             Command::Uninstall(args) => uninstall::uninstall(&args),
             Command::Hook(args) => hook::hook(&args),
+            Command::Doctor(args) => doctor::doctor(&args),
         }
     }
 }

@@ -1,0 +1,122 @@
+//! Host-network containers competing for one port: instances of one
+//! service (`web-1`, `web-2`) on the node's network, one holding a port
+//! the others then cannot bind.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use netlink_packet_sock_diag::constants::IPPROTO_TCP;
+
+use super::{Finding, Problem, Report, Subject, applied_scope, inventory::Inventory, snippet};
+use crate::{agent::status::Status, host::cgroup};
+
+pub fn check(inventory: &Inventory, status: Option<&Status>, report: &mut Report) {
+    let mut families: BTreeMap<&str, Vec<&Subject>> = BTreeMap::new();
+    for subject in inventory
+        .containers
+        .iter()
+        .filter(|subject| subject.host_network)
+    {
+        if let Some(stem) = family(&subject.label) {
+            families.entry(stem).or_default().push(subject);
+        }
+    }
+    let mut taken: BTreeSet<u16> = inventory
+        .node_sockets
+        .iter()
+        .map(|socket| socket.local.port())
+        .collect();
+    for members in families.values().filter(|members| members.len() > 1) {
+        let ports: Vec<BTreeSet<u16>> = members
+            .iter()
+            .map(|member| listening_ports(inventory, member))
+            .collect();
+        let all: BTreeSet<u16> = ports.iter().flatten().copied().collect();
+        for port in all {
+            let Some(holder) = members
+                .iter()
+                .zip(&ports)
+                .find_map(|(member, held)| held.contains(&port).then_some(*member))
+            else {
+                continue;
+            };
+            for (member, _) in members
+                .iter()
+                .zip(&ports)
+                .filter(|(member, held)| !held.contains(&port) && !remapped(status, member, port))
+            {
+                let free = (port.saturating_add(1)..=u16::MAX)
+                    .find(|candidate| !taken.contains(candidate))
+                    .unwrap_or(port);
+                taken.insert(free);
+                report.findings.push(Finding {
+                    problem: Problem::HostNetworkPort,
+                    container: Some(member.label.clone()),
+                    port: Some(port),
+                    cause: format!(
+                        "{} and {} share the node's network, where one socket holds port {port}: {}'s bind of it fails (address in use)",
+                        member.label, holder.label, member.label
+                    ),
+                    evidence: vec![
+                        format!("{} listens on port {port} of the node's network", holder.label),
+                        format!(
+                            "{} runs on the node's network too, and holds nothing on port {port}",
+                            member.label
+                        ),
+                    ],
+                    policy: Some(snippet::scope(member, "", &snippet::bind(port, free))),
+                    then: vec![format!(
+                        "restart {} if it exited: its bind of port {port} then gets port {free}",
+                        member.label
+                    )],
+                });
+            }
+        }
+    }
+}
+
+/// Whether netbpf remaps `subject`'s binds of `port` already.
+fn remapped(status: Option<&Status>, subject: &Subject, port: u16) -> bool {
+    applied_scope(status, subject)
+        .is_some_and(|scope| scope.binds.iter().any(|bind| bind.port == port))
+}
+
+/// The name instances of one service share: `web` of `web-1`, `web_2`,
+/// `web.3`; None for a name that does not end in an instance number.
+fn family(label: &str) -> Option<&str> {
+    let stem = label.trim_end_matches(|c: char| c.is_ascii_digit());
+    (stem.len() < label.len())
+        .then(|| stem.strip_suffix(['-', '_', '.']))
+        .flatten()
+        .filter(|stem| !stem.is_empty())
+}
+
+/// The TCP ports the sockets of `subject`'s cgroup tree listen on.
+fn listening_ports(inventory: &Inventory, subject: &Subject) -> BTreeSet<u16> {
+    let cgroups: BTreeSet<u64> = cgroup::subtree_ids(&subject.cgroup)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    inventory
+        .node_sockets
+        .iter()
+        .filter(|socket| {
+            socket.protocol == IPPROTO_TCP
+                && socket.cgroup_id.is_some_and(|id| cgroups.contains(&id))
+        })
+        .map(|socket| socket.local.port())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::family;
+
+    #[test]
+    fn instances_of_one_service_share_a_family() {
+        assert_eq!(family("web-1"), Some("web"));
+        assert_eq!(family("proj_web_12"), Some("proj_web"));
+        assert_eq!(family("web"), None);
+        assert_eq!(family("web1"), None);
+        assert_eq!(family("-1"), None);
+    }
+}
