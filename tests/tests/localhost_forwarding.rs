@@ -8,7 +8,8 @@
 use std::{path::Path, time::Duration};
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, netbpf_binary, require_root, wait_for_listener,
+    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, doctor, doctor_config, findings, netbpf_binary,
+    proposed_policy, require_root, wait_for_listener,
 };
 use serde_json::{Value, json};
 
@@ -496,5 +497,80 @@ fn every_socket_keeps_its_reverse_path_and_a_lost_one_is_counted() {
     assert!(
         setup.netbpf.status(&[]).unwrap().contains("REVERSE LOST"),
         "netbpf status shows the lost reverse paths"
+    );
+}
+
+#[test]
+fn doctor_names_a_half_done_dnat_and_the_forward_it_proposes_replaces_it() {
+    let topology = new_topology();
+    let _server = topology
+        .start_http_server(BRIDGE_V4, 8082, "published on the bridge")
+        .unwrap();
+    // What users try first: localhost DNATed to the bridge, without
+    // route_localnet or MASQUERADE.
+    let dnat = [
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        "127.0.0.1",
+        "-p",
+        "tcp",
+        "--dport",
+        "8082",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.200.1.1:8082",
+    ];
+    topology.desktop_ns.exec(&dnat).unwrap();
+    let url = "http://127.0.0.1:8082/";
+    assert_ne!(topology.curl(Place::Desktop, url).unwrap().0, 0);
+    let resident = topology
+        .spawn(Place::Desktop, "sleep", &["600"])
+        .unwrap()
+        .start(&topology.file("resident.log"))
+        .unwrap();
+    let config = doctor_config(topology.work.path()).unwrap();
+    let (pid, root, node) = (
+        resident.id().to_string(),
+        topology.root.path().to_str().unwrap().to_owned(),
+        topology.host_ns.path().to_str().unwrap().to_owned(),
+    );
+    let (code, report) = doctor(&config, &[&pid, "--cgroup-root", &root, "--netns", &node]);
+    assert_eq!(code, 2, "{report:#}");
+    let policy = proposed_policy(&report, "half-done-iptables");
+    assert!(
+        policy.contains(&format!("to = \"{BRIDGE_V4}:8082\"")),
+        "{policy}"
+    );
+    let finding = &findings(&report, "half-done-iptables")[0];
+    let evidence = finding["evidence"].to_string();
+    assert!(
+        evidence.contains("route_localnet") && evidence.contains("MASQUERADE"),
+        "{evidence}"
+    );
+    assert!(
+        finding["then"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("iptables -t nat -D OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8082 -j DNAT --to-destination 10.200.1.1:8082"),
+        "{finding}"
+    );
+
+    let file = topology.file("doctor-policy.toml");
+    std::fs::write(&file, &policy).unwrap();
+    let _netbpf = NetbpfRun::start(
+        &netbpf_binary(),
+        &file,
+        topology.root.path(),
+        topology.work.path(),
+    )
+    .unwrap();
+    assert_eq!(
+        topology.curl(Place::Desktop, url).unwrap(),
+        (0, "published on the bridge".to_owned())
     );
 }

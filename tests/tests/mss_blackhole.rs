@@ -15,8 +15,8 @@
 use std::{path::Path, process::Output, time::Duration};
 
 use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Spawn, netbpf_binary, require_root, run_checked,
-    unique_name, wait_for_listener,
+    Cgroup, NetbpfRun, Netns, Process, Spawn, doctor, doctor_config, netbpf_binary,
+    proposed_policy, require_root, run_checked, unique_name, wait_for_listener,
 };
 
 /// How long a download may take before it counts as hung, in seconds.
@@ -417,4 +417,71 @@ fn https_through_a_pmtu_black_hole_hangs_without_netbpf_and_completes_with_it() 
         "both handshakes clamped: {status}"
     );
     assert!(netbpf.stop().unwrap().success());
+}
+
+#[test]
+fn doctor_names_the_black_hole_and_the_clamp_it_proposes_fixes_it() {
+    let path = BlackHole::new();
+    let _tunnel = path.router_tunnel();
+    // A process of the container, for doctor to find it by.
+    let container = path.processes.child("container").unwrap();
+    let resident = Spawn::new(
+        container.path(),
+        Some(&path.container.path()),
+        "sleep",
+        ["600"],
+    )
+    .unwrap()
+    .start(&path.work.path().join("resident.log"))
+    .unwrap();
+    let config = doctor_config(path.work.path()).unwrap();
+    let (root, router) = (path.processes.path(), path.router.path());
+    let pid = resident.id().to_string();
+    let node = [
+        pid.as_str(),
+        "--cgroup-root",
+        root.to_str().unwrap(),
+        "--netns",
+        router.to_str().unwrap(),
+    ];
+
+    let (code, report) = doctor(&config, &node);
+    assert_eq!(code, 2, "{report:#}");
+    let policy = proposed_policy(&report, "mss-black-hole");
+    let tunnel_name = report["findings"][0]["evidence"][0].as_str().unwrap();
+    assert!(
+        tunnel_name.starts_with("wg") && tunnel_name.contains("MTU 1380"),
+        "{report:#}"
+    );
+
+    let file = path.work.path().join("doctor-policy.toml");
+    std::fs::write(&file, &policy).unwrap();
+    let netbpf_dir = path.work.path().join("netbpf");
+    std::fs::create_dir(&netbpf_dir).unwrap();
+    let netbpf = NetbpfRun::start_with(
+        &netbpf_binary(),
+        &file,
+        root,
+        &netbpf_dir,
+        &["--netns", router.to_str().unwrap()],
+    )
+    .unwrap();
+    let status = netbpf
+        .wait_for_status(Duration::from_secs(10), |status| {
+            status["mss_clamps"][0]["attached"]
+                .as_array()
+                .is_some_and(|attached| !attached.is_empty())
+        })
+        .unwrap();
+    let (output, body) = path.download("10.20.0.2");
+    assert!(
+        output.status.success() && body == path.payload,
+        "with the clamp doctor proposed, the download completes; curl said: {}\n{status}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut fixed = node.to_vec();
+    let run_dir = netbpf.run_dir().to_str().unwrap().to_owned();
+    fixed.extend(["--run-dir", &run_dir]);
+    let (code, report) = doctor(&config, &fixed);
+    assert_eq!(code, 0, "clamped: {report:#}");
 }
