@@ -122,7 +122,7 @@ fn a_healthy_node_has_no_findings_and_a_detached_program_is_named() {
     assert_ne!(node.get("quiet-1", "127.0.0.1", 8082), "published");
 
     // Its fix: the defunct pin removed, the agent restarted.
-    let steps: Vec<&str> = detached[0]["then"]
+    let steps: Vec<&str> = detached[0]["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -166,6 +166,21 @@ fn localhost_and_loopback_only_services_get_the_policy_that_reaches_them() {
     assert_eq!(node.get("desk-1", "127.0.0.1", 8082), "published");
     let (code, report) = examine(&setup, &agent, &["desk-1", "--port", "8082"]);
     assert_eq!(code, 0, "fixed: {report:#}");
+    // A container in a scope already gets rules to add to it: a second
+    // scope would never match it.
+    let (code, report) = examine(&setup, &agent, &["desk-1", "--to", "10.203.0.1:18188"]);
+    assert_eq!(code, 2, "{report:#}");
+    let finding = &findings(&report, "host-service")[0];
+    let step = finding["steps"][0].as_str().unwrap();
+    assert!(
+        step.contains("applies to desk-1 already")
+            && step.contains("host_services = [{ service = \"loopback-18188\""),
+        "{finding:#}"
+    );
+    assert!(
+        !finding["policy"].as_str().unwrap().contains("[[scope]]"),
+        "only the service to declare: {finding:#}"
+    );
 
     // "The container can't reach host.docker.internal:18188, though the
     // host can."
@@ -282,8 +297,11 @@ fn host_network_instances_competing_for_a_port_get_a_bind_remap() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (code, report) = examine(&setup, &agent, &["--port", "3000"]);
-    assert_eq!(code, 0, "fixed: {report:#}");
+    let (code, report) = examine(&setup, &agent, &[]);
+    assert_eq!(
+        code, 0,
+        "fixed, and web-2 on its own port is no collision: {report:#}"
+    );
 }
 
 #[test]
@@ -303,7 +321,7 @@ fn a_container_allowed_few_processes_is_named_with_the_command_that_raises_it() 
     let limited = findings(&report, "pids-limit");
     assert_eq!(limited.len(), 1, "roomy-1 is fine: {report:#}");
     assert_eq!(limited[0]["container"], "cramped-1");
-    let fix = limited[0]["then"][0].as_str().unwrap();
+    let fix = limited[0]["steps"][0].as_str().unwrap();
     assert!(
         fix.starts_with("docker update --pids-limit 4096 cramped-1"),
         "{fix}"

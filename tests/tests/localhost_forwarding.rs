@@ -553,7 +553,7 @@ fn doctor_names_a_half_done_dnat_and_the_forward_it_proposes_replaces_it() {
         "{evidence}"
     );
     assert!(
-        finding["then"][0]
+        finding["steps"][0]
             .as_str()
             .unwrap()
             .ends_with("iptables -t nat -D OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 8082 -j DNAT --to-destination 10.200.1.1:8082"),

@@ -48,7 +48,13 @@ fn parse_target(text: &str) -> Result<(String, u16), String> {
     let port = port
         .parse()
         .map_err(|_| format!("{port:?} in {text:?} is not a port (1 to 65535)"))?;
+    let bracketed = host.starts_with('[') && host.ends_with(']');
     let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') && !bracketed {
+        return Err(format!(
+            "{text:?}: write an IPv6 address in brackets, [ADDRESS]:PORT"
+        ));
+    }
     if host.is_empty() || port == 0 {
         return Err(format!("{text:?} is not HOST:PORT"));
     }
@@ -96,6 +102,7 @@ mod tests {
         );
         assert_eq!(parse_target("[::1]:80"), Ok(("::1".to_owned(), 80)));
         assert!(parse_target("localhost").is_err());
+        assert!(parse_target("fd00::1:80").is_err());
         assert!(parse_target("localhost:0").is_err());
         assert!(parse_target("localhost:http").is_err());
     }

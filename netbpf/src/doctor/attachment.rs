@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya_obj::generated::bpf_attach_type;
 
-use super::{Area, Check, Finding, Problem, Report, Scene, State};
+use super::{Area, Finding, Problem, Report, Scene, State};
 use crate::{
     agent::{control, status::Status},
     datapath::{
@@ -32,14 +32,8 @@ struct Expected {
 /// Adds the checks; returns the agent's status when it answers.
 pub fn check(scene: &Scene<'_>, report: &mut Report) -> Option<Status> {
     let root = &scene.node.cgroup_root;
-    let mut add = |name: &str, state: State, detail: String| {
-        report.checks.push(Check {
-            area: Area::Netbpf,
-            name: name.to_owned(),
-            state,
-            detail,
-        });
-    };
+    let mut add =
+        |name: &str, state: State, detail: String| report.check(Area::Netbpf, name, state, detail);
     let status = control::query(&scene.run_dir);
     let names = program_names();
     let socket_programs = match socket_programs(root, &names) {
@@ -222,15 +216,15 @@ fn not_attached(scene: &Scene<'_>, missing: &[&Expected]) -> Finding {
         "the kernel runs none of: {} (BPF_PROG_QUERY)",
         named.join(", ")
     )];
-    let mut then = Vec::new();
+    let mut steps = Vec::new();
     if !defunct.is_empty() {
         evidence.push(format!(
             "their links are still pinned, detached: {}",
             defunct.join(", ")
         ));
-        then.push(format!("rm {}", defunct.join(" ")));
+        steps.push(format!("rm {}", defunct.join(" ")));
     }
-    then.push(
+    steps.push(
         "restart the agent (systemctl restart netbpf): it attaches what is not attached".to_owned(),
     );
     Finding {
@@ -249,6 +243,7 @@ fn not_attached(scene: &Scene<'_>, missing: &[&Expected]) -> Finding {
         ),
         evidence,
         policy: None,
-        then,
+        steps,
+        proposal: None,
     }
 }

@@ -9,21 +9,15 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::{Area, Check, Report, Scene, State};
+use super::{Area, Report, Scene, State};
 use crate::{
     datapath::{cgroup_hooks, sys},
     host::{capabilities, cgroup, netns},
 };
 
 pub fn check(scene: &Scene<'_>, report: &mut Report) {
-    let mut add = |name: &str, state: State, detail: String| {
-        report.checks.push(Check {
-            area: Area::Host,
-            name: name.to_owned(),
-            state,
-            detail,
-        });
-    };
+    let mut add =
+        |name: &str, state: State, detail: String| report.check(Area::Host, name, state, detail);
     let kernel = nix::sys::utsname::uname().map_or_else(
         |error| format!("unknown ({error})"),
         |name| name.release().to_string_lossy().into_owned(),

@@ -6,10 +6,21 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use netlink_packet_sock_diag::constants::IPPROTO_TCP;
 
-use super::{Finding, Problem, Report, Subject, applied_scope, inventory::Inventory, snippet};
+use super::{
+    Finding, Problem, Report, Subject, applied_scope,
+    inventory::Inventory,
+    snippet::{self, Proposal},
+};
 use crate::{agent::status::Status, host::cgroup};
 
-pub fn check(inventory: &Inventory, status: Option<&Status>, report: &mut Report) {
+/// Finds host-network instances of one service that hold no port while
+/// another instance holds one: their bind of it failed.
+pub fn check(
+    inventory: &Inventory,
+    subjects: &[Subject],
+    status: Option<&Status>,
+    report: &mut Report,
+) {
     let mut families: BTreeMap<&str, Vec<&Subject>> = BTreeMap::new();
     for subject in inventory
         .containers
@@ -26,51 +37,63 @@ pub fn check(inventory: &Inventory, status: Option<&Status>, report: &mut Report
         .map(|socket| socket.local.port())
         .collect();
     for members in families.values().filter(|members| members.len() > 1) {
-        let ports: Vec<BTreeSet<u16>> = members
+        let held: Vec<BTreeSet<u16>> = members
             .iter()
             .map(|member| listening_ports(inventory, member))
             .collect();
-        let all: BTreeSet<u16> = ports.iter().flatten().copied().collect();
-        for port in all {
-            let Some(holder) = members
-                .iter()
-                .zip(&ports)
-                .find_map(|(member, held)| held.contains(&port).then_some(*member))
-            else {
-                continue;
-            };
-            for (member, _) in members
-                .iter()
-                .zip(&ports)
-                .filter(|(member, held)| !held.contains(&port) && !remapped(status, member, port))
-            {
-                let free = (port.saturating_add(1)..=u16::MAX)
-                    .find(|candidate| !taken.contains(candidate))
-                    .unwrap_or(port);
-                taken.insert(free);
-                report.findings.push(Finding {
-                    problem: Problem::HostNetworkPort,
-                    container: Some(member.label.clone()),
-                    port: Some(port),
-                    cause: format!(
-                        "{} and {} share the node's network, where one socket holds port {port}: {}'s bind of it fails (address in use)",
-                        member.label, holder.label, member.label
-                    ),
-                    evidence: vec![
-                        format!("{} listens on port {port} of the node's network", holder.label),
-                        format!(
-                            "{} runs on the node's network too, and holds nothing on port {port}",
-                            member.label
-                        ),
-                    ],
-                    policy: Some(snippet::scope(member, "", &snippet::bind(port, free))),
-                    then: vec![format!(
-                        "restart {} if it exited: its bind of port {port} then gets port {free}",
-                        member.label
-                    )],
+        for (holder, ports) in members.iter().zip(&held) {
+            for &port in ports {
+                let failed = members.iter().zip(&held).filter(|(member, theirs)| {
+                    theirs.is_empty()
+                        && !remapped(status, member, port)
+                        && subjects
+                            .iter()
+                            .any(|subject| subject.cgroup == member.cgroup)
                 });
+                for (member, _) in failed {
+                    let Some(free) = (port.saturating_add(1)..=u16::MAX)
+                        .find(|candidate| !taken.contains(candidate))
+                    else {
+                        continue;
+                    };
+                    taken.insert(free);
+                    report.findings.push(collision(holder, member, port, free));
+                }
             }
         }
+    }
+}
+
+/// `member` cannot bind `port`, which `holder` holds; remapped to `free`.
+fn collision(holder: &Subject, member: &Subject, port: u16, free: u16) -> Finding {
+    Finding {
+        problem: Problem::HostNetworkPort,
+        container: Some(member.label.clone()),
+        port: Some(port),
+        cause: format!(
+            "{} and {} share the node's network, where one socket holds port {port}: {}'s bind of it fails (address in use)",
+            member.label, holder.label, member.label
+        ),
+        evidence: vec![
+            format!(
+                "{} listens on port {port} of the node's network",
+                holder.label
+            ),
+            format!(
+                "{} runs on the node's network too, and listens on no port",
+                member.label
+            ),
+        ],
+        policy: None,
+        steps: vec![format!(
+            "restart {} if it exited: its bind of port {port} then gets port {free}",
+            member.label
+        )],
+        proposal: Some(Proposal {
+            subject: member.clone(),
+            tables: Vec::new(),
+            rules: vec![snippet::bind(port, free)],
+        }),
     }
 }
 

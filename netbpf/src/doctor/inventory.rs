@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::Scene;
+use super::{Scene, snippet};
 use crate::{
     containers::{Container, Runtime, containerd, engine, layout},
     host::{
@@ -176,15 +176,26 @@ impl Inventory {
             .unwrap_or(&dir)
             .display()
             .to_string();
+        // Kubernetes names containers once per pod: the id is what is
+        // unique there.
         let (label, selector) = match &container {
             Some(Container {
-                name: Some(name), ..
-            }) => (name.clone(), format!("container = \"{name}\"")),
+                name: Some(name),
+                pod: None,
+                ..
+            }) => (
+                name.clone(),
+                format!("container = {}", snippet::quoted(name)),
+            ),
             Some(container) => {
                 let short: String = container.id.chars().take(12).collect();
-                (short.clone(), format!("id = \"{short}\""))
+                let label = container.name.clone().unwrap_or_else(|| short.clone());
+                (label, format!("id = {}", snippet::quoted(&short)))
             }
-            None => (relative.clone(), format!("cgroup = \"{relative}\"")),
+            None => (
+                relative.clone(),
+                format!("cgroup = {}", snippet::quoted(&relative)),
+            ),
         };
         Subject {
             label,

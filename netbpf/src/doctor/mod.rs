@@ -130,8 +130,13 @@ pub struct Finding {
     /// netbpf policy that fixes it (TOML, for a file of the policy
     /// directory).
     pub policy: Option<String>,
-    /// What else to do: commands to run, rules to delete.
-    pub then: Vec<String>,
+    /// What to do besides (or, without a policy, instead), in order:
+    /// commands to run, rules to delete or to add to a scope.
+    pub steps: Vec<String>,
+    /// What it proposes for a container's scope, merged with the other
+    /// findings' of that container into `policy` once all are in.
+    #[serde(skip)]
+    proposal: Option<snippet::Proposal>,
 }
 
 /// Examines the node, or what `focus` asks about.
@@ -157,25 +162,35 @@ pub fn examine(scene: &Scene<'_>, focus: &Focus) -> anyhow::Result<Report> {
         reach::check(
             &inventory,
             subject,
-            &host,
-            port,
+            (&host, port),
             status.as_ref(),
             &mut report,
-        )?;
+        );
     }
     iptables::check(&inventory, &subjects, &mut report);
-    mtu::check(&inventory, &subjects, &mut report);
-    host_network::check(&inventory, status.as_ref(), &mut report);
+    mtu::check(&inventory, &subjects, status.as_ref(), &mut report);
+    host_network::check(&inventory, &subjects, status.as_ref(), &mut report);
     pids::check(&subjects, &mut report);
     if let Some(port) = focus.port {
         report
             .findings
             .retain(|finding| finding.port.is_none_or(|about| about == port));
     }
+    snippet::write(&mut report.findings, status.as_ref());
     Ok(report)
 }
 
 impl Report {
+    /// Adds the check `name` of `area`.
+    fn check(&mut self, area: Area, name: &str, state: State, detail: String) {
+        self.checks.push(Check {
+            area,
+            name: name.to_owned(),
+            state,
+            detail,
+        });
+    }
+
     /// The report as people read it.
     #[must_use]
     pub fn render(&self) -> String {
@@ -184,11 +199,24 @@ impl Report {
 }
 
 /// The scope instance the agent applies to `subject`, where one is in
-/// force.
+/// force: of its cgroup or the deepest ancestor that has one, else of its
+/// network namespace.
 fn applied_scope<'a>(status: Option<&'a Status>, subject: &Subject) -> Option<&'a ScopeStatus> {
-    let cgroup_id = crate::host::cgroup::cgroup_id(&subject.cgroup).ok()?;
-    status?
+    let scopes: Vec<&ScopeStatus> = status?
         .scopes
         .iter()
-        .find(|scope| scope.cgroup_id == Some(cgroup_id) && scope.error.is_none())
+        .filter(|scope| scope.error.is_none())
+        .collect();
+    let by_cgroup = subject
+        .cgroup
+        .ancestors()
+        .map_while(|dir| crate::host::cgroup::cgroup_id(dir).ok())
+        .find_map(|id| scopes.iter().find(|scope| scope.cgroup_id == Some(id)));
+    let by_netns = || {
+        let cookie = crate::host::netns::netns_cookie(subject.netns.as_ref()?).ok()?;
+        scopes
+            .iter()
+            .find(|scope| scope.netns_cookie == Some(cookie))
+    };
+    by_cgroup.or_else(by_netns).copied()
 }

@@ -6,14 +6,23 @@ use aya::programs::{SchedClassifier, TcAttachType};
 
 use super::{Finding, Problem, Report, Subject, inventory::Inventory, iptables, snippet};
 use crate::{
+    agent::status::Status,
     datapath::MSS_OUT_PROGRAM,
     host::{
         links::{self, Interface},
         netns,
     },
+    policy::Direction,
 };
 
-pub fn check(inventory: &Inventory, subjects: &[Subject], report: &mut Report) {
+/// Finds the ways out of the node narrower than a container's interface
+/// with no clamp on them.
+pub fn check(
+    inventory: &Inventory,
+    subjects: &[Subject],
+    status: Option<&Status>,
+    report: &mut Report,
+) {
     let ways_out: Vec<&Interface> = inventory
         .node_interfaces
         .iter()
@@ -29,13 +38,13 @@ pub fn check(inventory: &Inventory, subjects: &[Subject], report: &mut Report) {
         .filter(|subject| !subject.host_network)
         .filter_map(|subject| Some((subject, widest_interface(subject)?)))
         .collect();
-    let mangle = iptables::save(&inventory.node_netns, "mangle").unwrap_or_default();
+    let mangle = iptables::save(&inventory.node_netns, "mangle");
     for way_out in ways_out {
         let above: Vec<&(&Subject, Interface)> = containers
             .iter()
             .filter(|(_, interface)| interface.mtu > way_out.mtu)
             .collect();
-        if above.is_empty() || clamped(inventory, way_out, &mangle) {
+        if above.is_empty() || clamped(inventory, way_out, status, &mangle) {
             continue;
         }
         let mut evidence = vec![format!(
@@ -52,10 +61,16 @@ pub fn check(inventory: &Inventory, subjects: &[Subject], report: &mut Report) {
                 way_out.name
             )
         }));
-        evidence.push(format!(
-            "no MSS clamp on {}: no {MSS_OUT_PROGRAM} attached there (TCX), no TCPMSS rule in iptables' mangle table",
-            way_out.name
-        ));
+        evidence.push(match &mangle {
+            Err(error) => format!(
+                "no MSS clamp of netbpf's on {} (TCX, or the agent's status); iptables' mangle table was not read ({error})",
+                way_out.name
+            ),
+            Ok(_) => format!(
+                "no MSS clamp on {}: no {MSS_OUT_PROGRAM} attached there (TCX, or the agent's status), no TCPMSS rule in iptables' mangle table",
+                way_out.name
+            ),
+        });
         let labels: Vec<&str> = above
             .iter()
             .map(|(subject, _)| subject.label.as_str())
@@ -72,7 +87,8 @@ pub fn check(inventory: &Inventory, subjects: &[Subject], report: &mut Report) {
             ),
             evidence,
             policy: Some(snippet::mss_clamp(&way_out.name)),
-            then: Vec::new(),
+            steps: Vec::new(),
+            proposal: None,
         });
     }
 }
@@ -88,9 +104,24 @@ fn widest_interface(subject: &Subject) -> Option<Interface> {
 }
 
 /// Whether SYNs leaving through `interface` have their MSS clamped: by
-/// netbpf's program on its TCX egress, or by a TCPMSS rule of iptables
-/// for it (or for every interface).
-fn clamped(inventory: &Inventory, interface: &Interface, mangle: &str) -> bool {
+/// netbpf's program on its TCX egress, by a clamp the agent reports on it
+/// (on a clsact qdisc where the kernel has no TCX), or by a TCPMSS rule of
+/// iptables for it (or for every interface).
+fn clamped(
+    inventory: &Inventory,
+    interface: &Interface,
+    status: Option<&Status>,
+    mangle: &Result<Option<String>, String>,
+) -> bool {
+    let by_agent = status.is_some_and(|status| {
+        status.mss_clamps.iter().any(|clamp| {
+            clamp.direction != Direction::Ingress
+                && clamp
+                    .attached
+                    .iter()
+                    .any(|attached| attached.name == interface.name)
+        })
+    });
     let by_netbpf = netns::in_netns(&inventory.node_netns, || {
         SchedClassifier::query_tcx(&interface.name, TcAttachType::Egress)
     })
@@ -101,5 +132,7 @@ fn clamped(inventory: &Inventory, interface: &Interface, mangle: &str) -> bool {
             .iter()
             .any(|program| program.name_as_str() == Some(MSS_OUT_PROGRAM))
     });
-    by_netbpf || iptables::clamps_mss(mangle, &interface.name)
+    let by_iptables =
+        matches!(mangle, Ok(Some(text)) if iptables::clamps_mss(text, &interface.name));
+    by_agent || by_netbpf || by_iptables
 }

@@ -11,6 +11,8 @@ use crate::{containers::Runtime, host::cgroup};
 /// shell, its command and a health check already take a few.
 const ABSURDLY_FEW: u64 = 16;
 
+/// Finds the containers allowed absurdly few processes, or running into
+/// their limit now.
 pub fn check(subjects: &[Subject], report: &mut Report) {
     for subject in subjects {
         let Some(dir) = pids_cgroup(subject) else {
@@ -56,7 +58,8 @@ pub fn check(subjects: &[Subject], report: &mut Report) {
             ),
             evidence,
             policy: None,
-            then: vec![raise(subject)],
+            steps: vec![raise(subject)],
+            proposal: None,
         });
     }
 }

@@ -11,30 +11,32 @@ use std::{
 use anyhow::Context as _;
 use netlink_packet_sock_diag::constants::IPPROTO_TCP;
 
+use super::snippet::Proposal;
 use super::{
-    Area, Check, Finding, Problem, Report, State, Subject, applied_scope, inventory::Inventory,
-    iptables, snippet,
+    Area, Finding, Problem, Report, State, Subject, applied_scope, inventory::Inventory, iptables,
+    snippet,
 };
-use crate::{agent::status::Status, host::sock_diag::DiagSocket};
+use crate::{agent::status::Status, host::sock_diag::DiagSocket, policy::Protocols};
 
+/// Why `subject` cannot reach `host:port`: a finding, or a check that
+/// says it can or what doctor cannot tell.
 pub fn check(
     inventory: &Inventory,
     subject: &Subject,
-    host: &str,
-    port: u16,
+    (host, port): (&str, u16),
     status: Option<&Status>,
     report: &mut Report,
-) -> anyhow::Result<()> {
-    let address = resolve(subject, host)?;
-    let dialed = SocketAddr::new(address, port);
-    let mut note = |state: State, detail: String| {
-        report.checks.push(Check {
-            area: Area::Reach,
-            name: format!("{} to {host}:{port}", subject.label),
-            state,
-            detail,
-        });
+) {
+    let name = format!("{} to {host}:{port}", subject.label);
+    let mut note = |state: State, detail: String| report.check(Area::Reach, &name, state, detail);
+    let address = match resolve(subject, host) {
+        Ok(address) => address,
+        Err(error) => {
+            note(State::Failed, format!("{error:#}"));
+            return;
+        }
     };
+    let dialed = SocketAddr::new(address, port);
     if subject.host_network {
         if let Some(listener) = listening(&inventory.node_sockets, dialed).next() {
             note(
@@ -50,7 +52,7 @@ pub fn check(
                 format!("shares the node's network, where nothing listens on {dialed}"),
             );
         }
-        return Ok(());
+        return;
     }
     let own = inventory.sockets_of(subject);
     if let Some(listener) = listening(&own, dialed).next() {
@@ -58,11 +60,11 @@ pub fn check(
             State::Ok,
             format!("{} listens inside its network namespace", listener.local),
         );
-        return Ok(());
+        return;
     }
     if let Some(rule) = netbpf_rule(status, subject, dialed) {
         note(State::Ok, rule);
-        return Ok(());
+        return;
     }
     let finding = if address.is_loopback() {
         localhost_forward(inventory, subject, dialed)
@@ -71,15 +73,14 @@ pub fn check(
         .iter()
         .any(|known| known.address == address)
     {
-        host_service(inventory, subject, dialed)
+        host_service(inventory, subject, dialed, status)
     } else {
-        docker_isolation(inventory, subject, dialed)
+        docker_isolation(inventory, subject, dialed, status)
     };
     match finding {
         Ok(finding) => report.findings.push(finding),
         Err(detail) => note(State::Warning, detail),
     }
-    Ok(())
 }
 
 /// `host` as the container resolves it: `localhost`, an address, or a
@@ -128,19 +129,28 @@ fn netbpf_rule(status: Option<&Status>, subject: &Subject, dialed: SocketAddr) -
     let scope = applied_scope(status, subject)?;
     let instance = format!("{}/{}", scope.scope, scope.instance);
     if dialed.ip().is_loopback() {
-        let forward = scope
-            .forwards
-            .iter()
-            .find(|forward| covers(&forward.from, dialed.port()))?;
+        let forward = scope.forwards.iter().find(|forward| {
+            forward.proto != Protocols::Udp && covers(&forward.from, dialed.port())
+        })?;
         return Some(format!(
             "netbpf forwards {} to {} (scope {instance})",
             forward.from, forward.to
         ));
     }
-    let grant = scope.grants.iter().find(|grant| grant.dial == dialed)?;
+    if let Some(grant) = scope.grants.iter().find(|grant| grant.dial == dialed) {
+        return Some(format!(
+            "netbpf grants host service {} at {} (scope {instance})",
+            grant.service, grant.dial
+        ));
+    }
+    let alias = scope.aliases.iter().find(|alias| {
+        alias.proto != Protocols::Udp
+            && alias.from.ip() == dialed.ip()
+            && (alias.from.port() == 0 || alias.from.port() == dialed.port())
+    })?;
     Some(format!(
-        "netbpf grants host service {} at {} (scope {instance})",
-        grant.service, grant.dial
+        "netbpf sends {} to {} (scope {instance})",
+        alias.from, alias.to
     ))
 }
 
@@ -170,6 +180,8 @@ fn localhost_forward(
             socket.protocol == IPPROTO_TCP
                 && socket.local.port() == port
                 && !socket.local.ip().is_loopback()
+                && (socket.local.is_ipv4() == dialed.is_ipv4()
+                    || socket.local.ip().is_unspecified())
         })
         .collect();
     let gateway = subject
@@ -191,7 +203,7 @@ fn localhost_forward(
         })
         .ok_or_else(|| {
             format!(
-                "nothing listens on port {port} inside the container or on the node: start or publish the service first"
+                "nothing listens on port {port} inside the container or on the node (a port published by DNAT alone has no listener): start or publish the service, or give the address it is published at"
             )
         })?;
     let holders = Inventory::holders(&published);
@@ -217,8 +229,13 @@ fn localhost_forward(
             subject.label
         ),
         evidence,
-        policy: Some(snippet::scope(subject, "", &snippet::forward(port, to))),
-        then: Vec::new(),
+        policy: None,
+        steps: Vec::new(),
+        proposal: Some(Proposal {
+            subject: subject.clone(),
+            tables: Vec::new(),
+            rules: vec![snippet::forward(port, to, None)],
+        }),
     })
 }
 
@@ -228,6 +245,7 @@ fn host_service(
     inventory: &Inventory,
     subject: &Subject,
     dialed: SocketAddr,
+    status: Option<&Status>,
 ) -> Result<Finding, String> {
     let port = dialed.port();
     if let Some(listener) = listening(&inventory.node_sockets, dialed).next() {
@@ -236,7 +254,7 @@ fn host_service(
             listener.local
         ));
     }
-    let loopback = loopback_listeners(inventory, port);
+    let loopback = loopback_listeners(inventory, dialed);
     let service = loopback.first().map(|socket| socket.local).ok_or_else(|| {
         format!("nothing listens on port {port} on the node, not even on its loopback")
     })?;
@@ -251,7 +269,6 @@ fn host_service(
     evidence.push(format!(
         "{dialed} is the node's address{interface}, where nothing listens on port {port}"
     ));
-    let name = format!("loopback-{port}");
     Ok(Finding {
         problem: Problem::HostService,
         container: Some(subject.label.clone()),
@@ -261,13 +278,26 @@ fn host_service(
             subject.label
         ),
         evidence,
-        policy: Some(snippet::scope(
-            subject,
-            &snippet::host_service(&name, service),
-            &snippet::grant(&name, dialed),
-        )),
-        then: Vec::new(),
+        policy: None,
+        steps: Vec::new(),
+        proposal: Some(grant_proposal(subject, service, dialed, status)),
     })
+}
+
+/// The host service at `service` declared (unless it is) and granted to
+/// `subject` at `dialed`.
+fn grant_proposal(
+    subject: &Subject,
+    service: SocketAddr,
+    dialed: SocketAddr,
+    status: Option<&Status>,
+) -> Proposal {
+    let (name, table) = snippet::host_service(service, status);
+    Proposal {
+        subject: subject.clone(),
+        tables: table.into_iter().collect(),
+        rules: vec![snippet::grant(&name, dialed)],
+    }
 }
 
 /// The container dials an address on another Docker network, whose
@@ -276,6 +306,7 @@ fn docker_isolation(
     inventory: &Inventory,
     subject: &Subject,
     dialed: SocketAddr,
+    status: Option<&Status>,
 ) -> Result<Finding, String> {
     let port = dialed.port();
     let bridge_of = |index: u32| {
@@ -315,6 +346,8 @@ fn docker_isolation(
         ));
     }
     let rules = iptables::save(&inventory.node_netns, "filter")
+        .ok()
+        .flatten()
         .map(|text| iptables::isolation_drops(&text, &ours.name, &theirs.name))
         .unwrap_or_default();
     if rules.is_empty() {
@@ -335,14 +368,14 @@ fn docker_isolation(
             .iter()
             .map(|rule| format!("iptables -t filter: {rule}")),
     );
-    let loopback = loopback_listeners(inventory, port);
+    let loopback = loopback_listeners(inventory, dialed);
     let service = loopback.first().map_or_else(
-        || SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        || SocketAddr::new(snippet::loopback_like(dialed.ip()), port),
         |socket| socket.local,
     );
-    let mut then = Vec::new();
+    let mut steps = Vec::new();
     if loopback.is_empty() {
-        then.push(format!(
+        steps.push(format!(
             "publish port {port} of the container at {} on the node's loopback first (docker run -p 127.0.0.1:{port}:{port} ...)",
             dialed.ip()
         ));
@@ -350,7 +383,6 @@ fn docker_isolation(
         let holders = Inventory::holders(&loopback);
         evidence.extend(listeners(&loopback, &holders));
     }
-    let name = format!("loopback-{port}");
     Ok(Finding {
         problem: Problem::DockerIsolation,
         container: Some(subject.label.clone()),
@@ -360,24 +392,23 @@ fn docker_isolation(
             ours.name, theirs.name, subject.label
         ),
         evidence,
-        policy: Some(snippet::scope(
-            subject,
-            &snippet::host_service(&name, service),
-            &snippet::grant(&name, dialed),
-        )),
-        then,
+        policy: None,
+        steps,
+        proposal: Some(grant_proposal(subject, service, dialed, status)),
     })
 }
 
-/// The node's TCP listeners on its loopback at `port`.
-fn loopback_listeners(inventory: &Inventory, port: u16) -> Vec<&DiagSocket> {
+/// The node's TCP listeners on its loopback at the port of `dialed`, of
+/// its family (a grant is of one family).
+fn loopback_listeners(inventory: &Inventory, dialed: SocketAddr) -> Vec<&DiagSocket> {
     inventory
         .node_sockets
         .iter()
         .filter(|socket| {
             socket.protocol == IPPROTO_TCP
-                && socket.local.port() == port
+                && socket.local.port() == dialed.port()
                 && socket.local.ip().is_loopback()
+                && socket.local.is_ipv4() == dialed.is_ipv4()
         })
         .collect()
 }

@@ -7,6 +7,7 @@ use comfy_table::{Table, presets::NOTHING};
 
 use super::{Area, Report, State};
 
+/// The report as text: checks by area, then the findings.
 pub fn render(report: &Report) -> String {
     let mut text = String::new();
     for (area, title) in [
@@ -39,7 +40,12 @@ pub fn render(report: &Report) -> String {
         text.push_str("No problems found.\n");
         return text;
     }
-    let _ = writeln!(text, "{} problems found:", report.findings.len());
+    let count = report.findings.len();
+    let _ = writeln!(
+        text,
+        "{count} problem{} found:",
+        if count == 1 { "" } else { "s" }
+    );
     for (number, finding) in report.findings.iter().enumerate() {
         let about: Vec<String> = finding
             .container
@@ -74,7 +80,7 @@ pub fn render(report: &Report) -> String {
                 let _ = writeln!(text, "       {line}");
             }
         }
-        for step in &finding.then {
+        for step in &finding.steps {
             let _ = writeln!(text, "   Then: {step}");
         }
     }
