@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, io, net::IpAddr};
 
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage},
+    address::{AddressAttribute, AddressMessage, AddressScope},
     route::{RouteAttribute, RouteMessage, RouteType},
 };
 
@@ -18,6 +18,8 @@ pub struct InterfaceAddress {
     pub interface: u32,
     pub address: IpAddr,
     pub prefix_len: u8,
+    /// Whether its scope is global (not host or link).
+    pub global: bool,
 }
 
 impl InterfaceAddress {
@@ -43,18 +45,24 @@ pub fn addresses() -> io::Result<Vec<InterfaceAddress>> {
     let mut found = Vec::new();
     for message in rtnetlink::dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))? {
         if let RouteNetlinkMessage::NewAddress(message) = message {
-            let address = message
-                .attributes
-                .iter()
-                .find_map(|attribute| match attribute {
-                    AddressAttribute::Address(address) => Some(*address),
-                    _ => None,
-                });
-            if let Some(address) = address {
+            // IFA_LOCAL is the interface's own address; IFA_ADDRESS is the
+            // peer's on point-to-point links, and the same elsewhere.
+            let attribute = |local: bool| {
+                message
+                    .attributes
+                    .iter()
+                    .find_map(|attribute| match attribute {
+                        AddressAttribute::Local(address) if local => Some(*address),
+                        AddressAttribute::Address(address) if !local => Some(*address),
+                        _ => None,
+                    })
+            };
+            if let Some(address) = attribute(true).or_else(|| attribute(false)) {
                 found.push(InterfaceAddress {
                     interface: message.header.index,
                     address,
                     prefix_len: message.header.prefix_len,
+                    global: message.header.scope == AddressScope::Universe,
                 });
             }
         }
@@ -98,6 +106,7 @@ mod tests {
             interface: 3,
             address: "10.203.0.1".parse().unwrap(),
             prefix_len: 24,
+            global: true,
         };
         assert!(bridge.network_contains("10.203.0.77".parse().unwrap()));
         assert!(!bridge.network_contains("10.203.1.1".parse().unwrap()));
@@ -106,6 +115,7 @@ mod tests {
             interface: 3,
             address: "fd00:200:1::1".parse().unwrap(),
             prefix_len: 64,
+            global: true,
         };
         assert!(v6.network_contains("fd00:200:1::2".parse().unwrap()));
         assert!(!v6.network_contains("fd00:200:2::2".parse().unwrap()));

@@ -11,12 +11,11 @@ use std::{
 
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    address::{AddressAttribute, AddressMessage, AddressScope},
     link::{LinkAttribute, LinkMessage},
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
-use crate::host::{netns, rtnetlink};
+use crate::host::{addressing, netns, rtnetlink};
 
 /// What the host knows of a scope's network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,25 +34,14 @@ pub struct ScopeNetwork {
 /// The addresses and gateways of the namespace at `path`.
 pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
     netns::in_netns(path, || -> io::Result<ScopeNetwork> {
-        let mut network = ScopeNetwork::default();
-        for message in rtnetlink::dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
-        {
-            if let RouteNetlinkMessage::NewAddress(address) = message
-                && address.header.scope == AddressScope::Universe
-            {
-                network
-                    .addresses
-                    .extend(
-                        address
-                            .attributes
-                            .iter()
-                            .find_map(|attribute| match attribute {
-                                AddressAttribute::Address(addr) => Some(*addr),
-                                _ => None,
-                            }),
-                    );
-            }
-        }
+        let mut network = ScopeNetwork {
+            addresses: addressing::addresses()?
+                .into_iter()
+                .filter(|address| address.global)
+                .map(|address| address.address)
+                .collect(),
+            ..ScopeNetwork::default()
+        };
         let mut default_interface = None;
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut request = RouteMessage::default();
