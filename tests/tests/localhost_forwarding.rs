@@ -420,13 +420,15 @@ sources = sorted("%s:%d" % one.recvfrom(64)[1] for _ in ports)
 print(json.dumps({"dialed": dialed, "sources": sources}))
 "#;
 
-/// Echoes every datagram on ADDR, on each port given.
+/// Echoes every datagram on ADDR, on each port given. Its receive buffer
+/// is forced past `net.core.rmem_max` (SO_RCVBUFFORCE: it runs as root),
+/// so a burst of 3000 datagrams waits there on a slow machine or VM.
 const ECHO: &str = r"
 import selectors, socket, sys
 selector = selectors.DefaultSelector()
 for port in sys.argv[2:]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    sock.setsockopt(socket.SOL_SOCKET, 33, 1 << 22)  # SO_RCVBUFFORCE
     sock.bind((sys.argv[1], int(port)))
     selector.register(sock, selectors.EVENT_READ)
 while True:

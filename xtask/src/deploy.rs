@@ -2,11 +2,7 @@
 //! and the Kubernetes manifest against the API's own schemas, unknown
 //! fields and duplicate keys rejected. No cluster and no network needed.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -26,7 +22,7 @@ const MANIFEST: &str = "deploy/kubernetes/netbpf.yaml";
 /// Checks the unit and the manifest; fails naming what is wrong.
 pub fn check(workspace: &Path) -> anyhow::Result<()> {
     verify_unit(&workspace.join(UNIT))?;
-    let venv = validators(workspace)?;
+    let venv = setup::python_tools(workspace, "deploy-validators", PYTHON_PACKAGES)?;
     let manifest = workspace.join(MANIFEST);
     for version in [Some(OLDEST_KUBERNETES), None] {
         let mut validate = Command::new(venv.join("bin/kubernetes-validate"));
@@ -107,23 +103,4 @@ fn verify_unit(unit: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A virtualenv with [`PYTHON_PACKAGES`], made once under target/tools.
-fn validators(workspace: &Path) -> anyhow::Result<PathBuf> {
-    let venv = setup::tools_dir(workspace).join("deploy-validators");
-    let stamp = venv.join("installed");
-    let wanted = PYTHON_PACKAGES.join(" ");
-    if fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
-        return Ok(venv);
-    }
-    eprintln!("setup: installing {wanted} into {}", venv.display());
-    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    cmd::run(
-        Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(PYTHON_PACKAGES),
-    )?;
-    fs::write(&stamp, wanted)?;
-    Ok(venv)
 }

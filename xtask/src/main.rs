@@ -8,6 +8,7 @@ mod deploy;
 mod image;
 mod setup;
 mod test;
+mod vm;
 
 use std::path::{Path, PathBuf};
 
@@ -28,8 +29,9 @@ enum Command {
     /// Build the netbpf binary with its embedded eBPF programs.
     Build,
     /// Run the whole suite: formatting, clippy, unit tests and the
-    /// privileged tests that load the programs into this kernel.
-    Test,
+    /// privileged tests that load the programs into this kernel; or, with
+    /// --kernel, the privileged tests on other kernels in VMs.
+    Test(test::TestArgs),
     /// Show localhost forwarding on a throw-away desktop/bridge topology.
     Demo,
     /// Check deploy/ offline: the systemd unit with systemd-analyze, the
@@ -48,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     match Xtask::parse().command {
         Command::Setup => setup::setup(&workspace),
         Command::Build => build(&workspace).map(drop),
-        Command::Test => test::test(&workspace),
+        Command::Test(args) => test::test(&workspace, &args),
         Command::Demo => demo::demo(&workspace),
         Command::CheckDeploy => deploy::check(&workspace),
         Command::Image(args) => image::image(&workspace, &args).map(drop),

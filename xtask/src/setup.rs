@@ -37,12 +37,34 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iperf3",          // the throughput benchmark
     "systemd",         // systemd-analyze: the unit's check
     "libcap2-bin",     // capsh: the capabilities the unit names
-    "python3-venv",    // the manifest's validators, in a virtualenv of their own
+    "python3-venv",    // the manifest's validators and virtme-ng, in virtualenvs of their own
+    "qemu-system-x86", // the VMs of `cargo xtask test --kernel` (and virtiofsd, in /usr/lib/qemu)
+    "kmod",            // depmod: virtme-ng indexes a kernel package's modules
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.
 pub fn tools_dir(workspace: &Path) -> PathBuf {
     workspace.join("target/tools")
+}
+
+/// A virtualenv under target/tools/`name` with the Python `packages`
+/// (pinned), made once and remade when the list changes.
+pub fn python_tools(workspace: &Path, name: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let venv = tools_dir(workspace).join(name);
+    let stamp = venv.join("installed");
+    let wanted = packages.join(" ");
+    if fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(venv);
+    }
+    eprintln!("setup: installing {wanted} into {}", venv.display());
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(packages),
+    )?;
+    fs::write(&stamp, wanted)?;
+    Ok(venv)
 }
 
 /// Everything: the eBPF toolchain, the test packages and bpffs.

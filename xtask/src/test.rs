@@ -11,10 +11,37 @@ use crate::{
     bench::{self, BenchArgs},
     build, build_next, cmd, deploy,
     image::{self, ImageArgs},
-    setup,
+    setup, vm,
 };
 
-pub fn test(workspace: &Path) -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Run the privileged tests in a VM on this kernel instead: `6.1` or
+    /// `6.12` (the newest Debian package of it), or a vmlinuz path.
+    /// Repeatable.
+    #[arg(long)]
+    kernel: Vec<String>,
+    /// Run them on every kernel of the matrix (6.1 and 6.12).
+    #[arg(long, value_parser = ["all"])]
+    kernels: Option<String>,
+    /// With --kernel or --kernels: only these test binaries (the file
+    /// names of tests/tests/, e.g. `localhost_forwarding`). Repeatable.
+    #[arg(long = "test")]
+    tests: Vec<String>,
+}
+
+pub fn test(workspace: &Path, args: &TestArgs) -> anyhow::Result<()> {
+    let mut kernels = args.kernel.clone();
+    if args.kernels.is_some() {
+        kernels.extend(vm::MATRIX.map(str::to_owned));
+    }
+    if !kernels.is_empty() {
+        return vm::run(workspace, &kernels, &args.tests);
+    }
+    anyhow::ensure!(
+        args.tests.is_empty(),
+        "--test picks test binaries for --kernel or --kernels; the suite here runs them all"
+    );
     cmd::require_root("cargo xtask test")?;
     setup::test_environment()?;
     let next = build_next(workspace)?;

@@ -1,0 +1,321 @@
+//! The privileged tests on other kernels: a Debian kernel package booted
+//! with virtme-ng in QEMU, the host's root file system shared in (so the
+//! test binaries built here run there unchanged), cgroup v2 alone at
+//! `/sys/fs/cgroup` as on most nodes. Each test binary's output and exit
+//! code go to `target/vm/KERNEL/`, the one directory the guest may write.
+//!
+//! The VM runs without KVM (the nested CPU crashes the guest here), in
+//! software emulation: several times slower than the host.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{build, build_next, cmd, setup};
+
+/// The kernels `--kernels all` runs, by the Debian package family that
+/// carries each.
+pub const MATRIX: [&str; 2] = ["6.1", "6.12"];
+
+/// virtme-ng, pinned.
+const VIRTME_NG: &str = "virtme-ng==1.42";
+
+/// One test binary's outcome on one kernel.
+struct Outcome {
+    test: String,
+    passed: usize,
+    failed: usize,
+    /// Whether the binary exited 0 (None: it never finished).
+    success: Option<bool>,
+}
+
+/// Runs the test binaries `tests` (all privileged ones when empty) on each
+/// of `kernels` (`6.1`, `6.12`, or a vmlinuz path) and prints one table.
+pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Result<()> {
+    cmd::require_root("cargo xtask test --kernel")?;
+    setup::test_environment()?;
+    let vng = setup::python_tools(workspace, "virtme-ng", &[VIRTME_NG])?;
+    let next = build_next(workspace)?;
+    let netbpf = build(workspace)?;
+    let binaries = test_binaries(workspace, tests)?;
+    let mut table = Vec::new();
+    for kernel in kernels {
+        let (label, vmlinuz) = kernel_image(workspace, kernel)?;
+        eprintln!("vm: {label}: {} test binaries", binaries.len());
+        let out = workspace.join("target/vm").join(&label);
+        if out.exists() {
+            fs::remove_dir_all(&out)?;
+        }
+        fs::create_dir_all(&out)?;
+        let script = guest_script(workspace, &binaries, &out, &netbpf, &next)?;
+        boot(&vng, &vmlinuz, &script, &out)?;
+        table.push((label, outcomes(&binaries, &out)));
+    }
+    print!("{}", summary(&table));
+    let failed: Vec<String> = table
+        .iter()
+        .flat_map(|(label, outcomes)| {
+            outcomes
+                .iter()
+                .filter(|outcome| outcome.success != Some(true))
+                .map(move |outcome| {
+                    format!(
+                        "{} on {label} (target/vm/{label}/{}.log)",
+                        outcome.test, outcome.test
+                    )
+                })
+        })
+        .collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The integration test binaries of the tests crate, built now: their
+/// names (`localhost_forwarding`) and paths; only `wanted` ones if any.
+fn test_binaries(workspace: &Path, wanted: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let listing = cmd::output(
+        Command::new(env!("CARGO"))
+            .args([
+                "test",
+                "--package",
+                "netbpf-testenv",
+                "--tests",
+                "--no-run",
+                "--message-format=json",
+            ])
+            .current_dir(workspace)
+            .stderr(Stdio::inherit()),
+    )?;
+    let mut binaries = Vec::new();
+    for line in listing.lines() {
+        let message: serde_json::Value = serde_json::from_str(line)?;
+        let is_test = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"));
+        if let (true, Some(name), Some(path)) = (
+            is_test,
+            message["target"]["name"].as_str(),
+            message["executable"].as_str(),
+        ) && (wanted.is_empty() || wanted.iter().any(|test| test == name))
+        {
+            binaries.push((name.to_owned(), PathBuf::from(path)));
+        }
+    }
+    for test in wanted {
+        if !binaries.iter().any(|(name, _)| name == test) {
+            bail!("no test binary {test} in tests/tests/");
+        }
+    }
+    binaries.sort();
+    Ok(binaries)
+}
+
+/// The vmlinuz of `kernel`: a path as given, or the newest Debian package
+/// of the family (`6.1`, `6.12`), downloaded and unpacked once under
+/// target/kernels/. Its label names the release.
+fn kernel_image(workspace: &Path, kernel: &str) -> anyhow::Result<(String, PathBuf)> {
+    let path = Path::new(kernel);
+    if path.is_file() {
+        let label = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .map_or("kernel", |name| name.trim_start_matches("vmlinuz-"))
+            .to_owned();
+        return Ok((label, path.to_owned()));
+    }
+    let pattern = match kernel {
+        "6.1" => r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+        "6.12" => r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
+        other => bail!("--kernel {other}: give 6.1, 6.12 or the path of a vmlinuz"),
+    };
+    let found = cmd::output(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
+    let package = found
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .max_by_key(|name| version_key(name))
+        .with_context(|| format!("no Debian package matches {pattern} (apt-get update?)"))?
+        .to_owned();
+    let dir = workspace.join("target/kernels").join(&package);
+    if !dir.join("boot").exists() {
+        let downloads = workspace.join("target/kernels");
+        fs::create_dir_all(&downloads)?;
+        eprintln!("vm: downloading {package}");
+        cmd::run(
+            Command::new("apt-get")
+                .args(["download", "-q", &package])
+                .current_dir(&downloads),
+        )?;
+        let deb = fs::read_dir(&downloads)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| {
+                path.extension().is_some_and(|extension| extension == "deb")
+                    && path.file_name().is_some_and(|name| {
+                        name.to_string_lossy().starts_with(&format!("{package}_"))
+                    })
+            })
+            .with_context(|| format!("apt-get download left no {package}_*.deb"))?;
+        cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
+        fs::remove_file(deb)?;
+    }
+    let vmlinuz = fs::read_dir(dir.join("boot"))?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .with_context(|| format!("{package} has no boot/vmlinuz-*"))?;
+    let label = vmlinuz
+        .file_name()
+        .map(|name| {
+            name.to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_owned()
+        })
+        .unwrap_or(package);
+    Ok((label, vmlinuz))
+}
+
+/// The numbers in a package name, in order: what orders its versions.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|number| number.parse().ok())
+        .collect()
+}
+
+/// The script the guest runs: bpffs mounted, then each test binary, its
+/// output to `out/NAME.log` and its exit code to `out/NAME.rc`.
+fn guest_script(
+    workspace: &Path,
+    binaries: &[(String, PathBuf)],
+    out: &Path,
+    netbpf: &Path,
+    next: &Path,
+) -> anyhow::Result<PathBuf> {
+    let mut script = String::from("#!/bin/sh\nmount -t bpf bpf /sys/fs/bpf\n");
+    let _ = writeln!(script, "cd '{}'", workspace.join("tests").display());
+    for (name, binary) in binaries {
+        let log = out.join(format!("{name}.log"));
+        let _ = writeln!(
+            script,
+            "NETBPF_BIN='{}' NETBPF_NEXT_BIN='{}' '{}' --test-threads 2 > '{}' 2>&1; echo $? > '{}'",
+            netbpf.display(),
+            next.display(),
+            binary.display(),
+            log.display(),
+            out.join(format!("{name}.rc")).display()
+        );
+    }
+    let path = out.join("run.sh");
+    fs::write(&path, script)?;
+    cmd::run(Command::new("chmod").arg("+x").arg(&path))?;
+    Ok(path)
+}
+
+/// Boots `vmlinuz` and runs `script` in it; the console goes to
+/// `out/console.log`. virtme-ng's exit code is not the script's (no
+/// virtio-serial here): the outcomes are read from `out`.
+fn boot(vng: &Path, vmlinuz: &Path, script: &Path, out: &Path) -> anyhow::Result<()> {
+    let path = std::env::join_paths(
+        [
+            vng.join("bin"),
+            "/usr/sbin".into(),
+            "/sbin".into(),
+            "/usr/lib/qemu".into(),
+        ]
+        .into_iter()
+        .chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )),
+    )?;
+    let console = fs::File::create(out.join("console.log"))?;
+    Command::new(vng.join("bin/vng"))
+        .arg("--run")
+        .arg(vmlinuz)
+        .args([
+            "--disable-kvm",
+            "--memory",
+            "4G",
+            "--cpus",
+            "2",
+            "--verbose",
+        ])
+        .arg("--rwdir")
+        .arg(out)
+        .arg("--")
+        .arg(script)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone()?)
+        .stderr(console)
+        .status()
+        .with_context(|| format!("starting {}", vng.join("bin/vng").display()))?;
+    Ok(())
+}
+
+/// What each binary did, from its files in `out`.
+fn outcomes(binaries: &[(String, PathBuf)], out: &Path) -> Vec<Outcome> {
+    binaries
+        .iter()
+        .map(|(name, _)| {
+            let log = fs::read_to_string(out.join(format!("{name}.log"))).unwrap_or_default();
+            let count = |word: &str| -> usize {
+                log.lines()
+                    .filter(|line| line.starts_with("test result:"))
+                    .filter_map(|line| {
+                        let before = line.split(&format!(" {word}")).next()?;
+                        before.rsplit(' ').next()?.parse::<usize>().ok()
+                    })
+                    .sum()
+            };
+            Outcome {
+                test: name.clone(),
+                passed: count("passed"),
+                failed: count("failed"),
+                success: fs::read_to_string(out.join(format!("{name}.rc")))
+                    .ok()
+                    .map(|code| code.trim() == "0"),
+            }
+        })
+        .collect()
+}
+
+/// One row per test binary, one column per kernel: passed/failed, or
+/// `did not finish`.
+fn summary(table: &[(String, Vec<Outcome>)]) -> String {
+    let mut text = String::from("\n| test |");
+    for (label, _) in table {
+        let _ = write!(text, " {label} |");
+    }
+    text.push_str("\n| --- |");
+    text.push_str(&" --- |".repeat(table.len()));
+    text.push('\n');
+    let Some((_, first)) = table.first() else {
+        return text;
+    };
+    for (row, outcome) in first.iter().enumerate() {
+        let _ = write!(text, "| {} |", outcome.test);
+        for (_, outcomes) in table {
+            let outcome = &outcomes[row];
+            let cell = match outcome.success {
+                Some(true) => format!("ok ({} passed)", outcome.passed),
+                Some(false) => format!(
+                    "**FAILED** ({} passed, {} failed)",
+                    outcome.passed, outcome.failed
+                ),
+                None => "**did not finish**".to_owned(),
+            };
+            let _ = write!(text, " {cell} |");
+        }
+        text.push('\n');
+    }
+    text
+}
