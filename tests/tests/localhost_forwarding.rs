@@ -421,7 +421,7 @@ print(json.dumps({"dialed": dialed, "sources": sources}))
 "#;
 
 /// Echoes every datagram on ADDR, on each port given. Its receive buffer
-/// is forced past `net.core.rmem_max` (SO_RCVBUFFORCE: it runs as root),
+/// is forced past `net.core.rmem_max` (`SO_RCVBUFFORCE`: it runs as root),
 /// so a burst of 3000 datagrams waits there on a slow machine or VM.
 const ECHO: &str = r"
 import selectors, socket, sys
