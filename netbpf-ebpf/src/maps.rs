@@ -79,6 +79,13 @@ pub static MSS_INTERFACES: HashMap<u32, MssConfig> =
 #[map]
 pub static MSS_STATS: PerCpuArray<MssStats> = PerCpuArray::with_max_entries(MAX_MSS_INTERFACES, 0);
 
+/// Per-CPU scratch of the MSS clamp's option walk (one entry): the offset
+/// of the next option. Read back from a map at each step, it is a number
+/// the verifier does not know, so it checks each step of the walk once
+/// instead of once per way the options could be laid out.
+#[map]
+pub static MSS_WALK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
 /// (scope, protocol, exact address, port) dialed -> where it goes instead.
 #[map]
 pub static ALIASES: HashMap<AliasKey, ForwardTarget> =

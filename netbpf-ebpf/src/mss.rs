@@ -17,7 +17,10 @@ use netbpf_common::{
     MssStats,
 };
 
-use crate::ip::{AF_INET, IPPROTO_TCP, Parsed, Segment, TCP_FLAG_SYN, parse, surely_not_syn};
+use crate::{
+    ip::{AF_INET, IPPROTO_TCP, Parsed, Segment, TCP_FLAG_SYN, parse, surely_not_syn},
+    maps::MSS_WALK,
+};
 
 const TCP_FLAG_RST: u8 = 0x04;
 const TCPOPT_MSS: u8 = 2;
@@ -73,94 +76,92 @@ pub fn clamp(ctx: &TcContext, config: &MssConfig, way: Way, stats: &mut MssStats
         stats.unparsed += 1;
         return;
     };
-    let options_len = header_len - TCP_HEADER;
-    // Read in fixed 4-byte words (option space always is whole words): a
-    // variable-length read would have the verifier lose the bound.
-    let mut options = [0u8; MAX_OPTIONS];
-    for word in 0..MAX_OPTIONS / 4 {
-        let at = word * 4;
-        if at >= options_len {
-            break;
-        }
-        let Ok(bytes) = ctx.load::<[u8; 4]>(segment.l4 + TCP_HEADER + at) else {
-            stats.unparsed += 1;
-            return;
-        };
-        options[at..at + 4].copy_from_slice(&bytes);
-    }
-    let walk = find_mss_option(&options, options_len);
+    let walk = find_mss_option(ctx, segment.l4 + TCP_HEADER, header_len - TCP_HEADER);
     if walk.malformed {
         stats.malformed += 1;
     }
-    let Ok(word) = ctx.load::<[u8; 2]>(segment.l4 + 12) else {
+    if walk.unreadable {
         stats.unparsed += 1;
         return;
-    };
-    let header = Header {
-        len: header_len,
-        word,
-        options,
-    };
-    match walk.mss_at {
-        Some(at) => lower_mss(ctx, &segment, &header.options, at, target, stats),
-        None => insert_mss(ctx, &segment, &header, target, stats),
+    }
+    match walk.mss {
+        Some((at, old)) => lower_mss(ctx, &segment, at, old, target, stats),
+        None => insert_mss(ctx, &segment, header_len, target, stats),
     }
 }
 
 /// What the option walk found.
 struct Walk {
-    /// Offset of the MSS option within the options.
-    mss_at: Option<usize>,
+    /// Offset of the MSS option within the options, and its value.
+    mss: Option<(usize, u16)>,
     /// Whether an option's length did not add up.
     malformed: bool,
+    /// Whether an option could not be read from the packet.
+    unreadable: bool,
 }
 
-/// Walks the options as TCPMSS does: EOL and NOP take one byte, as does
-/// an option whose length is 0; the walk stops where an MSS option could
-/// no longer fit.
+/// Walks the `len` option bytes at `options_at` as TCPMSS does: EOL and
+/// NOP take one byte, as does an option whose length is 0; the walk stops
+/// where an MSS option could no longer fit.
+///
+/// Where the next option starts goes through [`MSS_WALK`] at each step,
+/// and each option is read from the packet at an offset the helper checks:
+/// the verifier then checks each step once, not once for every offset an
+/// option could start at. (Kept in a register and read from a stack copy,
+/// the walk took the verifier half a million instructions, and 6.12's
+/// verifier lost the bounds of the index on the way and refused it.)
 #[inline(always)]
-fn find_mss_option(options: &[u8; MAX_OPTIONS], len: usize) -> Walk {
+fn find_mss_option(ctx: &TcContext, options_at: usize, len: usize) -> Walk {
     let mut walk = Walk {
-        mss_at: None,
+        mss: None,
         malformed: false,
+        unreadable: false,
     };
-    let mut at = 0;
+    let Some(next) = MSS_WALK.get_ptr_mut(0) else {
+        walk.unreadable = true;
+        return walk;
+    };
+    // SAFETY: `next` points at this CPU's slot of a valid element; nothing
+    // else on this CPU runs this program while it does.
+    let next = unsafe { &mut *next };
+    *next = 0;
     for _ in 0..MAX_OPTIONS {
-        if at + TCPOLEN_MSS > len {
+        let at = *next as usize;
+        if at > MAX_OPTIONS || at + TCPOLEN_MSS > len {
             break;
         }
-        let (Some(&kind), Some(&length)) = (options.get(at), options.get(at + 1)) else {
+        // Four bytes fit from here: an MSS option's whole.
+        let Ok([kind, length, high, low]) = ctx.load::<[u8; 4]>(options_at + at) else {
+            walk.unreadable = true;
             break;
         };
         if kind == TCPOPT_MSS && usize::from(length) == TCPOLEN_MSS {
-            walk.mss_at = Some(at);
+            walk.mss = Some((at, u16::from_be_bytes([high, low])));
             break;
         }
-        if kind <= 1 || length == 0 {
+        let step = if kind <= 1 || length == 0 {
             walk.malformed |= kind > 1;
-            at += 1;
+            1
         } else {
             walk.malformed |= length < 2 || at + usize::from(length) > len;
-            at += usize::from(length);
-        }
+            u32::from(length)
+        };
+        *next += step;
     }
     walk
 }
 
-/// Lowers the MSS option at `at` to `target`, if it is above.
+/// Lowers the MSS option at `at`, whose value is `old`, to `target`, if
+/// it is above.
 #[inline(always)]
 fn lower_mss(
     ctx: &TcContext,
     segment: &Segment,
-    options: &[u8; MAX_OPTIONS],
     at: usize,
+    old: u16,
     target: u16,
     stats: &mut MssStats,
 ) {
-    let (Some(&high), Some(&low)) = (options.get(at + 2), options.get(at + 3)) else {
-        return;
-    };
-    let old = u16::from_be_bytes([high, low]);
     if old <= target {
         stats.already_small += 1;
         return;
@@ -170,6 +171,7 @@ fn lower_mss(
     // The checksum sums 16-bit words from the start of the header: a value
     // at an odd offset straddles two words, one byte in each, and counts
     // byte-swapped. (TCPMSS misses this and breaks the checksum there.)
+    let [high, low] = old.to_be_bytes();
     let (old_word, new_word) = if at.is_multiple_of(2) {
         ([high, low], new)
     } else {
@@ -200,21 +202,25 @@ fn lower_mss(
 fn insert_mss(
     ctx: &TcContext,
     segment: &Segment,
-    header: &Header,
+    header_len: usize,
     target: u16,
     stats: &mut MssStats,
 ) {
-    if segment.len > header.len || header.len >= 15 * 4 || segment.fragmented {
+    if segment.len > header_len || header_len >= 15 * 4 || segment.fragmented {
         stats.without_option += 1;
         return;
     }
+    let Some(header) = Header::read(ctx, segment, header_len) else {
+        stats.unparsed += 1;
+        return;
+    };
     let default = if segment.family == AF_INET {
         MSS_V4_DEFAULT
     } else {
         MSS_V6_DEFAULT
     };
     let mss = target.min(default).to_be_bytes();
-    if add_option(ctx, segment, header, [TCPOPT_MSS, 4, mss[0], mss[1]]).is_ok() {
+    if add_option(ctx, segment, &header, [TCPOPT_MSS, 4, mss[0], mss[1]]).is_ok() {
         stats.inserted += 1;
     } else {
         stats.unparsed += 1;
@@ -228,6 +234,27 @@ struct Header {
     /// Byte 12 and 13: data offset and flags.
     word: [u8; 2],
     options: [u8; MAX_OPTIONS],
+}
+
+impl Header {
+    /// Reads the `len` bytes of `segment`'s TCP header.
+    #[inline(always)]
+    fn read(ctx: &TcContext, segment: &Segment, len: usize) -> Option<Self> {
+        let word = ctx.load::<[u8; 2]>(segment.l4 + 12).ok()?;
+        let options_len = len - TCP_HEADER;
+        // Read in fixed 4-byte words (option space always is whole words):
+        // a variable-length read would have the verifier lose the bound.
+        let mut options = [0u8; MAX_OPTIONS];
+        for word in 0..MAX_OPTIONS / 4 {
+            let at = word * 4;
+            if at >= options_len {
+                break;
+            }
+            let bytes = ctx.load::<[u8; 4]>(segment.l4 + TCP_HEADER + at).ok()?;
+            options[at..at + 4].copy_from_slice(&bytes);
+        }
+        Some(Self { len, word, options })
+    }
 }
 
 /// Puts `option` between the fixed TCP header and its options, and fixes

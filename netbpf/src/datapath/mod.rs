@@ -118,7 +118,7 @@ pub struct LoadedProgram {
 }
 
 /// The programs a policy may not need: each is loaded only when asked
-/// for (the MSS clamp takes the kernel about a second to verify).
+/// for (the MSS clamp takes the verifier the longest).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Optional {
     /// The tc program of `[[mss_clamp]]` on egress.
