@@ -16,6 +16,7 @@ mod docker;
 mod docker_node;
 mod doctor;
 mod images;
+pub mod kernel;
 mod metrics;
 mod netns;
 pub mod packet;

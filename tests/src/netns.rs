@@ -38,6 +38,26 @@ impl Netns {
         )
     }
 
+    /// The ids of the programs attached to the namespace's interfaces as
+    /// filters of a clsact qdisc (how tc programs attach before TCX).
+    pub fn clsact_programs(&self) -> anyhow::Result<Vec<u64>> {
+        let listing: serde_json::Value =
+            serde_json::from_str(&self.exec(&["bpftool", "-j", "net", "show"])?)?;
+        Ok(listing
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|namespace| namespace["tc"].as_array())
+            .flatten()
+            .filter(|filter| {
+                filter["kind"]
+                    .as_str()
+                    .is_some_and(|kind| kind.starts_with("clsact/"))
+            })
+            .filter_map(|filter| filter["prog_id"].as_u64())
+            .collect())
+    }
+
     /// Runs `ip ARGS` inside the namespace.
     pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
         run_checked("ip", ["-n", self.name.as_str()].iter().chain(args))

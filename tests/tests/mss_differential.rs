@@ -16,7 +16,7 @@ use netbpf::{
 };
 use netbpf_common::MssConfig;
 use netbpf_testenv::{
-    NetbpfRun, Netns, PacketSocket, bpftool_json, mac_address,
+    NetbpfRun, Netns, PacketSocket, bpftool_json, kernel, mac_address,
     packet::{ACK, Parsed, RST, SYN, Segment},
     require_root,
 };
@@ -455,14 +455,28 @@ fn pmtu_agrees_when_attached(ingress: bool) {
     let attached = &status["mss_clamps"][0]["attached"][0];
     assert_eq!(attached["name"], interface.as_str(), "{status}");
     assert!(attached["clamped"].as_u64().unwrap() > 0, "{status}");
+    // TCX where the kernel has it (6.6), a clsact qdisc before: as netbpf
+    // reports it, and as the kernel shows it.
     let clamp_program = netbpf.programs().unwrap()[program];
-    assert!(tc_links_of(clamp_program) > 0, "attached through a tc link");
+    let (attachment, attached_there) = if kernel::has_tcx() {
+        ("tcx", tc_links_of(clamp_program))
+    } else {
+        ("clsact", clsact_filters_of(&router.router, clamp_program))
+    };
+    assert_eq!(attached["attachment"], attachment, "{status}");
+    assert!(attached_there > 0, "attached through {attachment}");
     assert!(netbpf.stop().unwrap().success());
     assert_eq!(
-        tc_links_of(clamp_program),
+        tc_links_of(clamp_program) + clsact_filters_of(&router.router, clamp_program),
         0,
-        "netbpf left its tc link behind"
+        "netbpf left its {attachment} attachment behind"
     );
+}
+
+/// How many clsact filters of program `id` the interfaces of `netns` have.
+fn clsact_filters_of(netns: &Netns, id: u64) -> usize {
+    let programs = netns.clsact_programs().unwrap();
+    programs.iter().filter(|program| **program == id).count()
 }
 
 /// How many bpf links of program `id` the kernel holds.

@@ -263,6 +263,7 @@ impl MssClamper {
                         Ok(MssInterfaceStatus {
                             name: clamped.name.clone(),
                             ifindex: *ifindex,
+                            attachment: clamped.links.attachment(),
                             stats: datapath.mss_stats(clamped.slot)?,
                         })
                     })

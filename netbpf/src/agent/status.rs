@@ -12,7 +12,7 @@ use netbpf_common::MssStats;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    datapath::LoadedProgram,
+    datapath::{LoadedProgram, TcAttachment},
     policy::{Direction, Mss, Protocols},
 };
 
@@ -176,6 +176,8 @@ pub struct MssClampStatus {
 pub struct MssInterfaceStatus {
     pub name: String,
     pub ifindex: u32,
+    /// How the clamp is attached there: a TCX link or a clsact qdisc.
+    pub attachment: Option<TcAttachment>,
     #[serde(flatten)]
     pub stats: MssStats,
 }
@@ -421,10 +423,15 @@ impl Status {
                 table.add_row(
                     head.iter()
                         .cloned()
-                        .chain([format!(
-                            "{} (ifindex {})",
-                            interface.name, interface.ifindex
-                        )])
+                        .chain([match interface.attachment {
+                            Some(attachment) => format!(
+                                "{} (ifindex {}, {attachment})",
+                                interface.name, interface.ifindex
+                            ),
+                            None => {
+                                format!("{} (ifindex {})", interface.name, interface.ifindex)
+                            }
+                        }])
                         .chain(counters),
                 );
             }

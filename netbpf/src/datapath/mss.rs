@@ -5,7 +5,10 @@
 use aya::{maps::HashMap, programs::TcAttachType};
 use netbpf_common::{MssConfig, MssStats};
 
-use super::{Datapath, DatapathError, map_error, tc::TcLink};
+use super::{
+    Datapath, DatapathError, map_error,
+    tc::{TcAttachment, TcLink},
+};
 use crate::policy::Direction;
 
 /// The tc program that clamps MSS on egress.
@@ -17,6 +20,14 @@ pub const MSS_IN_PROGRAM: &str = "netbpf_mss_in";
 /// back to [`Datapath::detach_mss`], or when the interface goes.
 #[derive(Debug)]
 pub struct MssLinks(Vec<TcLink>);
+
+impl MssLinks {
+    /// How the clamp is attached (every way of one interface alike).
+    #[must_use]
+    pub fn attachment(&self) -> Option<TcAttachment> {
+        self.0.first().map(TcLink::attachment)
+    }
+}
 
 impl Datapath {
     /// Configures the clamp of interface `ifindex`, with counters from

@@ -1,25 +1,71 @@
 //! Programs on tc: attached to an interface through a TCX link, pinned
 //! where the datapath is (Linux 6.6+), or through a clsact qdisc before.
+//! Which one is probed on the interface, not guessed from the version.
 
-use aya::{
-    programs::{
-        ProgramError, SchedClassifier, TcAttachType,
-        links::FdLink,
-        tc::{SchedClassifierLinkId, TcError, qdisc_add_clsact},
+use aya::programs::{
+    ProgramError, SchedClassifier, TcAttachType,
+    links::{FdLink, LinkOrder},
+    tc::{
+        NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
+        qdisc_detach_program,
     },
-    util::KernelVersion,
 };
+use serde::{Deserialize, Serialize};
 
 use super::{Datapath, DatapathError};
+
+/// How tc programs attach to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcAttachment {
+    /// A TCX link (Linux 6.6): pinned, it outlives the agent.
+    Tcx,
+    /// A filter on a clsact qdisc: it goes with the agent.
+    Clsact,
+}
+
+impl TcAttachment {
+    /// How programs attach to `interface` of the calling thread's network
+    /// namespace: a kernel with TCX answers a TCX query on it, one without
+    /// refuses the query's attach type.
+    #[must_use]
+    pub fn probe(interface: &str) -> Self {
+        if SchedClassifier::query_tcx(interface, TcAttachType::Ingress).is_ok() {
+            Self::Tcx
+        } else {
+            Self::Clsact
+        }
+    }
+}
+
+impl std::fmt::Display for TcAttachment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcx => "TCX link",
+            Self::Clsact => "clsact qdisc",
+        })
+    }
+}
 
 /// One program attached to one interface; detached when handed back to
 /// [`Datapath::detach_tc`], or when the interface goes.
 #[derive(Debug)]
 pub enum TcLink {
-    /// A link the program holds: it goes with this datapath.
-    Owned(&'static str, SchedClassifierLinkId),
+    /// An attachment the program holds: it goes with this datapath.
+    Owned(&'static str, SchedClassifierLinkId, TcAttachment),
     /// A TCX link pinned under this name: it outlives the agent.
     Pinned(String),
+}
+
+impl TcLink {
+    /// How the program is attached.
+    #[must_use]
+    pub fn attachment(&self) -> TcAttachment {
+        match self {
+            Self::Owned(_, _, attachment) => *attachment,
+            Self::Pinned(_) => TcAttachment::Tcx,
+        }
+    }
 }
 
 impl Datapath {
@@ -40,20 +86,30 @@ impl Datapath {
         // Before TCX (6.6) tc programs hang off a clsact qdisc; one that
         // exists already is as good, and stays when netbpf goes. Only TCX
         // links can be pinned.
-        let tcx =
-            KernelVersion::current().is_ok_and(|version| version >= KernelVersion::new(6, 6, 0));
-        if !tcx {
+        let attachment = TcAttachment::probe(interface);
+        let options = || match attachment {
+            TcAttachment::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            TcAttachment::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+        };
+        if attachment == TcAttachment::Clsact {
             match qdisc_add_clsact(interface) {
                 Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
                 }
                 other => other.map_err(|error| attach_error(error.into()))?,
             }
+            // A filter outlives the process that added it: one of this
+            // program's left by an agent that was killed is replaced, not
+            // run twice.
+            match qdisc_detach_program(interface, attach_type, name) {
+                Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+                other => other.map_err(|error| attach_error(error.into()))?,
+            }
         }
-        if self.pins.is_none() || !tcx {
+        if self.pins.is_none() || attachment == TcAttachment::Clsact {
             return self
                 .classifier(name)?
-                .attach(interface, attach_type)
-                .map(|link| TcLink::Owned(name, link))
+                .attach_with_options(interface, attach_type, options())
+                .map(|link| TcLink::Owned(name, link, attachment))
                 .map_err(attach_error);
         }
         let ifindex = nix::net::if_::if_nametoindex(interface)
@@ -64,7 +120,7 @@ impl Datapath {
                 .try_into()
                 .map_err(|_| DatapathError::MissingProgram(name))?;
             let id = program
-                .attach(interface, attach_type)
+                .attach_with_options(interface, attach_type, options())
                 .map_err(attach_error)?;
             let link = program.take_link(id).map_err(attach_error)?;
             FdLink::try_from(link).map_err(|error| DatapathError::Link {
@@ -79,7 +135,7 @@ impl Datapath {
     /// away took its attachments with it: nothing to report then.
     pub fn detach_tc(&mut self, link: TcLink) {
         match link {
-            TcLink::Owned(name, link) => {
+            TcLink::Owned(name, link, _) => {
                 if let Ok(program) = self.classifier(name) {
                     let _ = program.detach(link);
                 }

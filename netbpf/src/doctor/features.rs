@@ -5,13 +5,12 @@
 
 use std::{fs::File, io, os::fd::AsFd as _, path::Path};
 
-use aya::programs::{SchedClassifier, TcAttachType};
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 use super::{Area, Report, Scene, State};
 use crate::{
-    datapath::{cgroup_hooks, sys},
+    datapath::{TcAttachment, cgroup_hooks, sys},
     host::{capabilities, cgroup, netns},
 };
 
@@ -77,17 +76,16 @@ pub fn check(scene: &Scene<'_>, report: &mut Report) {
         };
         add(probe.feature, state, detail);
     }
-    let tcx = netns::in_netns(&scene.node.netns, || {
-        SchedClassifier::query_tcx("lo", TcAttachType::Ingress)
-    });
+    let tcx = netns::in_netns(&scene.node.netns, || TcAttachment::probe("lo"));
     let (state, detail) = match tcx {
-        Ok(Ok(_)) => (
+        Ok(TcAttachment::Tcx) => (
             State::Ok,
             "available (Linux 6.6): MSS clamps attach with TCX links".to_owned(),
         ),
-        Ok(Err(error)) => (
+        Ok(TcAttachment::Clsact) => (
             State::Warning,
-            format!("unavailable ({error}): MSS clamps attach to a clsact qdisc instead"),
+            "unavailable: MSS clamps attach to a clsact qdisc instead, and go when the agent stops"
+                .to_owned(),
         ),
         Err(error) => (
             State::Failed,
