@@ -66,6 +66,12 @@ fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
         .start("agent")
         .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(banner(&topology), "first");
+    // Every kernel of the matrix (6.1 and newer) has every feature the
+    // agent probes at start.
+    assert_eq!(
+        agent.status_json().unwrap()["unavailable"],
+        serde_json::json!([])
+    );
 
     // Edited while the container runs: in force without a signal.
     save(&setup, "desktop.toml", &forward_to(&topology, 9002));

@@ -54,6 +54,7 @@ use crate::{
     },
     datapath::{Datapath, DatapathError, Optional, Pins},
     host::{
+        features::{self, SK_LOOKUP, Unavailable},
         links::{self, Interface, LinkEvent, LinkWatcher},
         netns,
     },
@@ -118,6 +119,8 @@ pub struct Agent {
     pub source: PolicySource,
     pub node: Node,
     capacity: Capacity,
+    /// The kernel features probed missing at start.
+    unavailable: Vec<Unavailable>,
     /// Every cgroup below the cgroup root, by path below the mount.
     workloads: BTreeMap<PathBuf, Workload>,
     ids: ScopeIds,
@@ -222,7 +225,9 @@ impl Agent {
         described: Vec<Container>,
         described_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        let unavailable = probe_kernel()?;
         let policy = source.load()?;
+        refuse_unavailable(&policy, &unavailable)?;
         let datapath = Datapath::load(Optional::for_policy(&policy), &capacity, pins)?;
         // What the maps hold now (nothing, unless adopted): the starting
         // point of the first update, with its scope ids and counter slots.
@@ -266,6 +271,7 @@ impl Agent {
             source,
             node,
             capacity,
+            unavailable,
             workloads: BTreeMap::new(),
             ids,
             slots,
@@ -1148,6 +1154,7 @@ impl Agent {
 
     fn try_reload(&mut self) -> anyhow::Result<()> {
         let policy = self.source.load()?;
+        refuse_unavailable(&policy, &self.unavailable)?;
         let services_move = policy.host_services != self.policy.host_services;
         if services_move {
             // The services' listener slots are their places in the policy:
@@ -1246,4 +1253,34 @@ async fn next_link_events(links: Option<&mut LinkWatcher>) -> io::Result<Vec<Lin
 /// A runtime's name in log lines; `unknown` until one claims the container.
 fn runtime_name(runtime: Option<Runtime>) -> String {
     runtime.map_or_else(|| "unknown".to_owned(), |runtime| runtime.to_string())
+}
+
+/// Probes the kernel's features, and logs those missing.
+fn probe_kernel() -> Result<Vec<Unavailable>, features::FeatureError> {
+    let unavailable = features::probe_all()?;
+    for missing in &unavailable {
+        tracing::warn!(
+            feature = missing.feature,
+            error = missing.error,
+            "kernel feature unavailable: {}",
+            missing.lost
+        );
+    }
+    Ok(unavailable)
+}
+
+/// Refuses a policy that asks for what this kernel lacks, naming both: a
+/// `[[host_service]]` without `sk_lookup`.
+fn refuse_unavailable(policy: &Policy, unavailable: &[Unavailable]) -> anyhow::Result<()> {
+    let sk_lookup = unavailable
+        .iter()
+        .find(|missing| missing.feature == SK_LOOKUP);
+    if let (Some(service), Some(missing)) = (policy.host_services.first(), sk_lookup) {
+        anyhow::bail!(
+            "[[host_service]] {} needs {SK_LOOKUP} (Linux 5.9), which this kernel lacks ({}): remove the policy's host services, and the rest runs",
+            service.name,
+            missing.error
+        );
+    }
+    Ok(())
 }

@@ -111,6 +111,7 @@ impl Agent {
             host_services,
             grant_guard: agent.guard.interfaces(),
             mss_clamps,
+            unavailable: agent.unavailable.clone(),
         })
     }
 }

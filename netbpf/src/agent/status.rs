@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{LoadedProgram, TcAttachment},
+    host::features::Unavailable,
     policy::{Direction, Mss, Protocols},
 };
 
@@ -40,6 +41,9 @@ pub struct Status {
     /// granted containers are on).
     pub grant_guard: Vec<String>,
     pub mss_clamps: Vec<MssClampStatus>,
+    /// The kernel features missing here, and what netbpf cannot do.
+    #[serde(default)]
+    pub unavailable: Vec<Unavailable>,
 }
 
 /// How the agent follows the node's containers.
@@ -210,6 +214,13 @@ impl Status {
                 text,
                 "from a cgroup appearing to its scope in the maps: p50 {p50} us, p99 {p99} us ({} measured)",
                 self.discovery.delays_measured
+            );
+        }
+        for missing in &self.unavailable {
+            let _ = writeln!(
+                text,
+                "kernel feature unavailable: {} ({}): {}",
+                missing.feature, missing.error, missing.lost
             );
         }
         if let Some(ReloadStatus {

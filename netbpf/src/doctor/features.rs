@@ -1,17 +1,15 @@
 //! Can netbpf run here: the kernel, BTF, cgroup v2, bpffs, the
-//! capabilities held, and each kernel feature netbpf uses, probed by
-//! loading a trivial program for it (never attached), not guessed from the
-//! kernel's version.
+//! capabilities held, and each kernel feature netbpf uses, probed
+//! (`host::features`), not guessed from the kernel's version.
 
-use std::{fs::File, io, os::fd::AsFd as _, path::Path};
+use std::path::Path;
 
-use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 use super::{Area, Report, Scene, State};
 use crate::{
-    datapath::{TcAttachment, cgroup_hooks, sys},
-    host::{capabilities, cgroup, netns},
+    datapath::TcAttachment,
+    host::{capabilities, cgroup, features::FEATURES, netns},
 };
 
 pub fn check(scene: &Scene<'_>, report: &mut Report) {
@@ -66,15 +64,15 @@ pub fn check(scene: &Scene<'_>, report: &mut Report) {
         }
         Err(error) => add("capabilities", State::Failed, format!("{error:#}")),
     }
-    for probe in PROBES {
-        let (state, detail) = match (probe.run)() {
-            Ok(()) => (State::Ok, format!("available: {}", probe.serves)),
+    for feature in &FEATURES {
+        let (state, detail) = match feature.probe() {
+            Ok(()) => (State::Ok, format!("available: {}", feature.serves)),
             Err(error) => (
                 State::Failed,
-                format!("unavailable ({error}): {}", probe.lost),
+                format!("unavailable ({error}): {}", feature.lost),
             ),
         };
-        add(probe.feature, state, detail);
+        add(feature.name, state, detail);
     }
     let tcx = netns::in_netns(&scene.node.netns, || TcAttachment::probe("lo"));
     let (state, detail) = match tcx {
@@ -128,81 +126,5 @@ fn add_bpffs(scene: &Scene<'_>, add: &mut impl FnMut(&str, State, String)) {
             State::Failed,
             format!("{}: {error}", existing.display()),
         ),
-    }
-}
-
-/// A kernel feature, how to probe it, and what netbpf does with it.
-struct Probe {
-    feature: &'static str,
-    run: fn() -> io::Result<()>,
-    /// What netbpf does with it.
-    serves: &'static str,
-    /// What netbpf cannot do without it.
-    lost: &'static str,
-}
-
-const PROBES: [Probe; 5] = [
-    Probe {
-        feature: "socket address hooks",
-        run: || load_for("netbpf_connect4"),
-        serves: "connect, sendmsg, recvmsg and bind rewrite destinations and ports (Linux 4.17)",
-        lost: "netbpf cannot run here",
-    },
-    Probe {
-        feature: "getpeername hooks",
-        run: || load_for("netbpf_getpeer4"),
-        serves: "getpeername() shows the address a forwarded socket dialed (Linux 5.8)",
-        lost: "netbpf cannot run here",
-    },
-    Probe {
-        feature: "socket release hook",
-        run: || load_for("netbpf_release"),
-        serves: "a scope's own listeners are counted until they close (Linux 5.9)",
-        lost: "netbpf cannot run here",
-    },
-    Probe {
-        feature: "sk_lookup",
-        run: || {
-            sys::load_trivial(
-                "nb_probe",
-                bpf_prog_type::BPF_PROG_TYPE_SK_LOOKUP as u32,
-                bpf_attach_type::BPF_SK_LOOKUP as u32,
-            )
-            .map(drop)
-        },
-        serves: "host services: connections handed to loopback-only listeners (Linux 5.9)",
-        lost: "host services are unavailable",
-    },
-    Probe {
-        feature: "cgroup bpf links",
-        run: probe_cgroup_links,
-        serves: "the socket programs attach with links, pinned to outlive the agent (Linux 5.7)",
-        lost: "netbpf cannot pin its attachments",
-    },
-];
-
-/// Loads a trivial program for the hook of netbpf's socket `program`.
-fn load_for(program: &str) -> io::Result<()> {
-    let hook = cgroup_hooks()
-        .find(|hook| hook.program == program)
-        .ok_or_else(|| io::Error::other(format!("netbpf has no program {program}")))?;
-    sys::load_trivial("nb_probe", hook.prog_type(), hook.attach_type as u32).map(drop)
-}
-
-/// Asks for a link of a trivial connect program to a file that is no
-/// cgroup: a kernel with cgroup links refuses the target (`EBADF`), one
-/// without refuses the command (`EINVAL`). Nothing is attached.
-fn probe_cgroup_links() -> io::Result<()> {
-    let attach_type = bpf_attach_type::BPF_CGROUP_INET4_CONNECT as u32;
-    let program = sys::load_trivial(
-        "nb_probe",
-        bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR as u32,
-        attach_type,
-    )?;
-    let not_a_cgroup = File::open("/dev/null")?;
-    match sys::link_create(program.as_fd(), not_a_cgroup.as_fd(), attach_type) {
-        Err(error) if error.raw_os_error() == Some(libc::EBADF) => Ok(()),
-        Err(error) => Err(error),
-        Ok(_) => Err(io::Error::other("the kernel linked a program to /dev/null")),
     }
 }

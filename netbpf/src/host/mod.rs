@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod capabilities;
 pub mod cgroup;
+pub mod features;
 pub mod links;
 pub mod netns;
 pub mod rtnetlink;
