@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Steers granted connections to a host service's listener; everything
-/// else goes on to the kernel's own lookup.
+/// else goes on to the kernel's own lookup. (Hook: Linux 5.9.)
 #[sk_lookup]
 pub fn netbpf_hostsvc(ctx: SkLookupContext) -> u32 {
     steer(&ctx);

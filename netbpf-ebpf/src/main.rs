@@ -1,6 +1,7 @@
 //! netbpf's kernel programs, built for `bpfel-unknown-none` and embedded in
 //! the `netbpf` binary. One module per hook family; shared logic in small
-//! modules beside them.
+//! modules beside them. Each program's doc names the kernel its hook came
+//! with; the datapath as a whole is verified from Linux 6.1 (docs/kernels.md).
 #![no_std]
 #![no_main]
 // The BPF target has no `core::sync::atomic` types; map counters shared by

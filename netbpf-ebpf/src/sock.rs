@@ -22,6 +22,7 @@ use crate::{
 };
 
 /// Counts a successful IPv4 bind on localhost or 0.0.0.0 inside a scope.
+/// (Hook: Linux 4.17.)
 #[cgroup_sock(post_bind4)]
 pub fn netbpf_bound4(ctx: SockContext) -> i32 {
     record_bind(ctx.sock, AF_INET);
@@ -29,14 +30,14 @@ pub fn netbpf_bound4(ctx: SockContext) -> i32 {
 }
 
 /// Counts a successful IPv6 bind on `::1`, `::` or their mapped forms
-/// inside a scope.
+/// inside a scope. (Hook: Linux 4.17.)
 #[cgroup_sock(post_bind6)]
 pub fn netbpf_bound6(ctx: SockContext) -> i32 {
     record_bind(ctx.sock, AF_INET6);
     ALLOW
 }
 
-/// Forgets a counted socket when it is released.
+/// Forgets a counted socket when it is released. (Hook: Linux 5.9.)
 #[cgroup_sock(sock_release)]
 pub fn netbpf_release(ctx: SockContext) -> i32 {
     forget_bind(ctx.sock);

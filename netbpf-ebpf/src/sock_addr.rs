@@ -9,7 +9,7 @@ use crate::{
     forward::{self, Syscall},
 };
 
-/// Forwards an IPv4 `connect()` to localhost.
+/// Forwards an IPv4 `connect()` to localhost. (Hook: Linux 4.17.)
 #[cgroup_sock_addr(connect4)]
 pub fn netbpf_connect4(ctx: SockAddrContext) -> i32 {
     forward::rewrite_destination(ctx.sock_addr, AF_INET, Syscall::Connect);
@@ -17,20 +17,21 @@ pub fn netbpf_connect4(ctx: SockAddrContext) -> i32 {
 }
 
 /// Forwards an IPv6 `connect()` to `::1` or `::ffff:127.0.0.0/104`.
+/// (Hook: Linux 4.17.)
 #[cgroup_sock_addr(connect6)]
 pub fn netbpf_connect6(ctx: SockAddrContext) -> i32 {
     forward::rewrite_destination(ctx.sock_addr, AF_INET6, Syscall::Connect);
     ALLOW
 }
 
-/// Forwards an IPv4 UDP datagram sent to localhost.
+/// Forwards an IPv4 UDP datagram sent to localhost. (Hook: Linux 4.18.)
 #[cgroup_sock_addr(sendmsg4)]
 pub fn netbpf_sendmsg4(ctx: SockAddrContext) -> i32 {
     forward::rewrite_destination(ctx.sock_addr, AF_INET, Syscall::SendMsg);
     ALLOW
 }
 
-/// Forwards an IPv6 UDP datagram sent to localhost.
+/// Forwards an IPv6 UDP datagram sent to localhost. (Hook: Linux 4.18.)
 #[cgroup_sock_addr(sendmsg6)]
 pub fn netbpf_sendmsg6(ctx: SockAddrContext) -> i32 {
     forward::rewrite_destination(ctx.sock_addr, AF_INET6, Syscall::SendMsg);
@@ -38,6 +39,7 @@ pub fn netbpf_sendmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Shows an IPv4 UDP reply as coming from the address the socket dialed.
+/// (Hook: Linux 5.2.)
 #[cgroup_sock_addr(recvmsg4)]
 pub fn netbpf_recvmsg4(ctx: SockAddrContext) -> i32 {
     forward::restore_peer(ctx.sock_addr, AF_INET);
@@ -45,6 +47,7 @@ pub fn netbpf_recvmsg4(ctx: SockAddrContext) -> i32 {
 }
 
 /// Shows an IPv6 UDP reply as coming from the address the socket dialed.
+/// (Hook: Linux 5.2.)
 #[cgroup_sock_addr(recvmsg6)]
 pub fn netbpf_recvmsg6(ctx: SockAddrContext) -> i32 {
     forward::restore_peer(ctx.sock_addr, AF_INET6);
@@ -52,6 +55,7 @@ pub fn netbpf_recvmsg6(ctx: SockAddrContext) -> i32 {
 }
 
 /// Answers IPv4 `getpeername()` with the address the socket dialed.
+/// (Hook: Linux 5.8.)
 #[cgroup_sock_addr(getpeername4)]
 pub fn netbpf_getpeer4(ctx: SockAddrContext) -> i32 {
     forward::restore_peer(ctx.sock_addr, AF_INET);
@@ -59,20 +63,21 @@ pub fn netbpf_getpeer4(ctx: SockAddrContext) -> i32 {
 }
 
 /// Answers IPv6 `getpeername()` with the address the socket dialed.
+/// (Hook: Linux 5.8.)
 #[cgroup_sock_addr(getpeername6)]
 pub fn netbpf_getpeer6(ctx: SockAddrContext) -> i32 {
     forward::restore_peer(ctx.sock_addr, AF_INET6);
     ALLOW
 }
 
-/// Remaps the port of an IPv4 `bind()` in a scope.
+/// Remaps the port of an IPv4 `bind()` in a scope. (Hook: Linux 4.17.)
 #[cgroup_sock_addr(bind4)]
 pub fn netbpf_bind4(ctx: SockAddrContext) -> i32 {
     bind::remap(ctx.sock_addr, AF_INET);
     ALLOW
 }
 
-/// Remaps the port of an IPv6 `bind()` in a scope.
+/// Remaps the port of an IPv6 `bind()` in a scope. (Hook: Linux 4.17.)
 #[cgroup_sock_addr(bind6)]
 pub fn netbpf_bind6(ctx: SockAddrContext) -> i32 {
     bind::remap(ctx.sock_addr, AF_INET6);

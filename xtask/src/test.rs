@@ -2,8 +2,9 @@
 //! first, lints (they are quick), then every test of the workspace, the
 //! privileged ones included: they load the programs into this kernel and
 //! fail, never skip, where they cannot.
-//! Last the benchmarks' verifier check and their quick mode, so a program
-//! that grew or a benchmark that broke fails the suite.
+//! Then the benchmarks' verifier check and their quick mode, so a program
+//! that grew or a benchmark that broke fails the suite; last a subset of
+//! the privileged tests on the oldest kernel of the matrix, in a VM.
 
 use std::{path::Path, process::Command};
 
@@ -74,7 +75,8 @@ pub fn test(workspace: &Path, args: &TestArgs) -> anyhow::Result<()> {
     ] {
         bench::bench(workspace, args)?;
     }
-    Ok(())
+    let (kernel, tests) = vm::CI_SUBSET;
+    vm::run(workspace, &[kernel.to_owned()], &tests.map(str::to_owned))
 }
 
 /// Clippy on the kernel crate, for the target it is built for.
