@@ -16,7 +16,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{build, build_next, cmd, setup};
+use crate::{
+    build, build_next, cmd,
+    image::{self, ImageArgs},
+    setup,
+};
 
 /// The kernels `--kernels all` runs, by the Debian package family that
 /// carries each.
@@ -52,6 +56,16 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
     let next = build_next(workspace)?;
     let netbpf = build(workspace)?;
     let binaries = test_binaries(workspace, tests)?;
+    let image = if binaries.iter().any(|(name, _)| name == "deploy") {
+        Some(image_archive(workspace)?)
+    } else {
+        None
+    };
+    let guest = Guest {
+        netbpf: &netbpf,
+        next: &next,
+        image: image.as_deref(),
+    };
     let mut table = Vec::new();
     for kernel in kernels {
         let (label, vmlinuz) = kernel_image(workspace, kernel)?;
@@ -61,7 +75,7 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
             fs::remove_dir_all(&out)?;
         }
         fs::create_dir_all(&out)?;
-        let script = guest_script(workspace, &binaries, &out, &netbpf, &next)?;
+        let script = guest_script(workspace, &binaries, &out, &guest)?;
         boot(&vng, &vmlinuz, &script, &out)?;
         table.push((label, outcomes(&binaries, &out)));
     }
@@ -200,21 +214,56 @@ fn version_key(name: &str) -> Vec<u64> {
         .collect()
 }
 
+/// What the guest's tests are given: the binaries they run, and the
+/// agent's image for the deployment test.
+struct Guest<'a> {
+    netbpf: &'a Path,
+    next: &'a Path,
+    /// The agent's image saved as an archive, loaded into the guest's
+    /// (empty) Podman storage.
+    image: Option<&'a Path>,
+}
+
+/// The agent's debug image (`cargo xtask image --debug`), saved as an
+/// archive under `target/vm/`.
+fn image_archive(workspace: &Path) -> anyhow::Result<PathBuf> {
+    image::image(workspace, &ImageArgs { debug: true })?;
+    let archive = workspace.join("target/vm/netbpf-image.tar");
+    fs::create_dir_all(workspace.join("target/vm"))?;
+    if archive.exists() {
+        fs::remove_file(&archive)?;
+    }
+    cmd::run(
+        Command::new("podman")
+            .args(["save", "--quiet", "--output"])
+            .arg(&archive)
+            .arg(image::DEV_TAG),
+    )?;
+    Ok(archive)
+}
+
 /// The script the guest runs: bpffs mounted, tmpfs where container
 /// runtimes keep their storage (the guest sees the host's directories
 /// through an overlay, which overlay storage drivers refuse to sit on),
-/// then each test binary, its output to `out/NAME.log` and its exit code
-/// to `out/NAME.rc`.
+/// the agent's image loaded there if given, then each test binary, its
+/// output to `out/NAME.log` and its exit code to `out/NAME.rc`.
 fn guest_script(
     workspace: &Path,
     binaries: &[(String, PathBuf)],
     out: &Path,
-    netbpf: &Path,
-    next: &Path,
+    guest: &Guest<'_>,
 ) -> anyhow::Result<PathBuf> {
     let mut script = String::from("#!/bin/sh\nmount -t bpf bpf /sys/fs/bpf\n");
     for dir in ["/tmp", "/var/lib/containers", "/var/lib/docker", "/var/tmp"] {
         let _ = writeln!(script, "mkdir -p {dir} && mount -t tmpfs tmpfs {dir}");
+    }
+    if let Some(image) = guest.image {
+        let _ = writeln!(
+            script,
+            "podman load --quiet --input '{}' && export NETBPF_IMAGE='{}'",
+            image.display(),
+            image::DEV_TAG
+        );
     }
     let _ = writeln!(script, "cd '{}'", workspace.join("tests").display());
     for (name, binary) in binaries {
@@ -222,8 +271,8 @@ fn guest_script(
         let _ = writeln!(
             script,
             "NETBPF_BIN='{}' NETBPF_NEXT_BIN='{}' '{}' --test-threads 2 > '{}' 2>&1; echo $? > '{}'",
-            netbpf.display(),
-            next.display(),
+            guest.netbpf.display(),
+            guest.next.display(),
             binary.display(),
             log.display(),
             out.join(format!("{name}.rc")).display()
