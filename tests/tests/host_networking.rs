@@ -467,6 +467,11 @@ fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
     assert!(agent.stop().unwrap().success());
 }
 
+/// Podman's events through a file, for the API service and the `podman
+/// run` it reports on alike: the default, journald, is missing where no
+/// systemd runs (the kernel VMs), and the service then reports nothing.
+const EVENTS_TO_FILE: [&str; 2] = ["--events-backend", "file"];
+
 #[test]
 fn podman_containers_are_named_by_its_api_service() {
     let mut hosts = Hosts::new();
@@ -476,6 +481,8 @@ fn podman_containers_are_named_by_its_api_service() {
         None,
         "podman",
         [
+            EVENTS_TO_FILE[0],
+            EVENTS_TO_FILE[1],
             "system",
             "service",
             "--time=0",
@@ -517,7 +524,7 @@ fn podman_containers_are_named_by_its_api_service() {
         hosts.run_command(
             &name,
             &hosts.instances[0],
-            &[],
+            &EVENTS_TO_FILE,
             &["--label", "app.port=7051"],
             "echo labelled > /www/index.html; sleep 2; exec httpd -f -p 3000 -h /www",
         ),

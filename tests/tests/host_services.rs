@@ -196,7 +196,10 @@ impl Lab {
                 "tcp",
                 &self.file(&format!("ssh-{}.log", unique_name("s"))),
             )
-            .unwrap();
+            .unwrap_or_else(|error| {
+                let sshd = std::fs::read_to_string(self.file("sshd.log")).unwrap_or_default();
+                panic!("{error:#}\nsshd's log:\n{sshd}")
+            });
         self.tunnel = Some(ssh);
     }
 

@@ -74,11 +74,7 @@ pub fn image(workspace: &Path, args: &ImageArgs) -> anyhow::Result<String> {
         build.args(["--tag", tag]);
     }
     cmd::run(build.arg(&context))?;
-    let archive = out.join(if args.debug {
-        "netbpf-dev.tar"
-    } else {
-        "netbpf.tar"
-    });
+    let archive = archive(workspace, args.debug);
     if archive.exists() {
         fs::remove_file(&archive)?;
     }
@@ -132,4 +128,13 @@ fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
         bail!("ldd found no libraries in {}: {listing}", binary.display());
     }
     Ok(libraries)
+}
+
+/// Where [`image`] saves the image (and its tags) as an archive.
+pub fn archive(workspace: &Path, debug: bool) -> PathBuf {
+    workspace.join("target/image").join(if debug {
+        "netbpf-dev.tar"
+    } else {
+        "netbpf.tar"
+    })
 }

@@ -224,36 +224,30 @@ struct Guest<'a> {
     image: Option<&'a Path>,
 }
 
-/// The agent's debug image (`cargo xtask image --debug`), saved as an
-/// archive under `target/vm/`.
+/// The agent's debug image (`cargo xtask image --debug`), as the archive
+/// it is saved in.
 fn image_archive(workspace: &Path) -> anyhow::Result<PathBuf> {
     image::image(workspace, &ImageArgs { debug: true })?;
-    let archive = workspace.join("target/vm/netbpf-image.tar");
-    fs::create_dir_all(workspace.join("target/vm"))?;
-    if archive.exists() {
-        fs::remove_file(&archive)?;
-    }
-    cmd::run(
-        Command::new("podman")
-            .args(["save", "--quiet", "--output"])
-            .arg(&archive)
-            .arg(image::DEV_TAG),
-    )?;
-    Ok(archive)
+    Ok(image::archive(workspace, true))
 }
 
-/// The script the guest runs: bpffs mounted, tmpfs where container
-/// runtimes keep their storage (the guest sees the host's directories
-/// through an overlay, which overlay storage drivers refuse to sit on),
-/// the agent's image loaded there if given, then each test binary, its
-/// output to `out/NAME.log` and its exit code to `out/NAME.rc`.
+/// The script the guest runs: bpffs mounted, the host's `/etc/shadow`,
+/// tmpfs where container runtimes keep their storage (the guest sees the
+/// host's directories through an overlay, which overlay storage drivers
+/// refuse to sit on), the agent's image loaded there if given, then each
+/// test binary, its output to `out/NAME.log` and its exit code to
+/// `out/NAME.rc`.
 fn guest_script(
     workspace: &Path,
     binaries: &[(String, PathBuf)],
     out: &Path,
     guest: &Guest<'_>,
 ) -> anyhow::Result<PathBuf> {
-    let mut script = String::from("#!/bin/sh\nmount -t bpf bpf /sys/fs/bpf\n");
+    // virtme-ng binds a shadow file of its own over /etc/shadow, with every
+    // account locked; OpenSSH's server refuses a locked root, so the host
+    // services test's tunnel could not log in. The host's own is used.
+    let mut script =
+        String::from("#!/bin/sh\nmount -t bpf bpf /sys/fs/bpf\numount /etc/shadow 2>/dev/null\n");
     for dir in ["/tmp", "/var/lib/containers", "/var/lib/docker", "/var/tmp"] {
         let _ = writeln!(script, "mkdir -p {dir} && mount -t tmpfs tmpfs {dir}");
     }
