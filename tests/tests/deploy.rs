@@ -16,7 +16,7 @@ use std::{
 };
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, Place, Process, Scrape, netbpf_binary,
+    BRIDGE_V4, Cgroup, DesktopTopology, Place, Process, Scrape, netbpf_binary,
     pod_spec::{HostSides, PodSpec, PodmanRun, capability},
     require_root, unique_name,
 };
@@ -47,6 +47,10 @@ fn image() -> String {
 /// policy the test gives the agent in place of those of the ConfigMap (which names
 /// the machine's own cgroup root and pin directory).
 struct Node {
+    /// The pods' cgroup parent: a cgroup of their own, since Podman
+    /// enables controllers in the parent, after which (with cgroup v2
+    /// alone) no process may join the parent itself.
+    pods: Cgroup,
     topology: DesktopTopology,
     sides: HostSides,
     pin_dir: PathBuf,
@@ -101,6 +105,7 @@ impl Node {
                 .into(),
         };
         Self {
+            pods: topology.root.child("pods").expect("the pods' cgroup"),
             topology,
             sides,
             pin_dir,
@@ -111,7 +116,7 @@ impl Node {
 
     /// The `podman` arguments of the pod, without `withheld` capabilities.
     fn podman_args(&self, spec: &PodSpec, name: &str, withheld: &[String]) -> Vec<String> {
-        let parent = self.topology.servers.runtime_parent().unwrap();
+        let parent = self.pods.runtime_parent().unwrap();
         PodmanRun {
             name,
             netns: &self.topology.host_ns.path(),
