@@ -54,7 +54,8 @@ impl Netns {
                     .as_str()
                     .is_some_and(|kind| kind.starts_with("clsact/"))
             })
-            .filter_map(|filter| filter["prog_id"].as_u64())
+            // bpftool 7.1 (Debian's) says `id`; later ones `prog_id`.
+            .filter_map(|filter| filter["id"].as_u64().or(filter["prog_id"].as_u64()))
             .collect())
     }
 

@@ -12,7 +12,11 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{path::Path, process::Output, time::Duration};
+use std::{
+    path::Path,
+    process::Output,
+    time::{Duration, Instant},
+};
 
 use netbpf_testenv::{
     Cgroup, NetbpfRun, Netns, Process, Spawn, doctor, doctor_config, netbpf_binary,
@@ -217,11 +221,19 @@ fn tunnel(processes: &Cgroup, netns: &Netns, work: &Path, end: &TunnelEnd<'_>) -
     .env("WG_PROCESS_FOREGROUND", "1")
     .start(&work.join(format!("{name}.log")))
     .unwrap();
-    for _ in 0..250 {
-        if netns.ip(&["link", "show", "dev", &name]).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    // `wg` talks to wireguard-go through its socket, there once the
+    // interface is: on a slow machine (a kernel VM without KVM) that takes
+    // seconds.
+    let socket = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "wireguard-go made no {} in 60 s; its log:\n{}",
+            socket.display(),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let mut args = vec![
         "wg",
