@@ -61,12 +61,9 @@ impl Containerd {
             dir: dir.to_owned(),
             netns,
         };
-        wait_for_daemon(
-            "containerd",
-            Duration::from_secs(20),
-            &path("containerd.log"),
-            || containerd.ctr(&["version"]).is_ok(),
-        )?;
+        wait_for_daemon("containerd", &path("containerd.log"), || {
+            containerd.ctr(&["version"]).is_ok()
+        })?;
         Ok(containerd)
     }
 

@@ -68,12 +68,9 @@ impl DockerDaemon {
             dir: dir.to_owned(),
             netns,
         };
-        wait_for_daemon(
-            "dockerd",
-            Duration::from_secs(30),
-            &dir.join("dockerd.log"),
-            || docker.docker(&["version"]).is_ok(),
-        )?;
+        wait_for_daemon("dockerd", &dir.join("dockerd.log"), || {
+            docker.docker(&["version"]).is_ok()
+        })?;
         Ok(docker)
     }
 

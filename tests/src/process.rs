@@ -253,14 +253,18 @@ impl Drop for Process {
     }
 }
 
+/// How long a daemon may take to answer: seconds here, but more than a
+/// minute in a kernel VM without KVM while other tests start theirs.
+const DAEMON_START: Duration = Duration::from_secs(120);
+
 /// Waits until the daemon `what` answers (`answers` returns true), at most
-/// `timeout`; its log at `log` says why it did not.
+/// [`DAEMON_START`]; its log at `log` says why it did not.
 pub fn wait_for_daemon(
     what: &str,
-    timeout: Duration,
     log: &Path,
     mut answers: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
+    let timeout = DAEMON_START;
     let deadline = Instant::now() + timeout;
     while !answers() {
         if Instant::now() > deadline {

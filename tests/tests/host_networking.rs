@@ -535,7 +535,14 @@ fn podman_containers_are_named_by_its_api_service() {
         .wait_for_status(Duration::from_secs(10), |status| {
             status["scopes"][0]["instance"] == name.as_str()
         })
-        .unwrap();
+        .unwrap_or_else(|error| {
+            let service = std::fs::read_to_string(hosts.work.path().join("podman-service.log"))
+                .unwrap_or_default();
+            panic!(
+                "{error:#}\nthe agent's log:\n{}\nthe Podman API service's log:\n{service}",
+                agent.log()
+            )
+        });
     assert_eq!(status["scopes"][0]["binds"][0]["to"], 7051, "{status}");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(hosts.get(7051), "labelled");
