@@ -121,8 +121,10 @@ fn find_mss_option(ctx: &TcContext, options_at: usize, len: usize) -> Walk {
         walk.unreadable = true;
         return walk;
     };
-    // SAFETY: `next` points at this CPU's slot of a valid element; nothing
-    // else on this CPU runs this program while it does.
+    // SAFETY: `next` points at this CPU's slot of a valid element. tc
+    // programs run with bottom halves off, so no other run interleaves on
+    // this CPU (on PREEMPT_RT one could: the walk would then miss the
+    // option at worst; every read is bounds-checked by the helper).
     let next = unsafe { &mut *next };
     *next = 0;
     for _ in 0..MAX_OPTIONS {
