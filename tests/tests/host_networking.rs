@@ -472,6 +472,10 @@ fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
 /// systemd runs (the kernel VMs), and the service then reports nothing.
 const EVENTS_TO_FILE: [&str; 2] = ["--events-backend", "file"];
 
+/// The API service's own options: cgroups by hand, as the runs' (no
+/// systemd to ask in the kernel VMs), and a log that says what it does.
+const SERVICE_OPTIONS: [&str; 4] = ["--cgroup-manager", "cgroupfs", "--log-level", "debug"];
+
 #[test]
 fn podman_containers_are_named_by_its_api_service() {
     let mut hosts = Hosts::new();
@@ -480,14 +484,11 @@ fn podman_containers_are_named_by_its_api_service() {
         hosts.helpers.path(),
         None,
         "podman",
-        [
-            EVENTS_TO_FILE[0],
-            EVENTS_TO_FILE[1],
-            "system",
-            "service",
-            "--time=0",
-            &format!("unix://{}", socket.display()),
-        ],
+        EVENTS_TO_FILE
+            .iter()
+            .chain(&SERVICE_OPTIONS)
+            .copied()
+            .chain(["system", "service", "--time=0", &format!("unix://{}", socket.display())]),
     )
     .unwrap()
     .start(&hosts.work.path().join("podman-service.log"))

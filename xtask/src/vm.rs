@@ -232,11 +232,11 @@ fn image_archive(workspace: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// The script the guest runs: bpffs mounted, the host's `/etc/shadow`,
-/// tmpfs where container runtimes keep their storage (the guest sees the
-/// host's directories through an overlay, which overlay storage drivers
-/// refuse to sit on), the agent's image loaded there if given, then each
-/// test binary, its output to `out/NAME.log` and its exit code to
-/// `out/NAME.rc`.
+/// `/dev/net/tun`, tmpfs where container runtimes keep their storage (the
+/// guest sees the host's directories through an overlay, which overlay
+/// storage drivers refuse to sit on), the agent's image loaded there if
+/// given, then each test binary, its output to `out/NAME.log` and its exit
+/// code to `out/NAME.rc`.
 fn guest_script(
     workspace: &Path,
     binaries: &[(String, PathBuf)],
@@ -248,6 +248,11 @@ fn guest_script(
     // services test's tunnel could not log in. The host's own is used.
     let mut script =
         String::from("#!/bin/sh\nmount -t bpf bpf /sys/fs/bpf\numount /etc/shadow 2>/dev/null\n");
+    // wireguard-go needs /dev/net/tun, which 6.1's guest lacks: its module
+    // loaded, its node made.
+    script.push_str(
+        "modprobe tun 2>/dev/null\n[ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }\n",
+    );
     for dir in ["/tmp", "/var/lib/containers", "/var/lib/docker", "/var/tmp"] {
         let _ = writeln!(script, "mkdir -p {dir} && mount -t tmpfs tmpfs {dir}");
     }
