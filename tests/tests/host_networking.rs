@@ -488,7 +488,12 @@ fn podman_containers_are_named_by_its_api_service() {
             .iter()
             .chain(&SERVICE_OPTIONS)
             .copied()
-            .chain(["system", "service", "--time=0", &format!("unix://{}", socket.display())]),
+            .chain([
+                "system",
+                "service",
+                "--time=0",
+                &format!("unix://{}", socket.display()),
+            ]),
     )
     .unwrap()
     .start(&hosts.work.path().join("podman-service.log"))
