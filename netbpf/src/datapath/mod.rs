@@ -34,7 +34,7 @@ pub use self::{
     mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
     pins::Pins,
     sockets::{BoundSocket, CgroupHook, cgroup_hooks, cgroup_link_name},
-    tc::{TcAttachment, TcLink},
+    tc::{TcAttachment, TcLink, remove_clsact_filters},
 };
 
 /// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.

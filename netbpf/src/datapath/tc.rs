@@ -47,6 +47,34 @@ impl std::fmt::Display for TcAttachment {
     }
 }
 
+/// netbpf's tc programs and the hooks they attach to.
+const TC_PROGRAMS: [(&str, TcAttachType); 3] = [
+    (super::MSS_OUT_PROGRAM, TcAttachType::Egress),
+    (super::MSS_IN_PROGRAM, TcAttachType::Ingress),
+    (super::GRANT_GUARD_PROGRAM, TcAttachType::Ingress),
+];
+
+/// Removes every clsact filter of netbpf's from `interfaces` of the calling
+/// thread's network namespace: what a pinned datapath leaves attached
+/// before TCX, which no pin holds. Returns how many interfaces had one.
+pub fn remove_clsact_filters<'a>(
+    interfaces: impl IntoIterator<Item = &'a str>,
+) -> Result<usize, TcError> {
+    let mut cleaned = 0;
+    for interface in interfaces {
+        let mut found = false;
+        for (program, attach_type) in TC_PROGRAMS {
+            match qdisc_detach_program(interface, attach_type, program) {
+                Ok(()) => found = true,
+                Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+        cleaned += usize::from(found);
+    }
+    Ok(cleaned)
+}
+
 /// One program attached to one interface; detached when handed back to
 /// [`Datapath::detach_tc`], or when the interface goes.
 #[derive(Debug)]
