@@ -540,7 +540,7 @@ fn podman_containers_are_named_by_its_api_service() {
     // A ceiling, not a measure: a Podman API service just started answers
     // its first request in tens of seconds in a kernel VM without KVM.
     let status = agent
-        .wait_for_status(Duration::from_secs(60), |status| {
+        .wait_for_status(Duration::from_mins(1), |status| {
             status["scopes"][0]["instance"] == name.as_str()
         })
         .unwrap_or_else(|error| {

@@ -225,7 +225,7 @@ fn tunnel(processes: &Cgroup, netns: &Netns, work: &Path, end: &TunnelEnd<'_>) -
     // interface is: on a slow machine (a kernel VM without KVM) that takes
     // seconds.
     let socket = Path::new("/var/run/wireguard").join(format!("{name}.sock"));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while !socket.exists() {
         assert!(
             Instant::now() < deadline,
