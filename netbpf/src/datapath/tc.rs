@@ -20,7 +20,9 @@ use super::{Datapath, DatapathError};
 pub enum TcAttachment {
     /// A TCX link (Linux 6.6): pinned, it outlives the agent.
     Tcx,
-    /// A filter on a clsact qdisc: it goes with the agent.
+    /// A filter on a clsact qdisc. No pin holds it: a pinned datapath
+    /// leaves it attached when the agent stops (the next agent replaces
+    /// it, `netbpf uninstall` removes it); an unpinned one takes it along.
     Clsact,
 }
 

@@ -82,7 +82,7 @@ pub fn check(scene: &Scene<'_>, report: &mut Report) {
         ),
         Ok(TcAttachment::Clsact) => (
             State::Warning,
-            "unavailable: MSS clamps attach to a clsact qdisc instead, and go when the agent stops"
+            "unavailable: MSS clamps attach to a clsact qdisc instead, which no pin holds"
                 .to_owned(),
         ),
         Err(error) => (
