@@ -434,15 +434,15 @@ impl Status {
                 table.add_row(
                     head.iter()
                         .cloned()
-                        .chain([match interface.attachment {
-                            Some(attachment) => format!(
-                                "{} (ifindex {}, {attachment})",
-                                interface.name, interface.ifindex
-                            ),
-                            None => {
-                                format!("{} (ifindex {})", interface.name, interface.ifindex)
-                            }
-                        }])
+                        .chain([format!(
+                            "{} (ifindex {}{})",
+                            interface.name,
+                            interface.ifindex,
+                            interface
+                                .attachment
+                                .map(|attachment| format!(", {attachment}"))
+                                .unwrap_or_default()
+                        )])
                         .chain(counters),
                 );
             }

@@ -66,15 +66,21 @@ pub fn remove_clsact_filters<'a>(
     for interface in interfaces {
         let mut found = false;
         for (program, attach_type) in TC_PROGRAMS {
-            match qdisc_detach_program(interface, attach_type, program) {
-                Ok(()) => found = true,
-                Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(error),
-            }
+            found |= detach_filters(interface, attach_type, program)?;
         }
         cleaned += usize::from(found);
     }
     Ok(cleaned)
+}
+
+/// Removes the clsact filters of program `name` from `interface`'s
+/// `attach_type` hook; whether there were any.
+fn detach_filters(interface: &str, attach_type: TcAttachType, name: &str) -> Result<bool, TcError> {
+    match qdisc_detach_program(interface, attach_type, name) {
+        Ok(()) => Ok(true),
+        Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error),
+    }
 }
 
 /// One program attached to one interface; detached when handed back to
@@ -130,10 +136,8 @@ impl Datapath {
             // A filter outlives the process that added it: one of this
             // program's left by an agent that was killed is replaced, not
             // run twice.
-            match qdisc_detach_program(interface, attach_type, name) {
-                Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
-                other => other.map_err(|error| attach_error(error.into()))?,
-            }
+            detach_filters(interface, attach_type, name)
+                .map_err(|error| attach_error(error.into()))?;
         }
         if self.pins.is_none() || attachment == TcAttachment::Clsact {
             return self
