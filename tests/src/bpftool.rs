@@ -30,3 +30,15 @@ pub fn bpftool_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
         }
     }
 }
+
+/// How many bpf links of program `id` the kernel holds (of every
+/// namespace: bpftool 7.1 shows TCX links without their interface).
+pub fn links_of(id: u64) -> anyhow::Result<usize> {
+    let links = bpftool_json(&["link", "show"])?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|link| link["prog_id"].as_u64() == Some(id))
+        .count())
+}

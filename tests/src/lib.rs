@@ -29,7 +29,7 @@ mod topology;
 pub use self::{
     agent::{NetbpfRun, applied, netbpf_binary, netbpf_next_binary},
     agent_setup::{AgentOptions, AgentSetup},
-    bpftool::bpftool_json,
+    bpftool::{bpftool_json, links_of},
     cgroup::Cgroup,
     containerd::Containerd,
     docker::DockerDaemon,

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::{run_checked, unique_name};
+use crate::{bpftool::links_of, run_checked, unique_name};
 
 /// A named network namespace (`ip netns add`), with `lo` up.
 pub struct Netns {
@@ -38,9 +38,9 @@ impl Netns {
         )
     }
 
-    /// The ids of the programs attached to the namespace's interfaces as
-    /// filters of a clsact qdisc (how tc programs attach before TCX).
-    pub fn clsact_programs(&self) -> anyhow::Result<Vec<u64>> {
+    /// How many filters of a clsact qdisc (how tc programs attach before
+    /// TCX) run program `id` on the namespace's interfaces.
+    pub fn clsact_filters_of(&self, id: u64) -> anyhow::Result<usize> {
         let listing: serde_json::Value =
             serde_json::from_str(&self.exec(&["bpftool", "-j", "net", "show"])?)?;
         Ok(listing
@@ -55,8 +55,14 @@ impl Netns {
                     .is_some_and(|kind| kind.starts_with("clsact/"))
             })
             // bpftool 7.1 (Debian's) says `id`; later ones `prog_id`.
-            .filter_map(|filter| filter["id"].as_u64().or(filter["prog_id"].as_u64()))
-            .collect())
+            .filter(|filter| filter["id"].as_u64().or(filter["prog_id"].as_u64()) == Some(id))
+            .count())
+    }
+
+    /// Where tc program `id` is attached on the namespace's interfaces:
+    /// its TCX links (Linux 6.6) and its clsact filters.
+    pub fn tc_attachments_of(&self, id: u64) -> anyhow::Result<usize> {
+        Ok(links_of(id)? + self.clsact_filters_of(id)?)
     }
 
     /// Runs `ip ARGS` inside the namespace.

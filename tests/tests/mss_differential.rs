@@ -16,7 +16,7 @@ use netbpf::{
 };
 use netbpf_common::MssConfig;
 use netbpf_testenv::{
-    NetbpfRun, Netns, PacketSocket, bpftool_json, kernel, mac_address,
+    NetbpfRun, Netns, PacketSocket, kernel, links_of, mac_address,
     packet::{ACK, Parsed, RST, SYN, Segment},
     require_root,
 };
@@ -459,33 +459,19 @@ fn pmtu_agrees_when_attached(ingress: bool) {
     // reports it, and as the kernel shows it.
     let clamp_program = netbpf.programs().unwrap()[program];
     let (attachment, attached_there) = if kernel::has_tcx() {
-        ("tcx", tc_links_of(clamp_program))
+        ("tcx", links_of(clamp_program).unwrap())
     } else {
-        ("clsact", clsact_filters_of(&router.router, clamp_program))
+        (
+            "clsact",
+            router.router.clsact_filters_of(clamp_program).unwrap(),
+        )
     };
     assert_eq!(attached["attachment"], attachment, "{status}");
     assert!(attached_there > 0, "attached through {attachment}");
     assert!(netbpf.stop().unwrap().success());
     assert_eq!(
-        tc_links_of(clamp_program) + clsact_filters_of(&router.router, clamp_program),
+        router.router.tc_attachments_of(clamp_program).unwrap(),
         0,
         "netbpf left its {attachment} attachment behind"
     );
-}
-
-/// How many clsact filters of program `id` the interfaces of `netns` have.
-fn clsact_filters_of(netns: &Netns, id: u64) -> usize {
-    let programs = netns.clsact_programs().unwrap();
-    programs.iter().filter(|program| **program == id).count()
-}
-
-/// How many bpf links of program `id` the kernel holds.
-fn tc_links_of(id: u64) -> usize {
-    let links = bpftool_json(&["link", "show"]).unwrap();
-    links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|link| link["prog_id"].as_u64() == Some(id))
-        .count()
 }

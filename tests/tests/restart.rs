@@ -27,26 +27,6 @@ fn attached(path: &Path) -> Vec<u64> {
         .collect()
 }
 
-/// How many links run the program with id `program` (bpftool 7.1 shows
-/// TCX links without their interface).
-fn links_running(program: u64) -> usize {
-    let value = bpftool_json(&["link", "show"]).unwrap();
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|link| link["prog_id"].as_u64() == Some(program))
-        .count()
-}
-
-/// Where the MSS clamp `program` is attached in `topology`'s host
-/// namespace: TCX links (Linux 6.6), or clsact filters before. Both
-/// outlive a killed agent.
-fn clamp_attachments(topology: &DesktopTopology, program: u64) -> usize {
-    let filters = topology.host_ns.clsact_programs().unwrap();
-    links_running(program) + filters.iter().filter(|id| **id == program).count()
-}
-
 /// Connects to localhost:8082 for `seconds`, as fast as it can; prints
 /// `OK FAILED` and the first failure.
 const CLIENT: &str = "\
@@ -232,7 +212,7 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
         "the programs stay attached"
     );
     assert_eq!(
-        clamp_attachments(&topology, first_clamp),
+        topology.host_ns.tc_attachments_of(first_clamp).unwrap(),
         1,
         "the MSS clamp stays attached"
     );
@@ -285,8 +265,8 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     let clamp = agent.programs().unwrap()["netbpf_mss_out"];
     assert_eq!(
         (
-            clamp_attachments(&topology, clamp),
-            clamp_attachments(&topology, first_clamp)
+            topology.host_ns.tc_attachments_of(clamp).unwrap(),
+            topology.host_ns.tc_attachments_of(first_clamp).unwrap()
         ),
         (1, 0),
         "the MSS clamp's link runs the newest agent's program"
@@ -305,7 +285,7 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
         "programs left after uninstall"
     );
     assert_eq!(
-        clamp_attachments(&topology, clamp),
+        topology.host_ns.tc_attachments_of(clamp).unwrap(),
         0,
         "the MSS clamp is gone after uninstall"
     );
