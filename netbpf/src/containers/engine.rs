@@ -5,14 +5,25 @@
 //! nothing is polled. The client is `bollard`, the maintained Rust client
 //! of that API.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use bollard::{
-    API_DEFAULT_VERSION, Docker,
+    API_DEFAULT_VERSION, ClientVersion, Docker,
     models::EventMessageTypeEnum,
     query_parameters::{EventsOptions, ListContainersOptions},
 };
+use bytes::Bytes;
 use futures_util::StreamExt as _;
+use http_body_util::Empty;
+use hyper::{
+    Request, Uri,
+    header::{self, HeaderValue},
+};
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 
 use super::{Container, Runtime};
@@ -57,18 +68,26 @@ pub async fn follow(runtime: Runtime, socket: PathBuf, events: mpsc::Sender<Engi
 /// One connection: the list, then the events until the stream ends.
 async fn follow_once(
     runtime: Runtime,
-    socket: &std::path::Path,
+    socket: &Path,
     events: &mpsc::Sender<EngineEvent>,
 ) -> Result<(), bollard::errors::Error> {
     let docker = connect(socket).await?;
-    // Subscribed before listing: nothing that starts in between is missed.
+    // The events from a second before the list on (the stream is only
+    // requested when first read, after the list): a container that comes
+    // or goes in between is in one or the other, and one in both is said
+    // twice, which changes nothing.
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs())
+        .saturating_sub(1);
+    let all = list_containers(&docker, runtime).await?;
     let types = vec!["container".to_owned(), "network".to_owned()];
     let filters = [("type".to_owned(), types)].into();
     let mut stream = docker.events(Some(EventsOptions {
+        since: Some(since.to_string()),
         filters: Some(filters),
         ..EventsOptions::default()
     }));
-    let all = list_containers(&docker, runtime).await?;
     tracing::info!(%runtime, socket = %socket.display(), "following the runtime's containers");
     if events.send(EngineEvent::All(runtime, all)).await.is_err() {
         return Ok(());
@@ -146,11 +165,66 @@ pub async fn list_all(sockets: &[(Runtime, PathBuf)], timeout: Duration) -> Vec<
     all
 }
 
-/// A client of the Engine API at `socket`, at the version both speak.
-async fn connect(socket: &std::path::Path) -> Result<Docker, bollard::errors::Error> {
-    Docker::connect_with_unix(&socket.to_string_lossy(), 30, API_DEFAULT_VERSION)?
-        .negotiate_version()
+/// How long one request to a runtime may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of the Engine API at `socket`, at the version both speak: the
+/// lower of bollard's and the one the runtime's `/_ping` names in its
+/// `API-Version` header, as the Docker CLI negotiates. Not bollard's own
+/// negotiation, which asks `/version`: Podman answers that only after
+/// asking the package manager which package each of its binaries came
+/// from (a second on a node, a minute in an emulated VM).
+async fn connect(socket: &Path) -> Result<Docker, bollard::errors::Error> {
+    let spoken = tokio::time::timeout(REQUEST_TIMEOUT, ping_api_version(socket))
         .await
+        .map_err(|_| bollard::errors::Error::RequestTimeoutError)??;
+    let version = if spoken < *API_DEFAULT_VERSION {
+        spoken
+    } else {
+        *API_DEFAULT_VERSION
+    };
+    Docker::connect_with_unix(
+        &socket.to_string_lossy(),
+        REQUEST_TIMEOUT.as_secs(),
+        &version,
+    )
+}
+
+/// The API version the runtime serving `socket` names in the
+/// `API-Version` header of its `/_ping` answer.
+async fn ping_api_version(socket: &Path) -> Result<ClientVersion, bollard::errors::Error> {
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    // Drives the connection; it ends when `sender` is dropped.
+    tokio::spawn(connection);
+    let mut request = Request::new(Empty::<Bytes>::new());
+    *request.uri_mut() = Uri::from_static("/_ping");
+    request
+        .headers_mut()
+        .insert(header::HOST, HeaderValue::from_static("localhost"));
+    let response = sender.send_request(request).await?;
+    if !response.status().is_success() {
+        return Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: response.status().as_u16(),
+            message: "the runtime's /_ping failed".to_owned(),
+        });
+    }
+    response
+        .headers()
+        .get("api-version")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_api_version)
+        .ok_or(bollard::errors::Error::APIVersionParseError {})
+}
+
+/// `1.41` as the version it names.
+fn parse_api_version(text: &str) -> Option<ClientVersion> {
+    let (major, minor) = text.trim().split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
 }
 
 /// Every container the runtime has, with its name and labels.
@@ -190,5 +264,23 @@ fn container(
         name,
         labels: labels.into_iter().collect::<BTreeMap<_, _>>(),
         pod: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_are_read_as_the_runtimes_write_them() {
+        let version = |major_version, minor_version| ClientVersion {
+            major_version,
+            minor_version,
+        };
+        assert_eq!(parse_api_version("1.41"), Some(version(1, 41)));
+        assert_eq!(parse_api_version("1.51 "), Some(version(1, 51)));
+        for junk in ["", "1", "1.", "one.two", "1.41.0"] {
+            assert_eq!(parse_api_version(junk), None, "{junk:?}");
+        }
     }
 }
