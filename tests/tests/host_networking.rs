@@ -537,8 +537,7 @@ fn podman_containers_are_named_by_its_api_service() {
     )
     .unwrap_or_else(|error| panic!("{error:#}"));
     hosts.containers.0.push(name.clone());
-    // A ceiling, not a measure: a Podman API service just started answers
-    // its first request in tens of seconds in a kernel VM without KVM.
+    // A ceiling, not a measure: the kernel VMs emulate their CPU.
     let status = agent
         .wait_for_status(Duration::from_mins(1), |status| {
             status["scopes"][0]["instance"] == name.as_str()
