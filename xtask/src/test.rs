@@ -18,11 +18,12 @@ use crate::{
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
     /// Run the privileged tests in a VM on this kernel instead: `6.1` or
-    /// `6.12` (the newest Debian package of it), or a vmlinuz path.
-    /// Repeatable.
+    /// `6.12` (the newest Debian package of it), or a vmlinuz path; or
+    /// `host`, here, in the same table. Repeatable.
     #[arg(long)]
     kernel: Vec<String>,
-    /// Run them on every kernel of the matrix (6.1 and 6.12).
+    /// Run them on every kernel of the matrix (6.1 and 6.12 in VMs, then
+    /// this host), with one summary table.
     #[arg(long, value_parser = ["all"])]
     kernels: Option<String>,
     /// With --kernel or --kernels: only these test binaries (the file

@@ -6,6 +6,10 @@
 //!
 //! The VM runs without KVM (the nested CPU crashes the guest here), in
 //! software emulation: several times slower than the host.
+//!
+//! The matrix's last column is this host itself (`--kernel host`): the
+//! same binaries run here, on its kernel and its cgroup layout, so one
+//! table covers both layouts.
 
 use std::{
     fmt::Write as _,
@@ -22,9 +26,12 @@ use crate::{
     setup,
 };
 
-/// The kernels `--kernels all` runs, by the Debian package family that
-/// carries each.
-pub const MATRIX: [&str; 2] = ["6.1", "6.12"];
+/// `--kernel host`: not a VM, this machine.
+const HOST: &str = "host";
+
+/// The kernels `--kernels all` runs: two by the Debian package family that
+/// carries each, then this host's.
+pub const MATRIX: [&str; 3] = ["6.1", "6.12", HOST];
 
 /// What `cargo xtask test` (and so CI) runs in a VM after the suite here:
 /// the oldest kernel of the matrix, the one that differs most from this
@@ -48,7 +55,8 @@ struct Outcome {
 }
 
 /// Runs the test binaries `tests` (all privileged ones when empty) on each
-/// of `kernels` (`6.1`, `6.12`, or a vmlinuz path) and prints one table.
+/// of `kernels` (`6.1`, `6.12`, a vmlinuz path, or `host`) and prints one
+/// table.
 pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Result<()> {
     cmd::require_root("cargo xtask test --kernel")?;
     setup::test_environment()?;
@@ -68,15 +76,27 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
     };
     let mut table = Vec::new();
     for kernel in kernels {
-        let (label, vmlinuz) = kernel_image(workspace, kernel)?;
+        // The kernel to boot, or none: this host.
+        let vm = (kernel != HOST)
+            .then(|| kernel_image(workspace, kernel))
+            .transpose()?;
+        let label = match &vm {
+            Some((label, _)) => label.clone(),
+            None => host_label()?,
+        };
         eprintln!("vm: {label}: {} test binaries", binaries.len());
         let out = workspace.join("target/vm").join(&label);
         if out.exists() {
             fs::remove_dir_all(&out)?;
         }
         fs::create_dir_all(&out)?;
-        let script = guest_script(workspace, &binaries, &out, &guest)?;
-        boot(&vng, &vmlinuz, &script, &out)?;
+        if let Some((_, vmlinuz)) = &vm {
+            let script = guest_script(workspace, &binaries, &out, &guest)?;
+            boot(&vng, vmlinuz, &script, &out)?;
+        } else {
+            let script = host_script(workspace, &binaries, &out, &guest)?;
+            cmd::run(&mut Command::new(&script))?;
+        }
         table.push((label, outcomes(&binaries, &out)));
     }
     print!("{}", summary(&table));
@@ -156,7 +176,7 @@ fn kernel_image(workspace: &Path, kernel: &str) -> anyhow::Result<(String, PathB
     let pattern = match kernel {
         "6.1" => r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
         "6.12" => r"^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$",
-        other => bail!("--kernel {other}: give 6.1, 6.12 or the path of a vmlinuz"),
+        other => bail!("--kernel {other}: give 6.1, 6.12, host or the path of a vmlinuz"),
     };
     let found = cmd::output(Command::new("apt-cache").args(["search", "--names-only", pattern]))?;
     let package = found
@@ -264,11 +284,39 @@ fn guest_script(
             image::DEV_TAG
         );
     }
-    let _ = writeln!(script, "cd '{}'", workspace.join("tests").display());
+    script.push_str(&test_commands(workspace, binaries, out, guest));
+    write_script(out, &script)
+}
+
+/// The script `--kernel host` runs here: the test binaries alone, the
+/// agent's image already in this host's Podman storage.
+fn host_script(
+    workspace: &Path,
+    binaries: &[(String, PathBuf)],
+    out: &Path,
+    guest: &Guest<'_>,
+) -> anyhow::Result<PathBuf> {
+    let mut script = String::from("#!/bin/sh\n");
+    if guest.image.is_some() {
+        let _ = writeln!(script, "export NETBPF_IMAGE='{}'", image::DEV_TAG);
+    }
+    script.push_str(&test_commands(workspace, binaries, out, guest));
+    write_script(out, &script)
+}
+
+/// Each test binary run in turn, its output to `out/NAME.log` and its exit
+/// code to `out/NAME.rc`.
+fn test_commands(
+    workspace: &Path,
+    binaries: &[(String, PathBuf)],
+    out: &Path,
+    guest: &Guest<'_>,
+) -> String {
+    let mut commands = format!("cd '{}'\n", workspace.join("tests").display());
     for (name, binary) in binaries {
         let log = out.join(format!("{name}.log"));
         let _ = writeln!(
-            script,
+            commands,
             "NETBPF_BIN='{}' NETBPF_NEXT_BIN='{}' '{}' --test-threads 2 > '{}' 2>&1; echo $? > '{}'",
             guest.netbpf.display(),
             guest.next.display(),
@@ -277,10 +325,22 @@ fn guest_script(
             out.join(format!("{name}.rc")).display()
         );
     }
+    commands
+}
+
+/// `script` as the executable `out/run.sh`.
+fn write_script(out: &Path, script: &str) -> anyhow::Result<PathBuf> {
     let path = out.join("run.sh");
     fs::write(&path, script)?;
     cmd::run(Command::new("chmod").arg("+x").arg(&path))?;
     Ok(path)
+}
+
+/// This host's column: `host-` and its kernel's release.
+fn host_label() -> anyhow::Result<String> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading /proc/sys/kernel/osrelease")?;
+    Ok(format!("host-{}", release.trim()))
 }
 
 /// Boots `vmlinuz` and runs `script` in it; the console goes to
