@@ -90,11 +90,15 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
             fs::remove_dir_all(&out)?;
         }
         fs::create_dir_all(&out)?;
+        let setup = if vm.is_some() {
+            guest_setup(guest.image)
+        } else {
+            host_setup(guest.image)
+        };
+        let script = test_script(workspace, &binaries, &out, &guest, &setup)?;
         if let Some((_, vmlinuz)) = &vm {
-            let script = guest_script(workspace, &binaries, &out, &guest)?;
             boot(&vng, vmlinuz, &script, &out)?;
         } else {
-            let script = host_script(workspace, &binaries, &out, &guest)?;
             cmd::run(&mut Command::new(&script))?;
         }
         table.push((label, outcomes(&binaries, &out)));
@@ -251,72 +255,60 @@ fn image_archive(workspace: &Path) -> anyhow::Result<PathBuf> {
     Ok(image::archive(workspace, true))
 }
 
-/// The script the guest runs: bpffs mounted, the host's `/etc/shadow`,
-/// `/dev/net/tun`, tmpfs where container runtimes keep their storage (the
-/// guest sees the host's directories through an overlay, which overlay
-/// storage drivers refuse to sit on), the agent's image loaded there if
-/// given, then each test binary, its output to `out/NAME.log` and its exit
-/// code to `out/NAME.rc`.
-fn guest_script(
-    workspace: &Path,
-    binaries: &[(String, PathBuf)],
-    out: &Path,
-    guest: &Guest<'_>,
-) -> anyhow::Result<PathBuf> {
+/// What the guest does before the tests: bpffs mounted, the host's
+/// `/etc/shadow`, `/dev/net/tun`, tmpfs where container runtimes keep their
+/// storage (the guest sees the host's directories through an overlay,
+/// which overlay storage drivers refuse to sit on), and the agent's image
+/// loaded there if given.
+fn guest_setup(image: Option<&Path>) -> String {
     // virtme-ng binds a shadow file of its own over /etc/shadow, with every
     // account locked; OpenSSH's server refuses a locked root, so the host
     // services test's tunnel could not log in. The host's own is used.
-    let mut script =
-        String::from("#!/bin/sh\nmount -t bpf bpf /sys/fs/bpf\numount /etc/shadow 2>/dev/null\n");
+    let mut setup = String::from("mount -t bpf bpf /sys/fs/bpf\numount /etc/shadow 2>/dev/null\n");
     // wireguard-go needs /dev/net/tun, which 6.1's guest lacks: its module
     // loaded, its node made.
-    script.push_str(
+    setup.push_str(
         "modprobe tun 2>/dev/null\n[ -e /dev/net/tun ] || { mkdir -p /dev/net && mknod /dev/net/tun c 10 200; }\n",
     );
     for dir in ["/tmp", "/var/lib/containers", "/var/lib/docker", "/var/tmp"] {
-        let _ = writeln!(script, "mkdir -p {dir} && mount -t tmpfs tmpfs {dir}");
+        let _ = writeln!(setup, "mkdir -p {dir} && mount -t tmpfs tmpfs {dir}");
     }
-    if let Some(image) = guest.image {
+    if let Some(image) = image {
         let _ = writeln!(
-            script,
+            setup,
             "podman load --quiet --input '{}' && export NETBPF_IMAGE='{}'",
             image.display(),
             image::DEV_TAG
         );
     }
-    script.push_str(&test_commands(workspace, binaries, out, guest));
-    write_script(out, &script)
+    setup
 }
 
-/// The script `--kernel host` runs here: the test binaries alone, the
-/// agent's image already in this host's Podman storage.
-fn host_script(
+/// What this host does before the tests (`--kernel host`): nothing but
+/// name the agent's image, already in its Podman storage, if given.
+fn host_setup(image: Option<&Path>) -> String {
+    image.map_or_else(String::new, |_| {
+        format!("export NETBPF_IMAGE='{}'\n", image::DEV_TAG)
+    })
+}
+
+/// The executable `out/run.sh`: `setup`, then each test binary in turn,
+/// its output to `out/NAME.log` and its exit code to `out/NAME.rc`.
+fn test_script(
     workspace: &Path,
     binaries: &[(String, PathBuf)],
     out: &Path,
     guest: &Guest<'_>,
+    setup: &str,
 ) -> anyhow::Result<PathBuf> {
-    let mut script = String::from("#!/bin/sh\n");
-    if guest.image.is_some() {
-        let _ = writeln!(script, "export NETBPF_IMAGE='{}'", image::DEV_TAG);
-    }
-    script.push_str(&test_commands(workspace, binaries, out, guest));
-    write_script(out, &script)
-}
-
-/// Each test binary run in turn, its output to `out/NAME.log` and its exit
-/// code to `out/NAME.rc`.
-fn test_commands(
-    workspace: &Path,
-    binaries: &[(String, PathBuf)],
-    out: &Path,
-    guest: &Guest<'_>,
-) -> String {
-    let mut commands = format!("cd '{}'\n", workspace.join("tests").display());
+    let mut script = format!(
+        "#!/bin/sh\n{setup}cd '{}'\n",
+        workspace.join("tests").display()
+    );
     for (name, binary) in binaries {
         let log = out.join(format!("{name}.log"));
         let _ = writeln!(
-            commands,
+            script,
             "NETBPF_BIN='{}' NETBPF_NEXT_BIN='{}' '{}' --test-threads 2 > '{}' 2>&1; echo $? > '{}'",
             guest.netbpf.display(),
             guest.next.display(),
@@ -325,11 +317,6 @@ fn test_commands(
             out.join(format!("{name}.rc")).display()
         );
     }
-    commands
-}
-
-/// `script` as the executable `out/run.sh`.
-fn write_script(out: &Path, script: &str) -> anyhow::Result<PathBuf> {
     let path = out.join("run.sh");
     fs::write(&path, script)?;
     cmd::run(Command::new("chmod").arg("+x").arg(&path))?;
