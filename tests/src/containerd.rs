@@ -98,6 +98,12 @@ impl Containerd {
         self.ctr(&["images", "import", archive_text]).map(drop)
     }
 
+    /// Its gRPC socket.
+    #[must_use]
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
     /// containerd's state directory, where its tasks' bundles are.
     #[must_use]
     pub fn state(&self) -> &Path {

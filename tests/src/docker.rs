@@ -2,8 +2,11 @@
 //! a network namespace of the test's own, with its own data, exec root,
 //! socket and containerd namespace, so it touches nothing of the host's
 //! (its bridge and iptables rules land in that namespace). Its containers
-//! go below a cgroup of the test. Stopped, with every container and mount
-//! it made, when dropped.
+//! go below a cgroup of the test. Its containerd is the test's own too,
+//! started beside it rather than by it: dockerd kills a containerd that
+//! does not answer within its patience, and restarts it, which in a kernel
+//! VM without KVM can go on past any test's. Stopped, with every container
+//! and mount it made, when dropped.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,7 +17,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
 
-use crate::{Cgroup, Netns, Process, Spawn, busybox_rootfs, process::wait_for_daemon, unique_name};
+use crate::{
+    Cgroup, Containerd, Netns, Process, Spawn, busybox_rootfs, process::wait_for_daemon,
+    unique_name,
+};
 
 /// A running dockerd of one test.
 pub struct DockerDaemon {
@@ -22,6 +28,8 @@ pub struct DockerDaemon {
     socket: PathBuf,
     dir: PathBuf,
     netns: Netns,
+    /// Stopped after dockerd (fields drop after [`Drop::drop`]).
+    _containerd: Containerd,
 }
 
 impl DockerDaemon {
@@ -36,6 +44,7 @@ impl DockerDaemon {
     ) -> anyhow::Result<Self> {
         let netns = Netns::new("nbdock")?;
         std::fs::create_dir_all(dir)?;
+        let own_containerd = Containerd::start(daemon_cgroup, &dir.join("containerd"))?;
         let socket = dir.join("docker.sock");
         let namespace = unique_name("nbd");
         let parent = containers.runtime_parent()?;
@@ -57,6 +66,8 @@ impl DockerDaemon {
             bridge.to_owned(),
             "--cgroup-parent".to_owned(),
             parent,
+            "--containerd".to_owned(),
+            own_containerd.socket().to_string_lossy().into_owned(),
             "--log-level".to_owned(),
             "warn".to_owned(),
         ];
@@ -67,6 +78,7 @@ impl DockerDaemon {
             socket,
             dir: dir.to_owned(),
             netns,
+            _containerd: own_containerd,
         };
         wait_for_daemon("dockerd", &dir.join("dockerd.log"), || {
             docker.docker(&["version"]).is_ok()

@@ -354,8 +354,10 @@ fn boot(vng: &Path, vmlinuz: &Path, script: &Path, out: &Path) -> anyhow::Result
             "--disable-kvm",
             "--memory",
             "4G",
+            // One vCPU per host core: QEMU runs them on threads of their
+            // own (multi-threaded TCG), and the tests run two at a time.
             "--cpus",
-            "1",
+            "2",
             "--verbose",
         ])
         // Debian's kernels enable AppArmor, which the nodes these tests
