@@ -80,9 +80,9 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
         let vm = (kernel != HOST)
             .then(|| kernel_image(workspace, kernel))
             .transpose()?;
-        let label = match &vm {
-            Some((label, _)) => label.clone(),
-            None => host_label()?,
+        let (label, setup) = match &vm {
+            Some((label, _)) => (label.clone(), guest_setup(guest.image)),
+            None => (host_label()?, host_setup(guest.image)),
         };
         eprintln!("vm: {label}: {} test binaries", binaries.len());
         let out = workspace.join("target/vm").join(&label);
@@ -90,11 +90,6 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
             fs::remove_dir_all(&out)?;
         }
         fs::create_dir_all(&out)?;
-        let setup = if vm.is_some() {
-            guest_setup(guest.image)
-        } else {
-            host_setup(guest.image)
-        };
         let script = test_script(workspace, &binaries, &out, &guest, &setup)?;
         if let Some((_, vmlinuz)) = &vm {
             boot(&vng, vmlinuz, &script, &out)?;
