@@ -20,7 +20,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 3 } else { 2 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 4 } else { 3 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -69,11 +69,19 @@ pub const MAX_HOST_SERVICES: u32 = 256;
 pub const MAX_SERVICE_ADDRESSES: u32 = 4096;
 /// Capacity of the table of container addresses granted a host service.
 pub const MAX_GRANTS: u32 = 16_384;
+/// Capacity of the table of scopes granted a host service.
+pub const MAX_SCOPE_GRANTS: u32 = 16_384;
+/// Words of the bitmap of ports some host service is reached at: one bit
+/// per TCP port.
+pub const SERVICE_PORT_WORDS: u32 = 65_536 / 64;
 
 /// [`Lookups::flags`]: some scope is keyed by a network namespace.
 pub const LOOKUP_NETNS_SCOPES: u32 = 1;
 /// [`Lookups::flags`]: some scope has aliases of exact addresses.
 pub const LOOKUP_ALIASES: u32 = 2;
+/// [`Lookups::flags`]: some host service is granted: TCP connects to its
+/// addresses are checked against the connecting socket's scope.
+pub const LOOKUP_HOST_SERVICES: u32 = 4;
 
 /// Which lookups the programs need at all, from the policy applied now:
 /// the value of the one-entry `LOOKUPS` array. A node without network
@@ -84,7 +92,7 @@ pub struct Lookups {
     /// One bit per cgroup level (below the root) where some cgroup scope
     /// is: the only levels looked up, deepest first.
     pub cgroup_levels: u64,
-    /// [`LOOKUP_NETNS_SCOPES`], [`LOOKUP_ALIASES`].
+    /// [`LOOKUP_NETNS_SCOPES`], [`LOOKUP_ALIASES`], [`LOOKUP_HOST_SERVICES`].
     pub flags: u32,
     _pad: u32,
 }
@@ -266,7 +274,9 @@ pub struct AliasedAddr {
 
 /// Key of a host service as `sk_lookup` sees a connection to it: the local
 /// (destination) address and port, on the host side of a container's
-/// network.
+/// network. Port 0 (which no connection has) keys the address alone: some
+/// service is reached there, so the grant guard drops what it cannot parse
+/// toward it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
@@ -278,8 +288,8 @@ pub struct ServiceKey {
 }
 
 /// Key of the grants: a service and a container address allowed to reach
-/// it. The value is the index of the host-side interface the container's
-/// packets arrive through (0: any), which the grant guard checks.
+/// it. The value, a [`GrantPath`], says where that container's packets
+/// arrive.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GrantKey {
@@ -303,6 +313,30 @@ impl GrantKey {
     }
 }
 
+/// Where a granted container's packets arrive on the node: what the
+/// packet-level checks compare a granted source address with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GrantPath {
+    /// The host-side interface of the container (its veth peer), which the
+    /// grant guard on bridge ports checks; 0: not known, not checked.
+    pub port: u32,
+    /// The interface the kernel receives its packets on (the bridge that
+    /// port is on, or the port itself), which `sk_lookup` checks against
+    /// the connection's ingress interface; 0: not known, not checked.
+    pub ingress: u32,
+}
+
+/// Key of the socket-level grants: a scope that holds a grant of a
+/// service. Only sockets of that scope may connect to the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScopeGrant {
+    pub scope: u32,
+    /// Index of the service.
+    pub service: u32,
+}
+
 /// Counters of one host service, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -315,8 +349,17 @@ pub struct ServiceStats {
     /// Granted connections while the service had no listener.
     pub down: u64,
     /// Packets from a granted address that arrived through another
-    /// container's interface (a forged source address), dropped.
+    /// container's interface, or connections that arrived on another
+    /// interface than the granted container's (a forged source address),
+    /// dropped.
     pub forged: u64,
+    /// `connect()` calls to the service from a socket whose scope holds no
+    /// grant of it (a process sharing a granted container's network
+    /// namespace, an unscoped process), refused with `EPERM`.
+    pub borrowed: u64,
+    /// Packets toward the service's address that the grant guard could not
+    /// parse (more IPv6 extension headers than it walks, ESP), dropped.
+    pub unparsed: u64,
 }
 
 /// What a bind becomes.
@@ -460,7 +503,9 @@ const _: () = assert!(size_of::<BindTarget>() == 24);
 const _: () = assert!(size_of::<AliasedAddr>() == 20);
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 const _: () = assert!(size_of::<GrantKey>() == 24);
-const _: () = assert!(size_of::<ServiceStats>() == 32);
+const _: () = assert!(size_of::<GrantPath>() == 8);
+const _: () = assert!(size_of::<ScopeGrant>() == 8);
+const _: () = assert!(size_of::<ServiceStats>() == 48);
 const _: () = assert!(size_of::<MssStats>() == 56);
 
 /// Counters add up field by field: userspace sums each CPU's copy.
@@ -478,7 +523,7 @@ macro_rules! counters_add {
 
 counters_add! {
     RuleStats { connects, datagrams, local_skips, binds, unremembered }
-    ServiceStats { steered, refused, down, forged }
+    ServiceStats { steered, refused, down, forged, borrowed, unparsed }
     MssStats { seen, clamped, inserted, already_small, without_option, malformed, unparsed }
 }
 
@@ -500,6 +545,8 @@ mod pod {
     unsafe impl aya::Pod for super::AliasedAddr {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::GrantKey {}
+    unsafe impl aya::Pod for super::GrantPath {}
+    unsafe impl aya::Pod for super::ScopeGrant {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::RuleSlotKey {}
 }
@@ -538,6 +585,9 @@ mod tests {
         assert_eq!(offset_of!(ServiceKey, port), 16);
         assert_eq!(offset_of!(GrantKey, addr), 4);
         assert_eq!(offset_of!(GrantKey, family), 20);
+        assert_eq!(offset_of!(GrantPath, ingress), 4);
+        assert_eq!(offset_of!(ScopeGrant, service), 4);
+        assert_eq!(offset_of!(ServiceStats, unparsed), 40);
         assert_eq!(offset_of!(MssConfig, slot), 4);
         assert_eq!(offset_of!(MssStats, unparsed), 48);
     }

@@ -108,11 +108,26 @@ pub fn surely_not_syn(ctx: &TcContext, l3_offset: u16) -> bool {
     }
 }
 
+/// The destination address of `ctx`'s IP packet, whose header is at `l3`,
+/// read from the fixed header alone: for packets [`parse`] gave up on.
+#[inline(always)]
+pub fn destination(ctx: &TcContext, l3: usize) -> Option<([u32; 4], u8)> {
+    // SAFETY: `skb` is the program's context.
+    let protocol = u16::try_from(unsafe { (*ctx.skb.skb).protocol }).map_or(0, u16::from_be);
+    match protocol {
+        ETH_P_IP => Some(([ctx.load::<u32>(l3 + 16).ok()?, 0, 0, 0], AF_INET)),
+        ETH_P_IPV6 => Some((ctx.load::<[u32; 4]>(l3 + 24).ok()?, AF_INET6)),
+        _ => None,
+    }
+}
+
 /// What parsing the IP header found.
 pub enum Parsed {
     Tcp(Segment),
     /// Another protocol, or a fragment without the TCP header.
     NotTcp,
+    /// Headers it cannot walk: malformed, cut short, ESP, or more IPv6
+    /// extension headers than it walks.
     Unparsed,
 }
 

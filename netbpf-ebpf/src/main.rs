@@ -32,6 +32,8 @@ mod tc;
 
 /// Verdict of a cgroup socket program that lets the syscall go on.
 const ALLOW: i32 = 1;
+/// Verdict of a cgroup socket program that fails the syscall with `EPERM`.
+const REFUSE: i32 = 0;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -8,10 +8,10 @@ use aya_ebpf::{
 };
 use netbpf_common::{
     AliasKey, AliasedAddr, BindTarget, DialedBySocket, ForwardKey, ForwardTarget, GrantKey,
-    Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
-    MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPES,
-    MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats, ScopeEntry, ScopePort, ServiceKey,
-    ServiceStats,
+    GrantPath, Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES,
+    MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES,
+    MAX_SCOPE_GRANTS, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats,
+    SERVICE_PORT_WORDS, ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// Flags of every hash map here: entries are allocated as they are added
@@ -96,15 +96,27 @@ pub static ALIASES: HashMap<AliasKey, ForwardTarget> =
 pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> =
     HashMap::with_max_entries(MAX_ALIASES, ON_DEMAND);
 
-/// (host-side address, port) a container dials -> the host service there.
+/// (host-side address, port) a container dials -> the host service there;
+/// (address, port 0) -> a service reached at that address.
 #[map]
 pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
     HashMap::with_max_entries(MAX_SERVICE_ADDRESSES, ON_DEMAND);
 
-/// (service, container address) allowed to reach the service -> the
-/// host-side interface its packets must arrive through (0: any).
+/// One bit per TCP port some host service is reached at: the quick test
+/// of a connect, before `HOST_SERVICES` is looked up.
 #[map]
-pub static GRANTS: HashMap<GrantKey, u32> = HashMap::with_max_entries(MAX_GRANTS, ON_DEMAND);
+pub static SERVICE_PORTS: Array<u64> = Array::with_max_entries(SERVICE_PORT_WORDS, 0);
+
+/// (service, container address) allowed to reach the service -> where
+/// that container's packets arrive on the node.
+#[map]
+pub static GRANTS: HashMap<GrantKey, GrantPath> = HashMap::with_max_entries(MAX_GRANTS, ON_DEMAND);
+
+/// (scope, service) -> present when the scope holds a grant of the
+/// service: only its sockets may connect to the service.
+#[map]
+pub static SCOPE_GRANTS: HashMap<ScopeGrant, u8> =
+    HashMap::with_max_entries(MAX_SCOPE_GRANTS, ON_DEMAND);
 
 /// Service index -> its listening socket on the host's loopback.
 #[map]

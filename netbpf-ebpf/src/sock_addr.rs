@@ -5,23 +5,35 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use netbpf_common::{AF_INET, AF_INET6};
 
 use crate::{
-    ALLOW, bind,
+    ALLOW, REFUSE, bind,
     forward::{self, Syscall},
+    host_service,
 };
 
-/// Forwards an IPv4 `connect()` to localhost. (Hook: Linux 4.17.)
+/// Forwards an IPv4 `connect()` to localhost or an alias, and refuses a
+/// connect to a host service from a scope not granted it.
+/// (Hook: Linux 4.17.)
 #[cgroup_sock_addr(connect4)]
 pub fn netbpf_connect4(ctx: SockAddrContext) -> i32 {
-    forward::rewrite_destination(ctx.sock_addr, AF_INET, Syscall::Connect);
-    ALLOW
+    connect(ctx.sock_addr, AF_INET)
 }
 
-/// Forwards an IPv6 `connect()` to `::1` or `::ffff:127.0.0.0/104`.
-/// (Hook: Linux 4.17.)
+/// Forwards an IPv6 `connect()` to `::1`, `::ffff:127.0.0.0/104` or an
+/// alias, and refuses a connect to a host service from a scope not granted
+/// it. (Hook: Linux 4.17.)
 #[cgroup_sock_addr(connect6)]
 pub fn netbpf_connect6(ctx: SockAddrContext) -> i32 {
-    forward::rewrite_destination(ctx.sock_addr, AF_INET6, Syscall::Connect);
-    ALLOW
+    connect(ctx.sock_addr, AF_INET6)
+}
+
+#[inline(always)]
+fn connect(ctx: *mut aya_ebpf::bindings::bpf_sock_addr, family: u16) -> i32 {
+    forward::rewrite_destination(ctx, family, Syscall::Connect);
+    if host_service::may_connect(ctx, family) {
+        ALLOW
+    } else {
+        REFUSE
+    }
 }
 
 /// Forwards an IPv4 UDP datagram sent to localhost. (Hook: Linux 4.18.)

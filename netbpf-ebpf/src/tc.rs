@@ -17,11 +17,12 @@ const TC_NEXT: i32 = -1;
 const TC_DROP: i32 = 2;
 
 /// Drops packets for a host service whose granted source address came
-/// through another container's interface than the granted one's.
+/// through another container's interface than the granted one's, and
+/// packets toward a service's address it cannot parse.
 /// (clsact: Linux 4.5; TCX: 6.6.)
 #[classifier]
 pub fn netbpf_grant_guard(ctx: TcContext) -> i32 {
-    if host_service::forged(&ctx) {
+    if host_service::refused(&ctx) {
         TC_DROP
     } else {
         TC_NEXT

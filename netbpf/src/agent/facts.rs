@@ -72,17 +72,35 @@ impl InstanceFacts<'_> {
     }
 }
 
-impl Facts for InstanceFacts<'_> {
-    fn network(&self) -> Result<ScopeNetwork, String> {
-        let namespaces = self.namespaces()?;
-        if namespaces.is_empty() {
-            return Err("no process of the instance runs yet: its network is unknown".to_owned());
+impl InstanceFacts<'_> {
+    /// The instance's own network namespace: a netns scope's, or that of
+    /// its cgroup's oldest process.
+    fn own_namespace(&self) -> Result<Option<PathBuf>, String> {
+        match self.key {
+            ScopeKey::Netns(_) => Ok(Some(self.place.to_owned())),
+            ScopeKey::Cgroup(_) => {
+                scope_net::own_namespace(self.place).map_err(|error| error.to_string())
+            }
         }
-        let mut network = scope_net::of_namespaces(&namespaces)
+    }
+}
+
+impl Facts for InstanceFacts<'_> {
+    /// The network of the instance's own namespace only: addresses its
+    /// processes add in namespaces they make are never granted.
+    fn network(&self) -> Result<ScopeNetwork, String> {
+        let Some(namespace) = self.own_namespace()? else {
+            return Err("no process of the instance runs yet: its network is unknown".to_owned());
+        };
+        let mut network = scope_net::of_netns(&namespace)
             .map_err(|error| format!("finding the instance's addresses and gateway: {error}"))?;
-        network.node = namespaces
-            .iter()
-            .any(|namespace| scope_net::same_namespace(namespace, self.node_netns));
+        network.node = scope_net::same_namespace(&namespace, self.node_netns);
+        if let Some(port) = network.host_interface {
+            network.ingress_interface =
+                netns::in_netns(self.node_netns, || scope_net::receiving_interface(port))
+                    .and_then(|found| found)
+                    .map_err(|error| format!("finding the bridge of interface {port}: {error}"))?;
+        }
         Ok(network)
     }
 

@@ -268,7 +268,15 @@ fn register_host_services(registry: &mut Registry, status: &Status) {
         ),
         (
             "host_service_forged",
-            "Packets with a granted address that came through another container's interface, dropped",
+            "Packets with a granted address that came through another container's interface or arrived on another interface, dropped",
+        ),
+        (
+            "host_service_borrowed",
+            "connect() calls to a host service from a scope not granted it (a process sharing a granted container's network namespace), refused",
+        ),
+        (
+            "host_service_unparsed",
+            "Packets toward a host service's address that the grant guard could not parse, dropped",
         ),
     ]);
     for service in &status.host_services {
@@ -281,6 +289,8 @@ fn register_host_services(registry: &mut Registry, status: &Status) {
                 ("host_service_refused", service.refused),
                 ("host_service_down", service.down),
                 ("host_service_forged", service.forged),
+                ("host_service_borrowed", service.borrowed),
+                ("host_service_unparsed", service.unparsed),
             ],
         );
     }

@@ -757,8 +757,8 @@ impl Agent {
             .plan
             .grants
             .values()
-            .copied()
-            .filter(|via| *via != 0)
+            .map(|path| path.port)
+            .filter(|port| *port != 0)
             .collect();
         self.guard
             .apply(&mut self.datapath, &vias, &self.interfaces);

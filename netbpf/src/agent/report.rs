@@ -79,6 +79,8 @@ impl Agent {
                 refused: stats.refused,
                 down: stats.down,
                 forged: stats.forged,
+                borrowed: stats.borrowed,
+                unparsed: stats.unparsed,
             })
             .collect();
         let micros = |percent| {

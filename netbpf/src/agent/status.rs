@@ -81,8 +81,17 @@ pub struct HostServiceStatus {
     pub refused: u64,
     pub down: u64,
     /// Packets with a granted source address that came through another
-    /// container's interface, dropped.
+    /// container's interface, or arrived on another interface than the
+    /// granted container's, dropped.
     pub forged: u64,
+    /// `connect()` calls from a scope without a grant of the service (a
+    /// process sharing a granted container's network namespace), refused.
+    #[serde(default)]
+    pub borrowed: u64,
+    /// Packets toward the service's address the grant guard could not
+    /// parse, dropped.
+    #[serde(default)]
+    pub unparsed: u64,
 }
 
 /// A scope's grant of a host service.
@@ -353,6 +362,8 @@ impl Status {
             "REFUSED",
             "DOWN",
             "FORGED",
+            "BORROWED",
+            "UNPARSED",
         ]);
         for service in &self.host_services {
             let granted: Vec<String> = self
@@ -382,6 +393,8 @@ impl Status {
                 service.refused.to_string(),
                 service.down.to_string(),
                 service.forged.to_string(),
+                service.borrowed.to_string(),
+                service.unparsed.to_string(),
             ]);
         }
         table

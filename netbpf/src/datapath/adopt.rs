@@ -13,8 +13,8 @@ use aya::{
     programs::{Program, links::FdLink},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, RuleSlotKey, ScopePort,
-    ServiceKey,
+    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, GrantPath, RuleSlotKey,
+    ScopeGrant, ScopePort, ServiceKey,
 };
 
 use super::{Datapath, DatapathError, map_error};
@@ -125,7 +125,8 @@ impl Datapath {
             aliases: self.entries::<AliasKey, ForwardTarget>("ALIASES")?,
             aliased_addrs: self.keys::<AliasedAddr, u8>("ALIASED_ADDRS")?,
             services: self.entries::<ServiceKey, u32>("HOST_SERVICES")?,
-            grants: self.entries::<GrantKey, u32>("GRANTS")?,
+            grants: self.entries::<GrantKey, GrantPath>("GRANTS")?,
+            scope_grants: self.keys::<ScopeGrant, u8>("SCOPE_GRANTS")?,
             binds: self.entries::<ScopePort, BindTarget>("BIND_REMAPS")?,
         })
     }

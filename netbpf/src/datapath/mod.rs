@@ -164,7 +164,7 @@ pub struct Datapath {
 }
 
 /// The capacity of each map that has a setting.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 11] {
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 12] {
     [
         ("CGROUP_SCOPES", capacity.scopes),
         ("NETNS_SCOPES", capacity.scopes),
@@ -175,6 +175,7 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 11] {
         ("ALIASED_ADDRS", capacity.aliases),
         ("BIND_REMAPS", capacity.bind_remaps),
         ("GRANTS", capacity.grants),
+        ("SCOPE_GRANTS", capacity.grants),
         ("HOST_SERVICES", capacity.service_addresses),
         ("LOCAL_BINDS", capacity.local_binds),
     ]

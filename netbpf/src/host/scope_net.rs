@@ -1,5 +1,6 @@
 //! The network of a scope as the host sees it: the global addresses and
-//! default gateways of the network namespaces its processes live in.
+//! default gateways of the network namespaces its processes live in, and
+//! of the one that is its own.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +16,7 @@ use netlink_packet_route::{
     route::{RouteAddress, RouteAttribute, RouteMessage},
 };
 
-use crate::host::{addressing, netns, rtnetlink};
+use crate::host::{addressing, links, netns, rtnetlink};
 
 /// What the host knows of a scope's network.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,23 +27,32 @@ pub struct ScopeNetwork {
     pub gateways: Vec<IpAddr>,
     /// Its global addresses.
     pub addresses: Vec<IpAddr>,
+    /// The global addresses of the interfaces its default routes leave
+    /// through: the only ones a grant admits (an address added to another
+    /// interface, or in another namespace, is not the container's).
+    pub route_addresses: Vec<IpAddr>,
     /// The node-side peer (an interface index in the node's namespace) of
     /// the veth its default route leaves through.
     pub host_interface: Option<u32>,
+    /// The interface the node receives its packets on: the bridge
+    /// `host_interface` is a port of, or `host_interface` itself. Found
+    /// from the node's side ([`receiving_interface`]).
+    pub ingress_interface: Option<u32>,
 }
 
 /// The addresses and gateways of the namespace at `path`.
 pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
     netns::in_netns(path, || -> io::Result<ScopeNetwork> {
+        let global: Vec<_> = addressing::addresses()?
+            .into_iter()
+            .filter(|address| address.global)
+            .collect();
         let mut network = ScopeNetwork {
-            addresses: addressing::addresses()?
-                .into_iter()
-                .filter(|address| address.global)
-                .map(|address| address.address)
-                .collect(),
+            addresses: global.iter().map(|address| address.address).collect(),
             ..ScopeNetwork::default()
         };
         let mut default_interface = None;
+        let mut route_interfaces = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut request = RouteMessage::default();
             request.header.address_family = family;
@@ -56,18 +66,23 @@ pub fn of_netns(path: &Path) -> io::Result<ScopeNetwork> {
                         .any(|known| known.is_ipv4() == gateway.is_ipv4())
                 {
                     network.gateways.push(gateway);
-                    default_interface = default_interface.or_else(|| {
-                        route
-                            .attributes
-                            .iter()
-                            .find_map(|attribute| match attribute {
-                                RouteAttribute::Oif(index) => Some(*index),
-                                _ => None,
-                            })
-                    });
+                    let interface = route
+                        .attributes
+                        .iter()
+                        .find_map(|attribute| match attribute {
+                            RouteAttribute::Oif(index) => Some(*index),
+                            _ => None,
+                        });
+                    route_interfaces.extend(interface);
+                    default_interface = default_interface.or(interface);
                 }
             }
         }
+        network.route_addresses = global
+            .iter()
+            .filter(|address| route_interfaces.contains(&address.interface))
+            .map(|address| address.address)
+            .collect();
         if let Some(index) = default_interface {
             network.host_interface = peer_in_other_namespace(index)?;
         }
@@ -96,24 +111,14 @@ fn peer_in_other_namespace(index: u32) -> io::Result<Option<u32>> {
     }))
 }
 
-/// The union of the networks of `namespaces`.
-pub fn of_namespaces(namespaces: &[PathBuf]) -> io::Result<ScopeNetwork> {
-    let mut network = ScopeNetwork::default();
-    for namespace in namespaces {
-        let found = of_netns(namespace)?;
-        network.addresses.extend(found.addresses);
-        network.host_interface = network.host_interface.or(found.host_interface);
-        for gateway in found.gateways {
-            if !network
-                .gateways
-                .iter()
-                .any(|known| known.is_ipv4() == gateway.is_ipv4())
-            {
-                network.gateways.push(gateway);
-            }
-        }
-    }
-    Ok(network)
+/// The interface of the calling thread's namespace that receives what
+/// arrives through `port`: the bridge it is a port of, or `port` itself;
+/// None when there is no such interface.
+pub fn receiving_interface(port: u32) -> io::Result<Option<u32>> {
+    Ok(links::list()?
+        .into_iter()
+        .find(|interface| interface.index == port)
+        .map(|interface| interface.master.unwrap_or(port)))
 }
 
 /// Whether two paths name the same network namespace.
@@ -140,6 +145,28 @@ pub fn process_namespaces(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(namespaces)
+}
+
+/// The `/proc/PID/ns/net` of the oldest process of the cgroup tree at
+/// `dir`: the container's own network namespace, where its runtime put its
+/// first process. Namespaces its processes made later (`unshare -n`) are
+/// not the container's. None while it has no process.
+pub fn own_namespace(dir: &Path) -> io::Result<Option<PathBuf>> {
+    let oldest = cgroup_processes(dir)?
+        .into_iter()
+        .filter_map(|pid| Some((start_time(pid)?, pid)))
+        .min();
+    Ok(oldest.map(|(_, pid)| PathBuf::from(format!("/proc/{pid}/ns/net"))))
+}
+
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`); None when it is gone.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start after its last ')'.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The processes of the cgroup tree at `dir`.

@@ -27,7 +27,8 @@ pub struct Capacity {
     pub aliases: u32,
     /// Bind remaps (`BIND_REMAPS`). Default 16384.
     pub bind_remaps: u32,
-    /// Container addresses granted host services (`GRANTS`). Default 16384.
+    /// Container addresses granted host services (`GRANTS`), and scopes
+    /// granted them (`SCOPE_GRANTS`), each. Default 16384.
     pub grants: u32,
     /// Where host services are reached: (gateway, port) pairs
     /// (`HOST_SERVICES`). Default 4096.
@@ -87,7 +88,7 @@ impl Capacity {
 
     /// The maps of rules: (map, entries `plan` and `more` need together,
     /// capacity, the setting of that capacity).
-    fn rule_maps(&self, plan: &Plan, more: &Plan) -> [(&'static str, usize, u32, &'static str); 6] {
+    fn rule_maps(&self, plan: &Plan, more: &Plan) -> [(&'static str, usize, u32, &'static str); 7] {
         [
             (
                 "FORWARD_PORTS",
@@ -116,6 +117,12 @@ impl Capacity {
             (
                 "GRANTS",
                 together(&plan.grants, &more.grants),
+                self.grants,
+                "grants",
+            ),
+            (
+                "SCOPE_GRANTS",
+                plan.scope_grants.union(&more.scope_grants).count(),
                 self.grants,
                 "grants",
             ),

@@ -21,8 +21,8 @@ use std::{
 
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
-    ForwardTarget, GrantKey, LOOKUP_ALIASES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP,
-    SCOPE_PORT_RANGES, ScopeEntry, ScopePort, ServiceKey,
+    ForwardTarget, GrantKey, GrantPath, LOOKUP_ALIASES, LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES,
+    Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort, ServiceKey,
 };
 
 pub use self::{
@@ -206,11 +206,14 @@ pub struct Plan {
     pub aliases: BTreeMap<AliasKey, ForwardTarget>,
     /// Every address and port some alias names.
     pub aliased_addrs: BTreeSet<AliasedAddr>,
-    /// Where connections for a host service arrive -> the service's index.
+    /// Where connections for a host service arrive -> the service's index;
+    /// (address, port 0) -> a service reached at that address.
     pub services: BTreeMap<ServiceKey, u32>,
-    /// The container addresses granted each service -> the host-side
-    /// interface their packets must arrive through (0: any).
-    pub grants: BTreeMap<GrantKey, u32>,
+    /// The container addresses granted each service -> where their packets
+    /// arrive on the node.
+    pub grants: BTreeMap<GrantKey, GrantPath>,
+    /// The scopes granted each service: only their sockets may connect.
+    pub scope_grants: BTreeSet<ScopeGrant>,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
     pub binds: BTreeMap<ScopePort, BindTarget>,
 }
@@ -404,7 +407,21 @@ impl Plan {
         if !self.aliased_addrs.is_empty() {
             flags |= LOOKUP_ALIASES;
         }
+        if !self.services.is_empty() {
+            flags |= LOOKUP_HOST_SERVICES;
+        }
         Lookups::new(levels, flags)
+    }
+
+    /// The ports host services are reached at, as the words of the
+    /// programs' bitmap (word index -> its bits), non-zero words only.
+    #[must_use]
+    pub fn service_port_words(&self) -> BTreeMap<u32, u64> {
+        let mut words = BTreeMap::new();
+        for key in self.services.keys().filter(|key| key.port != 0) {
+            *words.entry(u32::from(key.port / 64)).or_insert(0) |= 1u64 << (key.port % 64);
+        }
+        words
     }
 
     /// Adds `other`'s entries to this plan.
@@ -417,6 +434,7 @@ impl Plan {
         self.aliased_addrs.extend(other.aliased_addrs);
         self.services.extend(other.services);
         self.grants.extend(other.grants);
+        self.scope_grants.extend(other.scope_grants);
         self.binds.extend(other.binds);
     }
 
@@ -448,7 +466,8 @@ impl Plan {
 
     /// A grant: an alias from the dialed address to the gateway (unless
     /// the container dials its gateway itself), the service where
-    /// connections arrive there, and the container's addresses allowed.
+    /// connections arrive there, the scope allowed to connect, and the
+    /// container's addresses allowed with where their packets arrive.
     fn add_grant(&mut self, scope: u32, grant: &Grant) {
         let (gateway, family) = target_words(grant.gateway);
         let (dial, _) = target_words(grant.dial.ip());
@@ -469,18 +488,25 @@ impl Plan {
             });
         }
         let service = u32::try_from(grant.service).expect("services are few");
-        self.services.insert(
-            ServiceKey {
-                addr: gateway,
-                port,
-                family,
-            },
-            service,
-        );
+        for port in [port, 0] {
+            self.services.insert(
+                ServiceKey {
+                    addr: gateway,
+                    port,
+                    family,
+                },
+                service,
+            );
+        }
+        self.scope_grants.insert(ScopeGrant { scope, service });
+        let path = GrantPath {
+            port: grant.via.unwrap_or(0),
+            ingress: grant.ingress.unwrap_or(0),
+        };
         for source in &grant.sources {
             let (addr, family) = target_words(*source);
             self.grants
-                .insert(GrantKey::new(service, addr, family), grant.via.unwrap_or(0));
+                .insert(GrantKey::new(service, addr, family), path);
         }
     }
 }

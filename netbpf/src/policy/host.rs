@@ -37,6 +37,10 @@ pub struct Grant {
     /// The host-side interface the container's packets arrive through;
     /// packets from `sources` through any other are forged.
     pub via: Option<u32>,
+    /// The interface the node receives the container's packets on (the
+    /// bridge `via` is a port of, or `via`); connections from `sources`
+    /// received on any other are forged.
+    pub ingress: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -248,7 +252,7 @@ pub(super) fn resolve_grant(
     };
     check_gateway(gateway, network, node_addresses).map_err(dial_error)?;
     let sources: Vec<IpAddr> = network
-        .addresses
+        .route_addresses
         .iter()
         .filter(same_family)
         .copied()
@@ -265,6 +269,7 @@ pub(super) fn resolve_grant(
         gateway,
         sources,
         via: network.host_interface,
+        ingress: network.ingress_interface,
     })
 }
 

@@ -10,8 +10,14 @@ impl Facts for FakeFacts {
         Ok(ScopeNetwork {
             node: false,
             gateways: vec!["10.210.1.1".parse().unwrap(), "fd21::1".parse().unwrap()],
-            addresses: vec!["10.210.1.2".parse().unwrap(), "fd21::2".parse().unwrap()],
+            addresses: vec![
+                "10.210.1.2".parse().unwrap(),
+                "fd21::2".parse().unwrap(),
+                "10.99.0.2".parse().unwrap(),
+            ],
+            route_addresses: vec!["10.210.1.2".parse().unwrap(), "fd21::2".parse().unwrap()],
             host_interface: Some(7),
+            ingress_interface: Some(3),
         })
     }
 
@@ -424,11 +430,15 @@ fn accepts_host_services_and_finds_gateways() {
         "10.210.1.1".parse::<IpAddr>().unwrap(),
         "found from the scope's default route"
     );
-    assert_eq!(gpu.sources, vec!["10.210.1.2".parse::<IpAddr>().unwrap()]);
     assert_eq!(
-        gpu.via,
-        Some(7),
-        "bound to the container's host-side interface"
+        gpu.sources,
+        vec!["10.210.1.2".parse::<IpAddr>().unwrap()],
+        "only the addresses of the interface its default route leaves through"
+    );
+    assert_eq!(
+        (gpu.via, gpu.ingress),
+        (Some(7), Some(3)),
+        "bound to the container's host-side interface and its bridge"
     );
     assert_eq!((db.service, db.gateway), (1, "fd21::99".parse().unwrap()));
 }
