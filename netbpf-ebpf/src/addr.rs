@@ -102,6 +102,21 @@ pub fn is_wildcard(addr: &[u32; 4], family: u16) -> bool {
     addr[0] == 0 && addr[1] == 0 && (addr[2] == 0 || addr[2] == V4_MAPPED_MARKER) && addr[3] == 0
 }
 
+/// The loopback address Linux connects to in place of the wildcard `addr`
+/// of `family`: `0.0.0.0` is `127.0.0.1`, `::` is `::1`, and
+/// `::ffff:0.0.0.0` is `::ffff:127.0.0.1`.
+#[inline(always)]
+pub fn loopback_for_wildcard(addr: &[u32; 4], family: u16) -> [u32; 4] {
+    let loopback4 = 0x7f00_0001_u32.to_be();
+    if family == AF_INET {
+        [loopback4, 0, 0, 0]
+    } else if addr[2] == V4_MAPPED_MARKER {
+        [0, 0, V4_MAPPED_MARKER, loopback4]
+    } else {
+        [0, 0, 0, 1u32.to_be()]
+    }
+}
+
 /// `addr` of a socket of `family` in its own family: an IPv4-mapped IPv6
 /// address is IPv4.
 #[inline(always)]

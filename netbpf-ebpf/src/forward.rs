@@ -24,8 +24,9 @@ pub enum Syscall {
     SendMsg,
 }
 
-/// Rewrites a localhost destination of a scoped socket to its rule's
-/// target, and remembers what the socket dialed for the reverse path.
+/// Rewrites a localhost destination (a wildcard one included) of a scoped
+/// socket to its rule's target, and remembers what the socket dialed for
+/// the reverse path.
 #[inline(always)]
 pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscall) {
     // SAFETY: `ctx` is the program's context.
@@ -36,7 +37,12 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     if protocol != PROTO_TCP && protocol != PROTO_UDP {
         return;
     }
-    let dialed = addr::read_user(ctx, family);
+    let mut dialed = addr::read_user(ctx, family);
+    // Linux connects a wildcard destination to loopback: it is localhost,
+    // and the application sees the loopback address as its peer.
+    if addr::is_wildcard(&dialed.addr, family) {
+        dialed.addr = addr::loopback_for_wildcard(&dialed.addr, family);
+    }
     let port = u16::from_be(dialed.port);
     let target = if addr::is_localhost(&dialed.addr, family) {
         localhost_target(ctx, &dialed, port, protocol)

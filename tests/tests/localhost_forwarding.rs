@@ -198,6 +198,16 @@ fn getpeername_returns_the_dialed_address() {
         (v6["data"].as_str(), &v6["peer"]),
         (Some("port-80"), &json!(["::1", 8082]))
     );
+    // Linux connects the wildcard address to loopback: it is localhost
+    // too, and the peer is the loopback address, as without netbpf.
+    for (wildcard, loopback) in [("0.0.0.0", "127.0.0.1"), ("::", "::1")] {
+        let answer = setup.probe(Place::Desktop, &["tcp", wildcard, "8082"]);
+        assert_eq!(
+            (answer["data"].as_str(), &answer["peer"]),
+            (Some("port-80"), &json!([loopback, 8082])),
+            "connect() to {wildcard}:8082"
+        );
+    }
 }
 
 #[test]
