@@ -167,11 +167,7 @@ impl RunDir {
             }
             _ => {}
         }
-        let listener = StdUnixListener::bind(&socket)
-            .with_context(|| format!("listening on {}", socket.display()))?;
-        // Only root may ask: a hook's registration applies policy.
-        fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .with_context(|| format!("restricting {} to its owner", socket.display()))?;
+        let listener = bind_private(&socket)?;
         listener.set_nonblocking(true)?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -193,6 +189,33 @@ impl RunDir {
     }
 }
 
+/// Binds the control socket at `socket` with its final mode, 0600: only
+/// root may ask, for a hook's registration applies policy. It is bound
+/// and restricted in a directory only its owner can enter, then moved into
+/// place, so that no other user can connect to it in between.
+fn bind_private(socket: &Path) -> anyhow::Result<StdUnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let parent = socket
+        .parent()
+        .context("the socket is in the run directory")?;
+    let private = parent.join(format!(".bind-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&private);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("creating {}", private.display()))?;
+    let bound = private.join("socket");
+    let listener = StdUnixListener::bind(&bound)
+        .and_then(|listener| {
+            fs::set_permissions(&bound, fs::Permissions::from_mode(0o600))?;
+            fs::rename(&bound, socket)?;
+            Ok(listener)
+        })
+        .with_context(|| format!("listening on {}", socket.display()));
+    let _ = fs::remove_dir_all(&private);
+    listener
+}
+
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.socket);
@@ -200,5 +223,25 @@ impl Drop for RunDir {
         if self.created {
             let _ = fs::remove_dir(&self.dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_control_socket_is_owner_only_and_nothing_of_its_binding_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::claim(&dir.path().join("run")).unwrap();
+        let mode = fs::metadata(&run.socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = fs::read_dir(&run.dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "the socket and the lock only: {names:?}");
     }
 }
