@@ -83,6 +83,41 @@ impl Segment {
         frame.extend_from_slice(&tcp);
         frame
     }
+
+    /// The IPv6 segment in an Ethernet frame, with `headers` Destination
+    /// Options headers (8 bytes each, one `PadN` option) between the IPv6
+    /// header and TCP: a chain the kernel walks whatever its length.
+    #[must_use]
+    pub fn frame_behind_destination_options(
+        &self,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        headers: usize,
+    ) -> Vec<u8> {
+        const DESTINATION_OPTIONS: u8 = 60;
+        const NEXT_HEADER: usize = ETHERNET_HEADER + 6;
+        const PAYLOAD_LENGTH: usize = ETHERNET_HEADER + 4;
+        let plain = self.frame(src_mac, dst_mac);
+        assert!(self.dst.is_ipv6(), "extension headers are IPv6's");
+        let (header, tcp) = plain.split_at(ETHERNET_HEADER + 40);
+        let mut frame = header.to_vec();
+        for index in 0..headers {
+            let next = if index + 1 == headers {
+                6
+            } else {
+                DESTINATION_OPTIONS
+            };
+            // Next header, length 0 (8 bytes), PadN of 4 bytes.
+            frame.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        if headers > 0 {
+            frame[NEXT_HEADER] = DESTINATION_OPTIONS;
+        }
+        let payload = u16::try_from(tcp.len() + 8 * headers).expect("a small segment");
+        frame[PAYLOAD_LENGTH..PAYLOAD_LENGTH + 2].copy_from_slice(&payload.to_be_bytes());
+        frame.extend_from_slice(tcp);
+        frame
+    }
 }
 
 /// A received frame, read as Ethernet + IPv4/IPv6 (no extension header) +
