@@ -81,7 +81,8 @@ fn count(service: u32, add: impl FnOnce(&mut ServiceStats)) {
 }
 
 /// Steers granted connections to a host service's listener; everything
-/// else goes on to the kernel's own lookup. (Hook: Linux 5.9.)
+/// else goes on to the kernel's own lookup. (Hook: Linux 5.9; the
+/// ingress interface it checks: 5.17.)
 #[sk_lookup]
 pub fn netbpf_hostsvc(ctx: SkLookupContext) -> u32 {
     steer(&ctx);

@@ -1277,7 +1277,7 @@ fn refuse_unavailable(policy: &Policy, unavailable: &[Unavailable]) -> anyhow::R
         .find(|missing| missing.feature == SK_LOOKUP);
     if let (Some(service), Some(missing)) = (policy.host_services.first(), sk_lookup) {
         anyhow::bail!(
-            "[[host_service]] {} needs {SK_LOOKUP} (Linux 5.9), which this kernel lacks ({}): remove the policy's host services, and the rest runs",
+            "[[host_service]] {} needs {SK_LOOKUP} (Linux 5.17), which this kernel lacks ({}): remove the policy's host services, and the rest runs",
             service.name,
             missing.error
         );

@@ -63,7 +63,7 @@ pub const FEATURES: [Feature; 5] = [
             )
             .map(drop)
         },
-        serves: "host services: connections handed to loopback-only listeners (Linux 5.9)",
+        serves: "host services: connections handed to loopback-only listeners (Linux 5.9; 5.17 for the ingress interface the grants check)",
         lost: "host services are unavailable",
         required: false,
     },
