@@ -3,11 +3,12 @@
 //! container's network namespace, SYNs with the granted address forged
 //! from another bridge and from the granted bridge, IPv6 segments behind
 //! more extension headers than a parser walks, a local user who tries to
-//! send from the granted address, and addresses a granted container adds
-//! in a network namespace of its own making. Each test first shows
-//! the attack is real (the same traffic from the right place gets through,
-//! or the forged packet reaches the kernel), then that netbpf refuses it
-//! and counts it where `docs/security.md` says.
+//! send from the granted address, addresses a granted container adds in a
+//! network namespace of its own making, and a CRI-O pod whose annotations
+//! name another namespace's pod, fed to `netbpf hook`. Each attack worked
+//! on the code before its fix (the closing note of issue 18 quotes how it
+//! failed); each test shows netbpf refuses it and counts it where
+//! `docs/security.md` says.
 //!
 //! ```text
 //!  granted  10.210.1.2 ─┐ compose 10.210.1.1            node: HTTP on 127.0.0.1:18188
@@ -24,7 +25,7 @@
 use std::{path::Path, time::Duration};
 
 use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, PacketSocket, Process, Site, mac_address, netbpf_binary,
+    Cgroup, NetbpfRun, Netns, PacketSocket, Process, Site, applied, mac_address, netbpf_binary,
     packet::{SYN, Segment},
     require_root, unique_name,
 };
@@ -166,27 +167,12 @@ impl GrantLab {
 
     /// netbpf, granting the services to the granted container's cgroup.
     fn start_netbpf(&self) -> NetbpfRun {
-        let policy = format!(
-            "version = 1\n\n\
-             [[host_service]]\nname = \"svc\"\nlisten = \"127.0.0.1:18188\"\n\n\
-             [[host_service]]\nname = \"svc6\"\nlisten = \"[::1]:18189\"\n\n\
-             [[scope]]\nname = \"granted\"\nmatch = {{ cgroup = \"{}\" }}\nhost_services = [\n  \
+        let netbpf = self.start_netbpf_with(&format!(
+            "[[scope]]\nname = \"granted\"\nmatch = {{ cgroup = \"{}\" }}\nhost_services = [\n  \
              {{ service = \"svc\", dial = \"10.210.1.1:18188\" }},\n  \
              {{ service = \"svc6\", dial = \"[fd21::1]:18189\" }},\n]\n",
             self.granted_procs.path().display()
-        );
-        let file = self.work.path().join("policy.toml");
-        std::fs::write(&file, policy).unwrap();
-        let dir = self.work.path().join(unique_name("netbpf"));
-        std::fs::create_dir(&dir).unwrap();
-        let netbpf = NetbpfRun::start_with(
-            &netbpf_binary(),
-            &file,
-            self.root.path(),
-            &dir,
-            &["--netns", path(&self.node.path())],
-        )
-        .unwrap();
+        ));
         // The grant needs the container's network: applied once resolved.
         netbpf
             .wait_for_status(Duration::from_secs(10), |status| {
@@ -195,6 +181,27 @@ impl GrantLab {
             })
             .unwrap();
         netbpf
+    }
+
+    /// netbpf with the lab's two host services and `scopes`.
+    fn start_netbpf_with(&self, scopes: &str) -> NetbpfRun {
+        let policy = format!(
+            "version = 1\n\n\
+             [[host_service]]\nname = \"svc\"\nlisten = \"127.0.0.1:18188\"\n\n\
+             [[host_service]]\nname = \"svc6\"\nlisten = \"[::1]:18189\"\n\n{scopes}"
+        );
+        let file = self.work.path().join(unique_name("policy"));
+        std::fs::write(&file, policy).unwrap();
+        let dir = self.work.path().join(unique_name("netbpf"));
+        std::fs::create_dir(&dir).unwrap();
+        NetbpfRun::start_with(
+            &netbpf_binary(),
+            &file,
+            self.root.path(),
+            &dir,
+            &["--netns", path(&self.node.path())],
+        )
+        .unwrap()
     }
 
     /// Sends `FORGED` SYNs to the node's address on `bridge` and `port`,
@@ -487,5 +494,68 @@ fn the_attack_lab_reaches_what_it_attacks() {
     let (code, _) = lab.curl(Place::Other, "http://10.210.1.1:18188/");
     assert_ne!(code, 0);
     assert_eq!(counter(&netbpf, 0, "borrowed"), 1);
+    assert!(netbpf.stop().unwrap().success());
+}
+
+#[test]
+fn a_crio_pod_annotated_as_another_namespaces_pod_gets_its_own_scope() {
+    let lab = GrantLab::new();
+    let netbpf = lab.start_netbpf_with(
+        "[[scope]]\nname = \"victim\"\nmatch = { pod = \"victim/*\" }\n\
+         host_services = [{ service = \"svc\", dial = \"10.210.1.1:18188\" }]\n\
+         [[scope]]\nname = \"tenant\"\nmatch = { pod = \"tenant/*\" }\n",
+    );
+    // A CRI-O container's cgroup, with its first process waiting.
+    let id = "c0ffee".repeat(10) + "abcd";
+    let pod = lab.root.child("kubepods-pod1234").unwrap();
+    let container = pod.child(&format!("crio-{id}.scope")).unwrap();
+    let first = Site {
+        cgroup: &container,
+        netns: &lab.other,
+    }
+    .spawn("sleep", &["600"])
+    .unwrap()
+    .start(&lab.work.path().join("crio.log"))
+    .unwrap();
+    // What CRI-O hands its hooks: kubelet's labels in its own annotation,
+    // and the pod's own annotations, where the tenant wrote containerd's
+    // keys naming another namespace's pod.
+    let labels = serde_json::json!({
+        "io.kubernetes.container.name": "app",
+        "io.kubernetes.pod.namespace": "tenant",
+        "io.kubernetes.pod.name": "web-0",
+    });
+    let state = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": id,
+        "status": "created",
+        "pid": first.id(),
+        "bundle": format!("/run/containers/storage/overlay-containers/{id}/userdata"),
+        "annotations": {
+            "io.kubernetes.cri-o.Labels": labels.to_string(),
+            "io.kubernetes.cri.container-name": "db",
+            "io.kubernetes.cri.sandbox-namespace": "victim",
+            "io.kubernetes.cri.sandbox-name": "db-0",
+        },
+    });
+    let mut hook = std::process::Command::new(netbpf_binary())
+        .args(["hook", "--run-dir"])
+        .arg(netbpf.run_dir())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut hook.stdin.take().unwrap(),
+        state.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert!(hook.wait().unwrap().success());
+    let status = netbpf.status_json().unwrap();
+    assert_eq!(
+        applied(&status),
+        ["tenant/tenant/web-0"],
+        "the pod is the tenant's, as CRI-O says: {status}"
+    );
+    drop(first);
     assert!(netbpf.stop().unwrap().success());
 }

@@ -33,7 +33,7 @@ pub fn describe(state: &Path, id: &str) -> Option<Container> {
     let annotations = serde_json::from_str::<Bundle>(&fs::read_to_string(bundle).ok()?)
         .ok()?
         .annotations;
-    if let Some(container) = oci::kubernetes(id, &annotations) {
+    if let Some(container) = oci::containerd_kubernetes(id, &annotations) {
         return Some(container);
     }
     let name = annotations
@@ -51,7 +51,7 @@ pub fn describe(state: &Path, id: &str) -> Option<Container> {
 
 /// The configuration of task `id`, in whichever containerd namespace.
 fn bundle(state: &Path, id: &str) -> Option<PathBuf> {
-    fs::read_dir(state.join("io.containerd.runtime.v2.task"))
+    fs::read_dir(state.join(oci::CONTAINERD_TASKS))
         .ok()?
         .filter_map(Result::ok)
         .map(|namespace| namespace.path().join(id).join("config.json"))

@@ -24,22 +24,36 @@ pub struct State {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// Annotations the Kubernetes runtimes set: (runtime, name key, pod
-/// namespace key, pod name key).
-const CRI_ANNOTATIONS: [(Runtime, &str, &str, &str); 2] = [
-    (
-        Runtime::Containerd,
-        "io.kubernetes.cri.container-name",
-        "io.kubernetes.cri.sandbox-namespace",
-        "io.kubernetes.cri.sandbox-name",
-    ),
-    (
-        Runtime::CriO,
-        "io.kubernetes.container.name",
-        "io.kubernetes.pod.namespace",
-        "io.kubernetes.pod.name",
-    ),
-];
+/// The Kubernetes runtimes, each with where it says which pod and
+/// container a container is. Only what the runtime writes itself counts:
+/// CRI-O passes a pod's own annotations into the OCI state, so a tenant
+/// can set any other runtime's keys there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Maker {
+    /// containerd's CRI writes its own annotations over any of the pod's.
+    Containerd,
+    /// CRI-O writes kubelet's labels, as one JSON annotation of its own.
+    CriO,
+    Other,
+}
+
+/// containerd's annotations: container name, pod namespace, pod name.
+const CONTAINERD_KEYS: (&str, &str, &str) = (
+    "io.kubernetes.cri.container-name",
+    "io.kubernetes.cri.sandbox-namespace",
+    "io.kubernetes.cri.sandbox-name",
+);
+/// The annotation CRI-O keeps kubelet's labels in (a JSON object).
+const CRIO_LABELS: &str = "io.kubernetes.cri-o.Labels";
+/// kubelet's labels in it: container name, pod namespace, pod name.
+const KUBELET_LABELS: (&str, &str, &str) = (
+    "io.kubernetes.container.name",
+    "io.kubernetes.pod.namespace",
+    "io.kubernetes.pod.name",
+);
+/// The directory of containerd's tasks (their bundles), in its state
+/// directory: a path a pod cannot choose.
+pub const CONTAINERD_TASKS: &str = "io.containerd.runtime.v2.task";
 
 impl State {
     /// The container the state describes: its runtime and pod from its
@@ -48,7 +62,12 @@ impl State {
     /// userdata` beside `containers.json`.
     #[must_use]
     pub fn container(&self) -> Container {
-        if let Some(container) = kubernetes(&self.id, &self.annotations) {
+        let kubernetes = match self.maker() {
+            Maker::Containerd => containerd_kubernetes(&self.id, &self.annotations),
+            Maker::CriO => crio_kubernetes(&self.id, &self.annotations),
+            Maker::Other => None,
+        };
+        if let Some(container) = kubernetes {
             return container;
         }
         let annotation = |key: &str| self.annotations.get(key).cloned();
@@ -61,6 +80,22 @@ impl State {
                 .flatten(),
             labels: BTreeMap::new(),
             pod: None,
+        }
+    }
+
+    /// Which runtime made the container: containerd keeps its bundles in
+    /// its tasks' directory; CRI-O always writes its labels annotation.
+    fn maker(&self) -> Maker {
+        if self
+            .bundle
+            .components()
+            .any(|part| part.as_os_str() == CONTAINERD_TASKS)
+        {
+            Maker::Containerd
+        } else if self.annotations.contains_key(CRIO_LABELS) {
+            Maker::CriO
+        } else {
+            Maker::Other
         }
     }
 
@@ -78,26 +113,41 @@ impl State {
     }
 }
 
-/// The Kubernetes container `annotations` describe (its runtime's CRI
-/// annotations), if they do.
+/// The Kubernetes container containerd's `annotations` describe, if
+/// they do: for bundles containerd made.
 #[must_use]
-pub fn kubernetes(id: &str, annotations: &BTreeMap<String, String>) -> Option<Container> {
-    let annotation = |key: &str| annotations.get(key).cloned();
-    CRI_ANNOTATIONS
-        .into_iter()
-        .find_map(|(runtime, name, namespace, pod)| {
-            let pod_name = annotation(pod)?;
-            Some(Container {
-                runtime: Some(runtime),
-                id: id.to_owned(),
-                name: annotation(name),
-                labels: BTreeMap::new(),
-                pod: Some(format!(
-                    "{}/{pod_name}",
-                    annotation(namespace).unwrap_or_default()
-                )),
-            })
-        })
+pub fn containerd_kubernetes(
+    id: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Option<Container> {
+    pod_container(Runtime::Containerd, id, annotations, CONTAINERD_KEYS)
+}
+
+/// The Kubernetes container CRI-O's labels annotation describes, if it
+/// does.
+fn crio_kubernetes(id: &str, annotations: &BTreeMap<String, String>) -> Option<Container> {
+    let labels: BTreeMap<String, String> =
+        serde_json::from_str(annotations.get(CRIO_LABELS)?).ok()?;
+    pod_container(Runtime::CriO, id, &labels, KUBELET_LABELS)
+}
+
+/// The container of a pod that `keys` (container name, pod namespace, pod
+/// name) of `values` name, made by `runtime`.
+fn pod_container(
+    runtime: Runtime,
+    id: &str,
+    values: &BTreeMap<String, String>,
+    (name, namespace, pod): (&str, &str, &str),
+) -> Option<Container> {
+    let value = |key: &str| values.get(key).cloned();
+    let pod_name = value(pod)?;
+    Some(Container {
+        runtime: Some(runtime),
+        id: id.to_owned(),
+        name: value(name),
+        labels: BTreeMap::new(),
+        pod: Some(format!("{}/{pod_name}", value(namespace).unwrap_or_default())),
+    })
 }
 
 /// One entry of Podman's `containers.json`.
@@ -151,7 +201,7 @@ mod tests {
         let state = State {
             id: "abc".into(),
             pid: 1,
-            bundle: PathBuf::from("/nowhere"),
+            bundle: PathBuf::from("/run/containerd/io.containerd.runtime.v2.task/k8s.io/abc"),
             annotations: [
                 ("io.kubernetes.cri.container-name".into(), "app".into()),
                 ("io.kubernetes.cri.sandbox-namespace".into(), "shop".into()),
@@ -165,5 +215,36 @@ mod tests {
             (container.name.as_deref(), container.pod.as_deref()),
             (Some("app"), Some("shop/web-0"))
         );
+    }
+
+    /// A CRI-O pod's own annotations reach the OCI state: the containerd
+    /// keys a tenant sets there never name its pod.
+    #[test]
+    fn a_crio_pod_is_named_by_crio_whatever_annotations_it_carries() {
+        let labels = r#"{"io.kubernetes.container.name":"app","io.kubernetes.pod.namespace":"tenant","io.kubernetes.pod.name":"web-0"}"#;
+        let state = State {
+            id: "abc".into(),
+            pid: 1,
+            bundle: PathBuf::from("/run/containers/storage/overlay-containers/abc/userdata"),
+            annotations: [
+                (CRIO_LABELS.into(), labels.into()),
+                ("io.kubernetes.cri.container-name".into(), "db".into()),
+                ("io.kubernetes.cri.sandbox-namespace".into(), "victim".into()),
+                ("io.kubernetes.cri.sandbox-name".into(), "db-0".into()),
+                ("io.kubernetes.pod.namespace".into(), "victim".into()),
+                ("io.kubernetes.pod.name".into(), "db-0".into()),
+            ]
+            .into(),
+        };
+        let container = state.container();
+        assert_eq!(container.runtime, Some(Runtime::CriO));
+        assert_eq!(
+            (container.name.as_deref(), container.pod.as_deref()),
+            (Some("app"), Some("tenant/web-0"))
+        );
+        // Without CRI-O's own annotation, nothing makes it a pod at all.
+        let mut unmarked = state;
+        unmarked.annotations.remove(CRIO_LABELS);
+        assert_eq!(unmarked.container().pod, None);
     }
 }
