@@ -164,7 +164,8 @@ impl NetbpfRun {
             .output()?;
         if !output.status.success() {
             bail!(
-                "netbpf status failed: {}",
+                "netbpf status failed ({}): {}",
+                output.status,
                 String::from_utf8_lossy(&output.stderr)
             );
         }

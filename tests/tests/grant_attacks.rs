@@ -39,7 +39,8 @@ const FORGED: u64 = 5;
 struct GrantLab {
     /// The granted container's first process: its own network namespace.
     _init: Process,
-    _servers: Vec<Process>,
+    /// The services on the node's loopback: svc, then svc6.
+    servers: Vec<Process>,
     root: Cgroup,
     outside: Cgroup,
     granted_procs: Cgroup,
@@ -135,7 +136,7 @@ impl GrantLab {
         ];
         Self {
             _init: init,
-            _servers: servers,
+            servers,
             root,
             outside,
             granted_procs,
@@ -187,7 +188,7 @@ impl GrantLab {
     fn start_netbpf_with(&self, scopes: &str) -> NetbpfRun {
         let policy = format!(
             "version = 1\n\n\
-             [[host_service]]\nname = \"svc\"\nlisten = \"127.0.0.1:18188\"\n\n\
+             [[host_service]]\nname = \"svc\"\nlisten = \"127.0.0.1:18188\"\nowner = {{ uid = 0 }}\n\n\
              [[host_service]]\nname = \"svc6\"\nlisten = \"[::1]:18189\"\n\n{scopes}"
         );
         let file = self.work.path().join(unique_name("policy"));
@@ -557,5 +558,61 @@ fn a_crio_pod_annotated_as_another_namespaces_pod_gets_its_own_scope() {
         "the pod is the tenant's, as CRI-O says: {status}"
     );
     drop(first);
+    assert!(netbpf.stop().unwrap().success());
+}
+
+#[test]
+fn a_local_user_listening_where_the_service_was_gets_none_of_its_connections() {
+    let mut lab = GrantLab::new();
+    let netbpf = lab.start_netbpf();
+    assert_eq!(
+        lab.curl(Place::Granted, "http://10.210.1.1:18188/"),
+        (0, ANSWER.to_owned())
+    );
+    // The service (root's, as the policy's owner says) dies; a local user
+    // binds its loopback port at once.
+    drop(lab.servers.remove(0));
+    let rogue = "import socket\n\
+                 s = socket.socket()\n\
+                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                 s.bind(('127.0.0.1', 18188))\n\
+                 s.listen()\n\
+                 while True:\n    c, _ = s.accept()\n    c.recv(4096)\n    \
+                 c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\nthe rogue listener answers\\n')\n    c.close()\n";
+    let _rogue = Site {
+        cgroup: &lab.outside,
+        netns: &lab.node,
+    }
+    .start_server(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            // Debian's, which any user may run (a pyenv shim is root's).
+            "/usr/bin/python3",
+            "-c",
+            rogue,
+        ],
+        18188,
+        "tcp",
+        &lab.work.path().join("rogue.log"),
+    )
+    .unwrap();
+    let status = netbpf
+        .wait_for_status(Duration::from_secs(10), |status| {
+            !status["host_services"][0]["unowned_listener"].is_null()
+        })
+        .unwrap();
+    let (code, body) = lab.curl(Place::Granted, "http://10.210.1.1:18188/");
+    assert_ne!(
+        code, 0,
+        "the granted container's connection went to the rogue listener: {body}"
+    );
+    let service = &status["host_services"][0];
+    assert_eq!(service["unowned_listener"]["uid"], 65534, "{status}");
+    assert!(service["listener_pid"].is_null(), "{status}");
+    let table = netbpf.status(&[]).unwrap();
+    assert!(table.contains("is not the owner (uid 0)"), "{table}");
     assert!(netbpf.stop().unwrap().success());
 }

@@ -1,7 +1,8 @@
 //! Keeps each host service's listening socket in the datapath: found on
-//! the node's loopback with `sock_diag`, taken from the process that owns
-//! it with `pidfd_open` + `pidfd_getfd`, and swapped in again when the
-//! service restarts (a new socket) without netbpf restarting.
+//! the node's loopback with `sock_diag`, checked to be its owner's where
+//! the policy names one, taken from the process that holds it with
+//! `pidfd_open` + `pidfd_getfd`, and swapped in again when the service
+//! restarts (a new socket) without netbpf restarting.
 
 use std::{
     io,
@@ -14,7 +15,7 @@ use netbpf_common::{PROTO_TCP, ServiceStats};
 use crate::{
     datapath::{Datapath, DatapathError},
     host::{
-        netns,
+        cgroup, netns,
         sock_diag::{self, DiagSocket},
         socket_fds,
     },
@@ -36,6 +37,14 @@ pub enum ServiceError {
     },
     #[error("the socket listening on {0} changed while it was taken: trying again")]
     Changed(std::net::SocketAddr),
+    #[error(
+        "the socket listening on {listen} is not the service's: {found} holds it, the policy's owner is {owner}; connections are refused"
+    )]
+    NotOwner {
+        listen: std::net::SocketAddr,
+        found: Unowned,
+        owner: crate::policy::Owner,
+    },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
@@ -47,6 +56,27 @@ pub struct Listener {
     pub cookie: u64,
     /// The process that owns it.
     pub pid: u32,
+}
+
+/// A listener on a service's address that its owner did not make: never
+/// handed connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unowned {
+    pub pid: u32,
+    /// The user that made the socket.
+    pub uid: u32,
+    /// The systemd unit of the process that holds it, if any.
+    pub unit: Option<String>,
+}
+
+impl std::fmt::Display for Unowned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "process {} (uid {}", self.pid, self.uid)?;
+        if let Some(unit) = &self.unit {
+            write!(f, ", {unit}")?;
+        }
+        write!(f, ")")
+    }
 }
 
 /// A listener that could not be taken, and when to try it again: less
@@ -71,6 +101,8 @@ pub struct HostServices {
     listeners: Vec<Option<Listener>>,
     /// Each service's listener that could not be taken, if any.
     untaken: Vec<Option<Untaken>>,
+    /// Each service's listener that is not its owner's, if any.
+    unowned: Vec<Option<Unowned>>,
     /// Each service's `down` counter at the last look.
     down_seen: Vec<u64>,
 }
@@ -80,12 +112,14 @@ impl HostServices {
     pub fn new(services: Vec<HostService>, netns: Option<&Path>) -> Self {
         let listeners = vec![None; services.len()];
         let untaken = services.iter().map(|_| None).collect();
+        let unowned = vec![None; services.len()];
         let down_seen = vec![0; services.len()];
         Self {
             services,
             netns: netns.map(Path::to_owned),
             listeners,
             untaken,
+            unowned,
             down_seen,
         }
     }
@@ -121,7 +155,12 @@ impl HostServices {
                     }) {
                         continue;
                     }
-                    match take_listener(datapath, index, service, socket) {
+                    let taken = take_listener(datapath, index, service, socket);
+                    self.unowned[index] = match &taken {
+                        Err(ServiceError::NotOwner { found, .. }) => Some(found.clone()),
+                        _ => None,
+                    };
+                    match taken {
                         Ok(pid) => {
                             tracing::info!(service = %service.name, listen = %service.listen, pid, "handing connections to the listener");
                             self.listeners[index] = Some(Listener {
@@ -131,8 +170,12 @@ impl HostServices {
                             *untaken = None;
                         }
                         // One service's trouble is not the others': it is
-                        // tried again, said again when it changes.
+                        // tried again, said again when it changes. Until
+                        // then nobody gets its connections.
                         Err(error) => {
+                            if self.listeners[index].take().is_some() {
+                                datapath.clear_service_sockets([slot])?;
+                            }
                             let error = format!("{error:#}");
                             let delay = match untaken.as_ref() {
                                 Some(last)
@@ -155,6 +198,7 @@ impl HostServices {
                     }
                 }
                 (None, current) => {
+                    self.unowned[index] = None;
                     if current.is_some() {
                         tracing::warn!(service = %service.name, listen = %service.listen, "the listener is gone: connections are refused until one listens again");
                         self.listeners[index] = None;
@@ -181,18 +225,29 @@ impl HostServices {
         }
     }
 
-    /// Each service, its listener and its counters.
-    pub fn status(
-        &self,
-        datapath: &Datapath,
-    ) -> Result<Vec<(HostService, Option<Listener>, ServiceStats)>, DatapathError> {
+    /// Each service, its listener, a listener on its address that is not
+    /// its owner's, and its counters.
+    pub fn status(&self, datapath: &Datapath) -> Result<Vec<ServiceState>, DatapathError> {
         (0u32..)
-            .zip(self.services.iter().zip(&self.listeners))
-            .map(|(index, (service, listener))| {
-                Ok((service.clone(), *listener, datapath.service_stats(index)?))
+            .zip(self.services.iter().zip(&self.listeners).zip(&self.unowned))
+            .map(|(index, ((service, listener), unowned))| {
+                Ok(ServiceState {
+                    service: service.clone(),
+                    listener: *listener,
+                    unowned: unowned.clone(),
+                    stats: datapath.service_stats(index)?,
+                })
             })
             .collect()
     }
+}
+
+/// A host service as it stands, for status.
+pub struct ServiceState {
+    pub service: HostService,
+    pub listener: Option<Listener>,
+    pub unowned: Option<Unowned>,
+    pub stats: ServiceStats,
 }
 
 fn listens_on(socket: &DiagSocket, service: &HostService) -> bool {
@@ -211,6 +266,20 @@ fn take_listener(
     let (pid, fd) = socket_fds::owners(&[socket.inode])
         .remove(&socket.inode)
         .ok_or(ServiceError::NoOwner(service.listen, socket.inode))?;
+    if let Some(owner) = &service.owner {
+        let unit = cgroup::unit_of(pid);
+        if !owner.owns(socket.uid, unit.as_deref()) {
+            return Err(ServiceError::NotOwner {
+                listen: service.listen,
+                found: Unowned {
+                    pid,
+                    uid: socket.uid,
+                    unit,
+                },
+                owner: owner.clone(),
+            });
+        }
+    }
     let duplicate =
         socket_fds::duplicate(pid, fd).map_err(|source| ServiceError::Take { pid, source })?;
     // The pid or the descriptor number may have been reused since /proc was

@@ -295,6 +295,19 @@ fn register_host_services(registry: &mut Registry, status: &Status) {
         );
     }
     services.register(registry);
+    let unowned = Family::<ServiceLabels, Gauge>::default();
+    for service in &status.host_services {
+        unowned
+            .get_or_create(&ServiceLabels {
+                service: service.name.clone(),
+            })
+            .set(i64::from(service.unowned_listener.is_some()));
+    }
+    registry.register(
+        "host_service_unowned_listener",
+        "1 while a process that is not the service's owner listens on its address (it gets no connection)",
+        unowned,
+    );
 }
 
 fn register_mss(registry: &mut Registry, status: &Status) {

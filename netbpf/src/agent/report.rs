@@ -7,7 +7,7 @@ use super::{
     Agent, metrics,
     status::{
         AliasStatus, BindStatus, DiscoveryStatus, ForwardStatus, GrantStatus, HostServiceStatus,
-        MssClampStatus, ReloadStatus, ScopeStatus, Status,
+        MssClampStatus, ReloadStatus, ScopeStatus, Status, UnownedListener,
     },
 };
 use crate::{
@@ -71,16 +71,22 @@ impl Agent {
             .host_services
             .status(datapath)?
             .into_iter()
-            .map(|(service, listener, stats)| HostServiceStatus {
-                name: service.name,
-                listen: service.listen,
-                listener_pid: listener.map(|listener| listener.pid),
-                steered: stats.steered,
-                refused: stats.refused,
-                down: stats.down,
-                forged: stats.forged,
-                borrowed: stats.borrowed,
-                unparsed: stats.unparsed,
+            .map(|state| HostServiceStatus {
+                name: state.service.name,
+                listen: state.service.listen,
+                owner: state.service.owner.map(|owner| owner.to_string()),
+                listener_pid: state.listener.map(|listener| listener.pid),
+                unowned_listener: state.unowned.map(|unowned| UnownedListener {
+                    pid: unowned.pid,
+                    uid: unowned.uid,
+                    unit: unowned.unit,
+                }),
+                steered: state.stats.steered,
+                refused: state.stats.refused,
+                down: state.stats.down,
+                forged: state.stats.forged,
+                borrowed: state.stats.borrowed,
+                unparsed: state.stats.unparsed,
             })
             .collect();
         let micros = |percent| {

@@ -74,9 +74,16 @@ pub struct ReloadStatus {
 pub struct HostServiceStatus {
     pub name: String,
     pub listen: SocketAddr,
+    /// Who may listen for it, as the policy says; None: anyone.
+    #[serde(default)]
+    pub owner: Option<String>,
     /// The process whose socket gets the connections; None while nothing
     /// listens (connections are refused then).
     pub listener_pid: Option<u32>,
+    /// A listener on the service's address that is not its owner's: it
+    /// gets no connection (they are refused).
+    #[serde(default)]
+    pub unowned_listener: Option<UnownedListener>,
     pub steered: u64,
     pub refused: u64,
     pub down: u64,
@@ -92,6 +99,15 @@ pub struct HostServiceStatus {
     /// parse, dropped.
     #[serde(default)]
     pub unparsed: u64,
+}
+
+/// A process listening on a host service's address that the policy does
+/// not name as its owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnownedListener {
+    pub pid: u32,
+    pub uid: u32,
+    pub unit: Option<String>,
 }
 
 /// A scope's grant of a host service.
@@ -385,9 +401,7 @@ impl Status {
             table.add_row([
                 service.name.clone(),
                 service.listen.to_string(),
-                service
-                    .listener_pid
-                    .map_or_else(|| "none: refused".to_owned(), |pid| format!("pid {pid}")),
+                listener_cell(service),
                 granted.join("\n"),
                 service.steered.to_string(),
                 service.refused.to_string(),
@@ -469,4 +483,22 @@ fn table_with(header: &[&str]) -> Table {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED).set_header(header);
     table
+}
+
+/// Who gets a host service's connections, as its table says.
+fn listener_cell(service: &HostServiceStatus) -> String {
+    match (&service.listener_pid, &service.unowned_listener) {
+        (Some(pid), _) => format!("pid {pid}"),
+        (None, Some(unowned)) => format!(
+            "none: refused, pid {} (uid {}{}) listens but is not the owner ({})",
+            unowned.pid,
+            unowned.uid,
+            unowned
+                .unit
+                .as_deref()
+                .map_or_else(String::new, |unit| format!(", {unit}")),
+            service.owner.as_deref().unwrap_or("anyone")
+        ),
+        (None, None) => "none: refused".to_owned(),
+    }
 }

@@ -146,7 +146,10 @@ fn pod_container(
         id: id.to_owned(),
         name: value(name),
         labels: BTreeMap::new(),
-        pod: Some(format!("{}/{pod_name}", value(namespace).unwrap_or_default())),
+        pod: Some(format!(
+            "{}/{pod_name}",
+            value(namespace).unwrap_or_default()
+        )),
     })
 }
 
@@ -229,7 +232,10 @@ mod tests {
             annotations: [
                 (CRIO_LABELS.into(), labels.into()),
                 ("io.kubernetes.cri.container-name".into(), "db".into()),
-                ("io.kubernetes.cri.sandbox-namespace".into(), "victim".into()),
+                (
+                    "io.kubernetes.cri.sandbox-namespace".into(),
+                    "victim".into(),
+                ),
                 ("io.kubernetes.cri.sandbox-name".into(), "db-0".into()),
                 ("io.kubernetes.pod.namespace".into(), "victim".into()),
                 ("io.kubernetes.pod.name".into(), "db-0".into()),

@@ -145,6 +145,26 @@ pub fn subtree_ids(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(ids)
 }
 
+/// The systemd unit process `pid` runs in (`NAME.service` or
+/// `NAME.scope`, the deepest of its cgroup v2 path); None when it is in
+/// none, or gone.
+#[must_use]
+pub fn unit_of(pid: u32) -> Option<String> {
+    unit_in(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// The deepest systemd unit of the cgroup v2 line of `/proc/PID/cgroup`.
+fn unit_in(cgroups: &str) -> Option<String> {
+    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    path.rsplit('/')
+        .find(|part| {
+            // systemd's unit suffixes are lowercase, as it names them.
+            part.rsplit_once('.')
+                .is_some_and(|(_, kind)| kind == "service" || kind == "scope")
+        })
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,5 +211,15 @@ mod tests {
     fn unescapes_spaces_in_mount_points() {
         assert_eq!(unescape_octal(r"/mnt/my\040cgroups"), "/mnt/my cgroups");
         assert_eq!(unescape_octal(r"/odd\x"), r"/odd\x");
+    }
+
+    #[test]
+    fn a_process_is_in_the_deepest_unit_of_its_cgroup_v2_path() {
+        let hybrid = "12:pids:/system.slice/ssh.service\n0::/system.slice/gpu-tunnel.service\n";
+        assert_eq!(unit_in(hybrid).as_deref(), Some("gpu-tunnel.service"));
+        let delegated =
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/tunnel.scope/x\n";
+        assert_eq!(unit_in(delegated).as_deref(), Some("tunnel.scope"));
+        assert_eq!(unit_in("0::/kubepods/pod1/abc\n"), None);
     }
 }

@@ -33,6 +33,8 @@ pub struct DiagSocket {
     pub cgroup_id: Option<u64>,
     /// The socket's inode: its `socket:[INODE]` in `/proc/PID/fd`.
     pub inode: u32,
+    /// The user that made the socket.
+    pub uid: u32,
 }
 
 /// The listening TCP sockets and all UDP sockets of the calling thread's
@@ -130,6 +132,7 @@ fn diag_socket(protocol: u8, response: &InetResponse) -> DiagSocket {
         cookie: cookie(id.cookie),
         cgroup_id,
         inode: response.header.inode,
+        uid: response.header.uid,
     }
 }
 

@@ -17,6 +17,44 @@ pub struct HostService {
     pub name: String,
     /// Where it listens: `127.0.0.0/8` or `[::1]`, and a port.
     pub listen: SocketAddr,
+    /// Who may listen for it; None: whoever listens there.
+    pub owner: Option<Owner>,
+}
+
+/// The owner a host service's listener must have: connections are never
+/// handed to a socket anybody else listens on (a local user who binds the
+/// port while the real service is down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// The user that made the listening socket.
+    pub uid: Option<u32>,
+    /// The systemd unit (`NAME.service`, `NAME.scope`) whose process holds
+    /// it.
+    pub unit: Option<String>,
+}
+
+impl Owner {
+    /// Whether a listener made by `uid`, held by a process of `unit`, is
+    /// this owner's.
+    #[must_use]
+    pub fn owns(&self, uid: u32, unit: Option<&str>) -> bool {
+        self.uid.is_none_or(|wanted| wanted == uid)
+            && self
+                .unit
+                .as_deref()
+                .is_none_or(|wanted| unit == Some(wanted))
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.uid, &self.unit) {
+            (Some(uid), Some(unit)) => write!(f, "uid {uid} in {unit}"),
+            (Some(uid), None) => write!(f, "uid {uid}"),
+            (None, Some(unit)) => write!(f, "{unit}"),
+            (None, None) => write!(f, "anyone"),
+        }
+    }
 }
 
 /// A scope's grant of a host service.
@@ -48,6 +86,17 @@ pub struct Grant {
 pub(super) struct RawHostService {
     name: Spanned<String>,
     listen: Spanned<String>,
+    #[serde(default)]
+    owner: Option<Spanned<RawOwner>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    #[serde(default)]
+    uid: Option<u32>,
+    #[serde(default)]
+    unit: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,9 +174,48 @@ pub(super) fn validate_services(
                 format!("the host service at {first} listens on {listen} too"),
             ));
         }
-        services.push((HostService { name, listen }, here));
+        let owner = raw
+            .owner
+            .map(|owner| {
+                let span = owner.span();
+                let owner = owner.into_inner();
+                let error = |message: &str| locator.error(span.clone(), format!("{field}.owner"), message);
+                if owner.uid.is_none() && owner.unit.is_none() {
+                    return Err(error(
+                        "an owner names a uid, a systemd unit, or both: owner = { uid = 0, unit = \"gpu-tunnel.service\" }",
+                    ));
+                }
+                if let Some(unit) = &owner.unit
+                    && !is_unit_name(unit)
+                {
+                    return Err(error(&format!(
+                        "{unit:?} is not a systemd unit's name: write NAME.service or NAME.scope"
+                    )));
+                }
+                Ok(Owner {
+                    uid: owner.uid,
+                    unit: owner.unit,
+                })
+            })
+            .transpose()?;
+        services.push((
+            HostService {
+                name,
+                listen,
+                owner,
+            },
+            here,
+        ));
     }
     Ok(())
+}
+
+/// Whether `name` is a systemd service's or scope's name.
+fn is_unit_name(name: &str) -> bool {
+    let stem = name
+        .strip_suffix(".service")
+        .or_else(|| name.strip_suffix(".scope"));
+    stem.is_some_and(|stem| !stem.is_empty() && !stem.contains('/'))
 }
 
 /// A grant as the policy gives it, before an instance's network is known.

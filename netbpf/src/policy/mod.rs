@@ -28,7 +28,7 @@ use toml::Spanned;
 pub use self::{
     endpoint::{Ports, Target},
     error::{Locator, PolicyError},
-    host::{Grant, HostService, ScopeNetwork},
+    host::{Grant, HostService, Owner, ScopeNetwork},
     mss::{Direction, MIN_MSS, Mss, MssClamp},
     pattern::{Captures, Pattern},
     remap::{Alias, BindRemap},

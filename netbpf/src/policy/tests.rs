@@ -444,12 +444,42 @@ fn accepts_host_services_and_finds_gateways() {
 }
 
 #[test]
+fn a_host_service_may_name_the_owner_of_its_listener() {
+    let policy = parse_text(
+        "version = 1\n[[host_service]]\nname = \"gpu\"\nlisten = \"127.0.0.1:18188\"\n\
+         owner = { uid = 1000, unit = \"gpu-tunnel.service\" }\n",
+    )
+    .unwrap();
+    let owner = policy.host_services[0].owner.clone().unwrap();
+    assert!(owner.owns(1000, Some("gpu-tunnel.service")));
+    assert!(
+        !owner.owns(1001, Some("gpu-tunnel.service")),
+        "another user"
+    );
+    assert!(!owner.owns(1000, Some("session-3.scope")), "another unit");
+    assert!(!owner.owns(1000, None), "no unit");
+    assert_eq!(owner.to_string(), "uid 1000 in gpu-tunnel.service");
+}
+
+#[test]
 fn rejects_bad_host_services_where_they_stand() {
     assert_rejected(
         "version = 1\n[[host_service]]\nname = \"x\"\nlisten = \"10.0.0.1:80\"\n",
         4,
         "host_service[0].listen",
         "loopback",
+    );
+    assert_rejected(
+        "version = 1\n[[host_service]]\nname = \"x\"\nlisten = \"127.0.0.1:80\"\nowner = {}\n",
+        5,
+        "host_service[0].owner",
+        "names a uid, a systemd unit, or both",
+    );
+    assert_rejected(
+        "version = 1\n[[host_service]]\nname = \"x\"\nlisten = \"127.0.0.1:80\"\nowner = { unit = \"ssh\" }\n",
+        5,
+        "host_service[0].owner",
+        "not a systemd unit's name",
     );
     assert_rejected(
         &with_grants(r#"{ service = "gpuu", dial = "172.17.0.1:18188" }"#),
