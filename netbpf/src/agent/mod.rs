@@ -701,15 +701,23 @@ impl Agent {
     /// Applies interface changes to the MSS clamps. A change that cannot
     /// be applied is logged: the rest of the datapath runs on.
     fn follow_links(&mut self, events: io::Result<Vec<LinkEvent>>) {
+        // Whether containers' networks may have changed under their grants.
+        let mut rewired = false;
         match events {
             Ok(events) => {
                 for event in &events {
                     match event {
                         LinkEvent::Present(interface) => {
-                            self.interfaces.insert(interface.index, interface.clone());
+                            let known = self.interfaces.insert(interface.index, interface.clone());
+                            // A port moved to another bridge: what arrives
+                            // through it arrives elsewhere now.
+                            if known.is_some_and(|known| known.master != interface.master) {
+                                rewired |= self.withdraw_grants_through(interface.index);
+                            }
                         }
                         LinkEvent::Gone(index) => {
                             self.interfaces.remove(index);
+                            rewired |= self.withdraw_grants_through(*index);
                         }
                     }
                     if let Err(error) = self.clamper.handle(&mut self.datapath, event) {
@@ -721,6 +729,9 @@ impl Agent {
             Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
                 tracing::warn!("interface events were lost: listing the interfaces again");
                 self.relist_interfaces();
+                self.resolved
+                    .retain(|_, rules| rules.as_ref().is_ok_and(|scope| scope.grants.is_empty()));
+                rewired = true;
                 if let Err(error) = self.clamper.resync(&mut self.datapath) {
                     tracing::warn!(
                         error = format!("{error:#}"),
@@ -730,7 +741,29 @@ impl Agent {
             }
             Err(error) => tracing::warn!(%error, "reading interface changes failed"),
         }
-        self.apply_guard();
+        if rewired {
+            // Applies the guard too.
+            self.reconcile_logged();
+        } else {
+            self.apply_guard();
+        }
+    }
+
+    /// Forgets the resolved rules of every instance with a grant through
+    /// interface `index` (its veth or its bridge), which is gone or moved:
+    /// resolved again at once, they never keep an address the container
+    /// lost. Whether any had.
+    fn withdraw_grants_through(&mut self, index: u32) -> bool {
+        let before = self.resolved.len();
+        self.resolved.retain(|_, rules| {
+            !rules.as_ref().is_ok_and(|scope| {
+                scope
+                    .grants
+                    .iter()
+                    .any(|grant| grant.via == Some(index) || grant.ingress == Some(index))
+            })
+        });
+        self.resolved.len() != before
     }
 
     /// Lists the node's interfaces again, whatever events are still queued.
