@@ -26,6 +26,9 @@ pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 4 } else { 3 };
 pub const MAX_SCOPES: u32 = 4096;
 /// Capacity of the per-rule statistics array: rule ids are `0..MAX_RULES`.
 pub const MAX_RULES: u32 = 4096;
+/// How many forwarded ports a scope's own sockets may hold in the
+/// local-binds table, by default: what it reserves there.
+pub const LOCAL_BINDS_PER_SCOPE: u32 = 16;
 /// Capacity of the forward trie, in prefixes (a port range takes up to 30).
 pub const MAX_FORWARD_PREFIXES: u32 = 65_536;
 /// Capacity of the table of localhost ports bound inside scopes.
@@ -83,9 +86,10 @@ pub const LOOKUP_ALIASES: u32 = 2;
 /// addresses are checked against the connecting socket's scope.
 pub const LOOKUP_HOST_SERVICES: u32 = 4;
 
-/// Which lookups the programs need at all, from the policy applied now:
-/// the value of the one-entry `LOOKUPS` array. A node without network
-/// namespace scopes or aliases never pays for those lookups.
+/// Which lookups the programs need at all, from the policy applied now,
+/// and the limits it sets: the value of the one-entry `LOOKUPS` array. A
+/// node without network namespace scopes or aliases never pays for those
+/// lookups.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lookups {
@@ -94,25 +98,34 @@ pub struct Lookups {
     pub cgroup_levels: u64,
     /// [`LOOKUP_NETNS_SCOPES`], [`LOOKUP_ALIASES`], [`LOOKUP_HOST_SERVICES`].
     pub flags: u32,
-    _pad: u32,
+    /// How many forwarded ports one scope's sockets may hold in the
+    /// local-binds table: binds beyond it are not recorded (and counted),
+    /// so no scope fills the table for the others.
+    pub local_binds_per_scope: u32,
 }
 
 impl Lookups {
     #[must_use]
-    pub const fn new(cgroup_levels: u64, flags: u32) -> Self {
+    pub const fn new(cgroup_levels: u64, flags: u32, local_binds_per_scope: u32) -> Self {
         Self {
             cgroup_levels,
             flags,
-            _pad: 0,
+            local_binds_per_scope,
         }
     }
 
-    /// What either `self` or `other` needs.
+    /// What either `self` or `other` needs, within the larger limit.
     #[must_use]
     pub const fn union(self, other: Self) -> Self {
+        let per_scope = if self.local_binds_per_scope > other.local_binds_per_scope {
+            self.local_binds_per_scope
+        } else {
+            other.local_binds_per_scope
+        };
         Self::new(
             self.cgroup_levels | other.cgroup_levels,
             self.flags | other.flags,
+            per_scope,
         )
     }
 }
@@ -423,6 +436,10 @@ pub struct RuleStats {
     /// destinations than it remembers and the oldest was forgotten (its
     /// replies and `getpeername()` then show the address it reached).
     pub unremembered: u64,
+    /// Binds of a forwarded port inside the scope that the local-binds
+    /// table could not record (full): connections to that port may be
+    /// forwarded away from the scope's own service.
+    pub unrecorded_binds: u64,
 }
 
 /// How the tc program clamps MSS on one interface: the value of the
@@ -494,7 +511,7 @@ const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<Dialed>() == 40);
 const _: () = assert!(size_of::<DialedBySocket>() == 168);
 const _: () = assert!(size_of::<ScopePort>() == 8);
-const _: () = assert!(size_of::<RuleStats>() == 40);
+const _: () = assert!(size_of::<RuleStats>() == 48);
 const _: () = assert!(size_of::<ScopeEntry>() == 8);
 const _: () = assert!(size_of::<Lookups>() == 16);
 const _: () = assert!(size_of::<MssConfig>() == 8);
@@ -522,7 +539,7 @@ macro_rules! counters_add {
 }
 
 counters_add! {
-    RuleStats { connects, datagrams, local_skips, binds, unremembered }
+    RuleStats { connects, datagrams, local_skips, binds, unremembered, unrecorded_binds }
     ServiceStats { steered, refused, down, forged, borrowed, unparsed }
     MssStats { seen, clamped, inserted, already_small, without_option, malformed, unparsed }
 }

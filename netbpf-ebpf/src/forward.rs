@@ -6,7 +6,7 @@ use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrC
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, Dialed, FORWARD_KEY_BITS,
     ForwardKey, ForwardTarget, LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES,
-    ScopePort, SockAddr,
+    ScopeEntry, ScopePort, SockAddr,
 };
 
 use crate::{
@@ -87,9 +87,7 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
 
 /// Where a localhost `port` of the caller's scope leads: its own service
 /// on the port its bind was remapped to; else its forward, unless a
-/// socket of the scope is bound there (counted as a local skip). Exact
-/// ports are one hash lookup; the trie of port ranges is looked up only
-/// in scopes that have ranges.
+/// socket of the scope is bound there (counted as a local skip).
 #[inline(always)]
 fn localhost_target(
     ctx: *mut bpf_sock_addr,
@@ -99,23 +97,15 @@ fn localhost_target(
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
     let scope = scope::current(ctx.cast())?;
     let this_port = ScopePort::new(scope.id, port, protocol);
-    // SAFETY: the value is copied out at once.
-    let target = match unsafe { FORWARD_PORTS.get(this_port) }.copied() {
-        Some(own) if own.is_own_service() => {
-            let own = ForwardTarget {
-                addr: dialed.addr,
-                family: dialed.family,
-                ..own
-            };
-            return Some((own, rule_stats(own.rule)?));
-        }
-        Some(forward) => forward,
-        None if scope.flags & SCOPE_PORT_RANGES != 0 => {
-            let key = Key::new(FORWARD_KEY_BITS, ForwardKey::new(scope.id, protocol, port));
-            *FORWARDS.get(&key)?
-        }
-        None => return None,
-    };
+    let target = forward_of(&scope, this_port)?;
+    if target.is_own_service() {
+        let own = ForwardTarget {
+            addr: dialed.addr,
+            family: dialed.family,
+            ..target
+        };
+        return Some((own, rule_stats(own.rule)?));
+    }
     let stats = rule_stats(target.rule)?;
     // SAFETY: the value is only tested for presence.
     if unsafe { LOCAL_BINDS.get(this_port) }.is_some() {
@@ -123,6 +113,25 @@ fn localhost_target(
         return None;
     }
     Some((target, stats))
+}
+
+/// The forward of localhost port `key` of `scope`, or the own service a
+/// bind remap moved there. Exact ports are one hash lookup; the trie of
+/// port ranges is looked up only in scopes that have ranges.
+#[inline(always)]
+pub fn forward_of(scope: &ScopeEntry, key: ScopePort) -> Option<ForwardTarget> {
+    // SAFETY: the value is copied out at once.
+    if let Some(target) = unsafe { FORWARD_PORTS.get(key) }.copied() {
+        return Some(target);
+    }
+    if scope.flags & SCOPE_PORT_RANGES == 0 {
+        return None;
+    }
+    let trie_key = Key::new(
+        FORWARD_KEY_BITS,
+        ForwardKey::new(scope.id, key.protocol, key.port),
+    );
+    FORWARDS.get(&trie_key).copied()
 }
 
 /// The alias of the exact address and port `dialed` in the caller's

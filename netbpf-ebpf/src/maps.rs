@@ -59,6 +59,11 @@ pub static RULE_STATS: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(MA
 pub static LOCAL_BINDS: HashMap<ScopePort, u32> =
     HashMap::with_max_entries(MAX_LOCAL_BINDS, ON_DEMAND);
 
+/// Scope id -> how many ports of the scope `LOCAL_BINDS` holds: checked
+/// against the policy's per-scope limit.
+#[map]
+pub static SCOPE_LOCAL_BINDS: Array<u32> = Array::with_max_entries(MAX_SCOPES, 0);
+
 /// Per socket counted in `LOCAL_BINDS`: its key there. Freed by the kernel
 /// with the socket; other sockets have none.
 #[btf_map]

@@ -1,5 +1,7 @@
 //! Programs on the cgroup `bpf_sock` hooks: they track the localhost ports
-//! bound inside each scope, so that its own services are never forwarded.
+//! a scope forwards that a socket inside the scope binds, so that its own
+//! services are never forwarded. Only forwarded ports are tracked: a
+//! scope that binds thousands of other ports fills nothing.
 
 use core::{
     ffi::c_void,
@@ -17,20 +19,21 @@ use netbpf_common::{AF_INET, AF_INET6, PROTO_TCP, PROTO_UDP, ScopePort};
 
 use crate::{
     ALLOW, addr,
-    maps::{BOUND_SOCKETS, LOCAL_BINDS},
+    forward::{forward_of, rule_stats},
+    maps::{BOUND_SOCKETS, LOCAL_BINDS, SCOPE_LOCAL_BINDS},
     scope,
 };
 
-/// Counts a successful IPv4 bind on localhost or 0.0.0.0 inside a scope.
-/// (Hook: Linux 4.17.)
+/// Counts a successful IPv4 bind on localhost or 0.0.0.0 of a port the
+/// scope forwards. (Hook: Linux 4.17.)
 #[cgroup_sock(post_bind4)]
 pub fn netbpf_bound4(ctx: SockContext) -> i32 {
     record_bind(ctx.sock, AF_INET);
     ALLOW
 }
 
-/// Counts a successful IPv6 bind on `::1`, `::` or their mapped forms
-/// inside a scope. (Hook: Linux 4.17.)
+/// Counts a successful IPv6 bind on `::1`, `::` or their mapped forms of
+/// a port the scope forwards. (Hook: Linux 4.17.)
 #[cgroup_sock(post_bind6)]
 pub fn netbpf_bound6(ctx: SockContext) -> i32 {
     record_bind(ctx.sock, AF_INET6);
@@ -74,6 +77,10 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
         return;
     };
     let key = ScopePort::new(scope.id, port, protocol);
+    // A port the scope does not forward is never looked up in LOCAL_BINDS.
+    let Some(forward) = forward_of(&scope, key).filter(|target| !target.is_own_service()) else {
+        return;
+    };
     // SAFETY: `sk` is the program's context.
     let Some(counted) = (unsafe { bound_key(sk, BPF_SK_STORAGE_GET_F_CREATE.into()).as_mut() })
     else {
@@ -86,24 +93,45 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
     // Marked only once counted: the release hook uncounts marked sockets.
     if count_bind(key) {
         *counted = key;
+    } else if let Some(stats) = rule_stats(forward.rule) {
+        stats.unrecorded_binds += 1;
     }
 }
 
 /// Adds one to the local-binds count of `key`; false when the table is
-/// full.
+/// full, or the port would be one more than the scope may hold.
 #[inline(always)]
 fn count_bind(key: ScopePort) -> bool {
-    if LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
+    if let Some(count) = LOCAL_BINDS.get_ptr_mut(key) {
+        // SAFETY: `count` points at a live, aligned u32 map value.
+        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1) };
         return true;
     }
+    // The first socket on the port: one more port of the scope's.
+    let limit = scope::lookups().local_binds_per_scope;
+    let Some(held) = SCOPE_LOCAL_BINDS.get_ptr_mut(key.scope) else {
+        return false;
+    };
+    // SAFETY (of each block): `held` points at a live, aligned u32 array
+    // value. The BPF CPU version rustc targets has no fetching atomics:
+    // the sum is read back separately.
+    let before = unsafe {
+        atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(held, 1);
+        read_volatile(held).wrapping_sub(1)
+    };
+    if before < limit && LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok() {
+        return true;
+    }
+    // SAFETY: as above; adding u32::MAX subtracts one.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(held, u32::MAX) };
+    // A sibling on the same port recorded it meanwhile: counted with it.
     match LOCAL_BINDS.get_ptr_mut(key) {
         // SAFETY: `count` points at a live, aligned u32 map value.
         Some(count) => unsafe {
             atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1);
             true
         },
-        // The last sibling was released between the two calls.
-        None => LOCAL_BINDS.insert(key, 1, u64::from(BPF_NOEXIST)).is_ok(),
+        None => false,
     }
 }
 
@@ -131,7 +159,12 @@ fn forget_bind(sk: *mut bpf_sock) {
         // A bind racing with this release on the same port can lose its
         // count here; it is counted again at its next bind. Rare enough
         // (SO_REUSEPORT siblings closing and opening at once) to accept.
-        let _ = LOCAL_BINDS.remove(key);
+        if LOCAL_BINDS.remove(key).is_ok()
+            && let Some(held) = SCOPE_LOCAL_BINDS.get_ptr_mut(key.scope)
+        {
+            // SAFETY: `held` points at a live, aligned u32 array value.
+            unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(held, u32::MAX) };
+        }
     }
 }
 

@@ -207,6 +207,10 @@ fn register_rules(registry: &mut Registry, status: &Status) {
             "Rewrites whose reverse path could not be remembered: replies and getpeername() show the target",
         ),
         ("rule_binds", "Binds a bind remap moved to another port"),
+        (
+            "rule_unrecorded_binds",
+            "Binds of a forwarded port inside its scope the local-binds table could not record (full)",
+        ),
     ]);
     for scope in &status.scopes {
         let labels = |kind: &str, rule: String| RuleLabels {
@@ -223,6 +227,7 @@ fn register_rules(registry: &mut Registry, status: &Status) {
                     ("rule_datagrams", forward.datagrams),
                     ("rule_local_skips", forward.local_skips),
                     ("rule_reverse_lost", forward.unremembered),
+                    ("rule_unrecorded_binds", forward.unrecorded_binds),
                 ],
             );
         }

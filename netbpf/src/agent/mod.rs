@@ -52,7 +52,7 @@ use crate::{
         layout,
         oci::State,
     },
-    datapath::{Datapath, DatapathError, Optional, Pins},
+    datapath::{BoundSocket, Datapath, DatapathError, Optional, Pins},
     host::{
         features::{self, SK_LOOKUP, Unavailable},
         links::{self, Interface, LinkEvent, LinkWatcher},
@@ -314,13 +314,11 @@ impl Agent {
         agent.reconcile()?;
         let scopes = agent.scope_places();
         let cgroup_root = agent.node.cgroup_root.clone();
+        let plan = &agent.plan;
         agent.datapath.attach(&cgroup_root, || {
             // Without them netbpf still runs: those services are forwarded
             // until they bind again, as if they had started after netbpf.
-            existing_binds::find(&scopes).unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot list the sockets already bound inside scopes");
-                Vec::new()
-            })
+            forwarded_binds(plan, existing_binds::find(&scopes))
         })?;
         agent.datapath.prune_links("cgroup-");
         agent.apply_host_features(true)?;
@@ -1046,24 +1044,26 @@ impl Agent {
         }
         self.ids = ids;
         self.slots = slots;
-        self.plan = plan;
+        let previous = std::mem::replace(&mut self.plan, plan);
         self.outcomes = outcomes;
-        // Instances new to the maps may have services listening already.
-        let new: Vec<ScopePlace> = self
+        // Instances new to the maps, and those that forward ports they did
+        // not, may have services listening there already.
+        let grown = self.plan.scopes_forwarding_more_than(&previous);
+        let places: Vec<ScopePlace> = self
             .scope_places()
             .into_iter()
-            .filter(|scope| !known.contains(&scope.id))
+            .filter(|scope| !known.contains(&scope.id) || grown.contains(&scope.id))
             .collect();
-        if !new.is_empty() {
-            self.record_existing_binds(&new);
+        if !places.is_empty() {
+            self.record_existing_binds(&places);
         }
         Ok(())
     }
 
-    /// Counts the sockets bound inside `scopes` (new to the maps) before
-    /// their bind hooks could.
+    /// Counts the sockets bound inside `scopes` on ports they forward,
+    /// before their bind hooks could.
     fn record_existing_binds(&mut self, scopes: &[ScopePlace]) {
-        let existing = existing_binds::find(scopes).unwrap_or_default();
+        let existing = forwarded_binds(&self.plan, existing_binds::find(scopes));
         if let Err(error) = self.datapath.record_binds(&existing) {
             tracing::warn!(%error, "the sockets bound before their scope was applied are not counted");
         }
@@ -1230,6 +1230,23 @@ impl Agent {
                 tracing::warn!(error = format!("{error:#}"), "reading the counters failed");
                 Vec::new()
             }
+        }
+    }
+}
+
+/// The sockets of `found` bound on ports their scope forwards: those the
+/// local-binds table records. A failed listing records none: those
+/// services are forwarded until they bind again, as if they had started
+/// after netbpf.
+fn forwarded_binds(plan: &Plan, found: io::Result<Vec<BoundSocket>>) -> Vec<BoundSocket> {
+    match found {
+        Ok(mut sockets) => {
+            sockets.retain(|socket| plan.forwards(socket.key));
+            sockets
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the sockets already bound inside scopes");
+            Vec::new()
         }
     }
 }

@@ -187,6 +187,7 @@ fn rules_status(agent: &Agent, scope: &Scope, status: &mut ScopeStatus) -> anyho
                 datagrams: counters.datagrams,
                 local_skips: counters.local_skips,
                 unremembered: counters.unremembered,
+                unrecorded_binds: counters.unrecorded_binds,
             })
         })
         .collect::<anyhow::Result<_>>()?;

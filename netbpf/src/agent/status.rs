@@ -188,6 +188,11 @@ pub struct ForwardStatus {
     /// Rewrites whose reverse path was lost: replies and `getpeername()`
     /// of those sockets show the target instead of the address dialed.
     pub unremembered: u64,
+    /// Binds of the forwarded port inside the scope that the local-binds
+    /// table could not record: connections to it may be forwarded away
+    /// from the scope's own service.
+    #[serde(default)]
+    pub unrecorded_binds: u64,
 }
 
 /// An `[[mss_clamp]]` of the policy and the interfaces it is on.

@@ -9,12 +9,12 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{HashMap, LpmTrie, Map, MapData},
+    maps::{Array, HashMap, LpmTrie, Map, MapData},
     programs::{Program, links::FdLink},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, GrantPath, RuleSlotKey,
-    ScopeGrant, ScopePort, ServiceKey,
+    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, GrantPath, Lookups,
+    RuleSlotKey, ScopeGrant, ScopePort, ServiceKey,
 };
 
 use super::{Datapath, DatapathError, map_error};
@@ -127,8 +127,15 @@ impl Datapath {
             services: self.entries::<ServiceKey, u32>("HOST_SERVICES")?,
             grants: self.entries::<GrantKey, GrantPath>("GRANTS")?,
             scope_grants: self.keys::<ScopeGrant, u8>("SCOPE_GRANTS")?,
+            local_binds_per_scope: self.lookups()?.local_binds_per_scope,
             binds: self.entries::<ScopePort, BindTarget>("BIND_REMAPS")?,
         })
+    }
+
+    /// What the programs were told last (nothing, in new maps).
+    fn lookups(&self) -> Result<Lookups, DatapathError> {
+        let map: Array<_, Lookups> = self.map("LOOKUPS")?;
+        map.get(&0, 0).map_err(map_error("LOOKUPS"))
     }
 
     /// Every entry of the hash map `name`.

@@ -164,7 +164,7 @@ pub struct Datapath {
 }
 
 /// The capacity of each map that has a setting.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 12] {
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 13] {
     [
         ("CGROUP_SCOPES", capacity.scopes),
         ("NETNS_SCOPES", capacity.scopes),
@@ -178,6 +178,7 @@ fn capacities(capacity: &Capacity) -> [(&'static str, u32); 12] {
         ("SCOPE_GRANTS", capacity.grants),
         ("HOST_SERVICES", capacity.service_addresses),
         ("LOCAL_BINDS", capacity.local_binds),
+        ("SCOPE_LOCAL_BINDS", capacity.scopes),
     ]
 }
 

@@ -34,15 +34,23 @@ pub struct Capacity {
     /// (`HOST_SERVICES`). Default 4096.
     pub service_addresses: u32,
     /// (scope, port) pairs bound on localhost or a wildcard address inside
-    /// scopes (`LOCAL_BINDS`). Default 65536.
+    /// scopes, of ports they forward (`LOCAL_BINDS`): each scope reserves
+    /// its forwarded ports there, up to `local_binds_per_scope`, so the
+    /// reservations of all scopes must fit. Default 65536.
     pub local_binds: u32,
+    /// How many forwarded ports one scope's own sockets may hold in
+    /// `LOCAL_BINDS`: binds beyond it are not recorded (and counted as
+    /// unrecorded binds), so no scope can fill the table for the others.
+    /// Default 16.
+    pub local_binds_per_scope: u32,
 }
 
 impl Default for Capacity {
     fn default() -> Self {
         use netbpf_common::{
-            MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
-            MAX_LOCAL_BINDS, MAX_RULES, MAX_SCOPES, MAX_SERVICE_ADDRESSES,
+            LOCAL_BINDS_PER_SCOPE, MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS,
+            MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_LOCAL_BINDS, MAX_RULES, MAX_SCOPES,
+            MAX_SERVICE_ADDRESSES,
         };
         Self {
             scopes: MAX_SCOPES,
@@ -54,6 +62,7 @@ impl Default for Capacity {
             grants: MAX_GRANTS,
             service_addresses: MAX_SERVICE_ADDRESSES,
             local_binds: MAX_LOCAL_BINDS,
+            local_binds_per_scope: LOCAL_BINDS_PER_SCOPE,
         }
     }
 }
@@ -63,7 +72,18 @@ impl Capacity {
     /// full otherwise. Entries both hold (a gateway port instances share)
     /// count once.
     pub fn check(&self, plan: &Plan, more: &Plan) -> Result<(), String> {
-        for (map, entries, capacity, setting) in self.rule_maps(plan, more) {
+        // Each scope's reservation in the local-binds table fits beside
+        // the others': no scope can fill it for another.
+        let local_binds = (
+            "LOCAL_BINDS",
+            plan.local_binds_reserved(self.local_binds_per_scope)
+                + more.local_binds_reserved(self.local_binds_per_scope),
+            self.local_binds,
+            "local_binds",
+        );
+        for (map, entries, capacity, setting) in
+            self.rule_maps(plan, more).into_iter().chain([local_binds])
+        {
             if entries > capacity as usize {
                 return Err(format!(
                     "map {map} is full: {entries} entries needed, it holds {capacity} (raise capacity.{setting})"

@@ -214,6 +214,9 @@ pub struct Plan {
     pub grants: BTreeMap<GrantKey, GrantPath>,
     /// The scopes granted each service: only their sockets may connect.
     pub scope_grants: BTreeSet<ScopeGrant>,
+    /// How many forwarded ports one scope's sockets may hold in the
+    /// local-binds table.
+    pub local_binds_per_scope: u32,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
     pub binds: BTreeMap<ScopePort, BindTarget>,
 }
@@ -241,7 +244,10 @@ pub fn compile(
 ) -> (Plan, Vec<Outcome>) {
     ids.retain(resolved.iter().map(|instance| instance.assignment.key));
     resolved.sort_by_key(|instance| ids.get(instance.assignment.key).unwrap_or(u32::MAX));
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        local_binds_per_scope: capacity.local_binds_per_scope,
+        ..Plan::default()
+    };
     let mut claims = Claims::default();
     let mut used_slots = BTreeSet::new();
     let mut outcomes = Vec::with_capacity(resolved.len());
@@ -410,7 +416,69 @@ impl Plan {
         if !self.services.is_empty() {
             flags |= LOOKUP_HOST_SERVICES;
         }
-        Lookups::new(levels, flags)
+        Lookups::new(levels, flags, self.local_binds_per_scope)
+    }
+
+    /// Whether `key` (a scope's localhost port) is forwarded: the ports
+    /// whose binds inside the scope the local-binds table records.
+    #[must_use]
+    pub fn forwards(&self, key: ScopePort) -> bool {
+        if let Some(target) = self.forward_ports.get(&key) {
+            return !target.is_own_service();
+        }
+        self.forwards.keys().any(|&(prefix_len, prefix)| {
+            let port_bits = prefix_len
+                .saturating_sub(FORWARD_KEY_PORT_OFFSET_BITS)
+                .min(16);
+            // The port bits the prefix does not fix are shifted out.
+            let differing = (u16::from_be_bytes(prefix.port) ^ key.port)
+                .checked_shr(16 - port_bits)
+                .unwrap_or(0);
+            u32::from_be_bytes(prefix.scope) == key.scope
+                && prefix.protocol == key.protocol
+                && differing == 0
+        })
+    }
+
+    /// The scopes that forward a port here they did not in `old`: binds
+    /// made before are to be recorded.
+    #[must_use]
+    pub fn scopes_forwarding_more_than(&self, old: &Self) -> BTreeSet<u32> {
+        let exact = self
+            .forward_ports
+            .iter()
+            .filter(|(key, target)| {
+                !target.is_own_service() && !old.forward_ports.contains_key(key)
+            })
+            .map(|(key, _)| key.scope);
+        let ranges = self
+            .forwards
+            .keys()
+            .filter(|entry| !old.forwards.contains_key(entry))
+            .map(|(_, prefix)| u32::from_be_bytes(prefix.scope));
+        exact.chain(ranges).collect()
+    }
+
+    /// How many entries the local-binds table may have to hold for this
+    /// plan: each scope's forwarded ports, up to `per_scope` each.
+    #[must_use]
+    pub fn local_binds_reserved(&self, per_scope: u32) -> usize {
+        let mut forwarded: BTreeMap<u32, usize> = BTreeMap::new();
+        for (key, target) in &self.forward_ports {
+            if !target.is_own_service() {
+                *forwarded.entry(key.scope).or_default() += 1;
+            }
+        }
+        for &(prefix_len, prefix) in self.forwards.keys() {
+            let port_bits = prefix_len
+                .saturating_sub(FORWARD_KEY_PORT_OFFSET_BITS)
+                .min(16);
+            *forwarded
+                .entry(u32::from_be_bytes(prefix.scope))
+                .or_default() += 1usize << (16 - port_bits);
+        }
+        let per_scope = usize::try_from(per_scope).unwrap_or(usize::MAX);
+        forwarded.values().map(|&ports| ports.min(per_scope)).sum()
     }
 
     /// The ports host services are reached at, as the words of the

@@ -1,5 +1,7 @@
 use std::path::Path;
 
+use netbpf_common::PROTO_UDP;
+
 use super::*;
 use crate::{containers::Container, policy};
 
@@ -226,7 +228,7 @@ fn cgroup_levels_count_directories_below_the_mount() {
 #[test]
 fn lookups_name_the_levels_and_kinds_of_scope_present() {
     let mut plan = Plan::default();
-    assert_eq!(plan.lookups(), Lookups::new(0, 0));
+    assert_eq!(plan.lookups(), Lookups::new(0, 0, 0));
     let scope = |id, level| ScopeEntry {
         id,
         flags: 0,
@@ -237,7 +239,7 @@ fn lookups_name_the_levels_and_kinds_of_scope_present() {
     plan.netns_scopes.insert(4096, scope(2, 0));
     assert_eq!(
         plan.lookups(),
-        Lookups::new(1 << 2 | 1 << 5, LOOKUP_NETNS_SCOPES)
+        Lookups::new(1 << 2 | 1 << 5, LOOKUP_NETNS_SCOPES, 0)
     );
 }
 
@@ -262,4 +264,57 @@ fn scopes_sit_at_eight_cgroup_depths_at_most() {
     let error = super::check_level(&plan, ScopeKey::Cgroup(1), 9).unwrap_err();
     assert!(error.contains("9 levels deep"), "{error}");
     assert!(super::check_level(&plan, ScopeKey::Cgroup(1), 64).is_err());
+}
+
+#[test]
+fn each_scope_reserves_its_forwarded_ports_in_the_local_binds_table_up_to_a_limit() {
+    let policy = policy(
+        "version = 1\n[[scope]]\nname = \"w\"\nmatch = { container = \"w-*\" }\n\
+         forward = [{ from = \"localhost:9000-9099\", to = \"10.0.0.1\" }, \
+         { from = \"localhost:8082\", to = \"10.0.0.1:80\", proto = \"udp\" }]\n",
+    );
+    let workloads = [workload("a", 1, Some("w-a")), workload("b", 2, Some("w-b"))];
+    let assigned = assign(&policy, &workloads, Path::new("/"), 0);
+    let (mut ids, mut slots) = (ScopeIds::default(), RuleSlots::default());
+    let (plan, outcomes) = compile(
+        &policy,
+        resolved(&policy, assigned.clone()),
+        &mut ids,
+        &mut slots,
+        &Capacity::default(),
+    );
+    let id = outcomes[0].applied.as_ref().unwrap().0;
+    for (port, protocol, forwarded) in [
+        (9000, PROTO_TCP, true),
+        (9099, PROTO_TCP, true),
+        (9100, PROTO_TCP, false),
+        (8999, PROTO_TCP, false),
+        (8082, PROTO_UDP, true),
+        (8082, PROTO_TCP, false),
+    ] {
+        assert_eq!(
+            plan.forwards(ScopePort::new(id, port, protocol)),
+            forwarded,
+            "{protocol}/{port}"
+        );
+    }
+    assert_eq!(plan.local_binds_reserved(16), 32, "16 of 101 ports each");
+    assert_eq!(plan.local_binds_reserved(1000), 202);
+    assert_eq!(plan.lookups().local_binds_per_scope, 16);
+
+    // The second instance's reservation would not fit beside the first's.
+    let small = Capacity {
+        local_binds: 20,
+        ..Capacity::default()
+    };
+    let (_, outcomes) = compile(
+        &policy,
+        resolved(&policy, assigned),
+        &mut ids,
+        &mut slots,
+        &small,
+    );
+    assert!(outcomes[0].applied.is_ok());
+    let error = outcomes[1].applied.as_ref().unwrap_err();
+    assert!(error.contains("map LOCAL_BINDS is full"), "{error}");
 }
