@@ -169,10 +169,15 @@ pub fn refused(ctx: &TcContext) -> bool {
     let Ok(port) = ctx.load::<u16>(segment.l4 + 2) else {
         return false;
     };
+    // Port 0 keys a service's address alone: no connection goes there.
+    let port = u16::from_be(port);
+    if port == 0 {
+        return false;
+    }
     let family = u16::from(segment.family);
     let key = ServiceKey {
         addr: segment.dst,
-        port: u16::from_be(port),
+        port,
         family,
     };
     // SAFETY: the value is copied out at once.

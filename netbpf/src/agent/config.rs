@@ -127,7 +127,12 @@ impl Config {
                 });
             }
         };
-        toml::from_str(&text).map_err(|error| Locator::new(file, &text).toml_error(&error))
+        Self::parse(file, &text)
+    }
+
+    /// Parses `text`, the configuration file `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, PolicyError> {
+        toml::from_str(text).map_err(|error| Locator::new(file, text).toml_error(&error))
     }
 }
 
