@@ -9,7 +9,7 @@ use netbpf_testenv::{BRIDGE_V4, Place};
 
 use crate::{
     load::Measurement,
-    programs::{self, BpfStats, EmptyPrograms},
+    programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
     throughput::{self, Clamp},
     ways::{IPERF_PORT, Load, Prepared, SCALING_CAPACITY, Way},
@@ -80,6 +80,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     bench.step("per-program cost");
     let costs = program_costs(exe, &ways[netbpf], &plan)?;
+    let host_service_check = bench.host_service_check()?;
     let forward_throughput = bench.forward_throughput(&ways)?;
     let clamp_throughput = bench.clamp_throughput()?;
     let mut memory = Memory {
@@ -107,6 +108,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         conntrack,
         memory,
         programs: costs,
+        host_service_check,
         scaling,
         forward_throughput,
         clamp_throughput,
@@ -192,6 +194,46 @@ impl Bench<'_> {
         Ok(rounds)
     }
 
+    /// connect4's net cost, rounds alternating a policy with no host
+    /// service and one that grants the desktop a host service it never
+    /// dials: what the socket-level grant check adds to a connect that
+    /// involves no host service. Measured on the TCP load of a process in
+    /// no scope, dialing the server itself: connect4's shortest path, so
+    /// the check's few instructions are not lost in the rewrite's spread.
+    fn host_service_check(&self) -> anyhow::Result<report::HostServiceCheck> {
+        self.step("setting up connect4 with and without a host service");
+        let mut netbpf = Prepared::new(self.exe, Way::Netbpf, "", "")?;
+        netbpf.hold_desktop_network()?;
+        let ids = netbpf
+            .agent()
+            .context("the netbpf way has an agent")?
+            .programs()?;
+        let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
+        let _stats = BpfStats::enable()?;
+        let mut check = report::HostServiceCheck::default();
+        for round in 1..=self.plan.rounds {
+            for (granted, extra) in [(false, ""), (true, HOST_SERVICE_GRANT)] {
+                self.step(format!(
+                    "connect4 with and without a host service, round {round}"
+                ));
+                netbpf.repolicy(extra)?;
+                let before = programs::counts()?;
+                netbpf.measure(self.exe, Place::Outside, Load::Tcp, self.plan.connections)?;
+                let costs = programs::costs(&ids, &empty, &before, &programs::counts()?);
+                let net = costs
+                    .get("netbpf_connect4")
+                    .map(Cost::net)
+                    .context("connect4 did not run")?;
+                if granted {
+                    check.with_service.push(net);
+                } else {
+                    check.without_service.push(net);
+                }
+            }
+        }
+        Ok(check)
+    }
+
     /// TCP connections with more and more other containers loaded; the
     /// memory at [`MEMORY_POINTS`] and connect4's cost at the last point.
     fn scaling(
@@ -240,6 +282,11 @@ impl Bench<'_> {
         Ok(points)
     }
 }
+
+/// A host service granted to the desktop at its gateway, which the load
+/// never dials: its connects pay the check, never the service.
+const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\", dial = \"10.200.1.1:18188\" }]\n\
+    [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
 /// Per-program costs, with an empty program beside each of netbpf's.
 fn program_costs(

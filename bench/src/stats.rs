@@ -43,6 +43,17 @@ impl Summary {
         Self::of(&ratios)
     }
 
+    /// The differences of `values` from `baseline`, round by round.
+    #[must_use]
+    pub fn of_differences(values: &[f64], baseline: &[f64]) -> Self {
+        let differences: Vec<f64> = values
+            .iter()
+            .zip(baseline)
+            .map(|(value, base)| value - base)
+            .collect();
+        Self::of(&differences)
+    }
+
     /// "median (min-max)" with `decimals` decimals.
     #[must_use]
     pub fn show(&self, decimals: usize) -> String {

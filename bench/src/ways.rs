@@ -70,7 +70,9 @@ pub struct Prepared {
     // Dropped in order: the agent, then its pins, then the topology.
     agent: Option<NetbpfRun>,
     setup: Option<AgentSetup>,
-    _servers: Vec<Process>,
+    /// Held for their lifetime: the servers, and what holds the desktop's
+    /// network (see [`Self::hold_desktop_network`]).
+    held: Vec<Process>,
     pub topology: DesktopTopology,
     /// Other containers' scopes and rules loaded so far.
     others: usize,
@@ -87,7 +89,7 @@ impl Prepared {
             way,
             agent: None,
             setup: None,
-            _servers: servers,
+            held: servers,
             topology,
             others: 0,
         };
@@ -112,9 +114,18 @@ impl Prepared {
         let mut config = std::fs::read_to_string(&setup.config)?;
         config.push_str(capacity);
         std::fs::write(&setup.config, config)?;
+        setup.policy("bench.toml", &self.policy(policy_extra))?;
+        self.agent = Some(setup.start("agent")?);
+        self.setup = Some(setup);
+        Ok(())
+    }
+
+    /// The desktop's forwards, then `extra` (more of the desktop's scope,
+    /// or more policy).
+    fn policy(&self, extra: &str) -> String {
         let mut policy = format!(
             "version = 1\n[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n",
-            topology.desktop.path().display()
+            self.topology.desktop.path().display()
         );
         for (port, proto) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp"), (IPERF_PORT, "tcp")] {
             let _ = writeln!(
@@ -123,10 +134,37 @@ impl Prepared {
             );
         }
         policy.push_str("]\n");
-        policy.push_str(policy_extra);
+        policy.push_str(extra);
+        policy
+    }
+
+    /// Has netbpf's agent apply the desktop's forwards and `extra`
+    /// instead of what it applies now.
+    pub fn repolicy(&mut self, extra: &str) -> anyhow::Result<()> {
+        let policy = self.policy(extra);
+        let (Some(setup), Some(agent)) = (&self.setup, &mut self.agent) else {
+            anyhow::bail!("only netbpf's way has a policy");
+        };
         setup.policy("bench.toml", &policy)?;
-        self.agent = Some(setup.start("agent")?);
-        self.setup = Some(setup);
+        let said = agent.reload()?;
+        anyhow::ensure!(!said.contains("not reloaded"), "{said}");
+        // The agent follows its policy directory too: that reload settles.
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(())
+    }
+
+    /// Gives the desktop what a granted container has: a default route to
+    /// its bridge's gateway, and a first process, holding its network
+    /// namespace.
+    pub fn hold_desktop_network(&mut self) -> anyhow::Result<()> {
+        self.topology
+            .desktop_ns
+            .ip(&["route", "add", "default", "via", BRIDGE_V4])?;
+        let held = self
+            .topology
+            .spawn(Place::Desktop, "sleep", &["3600"])?
+            .start(&self.topology.file("hold.log"))?;
+        self.held.push(held);
         Ok(())
     }
 
