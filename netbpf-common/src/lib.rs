@@ -228,6 +228,8 @@ pub struct Dialed {
     pub to: SockAddr,
     /// The destination the application dialed.
     pub dialed: SockAddr,
+    /// The rule that rewrote it: its counters count a reverse path lost.
+    pub rule: u32,
 }
 
 /// What one socket dialed: the value of its per-socket storage, freed by
@@ -508,8 +510,8 @@ const _: () = assert!(size_of::<ForwardKey>() == 8);
 const _: () = assert!(size_of::<RuleSlotKey>() == 16);
 const _: () = assert!(size_of::<ForwardTarget>() == 24);
 const _: () = assert!(size_of::<SockAddr>() == 20);
-const _: () = assert!(size_of::<Dialed>() == 40);
-const _: () = assert!(size_of::<DialedBySocket>() == 168);
+const _: () = assert!(size_of::<Dialed>() == 44);
+const _: () = assert!(size_of::<DialedBySocket>() == 184);
 const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 48);
 const _: () = assert!(size_of::<ScopeEntry>() == 8);
@@ -589,7 +591,8 @@ mod tests {
         assert_eq!(offset_of!(ForwardTarget, rule), 20);
         assert_eq!(offset_of!(SockAddr, port), 16);
         assert_eq!(offset_of!(SockAddr, family), 18);
-        assert_eq!(offset_of!(DialedBySocket, next), 160);
+        assert_eq!(offset_of!(Dialed, rule), 40);
+        assert_eq!(offset_of!(DialedBySocket, next), 176);
         assert_eq!(offset_of!(ScopePort, port), 4);
         assert_eq!(offset_of!(ScopePort, protocol), 6);
         assert_eq!(offset_of!(RuleStats, local_skips), 16);

@@ -50,6 +50,11 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         alias_target(ctx, &dialed, family, port, protocol)
     };
     let Some((target, stats)) = target else {
+        // A TCP socket connects once: only UDP sockets reach, unrewritten,
+        // a destination they also reached through a rewrite.
+        if protocol == PROTO_UDP {
+            reached_directly(ctx, as_socket_sees(ctx, dialed, family), syscall);
+        }
         return;
     };
     // udpv6_sendmsg() refuses a destination that a program rewrote to an
@@ -66,15 +71,14 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         port: port.wrapping_add(target.port_delta).to_be(),
         family,
     };
-    // A dual-stack IPv6 socket that dials an IPv4 address goes through the
-    // IPv4 hooks, but its replies and getpeername() go through the IPv6
-    // ones, which see IPv4-mapped addresses: remember it the way they ask.
-    // SAFETY: `ctx` is the program's context.
-    let remembered = if family == AF_INET && unsafe { (*ctx).family } == u32::from(AF_INET6) {
-        remember(ctx, addr::mapped(&to), addr::mapped(&dialed))
-    } else {
-        remember(ctx, to, dialed)
-    };
+    let remembered = remember(
+        ctx,
+        Dialed {
+            to: as_socket_sees(ctx, to, family),
+            dialed: as_socket_sees(ctx, dialed, family),
+            rule: target.rule,
+        },
+    );
     if !remembered {
         stats.unremembered += 1;
     }
@@ -188,12 +192,54 @@ pub fn rule_stats(rule: u32) -> Option<&'static mut RuleStats> {
         .map(|stats| unsafe { &mut *stats })
 }
 
-/// Records that the socket of `ctx` talks to `to` in place of `dialed`,
-/// in the socket's own storage. False when something was lost: the
-/// storage could not be made, or a destination the socket dialed before
-/// was forgotten to make room.
+/// `addr`, seen by a hook of `family`, as the socket of `ctx` sees it in
+/// its replies and `getpeername()`: a dual-stack IPv6 socket that dials an
+/// IPv4 address goes through the IPv4 hooks, but its replies go through
+/// the IPv6 ones, which see IPv4-mapped addresses.
 #[inline(always)]
-fn remember(ctx: *mut bpf_sock_addr, to: SockAddr, dialed: SockAddr) -> bool {
+fn as_socket_sees(ctx: *mut bpf_sock_addr, addr: SockAddr, family: u16) -> SockAddr {
+    // SAFETY: `ctx` is the program's context.
+    if family == AF_INET && unsafe { (*ctx).family } == u32::from(AF_INET6) {
+        addr::mapped(&addr)
+    } else {
+        addr
+    }
+}
+
+/// The socket of `ctx` reached `peer` without a rewrite. Where it also
+/// reached `peer` through one, replies from `peer` cannot be told apart:
+/// a connect makes `peer` its only peer, so that reverse path goes (exact);
+/// a datagram leaves it ambiguous, counted as a reverse path lost on the
+/// rule that rewrote it.
+#[inline(always)]
+fn reached_directly(ctx: *mut bpf_sock_addr, peer: SockAddr, syscall: Syscall) {
+    let context = SockAddrContext { sock_addr: ctx };
+    // SAFETY: as in `remember`; most sockets have no storage.
+    let Some(by_socket) = (unsafe { REVERSE.get_ptr_mut(&context).as_mut() }) else {
+        return;
+    };
+    for index in 0..DIALED_PER_SOCKET {
+        let entry = &mut by_socket.entries[index];
+        if entry.to != peer {
+            continue;
+        }
+        match syscall {
+            Syscall::Connect => entry.to.family = 0,
+            Syscall::SendMsg => {
+                if let Some(stats) = rule_stats(entry.rule) {
+                    stats.unremembered += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Records what the socket of `ctx` dialed and where it went instead, in
+/// the socket's own storage. False when something was lost: the storage
+/// could not be made, or a destination the socket dialed before was
+/// forgotten to make room.
+#[inline(always)]
+fn remember(ctx: *mut bpf_sock_addr, dialed: Dialed) -> bool {
     let context = SockAddrContext { sock_addr: ctx };
     // SAFETY: the storage of the context's socket, made if it has none; a
     // pointer the kernel keeps valid for this program run.
@@ -202,14 +248,16 @@ fn remember(ctx: *mut bpf_sock_addr, to: SockAddr, dialed: SockAddr) -> bool {
         return false;
     };
     for index in 0..DIALED_PER_SOCKET {
-        if by_socket.entries[index].to == to {
-            by_socket.entries[index].dialed = dialed;
+        if by_socket.entries[index].to == dialed.to {
+            by_socket.entries[index] = dialed;
             return true;
         }
     }
     let slot = by_socket.next as usize % DIALED_PER_SOCKET;
+    // A slot of family 0 is free (never used, or its peer was reached
+    // directly since).
     let forgotten = by_socket.entries[slot].to.family != 0;
-    by_socket.entries[slot] = Dialed { to, dialed };
+    by_socket.entries[slot] = dialed;
     by_socket.next = by_socket.next.wrapping_add(1);
     !forgotten
 }

@@ -5,6 +5,11 @@ Used by netbpf's tests as the application inside a container:
   probe.py tcp HOST PORT            connect, read until the server closes
   probe.py udp HOST PORT            sendto() a datagram, recvfrom() the reply
   probe.py udp-connected HOST PORT  connect(), send(), recvfrom()
+  probe.py udp-twice HOST PORT HOST2 PORT2
+                                    one socket: sendto() each, recvfrom() each reply
+  probe.py udp-reconnected HOST PORT HOST2 PORT2
+                                    one socket: connect() to each in turn, send(),
+                                    getpeername(), recvfrom()
 "peer" is what getpeername() returns, "source" where recvfrom() says the
 reply came from.
 """
@@ -40,8 +45,29 @@ def udp(host, port, connected):
     return {"peer": peer, "source": list(source[:2]), "data": data.decode().strip()}
 
 
+def udp_twice(targets, connected):
+    """One socket, one exchange with each of `targets` in turn."""
+    with socket.socket(family(targets[0][0]), socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        peers, sources = [], []
+        for target in targets:
+            if connected:
+                sock.connect(target)
+                peers.append(list(sock.getpeername()[:2]))
+                sock.send(b"ping")
+            else:
+                sock.sendto(b"ping", target)
+            _, source = sock.recvfrom(4096)
+            sources.append(list(source[:2]))
+    return {"peers": peers, "sources": sources}
+
+
 def main():
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode in ("udp-twice", "udp-reconnected"):
+        targets = [(host, port), (sys.argv[4], int(sys.argv[5]))]
+        print(json.dumps(udp_twice(targets, mode == "udp-reconnected")))
+        return
     if mode == "tcp":
         result = tcp(host, port)
     elif mode in ("udp", "udp-connected"):

@@ -178,6 +178,44 @@ fn udp_replies_come_from_the_address_the_client_sent_to() {
     );
 }
 
+/// One UDP socket that reaches the forward's target both through the
+/// forward and directly: a connected one sees each peer as it is; an
+/// unconnected one cannot tell the replies apart, and the loss is counted.
+#[test]
+fn a_socket_that_also_reaches_the_target_directly_sees_it_as_it_is_or_the_loss_is_counted() {
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:5300", to = "{BRIDGE_V4}:5353", proto = "udp" }}"#
+    ));
+    let _echo = setup.topology.start_udp_echo(BRIDGE_V4, 5353).unwrap();
+    let both = ["127.0.0.1", "5300", BRIDGE_V4, "5353"];
+    let direct = json!([BRIDGE_V4, 5353]);
+    let forwarded = json!(["127.0.0.1", 5300]);
+
+    let reconnected = setup.probe(Place::Desktop, &[&["udp-reconnected"][..], &both].concat());
+    assert_eq!(
+        (&reconnected["peers"], &reconnected["sources"]),
+        (&json!([forwarded, direct]), &json!([forwarded, direct])),
+        "connected to the target itself, the socket's peer is the target"
+    );
+    let status = setup.netbpf.status_json().unwrap();
+    assert_eq!(
+        status["scopes"][0]["forwards"][0]["unremembered"], 0,
+        "nothing lost: {status}"
+    );
+
+    let twice = setup.probe(Place::Desktop, &[&["udp-twice"][..], &both].concat());
+    assert_eq!(
+        twice["sources"],
+        json!([forwarded, forwarded]),
+        "replies of the one target are shown as the forward's"
+    );
+    let status = setup.netbpf.status_json().unwrap();
+    assert_eq!(
+        status["scopes"][0]["forwards"][0]["unremembered"], 1,
+        "the reply the socket cannot tell apart is counted: {status}"
+    );
+}
+
 #[test]
 fn getpeername_returns_the_dialed_address() {
     let setup = Setup::desktop_forwards(&format!(
