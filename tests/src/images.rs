@@ -38,6 +38,19 @@ pub fn busybox_rootfs(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 
 /// Imports the busybox image into Podman as `name`, once.
 pub fn ensure_podman_image(name: &str) -> anyhow::Result<()> {
+    import_busybox(name, &[])
+}
+
+/// Imports the busybox image into Podman as `name`, once, made to sleep
+/// for an hour: the infra container of a pod (there is no pause image to
+/// pull).
+pub fn ensure_podman_infra_image(name: &str) -> anyhow::Result<()> {
+    import_busybox(name, &["--change", r#"ENTRYPOINT ["sleep", "3600"]"#])
+}
+
+/// Imports the busybox root file system as Podman's image `name`, with
+/// `podman import` `options`, unless Podman has it.
+fn import_busybox(name: &str, options: &[&str]) -> anyhow::Result<()> {
     if Command::new("podman")
         .args(["image", "exists", name])
         .status()
@@ -47,14 +60,9 @@ pub fn ensure_podman_image(name: &str) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let tar = busybox_rootfs(dir.path())?;
-    run_checked(
-        "podman",
-        [
-            "import",
-            "--quiet",
-            tar.to_str().context("UTF-8 path")?,
-            name,
-        ],
-    )?;
+    let mut args = vec!["import", "--quiet"];
+    args.extend_from_slice(options);
+    args.extend([tar.to_str().context("UTF-8 path")?, name]);
+    run_checked("podman", args)?;
     Ok(())
 }

@@ -35,7 +35,7 @@ pub use self::{
     docker::DockerDaemon,
     docker_node::{DockerNode, NODE_BRIDGE, NODE_IMAGE, NODE_PUBLISHED},
     doctor::{doctor, doctor_config, findings, proposed_policy},
-    images::{busybox_rootfs, ensure_podman_image},
+    images::{busybox_rootfs, ensure_podman_image, ensure_podman_infra_image},
     metrics::Scrape,
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},

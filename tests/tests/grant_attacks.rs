@@ -1,7 +1,8 @@
 //! Attacks on host-service grants, made as an attacker on the node would
 //! make them, against the real agent: a process that shares the granted
 //! container's network namespace, SYNs with the granted address forged
-//! from another bridge and from the granted bridge, IPv6 segments behind
+//! from another bridge, from a dual-homed container's other interface and
+//! from the granted bridge, IPv6 segments behind
 //! more extension headers than a parser walks, a local user who tries to
 //! send from the granted address, addresses a granted container adds in a
 //! network namespace of its own making, and a CRI-O pod whose annotations
@@ -349,6 +350,41 @@ fn syns_with_the_granted_address_forged_from_another_bridge_are_not_steered() {
             before[1] + FORGED,
             "each counted as forged (arrived on the wrong bridge)"
         );
+    }
+    assert!(netbpf.stop().unwrap().success());
+}
+
+#[test]
+fn syns_with_the_granted_address_from_a_dual_homed_containers_other_interface_are_not_steered() {
+    let lab = GrantLab::new();
+    // The other container, on the granted bridge, has a second interface
+    // on the backend bridge.
+    let (inside, port) = lab.other.veth_to(&lab.node).unwrap();
+    lab.node
+        .ip(&["link", "set", &port, "master", "backend", "up"])
+        .unwrap();
+    address(&lab.other, &inside, "10.220.1.3/24", "fd22::3/64");
+    let netbpf = lab.start_netbpf();
+    for (index, source, destination, port) in [
+        (0, "10.210.1.2", "10.210.1.1", 18188),
+        (1, "fd21::2", "fd21::1", 18189),
+    ] {
+        let before = counters(&netbpf, index, ["steered", "forged"]);
+        lab.forge_syns(
+            (&lab.other, &inside),
+            "backend",
+            source,
+            destination,
+            port,
+            0,
+        );
+        let after = counters(&netbpf, index, ["steered", "forged"]);
+        assert_eq!(
+            after[0], before[0],
+            "forged SYNs from {source} on the second interface were steered (steered {} -> {})",
+            before[0], after[0]
+        );
+        assert_eq!(after[1], before[1] + FORGED, "each counted as forged");
     }
     assert!(netbpf.stop().unwrap().success());
 }
