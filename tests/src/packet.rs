@@ -193,12 +193,19 @@ impl Parsed {
     /// walked the way TCPMSS walks options.
     #[must_use]
     pub fn mss(&self) -> Option<u16> {
+        let at = self.mss_offset()?;
+        Some(u16::from_be_bytes([self.tcp[at + 2], self.tcp[at + 3]]))
+    }
+
+    /// Where in the TCP header that MSS option starts.
+    #[must_use]
+    pub fn mss_offset(&self) -> Option<usize> {
         let header = self.tcp.get(..self.header_len())?;
         let mut at = 20;
         while at + 4 <= header.len() {
             let (kind, length) = (header[at], header[at + 1]);
             if kind == 2 && length == 4 {
-                return Some(u16::from_be_bytes([header[at + 2], header[at + 3]]));
+                return Some(at);
             }
             at += if kind <= 1 || length == 0 {
                 1
