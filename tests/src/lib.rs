@@ -94,6 +94,17 @@ pub(crate) fn unmount_below(dir: &std::path::Path) {
     }
 }
 
+/// How many random cases each differential fuzz test runs: 100,000, or
+/// `NETBPF_FUZZ_CASES` (fewer in the emulated kernel VMs, more for a long
+/// local run).
+#[must_use]
+pub fn fuzz_cases() -> u32 {
+    std::env::var("NETBPF_FUZZ_CASES")
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(100_000)
+}
+
 /// Fails with a clear message unless this process may do what the
 /// privileged tests do (load BPF programs, create namespaces and cgroups).
 pub fn require_root() {

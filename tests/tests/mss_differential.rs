@@ -16,7 +16,7 @@ use netbpf::{
 };
 use netbpf_common::MssConfig;
 use netbpf_testenv::{
-    NetbpfRun, Netns, PacketSocket, kernel, links_of, mac_address,
+    NetbpfRun, Netns, PacketSocket, fuzz_cases, kernel, links_of, mac_address,
     packet::{ACK, Parsed, RST, SYN, Segment},
     require_root,
 };
@@ -520,18 +520,20 @@ fn random_options() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
-/// 100,000 random segments: TCPMSS on the router and netbpf's program
-/// under `BPF_PROG_TEST_RUN` give the same bytes, but where TCPMSS's
-/// checksum update is wrong (an MSS at an odd offset, as above).
+/// Random segments ([`fuzz_cases`], 100,000 by default): TCPMSS on the
+/// router and netbpf's program under `BPF_PROG_TEST_RUN` give the same
+/// bytes, but where TCPMSS's checksum update is wrong (an MSS at an odd
+/// offset, as above).
 #[test]
-fn set_mss_agrees_with_iptables_tcpmss_on_100_000_random_segments() {
+fn set_mss_agrees_with_iptables_tcpmss_on_random_segments() {
     let router = ForwardingPath::new();
     router.add_tcpmss(&["--set-mss", &CLAMP.to_string()]);
     let datapath = std::cell::RefCell::new(clamp_for_test_runs());
     let sent = std::cell::Cell::new(0u32);
     let odd_offsets = std::cell::Cell::new(0u32);
+    let cases = fuzz_cases();
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: 100_000,
+        cases,
         failure_persistence: None,
         ..ProptestConfig::default()
     });
@@ -578,7 +580,7 @@ fn set_mss_agrees_with_iptables_tcpmss_on_100_000_random_segments() {
         )
         .unwrap_or_else(|failure| panic!("{failure}"));
     println!(
-        "100,000 random segments agree; {} differ only in TCPMSS's checksum of an MSS at an odd offset",
+        "{cases} random segments agree; {} differ only in TCPMSS's checksum of an MSS at an odd offset",
         odd_offsets.get()
     );
 }
