@@ -272,6 +272,37 @@ fn path(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
+/// Forges `FORGED` SYNs with each granted address (IPv4, then IPv6) from
+/// `from` (a namespace and its interface) to the node's `bridge`, and
+/// asserts that none is steered to the service and each is counted as
+/// forged; `from_where` says where they came from, for failures.
+fn assert_forged_syns_are_dropped(
+    lab: &GrantLab,
+    netbpf: &NetbpfRun,
+    from: (&Netns, &str),
+    bridge: &str,
+    from_where: &str,
+) {
+    for (index, source, destination, port) in [
+        (0, "10.210.1.2", "10.210.1.1", 18188),
+        (1, "fd21::2", "fd21::1", 18189),
+    ] {
+        let before = counters(netbpf, index, ["steered", "forged"]);
+        lab.forge_syns(from, bridge, source, destination, port, 0);
+        let after = counters(netbpf, index, ["steered", "forged"]);
+        assert_eq!(
+            after[0], before[0],
+            "forged SYNs from {source} {from_where} were steered to the service (steered {} -> {})",
+            before[0], after[0]
+        );
+        assert_eq!(
+            after[1],
+            before[1] + FORGED,
+            "each counted as forged ({from_where})"
+        );
+    }
+}
+
 /// A counter of host service `index` (0: svc, 1: svc6) in netbpf's status.
 fn counter(netbpf: &NetbpfRun, index: usize, name: &str) -> u64 {
     let status = netbpf.status_json().unwrap();
@@ -325,32 +356,13 @@ fn syns_with_the_granted_address_forged_from_another_bridge_are_not_steered() {
     let lab = GrantLab::new();
     let netbpf = lab.start_netbpf();
     let stranger = default_interface(&lab.stranger);
-    for (index, source, destination, port) in [
-        (0, "10.210.1.2", "10.210.1.1", 18188),
-        (1, "fd21::2", "fd21::1", 18189),
-    ] {
-        let before = counters(&netbpf, index, ["steered", "forged"]);
-        lab.forge_syns(
-            (&lab.stranger, &stranger),
-            "backend",
-            source,
-            destination,
-            port,
-            0,
-        );
-        let after = counters(&netbpf, index, ["steered", "forged"]);
-        assert_eq!(
-            after[0], before[0],
-            "forged SYNs from {source} on the backend bridge were steered to the service \
-             (steered {} -> {})",
-            before[0], after[0]
-        );
-        assert_eq!(
-            after[1],
-            before[1] + FORGED,
-            "each counted as forged (arrived on the wrong bridge)"
-        );
-    }
+    assert_forged_syns_are_dropped(
+        &lab,
+        &netbpf,
+        (&lab.stranger, &stranger),
+        "backend",
+        "on another bridge",
+    );
     assert!(netbpf.stop().unwrap().success());
 }
 
@@ -365,27 +377,13 @@ fn syns_with_the_granted_address_from_a_dual_homed_containers_other_interface_ar
         .unwrap();
     address(&lab.other, &inside, "10.220.1.3/24", "fd22::3/64");
     let netbpf = lab.start_netbpf();
-    for (index, source, destination, port) in [
-        (0, "10.210.1.2", "10.210.1.1", 18188),
-        (1, "fd21::2", "fd21::1", 18189),
-    ] {
-        let before = counters(&netbpf, index, ["steered", "forged"]);
-        lab.forge_syns(
-            (&lab.other, &inside),
-            "backend",
-            source,
-            destination,
-            port,
-            0,
-        );
-        let after = counters(&netbpf, index, ["steered", "forged"]);
-        assert_eq!(
-            after[0], before[0],
-            "forged SYNs from {source} on the second interface were steered (steered {} -> {})",
-            before[0], after[0]
-        );
-        assert_eq!(after[1], before[1] + FORGED, "each counted as forged");
-    }
+    assert_forged_syns_are_dropped(
+        &lab,
+        &netbpf,
+        (&lab.other, &inside),
+        "backend",
+        "on a dual-homed container's other interface",
+    );
     assert!(netbpf.stop().unwrap().success());
 }
 
@@ -394,26 +392,13 @@ fn syns_with_the_granted_address_forged_on_the_granted_bridge_are_dropped_by_the
     let lab = GrantLab::new();
     let netbpf = lab.start_netbpf();
     let other = default_interface(&lab.other);
-    for (index, source, destination, port) in [
-        (0, "10.210.1.2", "10.210.1.1", 18188),
-        (1, "fd21::2", "fd21::1", 18189),
-    ] {
-        let before = counters(&netbpf, index, ["steered", "forged"]);
-        lab.forge_syns(
-            (&lab.other, &other),
-            "compose",
-            source,
-            destination,
-            port,
-            0,
-        );
-        let after = counters(&netbpf, index, ["steered", "forged"]);
-        assert_eq!(
-            after[0], before[0],
-            "forged SYNs from {source} were steered"
-        );
-        assert_eq!(after[1], before[1] + FORGED, "each counted as forged");
-    }
+    assert_forged_syns_are_dropped(
+        &lab,
+        &netbpf,
+        (&lab.other, &other),
+        "compose",
+        "through another port of the granted bridge",
+    );
     assert!(netbpf.stop().unwrap().success());
 }
 
