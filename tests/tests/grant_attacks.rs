@@ -637,3 +637,28 @@ fn a_local_user_listening_where_the_service_was_gets_none_of_its_connections() {
     assert!(table.contains("is not the owner (uid 0)"), "{table}");
     assert!(netbpf.stop().unwrap().success());
 }
+
+#[test]
+fn a_grant_whose_gateway_address_goes_is_withdrawn_at_once() {
+    let lab = GrantLab::new();
+    let netbpf = lab.start_netbpf();
+    // The node's address on the granted bridge goes: the node's own
+    // address event resolves the grant again, and it fails, saying why.
+    lab.node
+        .ip(&["addr", "del", "10.210.1.1/24", "dev", "compose"])
+        .unwrap();
+    let status = netbpf
+        .wait_for_status(Duration::from_secs(5), |status| {
+            status["scopes"][0]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("is not an address of the node"))
+        })
+        .unwrap();
+    assert!(
+        status["scopes"][0]["grants"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{status}"
+    );
+    assert!(netbpf.stop().unwrap().success());
+}

@@ -717,6 +717,11 @@ impl Agent {
                             self.interfaces.remove(index);
                             rewired |= self.withdraw_grants_through(*index);
                         }
+                        // The gateway a grant's connections go to may be
+                        // an address of it no more.
+                        LinkEvent::Readdressed(index) => {
+                            rewired |= self.withdraw_grants_through(*index);
+                        }
                     }
                     if let Err(error) = self.clamper.handle(&mut self.datapath, event) {
                         tracing::warn!(error = format!("{error:#}"), "MSS clamp not applied");

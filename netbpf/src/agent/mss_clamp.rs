@@ -86,6 +86,8 @@ impl MssClamper {
                 self.release(datapath, *index)?;
                 Ok(())
             }
+            // A clamp follows interfaces by name, whatever their addresses.
+            LinkEvent::Readdressed(_) => Ok(()),
         }
     }
 

@@ -1,5 +1,5 @@
 //! The network interfaces of a namespace, from rtnetlink: listed once,
-//! then watched as they come, change and go.
+//! then watched as they come, change, are addressed and go.
 
 use std::io;
 
@@ -34,15 +34,23 @@ pub enum LinkEvent {
     Present(Interface),
     /// The interface with this index is gone.
     Gone(u32),
+    /// An address of the interface with this index came or went.
+    Readdressed(u32),
 }
 
 /// Opens, in the calling thread's network namespace, a socket subscribed
-/// to interface changes, then lists the interfaces there. Subscribing
+/// to interface and address changes, then lists the interfaces there. Subscribing
 /// first means no interface falls between the list and the watch.
 pub fn subscribe_and_list() -> io::Result<(Socket, Vec<Interface>)> {
     let mut watch = Socket::new(NETLINK_ROUTE)?;
     watch.bind(&SocketAddr::new(0, 0))?;
-    watch.add_membership(libc::RTNLGRP_LINK)?;
+    for group in [
+        libc::RTNLGRP_LINK,
+        libc::RTNLGRP_IPV4_IFADDR,
+        libc::RTNLGRP_IPV6_IFADDR,
+    ] {
+        watch.add_membership(group)?;
+    }
     watch.set_non_blocking(true)?;
     Ok((watch, list()?))
 }
@@ -99,7 +107,7 @@ impl LinkWatcher {
     }
 }
 
-/// The change a route message tells, if it is about a link.
+/// The change a route message tells, if it is about a link or an address.
 fn event(message: &RouteNetlinkMessage) -> Option<LinkEvent> {
     match message {
         // Bridge-family messages speak of bridge ports (a port leaving its
@@ -111,6 +119,9 @@ fn event(message: &RouteNetlinkMessage) -> Option<LinkEvent> {
         }
         RouteNetlinkMessage::NewLink(link) => Some(LinkEvent::Present(interface(link))),
         RouteNetlinkMessage::DelLink(link) => Some(LinkEvent::Gone(link.header.index)),
+        RouteNetlinkMessage::NewAddress(address) | RouteNetlinkMessage::DelAddress(address) => {
+            Some(LinkEvent::Readdressed(address.header.index))
+        }
         _ => None,
     }
 }
