@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!  victim: forward localhost:8082 -> 10.77.0.1:8083, its own server on 127.0.0.1:8082
-//!  hog:    forward localhost:1024-9999 -> 10.77.0.1, binds 19,000 sockets
-//!          (the table holds 4,096 here)
+//!  hog:    forward localhost:1024-9999 -> 10.77.0.1, binds up to 19,000
+//!          sockets (the table holds 512 here)
 //!  target  10.77.0.1:8083 answers "forwarded away", beyond the victim's veth
 //! ```
 //!
@@ -17,17 +17,21 @@ use netbpf_testenv::{
     AgentOptions, AgentSetup, Cgroup, Netns, Process, Site, require_root, unique_name,
 };
 
-/// Capacity of the local-binds table in this test: what the hog can
-/// fill many times over within its 20,000 descriptors.
-const LOCAL_BINDS: u32 = 4096;
+/// Capacity of the local-binds table in this test: what the hog fills
+/// many times over within its descriptors, wherever the test runs.
+const LOCAL_BINDS: u32 = 512;
 
-/// Binds TCP and UDP ports of 127.0.0.1 until it holds 19,000 sockets (its
-/// descriptor limit is 20,000 here), says how many, and holds them.
-const HOG: &str = "import socket, time\n\
+/// Raises its descriptor limit as far as it may, binds TCP and UDP ports
+/// of 127.0.0.1 until it holds 19,000 sockets or nearly all it may, says
+/// how many, and holds them.
+const HOG: &str = "import resource, socket, time\n\
+                   _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n\
+                   resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n\
+                   most = min(19000, hard - 64)\n\
                    held = []\n\
                    for port in range(1024, 65536):\n    \
                    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):\n        \
-                   if len(held) < 19000:\n            \
+                   if len(held) < most:\n            \
                    s = socket.socket(socket.AF_INET, kind)\n            \
                    try:\n                s.bind(('127.0.0.1', port))\n                held.append(s)\n            \
                    except OSError:\n                s.close()\n\
@@ -128,7 +132,7 @@ fn a_scope_that_binds_every_port_leaves_another_scopes_own_service_alone() {
     let hog_forward = &status["scopes"][1]["forwards"][0];
     assert_eq!(status["scopes"][1]["scope"], "hog", "{status}");
     assert!(
-        hog_forward["unrecorded_binds"].as_u64().unwrap() >= 8_000,
+        hog_forward["unrecorded_binds"].as_u64().unwrap() >= 500,
         "the hog's binds beyond its 16 ports are counted: {status}"
     );
     assert!(netbpf.stop().unwrap().success());
