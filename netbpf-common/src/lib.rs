@@ -74,9 +74,6 @@ pub const MAX_SERVICE_ADDRESSES: u32 = 4096;
 pub const MAX_GRANTS: u32 = 16_384;
 /// Capacity of the table of scopes granted a host service.
 pub const MAX_SCOPE_GRANTS: u32 = 16_384;
-/// Words of the bitmap of ports some host service is reached at: one bit
-/// per TCP port.
-pub const SERVICE_PORT_WORDS: u32 = 65_536 / 64;
 
 /// [`Lookups::flags`]: some scope is keyed by a network namespace.
 pub const LOOKUP_NETNS_SCOPES: u32 = 1;
@@ -102,6 +99,10 @@ pub struct Lookups {
     /// local-binds table: binds beyond it are not recorded (and counted),
     /// so no scope fills the table for the others.
     pub local_binds_per_scope: u32,
+    /// One bit per port modulo 256, set for the ports host services are
+    /// reached at: a connect to any other port is ruled out without a
+    /// lookup, in the cache line this value is read from anyway.
+    pub service_ports: [u64; 4],
 }
 
 impl Lookups {
@@ -111,7 +112,23 @@ impl Lookups {
             cgroup_levels,
             flags,
             local_binds_per_scope,
+            service_ports: [0; 4],
         }
+    }
+
+    /// With `port` among the service ports.
+    #[must_use]
+    pub const fn with_service_port(mut self, port: u16) -> Self {
+        let bit = (port % 256) as usize;
+        self.service_ports[bit / 64] |= 1 << (bit % 64);
+        self
+    }
+
+    /// Whether `port` may be a port some host service is reached at.
+    #[must_use]
+    pub const fn may_be_service_port(&self, port: u16) -> bool {
+        let bit = (port % 256) as usize;
+        self.service_ports[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// What either `self` or `other` needs, within the larger limit.
@@ -122,11 +139,17 @@ impl Lookups {
         } else {
             other.local_binds_per_scope
         };
-        Self::new(
+        let mut union = Self::new(
             self.cgroup_levels | other.cgroup_levels,
             self.flags | other.flags,
             per_scope,
-        )
+        );
+        let mut word = 0;
+        while word < 4 {
+            union.service_ports[word] = self.service_ports[word] | other.service_ports[word];
+            word += 1;
+        }
+        union
     }
 }
 
@@ -515,7 +538,7 @@ const _: () = assert!(size_of::<DialedBySocket>() == 184);
 const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 48);
 const _: () = assert!(size_of::<ScopeEntry>() == 8);
-const _: () = assert!(size_of::<Lookups>() == 16);
+const _: () = assert!(size_of::<Lookups>() == 48);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);
 const _: () = assert!(size_of::<BindTarget>() == 24);
@@ -582,6 +605,19 @@ mod tests {
         // SAFETY: ForwardKey is repr(C) with no padding: 8 initialised bytes.
         let bytes: [u8; 8] = unsafe { core::mem::transmute(key) };
         assert_eq!(bytes, [1, 2, 3, 4, 17, 0x1f, 0x92, 0]);
+    }
+
+    #[test]
+    fn the_service_port_filter_rules_out_every_other_port_modulo_256() {
+        let lookups = Lookups::default().with_service_port(18188);
+        assert!(lookups.may_be_service_port(18188));
+        assert!(
+            lookups.may_be_service_port(18188 + 256),
+            "a collision, looked up"
+        );
+        assert!(!lookups.may_be_service_port(8082));
+        let both = lookups.union(Lookups::default().with_service_port(443));
+        assert!(both.may_be_service_port(443) && both.may_be_service_port(18188));
     }
 
     #[test]

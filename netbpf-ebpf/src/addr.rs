@@ -24,13 +24,25 @@ pub fn read_user(ctx: *const bpf_sock_addr, family: u16) -> SockAddr {
         } else {
             addr = read_ip6(addr_of!((*ctx).user_ip6).cast());
         }
-        #[expect(
-            clippy::cast_possible_truncation,
-            reason = "the port is the low 16 bits"
-        )]
-        let port = read_volatile(addr_of!((*ctx).user_port)) as u16;
-        SockAddr { addr, port, family }
+        SockAddr {
+            addr,
+            port: read_port(ctx),
+            family,
+        }
     }
+}
+
+/// The port of the user address of `ctx`, network order.
+#[inline(always)]
+pub fn read_port(ctx: *const bpf_sock_addr) -> u16 {
+    // SAFETY: `ctx` is the program's context; the field is in bounds.
+    let port = unsafe { read_volatile(addr_of!((*ctx).user_port)) };
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "the port is the low 16 bits"
+    )]
+    let port = port as u16;
+    port
 }
 
 /// An IPv6 address field of a context, read as four 4-byte loads: the

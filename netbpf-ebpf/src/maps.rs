@@ -11,7 +11,7 @@ use netbpf_common::{
     GrantPath, Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES,
     MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES,
     MAX_SCOPE_GRANTS, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats,
-    SERVICE_PORT_WORDS, ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
+    ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// Flags of every hash map here: entries are allocated as they are added
@@ -106,11 +106,6 @@ pub static ALIASED_ADDRS: HashMap<AliasedAddr, u8> =
 #[map]
 pub static HOST_SERVICES: HashMap<ServiceKey, u32> =
     HashMap::with_max_entries(MAX_SERVICE_ADDRESSES, ON_DEMAND);
-
-/// One bit per TCP port some host service is reached at: the quick test
-/// of a connect, before `HOST_SERVICES` is looked up.
-#[map]
-pub static SERVICE_PORTS: Array<u64> = Array::with_max_entries(SERVICE_PORT_WORDS, 0);
 
 /// (service, container address) allowed to reach the service -> where
 /// that container's packets arrive on the node.

@@ -316,8 +316,6 @@ impl Agent {
         let cgroup_root = agent.node.cgroup_root.clone();
         let plan = &agent.plan;
         agent.datapath.attach(&cgroup_root, || {
-            // Without them netbpf still runs: those services are forwarded
-            // until they bind again, as if they had started after netbpf.
             forwarded_binds(plan, existing_binds::find(&scopes))
         })?;
         agent.datapath.prune_links("cgroup-");
@@ -696,8 +694,10 @@ impl Agent {
         );
     }
 
-    /// Applies interface changes to the MSS clamps. A change that cannot
-    /// be applied is logged: the rest of the datapath runs on.
+    /// Applies interface and address changes to the MSS clamps, to the
+    /// grants whose packets come through those interfaces, and to the
+    /// grant guard. A change that cannot be applied is logged: the rest of
+    /// the datapath runs on.
     fn follow_links(&mut self, events: io::Result<Vec<LinkEvent>>) {
         // Whether containers' networks may have changed under their grants.
         let mut rewired = false;
@@ -1246,7 +1246,7 @@ impl Agent {
 fn forwarded_binds(plan: &Plan, found: io::Result<Vec<BoundSocket>>) -> Vec<BoundSocket> {
     match found {
         Ok(mut sockets) => {
-            sockets.retain(|socket| plan.forwards(socket.key));
+            sockets.retain(|socket| plan.forwards_port(socket.key));
             sockets
         }
         Err(error) => {

@@ -262,14 +262,9 @@ impl Datapath {
         )?;
         self.sync("BIND_REMAPS", &old.binds, &new.binds)?;
         // A service appears once its grants are in place, so that granted
-        // scopes are never refused; the ports of both plans are checked
-        // while services come and go, so that nobody else slips through.
-        let (old_ports, new_ports) = (old.service_port_words(), new.service_port_words());
-        let mut both_ports = old_ports.clone();
-        for (&word, &bits) in &new_ports {
-            *both_ports.entry(word).or_insert(0) |= bits;
-        }
-        self.set_service_ports(&old_ports, &both_ports)?;
+        // scopes are never refused; the service ports of both plans are
+        // checked (the lookups' union, above) while services come and go,
+        // so that nobody else slips through.
         self.sync("GRANTS", &old.grants, &new.grants)?;
         self.sync(
             "SCOPE_GRANTS",
@@ -277,7 +272,6 @@ impl Datapath {
             &present(&new.scope_grants),
         )?;
         self.sync("HOST_SERVICES", &old.services, &new.services)?;
-        self.set_service_ports(&both_ports, &new_ports)?;
         self.sync("CGROUP_SCOPES", &cgroup_scopes, &new.cgroup_scopes)?;
         self.sync("NETNS_SCOPES", &netns_scopes, &new.netns_scopes)?;
         self.set_lookups(new.lookups())
@@ -306,27 +300,6 @@ impl Datapath {
             |map, key, target| map.insert(key, target, 0),
             LpmTrie::remove,
         )
-    }
-
-    /// Makes the bitmap of service ports go from `old`'s words to `new`'s.
-    fn set_service_ports(
-        &mut self,
-        old: &BTreeMap<u32, u64>,
-        new: &BTreeMap<u32, u64>,
-    ) -> Result<(), DatapathError> {
-        let mut map: Array<_, u64> = self.map_mut("SERVICE_PORTS")?;
-        let cleared = old
-            .keys()
-            .filter(|word| !new.contains_key(word))
-            .map(|&word| (word, 0));
-        let changed = new
-            .iter()
-            .filter(|(word, bits)| old.get(word) != Some(bits))
-            .map(|(&word, &bits)| (word, bits));
-        for (word, bits) in changed.chain(cleared) {
-            map.set(word, bits, 0).map_err(map_error("SERVICE_PORTS"))?;
-        }
-        Ok(())
     }
 
     /// Tells the programs which lookups they need.

@@ -416,13 +416,16 @@ impl Plan {
         if !self.services.is_empty() {
             flags |= LOOKUP_HOST_SERVICES;
         }
-        Lookups::new(levels, flags, self.local_binds_per_scope)
+        self.services.keys().filter(|key| key.port != 0).fold(
+            Lookups::new(levels, flags, self.local_binds_per_scope),
+            |lookups, key| lookups.with_service_port(key.port),
+        )
     }
 
     /// Whether `key` (a scope's localhost port) is forwarded: the ports
     /// whose binds inside the scope the local-binds table records.
     #[must_use]
-    pub fn forwards(&self, key: ScopePort) -> bool {
+    pub fn forwards_port(&self, key: ScopePort) -> bool {
         if let Some(target) = self.forward_ports.get(&key) {
             return !target.is_own_service();
         }
@@ -479,17 +482,6 @@ impl Plan {
         }
         let per_scope = usize::try_from(per_scope).unwrap_or(usize::MAX);
         forwarded.values().map(|&ports| ports.min(per_scope)).sum()
-    }
-
-    /// The ports host services are reached at, as the words of the
-    /// programs' bitmap (word index -> its bits), non-zero words only.
-    #[must_use]
-    pub fn service_port_words(&self) -> BTreeMap<u32, u64> {
-        let mut words = BTreeMap::new();
-        for key in self.services.keys().filter(|key| key.port != 0) {
-            *words.entry(u32::from(key.port / 64)).or_insert(0) |= 1u64 << (key.port % 64);
-        }
-        words
     }
 
     /// Adds `other`'s entries to this plan.

@@ -293,7 +293,7 @@ fn each_scope_reserves_its_forwarded_ports_in_the_local_binds_table_up_to_a_limi
         (8082, PROTO_TCP, false),
     ] {
         assert_eq!(
-            plan.forwards(ScopePort::new(id, port, protocol)),
+            plan.forwards_port(ScopePort::new(id, port, protocol)),
             forwarded,
             "{protocol}/{port}"
         );
