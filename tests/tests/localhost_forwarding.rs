@@ -374,10 +374,33 @@ fn a_network_namespace_scope_matches_by_netns_cookie() {
         setup.probe(Place::Desktop, &["tcp", "::1", "8082"])["data"],
         "bridge"
     );
+    // A process below the same cgroup root in another namespace is not
+    // the scope's: its localhost is its own, where nothing listens.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
+    let elsewhere = setup
+        .topology
+        .spawn(
+            Place::DockerHost,
+            "python3",
+            &[script.to_str().unwrap(), "tcp", "127.0.0.1", "8082"],
+        )
+        .unwrap()
+        .output(TIMEOUT)
+        .unwrap();
+    let said = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        !elsewhere.status.success() && said.contains("ConnectionRefusedError"),
+        "another namespace's localhost:8082 was forwarded: {}{said}",
+        String::from_utf8_lossy(&elsewhere.stdout)
+    );
     let status = setup.netbpf.status_json().unwrap();
     assert!(
         status["scopes"][0]["netns_cookie"].as_u64().unwrap() > 0,
         "{status}"
+    );
+    assert_eq!(
+        status["scopes"][0]["forwards"][0]["connects"], 2,
+        "the two connects of the namespace, and no other: {status}"
     );
 }
 

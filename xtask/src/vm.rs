@@ -16,6 +16,7 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -40,7 +41,20 @@ pub const MATRIX: [&str; 3] = ["6.1", "6.12", HOST];
 /// through the older verifier and a clsact qdisc) and the agent's start
 /// (its probes, its policy directory). A few minutes; the whole matrix is
 /// `--kernels all`.
-pub const CI_SUBSET: (&str, [&str; 3]) = ("6.1", ["lifecycle", "mss_differential", "agent"]);
+pub const CI_SUBSET: (&str, [&str; 5]) = (
+    "6.1",
+    [
+        "lifecycle",
+        "mss_differential",
+        "agent",
+        "restart",
+        "host_services",
+    ],
+);
+
+/// How long a guest may run before it is killed: a hung guest must not
+/// hang CI. The whole matrix of one kernel takes about half of it.
+const GUEST_LIMIT: Duration = Duration::from_mins(45);
 
 /// virtme-ng, pinned.
 const VIRTME_NG: &str = "virtme-ng==1.42";
@@ -344,7 +358,10 @@ fn boot(vng: &Path, vmlinuz: &Path, script: &Path, out: &Path) -> anyhow::Result
         )),
     )?;
     let console = fs::File::create(out.join("console.log"))?;
-    Command::new(vng.join("bin/vng"))
+    let limit = GUEST_LIMIT.as_secs().to_string();
+    let ran = Command::new("timeout")
+        .args(["--kill-after=30", &limit])
+        .arg(vng.join("bin/vng"))
         .arg("--run")
         .arg(vmlinuz)
         .args([
@@ -371,6 +388,13 @@ fn boot(vng: &Path, vmlinuz: &Path, script: &Path, out: &Path) -> anyhow::Result
         .stderr(console)
         .status()
         .with_context(|| format!("starting {}", vng.join("bin/vng").display()))?;
+    // timeout(1) says 124 when it stopped the guest (137 when it killed it).
+    anyhow::ensure!(
+        !matches!(ran.code(), Some(124 | 137)),
+        "the guest ran past {} minutes and was stopped: see {}",
+        GUEST_LIMIT.as_secs() / 60,
+        out.join("console.log").display()
+    );
     Ok(())
 }
 
