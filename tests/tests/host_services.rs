@@ -327,7 +327,14 @@ fn a_granted_container_reaches_an_ssh_tunnel_bound_to_the_nodes_loopback() {
         node.tunnel.as_ref().map(|ssh| u64::from(ssh.id())),
         "{status}"
     );
-    assert!(gpu["steered"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(
+        gpu["steered"], 1,
+        "the granted container's one connection: {status}"
+    );
+    assert_eq!(
+        status["host_services"][1]["steered"], 1,
+        "and its one on IPv6: {status}"
+    );
     assert_eq!(
         gpu["borrowed"], 2,
         "the other container and the GPU box, in no scope granted it, refused at connect(): {status}"
@@ -481,9 +488,9 @@ fn a_container_that_forges_a_granted_address_does_not_reach_the_service() {
     let (code, body) = forged("http://10.210.1.1:18188/");
     assert_ne!(code, 0, "the forger reached the service: {body}");
     let status = netbpf.status_json().unwrap();
-    assert!(
-        status["host_services"][0]["borrowed"].as_u64().unwrap() >= 1,
-        "{status}"
+    assert_eq!(
+        status["host_services"][0]["borrowed"], 1,
+        "the forger's one connection: {status}"
     );
     assert_eq!(
         status["grant_guard"].as_array().unwrap().len(),
