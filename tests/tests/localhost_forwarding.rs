@@ -433,6 +433,13 @@ fn a_listener_bound_before_netbpf_started_is_left_alone_too() {
         .stop(nix::sys::signal::Signal::SIGTERM, TIMEOUT)
         .unwrap();
     setup.assert_eventually_answers(7003, "bridge-7003");
+    // The port it held is the scope's again to take: a service that binds
+    // it now, through the bind hooks, is left alone too.
+    let _again = setup
+        .topology
+        .start_tcp_banner(Place::Desktop, "127.0.0.1", 7003, "local-again")
+        .unwrap();
+    setup.assert_eventually_answers(7003, "local-again");
 }
 
 #[test]

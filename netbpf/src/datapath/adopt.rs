@@ -133,7 +133,7 @@ impl Datapath {
     }
 
     /// What the programs were told last (nothing, in new maps).
-    fn lookups(&self) -> Result<Lookups, DatapathError> {
+    pub(super) fn lookups(&self) -> Result<Lookups, DatapathError> {
         let map: Array<_, Lookups> = self.map("LOOKUPS")?;
         map.get(&0, 0).map_err(map_error("LOOKUPS"))
     }

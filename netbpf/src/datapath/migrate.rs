@@ -26,8 +26,9 @@ const SK_STORAGE: u32 = 24;
 const PER_CPU: [u32; 3] = [5, 6, 10];
 /// `BPF_MAP_TYPE_PERCPU_ARRAY`: netbpf's counters, all `u64` fields.
 const COUNTERS: u32 = 6;
-/// Maps counted again from the sockets open when the new agent starts.
-const RECOUNTED: &[&str] = &["LOCAL_BINDS"];
+/// Maps counted again from the sockets open when the new agent starts:
+/// the local binds, and each scope's share of them.
+const RECOUNTED: &[&str] = &["LOCAL_BINDS", "SCOPE_LOCAL_BINDS"];
 
 /// What became of one map of the old layout.
 #[derive(Debug, Clone, PartialEq, Eq)]

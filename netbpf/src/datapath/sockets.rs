@@ -470,11 +470,16 @@ impl Datapath {
                 continue;
             }
             if self.mark_bound(&duplicate, socket.key)? {
-                if let Err(error) = self.count_local_binds([socket.key], 1) {
-                    self.unmark_bound(&duplicate);
-                    return Err(error);
+                match self.count_local_bind(socket.key) {
+                    Ok(true) => counted += 1,
+                    // Over the scope's limit: left to be forwarded, as the
+                    // bind hooks would have.
+                    Ok(false) => self.unmark_bound(&duplicate),
+                    Err(error) => {
+                        self.unmark_bound(&duplicate);
+                        return Err(error);
+                    }
                 }
-                counted += 1;
             }
             held.push(duplicate);
         }
@@ -508,26 +513,37 @@ impl Datapath {
         }
     }
 
-    /// Adds `delta` to the local-binds count of each of `keys`; a count
-    /// that reaches zero leaves the map. Userspace cannot add atomically: a
-    /// bind of the same scope and port in between is lost (binds are rare,
-    /// ports per scope few).
-    fn count_local_binds(
-        &mut self,
-        keys: impl IntoIterator<Item = ScopePort>,
-        delta: i64,
-    ) -> Result<(), DatapathError> {
+    /// Adds one to the local-binds count of `key`, as the bind hooks do:
+    /// the first socket on a port takes one of the scope's ports in
+    /// `SCOPE_LOCAL_BINDS`, within the per-scope limit (whose release hook
+    /// gives it back); false when the scope holds its limit already.
+    /// Userspace cannot add atomically: a bind of the same scope and port
+    /// in between is lost (binds are rare, ports per scope few).
+    fn count_local_bind(&mut self, key: ScopePort) -> Result<bool, DatapathError> {
         let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
-        for key in keys {
-            let count = i64::from(counts.get(&key, 0).unwrap_or(0)) + delta;
-            match u32::try_from(count) {
-                Ok(count) if count > 0 => counts
-                    .insert(key, count, 0)
-                    .map_err(map_error("LOCAL_BINDS"))?,
-                _ => forgiving(counts.remove(&key)).map_err(map_error("LOCAL_BINDS"))?,
-            }
+        if let Ok(count) = counts.get(&key, 0) {
+            counts
+                .insert(key, count + 1, 0)
+                .map_err(map_error("LOCAL_BINDS"))?;
+            return Ok(true);
         }
-        Ok(())
+        let limit = self.lookups()?.local_binds_per_scope;
+        let mut held: Array<_, u32> = self.map_mut("SCOPE_LOCAL_BINDS")?;
+        let ports = held
+            .get(&key.scope, 0)
+            .map_err(map_error("SCOPE_LOCAL_BINDS"))?;
+        if ports >= limit {
+            return Ok(false);
+        }
+        held.set(key.scope, ports + 1, 0)
+            .map_err(map_error("SCOPE_LOCAL_BINDS"))?;
+        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
+        if let Err(error) = counts.insert(key, 1, 0) {
+            let mut held: Array<_, u32> = self.map_mut("SCOPE_LOCAL_BINDS")?;
+            let _ = held.set(key.scope, ports, 0);
+            return Err(map_error("LOCAL_BINDS")(error));
+        }
+        Ok(true)
     }
 
     /// The counters of rule `rule`, summed over CPUs.
