@@ -102,9 +102,7 @@ fn record_bind(sk: *mut bpf_sock, family: u16) {
 /// full, or the port would be one more than the scope may hold.
 #[inline(always)]
 fn count_bind(key: ScopePort) -> bool {
-    if let Some(count) = LOCAL_BINDS.get_ptr_mut(key) {
-        // SAFETY: `count` points at a live, aligned u32 map value.
-        unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1) };
+    if add_to_count(key) {
         return true;
     }
     // The first socket on the port: one more port of the scope's.
@@ -125,14 +123,18 @@ fn count_bind(key: ScopePort) -> bool {
     // SAFETY: as above; adding u32::MAX subtracts one.
     unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(held, u32::MAX) };
     // A sibling on the same port recorded it meanwhile: counted with it.
-    match LOCAL_BINDS.get_ptr_mut(key) {
-        // SAFETY: `count` points at a live, aligned u32 map value.
-        Some(count) => unsafe {
-            atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1);
-            true
-        },
-        None => false,
-    }
+    add_to_count(key)
+}
+
+/// Adds one to the count of `key`, if `LOCAL_BINDS` holds it.
+#[inline(always)]
+fn add_to_count(key: ScopePort) -> bool {
+    let Some(count) = LOCAL_BINDS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: `count` points at a live, aligned u32 map value.
+    unsafe { atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(count, 1) };
+    true
 }
 
 #[inline(always)]
