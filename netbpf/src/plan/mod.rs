@@ -430,9 +430,7 @@ impl Plan {
             return !target.is_own_service();
         }
         self.forwards.keys().any(|&(prefix_len, prefix)| {
-            let port_bits = prefix_len
-                .saturating_sub(FORWARD_KEY_PORT_OFFSET_BITS)
-                .min(16);
+            let port_bits = port_bits(prefix_len);
             // The port bits the prefix does not fix are shifted out.
             let differing = (u16::from_be_bytes(prefix.port) ^ key.port)
                 .checked_shr(16 - port_bits)
@@ -473,9 +471,7 @@ impl Plan {
             }
         }
         for &(prefix_len, prefix) in self.forwards.keys() {
-            let port_bits = prefix_len
-                .saturating_sub(FORWARD_KEY_PORT_OFFSET_BITS)
-                .min(16);
+            let port_bits = port_bits(prefix_len);
             *forwarded
                 .entry(u32::from_be_bytes(prefix.scope))
                 .or_default() += 1usize << (16 - port_bits);
@@ -569,6 +565,14 @@ impl Plan {
                 .insert(GrantKey::new(service, addr, family), path);
         }
     }
+}
+
+/// How many bits of the port a forward trie prefix of `prefix_len` bits
+/// fixes.
+fn port_bits(prefix_len: u32) -> u32 {
+    prefix_len
+        .saturating_sub(FORWARD_KEY_PORT_OFFSET_BITS)
+        .min(16)
 }
 
 /// An address as the kernel programs store it: network-order words, IPv4
