@@ -41,16 +41,10 @@ pub const MATRIX: [&str; 3] = ["6.1", "6.12", HOST];
 /// through the older verifier and a clsact qdisc) and the agent's start
 /// (its probes, its policy directory). A few minutes; the whole matrix is
 /// `--kernels all`.
-pub const CI_SUBSET: (&str, [&str; 5]) = (
-    "6.1",
-    [
-        "lifecycle",
-        "mss_differential",
-        "agent",
-        "restart",
-        "host_services",
-    ],
-);
+/// (`host_services` is not among them yet: in the emulated guest its
+/// OpenSSH tunnel is sometimes reset during the key exchange.)
+pub const CI_SUBSET: (&str, [&str; 4]) =
+    ("6.1", ["lifecycle", "mss_differential", "agent", "restart"]);
 
 /// How long a guest may run before it is killed: a hung guest must not
 /// hang CI. The whole matrix of one kernel takes about half of it.
