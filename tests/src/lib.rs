@@ -17,6 +17,7 @@ mod docker_node;
 mod doctor;
 mod images;
 pub mod kernel;
+mod kernel_maps;
 mod metrics;
 mod netns;
 pub mod packet;
@@ -36,6 +37,7 @@ pub use self::{
     docker_node::{DockerNode, NODE_BRIDGE, NODE_IMAGE, NODE_PUBLISHED},
     doctor::{doctor, doctor_config, findings, proposed_policy},
     images::{busybox_rootfs, ensure_podman_image, ensure_podman_infra_image},
+    kernel_maps::{KernelMaps, cgroup_id},
     metrics::Scrape,
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},

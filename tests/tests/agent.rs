@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, Place, applied, require_root,
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, KernelMaps, Place, Site, applied,
+    cgroup_id, require_root,
 };
 
 /// A policy forwarding the desktop's localhost:8082 to `port` on the
@@ -21,16 +22,17 @@ fn forward_to(topology: &DesktopTopology, port: u16) -> String {
     )
 }
 
-/// What the desktop gets at localhost:8082. The server closes after its
+/// What the desktop gets at localhost:8082.
+fn banner(topology: &DesktopTopology) -> String {
+    banner_at(topology.site(Place::Desktop))
+}
+
+/// What `site` gets at localhost:8082. The server closes after its
 /// banner, so the idle timeout is a ceiling only: in a kernel VM without
 /// KVM, forking the server's `echo` took longer than 3 s.
-fn banner(topology: &DesktopTopology) -> String {
-    let output = topology
-        .spawn(
-            Place::Desktop,
-            "socat",
-            &["-T", "20", "-", "TCP:127.0.0.1:8082"],
-        )
+fn banner_at(site: Site) -> String {
+    let output = site
+        .spawn("socat", &["-T", "20", "-", "TCP:127.0.0.1:8082"])
         .unwrap()
         .output(Duration::from_secs(30))
         .unwrap();
@@ -139,12 +141,16 @@ fn scopes_for(topology: &DesktopTopology, names: &[&str]) -> String {
 
 /// The scopes map holds two; the policy goes from cgroups a and b to b and
 /// c in one update. c's entry is written while a's still holds its place:
-/// the update makes room rather than fail the whole node.
+/// the update makes room rather than fail the whole node. The kernel's map
+/// then holds b's and c's entries, and c's connections are forwarded.
 #[test]
 fn a_full_map_takes_a_replacement_in_one_update() {
     require_root();
     let topology = DesktopTopology::new().unwrap();
-    let _cgroups: Vec<_> = ["a", "b", "c"]
+    let _server = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9001, "forwarded")
+        .unwrap();
+    let cgroups: Vec<_> = ["a", "b", "c"]
         .iter()
         .map(|name| topology.root.child(name).unwrap())
         .collect();
@@ -164,6 +170,21 @@ fn a_full_map_takes_a_replacement_in_one_update() {
         .start("agent")
         .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(applied(&agent.status_json().unwrap()), ["a/a", "b/b"]);
+    let maps = KernelMaps::of(&agent).unwrap();
+    let scoped = |names: &[usize]| {
+        let mut ids: Vec<u64> = names
+            .iter()
+            .map(|&index| cgroup_id(cgroups[index].path()).unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    assert_eq!(maps.cgroup_keys("CGROUP_SCOPES").unwrap(), scoped(&[0, 1]));
+    let site = |index: usize| Site {
+        cgroup: &cgroups[index],
+        netns: &topology.desktop_ns,
+    };
+    assert_eq!(banner_at(site(2)), "", "c is no scope yet");
 
     save(&setup, "scopes.toml", &scopes_for(&topology, &["b", "c"]));
     let status = agent
@@ -173,5 +194,16 @@ fn a_full_map_takes_a_replacement_in_one_update() {
         .unwrap();
     assert!(status["last_reload"]["error"].is_null(), "{status}");
     assert_eq!(applied(&status), ["b/b", "c/c"], "{status}");
+    assert_eq!(
+        maps.cgroup_keys("CGROUP_SCOPES").unwrap(),
+        scoped(&[1, 2]),
+        "the kernel's scopes map holds b and c, a's entry gone"
+    );
+    assert_eq!(
+        banner_at(site(2)),
+        "forwarded",
+        "c's connection is forwarded"
+    );
+    assert_eq!(banner_at(site(0)), "", "a's is not");
     assert!(agent.stop().unwrap().success());
 }

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, Cgroup, Containerd, DockerNode, NODE_PUBLISHED, NetbpfRun, Site,
-    applied, require_root, unique_name,
+    AgentOptions, AgentSetup, Cgroup, Containerd, DockerNode, KernelMaps, NODE_PUBLISHED,
+    NetbpfRun, Site, applied, require_root, unique_name,
 };
 
 /// Restarts the agent: it knows the containers by name before it touches
@@ -94,6 +94,8 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
             applied(status).len() == 22
         })
         .unwrap();
+    let maps = KernelMaps::of(&agent).unwrap();
+    assert_eq!(maps.entries("CGROUP_SCOPES").unwrap(), 22);
     eprintln!(
         "delay from a container's cgroup to its scope in the maps: p50 {} us, p99 {} us over {} cgroups",
         status["discovery"]["delay_p50_us"],
@@ -138,6 +140,9 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
             status["scopes"].as_array().is_some_and(Vec::is_empty)
         })
         .unwrap();
+    for map in ["CGROUP_SCOPES", "FORWARD_PORTS", "FORWARDS", "LOCAL_BINDS"] {
+        assert_eq!(maps.entries(map).unwrap(), 0, "{map} in the kernel");
+    }
     assert!(agent.stop().unwrap().success());
 }
 
@@ -229,7 +234,11 @@ fn a_granted_container_moved_to_another_network_keeps_its_host_service() {
             "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.213.9.1 18191",
         ])
         .map(|answer| answer.lines().last().unwrap_or_default().trim().to_owned());
-    assert!(moved.is_err(), "the tunnel answered for metrics: {moved:?}");
+    let refused = moved.expect_err("the tunnel answered for metrics");
+    assert!(
+        format!("{refused:#}").contains("Connection refused"),
+        "{refused:#}"
+    );
     assert_eq!(node.get("granted-1", "10.213.9.1", 18190), "tunnel");
     assert!(agent.stop().unwrap().success());
 }

@@ -4,11 +4,11 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{collections::BTreeSet, path::Path, process::Command};
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Site, bpftool_json, netbpf_binary, require_root,
-    run_checked,
+    BRIDGE_V4, DesktopTopology, KernelMaps, NetbpfRun, Place, Site, bpftool_json, cgroup_id,
+    netbpf_binary, require_root, run_checked,
 };
 
 fn topology() -> DesktopTopology {
@@ -166,6 +166,7 @@ fn leaves_no_program_link_or_pin_after_it_exits() {
         "every program is attached by a bpf link"
     );
     let run_dir = netbpf.run_dir().to_owned();
+    let maps = KernelMaps::of(&netbpf).unwrap();
 
     assert!(netbpf.stop().unwrap().success(), "SIGTERM is a clean exit");
     assert_eq!(
@@ -190,10 +191,14 @@ fn leaves_no_program_link_or_pin_after_it_exits() {
         "run directory {} left behind",
         run_dir.display()
     );
-    if Path::new("/sys/fs/bpf").exists() {
-        let pins = run_checked("find", ["/sys/fs/bpf", "-name", "netbpf*"]).unwrap();
-        assert!(pins.trim().is_empty(), "pins left: {pins}");
-    }
+    // A pin (or any other reference) would keep a map in the kernel.
+    assert_eq!(
+        maps.remaining(Duration::from_secs(5)).unwrap(),
+        Vec::<String>::new(),
+        "maps left in the kernel"
+    );
+    let pins = run_checked("find", ["/sys/fs/bpf", "-name", "netbpf*"]).unwrap();
+    assert!(pins.trim().is_empty(), "pins left: {pins}");
 }
 
 #[test]
@@ -310,14 +315,20 @@ fn a_scope_applies_to_a_cgroup_that_appears_after_netbpf_started_and_leaves_with
         status["scopes"][0]["forwards"][0]["connects"], 1,
         "{status}"
     );
-    assert!(
-        status["discovery"]["delays_measured"].as_u64().unwrap() >= 1,
-        "{status}"
+    assert_eq!(status["discovery"]["delays_measured"], 1, "{status}");
+    let maps = KernelMaps::of(&netbpf).unwrap();
+    assert_eq!(
+        maps.cgroup_keys("CGROUP_SCOPES").unwrap(),
+        [cgroup_id(later.path()).unwrap()]
     );
+    assert_eq!(maps.entries("FORWARD_PORTS").unwrap(), 1);
 
     // Gone: nothing of it stays in the maps.
     drop(later);
     wait_for_instances(&netbpf, 0);
+    for map in ["CGROUP_SCOPES", "FORWARD_PORTS", "FORWARDS"] {
+        assert_eq!(maps.entries(map).unwrap(), 0, "{map} in the kernel");
+    }
     assert!(netbpf.stop().unwrap().success());
 }
 

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Scrape, netbpf_binary, require_root,
+    BRIDGE_V4, DesktopTopology, KernelMaps, NetbpfRun, Place, Scrape, netbpf_binary, require_root,
 };
 
 /// A loopback address with a port nobody listens on now.
@@ -79,11 +79,13 @@ fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
         );
     }
     let after = Scrape::fetch(address, None).unwrap();
-    assert!(
-        after.count("netbpf_rule_connects_total", &forward) >= 3,
+    assert_eq!(
+        after.count("netbpf_rule_connects_total", &forward),
+        3,
         "{}",
         after.text
     );
+    assert_map_entries_are_the_kernels(&after, &KernelMaps::of(&netbpf).unwrap());
 
     // A good reload and a bad one: both counted, the bad one as an error.
     netbpf.reload().unwrap();
@@ -101,19 +103,49 @@ fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
     }
     assert_eq!(scrape.count("netbpf_policy_reloads_total", &[]), 2);
     assert_eq!(scrape.count("netbpf_policy_reload_errors_total", &[]), 1);
-    assert!(
-        scrape.count("netbpf_discovery_delay_seconds_count", &[]) >= 1,
+    assert_eq!(
+        scrape.count("netbpf_discovery_delay_seconds_count", &[]),
+        1,
         "{}",
         scrape.text
     );
     // Counters never go back: the running policy stayed.
-    assert!(scrape.count("netbpf_rule_connects_total", &forward) >= 3);
+    assert_eq!(scrape.count("netbpf_rule_connects_total", &forward), 3);
 
     assert_json_log(&netbpf.log());
 }
 
-/// The log, written to a file: one JSON object per line, no colours, the
-/// scope's application and the refused reload among its events.
+/// The maps the agent reports filled hold, in the kernel, exactly the
+/// entries it says; a map of a program not loaded (the grants of
+/// `sk_lookup`, loaded only for host services) is reported empty.
+fn assert_map_entries_are_the_kernels(scrape: &Scrape, maps: &KernelMaps) {
+    for map in [
+        "CGROUP_SCOPES",
+        "NETNS_SCOPES",
+        "FORWARD_PORTS",
+        "FORWARDS",
+        "ALIASES",
+        "BIND_REMAPS",
+        "GRANTS",
+        "SCOPE_GRANTS",
+        "HOST_SERVICES",
+    ] {
+        let held = if maps.has(map) {
+            maps.entries(map).unwrap()
+        } else {
+            0
+        };
+        assert_eq!(
+            scrape.count("netbpf_map_entries", &[("map", map)]),
+            u64::try_from(held).unwrap(),
+            "netbpf_map_entries of {map} against the kernel's map"
+        );
+    }
+}
+
+/// The log, written to a file: one JSON object per line and nothing else,
+/// no colours, the scope's application and the refused reload among its
+/// events.
 fn assert_json_log(log: &str) {
     assert!(
         !log.contains('\u{1b}'),
@@ -121,9 +153,15 @@ fn assert_json_log(log: &str) {
     );
     let events: Vec<serde_json::Value> = log
         .lines()
-        .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}")))
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|error| panic!("a log line that is no JSON ({error}): {line}"))
+        })
         .collect();
+    assert!(
+        events.iter().all(serde_json::Value::is_object),
+        "a log line that is no object:\n{log}"
+    );
     let applied = events
         .iter()
         .find(|event| event["message"] == "scope instance applied")

@@ -1,6 +1,8 @@
 //! What `run` and `agent` share: start the agent, serve its control
 //! socket until SIGINT or SIGTERM, then stop.
 
+use std::io::IsTerminal as _;
+
 use anyhow::Context as _;
 
 use crate::{
@@ -71,8 +73,20 @@ pub fn serve(
         // What outlives this agent is kept for the next one.
         pins.map(|_| run_dir.join("described.json")),
     )?;
-    print!("{}", agent.status()?.render());
-    tracing::info!(run_dir = %run_dir.display(), "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it");
+    let status = agent.status()?;
+    // The table is for a person at a terminal; a log collector reading
+    // stdout and stderr together gets only log events.
+    if std::io::stdout().is_terminal() {
+        print!("{}", status.render());
+    }
+    tracing::info!(
+        version = %status.version,
+        map_layout = status.map_layout,
+        pinned = status.pinned.as_ref().map(|dir| dir.display().to_string()),
+        programs = status.programs.len(),
+        run_dir = %run_dir.display(),
+        "netbpf is running; SIGHUP reloads the policy, SIGINT or SIGTERM stops it"
+    );
     if let Some(address) = serving.metrics {
         tracing::info!(%address, "serving Prometheus metrics on GET /metrics");
     }
