@@ -17,15 +17,16 @@ use crate::{NetbpfRun, bpftool_json};
 /// The kernel keeps 15 characters of a map's name.
 const NAME_LEN: usize = 15;
 
-/// netbpf's maps in the kernel: name -> map id.
+/// netbpf's maps in the kernel: name -> map id and capacity.
 pub struct KernelMaps {
     ids: BTreeMap<String, u64>,
+    capacities: BTreeMap<String, u64>,
 }
 
 impl KernelMaps {
     /// The maps of the programs `netbpf` reports loaded.
     pub fn of(netbpf: &NetbpfRun) -> anyhow::Result<Self> {
-        let mut ids = BTreeMap::new();
+        let (mut ids, mut capacities) = (BTreeMap::new(), BTreeMap::new());
         for program in netbpf.programs()?.values() {
             let shown = bpftool_json(&["prog", "show", "id", &program.to_string()])?;
             for map in shown["map_ids"].as_array().into_iter().flatten() {
@@ -33,15 +34,25 @@ impl KernelMaps {
                 let map = bpftool_json(&["map", "show", "id", &id.to_string()])?;
                 let name = map["name"].as_str().context("a map has a name")?;
                 ids.insert(name.to_owned(), id);
+                let capacity = map["max_entries"].as_u64().context("a map has a size")?;
+                capacities.insert(name.to_owned(), capacity);
             }
         }
-        Ok(Self { ids })
+        Ok(Self { ids, capacities })
     }
 
     /// Whether the programs use map `name` (as netbpf names it).
     #[must_use]
     pub fn has(&self, name: &str) -> bool {
         self.ids.contains_key(short_name(name))
+    }
+
+    /// How many entries map `name` can hold (its `max_entries`).
+    pub fn capacity(&self, name: &str) -> anyhow::Result<u64> {
+        self.capacities
+            .get(short_name(name))
+            .copied()
+            .with_context(|| format!("no map {name} among {:?}", self.ids.keys()))
     }
 
     /// The keys of map `name` (as netbpf names it), each as its bytes.

@@ -250,11 +250,14 @@ fn the_daemonset_runs_under_podman_with_exactly_its_privileges() {
         Some(node.topology.host_ns.name()),
     )
     .unwrap();
-    assert!(
+    assert_eq!(
         scrape.count(
             "netbpf_rule_connects_total",
             &[("scope", "desktop"), ("kind", "forward")]
-        ) >= 1
+        ),
+        1,
+        "{}",
+        scrape.text
     );
     drop(pod);
 

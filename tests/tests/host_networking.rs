@@ -202,12 +202,24 @@ impl Hosts {
 
     /// What `port` on the shared network's loopback answers.
     fn get(&self, port: u16) -> String {
+        self.curl(port).1
+    }
+
+    /// curl of `port` on the shared network's loopback: its exit code and
+    /// the body it got.
+    fn curl(&self, port: u16) -> (i32, String) {
         let url = format!("http://127.0.0.1:{port}/");
         let helpers = Site {
             cgroup: &self.helpers,
             netns: &self.host,
         };
-        helpers.curl(&url).unwrap().1
+        helpers.curl(&url).unwrap()
+    }
+
+    /// Nothing listens on :`port`: curl's connection is refused (exit 7),
+    /// rather than timing out or answered.
+    fn assert_refused(&self, port: u16, what: &str) {
+        assert_eq!(self.curl(port), (7, String::new()), "{what}");
     }
 
     /// What "maindb" answers to a container, through its alias.
@@ -317,7 +329,7 @@ fn three_instances_on_one_network_each_get_their_port_and_reach_maindb_by_alias(
             "instance {instance} reaches itself at :3000"
         );
     }
-    assert_eq!(hosts.get(3000), "", "no instance got :3000 itself");
+    hosts.assert_refused(3000, "no instance got :3000 itself");
     let status = netbpf.status_json().unwrap();
     assert_eq!(status["scopes"][2]["binds"][0]["binds"], 1, "{status}");
     assert_eq!(status["scopes"][0]["aliases"][0]["connects"], 1, "{status}");
@@ -454,10 +466,9 @@ fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
                 "round {round}: {name} answers on :{port}"
             );
         }
-        assert_eq!(
-            hosts.get(3000),
-            "",
-            "round {round}: no instance got :3000 itself"
+        hosts.assert_refused(
+            3000,
+            &format!("round {round}: no instance got :3000 itself"),
         );
         drop(std::mem::replace(
             &mut hosts.containers,

@@ -14,6 +14,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
     time::Duration,
 };
 
@@ -237,22 +238,44 @@ enum Place {
 }
 
 /// sshd's privilege separation directory, made if missing and removed
-/// again then.
+/// again when the last of this process's labs that needed it is gone:
+/// tests run in parallel, and an sshd whose directory went away resets
+/// every new connection during its key exchange.
 struct PrivsepDir;
+
+/// How many labs use the directory this process made (None: it made
+/// none, the directory was there).
+static PRIVSEP_USERS: Mutex<Option<usize>> = Mutex::new(None);
+
+/// The directory itself.
+const PRIVSEP: &str = "/run/sshd";
 
 impl PrivsepDir {
     fn ensure() -> Option<Self> {
-        let dir = Path::new("/run/sshd");
-        (!dir.exists()).then(|| {
-            std::fs::create_dir_all(dir).unwrap();
-            Self
-        })
+        let mut users = PRIVSEP_USERS.lock().unwrap();
+        if let Some(count) = users.as_mut() {
+            *count += 1;
+            return Some(Self);
+        }
+        if Path::new(PRIVSEP).exists() {
+            return None;
+        }
+        std::fs::create_dir_all(PRIVSEP).unwrap();
+        *users = Some(1);
+        Some(Self)
     }
 }
 
 impl Drop for PrivsepDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir("/run/sshd");
+        let mut users = PRIVSEP_USERS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = users.as_mut() {
+            *count -= 1;
+            if *count == 0 {
+                let _ = std::fs::remove_dir(PRIVSEP);
+                *users = None;
+            }
+        }
     }
 }
 

@@ -477,7 +477,7 @@ fn pmtu_agrees_when_attached(ingress: bool) {
         )
     };
     assert_eq!(attached["attachment"], attachment, "{status}");
-    assert!(attached_there > 0, "attached through {attachment}");
+    assert_eq!(attached_there, 1, "attached once, through {attachment}");
     assert!(netbpf.stop().unwrap().success());
     assert_eq!(
         router.router.tc_attachments_of(clamp_program).unwrap(),
