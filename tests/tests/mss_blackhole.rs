@@ -144,7 +144,7 @@ impl BlackHole {
             processes,
             container,
             router,
-            vpn: vpn,
+            vpn,
             _server: server,
             work,
             payload,

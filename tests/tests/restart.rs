@@ -204,6 +204,36 @@ fn answer(topology: &DesktopTopology, port: u16) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Ends the client and checks that it connected in every phase, not once
+/// failing; returns how many connections it tried.
+fn assert_every_phase_connected(client: PhasedClient) -> u64 {
+    let (phases, first_failure) = client.finish();
+    eprintln!("client, connections per phase (ok, failed): {phases:?}");
+    let (ok, failed) = phases
+        .values()
+        .fold((0, 0), |(ok, failed), [o, f]| (ok + o, failed + f));
+    assert_eq!(
+        failed, 0,
+        "connections failed across the restarts: {phases:?}, the first: {first_failure}"
+    );
+    let phase_names: Vec<&str> = phases.keys().map(String::as_str).collect();
+    assert_eq!(
+        phase_names,
+        [
+            "first agent",
+            "killed",
+            "second agent",
+            "stopped",
+            "upgraded"
+        ]
+    );
+    assert!(
+        phases.values().all(|[ok, _]| *ok >= PER_PHASE),
+        "{phases:?}"
+    );
+    ok + failed
+}
+
 /// The counters went on from where the first agent left them, each
 /// connection the client tried (`tried`) counted once: the migration's
 /// merge neither lost nor doubled one.
@@ -335,31 +365,8 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     );
     assert!(!staged.exists(), "the staged maps are settled");
 
-    let (phases, first_failure) = client.finish();
-    eprintln!("client, connections per phase (ok, failed): {phases:?}");
-    let (ok, failed) = phases
-        .values()
-        .fold((0, 0), |(ok, failed), [o, f]| (ok + o, failed + f));
-    assert_eq!(
-        failed, 0,
-        "connections failed across the restarts: {phases:?}, the first: {first_failure}"
-    );
-    let phase_names: Vec<&str> = phases.keys().map(String::as_str).collect();
-    assert_eq!(
-        phase_names,
-        [
-            "first agent",
-            "killed",
-            "second agent",
-            "stopped",
-            "upgraded"
-        ]
-    );
-    assert!(
-        phases.values().all(|[ok, _]| *ok >= PER_PHASE),
-        "{phases:?}"
-    );
-    assert_counters_went_on(&agent.status_json().unwrap(), ok + failed);
+    let tried = assert_every_phase_connected(client);
+    assert_counters_went_on(&agent.status_json().unwrap(), tried);
 
     assert_older_version_refuses(&setup, &topology);
     assert_own_listener_recounted(&topology, &mut own);

@@ -42,7 +42,7 @@ pub const MATRIX: [&str; 3] = ["6.1", "6.12", HOST];
 /// (its probes, its policy directory). A few minutes; the whole matrix is
 /// `--kernels all`.
 /// `restart` and `host_services` differ most across kernels (pinned links
-/// and their adoption; sk_lookup and the ingress interface it reads).
+/// and their adoption; `sk_lookup` and the ingress interface it reads).
 pub const CI_SUBSET: (&str, [&str; 5]) = (
     "6.1",
     [
