@@ -10,6 +10,8 @@ use std::{
 use serde::Deserialize;
 
 use crate::{
+    api::control::DEFAULT_RUN_DIR,
+    containers::Runtimes,
     plan::Capacity,
     policy::{Locator, PolicyError},
 };
@@ -48,53 +50,11 @@ pub struct Config {
     pub capacity: Capacity,
 }
 
-/// The API sockets the agent asks for containers' names and labels. A
-/// socket that is not there is tried again every second; an empty path
-/// turns a runtime off.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Runtimes {
-    /// Docker's Engine API. Default `/run/docker.sock`.
-    pub docker: PathBuf,
-    /// Podman's API service (`podman system service`). Default
-    /// `/run/podman/podman.sock`.
-    pub podman: PathBuf,
-    /// containerd's state directory, where it writes each task's OCI
-    /// bundle (CRI names and pods, labels). Default `/run/containerd`.
-    pub containerd: PathBuf,
-}
-
-impl Default for Runtimes {
-    fn default() -> Self {
-        Self {
-            docker: PathBuf::from("/run/docker.sock"),
-            podman: PathBuf::from("/run/podman/podman.sock"),
-            containerd: PathBuf::from("/run/containerd"),
-        }
-    }
-}
-
-impl Runtimes {
-    /// The runtimes to follow, with their sockets.
-    #[must_use]
-    pub fn sockets(&self) -> Vec<(crate::containers::Runtime, PathBuf)> {
-        use crate::containers::Runtime;
-        [
-            (Runtime::Docker, &self.docker),
-            (Runtime::Podman, &self.podman),
-        ]
-        .into_iter()
-        .filter(|(_, socket)| !socket.as_os_str().is_empty())
-        .map(|(runtime, socket)| (runtime, socket.clone()))
-        .collect()
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
             policy_dir: PathBuf::from("/etc/netbpf/policy.d"),
-            run_dir: PathBuf::from(super::control::DEFAULT_RUN_DIR),
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
             pin_dir: PathBuf::from("/sys/fs/bpf/netbpf"),
             cgroup_root: None,
             netns: None,

@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::status::Status;
+use crate::api::status::Status;
 
 /// What the agent counts as things happen, for as long as it runs.
 #[derive(Debug, Clone)]

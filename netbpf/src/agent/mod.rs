@@ -16,7 +16,6 @@ mod policy_watch;
 mod report;
 mod retry;
 mod signals;
-pub mod status;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -30,10 +29,8 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use self::config::Runtimes;
 pub use self::signals::Signals;
 use self::{
-    control::{Registered, Reloaded, Request},
     existing_binds::ScopePlace,
     facts::{BindsIn, InstanceFacts},
     grant_guard::GrantGuard,
@@ -44,6 +41,8 @@ use self::{
     signals::Asked,
 };
 use crate::{
+    api::control::{Registered, Reloaded, Request},
+    containers::Runtimes,
     containers::{
         Container, Runtime, Workload,
         cgroup_watch::{CgroupEvent, CgroupWatcher},
@@ -52,9 +51,12 @@ use crate::{
         layout,
         oci::State,
     },
-    datapath::{BoundSocket, Datapath, DatapathError, Optional, Pins},
-    host::{
+    datapath::{
+        BoundSocket, Datapath, DatapathError, Optional, Pins,
         features::{self, SK_LOOKUP, Unavailable},
+    },
+    host::Node,
+    host::{
         links::{self, Interface, LinkEvent, LinkWatcher},
         netns,
     },
@@ -86,22 +88,6 @@ impl PolicySource {
             Self::File(path) | Self::Dir(path) => path,
         }
     }
-}
-
-/// Where the agent acts on this host.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The cgroup v2 mount.
-    pub mount: PathBuf,
-    /// How deep in the cgroup hierarchy the mounted directory is.
-    pub mount_level: u16,
-    /// The cgroup the socket programs attach to, and below which
-    /// containers are followed.
-    pub cgroup_root: PathBuf,
-    /// The node's network namespace, as a path `setns` takes.
-    pub netns: PathBuf,
-    /// The node's network namespace when it is not the agent's own.
-    pub other_netns: Option<PathBuf>,
 }
 
 /// The outcome of the last reload, for `netbpf status`.

@@ -9,7 +9,7 @@ use std::{
 
 use netbpf_common::{MAX_MSS_INTERFACES, MSS_PATH_MTU, MssConfig};
 
-use super::status::MssInterfaceStatus;
+use crate::api::status::MssInterfaceStatus;
 use crate::{
     datapath::{Datapath, DatapathError, MssLinks},
     host::{

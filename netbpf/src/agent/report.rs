@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use super::{
-    Agent, metrics,
-    status::{
+use super::{Agent, metrics};
+use crate::{
+    api::status::{
         AliasStatus, BindStatus, DiscoveryStatus, ForwardStatus, GrantStatus, HostServiceStatus,
         MssClampStatus, ReloadStatus, ScopeStatus, Status, UnownedListener,
     },
-};
-use crate::{
     plan::{Outcome, ScopeKey},
     policy::Scope,
 };

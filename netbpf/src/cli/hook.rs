@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 
 use crate::{
-    agent::control::{self, Registered},
+    api::control::{self, Registered},
     containers::oci::State,
 };
 

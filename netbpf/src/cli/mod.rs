@@ -9,6 +9,7 @@ mod reload;
 mod run;
 mod serve;
 mod status;
+mod status_table;
 mod uninstall;
 
 use clap::{Parser, Subcommand};

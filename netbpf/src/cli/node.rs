@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 
-use crate::{agent::Node, host::cgroup};
+use crate::host::{Node, cgroup};
 
 #[derive(Debug, Default, clap::Args)]
 pub struct NodeArgs {

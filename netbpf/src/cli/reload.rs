@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 
-use crate::agent::control;
+use crate::api::control;
 
 #[derive(Debug, clap::Args)]
 pub struct ReloadArgs {

@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 
 use crate::{
-    agent::{PolicySource, config::Runtimes, control},
+    agent::PolicySource,
+    api::control,
     cli::{
         node::NodeArgs,
         serve::{Serving, serve},
     },
+    containers::Runtimes,
     plan::Capacity,
 };
 

@@ -6,9 +6,11 @@ use std::io::IsTerminal as _;
 use anyhow::Context as _;
 
 use crate::{
-    agent::{Agent, Node, PolicySource, Signals, config::Runtimes, control::RunDir},
+    agent::{Agent, PolicySource, Signals, control::RunDir},
+    containers::Runtimes,
     containers::engine,
     datapath::Pins,
+    host::Node,
     plan::Capacity,
 };
 
@@ -77,7 +79,7 @@ pub fn serve(
     // The table is for a person at a terminal; a log collector reading
     // stdout and stderr together gets only log events.
     if std::io::stdout().is_terminal() {
-        print!("{}", status.render());
+        print!("{}", super::status_table::render(&status));
     }
     tracing::info!(
         version = %status.version,

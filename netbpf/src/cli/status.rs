@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::agent::control;
+use crate::api::control;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -19,7 +19,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", status.render());
+        print!("{}", super::status_table::render(&status));
     }
     Ok(())
 }

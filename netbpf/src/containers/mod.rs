@@ -8,6 +8,9 @@ pub mod containerd;
 pub mod engine;
 pub mod layout;
 pub mod oci;
+mod runtimes;
+
+pub use self::runtimes::Runtimes;
 
 use std::{collections::BTreeMap, fmt, path::PathBuf};
 

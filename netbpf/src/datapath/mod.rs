@@ -11,6 +11,7 @@
 
 mod adopt;
 mod counters;
+pub mod features;
 mod host_services;
 pub mod migrate;
 mod mss;

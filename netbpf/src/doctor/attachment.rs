@@ -11,7 +11,7 @@ use aya_obj::generated::bpf_attach_type;
 
 use super::{Area, Finding, Problem, Report, Scene, State};
 use crate::{
-    agent::{control, status::Status},
+    api::{control, status::Status},
     datapath::{
         HOST_SERVICE_PROGRAM, MSS_IN_PROGRAM, MSS_OUT_PROGRAM, Pins, cgroup_hooks,
         cgroup_link_name, sys,

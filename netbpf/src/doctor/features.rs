@@ -8,8 +8,8 @@ use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 use super::{Area, Report, Scene, State};
 use crate::{
-    datapath::TcAttachment,
-    host::{capabilities, cgroup, features::FEATURES, netns},
+    datapath::{TcAttachment, features::FEATURES},
+    host::{capabilities, cgroup, netns},
 };
 
 pub fn check(scene: &Scene<'_>, report: &mut Report) {

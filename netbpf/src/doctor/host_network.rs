@@ -11,7 +11,7 @@ use super::{
     inventory::Inventory,
     snippet::{self, Proposal},
 };
-use crate::{agent::status::Status, host::cgroup};
+use crate::{api::status::Status, host::cgroup};
 
 /// Finds host-network instances of one service that hold no port while
 /// another instance holds one: their bind of it failed.

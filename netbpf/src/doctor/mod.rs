@@ -22,10 +22,10 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use self::inventory::Subject;
-use crate::agent::{
-    Node,
-    config::Runtimes,
-    status::{ScopeStatus, Status},
+use crate::{
+    api::status::{ScopeStatus, Status},
+    containers::Runtimes,
+    host::Node,
 };
 
 /// Where doctor looks: the node as the agent's configuration describes it.

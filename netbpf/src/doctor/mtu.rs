@@ -6,7 +6,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 
 use super::{Finding, Problem, Report, Subject, inventory::Inventory, iptables, snippet};
 use crate::{
-    agent::status::Status,
+    api::status::Status,
     datapath::MSS_OUT_PROGRAM,
     host::{
         links::{self, Interface},

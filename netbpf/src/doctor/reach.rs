@@ -16,7 +16,7 @@ use super::{
     Area, Finding, Problem, Report, State, Subject, applied_scope, inventory::Inventory, iptables,
     snippet,
 };
-use crate::{agent::status::Status, host::sock_diag::DiagSocket, policy::Protocols};
+use crate::{api::status::Status, host::sock_diag::DiagSocket, policy::Protocols};
 
 /// Why `subject` cannot reach `host:port`: a finding, or a check that
 /// says it can or what doctor cannot tell.

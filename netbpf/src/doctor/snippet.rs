@@ -10,7 +10,7 @@ use std::{
 };
 
 use super::{Finding, Subject, applied_scope};
-use crate::agent::status::Status;
+use crate::api::status::Status;
 
 /// What a finding proposes for a container's scope.
 #[derive(Debug, Clone)]

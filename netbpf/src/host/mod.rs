@@ -4,10 +4,12 @@
 pub mod addressing;
 pub mod capabilities;
 pub mod cgroup;
-pub mod features;
 pub mod links;
 pub mod netns;
+mod node;
 pub mod rtnetlink;
 pub mod scope_net;
 pub mod sock_diag;
 pub mod socket_fds;
+
+pub use self::node::Node;

@@ -264,6 +264,4 @@ pub(crate) fn place(locator: &Locator<'_>, span: std::ops::Range<usize>) -> Stri
 }
 
 #[cfg(test)]
-mod proptests;
-#[cfg(test)]
 mod tests;

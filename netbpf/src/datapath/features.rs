@@ -7,7 +7,7 @@ use std::{fs::File, io, os::fd::AsFd as _};
 
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 
-use crate::datapath::{cgroup_hooks, sys};
+use super::{cgroup_hooks, sys};
 
 /// A kernel feature, how to probe it, and what netbpf does with it.
 pub struct Feature {

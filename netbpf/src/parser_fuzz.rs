@@ -2,13 +2,15 @@
 //! never panic, and every error names a place inside the text. A short run
 //! in the suite (`PROPTEST_CASES`, 2,000 by default here); longer locally:
 //! `PROPTEST_CASES=200000 cargo test -p netbpf --lib parsers_on_hostile_input`.
+//! It sits at the crate root because it tests the parsers of two layers:
+//! the policy's and the agent configuration's.
 
 use std::path::Path;
 
 use proptest::prelude::*;
 
-use super::parse;
 use crate::agent::config::Config;
+use crate::policy::parse;
 
 /// Valid policies using every kind of rule: what the mutations start from.
 const SEEDS: [&str; 3] = [
