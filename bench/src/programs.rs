@@ -14,10 +14,7 @@ use std::{
 use anyhow::Context as _;
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use netbpf::{
-    datapath::{
-        Datapath, GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM, MSS_OUT_PROGRAM, Optional,
-        cgroup_hooks, sys,
-    },
+    datapath::{Datapath, Optional, cgroup_hooks, sys},
     plan::Capacity,
 };
 use netbpf_common::MssConfig;
@@ -25,6 +22,7 @@ use netbpf_testenv::{bpftool_json, packet::Segment};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{enable_run_time_stats, test_run};
+use netbpf_common::names::program;
 
 /// The kernel's run-time statistics of programs, on while this lives: the
 /// kernel turns them off again when its descriptor closes, also when the
@@ -44,12 +42,12 @@ impl BpfStats {
 /// The programs the bench's IPv4 clients exercise; an empty program goes
 /// beside each, at its hook.
 const MEASURED: [&str; 6] = [
-    "netbpf_connect4",
-    "netbpf_getpeer4",
-    "netbpf_sendmsg4",
-    "netbpf_recvmsg4",
-    "netbpf_bound4",
-    "netbpf_release",
+    program::CONNECT4,
+    program::GETPEER4,
+    program::SENDMSG4,
+    program::RECVMSG4,
+    program::BOUND4,
+    program::RELEASE,
 ];
 
 /// An empty program at the hook of each of [`MEASURED`], attached to a cgroup
@@ -254,25 +252,25 @@ pub fn test_runs(repeat: u32) -> anyhow::Result<BTreeMap<String, TestRun>> {
     };
     time(
         "netbpf_mss_out: SYN with options (MSS at the clamp)",
-        MSS_OUT_PROGRAM,
+        program::MSS_OUT,
         &syn,
         &[],
     )?;
     time(
         "netbpf_mss_out: not a SYN (fast path)",
-        MSS_OUT_PROGRAM,
+        program::MSS_OUT,
         &ack,
         &[],
     )?;
     time(
         "netbpf_grant_guard: not for a host service",
-        GRANT_GUARD_PROGRAM,
+        program::GRANT_GUARD,
         &ack,
         &[],
     )?;
     time(
         "netbpf_hostsvc: not for a host service",
-        HOST_SERVICE_PROGRAM,
+        program::HOST_SERVICE,
         &[],
         &sk_lookup_context(),
     )?;

@@ -14,6 +14,7 @@ use crate::{
     throughput::Clamp,
     ways::Way,
 };
+use netbpf_common::names::program;
 
 /// Every figure of one run of the bench.
 #[derive(Debug, Serialize, Deserialize)]
@@ -243,10 +244,10 @@ fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
     let mut goals = Vec::new();
     let cost = |costs: &BTreeMap<String, Cost>, name: &str| costs.get(name).map(Cost::net);
     for name in [
-        "netbpf_release",
-        "netbpf_bound4",
-        "netbpf_recvmsg4",
-        "netbpf_getpeer4",
+        program::RELEASE,
+        program::BOUND4,
+        program::RECVMSG4,
+        program::GETPEER4,
     ] {
         if let Some(ns) = cost(&costs.scoped, name) {
             goals.push(Goal {
@@ -273,14 +274,14 @@ fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
 /// The work a program does for a socket of a scope.
 fn scoped_work(program: &str) -> &'static str {
     match program {
-        "netbpf_bound4" => {
+        program::BOUND4 => {
             "A bind in a scope to localhost or a wildcard address gives its socket storage \
              (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`, a kernel allocation \
              charged to the socket) and counts its port in an entry allocated on demand: the \
              price of counting a scope's own services exactly, paid by binds, which are rare \
              (a service starting, a client binding explicitly)."
         }
-        "netbpf_release" => {
+        program::RELEASE => {
             "A released socket's storage is looked up, and a counted bind's count taken back \
              with an atomic."
         }

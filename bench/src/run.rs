@@ -7,6 +7,8 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use netbpf_testenv::{BRIDGE_V4, Place};
 
+use netbpf_common::names::program;
+
 use crate::{
     load::Measurement,
     programs::{self, BpfStats, Cost, EmptyPrograms},
@@ -221,7 +223,7 @@ impl Bench<'_> {
                 netbpf.measure(self.exe, Place::Outside, Load::Tcp, self.plan.connections)?;
                 let costs = programs::costs(&ids, &empty, &before, &programs::counts()?);
                 let net = costs
-                    .get("netbpf_connect4")
+                    .get(program::CONNECT4)
                     .map(Cost::net)
                     .context("connect4 did not run")?;
                 if granted {
@@ -275,7 +277,7 @@ impl Bench<'_> {
             if Some(&others) == self.plan.scaling.last() {
                 self.step(format!("per-program cost with {others} other containers"));
                 let costs = program_costs(self.exe, &ways[netbpf], self.plan)?;
-                point.connect4 = costs.scoped.get("netbpf_connect4").copied();
+                point.connect4 = costs.scoped.get(program::CONNECT4).copied();
             }
             points.push(point);
         }

@@ -17,6 +17,7 @@ use netbpf_testenv::{
 use serde::{Deserialize, Serialize};
 
 use crate::load::Measurement;
+use netbpf_common::names;
 
 /// The port of the TCP server (and of its forward).
 pub const TCP_PORT: u16 = 8082;
@@ -238,10 +239,13 @@ impl Prepared {
         let open = |name: &str| -> anyhow::Result<aya::maps::MapData> {
             aya::maps::MapData::from_pin(maps.join(name)).with_context(|| format!("map {name}"))
         };
-        let mut scopes: aya::maps::HashMap<_, u64, ScopeEntry> =
-            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open("CGROUP_SCOPES")?))?;
+        let mut scopes: aya::maps::HashMap<_, u64, ScopeEntry> = aya::maps::HashMap::try_from(
+            aya::maps::Map::HashMap(open(names::CGROUP_SCOPES.name)?),
+        )?;
         let mut forwards: aya::maps::HashMap<_, ScopePort, ForwardTarget> =
-            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open("FORWARD_PORTS")?))?;
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(
+                names::FORWARD_PORTS.name,
+            )?))?;
         // The desktop's own entry: its level is every container's here.
         let level = scopes
             .iter()

@@ -6,6 +6,8 @@
 //! `user` feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod names;
+
 use core::mem::size_of;
 
 /// `AF_INET`, as the kernel reports a socket's family.

@@ -24,9 +24,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use netbpf::{
-    datapath::{Datapath, GRANT_GUARD_PROGRAM, Optional},
+    datapath::{Datapath, Optional},
     plan::{Capacity, Plan},
 };
+use netbpf_common::names::program;
 use netbpf_common::{AF_INET, AF_INET6, GrantKey, GrantPath, ServiceKey};
 use netbpf_testenv::{
     fuzz_cases,
@@ -400,7 +401,7 @@ fn the_guard_drops_what_the_reference_says_on_random_frames() {
             let frame = case.frame();
             let mut datapath = datapath.borrow_mut();
             let result = datapath
-                .classifier(GRANT_GUARD_PROGRAM)
+                .classifier(program::GRANT_GUARD)
                 .unwrap()
                 .test_run(TestRunOptions {
                     data_in: Some(&frame),

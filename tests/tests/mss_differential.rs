@@ -11,10 +11,11 @@ use std::{net::IpAddr, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use netbpf::{
-    datapath::{Datapath, MSS_IN_PROGRAM, MSS_OUT_PROGRAM, Optional},
+    datapath::{Datapath, Optional},
     plan::Capacity,
 };
 use netbpf_common::MssConfig;
+use netbpf_common::names::program;
 use netbpf_testenv::{
     NetbpfRun, Netns, PacketSocket, fuzz_cases, kernel, links_of, mac_address,
     packet::{ACK, Parsed, RST, SYN, Segment},
@@ -274,7 +275,7 @@ fn segment(case: &Case, v6: bool, port: u16) -> Segment {
 fn test_run(datapath: &mut Datapath, frame: &[u8]) -> Parsed {
     let mut out = vec![0u8; frame.len() + 64];
     let result = datapath
-        .classifier(MSS_OUT_PROGRAM)
+        .classifier(program::MSS_OUT)
         .unwrap()
         .test_run(TestRunOptions {
             data_in: Some(frame),
@@ -394,9 +395,9 @@ fn clamp_to_pmtu_agrees_with_iptables_tcpmss_attached_to_the_way_in() {
 fn pmtu_agrees_when_attached(ingress: bool) {
     let router = ForwardingPath::new();
     let (interface, direction, program) = if ingress {
-        (&router.router_in, "ingress", MSS_IN_PROGRAM)
+        (&router.router_in, "ingress", program::MSS_IN)
     } else {
-        (&router.router_out, "egress", MSS_OUT_PROGRAM)
+        (&router.router_out, "egress", program::MSS_OUT)
     };
     // The way out has a smaller MTU than the way in, as a tunnel has.
     // (Both follow the device MTU and learned path MTUs; TCPMSS also

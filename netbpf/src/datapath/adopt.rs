@@ -19,6 +19,7 @@ use netbpf_common::{
 
 use super::{Datapath, DatapathError, map_error};
 use crate::plan::Plan;
+use netbpf_common::names;
 
 /// The map of the agent's counter slots, beside the datapath's maps.
 const RULE_SLOTS: &str = "RULE_SLOTS";
@@ -111,31 +112,31 @@ impl Datapath {
     /// point, so that entries whose container went while no agent ran are
     /// removed.
     pub fn read_plan(&self) -> Result<Plan, DatapathError> {
-        let forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map("FORWARDS")?;
+        let forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map(names::FORWARDS.name)?;
         let forwards = forwards
             .iter()
             .map(|entry| entry.map(|(key, target)| ((key.prefix_len(), key.data()), target)))
             .collect::<Result<_, _>>()
-            .map_err(map_error("FORWARDS"))?;
+            .map_err(map_error(names::FORWARDS.name))?;
         Ok(Plan {
-            cgroup_scopes: self.entries("CGROUP_SCOPES")?,
-            netns_scopes: self.entries("NETNS_SCOPES")?,
-            forward_ports: self.entries("FORWARD_PORTS")?,
+            cgroup_scopes: self.entries(names::CGROUP_SCOPES.name)?,
+            netns_scopes: self.entries(names::NETNS_SCOPES.name)?,
+            forward_ports: self.entries(names::FORWARD_PORTS.name)?,
             forwards,
-            aliases: self.entries::<AliasKey, ForwardTarget>("ALIASES")?,
-            aliased_addrs: self.keys::<AliasedAddr, u8>("ALIASED_ADDRS")?,
-            services: self.entries::<ServiceKey, u32>("HOST_SERVICES")?,
-            grants: self.entries::<GrantKey, GrantPath>("GRANTS")?,
-            scope_grants: self.keys::<ScopeGrant, u8>("SCOPE_GRANTS")?,
+            aliases: self.entries::<AliasKey, ForwardTarget>(names::ALIASES.name)?,
+            aliased_addrs: self.keys::<AliasedAddr, u8>(names::ALIASED_ADDRS.name)?,
+            services: self.entries::<ServiceKey, u32>(names::HOST_SERVICES.name)?,
+            grants: self.entries::<GrantKey, GrantPath>(names::GRANTS.name)?,
+            scope_grants: self.keys::<ScopeGrant, u8>(names::SCOPE_GRANTS.name)?,
             local_binds_per_scope: self.lookups()?.local_binds_per_scope,
-            binds: self.entries::<ScopePort, BindTarget>("BIND_REMAPS")?,
+            binds: self.entries::<ScopePort, BindTarget>(names::BIND_REMAPS.name)?,
         })
     }
 
     /// What the programs were told last (nothing, in new maps).
     pub(super) fn lookups(&self) -> Result<Lookups, DatapathError> {
-        let map: Array<_, Lookups> = self.map("LOOKUPS")?;
-        map.get(&0, 0).map_err(map_error("LOOKUPS"))
+        let map: Array<_, Lookups> = self.map(names::LOOKUPS.name)?;
+        map.get(&0, 0).map_err(map_error(names::LOOKUPS.name))
     }
 
     /// Every entry of the hash map `name`.
@@ -198,7 +199,7 @@ impl Datapath {
         let path = pins.maps_dir().join(RULE_SLOTS);
         if !path.exists() {
             let capacity = self
-                .map::<aya::maps::PerCpuArray<_, netbpf_common::RuleStats>>("RULE_STATS")?
+                .map::<aya::maps::PerCpuArray<_, netbpf_common::RuleStats>>(names::RULE_STATS.name)?
                 .len();
             HashMap::<MapData, RuleSlotKey, u32>::create(capacity, 0)
                 .map_err(map_error(RULE_SLOTS))?

@@ -8,6 +8,7 @@ use std::{fs::File, io, os::fd::AsFd as _};
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 
 use super::{cgroup_hooks, sys};
+use netbpf_common::names::program;
 
 /// A kernel feature, how to probe it, and what netbpf does with it.
 pub struct Feature {
@@ -34,21 +35,21 @@ pub const SK_LOOKUP: &str = "sk_lookup";
 pub const FEATURES: [Feature; 5] = [
     Feature {
         name: "socket address hooks",
-        probe: || load_for("netbpf_connect4"),
+        probe: || load_for(program::CONNECT4),
         serves: "connect, sendmsg, recvmsg and bind rewrite destinations and ports (Linux 4.17)",
         lost: "netbpf cannot run here",
         required: true,
     },
     Feature {
         name: "getpeername hooks",
-        probe: || load_for("netbpf_getpeer4"),
+        probe: || load_for(program::GETPEER4),
         serves: "getpeername() shows the address a forwarded socket dialed (Linux 5.8)",
         lost: "netbpf cannot run here",
         required: true,
     },
     Feature {
         name: "socket release hook",
-        probe: || load_for("netbpf_release"),
+        probe: || load_for(program::RELEASE),
         serves: "a scope's own listeners are counted until they close (Linux 5.9)",
         lost: "netbpf cannot run here",
         required: true,

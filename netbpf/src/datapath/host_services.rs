@@ -15,11 +15,7 @@ use aya::{
 use netbpf_common::{MAX_HOST_SERVICES, ServiceStats};
 
 use super::{Datapath, DatapathError, TcLink, map_error};
-
-/// The `sk_lookup` program of host services.
-pub const HOST_SERVICE_PROGRAM: &str = "netbpf_hostsvc";
-/// The tc program that drops forged grants, on containers' host sides.
-pub const GRANT_GUARD_PROGRAM: &str = "netbpf_grant_guard";
+use netbpf_common::names::{self, program};
 
 impl Datapath {
     /// Attaches the host service program to the network namespace at
@@ -35,12 +31,12 @@ impl Datapath {
             .map_err(|error| attach_error(error.into()))?
             .ino();
         self.attach_linked(
-            HOST_SERVICE_PROGRAM,
+            program::HOST_SERVICE,
             format!("hostsvc-{inode}"),
             |program| {
                 let program: &mut SkLookup = program
                     .try_into()
-                    .map_err(|_| DatapathError::MissingProgram(HOST_SERVICE_PROGRAM))?;
+                    .map_err(|_| DatapathError::MissingProgram(program::HOST_SERVICE))?;
                 let id = program.attach(namespace).map_err(attach_error)?;
                 let link = program.take_link(id).map_err(attach_error)?;
                 Ok(FdLink::from(link))
@@ -57,7 +53,7 @@ impl Datapath {
     /// network namespace, on ingress: where a container's packets arrive.
     pub fn attach_grant_guard(&mut self, interface: &str) -> Result<TcLink, DatapathError> {
         self.attach_tc(
-            GRANT_GUARD_PROGRAM,
+            program::GRANT_GUARD,
             interface,
             TcAttachType::Ingress,
             "guard-{ifindex}",
@@ -72,10 +68,10 @@ impl Datapath {
         index: u32,
         socket: &impl AsRawFd,
     ) -> Result<(), DatapathError> {
-        let mut sockets: SockMap<_> = self.map_mut("SERVICE_SOCKETS")?;
+        let mut sockets: SockMap<_> = self.map_mut(names::SERVICE_SOCKETS.name)?;
         sockets
             .set(index, socket, 0)
-            .map_err(map_error("SERVICE_SOCKETS"))
+            .map_err(map_error(names::SERVICE_SOCKETS.name))
     }
 
     /// Empties the listener slots `indexes`: slots of services with no
@@ -86,7 +82,7 @@ impl Datapath {
         &mut self,
         indexes: impl IntoIterator<Item = u32>,
     ) -> Result<(), DatapathError> {
-        let mut sockets: SockMap<_> = self.map_mut("SERVICE_SOCKETS")?;
+        let mut sockets: SockMap<_> = self.map_mut(names::SERVICE_SOCKETS.name)?;
         for index in indexes {
             match sockets.clear_index(&index) {
                 // A socket map says EINVAL for a slot already empty.
@@ -95,7 +91,7 @@ impl Datapath {
                         error.io_error.raw_os_error(),
                         Some(libc::EINVAL | libc::ENOENT)
                     ) => {}
-                result => result.map_err(map_error("SERVICE_SOCKETS"))?,
+                result => result.map_err(map_error(names::SERVICE_SOCKETS.name))?,
             }
         }
         Ok(())
@@ -105,7 +101,7 @@ impl Datapath {
     /// services are about to change places.
     pub fn reset_service_slots(&mut self) -> Result<(), DatapathError> {
         self.clear_service_sockets(0..MAX_HOST_SERVICES)?;
-        self.reset_counters::<ServiceStats>("SERVICE_STATS", 0..MAX_HOST_SERVICES)
+        self.reset_counters::<ServiceStats>(names::SERVICE_STATS.name, 0..MAX_HOST_SERVICES)
     }
 
     /// Empties the listener slots no service of a policy of `services`
@@ -117,6 +113,6 @@ impl Datapath {
 
     /// The counters of service `index`, summed over CPUs.
     pub fn service_stats(&self, index: u32) -> Result<ServiceStats, DatapathError> {
-        self.summed_counters("SERVICE_STATS", index)
+        self.summed_counters(names::SERVICE_STATS.name, index)
     }
 }

@@ -15,6 +15,7 @@ use std::{fs, io, path::Path};
 use aya::maps::MapInfo;
 
 use super::sys::{map_lookup, map_next_key, map_update, obj_get};
+use netbpf_common::names;
 
 /// `BPF_MAP_TYPE_SOCKMAP`: its entries are sockets, which a copy cannot
 /// carry (the host services' listeners are taken again).
@@ -28,7 +29,7 @@ const PER_CPU: [u32; 3] = [5, 6, 10];
 const COUNTERS: u32 = 6;
 /// Maps counted again from the sockets open when the new agent starts:
 /// the local binds, and each scope's share of them.
-const RECOUNTED: &[&str] = &["LOCAL_BINDS", "SCOPE_LOCAL_BINDS"];
+const RECOUNTED: &[&str] = &[names::LOCAL_BINDS.name, names::SCOPE_LOCAL_BINDS.name];
 
 /// What became of one map of the old layout.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,6 +15,8 @@ pub mod features;
 mod host_services;
 pub mod migrate;
 mod mss;
+#[cfg(test)]
+mod object_names;
 pub mod pins;
 mod sockets;
 pub mod sys;
@@ -29,10 +31,10 @@ use aya::{
 };
 
 use crate::plan::Capacity;
+use netbpf_common::names::{self, program};
 
 pub use self::{
-    host_services::{GRANT_GUARD_PROGRAM, HOST_SERVICE_PROGRAM},
-    mss::{MSS_IN_PROGRAM, MSS_OUT_PROGRAM, MssLinks},
+    mss::MssLinks,
     pins::Pins,
     sockets::{BoundSocket, CgroupHook, cgroup_hooks, cgroup_link_name},
     tc::{TcAttachment, TcLink, remove_clsact_filters},
@@ -167,19 +169,19 @@ pub struct Datapath {
 /// The capacity of each map that has a setting.
 fn capacities(capacity: &Capacity) -> [(&'static str, u32); 13] {
     [
-        ("CGROUP_SCOPES", capacity.scopes),
-        ("NETNS_SCOPES", capacity.scopes),
-        ("RULE_STATS", capacity.rules),
-        ("FORWARD_PORTS", capacity.forward_ports),
-        ("FORWARDS", capacity.forward_prefixes),
-        ("ALIASES", capacity.aliases),
-        ("ALIASED_ADDRS", capacity.aliases),
-        ("BIND_REMAPS", capacity.bind_remaps),
-        ("GRANTS", capacity.grants),
-        ("SCOPE_GRANTS", capacity.grants),
-        ("HOST_SERVICES", capacity.service_addresses),
-        ("LOCAL_BINDS", capacity.local_binds),
-        ("SCOPE_LOCAL_BINDS", capacity.scopes),
+        (names::CGROUP_SCOPES.name, capacity.scopes),
+        (names::NETNS_SCOPES.name, capacity.scopes),
+        (names::RULE_STATS.name, capacity.rules),
+        (names::FORWARD_PORTS.name, capacity.forward_ports),
+        (names::FORWARDS.name, capacity.forward_prefixes),
+        (names::ALIASES.name, capacity.aliases),
+        (names::ALIASED_ADDRS.name, capacity.aliases),
+        (names::BIND_REMAPS.name, capacity.bind_remaps),
+        (names::GRANTS.name, capacity.grants),
+        (names::SCOPE_GRANTS.name, capacity.grants),
+        (names::HOST_SERVICES.name, capacity.service_addresses),
+        (names::LOCAL_BINDS.name, capacity.local_binds),
+        (names::SCOPE_LOCAL_BINDS.name, capacity.scopes),
     ]
 }
 
@@ -234,11 +236,9 @@ impl Datapath {
     pub fn load_programs(&mut self, optional: Optional) -> Result<(), DatapathError> {
         for (name, program) in self.ebpf.programs_mut() {
             let wanted = match name {
-                mss::MSS_OUT_PROGRAM => optional.mss_egress,
-                mss::MSS_IN_PROGRAM => optional.mss_ingress,
-                host_services::HOST_SERVICE_PROGRAM | host_services::GRANT_GUARD_PROGRAM => {
-                    optional.host_services
-                }
+                program::MSS_OUT => optional.mss_egress,
+                program::MSS_IN => optional.mss_ingress,
+                program::HOST_SERVICE | program::GRANT_GUARD => optional.host_services,
                 _ if sockets::cgroup_hooks().any(|hook| hook.program == name) => true,
                 _ => return Err(DatapathError::UnorderedProgram(name.to_owned())),
             };

@@ -10,11 +10,7 @@ use super::{
     tc::{TcAttachment, TcLink},
 };
 use crate::policy::Direction;
-
-/// The tc program that clamps MSS on egress.
-pub const MSS_OUT_PROGRAM: &str = "netbpf_mss_out";
-/// The tc program that clamps MSS on ingress.
-pub const MSS_IN_PROGRAM: &str = "netbpf_mss_in";
+use netbpf_common::names::{self, program};
 
 /// The attachments of the clamp to one interface; detached when handed
 /// back to [`Datapath::detach_mss`], or when the interface goes.
@@ -41,19 +37,21 @@ impl Datapath {
         if self.mss_interface(ifindex)? == Some(config) {
             return Ok(());
         }
-        self.reset_counters::<MssStats>("MSS_STATS", [config.slot])?;
-        let mut interfaces: HashMap<_, u32, MssConfig> = self.map_mut("MSS_INTERFACES")?;
+        self.reset_counters::<MssStats>(names::MSS_STATS.name, [config.slot])?;
+        let mut interfaces: HashMap<_, u32, MssConfig> =
+            self.map_mut(names::MSS_INTERFACES.name)?;
         interfaces
             .insert(ifindex, config, 0)
-            .map_err(map_error("MSS_INTERFACES"))
+            .map_err(map_error(names::MSS_INTERFACES.name))
     }
 
     /// Forgets the clamp of interface `ifindex`.
     pub fn remove_mss_interface(&mut self, ifindex: u32) -> Result<(), DatapathError> {
-        let mut interfaces: HashMap<_, u32, MssConfig> = self.map_mut("MSS_INTERFACES")?;
+        let mut interfaces: HashMap<_, u32, MssConfig> =
+            self.map_mut(names::MSS_INTERFACES.name)?;
         match interfaces.remove(&ifindex) {
             Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(error) => Err(map_error("MSS_INTERFACES")(error)),
+            Err(error) => Err(map_error(names::MSS_INTERFACES.name)(error)),
         }
     }
 
@@ -67,13 +65,13 @@ impl Datapath {
         let ways = [
             (
                 direction.egress(),
-                MSS_OUT_PROGRAM,
+                program::MSS_OUT,
                 TcAttachType::Egress,
                 "egress",
             ),
             (
                 direction.ingress(),
-                MSS_IN_PROGRAM,
+                program::MSS_IN,
                 TcAttachType::Ingress,
                 "ingress",
             ),
@@ -111,25 +109,25 @@ impl Datapath {
     /// The clamp configured for interface `ifindex`, if one is: what a
     /// new agent adopts (its counter slot among it).
     pub fn mss_interface(&self, ifindex: u32) -> Result<Option<MssConfig>, DatapathError> {
-        let interfaces: HashMap<_, u32, MssConfig> = self.map("MSS_INTERFACES")?;
+        let interfaces: HashMap<_, u32, MssConfig> = self.map(names::MSS_INTERFACES.name)?;
         match interfaces.get(&ifindex, 0) {
             Ok(config) => Ok(Some(config)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(map_error("MSS_INTERFACES")(error)),
+            Err(error) => Err(map_error(names::MSS_INTERFACES.name)(error)),
         }
     }
 
     /// Every interface the clamp is configured for, with its configuration.
     pub fn mss_interfaces(&self) -> Result<Vec<(u32, MssConfig)>, DatapathError> {
-        let interfaces: HashMap<_, u32, MssConfig> = self.map("MSS_INTERFACES")?;
+        let interfaces: HashMap<_, u32, MssConfig> = self.map(names::MSS_INTERFACES.name)?;
         interfaces
             .iter()
             .collect::<Result<_, _>>()
-            .map_err(map_error("MSS_INTERFACES"))
+            .map_err(map_error(names::MSS_INTERFACES.name))
     }
 
     /// The counters in `slot`, summed over CPUs.
     pub fn mss_stats(&self, slot: u32) -> Result<MssStats, DatapathError> {
-        self.summed_counters("MSS_STATS", slot)
+        self.summed_counters(names::MSS_STATS.name, slot)
     }
 }

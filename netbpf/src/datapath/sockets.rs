@@ -19,6 +19,7 @@ use netbpf_common::{ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, S
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{host::socket_fds, plan::Plan};
+use netbpf_common::names::{self, program};
 
 /// A socket bound inside a scope, and its key in the local-binds table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,33 +176,33 @@ impl CgroupHook {
 /// socket. Binds made before they attach are then found and counted.
 pub const TRACKING_HOOKS: [CgroupHook; 3] = [
     CgroupHook::new(
-        "netbpf_release",
+        program::RELEASE,
         bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE,
     ),
-    CgroupHook::new("netbpf_bound4", bpf_attach_type::BPF_CGROUP_INET4_POST_BIND),
-    CgroupHook::new("netbpf_bound6", bpf_attach_type::BPF_CGROUP_INET6_POST_BIND),
+    CgroupHook::new(program::BOUND4, bpf_attach_type::BPF_CGROUP_INET4_POST_BIND),
+    CgroupHook::new(program::BOUND6, bpf_attach_type::BPF_CGROUP_INET6_POST_BIND),
 ];
 
 /// The programs that rewrite addresses, attached once every local bind is
 /// counted: the reverse paths before connect and sendmsg, so no rewritten
 /// socket misses the translation of its replies.
 pub const REWRITING_HOOKS: [CgroupHook; 10] = [
-    CgroupHook::new("netbpf_bind4", bpf_attach_type::BPF_CGROUP_INET4_BIND),
-    CgroupHook::new("netbpf_bind6", bpf_attach_type::BPF_CGROUP_INET6_BIND),
-    CgroupHook::new("netbpf_recvmsg4", bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
-    CgroupHook::new("netbpf_recvmsg6", bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
+    CgroupHook::new(program::BIND4, bpf_attach_type::BPF_CGROUP_INET4_BIND),
+    CgroupHook::new(program::BIND6, bpf_attach_type::BPF_CGROUP_INET6_BIND),
+    CgroupHook::new(program::RECVMSG4, bpf_attach_type::BPF_CGROUP_UDP4_RECVMSG),
+    CgroupHook::new(program::RECVMSG6, bpf_attach_type::BPF_CGROUP_UDP6_RECVMSG),
     CgroupHook::new(
-        "netbpf_getpeer4",
+        program::GETPEER4,
         bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME,
     ),
     CgroupHook::new(
-        "netbpf_getpeer6",
+        program::GETPEER6,
         bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME,
     ),
-    CgroupHook::new("netbpf_connect4", bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
-    CgroupHook::new("netbpf_connect6", bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
-    CgroupHook::new("netbpf_sendmsg4", bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
-    CgroupHook::new("netbpf_sendmsg6", bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
+    CgroupHook::new(program::CONNECT4, bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+    CgroupHook::new(program::CONNECT6, bpf_attach_type::BPF_CGROUP_INET6_CONNECT),
+    CgroupHook::new(program::SENDMSG4, bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG),
+    CgroupHook::new(program::SENDMSG6, bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG),
 ];
 
 /// The name the link of socket `program` on the cgroup `cgroup_id` is
@@ -233,13 +234,13 @@ impl Datapath {
         let cgroup_scopes = flagged_by_both(&old.cgroup_scopes, &new.cgroup_scopes);
         let netns_scopes = flagged_by_both(&old.netns_scopes, &new.netns_scopes);
         self.sync_keeping(
-            "CGROUP_SCOPES",
+            names::CGROUP_SCOPES.name,
             &old.cgroup_scopes,
             &cgroup_scopes,
             &new.cgroup_scopes,
         )?;
         self.sync_keeping(
-            "NETNS_SCOPES",
+            names::NETNS_SCOPES.name,
             &old.netns_scopes,
             &netns_scopes,
             &new.netns_scopes,
@@ -247,39 +248,48 @@ impl Datapath {
         let mut forward_ports = old.forward_ports.clone();
         forward_ports.extend(&new.forward_ports);
         self.sync_keeping(
-            "FORWARD_PORTS",
+            names::FORWARD_PORTS.name,
             &old.forward_ports,
             &forward_ports,
             &new.forward_ports,
         )?;
         self.sync_forward_ranges(old, new)?;
-        self.sync("FORWARD_PORTS", &forward_ports, &new.forward_ports)?;
-        self.sync("ALIASES", &old.aliases, &new.aliases)?;
         self.sync(
-            "ALIASED_ADDRS",
+            names::FORWARD_PORTS.name,
+            &forward_ports,
+            &new.forward_ports,
+        )?;
+        self.sync(names::ALIASES.name, &old.aliases, &new.aliases)?;
+        self.sync(
+            names::ALIASED_ADDRS.name,
             &present(&old.aliased_addrs),
             &present(&new.aliased_addrs),
         )?;
-        self.sync("BIND_REMAPS", &old.binds, &new.binds)?;
+        self.sync(names::BIND_REMAPS.name, &old.binds, &new.binds)?;
         // A service appears once its grants are in place, so that granted
         // scopes are never refused; the service ports of both plans are
         // checked (the lookups' union, above) while services come and go,
         // so that nobody else slips through.
-        self.sync("GRANTS", &old.grants, &new.grants)?;
+        self.sync(names::GRANTS.name, &old.grants, &new.grants)?;
         self.sync(
-            "SCOPE_GRANTS",
+            names::SCOPE_GRANTS.name,
             &present(&old.scope_grants),
             &present(&new.scope_grants),
         )?;
-        self.sync("HOST_SERVICES", &old.services, &new.services)?;
-        self.sync("CGROUP_SCOPES", &cgroup_scopes, &new.cgroup_scopes)?;
-        self.sync("NETNS_SCOPES", &netns_scopes, &new.netns_scopes)?;
+        self.sync(names::HOST_SERVICES.name, &old.services, &new.services)?;
+        self.sync(
+            names::CGROUP_SCOPES.name,
+            &cgroup_scopes,
+            &new.cgroup_scopes,
+        )?;
+        self.sync(names::NETNS_SCOPES.name, &netns_scopes, &new.netns_scopes)?;
         self.set_lookups(new.lookups())
     }
 
     /// Makes the trie of port-range forwards go from `old`'s to `new`'s.
     fn sync_forward_ranges(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
-        let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> = self.map_mut("FORWARDS")?;
+        let mut forwards: LpmTrie<_, ForwardKey, ForwardTarget> =
+            self.map_mut(names::FORWARDS.name)?;
         let dropped: Vec<_> = old
             .forwards
             .keys()
@@ -292,7 +302,7 @@ impl Datapath {
             .filter(|(entry, target)| old.forwards.get(entry) != Some(target))
             .map(|(&(prefix_len, key), target)| (Key::new(prefix_len, key), *target));
         replace(
-            "FORWARDS",
+            names::FORWARDS.name,
             &mut forwards,
             changed,
             &dropped,
@@ -304,8 +314,9 @@ impl Datapath {
 
     /// Tells the programs which lookups they need.
     fn set_lookups(&mut self, lookups: Lookups) -> Result<(), DatapathError> {
-        let mut map: Array<_, Lookups> = self.map_mut("LOOKUPS")?;
-        map.set(0, lookups, 0).map_err(map_error("LOOKUPS"))
+        let mut map: Array<_, Lookups> = self.map_mut(names::LOOKUPS.name)?;
+        map.set(0, lookups, 0)
+            .map_err(map_error(names::LOOKUPS.name))
     }
 
     /// Makes the hash map `name` go from `old`'s entries to `new`'s.
@@ -377,7 +388,7 @@ impl Datapath {
 
     /// Sets the counters in `slots` to zero: slots new rules were given.
     pub fn reset_rule_stats(&mut self, slots: Vec<u32>) -> Result<(), DatapathError> {
-        self.reset_counters::<RuleStats>("RULE_STATS", slots)
+        self.reset_counters::<RuleStats>(names::RULE_STATS.name, slots)
     }
 
     /// Attaches every program to the cgroup at `cgroup_root` through bpf
@@ -490,7 +501,7 @@ impl Datapath {
     /// Marks `socket` as counted under `key` in its own storage; false when
     /// the bind hooks marked it already.
     fn mark_bound(&mut self, socket: &OwnedFd, key: ScopePort) -> Result<bool, DatapathError> {
-        let mut storage: SkStorage<_, ScopePort> = self.map_mut("BOUND_SOCKETS")?;
+        let mut storage: SkStorage<_, ScopePort> = self.map_mut(names::BOUND_SOCKETS.name)?;
         match storage.insert(socket, key, BPF_NOEXIST) {
             Ok(()) => Ok(true),
             Err(MapError::SyscallError(error))
@@ -498,7 +509,7 @@ impl Datapath {
             {
                 Ok(false)
             }
-            Err(error) => Err(map_error("BOUND_SOCKETS")(error)),
+            Err(error) => Err(map_error(names::BOUND_SOCKETS.name)(error)),
         }
     }
 
@@ -506,8 +517,12 @@ impl Datapath {
     /// release uncounts nothing.
     fn unmark_bound(&mut self, socket: &OwnedFd) {
         let removed = self
-            .map_mut::<SkStorage<_, ScopePort>>("BOUND_SOCKETS")
-            .and_then(|mut storage| storage.remove(socket).map_err(map_error("BOUND_SOCKETS")));
+            .map_mut::<SkStorage<_, ScopePort>>(names::BOUND_SOCKETS.name)
+            .and_then(|mut storage| {
+                storage
+                    .remove(socket)
+                    .map_err(map_error(names::BOUND_SOCKETS.name))
+            });
         if let Err(error) = removed {
             tracing::warn!(%error, "a socket stays marked as counted though its count failed");
         }
@@ -520,35 +535,35 @@ impl Datapath {
     /// Userspace cannot add atomically: a bind of the same scope and port
     /// in between is lost (binds are rare, ports per scope few).
     fn count_local_bind(&mut self, key: ScopePort) -> Result<bool, DatapathError> {
-        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
+        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut(names::LOCAL_BINDS.name)?;
         if let Ok(count) = counts.get(&key, 0) {
             counts
                 .insert(key, count + 1, 0)
-                .map_err(map_error("LOCAL_BINDS"))?;
+                .map_err(map_error(names::LOCAL_BINDS.name))?;
             return Ok(true);
         }
         let limit = self.lookups()?.local_binds_per_scope;
-        let mut held: Array<_, u32> = self.map_mut("SCOPE_LOCAL_BINDS")?;
+        let mut held: Array<_, u32> = self.map_mut(names::SCOPE_LOCAL_BINDS.name)?;
         let ports = held
             .get(&key.scope, 0)
-            .map_err(map_error("SCOPE_LOCAL_BINDS"))?;
+            .map_err(map_error(names::SCOPE_LOCAL_BINDS.name))?;
         if ports >= limit {
             return Ok(false);
         }
         held.set(key.scope, ports + 1, 0)
-            .map_err(map_error("SCOPE_LOCAL_BINDS"))?;
-        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut("LOCAL_BINDS")?;
+            .map_err(map_error(names::SCOPE_LOCAL_BINDS.name))?;
+        let mut counts: HashMap<_, ScopePort, u32> = self.map_mut(names::LOCAL_BINDS.name)?;
         if let Err(error) = counts.insert(key, 1, 0) {
-            let mut held: Array<_, u32> = self.map_mut("SCOPE_LOCAL_BINDS")?;
+            let mut held: Array<_, u32> = self.map_mut(names::SCOPE_LOCAL_BINDS.name)?;
             let _ = held.set(key.scope, ports, 0);
-            return Err(map_error("LOCAL_BINDS")(error));
+            return Err(map_error(names::LOCAL_BINDS.name)(error));
         }
         Ok(true)
     }
 
     /// The counters of rule `rule`, summed over CPUs.
     pub fn rule_stats(&self, rule: u32) -> Result<RuleStats, DatapathError> {
-        self.summed_counters("RULE_STATS", rule)
+        self.summed_counters(names::RULE_STATS.name, rule)
     }
 }
 

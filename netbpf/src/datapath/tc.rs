@@ -10,6 +10,7 @@ use aya::programs::{
         qdisc_detach_program,
     },
 };
+use netbpf_common::names::program;
 use serde::{Deserialize, Serialize};
 
 use super::{Datapath, DatapathError};
@@ -51,9 +52,9 @@ impl std::fmt::Display for TcAttachment {
 
 /// netbpf's tc programs and the hooks they attach to.
 const TC_PROGRAMS: [(&str, TcAttachType); 3] = [
-    (super::MSS_OUT_PROGRAM, TcAttachType::Egress),
-    (super::MSS_IN_PROGRAM, TcAttachType::Ingress),
-    (super::GRANT_GUARD_PROGRAM, TcAttachType::Ingress),
+    (program::MSS_OUT, TcAttachType::Egress),
+    (program::MSS_IN, TcAttachType::Ingress),
+    (program::GRANT_GUARD, TcAttachType::Ingress),
 ];
 
 /// Removes every clsact filter of netbpf's from `interfaces` of the calling

@@ -8,14 +8,12 @@ use std::{collections::HashMap, fs::File, os::fd::AsFd as _, path::Path};
 use anyhow::Context as _;
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya_obj::generated::bpf_attach_type;
+use netbpf_common::names::program;
 
 use super::{Area, Finding, Problem, Report, Scene, State};
 use crate::{
     api::{control, status::Status},
-    datapath::{
-        HOST_SERVICE_PROGRAM, MSS_IN_PROGRAM, MSS_OUT_PROGRAM, Pins, cgroup_hooks,
-        cgroup_link_name, sys,
-    },
+    datapath::{Pins, cgroup_hooks, cgroup_link_name, sys},
     host::{cgroup, netns},
     policy::Direction,
 };
@@ -151,12 +149,12 @@ fn node_programs(
         });
         match ids {
             Ok(ids) => expected.push(Expected {
-                program: HOST_SERVICE_PROGRAM,
+                program: program::HOST_SERVICE,
                 place: "in the node's network namespace".to_owned(),
-                id: find(ids, names, HOST_SERVICE_PROGRAM),
+                id: find(ids, names, program::HOST_SERVICE),
             }),
             Err(error) => add(
-                HOST_SERVICE_PROGRAM,
+                program::HOST_SERVICE,
                 State::Warning,
                 format!("BPF_PROG_QUERY on {}: {error}", node.display()),
             ),
@@ -164,11 +162,11 @@ fn node_programs(
     }
     for clamp in &status.mss_clamps {
         let hooks = match clamp.direction {
-            Direction::Egress => vec![(TcAttachType::Egress, MSS_OUT_PROGRAM)],
-            Direction::Ingress => vec![(TcAttachType::Ingress, MSS_IN_PROGRAM)],
+            Direction::Egress => vec![(TcAttachType::Egress, program::MSS_OUT)],
+            Direction::Ingress => vec![(TcAttachType::Ingress, program::MSS_IN)],
             Direction::Both => vec![
-                (TcAttachType::Egress, MSS_OUT_PROGRAM),
-                (TcAttachType::Ingress, MSS_IN_PROGRAM),
+                (TcAttachType::Egress, program::MSS_OUT),
+                (TcAttachType::Ingress, program::MSS_IN),
             ],
         };
         for interface in &clamp.attached {

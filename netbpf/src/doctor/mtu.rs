@@ -3,11 +3,11 @@
 //! container's, with no MSS clamp on it, neither netbpf's nor iptables'.
 
 use aya::programs::{SchedClassifier, TcAttachType};
+use netbpf_common::names::program;
 
 use super::{Finding, Problem, Report, Subject, inventory::Inventory, iptables, snippet};
 use crate::{
     api::status::Status,
-    datapath::MSS_OUT_PROGRAM,
     host::{
         links::{self, Interface},
         netns,
@@ -67,8 +67,9 @@ pub fn check(
                 way_out.name
             ),
             Ok(_) => format!(
-                "no MSS clamp on {}: no {MSS_OUT_PROGRAM} attached there (TCX, or the agent's status), no TCPMSS rule in iptables' mangle table",
-                way_out.name
+                "no MSS clamp on {}: no {} attached there (TCX, or the agent's status), no TCPMSS rule in iptables' mangle table",
+                way_out.name,
+                program::MSS_OUT
             ),
         });
         let labels: Vec<&str> = above
@@ -130,7 +131,7 @@ fn clamped(
     .is_some_and(|(_, programs)| {
         programs
             .iter()
-            .any(|program| program.name_as_str() == Some(MSS_OUT_PROGRAM))
+            .any(|loaded| loaded.name_as_str() == Some(program::MSS_OUT))
     });
     let by_iptables =
         matches!(mangle, Ok(Some(text)) if iptables::clamps_mss(text, &interface.name));

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Plan;
+use netbpf_common::names;
 
 /// The capacity of each map the policy fills. Each default is netbpf's
 /// built-in size of that map.
@@ -75,7 +76,7 @@ impl Capacity {
         // Each scope's reservation in the local-binds table fits beside
         // the others': no scope can fill it for another.
         let local_binds = (
-            "LOCAL_BINDS",
+            names::LOCAL_BINDS.name,
             plan.local_binds_reserved(self.local_binds_per_scope)
                 + more.local_binds_reserved(self.local_binds_per_scope),
             self.local_binds,
@@ -97,8 +98,16 @@ impl Capacity {
     #[must_use]
     pub fn fill(&self, plan: &Plan) -> Vec<(&'static str, usize, u32)> {
         let scopes = [
-            ("CGROUP_SCOPES", plan.cgroup_scopes.len(), self.scopes),
-            ("NETNS_SCOPES", plan.netns_scopes.len(), self.scopes),
+            (
+                names::CGROUP_SCOPES.name,
+                plan.cgroup_scopes.len(),
+                self.scopes,
+            ),
+            (
+                names::NETNS_SCOPES.name,
+                plan.netns_scopes.len(),
+                self.scopes,
+            ),
         ];
         let rules = self
             .rule_maps(plan, &Plan::default())
@@ -111,43 +120,43 @@ impl Capacity {
     fn rule_maps(&self, plan: &Plan, more: &Plan) -> [(&'static str, usize, u32, &'static str); 7] {
         [
             (
-                "FORWARD_PORTS",
+                names::FORWARD_PORTS.name,
                 together(&plan.forward_ports, &more.forward_ports),
                 self.forward_ports,
                 "forward_ports",
             ),
             (
-                "FORWARDS",
+                names::FORWARDS.name,
                 together(&plan.forwards, &more.forwards),
                 self.forward_prefixes,
                 "forward_prefixes",
             ),
             (
-                "ALIASES",
+                names::ALIASES.name,
                 together(&plan.aliases, &more.aliases),
                 self.aliases,
                 "aliases",
             ),
             (
-                "BIND_REMAPS",
+                names::BIND_REMAPS.name,
                 together(&plan.binds, &more.binds),
                 self.bind_remaps,
                 "bind_remaps",
             ),
             (
-                "GRANTS",
+                names::GRANTS.name,
                 together(&plan.grants, &more.grants),
                 self.grants,
                 "grants",
             ),
             (
-                "SCOPE_GRANTS",
+                names::SCOPE_GRANTS.name,
                 plan.scope_grants.union(&more.scope_grants).count(),
                 self.grants,
                 "grants",
             ),
             (
-                "HOST_SERVICES",
+                names::HOST_SERVICES.name,
                 together(&plan.services, &more.services),
                 self.service_addresses,
                 "service_addresses",
@@ -200,9 +209,12 @@ mod tests {
         assert_eq!(capacity.check(&held, &with_services(&[18188])), Ok(()));
         let error = capacity.check(&held, &with_services(&[18190])).unwrap_err();
         assert!(error.contains("capacity.service_addresses"), "{error}");
-        assert_eq!(full_map(&error), Some("HOST_SERVICES"));
+        assert_eq!(full_map(&error), Some(names::HOST_SERVICES.name));
         assert_eq!(full_map("no such thing"), None);
         let fill = capacity.fill(&held);
-        assert!(fill.contains(&("HOST_SERVICES", 2, 2)), "{fill:?}");
+        assert!(
+            fill.contains(&(names::HOST_SERVICES.name, 2, 2)),
+            "{fill:?}"
+        );
     }
 }

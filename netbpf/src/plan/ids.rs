@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::ScopeKey;
 use crate::policy::Scope;
+use netbpf_common::names;
 
 /// Scope ids, one per cgroup or network namespace matched. An id stays
 /// its key's for as long as the key is matched, so what the kernel keyed
@@ -45,8 +46,8 @@ impl ScopeIds {
         };
         if self.ids.keys().filter(|other| same_kind(other)).count() >= capacity as usize {
             let map = match key {
-                ScopeKey::Cgroup(_) => "CGROUP_SCOPES",
-                ScopeKey::Netns(_) => "NETNS_SCOPES",
+                ScopeKey::Cgroup(_) => names::CGROUP_SCOPES.name,
+                ScopeKey::Netns(_) => names::NETNS_SCOPES.name,
             };
             return Err(format!(
                 "map {map} is full ({capacity} scopes): raise capacity.scopes"
