@@ -17,12 +17,11 @@ use netbpf::{
     datapath::{Datapath, Optional, cgroup_hooks, sys},
     plan::Capacity,
 };
-use netbpf_common::MssConfig;
+use netbpf_common::{MssConfig, names::program};
 use netbpf_testenv::{bpftool_json, packet::Segment};
 use serde::{Deserialize, Serialize};
 
 use crate::sys::{enable_run_time_stats, test_run};
-use netbpf_common::names::program;
 
 /// The kernel's run-time statistics of programs, on while this lives: the
 /// kernel turns them off again when its descriptor closes, also when the

@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
+use netbpf_common::names::program;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -14,7 +15,6 @@ use crate::{
     throughput::Clamp,
     ways::Way,
 };
-use netbpf_common::names::program;
 
 /// Every figure of one run of the bench.
 #[derive(Debug, Serialize, Deserialize)]

@@ -5,9 +5,8 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
-use netbpf_testenv::{BRIDGE_V4, Place};
-
 use netbpf_common::names::program;
+use netbpf_testenv::{BRIDGE_V4, Place};
 
 use crate::{
     load::Measurement,

@@ -9,7 +9,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
-use netbpf_common::{ForwardTarget, MAP_LAYOUT, PROTO_TCP, ScopeEntry, ScopePort};
+use netbpf_common::{ForwardTarget, MAP_LAYOUT, PROTO_TCP, ScopeEntry, ScopePort, names};
 use netbpf_testenv::{
     AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
     run_checked, wait_for_listener,
@@ -17,7 +17,6 @@ use netbpf_testenv::{
 use serde::{Deserialize, Serialize};
 
 use crate::load::Measurement;
-use netbpf_common::names;
 
 /// The port of the TCP server (and of its forward).
 pub const TCP_PORT: u16 = 8082;

@@ -27,8 +27,7 @@ use netbpf::{
     datapath::{Datapath, Optional},
     plan::{Capacity, Plan},
 };
-use netbpf_common::names::program;
-use netbpf_common::{AF_INET, AF_INET6, GrantKey, GrantPath, ServiceKey};
+use netbpf_common::{AF_INET, AF_INET6, GrantKey, GrantPath, ServiceKey, names::program};
 use netbpf_testenv::{
     fuzz_cases,
     packet::{ACK, SYN, Segment},

@@ -14,8 +14,7 @@ use netbpf::{
     datapath::{Datapath, Optional},
     plan::Capacity,
 };
-use netbpf_common::MssConfig;
-use netbpf_common::names::program;
+use netbpf_common::{MssConfig, names::program};
 use netbpf_testenv::{
     NetbpfRun, Netns, PacketSocket, fuzz_cases, kernel, links_of, mac_address,
     packet::{ACK, Parsed, RST, SYN, Segment},

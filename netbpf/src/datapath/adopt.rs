@@ -14,12 +14,11 @@ use aya::{
 };
 use netbpf_common::{
     AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, GrantPath, Lookups,
-    RuleSlotKey, ScopeGrant, ScopePort, ServiceKey,
+    RuleSlotKey, ScopeGrant, ScopePort, ServiceKey, names,
 };
 
 use super::{Datapath, DatapathError, map_error};
 use crate::plan::Plan;
-use netbpf_common::names;
 
 /// The map of the agent's counter slots, beside the datapath's maps.
 const RULE_SLOTS: &str = "RULE_SLOTS";

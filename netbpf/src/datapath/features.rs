@@ -6,9 +6,9 @@
 use std::{fs::File, io, os::fd::AsFd as _};
 
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
+use netbpf_common::names::program;
 
 use super::{cgroup_hooks, sys};
-use netbpf_common::names::program;
 
 /// A kernel feature, how to probe it, and what netbpf does with it.
 pub struct Feature {

@@ -12,10 +12,12 @@ use aya::{
     maps::{MapError, SockMap},
     programs::{SkLookup, TcAttachType, links::FdLink},
 };
-use netbpf_common::{MAX_HOST_SERVICES, ServiceStats};
+use netbpf_common::{
+    MAX_HOST_SERVICES, ServiceStats,
+    names::{self, program},
+};
 
 use super::{Datapath, DatapathError, TcLink, map_error};
-use netbpf_common::names::{self, program};
 
 impl Datapath {
     /// Attaches the host service program to the network namespace at

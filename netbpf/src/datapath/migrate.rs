@@ -13,9 +13,9 @@
 use std::{fs, io, path::Path};
 
 use aya::maps::MapInfo;
+use netbpf_common::names;
 
 use super::sys::{map_lookup, map_next_key, map_update, obj_get};
-use netbpf_common::names;
 
 /// `BPF_MAP_TYPE_SOCKMAP`: its entries are sockets, which a copy cannot
 /// carry (the host services' listeners are taken again).

@@ -11,6 +11,8 @@
 
 mod adopt;
 mod counters;
+#[cfg(test)]
+pub mod fake;
 pub mod features;
 mod host_services;
 pub mod migrate;
@@ -18,6 +20,7 @@ mod mss;
 #[cfg(test)]
 mod object_names;
 pub mod pins;
+mod plan_maps;
 mod sockets;
 pub mod sys;
 mod tc;
@@ -29,13 +32,14 @@ use aya::{
     maps::MapError,
     programs::{Program, ProgramError},
 };
+use netbpf_common::names::{self, program};
 
 use crate::plan::Capacity;
-use netbpf_common::names::{self, program};
 
 pub use self::{
     mss::MssLinks,
     pins::Pins,
+    plan_maps::{PlanMaps, SlotEntries},
     sockets::{BoundSocket, CgroupHook, cgroup_hooks, cgroup_link_name},
     tc::{TcAttachment, TcLink, remove_clsact_filters},
 };

@@ -3,14 +3,16 @@
 //! clsact qdisc before).
 
 use aya::{maps::HashMap, programs::TcAttachType};
-use netbpf_common::{MssConfig, MssStats};
+use netbpf_common::{
+    MssConfig, MssStats,
+    names::{self, program},
+};
 
 use super::{
     Datapath, DatapathError, map_error,
     tc::{TcAttachment, TcLink},
 };
 use crate::policy::Direction;
-use netbpf_common::names::{self, program};
 
 /// The attachments of the clamp to one interface; detached when handed
 /// back to [`Datapath::detach_mss`], or when the interface goes.

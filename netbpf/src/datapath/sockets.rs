@@ -15,11 +15,13 @@ use aya::{
     programs::{CgroupAttachMode, Program, links::FdLink},
 };
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
-use netbpf_common::{ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort};
+use netbpf_common::{
+    ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort,
+    names::{self, program},
+};
 
 use super::{Datapath, DatapathError, map_error};
 use crate::{host::socket_fds, plan::Plan};
-use netbpf_common::names::{self, program};
 
 /// A socket bound inside a scope, and its key in the local-binds table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use netbpf_common::names;
 use serde::{Deserialize, Serialize};
 
 use super::Plan;
-use netbpf_common::names;
 
 /// The capacity of each map the policy fills. Each default is netbpf's
 /// built-in size of that map.

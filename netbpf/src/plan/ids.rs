@@ -1,11 +1,11 @@
 //! Numbers that stay the same while what they number lives: scope ids
 //! (what the kernel keys a scope's state by) and counter slots of rules.
 
+use netbpf_common::names;
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::ScopeKey;
 use crate::policy::Scope;
-use netbpf_common::names;
 
 /// Scope ids, one per cgroup or network namespace matched. An id stays
 /// its key's for as long as the key is matched, so what the kernel keyed
