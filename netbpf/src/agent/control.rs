@@ -1,19 +1,24 @@
 //! The control socket of a running netbpf, served: its run directory,
-//! claimed by one agent at a time, and the socket bound in it that only
-//! root may connect to. What goes over it is `api::control`'s.
+//! claimed by one agent at a time, the socket bound in it that only root
+//! may connect to, and each client's request read and answered. What goes
+//! over it is `api::control`'s.
 
 use std::{
     fs::{self, File},
     io,
     os::unix::net::UnixListener as StdUnixListener,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use nix::fcntl::{Flock, FlockArg};
-use tokio::net::UnixListener;
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+};
 
-use crate::api::control::socket_path;
+use crate::api::control::{Request, socket_path};
 
 /// The run directory, held by this process through an exclusive lock on
 /// its lock file, with the control socket bound. On drop the socket and
@@ -113,6 +118,38 @@ impl Drop for RunDir {
         if self.created {
             let _ = fs::remove_dir(&self.dir);
         }
+    }
+}
+
+/// A control request, and where its answer goes.
+pub type ControlRequest = (Request, tokio::sync::oneshot::Sender<Vec<u8>>);
+
+/// Reads one request from a control client, has the loop answer it
+/// through `asking`, and writes the answer back.
+pub async fn serve_client(stream: UnixStream, asking: tokio::sync::mpsc::Sender<ControlRequest>) {
+    let served = async {
+        let (reader, mut writer) = stream.into_split();
+        let mut line = String::new();
+        let mut reader = BufReader::new(reader.take(Request::MAX_LINE));
+        tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await??;
+        let request = Request::parse(&line).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown request {line:?}"),
+            )
+        })?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        asking
+            .send((request, reply))
+            .await
+            .map_err(|_| io::Error::other("the agent is stopping"))?;
+        let answer = answer
+            .await
+            .map_err(|_| io::Error::other("the agent is stopping"))?;
+        tokio::time::timeout(Duration::from_secs(2), writer.write_all(&answer)).await?
+    };
+    if let Err(error) = served.await {
+        tracing::warn!(%error, "a control client went away");
     }
 }
 

@@ -1,14 +1,47 @@
-//! Watches the policy directory with inotify: a file written, moved in or
-//! out, or removed there asks for a reload. Editors write in bursts (a
-//! temporary file, a rename), so the agent reloads once the burst is over.
+//! Where the policy comes from, and its changes: the policy directory is
+//! watched with inotify, and a file written, moved in or out, or removed
+//! there asks for a reload. Editors write in bursts (a temporary file, a
+//! rename), so the agent reloads once the burst is over.
 
-use std::{io, path::Path, time::Duration};
+use std::{
+    io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use futures_util::StreamExt as _;
 use inotify::{EventStream, Inotify, WatchMask};
 
+use crate::policy::{self, Policy, PolicyError};
+
 /// How long the directory stays quiet before the policy is reloaded.
 pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// Where the policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// One file (`netbpf run --policy FILE`).
+    File(PathBuf),
+    /// Every `*.toml` file of a directory, merged.
+    Dir(PathBuf),
+}
+
+impl PolicySource {
+    /// Reads and validates the policy.
+    pub fn load(&self) -> Result<Policy, PolicyError> {
+        match self {
+            Self::File(file) => policy::load(file),
+            Self::Dir(dir) => policy::load_dir(dir),
+        }
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::File(path) | Self::Dir(path) => path,
+        }
+    }
+}
 
 /// The changes of a policy directory.
 pub struct PolicyWatch {

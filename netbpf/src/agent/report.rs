@@ -29,18 +29,19 @@ impl Agent {
         };
         let mut containers = BTreeMap::new();
         for container in self
-            .described_workloads()
+            .inventory
+            .workloads()
             .into_iter()
             .filter_map(|workload| workload.container)
         {
             *containers
-                .entry(super::runtime_name(container.runtime))
+                .entry(super::inventory::runtime_name(container.runtime))
                 .or_insert(0) += 1;
         }
         let snapshot = metrics::Snapshot {
             status,
             containers,
-            maps: self.capacity.fill(&self.plan),
+            maps: self.core.capacity().fill(&self.core.plan),
         };
         metrics::render(&self.events, &snapshot)
     }
@@ -50,11 +51,13 @@ impl Agent {
         let agent = self;
         let datapath = &agent.datapath;
         let scopes = agent
+            .core
             .outcomes
             .iter()
             .map(|outcome| instance_status(agent, outcome))
             .collect::<anyhow::Result<_>>()?;
         let mss_clamps = agent
+            .network
             .clamper
             .status(datapath)?
             .into_iter()
@@ -66,6 +69,7 @@ impl Agent {
             })
             .collect();
         let host_services = agent
+            .network
             .host_services
             .status(datapath)?
             .into_iter()
@@ -115,7 +119,7 @@ impl Agent {
             }),
             scopes,
             host_services,
-            grant_guard: agent.guard.interfaces(),
+            grant_guard: agent.network.guard.interfaces(),
             mss_clamps,
             unavailable: agent.unavailable.clone(),
         })
@@ -125,7 +129,7 @@ impl Agent {
 /// A scope instance: what it matched, its rules and their counters, or
 /// why it has none.
 fn instance_status(agent: &Agent, outcome: &Outcome) -> anyhow::Result<ScopeStatus> {
-    let def = &agent.policy.scopes[outcome.assignment.scope];
+    let def = &agent.core.policy.scopes[outcome.assignment.scope];
     let place = Some(outcome.assignment.place.clone());
     let (cgroup, cgroup_id, netns, netns_cookie) = match outcome.assignment.key {
         ScopeKey::Cgroup(id) => (place, Some(id), None, None),
@@ -195,7 +199,7 @@ fn rules_status(agent: &Agent, scope: &Scope, status: &mut ScopeStatus) -> anyho
         .map(|grant| {
             Ok(GrantStatus {
                 rule: grant.rule,
-                service: agent.policy.host_services[grant.service].name.clone(),
+                service: agent.core.policy.host_services[grant.service].name.clone(),
                 dial: grant.dial,
                 gateway: grant.gateway,
                 connects: datapath.rule_stats(grant.rule)?.connects,

@@ -1,0 +1,405 @@
+//! What the maps must hold, and how they come to hold it: the policy in
+//! force, the rules each scope instance resolved to, the scope ids and
+//! counter slots given out, and the plan the maps hold. A reconcile
+//! compiles what matches now into a plan and moves the maps to it through
+//! [`PlanMaps`], undoing a failed update.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{
+    existing_binds::ScopePlace,
+    facts::{BindsIn, InstanceFacts},
+    metrics::Events,
+};
+use crate::{
+    containers::Workload,
+    datapath::{DatapathError, PlanMaps},
+    host::{Node, netns},
+    plan::{self, Assignment, Capacity, Outcome, Plan, Resolved, RuleSlots, ScopeIds, ScopeKey},
+    policy::{self, Instance, Policy, Selector},
+};
+
+/// An instance's rules are cached under what they were resolved from: its
+/// scope, its key, its name and what its match captured.
+type CacheKey = (usize, ScopeKey, String, policy::Captures);
+
+/// The policy in force and what the maps hold of it.
+pub struct Reconciler {
+    pub policy: Policy,
+    capacity: Capacity,
+    ids: ScopeIds,
+    slots: RuleSlots,
+    /// The rules each instance resolved to, until the policy changes or
+    /// the instance does.
+    resolved: HashMap<CacheKey, Result<policy::Scope, String>>,
+    /// The network namespace each instance with bind remaps binds in,
+    /// known once one of its processes runs: it stays while the cgroup
+    /// does.
+    namespaces: HashMap<ScopeKey, BindsIn>,
+    /// What the maps hold.
+    pub plan: Plan,
+    /// What became of each scope instance.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// What a reload replaced, to put back if the new policy cannot be
+/// applied.
+pub struct Replaced {
+    policy: Policy,
+    resolved: HashMap<CacheKey, Result<policy::Scope, String>>,
+}
+
+impl Reconciler {
+    /// Starts from what `maps` hold (nothing, unless adopted), with the
+    /// scope ids and counter slots found there, so that a restart keeps
+    /// them.
+    pub fn adopt(
+        maps: &impl PlanMaps,
+        policy: Policy,
+        capacity: Capacity,
+    ) -> Result<Self, DatapathError> {
+        let plan = maps.read_plan()?;
+        let ids = ScopeIds::adopt(
+            plan.cgroup_scopes
+                .iter()
+                .map(|(&id, scope)| (ScopeKey::Cgroup(id), scope.id))
+                .chain(
+                    plan.netns_scopes
+                        .iter()
+                        .map(|(&cookie, scope)| (ScopeKey::Netns(cookie), scope.id)),
+                )
+                .collect(),
+        );
+        Ok(Self {
+            policy,
+            capacity,
+            ids,
+            slots: RuleSlots::adopt(maps.read_rule_slots()?),
+            resolved: HashMap::new(),
+            namespaces: HashMap::new(),
+            plan,
+            outcomes: Vec::new(),
+        })
+    }
+
+    /// The capacity of the maps.
+    #[must_use]
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// Makes the maps hold the plan of what matches now among `workloads`.
+    /// New and changed entries first, dropped ones last; a failed update
+    /// is undone, and only a failed update is an error. Returns where the
+    /// instances new to the maps (or forwarding more ports) are: services
+    /// may listen there already, bound before the hooks saw them.
+    pub fn reconcile(
+        &mut self,
+        maps: &mut impl PlanMaps,
+        workloads: &[Workload],
+        node: &Node,
+        events: &mut Events,
+    ) -> Result<Vec<ScopePlace>, DatapathError> {
+        let resolved = self.resolve(workloads, node);
+        let mut ids = self.ids.clone();
+        let mut slots = self.slots.clone();
+        let (plan, outcomes) =
+            plan::compile(&self.policy, resolved, &mut ids, &mut slots, &self.capacity);
+        maps.reset_rule_stats(slots.take_fresh())?;
+        if let Err(error) = maps.update(&self.plan, &plan) {
+            if let Err(undo) = maps.update(&plan, &self.plan) {
+                // Neither plan is what the maps hold: the next update
+                // starts from what they do hold.
+                tracing::warn!(error = %undo, "undoing a failed update: reading the maps back");
+                match maps.read_plan() {
+                    Ok(held) => self.plan = held,
+                    Err(error) => tracing::warn!(%error, "reading the maps back"),
+                }
+            }
+            return Err(error);
+        }
+        // The maps hold the new plan: from here on nothing undoes it, and
+        // the agent's view follows it whatever else fails.
+        if let Err(error) = maps.write_rule_slots(self.slots.entries(), slots.entries()) {
+            tracing::warn!(%error, "the rule slots were not pinned: a restarted agent renumbers counters");
+        }
+        let known: Vec<u32> = self
+            .plan
+            .cgroup_scopes
+            .values()
+            .chain(self.plan.netns_scopes.values())
+            .map(|scope| scope.id)
+            .collect();
+        self.log_outcomes(&outcomes, &known, events);
+        self.ids = ids;
+        self.slots = slots;
+        let previous = std::mem::replace(&mut self.plan, plan);
+        self.outcomes = outcomes;
+        let grown = self.plan.scopes_forwarding_more_than(&previous);
+        Ok(self
+            .scope_places()
+            .into_iter()
+            .filter(|scope| !known.contains(&scope.id) || grown.contains(&scope.id))
+            .collect())
+    }
+
+    /// Logs the instances newly applied (their ids not in `known`) and
+    /// those newly refused, counting a refusal for a full map.
+    fn log_outcomes(&self, outcomes: &[Outcome], known: &[u32], events: &mut Events) {
+        for outcome in outcomes {
+            let name = self.name_of(outcome);
+            let container = outcome.assignment.container.as_ref();
+            let container_name = container.and_then(|c| c.name.as_deref()).unwrap_or("");
+            let container_id = container.map_or("", |c| c.id.as_str());
+            match &outcome.applied {
+                Ok((id, _)) if !known.contains(id) => {
+                    tracing::info!(scope = %name, id, container = container_name, container_id, "scope instance applied");
+                }
+                Err(error)
+                    if !self.outcomes.iter().any(|old| {
+                        old.assignment == outcome.assignment && old.applied.is_err()
+                    }) =>
+                {
+                    if let Some(map) = plan::full_map(error) {
+                        events.refused_for_full_map(map);
+                    }
+                    tracing::warn!(scope = %name, container = container_name, container_id, %error, "scope instance not applied");
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Every scope instance matched now among `workloads`, with its rules.
+    fn resolve(&mut self, workloads: &[Workload], node: &Node) -> Vec<Resolved> {
+        let mut assignments = plan::assign(&self.policy, workloads, &node.mount, node.mount_level);
+        assignments.extend(self.netns_assignments());
+        // What matches now; the rest (a container gone) leaves the caches.
+        let mut current = HashSet::new();
+        let mut current_keys = HashSet::new();
+        let resolved = assignments
+            .into_iter()
+            .map(|mut assignment| {
+                if let ScopeKey::Cgroup(_) = assignment.key {
+                    assignment.place = node.mount.join(&assignment.place);
+                }
+                let cache_key = (
+                    assignment.scope,
+                    assignment.key,
+                    assignment.instance.clone(),
+                    assignment.captures.clone(),
+                );
+                current.insert(cache_key.clone());
+                current_keys.insert(assignment.key);
+                self.resolve_one(assignment, cache_key, node)
+            })
+            .collect::<Vec<_>>();
+        self.resolved.retain(|key, _| current.contains(key));
+        self.namespaces.retain(|key, _| current_keys.contains(key));
+        resolved
+    }
+
+    /// An instance of each network namespace scope whose namespace exists.
+    fn netns_assignments(&self) -> Vec<Assignment> {
+        self.policy
+            .scopes
+            .iter()
+            .enumerate()
+            .filter_map(|(index, def)| {
+                let Selector::Netns(path) = &def.selector else {
+                    return None;
+                };
+                let cookie = netns::netns_cookie(path).ok()?;
+                Some(Assignment {
+                    scope: index,
+                    key: ScopeKey::Netns(cookie),
+                    instance: path.display().to_string(),
+                    place: path.clone(),
+                    level: 0,
+                    captures: policy::Captures::new(),
+                    container: None,
+                })
+            })
+            .collect()
+    }
+
+    /// The rules of one instance: cached, or resolved from the host's
+    /// facts of it.
+    fn resolve_one(
+        &mut self,
+        assignment: Assignment,
+        cache_key: CacheKey,
+        node: &Node,
+    ) -> Resolved {
+        let def = &self.policy.scopes[assignment.scope];
+        let facts = InstanceFacts {
+            key: assignment.key,
+            place: &assignment.place,
+            node_netns: &node.netns,
+        };
+        // Where its bind remaps claim ports (only they need it).
+        let network = if def.has_binds() {
+            let cached = self.namespaces.get(&assignment.key).copied();
+            let known = cached.or_else(|| facts.network_namespace());
+            if let Some(network) = known {
+                self.namespaces.insert(assignment.key, network);
+            }
+            known.and_then(BindsIn::own)
+        } else {
+            None
+        };
+        let rules = self
+            .resolved
+            .entry(cache_key)
+            .or_insert_with(|| {
+                let instance = Instance {
+                    name: &assignment.instance,
+                    captures: &assignment.captures,
+                };
+                def.instantiate(&self.policy.host_services, instance, &facts)
+                    .map_err(|error| error.to_string())
+            })
+            .clone();
+        Resolved {
+            assignment,
+            rules,
+            network,
+        }
+    }
+
+    /// `SCOPE/INSTANCE` of an outcome.
+    #[must_use]
+    pub fn name_of(&self, outcome: &Outcome) -> String {
+        format!(
+            "{}/{}",
+            self.policy.scopes[outcome.assignment.scope].name, outcome.assignment.instance
+        )
+    }
+
+    /// The outcome of the deepest of `keys` that is an instance.
+    #[must_use]
+    pub fn outcome_of(&self, keys: &[ScopeKey]) -> Option<&Outcome> {
+        keys.iter().find_map(|key| {
+            self.outcomes
+                .iter()
+                .find(|outcome| outcome.assignment.key == *key)
+        })
+    }
+
+    /// Where each applied instance is, for finding its sockets.
+    #[must_use]
+    pub fn scope_places(&self) -> Vec<ScopePlace> {
+        self.outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let (id, _) = outcome.applied.as_ref().ok()?;
+                Some(ScopePlace {
+                    id: *id,
+                    key: outcome.assignment.key,
+                    path: outcome.assignment.place.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// What waits, as the retry compares it: each instance that failed
+    /// with its reason, and the network namespace scopes with no instance.
+    #[must_use]
+    pub fn failing(&self) -> Vec<String> {
+        let mut failing: Vec<String> = self
+            .outcomes
+            .iter()
+            .filter_map(|outcome| {
+                let error = outcome.applied.as_ref().err()?;
+                Some(format!("{:?}: {error}", outcome.assignment.key))
+            })
+            .collect();
+        failing.push(format!(
+            "{} network namespace instances",
+            self.netns_instances()
+        ));
+        failing
+    }
+
+    /// How many instances are network namespaces.
+    fn netns_instances(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|outcome| matches!(outcome.assignment.key, ScopeKey::Netns(_)))
+            .count()
+    }
+
+    /// Whether some instance waits: its rules failed (a container whose
+    /// network is not up yet), or its network namespace does not exist yet
+    /// (nothing announces one).
+    #[must_use]
+    pub fn waiting(&self) -> bool {
+        let netns_scopes = self
+            .policy
+            .scopes
+            .iter()
+            .filter(|def| matches!(def.selector, Selector::Netns(_)))
+            .count();
+        self.netns_instances() < netns_scopes
+            || self.outcomes.iter().any(|outcome| outcome.applied.is_err())
+    }
+
+    /// Forgets the rules that failed to resolve, to be resolved again.
+    pub fn forget_failed(&mut self) {
+        self.resolved.retain(|_, rules| rules.is_ok());
+    }
+
+    /// Forgets the rules of the instances keyed by `cgroups`, resolved
+    /// from what the host said of them (addresses, gateway).
+    pub fn forget_cgroups(&mut self, cgroups: &HashSet<u64>) {
+        self.resolved.retain(|(_, key, _, _), _| {
+            !matches!(key, ScopeKey::Cgroup(cgroup) if cgroups.contains(cgroup))
+        });
+    }
+
+    /// Forgets the resolved rules of every instance with a grant through
+    /// interface `index` (its veth or its bridge), which is gone or moved:
+    /// resolved again at once, they never keep an address the container
+    /// lost. Whether any had.
+    pub fn withdraw_grants_through(&mut self, index: u32) -> bool {
+        let before = self.resolved.len();
+        self.resolved.retain(|_, rules| {
+            !rules.as_ref().is_ok_and(|scope| {
+                scope
+                    .grants
+                    .iter()
+                    .any(|grant| grant.via == Some(index) || grant.ingress == Some(index))
+            })
+        });
+        self.resolved.len() != before
+    }
+
+    /// Forgets the resolved rules of every instance with a grant.
+    pub fn withdraw_grants(&mut self) {
+        self.resolved
+            .retain(|_, rules| rules.as_ref().is_ok_and(|scope| scope.grants.is_empty()));
+    }
+
+    /// Puts `policy` in force for the next reconcile; what it replaced
+    /// comes back with [`Self::put_back`].
+    pub fn replace_policy(&mut self, policy: Policy) -> Replaced {
+        Replaced {
+            policy: std::mem::replace(&mut self.policy, policy),
+            resolved: std::mem::take(&mut self.resolved),
+        }
+    }
+
+    /// Puts back what [`Self::replace_policy`] replaced.
+    pub fn put_back(&mut self, replaced: Replaced) {
+        self.policy = replaced.policy;
+        self.resolved = replaced.resolved;
+    }
+}
+
+impl Replaced {
+    /// The policy that was in force.
+    #[must_use]
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+}

@@ -1,0 +1,1 @@
+//! Unit tests of the agent's logic, through the fake datapath.
