@@ -38,7 +38,7 @@ use self::{
     inventory::Inventory,
     network::{HostNetwork, Rewired},
     policy_watch::PolicyWatch,
-    reconcile::Reconciler,
+    reconcile::{HostProbe, Reconciler},
     retry::Retry,
     signals::Asked,
 };
@@ -138,7 +138,7 @@ impl Agent {
         inventory.forget_hooked_gone();
         // What the maps hold now (nothing, unless adopted): the starting
         // point of the first update, with its scope ids and counter slots.
-        let core = Reconciler::adopt(&datapath, policy, capacity)?;
+        let core = Reconciler::adopt(&datapath, policy, capacity, Box::new(HostProbe))?;
         let mut agent = Self {
             network: HostNetwork::new(&core.policy, &node),
             datapath,

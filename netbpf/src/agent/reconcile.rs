@@ -4,7 +4,10 @@
 //! compiles what matches now into a plan and moves the maps to it through
 //! [`PlanMaps`], undoing a failed update.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 use super::{
     existing_binds::ScopePlace,
@@ -19,6 +22,55 @@ use crate::{
     policy::{self, Instance, Policy, Selector},
 };
 
+/// What the host says of one scope instance: its network and the ports
+/// bound near it, and the network namespace its sockets bind in.
+pub trait InstanceProbe: policy::Facts {
+    /// Where its sockets bind; unknown (None) while it has no process.
+    fn binds_in(&self) -> Option<BindsIn>;
+}
+
+/// Where the facts of scope instances come from: the host ([`HostProbe`]),
+/// or a unit test's table.
+pub trait Probe {
+    /// The facts of the instance keyed `key`, at `place`, on `node`.
+    fn instance<'a>(
+        &'a self,
+        key: ScopeKey,
+        place: &'a Path,
+        node: &'a Node,
+    ) -> Box<dyn InstanceProbe + 'a>;
+    /// The cookie of the network namespace at `path`, if it exists.
+    fn netns_cookie(&self, path: &Path) -> Option<u64>;
+}
+
+/// The facts of this host.
+pub struct HostProbe;
+
+impl Probe for HostProbe {
+    fn instance<'a>(
+        &'a self,
+        key: ScopeKey,
+        place: &'a Path,
+        node: &'a Node,
+    ) -> Box<dyn InstanceProbe + 'a> {
+        Box::new(InstanceFacts {
+            key,
+            place,
+            node_netns: &node.netns,
+        })
+    }
+
+    fn netns_cookie(&self, path: &Path) -> Option<u64> {
+        netns::netns_cookie(path).ok()
+    }
+}
+
+impl InstanceProbe for InstanceFacts<'_> {
+    fn binds_in(&self) -> Option<BindsIn> {
+        self.network_namespace()
+    }
+}
+
 /// An instance's rules are cached under what they were resolved from: its
 /// scope, its key, its name and what its match captured.
 type CacheKey = (usize, ScopeKey, String, policy::Captures);
@@ -27,6 +79,8 @@ type CacheKey = (usize, ScopeKey, String, policy::Captures);
 pub struct Reconciler {
     pub policy: Policy,
     capacity: Capacity,
+    /// Where instances' facts come from.
+    probe: Box<dyn Probe>,
     ids: ScopeIds,
     slots: RuleSlots,
     /// The rules each instance resolved to, until the policy changes or
@@ -57,6 +111,7 @@ impl Reconciler {
         maps: &impl PlanMaps,
         policy: Policy,
         capacity: Capacity,
+        probe: Box<dyn Probe>,
     ) -> Result<Self, DatapathError> {
         let plan = maps.read_plan()?;
         let ids = ScopeIds::adopt(
@@ -73,6 +128,7 @@ impl Reconciler {
         Ok(Self {
             policy,
             capacity,
+            probe,
             ids,
             slots: RuleSlots::adopt(maps.read_rule_slots()?),
             resolved: HashMap::new(),
@@ -209,7 +265,7 @@ impl Reconciler {
                 let Selector::Netns(path) = &def.selector else {
                     return None;
                 };
-                let cookie = netns::netns_cookie(path).ok()?;
+                let cookie = self.probe.netns_cookie(path)?;
                 Some(Assignment {
                     scope: index,
                     key: ScopeKey::Netns(cookie),
@@ -232,15 +288,11 @@ impl Reconciler {
         node: &Node,
     ) -> Resolved {
         let def = &self.policy.scopes[assignment.scope];
-        let facts = InstanceFacts {
-            key: assignment.key,
-            place: &assignment.place,
-            node_netns: &node.netns,
-        };
+        let facts = self.probe.instance(assignment.key, &assignment.place, node);
         // Where its bind remaps claim ports (only they need it).
         let network = if def.has_binds() {
             let cached = self.namespaces.get(&assignment.key).copied();
-            let known = cached.or_else(|| facts.network_namespace());
+            let known = cached.or_else(|| facts.binds_in());
             if let Some(network) = known {
                 self.namespaces.insert(assignment.key, network);
             }
@@ -256,10 +308,11 @@ impl Reconciler {
                     name: &assignment.instance,
                     captures: &assignment.captures,
                 };
-                def.instantiate(&self.policy.host_services, instance, &facts)
+                def.instantiate(&self.policy.host_services, instance, facts.as_ref())
                     .map_err(|error| error.to_string())
             })
             .clone();
+        drop(facts);
         Resolved {
             assignment,
             rules,
