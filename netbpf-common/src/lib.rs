@@ -6,6 +6,8 @@
 //! `user` feature the types implement `aya::Pod`.
 #![no_std]
 
+pub mod addr;
+pub mod mss;
 pub mod names;
 
 use core::mem::size_of;

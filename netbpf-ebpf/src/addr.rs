@@ -1,13 +1,16 @@
 //! Addresses as the socket hooks see them: reading and writing the user
-//! address of a `bpf_sock_addr`, and classifying addresses.
+//! address of a `bpf_sock_addr`. How they are classified and rewritten is
+//! `netbpf_common::addr`'s, tested on the host.
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use netbpf_common::{AF_INET, AF_INET6, SockAddr};
-
-/// `::ffff:0:0/96` marker word of an IPv4-mapped IPv6 address.
-const V4_MAPPED_MARKER: u32 = 0x0000_ffff_u32.to_be();
+// The classes and rewrites of `netbpf_common::addr`, where the hooks
+// find them with the context's reads and writes.
+pub use netbpf_common::addr::{
+    canonical, forwarded, is_localhost, is_wildcard, loopback_for_wildcard, mapped,
+};
+use netbpf_common::{AF_INET, SockAddr};
 
 /// The user address of `ctx` (the destination of connect and sendmsg, the
 /// source of recvmsg, the peer of getpeername), for a socket of `family`.
@@ -81,83 +84,5 @@ pub fn write_user(ctx: *mut bpf_sock_addr, family: u16, to: &SockAddr) {
             write_volatile(ip6.add(3), to.addr[3]);
         }
         write_volatile(addr_of_mut!((*ctx).user_port), u32::from(to.port));
-    }
-}
-
-/// Whether an IPv4 address (network order) is in 127.0.0.0/8.
-#[inline(always)]
-fn is_loopback4(addr: u32) -> bool {
-    u32::from_be(addr) >> 24 == 127
-}
-
-/// Whether `addr` of `family` is localhost: 127.0.0.0/8, `::1` or
-/// `::ffff:127.0.0.0/104`.
-#[inline(always)]
-pub fn is_localhost(addr: &[u32; 4], family: u16) -> bool {
-    if family == AF_INET {
-        return is_loopback4(addr[0]);
-    }
-    if addr[0] != 0 || addr[1] != 0 {
-        return false;
-    }
-    (addr[2] == 0 && addr[3] == 1u32.to_be())
-        || (addr[2] == V4_MAPPED_MARKER && is_loopback4(addr[3]))
-}
-
-/// Whether `addr` of `family` is a wildcard: `0.0.0.0`, `::` or
-/// `::ffff:0.0.0.0`.
-#[inline(always)]
-pub fn is_wildcard(addr: &[u32; 4], family: u16) -> bool {
-    if family == AF_INET {
-        return addr[0] == 0;
-    }
-    addr[0] == 0 && addr[1] == 0 && (addr[2] == 0 || addr[2] == V4_MAPPED_MARKER) && addr[3] == 0
-}
-
-/// The loopback address Linux connects to in place of the wildcard `addr`
-/// of `family`: `0.0.0.0` is `127.0.0.1`, `::` is `::1`, and
-/// `::ffff:0.0.0.0` is `::ffff:127.0.0.1`.
-#[inline(always)]
-pub fn loopback_for_wildcard(addr: &[u32; 4], family: u16) -> [u32; 4] {
-    let loopback4 = 0x7f00_0001_u32.to_be();
-    if family == AF_INET {
-        [loopback4, 0, 0, 0]
-    } else if addr[2] == V4_MAPPED_MARKER {
-        [0, 0, V4_MAPPED_MARKER, loopback4]
-    } else {
-        [0, 0, 0, 1u32.to_be()]
-    }
-}
-
-/// `addr` of a socket of `family` in its own family: an IPv4-mapped IPv6
-/// address is IPv4.
-#[inline(always)]
-pub fn canonical(addr: &[u32; 4], family: u16) -> ([u32; 4], u16) {
-    if family == AF_INET6 && addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_MARKER {
-        ([addr[3], 0, 0, 0], AF_INET)
-    } else {
-        (*addr, family)
-    }
-}
-
-/// `addr`, seen by an IPv4 hook, as an IPv6 socket sees it: IPv4-mapped.
-#[inline(always)]
-pub fn mapped(addr: &SockAddr) -> SockAddr {
-    SockAddr {
-        addr: [0, 0, V4_MAPPED_MARKER, addr.addr[0]],
-        port: addr.port,
-        family: AF_INET6,
-    }
-}
-
-/// `target` (of `target_family`) as an address of a socket of
-/// `socket_family`: IPv4 targets of IPv6 sockets become IPv4-mapped; an
-/// IPv6 target cannot be reached from an IPv4 socket.
-#[inline(always)]
-pub fn for_socket(target: &[u32; 4], target_family: u16, socket_family: u16) -> Option<[u32; 4]> {
-    match (target_family, socket_family) {
-        (AF_INET, AF_INET6) => Some([0, 0, V4_MAPPED_MARKER, target[0]]),
-        (a, b) if a == b => Some(*target),
-        _ => None,
     }
 }

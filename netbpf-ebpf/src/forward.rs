@@ -57,19 +57,11 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         }
         return;
     };
-    // udpv6_sendmsg() refuses a destination that a program rewrote to an
-    // IPv4-mapped address (ENOTSUPP): such datagrams are left alone, and
-    // reach an IPv4 target only through a connected socket.
-    if matches!(syscall, Syscall::SendMsg) && family == AF_INET6 && target.family == AF_INET {
+    // A datagram of an IPv6 socket is left alone for an IPv4 target: it
+    // reaches one only through a connected socket.
+    let datagram = matches!(syscall, Syscall::SendMsg);
+    let Some(to) = addr::forwarded(&target, port, family, datagram) else {
         return;
-    }
-    let Some(to_addr) = addr::for_socket(&target.addr, target.family, family) else {
-        return;
-    };
-    let to = SockAddr {
-        addr: to_addr,
-        port: port.wrapping_add(target.port_delta).to_be(),
-        family,
     };
     let remembered = remember(
         ctx,

@@ -2,7 +2,8 @@
 //! target does it (`net/netfilter/xt_TCPMSS.c`): the same option walk, an
 //! MSS is only ever lowered, and a SYN without one gets one inserted.
 //! Where TCPMSS would drop a packet it cannot parse, this passes it on
-//! untouched and counts it: netbpf fails open.
+//! untouched and counts it: netbpf fails open. The arithmetic is
+//! `netbpf_common::mss`'s, tested on the host.
 
 use aya_ebpf::{
     bindings::{
@@ -12,10 +13,7 @@ use aya_ebpf::{
     helpers::{bpf_check_mtu, bpf_fib_lookup, bpf_skb_change_tail},
     programs::TcContext,
 };
-use netbpf_common::{
-    MSS_PATH_MTU, MSS_V4_DEFAULT, MSS_V4_OVERHEAD, MSS_V6_DEFAULT, MSS_V6_OVERHEAD, MssConfig,
-    MssStats,
-};
+use netbpf_common::{MSS_PATH_MTU, MssConfig, MssStats, mss};
 
 use crate::{
     ip::{AF_INET, IPPROTO_TCP, Parsed, Segment, TCP_FLAG_SYN, parse, surely_not_syn},
@@ -164,21 +162,13 @@ fn lower_mss(
     target: u16,
     stats: &mut MssStats,
 ) {
-    if old <= target {
+    let Some(lowered) = mss::lowered_mss(old, target) else {
         stats.already_small += 1;
         return;
-    }
-    let new = target.to_be_bytes();
-    let offset = segment.l4 + TCP_HEADER + at + 2;
-    // The checksum sums 16-bit words from the start of the header: a value
-    // at an odd offset straddles two words, one byte in each, and counts
-    // byte-swapped. (TCPMSS misses this and breaks the checksum there.)
-    let [high, low] = old.to_be_bytes();
-    let (old_word, new_word) = if at.is_multiple_of(2) {
-        ([high, low], new)
-    } else {
-        ([low, high], [new[1], new[0]])
     };
+    let new = lowered.to_be_bytes();
+    let offset = segment.l4 + TCP_HEADER + at + 2;
+    let (old_word, new_word) = mss::checksum_words(old, lowered, at);
     // No BPF_F_RECOMPUTE_CSUM: the checksum field moves by as much as the
     // MSS, so a received packet's checksum of the whole stays right.
     let stored = ctx.store(offset, &new, 0).and_then(|()| {
@@ -216,12 +206,7 @@ fn insert_mss(
         stats.unparsed += 1;
         return;
     };
-    let default = if segment.family == AF_INET {
-        MSS_V4_DEFAULT
-    } else {
-        MSS_V6_DEFAULT
-    };
-    let mss = target.min(default).to_be_bytes();
+    let mss = mss::inserted_mss(target, segment.family == AF_INET).to_be_bytes();
     if add_option(ctx, segment, &header, [TCPOPT_MSS, 4, mss[0], mss[1]]).is_ok() {
         stats.inserted += 1;
     } else {
@@ -348,15 +333,7 @@ fn target_mss(ctx: &TcContext, config: &MssConfig, way: Way, segment: &Segment) 
     let out = matches!(way, Way::Out);
     let forward = route_mtu(ctx, segment.family, segment.dst, out).or_else(|| device_mtu(ctx))?;
     let reverse = route_mtu(ctx, segment.family, segment.src, !out).unwrap_or(u16::MAX);
-    let overhead = if segment.family == AF_INET {
-        MSS_V4_OVERHEAD
-    } else {
-        MSS_V6_OVERHEAD
-    };
-    forward
-        .min(reverse)
-        .checked_sub(overhead)
-        .filter(|mss| *mss > 0)
+    mss::path_mss(forward, reverse, segment.family == AF_INET)
 }
 
 /// The MTU of the route to `addr`, from the kernel's FIB: an egress
