@@ -103,7 +103,12 @@ pub fn for_socket(target: &[u32; 4], target_family: u16, socket_family: u16) -> 
 /// destination rewritten to an IPv4-mapped address).
 #[inline(always)]
 #[must_use]
-pub fn forwarded(target: &ForwardTarget, port: u16, family: u16, datagram: bool) -> Option<SockAddr> {
+pub fn forwarded(
+    target: &ForwardTarget,
+    port: u16,
+    family: u16,
+    datagram: bool,
+) -> Option<SockAddr> {
     if datagram && family == AF_INET6 && target.family == AF_INET {
         return None;
     }
@@ -170,7 +175,10 @@ mod tests {
             canonical(&v6("::ffff:10.0.0.1"), AF_INET6),
             (v4("10.0.0.1"), AF_INET)
         );
-        assert_eq!(canonical(&v6("fd00::1"), AF_INET6), (v6("fd00::1"), AF_INET6));
+        assert_eq!(
+            canonical(&v6("fd00::1"), AF_INET6),
+            (v6("fd00::1"), AF_INET6)
+        );
         let seen = SockAddr {
             addr: v4("10.0.0.1"),
             port: 80u16.to_be(),
@@ -195,7 +203,10 @@ mod tests {
         assert_eq!((to.addr, u16::from_be(to.port)), (v4("10.200.1.1"), 9082));
         // 9000-9010 -> 8000-8010: a delta of -1000, wrapping.
         let down = target(v4("10.200.1.1"), AF_INET, 1000u16.wrapping_neg());
-        assert_eq!(u16::from_be(forwarded(&down, 9005, AF_INET, false).unwrap().port), 8005);
+        assert_eq!(
+            u16::from_be(forwarded(&down, 9005, AF_INET, false).unwrap().port),
+            8005
+        );
     }
 
     #[test]
@@ -211,6 +222,9 @@ mod tests {
     fn an_ipv6_target_is_out_of_an_ipv4_sockets_reach() {
         let to = target(v6("fd00::1"), AF_INET6, 0);
         assert_eq!(forwarded(&to, 80, AF_INET, false), None);
-        assert_eq!(forwarded(&to, 80, AF_INET6, false).unwrap().addr, v6("fd00::1"));
+        assert_eq!(
+            forwarded(&to, 80, AF_INET6, false).unwrap().addr,
+            v6("fd00::1")
+        );
     }
 }
