@@ -137,12 +137,17 @@ impl Inventory {
     /// Forgets the cgroup at `path` and every one below it, and the
     /// containers there that only their hooks described.
     pub fn remove_below(&mut self, path: &Path) {
-        let (gone, kept) = std::mem::take(&mut self.workloads)
-            .into_iter()
-            .partition(|(known, _)| known.starts_with(path));
-        self.workloads = kept;
+        // A cgroup's subtree is one run of the map's keys, from the cgroup
+        // on: found in the time of its own size, not the node's.
+        let gone: Vec<PathBuf> = self
+            .workloads
+            .range(path.to_owned()..)
+            .map(|(known, _)| known)
+            .take_while(|known| known.starts_with(path))
+            .cloned()
+            .collect();
         let mut forgot = false;
-        for workload in gone.into_values() {
+        for workload in gone.iter().filter_map(|known| self.workloads.remove(known)) {
             if let Some(container) = workload.container
                 && self.hooked.remove(&container.id)
             {

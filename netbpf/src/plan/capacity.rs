@@ -69,16 +69,16 @@ impl Default for Capacity {
 }
 
 impl Capacity {
-    /// Whether `plan` with `more` added still fits the maps; which map is
-    /// full otherwise. Entries both hold (a gateway port instances share)
-    /// count once.
-    pub fn check(&self, plan: &Plan, more: &Plan) -> Result<(), String> {
+    /// Whether `plan`, whose scopes reserve `reserved` entries of the
+    /// local-binds table, still fits the maps with `more` added; which map
+    /// is full otherwise. Entries both hold (a gateway port instances
+    /// share) count once. It costs what `more` holds, not what `plan` does.
+    pub fn check(&self, plan: &Plan, reserved: usize, more: &Plan) -> Result<(), String> {
         // Each scope's reservation in the local-binds table fits beside
         // the others': no scope can fill it for another.
         let local_binds = (
             names::LOCAL_BINDS.name,
-            plan.local_binds_reserved(self.local_binds_per_scope)
-                + more.local_binds_reserved(self.local_binds_per_scope),
+            reserved + more.local_binds_reserved(self.local_binds_per_scope),
             self.local_binds,
             "local_binds",
         );
@@ -151,7 +151,12 @@ impl Capacity {
             ),
             (
                 names::SCOPE_GRANTS.name,
-                plan.scope_grants.union(&more.scope_grants).count(),
+                plan.scope_grants.len()
+                    + more
+                        .scope_grants
+                        .iter()
+                        .filter(|grant| !plan.scope_grants.contains(grant))
+                        .count(),
                 self.grants,
                 "grants",
             ),
@@ -206,8 +211,10 @@ mod tests {
             ..Capacity::default()
         };
         let held = with_services(&[18188, 18189]);
-        assert_eq!(capacity.check(&held, &with_services(&[18188])), Ok(()));
-        let error = capacity.check(&held, &with_services(&[18190])).unwrap_err();
+        assert_eq!(capacity.check(&held, 0, &with_services(&[18188])), Ok(()));
+        let error = capacity
+            .check(&held, 0, &with_services(&[18190]))
+            .unwrap_err();
         assert!(error.contains("capacity.service_addresses"), "{error}");
         assert_eq!(full_map(&error), Some(names::HOST_SERVICES.name));
         assert_eq!(full_map("no such thing"), None);

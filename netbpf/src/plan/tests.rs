@@ -248,7 +248,7 @@ fn scopes_sit_at_eight_cgroup_depths_at_most() {
     let mut plan = Plan::default();
     for level in 1..=8u16 {
         assert_eq!(
-            super::check_level(&plan, ScopeKey::Cgroup(1), level),
+            super::check_level(plan.lookups().cgroup_levels, ScopeKey::Cgroup(1), level),
             Ok(())
         );
         plan.cgroup_scopes.insert(
@@ -260,10 +260,14 @@ fn scopes_sit_at_eight_cgroup_depths_at_most() {
             },
         );
     }
-    assert_eq!(super::check_level(&plan, ScopeKey::Cgroup(1), 3), Ok(()));
-    let error = super::check_level(&plan, ScopeKey::Cgroup(1), 9).unwrap_err();
+    assert_eq!(
+        super::check_level(plan.lookups().cgroup_levels, ScopeKey::Cgroup(1), 3),
+        Ok(())
+    );
+    let error =
+        super::check_level(plan.lookups().cgroup_levels, ScopeKey::Cgroup(1), 9).unwrap_err();
     assert!(error.contains("9 levels deep"), "{error}");
-    assert!(super::check_level(&plan, ScopeKey::Cgroup(1), 64).is_err());
+    assert!(super::check_level(plan.lookups().cgroup_levels, ScopeKey::Cgroup(1), 64).is_err());
 }
 
 #[test]
