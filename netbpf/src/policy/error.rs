@@ -1,6 +1,6 @@
 //! Policy errors that say where: file, line, column and field.
 
-use std::{fmt, ops::Range, path::PathBuf};
+use std::{borrow::Cow, fmt, ops::Range, path::PathBuf};
 
 /// One thing wrong with a policy, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,18 +28,31 @@ impl fmt::Display for PolicyError {
     }
 }
 
-/// Turns byte spans of one policy text into located errors.
+/// Turns byte spans of one policy text into located errors. Where each
+/// line starts is found once per text: locating a span is a binary search,
+/// so a policy of many entries is read in linear time.
 pub struct Locator<'a> {
     file: PathBuf,
-    text: &'a str,
+    /// Byte offset of each line's start: 0, then after each newline.
+    line_starts: Cow<'a, [usize]>,
 }
 
 impl<'a> Locator<'a> {
+    /// A locator of `text`, indexing its lines.
     #[must_use]
-    pub fn new(file: impl Into<PathBuf>, text: &'a str) -> Self {
+    pub fn new(file: impl Into<PathBuf>, text: &str) -> Self {
         Self {
             file: file.into(),
-            text,
+            line_starts: Cow::Owned(line_starts(text)),
+        }
+    }
+
+    /// A locator of a text whose lines are indexed already.
+    #[must_use]
+    pub fn indexed(file: impl Into<PathBuf>, line_starts: &'a [usize]) -> Self {
+        Self {
+            file: file.into(),
+            line_starts: Cow::Borrowed(line_starts),
         }
     }
 
@@ -51,13 +64,11 @@ impl<'a> Locator<'a> {
         field: impl Into<String>,
         message: impl Into<String>,
     ) -> PolicyError {
-        let start = span.start.min(self.text.len());
-        let before = &self.text[..start];
-        let line = before.matches('\n').count() + 1;
-        let column = before
-            .rfind('\n')
-            .map_or(start, |newline| start - newline - 1)
-            + 1;
+        let line = self
+            .line_starts
+            .partition_point(|&start| start <= span.start)
+            .max(1);
+        let column = span.start.saturating_sub(self.line_starts[line - 1]) + 1;
         PolicyError {
             file: self.file.clone(),
             line,
@@ -78,6 +89,14 @@ impl<'a> Locator<'a> {
     }
 }
 
+/// Where each line of `text` starts: 0, then after each newline.
+#[must_use]
+pub fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(at, _)| at + 1))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,5 +109,15 @@ mod tests {
         assert_eq!((error.line, error.column), (2, 3));
         assert_eq!(error.to_string(), "p.toml:2:3: bb: bad");
         assert_eq!(locator.error(0..1, "", "x").to_string(), "p.toml:1:1: x");
+        // The newline itself is the line's last column; past the end, the
+        // last line.
+        assert_eq!(
+            (
+                locator.error(5..6, "", "").line,
+                locator.error(5..6, "", "").column
+            ),
+            (1, 6)
+        );
+        assert_eq!(locator.error(13..13, "", "").line, 3);
     }
 }

@@ -133,11 +133,21 @@ pub trait Facts {
 pub(crate) struct Source {
     path: PathBuf,
     text: String,
+    /// Where each line of `text` starts, found once.
+    line_starts: Vec<usize>,
 }
 
 impl Source {
+    fn new(path: PathBuf, text: String) -> Self {
+        Self {
+            line_starts: error::line_starts(&text),
+            path,
+            text,
+        }
+    }
+
     fn locator(&self) -> Locator<'_> {
-        Locator::new(&self.path, &self.text)
+        Locator::indexed(&self.path, &self.line_starts)
     }
 }
 
@@ -179,18 +189,12 @@ fn read(file: &Path) -> Result<Source, PolicyError> {
         field: String::new(),
         message: format!("cannot read the policy: {error}"),
     })?;
-    Ok(Source {
-        path: file.to_owned(),
-        text,
-    })
+    Ok(Source::new(file.to_owned(), text))
 }
 
 /// Validates one policy text; `file` is only used in errors.
 pub fn parse(file: &Path, text: &str) -> Result<Policy, PolicyError> {
-    parse_sources(vec![Source {
-        path: file.to_owned(),
-        text: text.to_owned(),
-    }])
+    parse_sources(vec![Source::new(file.to_owned(), text.to_owned())])
 }
 
 #[derive(Deserialize)]
