@@ -57,6 +57,12 @@ impl Inventory {
         self.workloads.len()
     }
 
+    /// Gives back the memory of containers that went.
+    pub fn shrink(&mut self) {
+        self.described.shrink_to_fit();
+        self.hooked.shrink_to_fit();
+    }
+
     /// Whether the cgroup at `path` (below the mount) is known.
     #[must_use]
     pub fn knows(&self, path: &Path) -> bool {

@@ -88,6 +88,8 @@ pub struct Agent {
     pub delays: Delays,
     /// What the metrics count as things happen.
     events: metrics::Events,
+    /// The most cgroups followed since memory was last given back.
+    cgroups_peak: usize,
 }
 
 impl Agent {
@@ -153,6 +155,7 @@ impl Agent {
             last_reload: None,
             delays: Delays::default(),
             events: metrics::Events::default(),
+            cgroups_peak: 0,
         };
         // Listener slots an agent of a longer list of services left: the
         // others are taken or emptied by the first look for listeners.
@@ -301,6 +304,26 @@ impl Agent {
         if added {
             self.delays.record(seen.elapsed());
             self.events.discovered(seen.elapsed());
+        }
+        self.give_back_memory();
+    }
+
+    /// Once half the cgroups followed at the peak are gone (a node drained,
+    /// a project taken down), gives their memory back: the caches shrink
+    /// and the allocator returns what it holds free to the kernel.
+    fn give_back_memory(&mut self) {
+        let cgroups = self.inventory.cgroups();
+        if cgroups.saturating_mul(2) >= self.cgroups_peak {
+            self.cgroups_peak = self.cgroups_peak.max(cgroups);
+            return;
+        }
+        self.cgroups_peak = cgroups;
+        self.inventory.shrink();
+        self.core.shrink();
+        self.cgroups.shrink();
+        // SAFETY: malloc_trim only releases free memory of glibc's heap.
+        unsafe {
+            libc::malloc_trim(0);
         }
     }
 

@@ -397,6 +397,12 @@ impl Reconciler {
             || self.outcomes.iter().any(|outcome| outcome.applied.is_err())
     }
 
+    /// Gives back the memory of instances that went.
+    pub fn shrink(&mut self) {
+        self.resolved.shrink_to_fit();
+        self.namespaces.shrink_to_fit();
+    }
+
     /// Forgets the rules that failed to resolve, to be resolved again.
     pub fn forget_failed(&mut self) {
         self.resolved.retain(|_, rules| rules.is_ok());

@@ -110,6 +110,11 @@ impl CgroupWatcher {
         Ok(())
     }
 
+    /// Gives back the memory of watches that went.
+    pub fn shrink(&mut self) {
+        self.watched.shrink_to_fit();
+    }
+
     /// Watches `dir` and every directory below it, watch first and list
     /// second, so that none made meanwhile is missed; lists them in `found`.
     fn watch_tree(&mut self, dir: &Path, found: &mut Vec<(PathBuf, u64)>) -> io::Result<()> {
