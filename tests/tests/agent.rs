@@ -205,5 +205,14 @@ fn a_full_map_takes_a_replacement_in_one_update() {
         "c's connection is forwarded"
     );
     assert_eq!(banner_at(site(0)), "", "a's is not");
+    // The status of one scope, or of one instance, on its own.
+    let only = |args: &[&str]| {
+        let text = agent.status(args).unwrap();
+        let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+        applied(&status)
+    };
+    assert_eq!(only(&["--json", "--scope", "c"]), ["c/c"]);
+    assert_eq!(only(&["--json", "--container", "b"]), ["b/b"]);
+    assert!(only(&["--json", "--scope", "a"]).is_empty());
     assert!(agent.stop().unwrap().success());
 }

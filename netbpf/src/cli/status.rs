@@ -12,10 +12,29 @@ pub struct StatusArgs {
     /// Print the status as JSON.
     #[arg(long)]
     json: bool,
+    /// Only the instances of this scope (its name in the policy).
+    #[arg(long, value_name = "NAME")]
+    scope: Option<String>,
+    /// Only the instances of this container: its name, or the start of
+    /// its id.
+    #[arg(long, value_name = "NAME")]
+    container: Option<String>,
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
-    let status = control::query(&args.run_dir)?;
+    let mut status = control::query(&args.run_dir)?;
+    status.scopes.retain(|instance| {
+        args.scope
+            .as_ref()
+            .is_none_or(|scope| instance.scope == *scope)
+            && args.container.as_ref().is_none_or(|container| {
+                instance.instance == *container
+                    || instance
+                        .container_id
+                        .as_ref()
+                        .is_some_and(|id| id.starts_with(container.as_str()))
+            })
+    });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -6,7 +6,14 @@ use std::fmt::Write as _;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use netbpf_common::MssStats;
 
-use crate::api::status::{HostServiceStatus, ReloadStatus, Status};
+use crate::api::status::{HostServiceStatus, ReloadStatus, ScopeStatus, Status};
+
+/// Above this many scope instances, the tables of rules give way to one
+/// row per scope: `--scope` and `--container` list instances.
+pub const SUMMARY_ABOVE: usize = 50;
+
+/// How many refused instances are named one by one in a summary.
+const REFUSALS_NAMED: usize = 5;
 
 /// The status as people read it: a header, one table row per forward,
 /// one per interface an MSS clamp is on.
@@ -53,6 +60,23 @@ pub fn render(status: &Status) -> String {
             "last reload failed, the policy before it stays: {error}"
         );
     }
+    if status.scopes.len() > SUMMARY_ABOVE {
+        summarise_instances(status, &mut text);
+    } else {
+        list_instances(status, &mut text);
+    }
+    if !status.host_services.is_empty() {
+        let _ = writeln!(text, "{}", host_services_table(status));
+        let _ = writeln!(text, "grant guard on: {}", status.grant_guard.join(", "));
+    }
+    if !status.mss_clamps.is_empty() {
+        let _ = writeln!(text, "{}", mss_table(status));
+    }
+    text
+}
+
+/// Each instance: why it is not applied, its forwards, remaps and aliases.
+fn list_instances(status: &Status, text: &mut String) {
     for scope in &status.scopes {
         if let Some(error) = &scope.error {
             let _ = writeln!(text, "not applied: {}: {error}", scope.name);
@@ -68,14 +92,60 @@ pub fn render(status: &Status) -> String {
     {
         let _ = writeln!(text, "{}", remaps_table(status));
     }
-    if !status.host_services.is_empty() {
-        let _ = writeln!(text, "{}", host_services_table(status));
-        let _ = writeln!(text, "grant guard on: {}", status.grant_guard.join(", "));
+}
+
+/// One row per scope, with how many instances it has, how many are
+/// applied and what their forwards counted; the first refusals by name.
+fn summarise_instances(status: &Status, text: &mut String) {
+    let _ = writeln!(
+        text,
+        "{} scope instances: one row per scope (`--scope NAME` or `--container NAME` lists instances)",
+        status.scopes.len()
+    );
+    let refused: Vec<&ScopeStatus> = status
+        .scopes
+        .iter()
+        .filter(|scope| scope.error.is_some())
+        .collect();
+    for scope in refused.iter().take(REFUSALS_NAMED) {
+        let error = scope.error.as_deref().unwrap_or_default();
+        let _ = writeln!(text, "not applied: {}: {error}", scope.name);
     }
-    if !status.mss_clamps.is_empty() {
-        let _ = writeln!(text, "{}", mss_table(status));
+    if refused.len() > REFUSALS_NAMED {
+        let _ = writeln!(text, "not applied: {} more", refused.len() - REFUSALS_NAMED);
     }
-    text
+    let mut table = table_with(&[
+        "SCOPE",
+        "INSTANCES",
+        "APPLIED",
+        "CONNECTS",
+        "DATAGRAMS",
+        "LOCAL SKIPS",
+    ]);
+    let mut rows: Vec<(&str, [u64; 5])> = Vec::new();
+    for scope in &status.scopes {
+        let at = match rows.iter().position(|(name, _)| *name == scope.scope) {
+            Some(at) => at,
+            None => {
+                rows.push((&scope.scope, [0; 5]));
+                rows.len() - 1
+            }
+        };
+        let row = &mut rows[at].1;
+        row[0] += 1;
+        row[1] += u64::from(scope.error.is_none());
+        for forward in &scope.forwards {
+            row[2] += forward.connects;
+            row[3] += forward.datagrams;
+            row[4] += forward.local_skips;
+        }
+    }
+    for (name, counts) in rows {
+        let mut cells = vec![name.to_owned()];
+        cells.extend(counts.iter().map(u64::to_string));
+        table.add_row(cells);
+    }
+    let _ = writeln!(text, "{table}");
 }
 
 fn forwards_table(status: &Status) -> Table {
@@ -295,5 +365,72 @@ fn listener_cell(service: &HostServiceStatus) -> String {
             service.owner.as_deref().unwrap_or("anyone")
         ),
         (None, None) => "none: refused".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A status of `instances` instances of scope `apps`, each with one
+    /// forward that counted 2 connects; the first one refused.
+    fn status_of(instances: usize) -> Status {
+        let scopes: Vec<serde_json::Value> = (0..instances)
+            .map(|index| {
+                json!({
+                    "name": format!("apps/c{index}"), "scope": "apps", "instance": format!("c{index}"),
+                    "runtime": null, "container_id": null, "match": {"cgroup": "c*"},
+                    "cgroup": format!("/sys/fs/cgroup/c{index}"), "cgroup_id": index, "netns": null,
+                    "netns_cookie": null, "id": index,
+                    "error": if index == 0 { json!("map CGROUP_SCOPES is full") } else { json!(null) },
+                    "forwards": [{"rule": index, "proto": "tcp", "from": "localhost:8082",
+                        "to": "10.0.0.1:8082", "connects": 2, "datagrams": 0, "local_skips": 0,
+                        "unremembered": 0, "unrecorded_binds": 0}],
+                    "grants": [], "binds": [], "aliases": [],
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "version": "0.1.0", "map_layout": 3, "pinned": null, "cgroup_root": "/sys/fs/cgroup",
+            "policy": "/etc/netbpf/policy.d", "programs": [],
+            "discovery": {"cgroups": instances, "delay_p50_us": null, "delay_p99_us": null, "delays_measured": 0},
+            "last_reload": null, "scopes": scopes, "host_services": [], "grant_guard": [],
+            "mss_clamps": [], "unavailable": [],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_few_instances_are_listed_one_by_one() {
+        let text = render(&status_of(3));
+        assert!(text.contains("apps/c2"), "{text}");
+        assert!(text.contains("not applied: apps/c0"), "{text}");
+        assert!(
+            !text.contains("scope instances: one row per scope"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn many_instances_are_summarised_per_scope() {
+        let text = render(&status_of(SUMMARY_ABOVE + 10));
+        assert!(
+            text.contains("60 scope instances: one row per scope"),
+            "{text}"
+        );
+        assert!(!text.contains("apps/c12"), "no instance listed: {text}");
+        let row = text
+            .lines()
+            .find(|line| line.contains(" apps "))
+            .unwrap_or_else(|| panic!("no row of apps: {text}"));
+        let cells: Vec<&str> = row
+            .split(['│', '┆'])
+            .map(str::trim)
+            .filter(|cell| !cell.is_empty())
+            .collect();
+        assert_eq!(cells, ["apps", "60", "59", "120", "0", "0"], "{text}");
+        assert_eq!(text.matches("not applied:").count(), 1, "{text}");
     }
 }
