@@ -124,13 +124,11 @@ fn summarise_instances(status: &Status, text: &mut String) {
     ]);
     let mut rows: Vec<(&str, [u64; 5])> = Vec::new();
     for scope in &status.scopes {
-        let at = match rows.iter().position(|(name, _)| *name == scope.scope) {
-            Some(at) => at,
-            None => {
-                rows.push((&scope.scope, [0; 5]));
-                rows.len() - 1
-            }
-        };
+        let found = rows.iter().position(|(name, _)| *name == scope.scope);
+        let at = found.unwrap_or_else(|| {
+            rows.push((&scope.scope, [0; 5]));
+            rows.len() - 1
+        });
         let row = &mut rows[at].1;
         row[0] += 1;
         row[1] += u64::from(scope.error.is_none());
