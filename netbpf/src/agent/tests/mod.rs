@@ -184,6 +184,16 @@ impl Rig {
             .collect()
     }
 
+    /// The grants in the maps: (veth, bridge) each arrives through.
+    fn grant_paths(&self) -> Vec<(u32, u32)> {
+        self.maps
+            .held
+            .grants
+            .values()
+            .map(|path| (path.port, path.ingress))
+            .collect()
+    }
+
     /// The first refusal among the outcomes.
     fn refusal(&self) -> String {
         self.core

@@ -21,13 +21,7 @@ fn granted_rig() -> (Rig, [Workload; 1]) {
 #[test]
 fn a_grant_admits_the_containers_address_through_its_bridge() {
     let (rig, _) = granted_rig();
-    let paths: Vec<(u32, u32)> = rig
-        .maps
-        .held
-        .grants
-        .values()
-        .map(|path| (path.port, path.ingress))
-        .collect();
+    let paths: Vec<(u32, u32)> = rig.grant_paths();
     assert_eq!(paths, [(7, 3)]);
     assert_eq!(rig.maps.held.scope_grants.len(), 1);
 }
@@ -42,22 +36,14 @@ fn a_grant_through_an_interface_that_went_is_resolved_again() {
     assert!(!rig.core.withdraw_grants_through(42), "no grant through 42");
     rig.reconcile(&workloads).unwrap();
     let stale: Vec<u32> = rig
-        .maps
-        .held
-        .grants
-        .values()
-        .map(|path| path.port)
-        .collect();
+        .grant_paths()
+        .into_iter()
+        .map(|(port, _)| port)
+        .collect::<Vec<_>>();
     assert_eq!(stale, [7], "cached until its interface changes");
     assert!(rig.core.withdraw_grants_through(7));
     rig.reconcile(&workloads).unwrap();
-    let moved: Vec<(u32, u32)> = rig
-        .maps
-        .held
-        .grants
-        .values()
-        .map(|path| (path.port, path.ingress))
-        .collect();
+    let moved: Vec<(u32, u32)> = rig.grant_paths();
     assert_eq!(moved, [(9, 5)], "the new veth and bridge");
 }
 
@@ -71,11 +57,9 @@ fn lost_interface_events_resolve_every_grant_again() {
     rig.core.withdraw_grants();
     rig.reconcile(&workloads).unwrap();
     assert_eq!(
-        rig.maps
-            .held
-            .grants
-            .values()
-            .map(|path| path.port)
+        rig.grant_paths()
+            .into_iter()
+            .map(|(port, _)| port)
             .collect::<Vec<_>>(),
         [8]
     );
