@@ -31,7 +31,7 @@ pub use self::{
 };
 use crate::{
     containers::{Container, Workload},
-    policy::{Alias, Candidate, Captures, ContainerView, Grant, Policy, Scope, Selector},
+    policy::{Alias, Candidate, Captures, ContainerView, Grant, Policy, Scope},
 };
 
 /// What the kernel programs know a scope by.
@@ -90,13 +90,7 @@ pub fn assign(
             mount,
             container,
         };
-        let matched = policy.scopes.iter().enumerate().find_map(|(index, def)| {
-            let Selector::Workload(selector) = &def.selector else {
-                return None;
-            };
-            Some((index, selector.matches(&candidate)?, selector.pod.is_some()))
-        });
-        let Some((scope, captures, per_pod)) = matched else {
+        let Some((scope, captures, per_pod)) = policy.first_selecting(&candidate) else {
             continue;
         };
         let (key, instance, place, described) = if per_pod {

@@ -9,6 +9,7 @@
 mod endpoint;
 mod error;
 mod host;
+mod index;
 mod mss;
 mod pattern;
 mod remap;
@@ -46,6 +47,19 @@ pub struct Policy {
     pub scopes: Vec<ScopeDef>,
     pub host_services: Vec<HostService>,
     pub mss_clamps: Vec<MssClamp>,
+    /// The workload scopes filed by what their matches need.
+    index: index::ScopeIndex,
+}
+
+impl Policy {
+    /// The first scope (in policy order) whose `match` selects
+    /// `candidate`: its index, what the match captured, and whether it
+    /// selects pods. Tries only the scopes the candidate's name, id, pod,
+    /// cgroup and labels may match.
+    #[must_use]
+    pub fn first_selecting(&self, candidate: &Candidate<'_>) -> Option<(usize, Captures, bool)> {
+        self.index.first_selecting(&self.scopes, candidate)
+    }
 }
 
 /// One scope instance's rules, resolved for what it matched: a container,
@@ -255,6 +269,7 @@ fn parse_sources(sources: Vec<Source>) -> Result<Policy, PolicyError> {
     }
     let mss_clamps = clamps.into_iter().map(|(clamp, _)| clamp).collect();
     Ok(Policy {
+        index: index::ScopeIndex::new(&scopes),
         scopes,
         host_services,
         mss_clamps,

@@ -132,6 +132,17 @@ impl Pattern {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The text every match starts with: the pattern up to its first
+    /// wildcard, class or capture.
+    #[must_use]
+    pub fn literal_prefix(&self) -> &str {
+        let end = self
+            .text
+            .find(['*', '?', '[', '{'])
+            .unwrap_or(self.text.len());
+        &self.text[..end]
+    }
 }
 
 impl fmt::Display for Pattern {

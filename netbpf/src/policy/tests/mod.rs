@@ -1,6 +1,7 @@
 //! The policy parser and validator: what it accepts, and each refusal
 //! with its file, line and field.
 
+mod index;
 mod services_and_remaps;
 
 use std::{net::IpAddr, path::Path};
