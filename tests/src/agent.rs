@@ -229,6 +229,12 @@ impl NetbpfRun {
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }
+
+    /// Its process id, for what /proc says of it.
+    #[must_use]
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
 }
 
 /// The names (`SCOPE/INSTANCE`) of the scope instances a status document

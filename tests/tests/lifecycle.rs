@@ -332,6 +332,62 @@ fn a_scope_applies_to_a_cgroup_that_appears_after_netbpf_started_and_leaves_with
     assert!(netbpf.stop().unwrap().success());
 }
 
+/// The inotify watches `pid` holds, from its descriptors' fdinfo.
+fn inotify_watches(pid: u32) -> usize {
+    let mut watches = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        // A descriptor closed meanwhile has no fdinfo left to read.
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        watches += info
+            .lines()
+            .filter(|line| line.starts_with("inotify wd:"))
+            .count();
+    }
+    watches
+}
+
+#[test]
+fn cgroups_that_went_leave_no_inotify_watch_behind() {
+    // The kernel ends the watch of a removed cgroup only once its inode is
+    // evicted: a node that ran many containers would run out of
+    // fs.inotify.max_user_watches, and the agent's memory would grow.
+    let topology = topology();
+    let file = topology.file("policy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "version = 1\n[[scope]]\nname = \"gone\"\nmatch = {{ cgroup = \"{}/gone-*\" }}\n\
+             forward = [{{ from = \"localhost:8082\", to = \"{BRIDGE_V4}:8082\" }}]\n",
+            topology.root.path().display()
+        ),
+    )
+    .unwrap();
+    let netbpf = start(&topology, &file);
+    let before = inotify_watches(netbpf.pid());
+    let cgroups: Vec<_> = (0..40)
+        .map(|i| {
+            let cgroup = topology.root.child(&format!("gone-{i}")).unwrap();
+            let inner = cgroup.child("inner").unwrap();
+            (cgroup, inner)
+        })
+        .collect();
+    wait_for_instances(&netbpf, 40);
+    assert_eq!(inotify_watches(netbpf.pid()), before + 80, "a watch per cgroup made");
+    drop(cgroups);
+    wait_for_instances(&netbpf, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while inotify_watches(netbpf.pid()) != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        inotify_watches(netbpf.pid()),
+        before,
+        "the watches of the removed cgroups are ended"
+    );
+}
+
 #[test]
 fn coexists_with_programs_other_tools_attached_to_the_same_cgroup() {
     let topology = topology();

@@ -3,7 +3,7 @@
 //! listed whole at start and again whenever the kernel dropped events.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     ffi::OsString,
     fs, io,
     os::unix::fs::MetadataExt as _,
@@ -13,8 +13,11 @@ use std::{
 use futures_util::{FutureExt as _, StreamExt as _};
 use inotify::{EventMask, EventStream, Inotify, WatchDescriptor, WatchMask};
 
-/// The most events read at once before the maps are updated.
-const MOST_AT_ONCE: usize = 256;
+/// The most events read at once before the agent looks at its other
+/// sources: as many as the kernel queues by default
+/// (`fs.inotify.max_queued_events`), so that a node draining is read
+/// faster than the queue fills and overflows.
+const MOST_AT_ONCE: usize = 16_384;
 
 /// A change below the cgroup root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +35,11 @@ pub struct CgroupWatcher {
     events: EventStream<Vec<u8>>,
     /// Watch -> the directory it watches, below the mount.
     watched: HashMap<WatchDescriptor, PathBuf>,
+    /// Directory -> its watch: the watches of a removed subtree are found
+    /// by path. The kernel ends the watch of a removed cgroup (`IN_IGNORED`)
+    /// only once its inode is evicted, which may be never on a quiet node:
+    /// until then the watch counts against `fs.inotify.max_user_watches`.
+    watch_of: BTreeMap<PathBuf, WatchDescriptor>,
     mount: PathBuf,
     root: PathBuf,
 }
@@ -46,6 +54,7 @@ impl CgroupWatcher {
         let mut watcher = Self {
             events,
             watched: HashMap::new(),
+            watch_of: BTreeMap::new(),
             mount: mount.to_owned(),
             root: root.to_owned(),
         };
@@ -87,7 +96,11 @@ impl CgroupWatcher {
             return Ok(());
         }
         if mask.contains(EventMask::IGNORED) {
-            self.watched.remove(watch);
+            if let Some(path) = self.watched.remove(watch)
+                && self.watch_of.get(&path) == Some(watch)
+            {
+                self.watch_of.remove(&path);
+            }
             return Ok(());
         }
         let (Some(parent), Some(name)) = (self.watched.get(watch), name) else {
@@ -105,9 +118,29 @@ impl CgroupWatcher {
                 );
             }
         } else if mask.contains(EventMask::DELETE) && mask.contains(EventMask::ISDIR) {
+            self.unwatch_below(&path);
             events.push(CgroupEvent::Removed(path));
         }
         Ok(())
+    }
+
+    /// Ends the watches of `path` and of every directory below it, all
+    /// removed.
+    fn unwatch_below(&mut self, path: &Path) {
+        let gone: Vec<PathBuf> = self
+            .watch_of
+            .range(path.to_owned()..)
+            .take_while(|(below, _)| below.starts_with(path))
+            .map(|(below, _)| below.clone())
+            .collect();
+        for below in gone {
+            let Some(watch) = self.watch_of.remove(&below) else {
+                continue;
+            };
+            self.watched.remove(&watch);
+            // Ended by the kernel already (IN_IGNORED on its way): fine.
+            let _ = self.events.watches().remove(watch);
+        }
     }
 
     /// Gives back the memory of watches that went.
@@ -134,7 +167,8 @@ impl CgroupWatcher {
             WatchMask::CREATE | WatchMask::DELETE | WatchMask::ONLYDIR,
         ) {
             Ok(watch) => {
-                self.watched.insert(watch, relative.clone());
+                self.watched.insert(watch.clone(), relative.clone());
+                self.watch_of.insert(relative.clone(), watch);
             }
             // Out of watches (fs.inotify.max_user_watches): the cgroup is
             // still followed, what is made below it is not.
@@ -155,11 +189,22 @@ impl CgroupWatcher {
         Ok(())
     }
 
-    /// Lists the whole tree again, watching what is not yet watched.
+    /// Lists the whole tree again, watching what is not yet watched and
+    /// ending the watches of what is gone (its events were lost).
     fn resync(&mut self) -> io::Result<Vec<(PathBuf, u64)>> {
         let mut found = Vec::new();
         let root = self.root.clone();
         self.watch_tree(&root, &mut found)?;
+        let present: HashSet<&Path> = found.iter().map(|(path, _)| path.as_path()).collect();
+        let gone: Vec<PathBuf> = self
+            .watch_of
+            .keys()
+            .filter(|path| !present.contains(path.as_path()))
+            .cloned()
+            .collect();
+        for path in gone {
+            self.unwatch_below(&path);
+        }
         Ok(found)
     }
 }
