@@ -26,6 +26,7 @@ pub struct Events {
     reload_errors: Counter,
     discovery_delay: Histogram,
     map_full: Family<MapLabels, Counter>,
+    cgroup_resyncs: Counter,
 }
 
 impl Default for Events {
@@ -36,6 +37,7 @@ impl Default for Events {
             // 100 µs to about 3 s.
             discovery_delay: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             map_full: Family::default(),
+            cgroup_resyncs: Counter::default(),
         }
     }
 }
@@ -52,6 +54,18 @@ impl Events {
     /// A cgroup's policy in the maps `delay` after it appeared.
     pub fn discovered(&self, delay: Duration) {
         self.discovery_delay.observe(delay.as_secs_f64());
+    }
+
+    /// Cgroup events were lost (the inotify queue overflowed): the tree
+    /// was listed again.
+    pub fn resynced(&self) {
+        self.cgroup_resyncs.inc();
+    }
+
+    /// How many times cgroup events were lost.
+    #[must_use]
+    pub fn resyncs(&self) -> u64 {
+        self.cgroup_resyncs.get()
     }
 
     /// A scope instance not applied because map `map` is full.
@@ -78,6 +92,11 @@ impl Events {
             "discovery_delay_seconds",
             "Time from a cgroup appearing to its scope being in the maps",
             self.discovery_delay.clone(),
+        );
+        registry.register(
+            "cgroup_resyncs",
+            "Times cgroup events were lost (the inotify queue overflowed) and the cgroup tree was listed again",
+            self.cgroup_resyncs.clone(),
         );
         registry.register(
             "map_full_errors",

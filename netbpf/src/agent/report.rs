@@ -109,6 +109,7 @@ impl Agent {
                 delay_p50_us: micros(50),
                 delay_p99_us: micros(99),
                 delays_measured: agent.delays.len(),
+                resyncs: agent.events.resyncs(),
             },
             last_reload: agent.last_reload.as_ref().map(|reload| ReloadStatus {
                 at_unix: reload

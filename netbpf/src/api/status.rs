@@ -56,6 +56,10 @@ pub struct DiscoveryStatus {
     /// 99th percentile of the same.
     pub delay_p99_us: Option<u64>,
     pub delays_measured: usize,
+    /// Times cgroup events were lost (the kernel's inotify queue
+    /// overflowed) and the cgroup tree was listed again.
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 /// The last reload of the policy.

@@ -44,6 +44,13 @@ pub fn render(status: &Status) -> String {
             status.discovery.delays_measured
         );
     }
+    if status.discovery.resyncs > 0 {
+        let _ = writeln!(
+            text,
+            "cgroup events lost {} times (the inotify queue overflowed): the cgroup tree was listed again each time",
+            status.discovery.resyncs
+        );
+    }
     for missing in &status.unavailable {
         let _ = writeln!(
             text,
@@ -393,7 +400,7 @@ mod tests {
         serde_json::from_value(json!({
             "version": "0.1.0", "map_layout": 3, "pinned": null, "cgroup_root": "/sys/fs/cgroup",
             "policy": "/etc/netbpf/policy.d", "programs": [],
-            "discovery": {"cgroups": instances, "delay_p50_us": null, "delay_p99_us": null, "delays_measured": 0},
+            "discovery": {"cgroups": instances, "delay_p50_us": null, "delay_p99_us": null, "delays_measured": 0, "resyncs": 0},
             "last_reload": null, "scopes": scopes, "host_services": [], "grant_guard": [],
             "mss_clamps": [], "unavailable": [],
         }))
