@@ -179,7 +179,7 @@ impl Reconciler {
         if let Err(error) = maps.write_rule_slots(self.slots.entries(), slots.entries()) {
             tracing::warn!(%error, "the rule slots were not pinned: a restarted agent renumbers counters");
         }
-        let known: Vec<u32> = self
+        let known: HashSet<u32> = self
             .plan
             .cgroup_scopes
             .values()
@@ -201,7 +201,13 @@ impl Reconciler {
 
     /// Logs the instances newly applied (their ids not in `known`) and
     /// those newly refused, counting a refusal for a full map.
-    fn log_outcomes(&self, outcomes: &[Outcome], known: &[u32], events: &mut Events) {
+    fn log_outcomes(&self, outcomes: &[Outcome], known: &HashSet<u32>, events: &mut Events) {
+        let failed_before: HashMap<ScopeKey, &Assignment> = self
+            .outcomes
+            .iter()
+            .filter(|old| old.applied.is_err())
+            .map(|old| (old.assignment.key, &old.assignment))
+            .collect();
         for outcome in outcomes {
             let name = self.name_of(outcome);
             let container = outcome.assignment.container.as_ref();
@@ -212,9 +218,7 @@ impl Reconciler {
                     tracing::info!(scope = %name, id, container = container_name, container_id, "scope instance applied");
                 }
                 Err(error)
-                    if !self.outcomes.iter().any(|old| {
-                        old.assignment == outcome.assignment && old.applied.is_err()
-                    }) =>
+                    if failed_before.get(&outcome.assignment.key) != Some(&&outcome.assignment) =>
                 {
                     if let Some(map) = plan::full_map(error) {
                         events.refused_for_full_map(map);

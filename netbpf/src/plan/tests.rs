@@ -23,21 +23,24 @@ fn policy(text: &str) -> Policy {
     policy::parse(Path::new("p.toml"), text).unwrap()
 }
 
+/// The facts of an instance whose rules need none.
+pub(super) struct NoFacts;
+
+impl policy::Facts for NoFacts {
+    fn network(&self) -> Result<policy::ScopeNetwork, String> {
+        Err("none".into())
+    }
+    fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
+        Err("none".into())
+    }
+    fn bound_ports(&self) -> Result<Vec<(u8, u16)>, String> {
+        Ok(Vec::new())
+    }
+}
+
 /// Resolves every assignment's rules without host facts (its rules need
 /// none).
 fn resolved(policy: &Policy, assignments: Vec<Assignment>) -> Vec<Resolved> {
-    struct NoFacts;
-    impl policy::Facts for NoFacts {
-        fn network(&self) -> Result<policy::ScopeNetwork, String> {
-            Err("none".into())
-        }
-        fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
-            Err("none".into())
-        }
-        fn bound_ports(&self) -> Result<Vec<(u8, u16)>, String> {
-            Ok(Vec::new())
-        }
-    }
     assignments
         .into_iter()
         .map(|assignment| {

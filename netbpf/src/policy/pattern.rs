@@ -101,13 +101,19 @@ impl Pattern {
     /// match (`{name}-{port}` splits at the first `-`).
     #[must_use]
     pub fn matches(&self, subject: &str, into: &mut Captures) -> bool {
-        let subject: Vec<char> = subject.chars().collect();
-        let table = Matchable::new(&self.parts, &subject);
+        // The literal prefix matches itself: only the rest needs the table.
+        let prefix = self.literal_prefix();
+        let Some(rest) = subject.strip_prefix(prefix) else {
+            return false;
+        };
+        let parts = &self.parts[prefix.chars().count()..];
+        let subject: Vec<char> = rest.chars().collect();
+        let table = Matchable::new(parts, &subject);
         if !table.from(0, 0) {
             return false;
         }
         let mut at = 0;
-        for (index, part) in self.parts.iter().enumerate() {
+        for (index, part) in parts.iter().enumerate() {
             let taken = match part {
                 Part::Any | Part::Capture(_) => {
                     let least = usize::from(matches!(part, Part::Capture(_)));
