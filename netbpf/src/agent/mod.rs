@@ -5,8 +5,9 @@
 //! socket, reloads its policy on SIGHUP, and stops on SIGINT or SIGTERM.
 //!
 //! This module is the event loop; each concern has a room of its own:
-//! what runs on the node ([`inventory`]), the policy and the maps
-//! ([`reconcile`]), the node's network outside the cgroup ([`network`]).
+//! what runs on the node ([`inventory`]), when what it followed is applied
+//! ([`pace`]), the policy and the maps ([`reconcile`]), the node's network
+//! outside the cgroup ([`network`]).
 
 pub mod config;
 pub mod control;
@@ -19,6 +20,7 @@ mod inventory;
 mod metrics;
 pub mod mss_clamp;
 mod network;
+mod pace;
 mod policy_watch;
 mod reconcile;
 mod report;
@@ -37,6 +39,7 @@ use self::{
     existing_binds::ScopePlace,
     inventory::Inventory,
     network::{HostNetwork, Rewired},
+    pace::Pace,
     policy_watch::PolicyWatch,
     reconcile::{HostProbe, Reconciler},
     retry::Retry,
@@ -90,6 +93,8 @@ pub struct Agent {
     events: metrics::Events,
     /// The most cgroups followed since memory was last given back.
     cgroups_peak: usize,
+    /// When the cgroup and runtime events followed are applied.
+    pace: Pace,
 }
 
 impl Agent {
@@ -156,6 +161,7 @@ impl Agent {
             delays: Delays::default(),
             events: metrics::Events::default(),
             cgroups_peak: 0,
+            pace: Pace::default(),
         };
         // Listener slots an agent of a longer list of services left: the
         // others are taken or emptied by the first look for listeners.
@@ -207,6 +213,7 @@ impl Agent {
             let settled = policy_changed.unwrap_or_else(tokio::time::Instant::now);
             let waiting = self.core.waiting();
             let retry_at = retry.next(self.core.failing());
+            let due = self.pace.due();
             tokio::select! {
                 changed = next_policy_change(self.policy_watch.as_mut()) => match changed {
                     Ok(()) => policy_changed = Some(tokio::time::Instant::now() + policy_watch::SETTLE),
@@ -227,6 +234,7 @@ impl Agent {
                 },
                 events = self.cgroups.next() => self.follow_cgroups(events),
                 Some(event) = self.runtime_events.recv() => self.follow_runtime(event),
+                () = sleep_until_due(due), if due.is_some() => self.reconcile_logged(),
                 _ = look_for_listeners.tick(), if !self.network.host_services.is_empty() => {
                     self.network.refresh_host_services(&mut self.datapath);
                 }
@@ -273,7 +281,7 @@ impl Agent {
         }
     }
 
-    /// Applies cgroups appearing and going.
+    /// Follows cgroups appearing and going; applied when [`Pace`] says.
     fn follow_cgroups(&mut self, events: io::Result<Vec<CgroupEvent>>) {
         let seen = Instant::now();
         let events = match events {
@@ -296,16 +304,13 @@ impl Agent {
                 CgroupEvent::Removed(path) => self.inventory.remove_below(&path),
                 CgroupEvent::Resynced(present) => {
                     tracing::warn!("cgroup events were lost: listing the cgroups again");
+                    self.events.resynced();
                     self.inventory.resync(present);
                 }
             }
         }
-        self.reconcile_logged();
-        if added {
-            self.delays.record(seen.elapsed());
-            self.events.discovered(seen.elapsed());
-        }
-        self.give_back_memory();
+        self.pace.wait(seen, added);
+        self.reconcile_if_due();
     }
 
     /// Once half the cgroups followed at the peak are gone (a node drained,
@@ -333,7 +338,15 @@ impl Agent {
             self.core
                 .forget_cgroups(&self.inventory.cgroups_of(&rewired));
         }
-        self.reconcile_logged();
+        self.pace.wait(Instant::now(), false);
+        self.reconcile_if_due();
+    }
+
+    /// Applies what was followed, if [`Pace`] says it is time.
+    fn reconcile_if_due(&mut self) {
+        if self.pace.is_due(Instant::now()) {
+            self.reconcile_logged();
+        }
     }
 
     /// Applies interface and address changes to the MSS clamps, to the
@@ -367,17 +380,25 @@ impl Agent {
         // Grants come and go with their containers: so does the guard.
         self.network
             .apply_guard(&mut self.datapath, &self.core.plan);
+        self.give_back_memory();
     }
 
     /// Makes the maps hold the plan of what matches now, and counts the
     /// sockets already bound where new instances forward.
     fn reconcile(&mut self) -> Result<(), DatapathError> {
-        let places = self.core.reconcile(
+        let started = Instant::now();
+        let reconciled = self.core.reconcile(
             &mut self.datapath,
             &self.inventory.workloads(),
             &self.node,
             &mut self.events,
-        )?;
+        );
+        // Everything followed so far was applied, or failed with the rest.
+        if let Some(appeared) = self.pace.ran(started, Instant::now()) {
+            self.delays.record(appeared.elapsed());
+            self.events.discovered(appeared.elapsed());
+        }
+        let places = reconciled?;
         if !places.is_empty() {
             self.record_existing_binds(&places);
         }
@@ -408,6 +429,14 @@ fn forwarded_binds(plan: &Plan, found: io::Result<Vec<BoundSocket>>) -> Vec<Boun
             tracing::warn!(%error, "cannot list the sockets already bound inside scopes");
             Vec::new()
         }
+    }
+}
+
+/// Sleeps until `due` (a std instant); never without one.
+async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due.into()).await,
+        None => std::future::pending().await,
     }
 }
 
