@@ -4,6 +4,7 @@
 //! its plots and a JSON file of every raw figure; `check` compares the
 //! verifier's instruction counts with a committed baseline.
 
+mod agent_scale;
 mod load;
 mod plot;
 mod programs;
@@ -47,6 +48,17 @@ enum Command {
         #[arg(long)]
         bless: bool,
     },
+    /// Only the agent's measurements, printed as JSON (no page).
+    Agent {
+        /// Cgroups the agent follows, one size per value.
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        cgroups: Vec<usize>,
+        /// Docker containers the agent follows, after the cgroups.
+        #[arg(long)]
+        docker: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     #[command(hide = true)]
     TcpServer { listen: String },
     #[command(hide = true)]
@@ -63,6 +75,11 @@ fn main() -> anyhow::Result<()> {
     match Bench::parse().command {
         Command::Run { quick, out } => run::run(quick, &out),
         Command::Check { baseline, bless } => run::check(&baseline, bless),
+        Command::Agent {
+            cgroups,
+            docker,
+            rounds,
+        } => run::agent_only(&cgroups, docker, rounds),
         Command::TcpServer { listen } => load::tcp_server(&listen),
         Command::UdpServer { listen } => load::udp_server(&listen),
         Command::TcpClient { target, count } => load::tcp_client(&target, count),

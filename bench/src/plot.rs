@@ -5,6 +5,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::{
+    agent_scale::{AgentRound, AgentSize, Workloads},
     report::{ProgramCosts, Results},
     stats::Summary,
     ways::Way,
@@ -87,61 +88,115 @@ fn bar_chart(path: &Path, caption: &str, unit: &str, bars: &[(&str, f64)]) -> an
 /// Median connections per second of each way against the number of other
 /// containers (log scale).
 pub fn scaling(path: &Path, results: &Results) -> anyhow::Result<()> {
-    let root = SVGBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let most = results
-        .scaling
+    let curves = Way::ALL
         .iter()
-        .map(|point| point.others)
-        .max()
-        .unwrap_or(1);
-    #[expect(clippy::cast_precision_loss, reason = "container counts are small")]
-    let most = most as f64;
-    let curve = |way: Way| -> Vec<(f64, f64)> {
-        results
-            .scaling
+        .map(|&way| {
+            let points = results
+                .scaling
+                .iter()
+                .filter_map(|point| {
+                    let rounds = point.connections.get(&way)?;
+                    let rates: Vec<f64> = rounds.iter().map(|m| m.per_second).collect();
+                    Some((count(point.others), Summary::of(&rates).median))
+                })
+                .collect();
+            (way.label(), points)
+        })
+        .collect::<Vec<_>>();
+    lines(
+        path,
+        "TCP connections per second by other containers loaded",
+        ("other containers", "connections/s"),
+        &curves,
+    )
+}
+
+/// The agent's median times against the number of cgroups (log scale).
+pub fn agent(path: &Path, sizes: &[AgentSize]) -> anyhow::Result<()> {
+    let cgroups: Vec<&AgentSize> = sizes
+        .iter()
+        .filter(|size| size.workloads == Workloads::Cgroups)
+        .collect();
+    let curve = |field: fn(&AgentRound) -> Option<f64>| -> Vec<(f64, f64)> {
+        cgroups
             .iter()
-            .filter_map(|point| {
-                let rounds = point.connections.get(&way)?;
-                let rates: Vec<f64> = rounds.iter().map(|m| m.per_second).collect();
-                #[expect(clippy::cast_precision_loss, reason = "container counts are small")]
-                let others = point.others as f64;
-                Some((others, Summary::of(&rates).median))
+            .filter_map(|size| {
+                let values = size
+                    .rounds
+                    .iter()
+                    .map(field)
+                    .collect::<Option<Vec<f64>>>()?;
+                Some((count(size.count), Summary::of(&values).median))
             })
             .collect()
     };
-    let top = Way::ALL
-        .iter()
-        .flat_map(|&way| curve(way))
-        .map(|(_, rate)| rate)
-        .fold(1.0, f64::max)
+    lines(
+        path,
+        "the agent's seconds by cgroups (lower is better)",
+        ("cgroups (and scopes, for reload and check)", "seconds"),
+        &[
+            (
+                "all applied after the last appears",
+                curve(|round| Some(round.applied_s)),
+            ),
+            (
+                "all gone after the last goes",
+                curve(|round| Some(round.gone_s)),
+            ),
+            ("reload of N scopes", curve(|round| round.reload_s)),
+            ("netbpf check of N scopes", curve(|round| round.check_s)),
+        ],
+    )
+}
+
+#[expect(clippy::cast_precision_loss, reason = "container counts are small")]
+fn count(value: usize) -> f64 {
+    value as f64
+}
+
+/// Labelled curves of points against a log-scale x axis.
+fn lines(
+    path: &Path,
+    caption: &str,
+    (x_desc, y_desc): (&str, &str),
+    curves: &[(&str, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let points = || curves.iter().flat_map(|(_, points)| points);
+    let most = points().map(|&(x, _)| x).fold(1.0, f64::max);
+    let top = points()
+        .map(|&(_, y)| y)
+        .fold(0.0, f64::max)
+        .max(f64::EPSILON)
         * 1.15;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "TCP connections per second by other containers loaded",
-            ("sans-serif", 18),
-        )
+        .caption(caption, ("sans-serif", 18))
         .margin(16)
         .x_label_area_size(40)
         .y_label_area_size(70)
         .build_cartesian_2d((1.0..most * 1.5).log_scale(), 0.0..top)?;
+    let decimals = if top < 10.0 { 2 } else { 0 };
     chart
         .configure_mesh()
-        .x_desc("other containers")
-        .y_desc("connections/s")
+        .x_desc(x_desc)
+        .y_desc(y_desc)
         .x_label_formatter(&|value| format!("{value:.0}"))
-        .y_label_formatter(&|value| format!("{value:.0}"))
+        .y_label_formatter(&|value| format!("{value:.decimals$}"))
         .draw()?;
-    for (index, way) in Way::ALL.into_iter().enumerate() {
+    for (index, (label, points)) in curves.iter().enumerate() {
         let color = Palette99::pick(index);
         chart
-            .draw_series(LineSeries::new(curve(way), color.stroke_width(2)))?
-            .label(way.label())
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(*label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color.stroke_width(2)));
         chart.draw_series(
-            curve(way)
-                .into_iter()
-                .map(|point| Circle::new(point, 4, Palette99::pick(index).filled())),
+            points
+                .iter()
+                .map(|&point| Circle::new(point, 4, Palette99::pick(index).filled())),
         )?;
     }
     chart

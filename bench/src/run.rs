@@ -9,6 +9,7 @@ use netbpf_common::names::program;
 use netbpf_testenv::{BRIDGE_V4, Place};
 
 use crate::{
+    agent_scale::{self, AgentSize},
     load::Measurement,
     programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
@@ -24,6 +25,12 @@ struct Plan {
     iperf_seconds: u32,
     scaling: &'static [usize],
     test_run_repeat: u32,
+    /// Cgroups the agent follows, by size.
+    agent_sizes: &'static [usize],
+    /// Rounds of the agent's measurements.
+    agent_rounds: usize,
+    /// Docker containers the agent follows, if measured.
+    docker_containers: Option<usize>,
 }
 
 const FULL: Plan = Plan {
@@ -33,6 +40,9 @@ const FULL: Plan = Plan {
     iperf_seconds: 5,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
+    agent_sizes: &[1000, 10_000, 20_000, 50_000],
+    agent_rounds: 3,
+    docker_containers: Some(1000),
 };
 
 const QUICK: Plan = Plan {
@@ -42,6 +52,9 @@ const QUICK: Plan = Plan {
     iperf_seconds: 2,
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,
+    agent_sizes: &[1000],
+    agent_rounds: 3,
+    docker_containers: None,
 };
 
 /// Scopes at which the maps' memory is reported.
@@ -51,8 +64,12 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     let plan = if quick { QUICK } else { FULL };
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("the bench's path is UTF-8")?;
-    let steps =
-        plan.rounds * (Way::ALL.len() * (3 + plan.scaling.len()) + 1) + plan.scaling.len() + 7;
+    let agent_steps = plan.agent_rounds
+        * (plan.agent_sizes.len() + usize::from(plan.docker_containers.is_some()));
+    let steps = plan.rounds * (Way::ALL.len() * (3 + plan.scaling.len()) + 1)
+        + plan.scaling.len()
+        + agent_steps
+        + 7;
     let progress = ProgressBar::new(u64::try_from(steps)?).with_style(
         ProgressStyle::with_template("{elapsed_precise} [{bar:32}] {pos}/{len} {msg}")?,
     );
@@ -91,6 +108,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     let scaling = bench.scaling(&mut ways, netbpf, &mut memory)?;
     drop(ways);
 
+    let agent = bench.agent()?;
     bench.step("BPF_PROG_TEST_RUN of the tc and sk_lookup programs");
     let test_runs = programs::test_runs(plan.test_run_repeat)?;
     bench.step("verifier instruction counts");
@@ -115,6 +133,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         clamp_throughput,
         test_runs,
         verifier,
+        agent,
     };
     report::write(&results, out)
 }
@@ -235,6 +254,16 @@ impl Bench<'_> {
         Ok(check)
     }
 
+    /// The agent's measurements of the plan.
+    fn agent(&self) -> anyhow::Result<Vec<AgentSize>> {
+        agent_scale::measure(
+            self.plan.agent_sizes,
+            self.plan.docker_containers,
+            self.plan.agent_rounds,
+            &|message| self.step(message),
+        )
+    }
+
     /// TCP connections with more and more other containers loaded; the
     /// memory at [`MEMORY_POINTS`] and connect4's cost at the last point.
     fn scaling(
@@ -310,6 +339,13 @@ fn program_costs(
         scoped: pass(Place::Desktop)?,
         unscoped: pass(Place::Outside)?,
     })
+}
+
+/// Only the agent's measurements, printed as JSON.
+pub fn agent_only(cgroups: &[usize], docker: Option<usize>, rounds: usize) -> anyhow::Result<()> {
+    let sizes = agent_scale::measure(cgroups, docker, rounds, &|message| eprintln!("{message}"))?;
+    println!("{}", serde_json::to_string_pretty(&sizes)?);
+    Ok(())
 }
 
 /// The verifier check against `baseline`, or a new baseline.

@@ -1,12 +1,12 @@
-//! `cargo xtask bench`: builds netbpf and its benchmarks (`bench/`), then
-//! runs them. The full run rewrites `docs/benchmarks.md`, its plots and
+//! `cargo xtask bench`: builds netbpf (optimized, as nodes run it) and its
+//! benchmarks (`bench/`), then runs them. The full run rewrites `docs/benchmarks.md`, its plots and
 //! `docs/bench/results.json`; `--quick` measures less and writes to
 //! `target/bench/`; `--check` compares the verifier's instruction counts
 //! with `bench/verifier-baseline.json`.
 
 use std::{path::Path, process::Command};
 
-use crate::{build, cmd, setup};
+use crate::{build_release, cmd, setup};
 
 /// What `cargo xtask bench` was asked for.
 #[derive(Debug, Clone, Copy, Default, clap::Args)]
@@ -27,7 +27,7 @@ pub struct BenchArgs {
 pub fn bench(workspace: &Path, args: BenchArgs) -> anyhow::Result<()> {
     cmd::require_root("cargo xtask bench")?;
     setup::test_environment()?;
-    let netbpf = build(workspace)?;
+    let netbpf = build_release(workspace)?;
     cmd::cargo(workspace, &["build", "--package", "netbpf-bench"])?;
     let mut bench = Command::new(workspace.join("target/debug/netbpf-bench"));
     bench.env("NETBPF_BIN", netbpf).current_dir(workspace);

@@ -91,6 +91,23 @@ fn build(workspace: &Path) -> anyhow::Result<PathBuf> {
     Ok(workspace.join("target/debug/netbpf"))
 }
 
+/// As [`build`], optimized: what a node runs, and what the bench measures.
+fn build_release(workspace: &Path) -> anyhow::Result<PathBuf> {
+    setup::build_toolchain(workspace)?;
+    cmd::cargo(
+        workspace,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "netbpf",
+            "--bin",
+            "netbpf",
+        ],
+    )?;
+    Ok(workspace.join("target/release/netbpf"))
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -2,12 +2,15 @@
 //! with its tables (medians, spreads, ratios against the baseline of the
 //! same run), the goals and whether they are met, and plots.
 
+mod agent;
+
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use netbpf_common::names::program;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    agent_scale::AgentSize,
     load::Measurement,
     plot,
     programs::{Cost, TestRun},
@@ -48,6 +51,8 @@ pub struct Results {
     pub test_runs: BTreeMap<String, TestRun>,
     /// Instructions the verifier processed, by program.
     pub verifier: BTreeMap<String, u64>,
+    /// The agent following workloads, by kind and count.
+    pub agent: Vec<AgentSize>,
 }
 
 /// Where the figures were measured.
@@ -140,6 +145,7 @@ pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
     plot::connections(&bench.join("connect-rate.svg"), results)?;
     plot::scaling(&bench.join("scaling.svg"), results)?;
     plot::program_costs(&bench.join("program-cost.svg"), &results.programs)?;
+    plot::agent(&bench.join("agent.svg"), &results.agent)?;
     let page = page(results);
     std::fs::write(out.join("benchmarks.md"), &page)?;
     println!("{page}");
@@ -196,6 +202,7 @@ fn page(results: &Results) -> String {
     programs_section(&mut text, results);
     scaling_section(&mut text, results);
     memory_section(&mut text, results);
+    agent::section(&mut text, results);
     throughput_section(&mut text, results);
     verifier_section(&mut text, results);
     text.push_str(REPRODUCE);
@@ -225,7 +232,7 @@ minutes); `cargo xtask bench --quick` measures less and writes to `target/bench/
 `cargo xtask bench --check` fails when a program's verifier instruction count grew by more than \
 20% over `bench/verifier-baseline.json` (CI runs it; `--bless` writes a new baseline). Every \
 figure above comes from the JSON file: its `tcp`, `udp`, `scaling`, `programs`, `test_runs`, \
-`forward_throughput`, `clamp_throughput`, `memory` and `verifier` fields.\n";
+`forward_throughput`, `clamp_throughput`, `memory`, `verifier` and `agent` fields.\n";
 
 fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary {
     let baseline = results
@@ -404,7 +411,13 @@ fn goals(results: &Results) -> Vec<Goal> {
             why: noisy(&throughput, cpus),
         });
     }
-    goals.push(Goal {
+    goals.push(memory_goal(results));
+    goals.extend(agent::goals(results));
+    goals
+}
+
+fn memory_goal(results: &Results) -> Goal {
+    Goal {
         what: "maps' memory of a new agent".to_owned(),
         target: "≤ 8 MiB".to_owned(),
         measured: mib(results.memory.at_start),
@@ -412,8 +425,7 @@ fn goals(results: &Results) -> Vec<Goal> {
         why: "The maps preallocated at start hold this much at the default capacities; the \
               capacities are settings (see the agent's guide)."
             .to_owned(),
-    });
-    goals
+    }
 }
 
 fn goals_section(text: &mut String, results: &Results) {

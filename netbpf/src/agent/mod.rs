@@ -21,7 +21,7 @@ mod metrics;
 pub mod mss_clamp;
 mod network;
 mod pace;
-mod policy_watch;
+pub mod policy_watch;
 mod reconcile;
 mod report;
 mod requests;

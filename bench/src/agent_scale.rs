@@ -1,0 +1,393 @@
+//! The agent at scale: N cgroups appear below its cgroup root and go,
+//! all selected by one scope with a forward (what N instances of one
+//! template look like to it); a policy of N scopes, one per cgroup, is
+//! reloaded and checked; real Docker containers are started and removed.
+//! When the work is done is read from the kernel's scope map (its pin),
+//! never from the agent's word; its CPU time and memory from /proc.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as KernelHashMap, Map, MapData};
+use netbpf::{agent::policy_watch, api::control, datapath::pins::Pins};
+use netbpf_common::{ScopeEntry, names};
+use netbpf_testenv::{
+    AgentOptions, AgentSetup, Cgroup, DockerNode, NODE_IMAGE, NetbpfRun, netbpf_binary, unique_name,
+};
+use serde::{Deserialize, Serialize};
+
+/// Map sizes that hold the largest size measured, one scope and one
+/// forward per workload.
+const CAPACITY: &str = "[capacity]\nscopes = 131072\nrules = 131072\nforward_ports = 131072\n";
+
+/// The forward every scope gives: map entries only, never dialed.
+const FORWARD: &str = "forward = [{ from = \"localhost:8082\", to = \"192.0.2.1:8082\" }]\n";
+
+/// How long the agent may take over one step before the bench gives up.
+const PATIENCE: Duration = Duration::from_mins(5);
+
+/// How often the scope map is read while waiting.
+const POLL: Duration = Duration::from_millis(10);
+
+/// What the workloads are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Workloads {
+    /// Bare cgroups, made and removed by the bench.
+    Cgroups,
+    /// Docker containers (`--network none`), started and removed through
+    /// a daemon of the bench's own.
+    Docker,
+}
+
+/// One round of one size: what the agent took.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRound {
+    /// Seconds from the last workload's appearance until every one is in
+    /// the kernel's scope map.
+    pub applied_s: f64,
+    /// Seconds from the last workload's removal until the scope map is
+    /// empty.
+    pub gone_s: f64,
+    /// The agent's CPU time (user and system) per appearance and per
+    /// removal, in microseconds.
+    pub cpu_per_event_us: f64,
+    /// The agent's resident memory when ready, with every workload
+    /// applied, and a second after they all went, in bytes.
+    pub rss_start: u64,
+    pub rss_loaded: u64,
+    pub rss_after: u64,
+    /// Seconds `netbpf reload` took to put a policy of one scope per
+    /// workload in force, every workload present (cgroups only).
+    pub reload_s: Option<f64>,
+    /// Seconds `netbpf check` took over that policy (cgroups only).
+    pub check_s: Option<f64>,
+}
+
+/// The rounds of one size.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSize {
+    pub workloads: Workloads,
+    pub count: usize,
+    pub rounds: Vec<AgentRound>,
+}
+
+impl AgentSize {
+    #[must_use]
+    pub fn new(workloads: Workloads, count: usize) -> Self {
+        Self {
+            workloads,
+            count,
+            rounds: Vec::new(),
+        }
+    }
+}
+
+/// The agent following cgroups of each of `sizes`, sizes taking turns
+/// round by round, then `docker` containers; `step` says what is measured
+/// now.
+pub fn measure(
+    sizes: &[usize],
+    docker: Option<usize>,
+    rounds: usize,
+    step: &dyn Fn(String),
+) -> anyhow::Result<Vec<AgentSize>> {
+    let mut measured: Vec<AgentSize> = sizes
+        .iter()
+        .map(|&count| AgentSize::new(Workloads::Cgroups, count))
+        .collect();
+    for round in 1..=rounds {
+        for size in &mut measured {
+            step(format!(
+                "the agent with {} cgroups, round {round}",
+                size.count
+            ));
+            size.rounds.push(cgroups_round(size.count)?);
+        }
+    }
+    if let Some(count) = docker {
+        let mut size = AgentSize::new(Workloads::Docker, count);
+        for round in 1..=rounds {
+            step(format!(
+                "the agent with {count} Docker containers, round {round}"
+            ));
+            size.rounds.push(docker_round(count)?);
+        }
+        measured.push(size);
+    }
+    Ok(measured)
+}
+
+/// Measures the agent over `count` bare cgroups.
+fn cgroups_round(count: usize) -> anyhow::Result<AgentRound> {
+    let root = Cgroup::new_test_root(&unique_name("nbag"))?;
+    let work = tempfile::Builder::new()
+        .prefix("netbpf-agent-bench-")
+        .tempdir()?;
+    let setup = AgentSetup::new(work.path(), root.path(), AgentOptions::default())?;
+    let template = format!(
+        "version = 1\n[[scope]]\nname = \"apps\"\nmatch = {{ cgroup = \"{}/c*\" }}\n{FORWARD}",
+        root.path().display()
+    );
+    let agent = Agent::start(&setup, &template)?;
+    let paths: Vec<PathBuf> = (0..count)
+        .map(|i| root.path().join(format!("c{i}")))
+        .collect();
+
+    let appearing = agent.usage()?;
+    for path in &paths {
+        std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
+    }
+    let applied_s = agent.until_scopes(count)?;
+    let loaded = agent.usage()?;
+
+    let mut per_cgroup = String::from("version = 1\n");
+    for (i, path) in paths.iter().enumerate() {
+        let _ = write!(
+            per_cgroup,
+            "[[scope]]\nname = \"c{i}\"\nmatch = {{ cgroup = \"{}\" }}\n{FORWARD}",
+            path.display()
+        );
+    }
+    let check_s = check(&work.path().join("per-cgroup.toml"), &per_cgroup)?;
+    let reload_s = agent.reload(&setup, &per_cgroup)?;
+    anyhow::ensure!(
+        agent.scopes()? == count,
+        "after the reload, {} of {count} cgroups have a scope",
+        agent.scopes()?
+    );
+    agent.reload(&setup, &template)?;
+
+    let removing = agent.usage()?;
+    for path in &paths {
+        std::fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let gone_s = agent.until_scopes(0)?;
+    let gone = agent.usage()?;
+    thread::sleep(Duration::from_secs(1));
+    let after = agent.usage()?;
+    agent.run.stop()?;
+    Ok(AgentRound {
+        applied_s,
+        gone_s,
+        cpu_per_event_us: per_event(count, &[(appearing, loaded), (removing, gone)]),
+        rss_start: appearing.rss,
+        rss_loaded: loaded.rss,
+        rss_after: after.rss,
+        reload_s: Some(reload_s),
+        check_s: Some(check_s),
+    })
+}
+
+/// Measures the agent over `count` Docker containers of a daemon of the
+/// bench's own, started and removed `parallel` at a time.
+fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
+    const PARALLEL: usize = 4;
+    let node = DockerNode::new();
+    let setup = node.agent_setup();
+    let policy = format!(
+        "version = 1\n[[scope]]\nname = \"apps\"\nmatch = {{ container = \"bench-*\" }}\n{FORWARD}"
+    );
+    let agent = Agent::start(&setup, &policy)?;
+    let names: Vec<String> = (0..count).map(|i| format!("bench-{i}")).collect();
+
+    let appearing = agent.usage()?;
+    in_parallel(&names, PARALLEL, |name| {
+        node.daemon
+            .docker(&[
+                "run",
+                "--detach",
+                "--network",
+                "none",
+                "--name",
+                name,
+                NODE_IMAGE,
+                "sleep",
+                "3600",
+            ])
+            .map(drop)
+    })?;
+    let applied_s = agent.until_scopes(count)?;
+    let loaded = agent.usage()?;
+
+    let removing = agent.usage()?;
+    let batches: Vec<Vec<String>> = names.chunks(50).map(<[String]>::to_vec).collect();
+    in_parallel(&batches, PARALLEL, |batch| {
+        let mut args = vec!["rm", "--force"];
+        args.extend(batch.iter().map(String::as_str));
+        node.daemon.docker(&args).map(drop)
+    })?;
+    let gone_s = agent.until_scopes(0)?;
+    let gone = agent.usage()?;
+    thread::sleep(Duration::from_secs(1));
+    let after = agent.usage()?;
+    agent.run.stop()?;
+    Ok(AgentRound {
+        applied_s,
+        gone_s,
+        cpu_per_event_us: per_event(count, &[(appearing, loaded), (removing, gone)]),
+        rss_start: appearing.rss,
+        rss_loaded: loaded.rss,
+        rss_after: after.rss,
+        reload_s: None,
+        check_s: None,
+    })
+}
+
+/// Runs `job` over `items`, `parallel` at a time; the first error.
+fn in_parallel<T: Sync>(
+    items: &[T],
+    parallel: usize,
+    job: impl Fn(&T) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    let chunk = items.len().div_ceil(parallel).max(1);
+    thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().try_for_each(&job)))
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|worker| worker.join().expect("a worker does not panic"))
+    })
+}
+
+/// `netbpf check` of `policy`, written to `file`: its wall-clock seconds.
+fn check(file: &Path, policy: &str) -> anyhow::Result<f64> {
+    std::fs::write(file, policy)?;
+    let started = Instant::now();
+    let output = Command::new(netbpf_binary())
+        .arg("check")
+        .arg("--policy")
+        .arg(file)
+        .output()?;
+    let took = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        output.status.success(),
+        "netbpf check: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(took)
+}
+
+/// Microseconds of CPU per event over `phases` (from, to) of `count`
+/// events each.
+fn per_event(count: usize, phases: &[(Usage, Usage)]) -> f64 {
+    let cpu: Duration = phases
+        .iter()
+        .map(|(from, to)| to.cpu.saturating_sub(from.cpu))
+        .sum();
+    #[expect(clippy::cast_precision_loss, reason = "event counts are small")]
+    let events = (count * phases.len()).max(1) as f64;
+    cpu.as_secs_f64() * 1e6 / events
+}
+
+/// What /proc says the agent used so far.
+#[derive(Debug, Clone, Copy)]
+struct Usage {
+    /// User and system time, all threads.
+    cpu: Duration,
+    /// Resident memory, bytes.
+    rss: u64,
+}
+
+/// A running agent with its scope map.
+struct Agent {
+    run: NetbpfRun,
+    scopes: KernelHashMap<MapData, u64, ScopeEntry>,
+}
+
+impl Agent {
+    /// Starts the agent of `setup` with `policy`, its maps sized for the
+    /// largest size.
+    fn start(setup: &AgentSetup, policy: &str) -> anyhow::Result<Self> {
+        let mut config = std::fs::read_to_string(&setup.config)?;
+        config.push_str(CAPACITY);
+        std::fs::write(&setup.config, config)?;
+        setup.policy("bench.toml", policy)?;
+        let run = setup.start("agent")?;
+        let pin = Pins::new(&setup.pin_dir)
+            .maps_dir()
+            .join(names::CGROUP_SCOPES.name);
+        let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+        let scopes = KernelHashMap::try_from(Map::HashMap(data))?;
+        Ok(Self { run, scopes })
+    }
+
+    /// How many scope instances the kernel's map holds.
+    fn scopes(&self) -> anyhow::Result<usize> {
+        let mut count = 0;
+        for key in self.scopes.keys() {
+            key?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Waits until the kernel's map holds `count` scopes; the seconds it
+    /// took.
+    fn until_scopes(&self, count: usize) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        loop {
+            let held = self.scopes()?;
+            if held == count {
+                return Ok(started.elapsed().as_secs_f64());
+            }
+            anyhow::ensure!(
+                started.elapsed() < PATIENCE,
+                "the scope map holds {held} entries after {PATIENCE:?}, not {count}:\n{}",
+                self.run.log()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Puts `policy` in place and has the agent reload it; the seconds
+    /// `netbpf reload` took. Returns once the agent is idle again: it
+    /// reloads a second time when its policy directory settles.
+    fn reload(&self, setup: &AgentSetup, policy: &str) -> anyhow::Result<f64> {
+        let staged = setup.policy_dir.with_extension("staged");
+        std::fs::write(&staged, policy)?;
+        std::fs::rename(&staged, setup.policy_dir.join("bench.toml"))?;
+        let started = Instant::now();
+        let reloaded = control::reload(self.run.run_dir())?;
+        let took = started.elapsed().as_secs_f64();
+        anyhow::ensure!(reloaded.error.is_none(), "the reload failed: {reloaded:?}");
+        thread::sleep(policy_watch::SETTLE * 2);
+        // Answered once the loop is done with the second reload.
+        control::query(self.run.run_dir())?;
+        Ok(took)
+    }
+
+    fn usage(&self) -> anyhow::Result<Usage> {
+        let pid = self.run.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (which may hold spaces): state is 3rd,
+        // utime the 14th, stime the 15th.
+        let after_command = stat
+            .rsplit_once(')')
+            .context("/proc/PID/stat has its command in parentheses")?
+            .1;
+        let fields: Vec<&str> = after_command.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf reads a constant of the system.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let per_second = u64::try_from(per_second).context("clock ticks per second")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("/proc/PID/status has VmRSS")?
+            .parse()?;
+        Ok(Usage {
+            cpu: Duration::from_nanos(ticks * 1_000_000_000 / per_second),
+            rss: rss_kib * 1024,
+        })
+    }
+}

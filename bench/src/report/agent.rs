@@ -1,0 +1,198 @@
+//! The agent's part of the page: its section, and its goals.
+
+use std::fmt::Write as _;
+
+use super::{Goal, Results};
+use crate::{
+    agent_scale::{AgentRound, AgentSize, Workloads},
+    stats::Summary,
+};
+
+/// Summary of one figure of `size`'s rounds.
+fn of(size: &AgentSize, field: fn(&AgentRound) -> f64) -> Summary {
+    let values: Vec<f64> = size.rounds.iter().map(field).collect();
+    Summary::of(&values)
+}
+
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "memory sizes are far below 2^52"
+)]
+fn mib_of(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+fn applied(round: &AgentRound) -> f64 {
+    round.applied_s
+}
+
+fn gone(round: &AgentRound) -> f64 {
+    round.gone_s
+}
+
+fn cpu(round: &AgentRound) -> f64 {
+    round.cpu_per_event_us
+}
+
+fn rss_loaded(round: &AgentRound) -> f64 {
+    mib_of(round.rss_loaded)
+}
+
+/// How far the memory after removal is above the memory at start, in
+/// percent of the start.
+fn rss_back(round: &AgentRound) -> f64 {
+    (mib_of(round.rss_after) / mib_of(round.rss_start) - 1.0) * 100.0
+}
+
+fn reload(round: &AgentRound) -> f64 {
+    round.reload_s.unwrap_or(f64::NAN)
+}
+
+fn check(round: &AgentRound) -> f64 {
+    round.check_s.unwrap_or(f64::NAN)
+}
+
+/// The size of bare cgroups of `count`, if measured.
+fn cgroups(results: &Results, count: usize) -> Option<&AgentSize> {
+    results
+        .agent
+        .iter()
+        .find(|size| size.workloads == Workloads::Cgroups && size.count == count)
+}
+
+/// The agent's goals, at the sizes the issue names (where measured).
+pub(super) fn goals(results: &Results) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    if let Some(size) = cgroups(results, 10_000) {
+        for (what, field, why) in [
+            (
+                "all applied after the last of 10000 cgroups appears",
+                applied as fn(&AgentRound) -> f64,
+                APPLIED_WHY,
+            ),
+            (
+                "all gone after the last of 10000 cgroups goes",
+                gone,
+                APPLIED_WHY,
+            ),
+        ] {
+            let seconds = of(size, field);
+            goals.push(Goal {
+                what: what.to_owned(),
+                target: "≤ 1 s".to_owned(),
+                measured: format!("{} s", seconds.show(2)),
+                met: seconds.median <= 1.0,
+                why: why.to_owned(),
+            });
+        }
+        let loaded = of(size, rss_loaded);
+        goals.push(Goal {
+            what: "the agent's RSS with 10000 cgroups applied".to_owned(),
+            target: "≤ 48 MiB".to_owned(),
+            measured: format!("{} MiB", loaded.show(1)),
+            met: loaded.median <= 48.0,
+            why: "The agent holds each instance's rules, outcome and cgroup as it applied them."
+                .to_owned(),
+        });
+        let back = of(size, rss_back);
+        goals.push(Goal {
+            what: "the agent's RSS a second after 10000 cgroups went, above its start".to_owned(),
+            target: "≤ 10%".to_owned(),
+            measured: format!("{}%", back.show(1)),
+            met: back.median <= 10.0,
+            why: RSS_WHY.to_owned(),
+        });
+        if let Some(first) = cgroups(results, 1000) {
+            let ratio = of(size, cpu).median / of(first, cpu).median;
+            goals.push(Goal {
+                what: "CPU per event at 10000 cgroups, to that at 1000".to_owned(),
+                target: "≤ 2×".to_owned(),
+                measured: format!("{ratio:.2}×"),
+                met: ratio <= 2.0,
+                why: CPU_WHY.to_owned(),
+            });
+        }
+    }
+    if let Some(size) = cgroups(results, 20_000) {
+        for (what, field) in [
+            (
+                "`netbpf check` of a policy of 20000 scopes",
+                check as fn(&AgentRound) -> f64,
+            ),
+            (
+                "reload of a policy of 20000 scopes, 20000 cgroups present",
+                reload,
+            ),
+        ] {
+            let seconds = of(size, field);
+            goals.push(Goal {
+                what: what.to_owned(),
+                target: "≤ 0.5 s".to_owned(),
+                measured: format!("{} s", seconds.show(2)),
+                met: seconds.median <= 0.5,
+                why: RELOAD_WHY.to_owned(),
+            });
+        }
+    }
+    goals
+}
+
+const APPLIED_WHY: &str = "The agent reconciles the whole node once a burst of events is over: \
+    its work is linear in the instances present, done once per burst.";
+
+const RSS_WHY: &str = "The allocator keeps part of what the instances used in pages that still \
+    hold a live allocation; the agent gives back what it can once half the peak's cgroups are gone.";
+
+const CPU_WHY: &str = "A burst is reconciled as a whole: each reconcile walks every instance \
+    present, so a burst that arrives in more pieces costs more per event at a larger size.";
+
+const RELOAD_WHY: &str = "A reload reads and validates the whole policy, matches every workload \
+    against it and compiles every instance's entries.";
+
+pub(super) fn section(text: &mut String, results: &Results) {
+    if results.agent.is_empty() {
+        return;
+    }
+    text.push_str(
+        "## The agent at scale\n\n![the agent's times by workloads](bench/agent.svg)\n\n\
+         What the agent takes to follow workloads. **Cgroups**: N cgroups made below its cgroup \
+         root as fast as the bench can, then removed, all selected by one scope with a forward \
+         (what N instances of one template look like to it). Then a policy of N scopes, one per \
+         cgroup, replaces it (`netbpf reload`, every cgroup present) and `netbpf check` reads it. \
+         **Docker**: containers (`--network none`: a bridge takes 1,024 ports) started through a \
+         daemon of the bench's own, four `docker run` at a time, then removed 50 per `docker rm`. \
+         The times run from the last appearance (or removal) until the kernel's scope map, read \
+         from its pin every 10 ms, holds every instance (or none): the agent's word is never \
+         taken for it. CPU time (user and system, every thread) and RSS come from `/proc`; CPU \
+         per event is the agent's CPU over the appearances and the removals, divided by their \
+         number. A new agent each round (release build); sizes take turns round by round; each \
+         figure is the median of the rounds with their range.\n\n\
+         | workloads | N | all applied after the last appears | all gone after the last goes | CPU per event | RSS start | RSS loaded | RSS a second after | reload of N scopes | `netbpf check` of N scopes |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for size in &results.agent {
+        let seconds = |field: fn(&AgentRound) -> f64| {
+            let summary = of(size, field);
+            if summary.median.is_nan() {
+                "-".to_owned()
+            } else {
+                format!("{} s", summary.show(3))
+            }
+        };
+        let _ = writeln!(
+            text,
+            "| {:?} | {} | {} | {} | {} µs | {} MiB | {} MiB | {} MiB | {} | {} |",
+            size.workloads,
+            size.count,
+            seconds(applied),
+            seconds(gone),
+            of(size, cpu).show(0),
+            of(size, |round| mib_of(round.rss_start)).show(1),
+            of(size, rss_loaded).show(1),
+            of(size, |round| mib_of(round.rss_after)).show(1),
+            seconds(reload),
+            seconds(check),
+        );
+    }
+    text.push('\n');
+}
