@@ -374,7 +374,11 @@ fn cgroups_that_went_leave_no_inotify_watch_behind() {
         })
         .collect();
     wait_for_instances(&netbpf, 40);
-    assert_eq!(inotify_watches(netbpf.pid()), before + 80, "a watch per cgroup made");
+    assert_eq!(
+        inotify_watches(netbpf.pid()),
+        before + 80,
+        "a watch per cgroup made"
+    );
     drop(cgroups);
     wait_for_instances(&netbpf, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
