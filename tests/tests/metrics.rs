@@ -63,6 +63,7 @@ fn scraped_counters_follow_connections_reloads_and_new_cgroups() {
         1
     );
     assert_eq!(before.count("netbpf_policy_reloads_total", &[]), 0);
+    assert_eq!(before.count("netbpf_cgroup_resyncs_total", &[]), 0);
     assert!(
         before
             .text
