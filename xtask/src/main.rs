@@ -6,6 +6,7 @@ mod cmd;
 mod demo;
 mod deploy;
 mod image;
+mod package;
 mod setup;
 mod test;
 mod vm;
@@ -43,6 +44,9 @@ enum Command {
     /// Measure netbpf against no program and the iptables way, side by
     /// side; writes docs/benchmarks.md, its plots and the raw figures.
     Bench(bench::BenchArgs),
+    /// Build the Debian package and a tarball for other distributions
+    /// (release build, lintian-checked), in target/package/.
+    Package,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckDeploy => deploy::check(&workspace),
         Command::Image(args) => image::image(&workspace, &args).map(drop),
         Command::Bench(args) => bench::bench(&workspace, args),
+        Command::Package => package::package(&workspace).map(drop),
     }
 }
 

@@ -40,6 +40,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "python3-venv",    // the manifest's validators and virtme-ng, in virtualenvs of their own
     "qemu-system-x86", // the VMs of `cargo xtask test --kernel` (and virtiofsd, in /usr/lib/qemu)
     "kmod",            // depmod: virtme-ng indexes a kernel package's modules
+    "lintian",         // the Debian package's check (`cargo xtask package`)
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.
@@ -178,7 +179,7 @@ fn llvm_major_version() -> anyhow::Result<String> {
         .context("rustc +nightly -vV names no LLVM version")
 }
 
-fn debian_packages() -> anyhow::Result<()> {
+pub fn debian_packages() -> anyhow::Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
         .copied()

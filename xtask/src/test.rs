@@ -3,8 +3,9 @@
 //! privileged ones included: they load the programs into this kernel and
 //! fail, never skip, where they cannot.
 //! Then the benchmarks' verifier check and their quick mode, so a program
-//! that grew or a benchmark that broke fails the suite; last a subset of
-//! the privileged tests on the oldest kernel of the matrix, in a VM.
+//! that grew or a benchmark that broke fails the suite; the Debian package,
+//! which lintian checks; last a subset of the privileged tests on the
+//! oldest kernel of the matrix, in a VM.
 
 use std::{path::Path, process::Command};
 
@@ -12,7 +13,7 @@ use crate::{
     bench::{self, BenchArgs},
     build, build_next, cmd, deploy,
     image::{self, ImageArgs},
-    setup, vm,
+    package, setup, vm,
 };
 
 #[derive(Debug, clap::Args)]
@@ -76,6 +77,7 @@ pub fn test(workspace: &Path, args: &TestArgs) -> anyhow::Result<()> {
     ] {
         bench::bench(workspace, args)?;
     }
+    package::package(workspace)?;
     let (kernel, tests) = vm::CI_SUBSET;
     vm::run(workspace, &[kernel.to_owned()], &tests.map(str::to_owned))
 }

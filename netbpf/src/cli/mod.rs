@@ -1,6 +1,7 @@
 //! The `netbpf` command line: one module per verb.
 
 mod agent;
+mod assets;
 mod check;
 mod doctor;
 mod hook;
@@ -57,6 +58,9 @@ enum Command {
     /// Have a running netbpf reload its policy file (as SIGHUP does), and
     /// wait until it has.
     Reload(reload::ReloadArgs),
+    /// Write the man pages and shell completions (for packagers).
+    #[command(hide = true)]
+    Assets(assets::AssetsArgs),
 }
 
 impl Cli {
@@ -71,6 +75,7 @@ impl Cli {
             Command::Uninstall(args) => uninstall::uninstall(&args),
             Command::Hook(args) => hook::hook(&args),
             Command::Doctor(args) => doctor::doctor(&args),
+            Command::Assets(args) => assets::assets(&args),
         }
     }
 }
