@@ -141,7 +141,9 @@ async fn follow_once(
 /// The containers of every runtime in `sockets` that answers within
 /// `timeout`: what the agent knows before its first update of the maps,
 /// so that a restart does not drop the scopes of containers named by
-/// their runtime. A runtime that does not answer is said and skipped.
+/// their runtime. A runtime that does not answer is said and skipped: at
+/// boot the agent starts before the runtimes (its unit is ordered so), and
+/// follows each one once it answers.
 pub async fn list_all(sockets: &[(Runtime, PathBuf)], timeout: Duration) -> Vec<Container> {
     let mut all = Vec::new();
     for (runtime, socket) in sockets {
@@ -155,10 +157,10 @@ pub async fn list_all(sockets: &[(Runtime, PathBuf)], timeout: Duration) -> Vec<
         match listed {
             Ok(Ok(containers)) => all.extend(containers),
             Ok(Err(error)) => {
-                tracing::warn!(%runtime, %error, "listing the runtime's containers at start");
+                tracing::info!(%runtime, %error, "the runtime's containers are not listed at start: followed once it answers");
             }
             Err(_) => {
-                tracing::warn!(%runtime, "the runtime did not list its containers in {timeout:?} at start");
+                tracing::info!(%runtime, "the runtime did not list its containers in {timeout:?} at start: followed once it answers");
             }
         }
     }
