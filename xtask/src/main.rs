@@ -6,6 +6,7 @@ mod cmd;
 mod demo;
 mod deploy;
 mod image;
+mod node;
 mod package;
 mod setup;
 mod test;
@@ -47,6 +48,9 @@ enum Command {
     /// Build the Debian package and a tarball for other distributions
     /// (release build, lintian-checked), in target/package/.
     Package,
+    /// Boot a Debian node under systemd in a VM, install the package there
+    /// and check what its users expect.
+    Node,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(args) => image::image(&workspace, &args).map(drop),
         Command::Bench(args) => bench::bench(&workspace, args),
         Command::Package => package::package(&workspace).map(drop),
+        Command::Node => node::node(&workspace),
     }
 }
 

@@ -18,7 +18,7 @@ use crate::{build_release, cmd, setup};
 /// Where the packages are written.
 pub const OUT: &str = "target/package";
 
-/// The Debian revision of the package.
+/// The Debian revision of the package `cargo xtask package` builds.
 const REVISION: &str = "1";
 
 /// Where the manual install puts the binary (deploy/ says so), and where
@@ -46,18 +46,25 @@ const EXPECTED_LINTIAN: &[(&str, &str)] = &[(
 /// Builds both packages, lintian-checked; returns the Debian package's
 /// path.
 pub fn package(workspace: &Path) -> anyhow::Result<PathBuf> {
+    build(workspace, REVISION)
+}
+
+/// Builds both packages of Debian revision `revision` (a later one is an
+/// upgrade of an earlier one); returns the Debian package's path.
+pub fn build(workspace: &Path, revision: &str) -> anyhow::Result<PathBuf> {
     setup::debian_packages()?;
     let binary = build_release(workspace)?;
-    let version = netbpf_version(workspace)?;
+    let upstream = netbpf_version(workspace)?;
     let out = workspace.join(OUT);
     fs::create_dir_all(&out)?;
-    let name = format!("netbpf_{version}-{REVISION}_amd64");
+    let version = format!("{upstream}-{revision}");
+    let name = format!("netbpf_{version}_amd64");
     let stage = out.join(&name);
     if stage.exists() {
         fs::remove_dir_all(&stage)?;
     }
     stage_files(workspace, &binary, &stage, &version)?;
-    let tarball = out.join(format!("netbpf-{version}-x86_64-linux.tar.gz"));
+    let tarball = out.join(format!("netbpf-{upstream}-x86_64-linux.tar.gz"));
     cmd::run(
         Command::new("tar")
             .arg("--create")
@@ -68,7 +75,7 @@ pub fn package(workspace: &Path) -> anyhow::Result<PathBuf> {
             .arg(&tarball)
             .arg("--directory")
             .arg(&stage)
-            .args(["--transform", &format!("s,^\\.,netbpf-{version},")])
+            .args(["--transform", &format!("s,^\\.,netbpf-{upstream},")])
             .arg("."),
     )?;
     debian_control(workspace, &stage, &version)?;
@@ -186,7 +193,7 @@ fn debian_control(workspace: &Path, stage: &Path, version: &str) -> anyhow::Resu
         &control.join("control"),
         &format!(
             "Package: netbpf\n\
-             Version: {version}-{REVISION}\n\
+             Version: {version}\n\
              Architecture: amd64\n\
              Maintainer: {MAINTAINER}\n\
              Installed-Size: {installed_kib}\n\
@@ -228,8 +235,8 @@ const MAINTAINER: &str = "netbpf developers <netbpf@lists.netbpf.dev>";
 fn changelog_entry(version: &str) -> anyhow::Result<String> {
     let date = cmd::output(Command::new("date").arg("-R"))?;
     Ok(format!(
-        "netbpf ({version}-{REVISION}) unstable; urgency=medium\n\n  \
-         * netbpf {version}, packaged by `cargo xtask package`.\n\n \
+        "netbpf ({version}) unstable; urgency=medium\n\n  \
+         * netbpf, packaged by `cargo xtask package`.\n\n \
          -- {MAINTAINER}  {}\n",
         date.trim()
     ))

@@ -41,6 +41,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86", // the VMs of `cargo xtask test --kernel` (and virtiofsd, in /usr/lib/qemu)
     "kmod",            // depmod: virtme-ng indexes a kernel package's modules
     "lintian",         // the Debian package's check (`cargo xtask package`)
+    "mmdebstrap",      // the node's root file system (`cargo xtask node`)
 ];
 
 /// Where bpf-linker is installed; `netbpf/build.rs` looks here too.

@@ -71,7 +71,7 @@ fn guest_limit(tests: &[String]) -> Duration {
 }
 
 /// virtme-ng, pinned.
-const VIRTME_NG: &str = "virtme-ng==1.42";
+pub const VIRTME_NG: &str = "virtme-ng==1.42";
 
 /// One test binary's outcome on one kernel.
 struct Outcome {
@@ -190,7 +190,7 @@ fn test_binaries(workspace: &Path, wanted: &[String]) -> anyhow::Result<Vec<(Str
 /// The vmlinuz of `kernel`: a path as given, or the newest Debian package
 /// of the family (`6.1`, `6.12`), downloaded and unpacked once under
 /// target/kernels/. Its label names the release.
-fn kernel_image(workspace: &Path, kernel: &str) -> anyhow::Result<(String, PathBuf)> {
+pub fn kernel_image(workspace: &Path, kernel: &str) -> anyhow::Result<(String, PathBuf)> {
     let path = Path::new(kernel);
     if path.is_file() {
         let label = path
