@@ -139,49 +139,46 @@ fn cgroups_round(count: usize) -> anyhow::Result<AgentRound> {
         .map(|i| root.path().join(format!("c{i}")))
         .collect();
 
-    let appearing = agent.usage()?;
-    for path in &paths {
-        std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
-    }
-    let applied_s = agent.until_scopes(count)?;
-    let loaded = agent.usage()?;
-
-    let mut per_cgroup = String::from("version = 1\n");
-    for (i, path) in paths.iter().enumerate() {
-        let _ = write!(
-            per_cgroup,
-            "[[scope]]\nname = \"c{i}\"\nmatch = {{ cgroup = \"{}\" }}\n{FORWARD}",
-            path.display()
-        );
-    }
-    let check_s = check(&work.path().join("per-cgroup.toml"), &per_cgroup)?;
-    let reload_s = agent.reload(&setup, &per_cgroup)?;
-    anyhow::ensure!(
-        agent.scopes()? == count,
-        "after the reload, {} of {count} cgroups have a scope",
-        agent.scopes()?
-    );
-    agent.reload(&setup, &template)?;
-
-    let removing = agent.usage()?;
-    for path in &paths {
-        std::fs::remove_dir(path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    let gone_s = agent.until_scopes(0)?;
-    let gone = agent.usage()?;
-    thread::sleep(Duration::from_secs(1));
-    let after = agent.usage()?;
-    agent.run.stop()?;
-    Ok(AgentRound {
-        applied_s,
-        gone_s,
-        cpu_per_event_us: per_event(count, &[(appearing, loaded), (removing, gone)]),
-        rss_start: appearing.rss,
-        rss_loaded: loaded.rss,
-        rss_after: after.rss,
-        reload_s: Some(reload_s),
-        check_s: Some(check_s),
-    })
+    let per_cgroup =
+        paths
+            .iter()
+            .enumerate()
+            .fold(String::from("version = 1\n"), |mut policy, (i, path)| {
+                let _ = write!(
+                    policy,
+                    "[[scope]]\nname = \"c{i}\"\nmatch = {{ cgroup = \"{}\" }}\n{FORWARD}",
+                    path.display()
+                );
+                policy
+            });
+    agent.round(
+        count,
+        || {
+            for path in &paths {
+                std::fs::create_dir(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+            }
+            Ok(())
+        },
+        |agent| {
+            let check_s = check(&work.path().join("per-cgroup.toml"), &per_cgroup)?;
+            let reload_s = agent.reload(&setup, &per_cgroup)?;
+            anyhow::ensure!(
+                agent.scopes()? == count,
+                "after the reload, {} of {count} cgroups have a scope",
+                agent.scopes()?
+            );
+            agent.reload(&setup, &template)?;
+            Ok((Some(reload_s), Some(check_s)))
+        },
+        || {
+            for path in &paths {
+                std::fs::remove_dir(path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Measures the agent over `count` Docker containers of a daemon of the
@@ -196,47 +193,35 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
     let agent = Agent::start(&setup, &policy)?;
     let names: Vec<String> = (0..count).map(|i| format!("bench-{i}")).collect();
 
-    let appearing = agent.usage()?;
-    in_parallel(&names, PARALLEL, |name| {
-        node.daemon
-            .docker(&[
-                "run",
-                "--detach",
-                "--network",
-                "none",
-                "--name",
-                name,
-                NODE_IMAGE,
-                "sleep",
-                "3600",
-            ])
-            .map(drop)
-    })?;
-    let applied_s = agent.until_scopes(count)?;
-    let loaded = agent.usage()?;
-
-    let removing = agent.usage()?;
     let batches: Vec<Vec<String>> = names.chunks(50).map(<[String]>::to_vec).collect();
-    in_parallel(&batches, PARALLEL, |batch| {
-        let mut args = vec!["rm", "--force"];
-        args.extend(batch.iter().map(String::as_str));
-        node.daemon.docker(&args).map(drop)
-    })?;
-    let gone_s = agent.until_scopes(0)?;
-    let gone = agent.usage()?;
-    thread::sleep(Duration::from_secs(1));
-    let after = agent.usage()?;
-    agent.run.stop()?;
-    Ok(AgentRound {
-        applied_s,
-        gone_s,
-        cpu_per_event_us: per_event(count, &[(appearing, loaded), (removing, gone)]),
-        rss_start: appearing.rss,
-        rss_loaded: loaded.rss,
-        rss_after: after.rss,
-        reload_s: None,
-        check_s: None,
-    })
+    agent.round(
+        count,
+        || {
+            in_parallel(&names, PARALLEL, |name| {
+                node.daemon
+                    .docker(&[
+                        "run",
+                        "--detach",
+                        "--network",
+                        "none",
+                        "--name",
+                        name,
+                        NODE_IMAGE,
+                        "sleep",
+                        "3600",
+                    ])
+                    .map(drop)
+            })
+        },
+        |_| Ok((None, None)),
+        || {
+            in_parallel(&batches, PARALLEL, |batch| {
+                let mut args = vec!["rm", "--force"];
+                args.extend(batch.iter().map(String::as_str));
+                node.daemon.docker(&args).map(drop)
+            })
+        },
+    )
 }
 
 /// Runs `job` over `items`, `parallel` at a time; the first error.
@@ -317,6 +302,40 @@ impl Agent {
         let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
         let scopes = KernelHashMap::try_from(Map::HashMap(data))?;
         Ok(Self { run, scopes })
+    }
+
+    /// One round over `count` workloads: `appear` makes them, `loaded`
+    /// measures what it does with every one applied (the reload and check
+    /// times, if any), `remove` takes them away. Stops the agent.
+    fn round(
+        self,
+        count: usize,
+        appear: impl FnOnce() -> anyhow::Result<()>,
+        loaded: impl FnOnce(&Self) -> anyhow::Result<(Option<f64>, Option<f64>)>,
+        remove: impl FnOnce() -> anyhow::Result<()>,
+    ) -> anyhow::Result<AgentRound> {
+        let appearing = self.usage()?;
+        appear()?;
+        let applied_s = self.until_scopes(count)?;
+        let applied = self.usage()?;
+        let (reload_s, check_s) = loaded(&self)?;
+        let removing = self.usage()?;
+        remove()?;
+        let gone_s = self.until_scopes(0)?;
+        let gone = self.usage()?;
+        thread::sleep(Duration::from_secs(1));
+        let after = self.usage()?;
+        self.run.stop()?;
+        Ok(AgentRound {
+            applied_s,
+            gone_s,
+            cpu_per_event_us: per_event(count, &[(appearing, applied), (removing, gone)]),
+            rss_start: appearing.rss,
+            rss_loaded: applied.rss,
+            rss_after: after.rss,
+            reload_s,
+            check_s,
+        })
     }
 
     /// How many scope instances the kernel's map holds.
