@@ -30,19 +30,7 @@ pub fn image(workspace: &Path, args: &ImageArgs) -> anyhow::Result<String> {
     let binary = if args.debug {
         crate::build(workspace)?
     } else {
-        crate::setup::build_toolchain(workspace)?;
-        cmd::cargo(
-            workspace,
-            &[
-                "build",
-                "--release",
-                "--package",
-                "netbpf",
-                "--bin",
-                "netbpf",
-            ],
-        )?;
-        workspace.join("target/release/netbpf")
+        crate::build_release(workspace)?
     };
     let tags = if args.debug {
         vec![DEV_TAG.to_owned()]

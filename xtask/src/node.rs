@@ -79,6 +79,10 @@ pub fn node(workspace: &Path) -> anyhow::Result<()> {
         root.join("root/node.sh"),
     )?;
     boot(&vng, &vmlinuz, &root, &dir.join("console.log"))?;
+    eprintln!(
+        "node: the guest is done (console: {})",
+        dir.join("console.log").display()
+    );
     let out = root.join("root/node");
     fs::write(workspace.join("docs/node.md"), page(&out))?;
     report(&out)
@@ -161,44 +165,12 @@ fn local_disks(root: &Path) -> anyhow::Result<()> {
 
 /// Boots `root` with systemd as PID 1 and runs the node script in it.
 fn boot(vng: &Path, vmlinuz: &Path, root: &Path, console: &Path) -> anyhow::Result<()> {
-    let path = std::env::join_paths(
-        [vng.join("bin"), "/usr/sbin".into(), "/usr/lib/qemu".into()]
-            .into_iter()
-            .chain(std::env::split_paths(
-                &std::env::var_os("PATH").unwrap_or_default(),
-            )),
-    )?;
-    let log = fs::File::create(console)?;
-    let status = Command::new("timeout")
-        .args(["--kill-after=30", &GUEST_LIMIT.as_secs().to_string()])
-        .arg(vng.join("bin/vng"))
-        .arg("--run")
-        .arg(vmlinuz)
-        .args([
-            "--disable-kvm",
-            "--memory",
-            "4G",
-            "--cpus",
-            "2",
-            "--verbose",
-        ])
+    let mut guest = vm::vng_command(vng, vmlinuz);
+    guest
         .arg("--root")
         .arg(root)
-        .args(["--rw", "--systemd"])
-        // As in the kernel matrix: the node runs no AppArmor.
-        .args(["--append", "apparmor=0"])
-        .args(["--exec", "/root/node.sh"])
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .status()
-        .context("starting vng")?;
-    eprintln!(
-        "node: the guest exited: {status} (console: {})",
-        console.display()
-    );
-    Ok(())
+        .args(["--rw", "--systemd", "--exec", "/root/node.sh"]);
+    vm::run_guest(&mut guest, GUEST_LIMIT, console)
 }
 
 /// Prints the guest's results; fails when a check failed or it stopped

@@ -365,22 +365,17 @@ fn boot(
     out: &Path,
     limit: Duration,
 ) -> anyhow::Result<()> {
-    let path = std::env::join_paths(
-        [
-            vng.join("bin"),
-            "/usr/sbin".into(),
-            "/sbin".into(),
-            "/usr/lib/qemu".into(),
-        ]
-        .into_iter()
-        .chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )),
-    )?;
-    let console = fs::File::create(out.join("console.log"))?;
-    let ran = Command::new("timeout")
-        .args(["--kill-after=30", &limit.as_secs().to_string()])
-        .arg(vng.join("bin/vng"))
+    let mut guest = vng_command(vng, vmlinuz);
+    guest.arg("--rwdir").arg(out).arg("--").arg(script);
+    run_guest(&mut guest, limit, &out.join("console.log"))
+}
+
+/// virtme-ng (installed in `vng`) booting `vmlinuz` as every guest here
+/// boots: software emulation, 4 GiB, `apparmor=0`. The caller adds the
+/// root and what the guest runs.
+pub fn vng_command(vng: &Path, vmlinuz: &Path) -> Command {
+    let mut command = Command::new(vng.join("bin/vng"));
+    command
         .arg("--run")
         .arg(vmlinuz)
         .args([
@@ -396,23 +391,46 @@ fn boot(
         // Debian's kernels enable AppArmor, which the nodes these tests
         // stand for (and this host) do not run: dockerd would need
         // apparmor_parser for its profile.
-        .args(["--append", "apparmor=0"])
-        .arg("--rwdir")
-        .arg(out)
-        .arg("--")
-        .arg(script)
+        .args(["--append", "apparmor=0"]);
+    command
+}
+
+/// Runs the virtme-ng `guest` for at most `limit`, its console to
+/// `console`, with QEMU, virtiofsd and the tools vng calls on its PATH.
+pub fn run_guest(guest: &mut Command, limit: Duration, console: &Path) -> anyhow::Result<()> {
+    let vng_bin = Path::new(guest.get_program())
+        .parent()
+        .context("vng is in a bin directory")?
+        .to_owned();
+    let path = std::env::join_paths(
+        [
+            vng_bin,
+            "/usr/sbin".into(),
+            "/sbin".into(),
+            "/usr/lib/qemu".into(),
+        ]
+        .into_iter()
+        .chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )),
+    )?;
+    let log = fs::File::create(console)?;
+    let ran = Command::new("timeout")
+        .args(["--kill-after=30", &limit.as_secs().to_string()])
+        .arg(guest.get_program())
+        .args(guest.get_args())
         .env("PATH", path)
         .stdin(Stdio::null())
-        .stdout(console.try_clone()?)
-        .stderr(console)
+        .stdout(log.try_clone()?)
+        .stderr(log)
         .status()
-        .with_context(|| format!("starting {}", vng.join("bin/vng").display()))?;
+        .with_context(|| format!("starting {}", guest.get_program().display()))?;
     // timeout(1) says 124 when it stopped the guest (137 when it killed it).
     anyhow::ensure!(
         !matches!(ran.code(), Some(124 | 137)),
         "the guest ran past {} minutes and was stopped: see {}",
         limit.as_secs() / 60,
-        out.join("console.log").display()
+        console.display()
     );
     Ok(())
 }
