@@ -98,6 +98,32 @@ loop_through upgrade "dpkg -i of a newer package" dpkg -i /root/netbpf-newer.deb
 check upgraded "the newer package is installed and its agent runs" \
     sh -c 'dpkg-query -W -f="\${Version}" netbpf | grep -q -- "-2$" && systemctl is-active netbpf'
 
+# The node's boot, again: a container Docker brings back (restart:
+# unless-stopped) dials the forward as the first thing it does. Every
+# service stops, the datapath goes as at a reboot (bpffs is in memory,
+# /run is emptied), and netbpf and Docker start in one transaction, in
+# the order their units give. Its first connection must succeed.
+docker run -d --restart unless-stopped --name desktop-boot node/busybox sh -c \
+    'if wget -qO- http://localhost:8082/hello.txt > /dev/null 2>&1; then echo first-ok; else echo first-failed; fi; exec sleep 3600' > /dev/null
+wait_for 60 sh -c 'docker logs desktop-boot 2>&1 | grep -q first-'
+systemctl stop docker.socket docker.service containerd.service netbpf.service
+netbpf uninstall >> "$out/boot-order.log" 2>&1
+rm -rf /run/netbpf
+started=$(now)
+systemctl start netbpf.service docker.service
+if wait_for 180 sh -c 'test "$(docker logs desktop-boot 2>&1 | grep -c first-)" = 2'; then
+    first=$(docker logs desktop-boot 2>&1 | grep first- | tail -1)
+    if [ "$first" = first-ok ]; then
+        result boot-order ok "a container Docker brought back with netbpf and Docker started in boot order: its first connection went through, $(since "$started") s after the start"
+    else
+        result boot-order FAIL "a container Docker brought back with netbpf and Docker started in boot order: its first connection failed. Docker restarts its containers before its API answers, and the agent knows a Docker container by name only from the API: its policy came when the API answered"
+    fi
+else
+    result boot-order FAIL "the container did not come back within 180 s"
+fi
+systemctl show -p ActiveEnterTimestampMonotonic netbpf.service docker.service >> "$out/boot-order.log"
+docker rm -f desktop-boot > /dev/null 2>&1 || true
+
 netbpf status > "$out/status.txt" 2>&1
 journalctl -u netbpf --no-pager -o short-precise > "$out/journal.txt" 2>&1
 if grep -E ' (ERROR|WARN) ' "$out/journal.txt" > "$out/journal-errors.txt"; then
