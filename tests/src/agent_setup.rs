@@ -16,6 +16,8 @@ use crate::{NetbpfRun, netbpf_binary, unique_name};
 pub struct AgentOptions<'a> {
     /// A Docker daemon's Engine API socket.
     pub docker: Option<&'a Path>,
+    /// A Docker daemon's data root, where it keeps its containers' state.
+    pub docker_root: Option<&'a Path>,
     /// Podman's API service socket.
     pub podman: Option<&'a Path>,
     /// A containerd's state directory.
@@ -49,7 +51,7 @@ impl AgentSetup {
             &setup.config,
             format!(
                 "policy_dir = \"{}\"\npin_dir = \"{}\"\ncgroup_root = \"{}\"\n{}\
-                 [runtimes]\ndocker = \"{}\"\npodman = \"{}\"\ncontainerd = \"{}\"\n",
+                 [runtimes]\ndocker = \"{}\"\npodman = \"{}\"\ncontainerd = \"{}\"\ndocker_root = \"{}\"\n",
                 setup.policy_dir.display(),
                 setup.pin_dir.display(),
                 cgroup_root.display(),
@@ -60,6 +62,7 @@ impl AgentSetup {
                 text(options.docker),
                 text(options.podman),
                 text(options.containerd),
+                text(options.docker_root),
             ),
         )?;
         Ok(setup)

@@ -86,6 +86,12 @@ impl DockerDaemon {
         Ok(docker)
     }
 
+    /// Its data root, where it keeps each container's state.
+    #[must_use]
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     /// Runs the docker client against this daemon; what it printed.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
         let output = Command::new(client())

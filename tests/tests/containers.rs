@@ -158,6 +158,49 @@ fn containers_started_after_the_agent_get_their_scope_by_name_and_by_label() {
 /// addresses and gateway, not its cgroup: its grant follows from the
 /// network events.
 #[test]
+fn a_docker_container_is_known_from_dockers_state_before_its_api_answers() {
+    // At boot Docker restarts its containers before its API answers: the
+    // agent names them from Docker's data root. Here it has no API at all.
+    let node = DockerNode::new();
+    let data_root = node.daemon.data_root();
+    let netns = node.daemon.netns().path();
+    let setup = AgentSetup::new(
+        node.work.path(),
+        node.root.path(),
+        AgentOptions {
+            docker_root: Some(&data_root),
+            netns: Some(&netns),
+            ..AgentOptions::default()
+        },
+    )
+    .unwrap();
+    setup
+        .policy(
+            "50-test.toml",
+            &format!(
+                "version = 1\n[[scope]]\nname = \"boot\"\n\
+                 match = {{ container = \"boot-*\", label = {{ tier = \"front\" }} }}\n\
+                 forward = [{{ from = \"localhost:8082\", to = \"{NODE_PUBLISHED}:8082\" }}]\n"
+            ),
+        )
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    node.run("boot-1", &["tier=front"]);
+    node.run("boot-2", &["tier=back"]);
+    let status = agent
+        .wait_for_status(Duration::from_secs(10), |status| {
+            !applied(status).is_empty()
+        })
+        .unwrap();
+    assert_eq!(applied(&status), ["boot/boot-1"], "{status}");
+    assert_eq!(status["scopes"][0]["runtime"], "docker", "{status}");
+    assert_eq!(node.get("boot-1", "127.0.0.1", 8082), "published");
+    assert_eq!(node.get("boot-2", "127.0.0.1", 8082), "");
+}
+
+#[test]
 fn a_granted_container_moved_to_another_network_keeps_its_host_service() {
     let node = DockerNode::new();
     let netns = node.daemon.netns();

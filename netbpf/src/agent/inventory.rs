@@ -1,14 +1,17 @@
 //! What the agent knows of what runs on the node: every cgroup below its
 //! cgroup root (a workload), and what the runtimes' APIs, their hooks and
-//! containerd's bundles say of the containers among them. The containers
-//! only hooks and bundles describe are kept in a file for the next agent.
+//! their state on disk (containerd's bundles, Docker's data root) say of
+//! the containers among them. The containers only hooks and bundles
+//! describe are kept in a file for the next agent.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
-use crate::containers::{Container, Runtime, Workload, containerd, engine::EngineEvent, layout};
+use crate::containers::{
+    Container, Runtime, StateDirs, Workload, containerd, docker_state, engine::EngineEvent, layout,
+};
 
 /// The workloads, and the containers described.
 pub struct Inventory {
@@ -16,13 +19,12 @@ pub struct Inventory {
     workloads: BTreeMap<PathBuf, Workload>,
     /// What the runtimes' APIs and hooks say of their containers, by id.
     described: HashMap<String, Container>,
-    /// The ids described by an OCI hook or a containerd bundle only:
+    /// The ids described by an OCI hook or a runtime's state only:
     /// forgotten with their cgroup (described again for a new one), where
     /// an API says when a container goes.
     hooked: HashSet<String>,
-    /// containerd's state directory, where its tasks' bundles are; empty:
-    /// not looked at.
-    containerd_state: PathBuf,
+    /// Where the runtimes' state describes their containers.
+    state: StateDirs,
     /// Where the containers only hooks and bundles describe are kept, for
     /// the next agent.
     described_file: Option<PathBuf>,
@@ -34,7 +36,7 @@ impl Inventory {
     #[must_use]
     pub fn new(
         described: Vec<Container>,
-        containerd_state: PathBuf,
+        state: StateDirs,
         described_file: Option<PathBuf>,
     ) -> Self {
         let mut inventory = Self {
@@ -44,7 +46,7 @@ impl Inventory {
                 .map(|container| (container.id.clone(), container))
                 .collect(),
             hooked: HashSet::new(),
-            containerd_state,
+            state,
             described_file,
         };
         inventory.restore_hooked();
@@ -97,8 +99,8 @@ impl Inventory {
     }
 
     /// Knows the cgroup at `path` (below the mount), and the container in
-    /// it if its layout says it is one; containerd's bundle describes it
-    /// if the runtime is containerd's or unknown.
+    /// it if its layout says it is one; containerd's bundle or Docker's
+    /// state describes it if no API did yet.
     pub fn add_workload(&mut self, path: PathBuf, cgroup_id: u64) {
         let container = layout::recognise(&path).map(|found| Container {
             runtime: found.runtime,
@@ -115,16 +117,8 @@ impl Inventory {
                 cgroup = %path.display(),
                 "container found"
             );
-            // containerd wrote the container's bundle before its cgroup:
-            // its names and labels are there.
-            let by_containerd = matches!(
-                container.runtime,
-                None | Some(Runtime::Containerd | Runtime::CriO)
-            );
-            if by_containerd
-                && !self.described.contains_key(&container.id)
-                && !self.containerd_state.as_os_str().is_empty()
-                && let Some(described) = containerd::describe(&self.containerd_state, &container.id)
+            if !self.described.contains_key(&container.id)
+                && let Some(described) = self.described_by_state(container)
             {
                 self.hooked.insert(described.id.clone());
                 self.described.insert(described.id.clone(), described);
@@ -138,6 +132,29 @@ impl Inventory {
                 container,
             },
         );
+    }
+
+    /// What the runtimes' state on disk says of `container`: containerd
+    /// wrote its bundle before its cgroup; Docker keeps its name and labels
+    /// in its data root, which at boot is there before its API answers.
+    fn described_by_state(&self, container: &Container) -> Option<Container> {
+        let by_containerd = || {
+            (!self.state.containerd.as_os_str().is_empty())
+                .then(|| containerd::describe(&self.state.containerd, &container.id))
+                .flatten()
+        };
+        let by_docker = || {
+            (!self.state.docker.as_os_str().is_empty())
+                .then(|| docker_state::describe(&self.state.docker, &container.id))
+                .flatten()
+        };
+        match container.runtime {
+            // A layout any runtime uses (`--cgroup-parent PARENT/ID`).
+            None => by_containerd().or_else(by_docker),
+            Some(Runtime::Containerd | Runtime::CriO) => by_containerd(),
+            Some(Runtime::Docker) => by_docker(),
+            Some(_) => None,
+        }
     }
 
     /// Forgets the cgroup at `path` and every one below it, and the

@@ -138,7 +138,7 @@ impl Agent {
         for (runtime, socket) in runtimes.sockets() {
             tokio::spawn(engine::follow(runtime, socket, sender.clone()));
         }
-        let mut inventory = Inventory::new(described, runtimes.containerd.clone(), described_file);
+        let mut inventory = Inventory::new(described, runtimes.state_dirs(), described_file);
         for (path, id) in present {
             inventory.add_workload(path, id);
         }

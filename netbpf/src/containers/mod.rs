@@ -5,12 +5,13 @@
 
 pub mod cgroup_watch;
 pub mod containerd;
+pub mod docker_state;
 pub mod engine;
 pub mod layout;
 pub mod oci;
 mod runtimes;
 
-pub use self::runtimes::Runtimes;
+pub use self::runtimes::{Runtimes, StateDirs};
 
 use std::{collections::BTreeMap, fmt, path::PathBuf};
 

@@ -20,6 +20,18 @@ pub struct Runtimes {
     /// containerd's state directory, where it writes each task's OCI
     /// bundle (CRI names and pods, labels). Default `/run/containerd`.
     pub containerd: PathBuf,
+    /// Docker's data root, where it keeps each container's name and
+    /// labels: read when a container's cgroup appears before Docker's API
+    /// answers (at boot). Default `/var/lib/docker`.
+    pub docker_root: PathBuf,
+}
+
+/// Where runtimes keep what describes their containers on disk; an empty
+/// path is not looked at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateDirs {
+    pub containerd: PathBuf,
+    pub docker: PathBuf,
 }
 
 impl Default for Runtimes {
@@ -28,11 +40,21 @@ impl Default for Runtimes {
             docker: PathBuf::from("/run/docker.sock"),
             podman: PathBuf::from("/run/podman/podman.sock"),
             containerd: PathBuf::from("/run/containerd"),
+            docker_root: PathBuf::from("/var/lib/docker"),
         }
     }
 }
 
 impl Runtimes {
+    /// Where the runtimes' state describes their containers.
+    #[must_use]
+    pub fn state_dirs(&self) -> StateDirs {
+        StateDirs {
+            containerd: self.containerd.clone(),
+            docker: self.docker_root.clone(),
+        }
+    }
+
     /// The runtimes to follow, with their sockets.
     #[must_use]
     pub fn sockets(&self) -> Vec<(Runtime, PathBuf)> {

@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn a_runtimes_cgroup_is_known_as_its_container() {
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     let (path, id) = docker_cgroup(1);
     inventory.add_workload(path, 5);
     inventory.add_workload(PathBuf::from("test/plain"), 6);
@@ -21,7 +21,7 @@ fn a_runtimes_cgroup_is_known_as_its_container() {
 
 #[test]
 fn what_a_runtime_says_names_its_containers_until_they_go() {
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     let (path, id) = docker_cgroup(2);
     inventory.add_workload(path, 5);
     inventory.follow_runtime(EngineEvent::Known(docker_container(&id, "web-1")));
@@ -42,7 +42,11 @@ fn what_a_runtime_says_names_its_containers_until_they_go() {
 fn a_runtimes_list_replaces_its_descriptions_but_keeps_the_hooks() {
     let (path_a, id_a) = docker_cgroup(3);
     let (path_b, id_b) = docker_cgroup(4);
-    let mut inventory = Inventory::new(vec![docker_container(&id_a, "old")], PathBuf::new(), None);
+    let mut inventory = Inventory::new(
+        vec![docker_container(&id_a, "old")],
+        StateDirs::default(),
+        None,
+    );
     inventory.add_workload(path_a, 5);
     inventory.add_workload(path_b, 6);
     inventory.hooked(docker_container(&id_b, "hooked"), true);
@@ -57,7 +61,7 @@ fn a_runtimes_list_replaces_its_descriptions_but_keeps_the_hooks() {
 
 #[test]
 fn a_container_whose_networks_changed_names_its_cgroups() {
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     let (path, id) = docker_cgroup(5);
     inventory.add_workload(path, 5);
     let rewired = inventory.follow_runtime(EngineEvent::Rewired(id.clone()));
@@ -67,7 +71,7 @@ fn a_container_whose_networks_changed_names_its_cgroups() {
 
 #[test]
 fn a_cgroup_that_goes_takes_its_subtree_along() {
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     inventory.add_workload(PathBuf::from("test/a"), 1);
     inventory.add_workload(PathBuf::from("test/a/inner"), 2);
     inventory.add_workload(PathBuf::from("test/ab"), 3);
@@ -82,7 +86,7 @@ fn a_cgroup_that_goes_takes_its_subtree_along() {
 
 #[test]
 fn a_resync_knows_exactly_the_cgroups_listed() {
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     inventory.add_workload(PathBuf::from("test/gone"), 1);
     inventory.resync(vec![(PathBuf::from("test/new"), 2)]);
     assert!(!inventory.knows(Path::new("test/gone")));
@@ -94,11 +98,11 @@ fn hooked_containers_are_kept_for_the_next_agent_until_their_cgroup_goes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("described.json");
     let (path, id) = docker_cgroup(6);
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), Some(file.clone()));
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), Some(file.clone()));
     inventory.add_workload(path.clone(), 5);
     inventory.hooked(docker_container(&id, "web-1"), true);
 
-    let mut next = Inventory::new(Vec::new(), PathBuf::new(), Some(file.clone()));
+    let mut next = Inventory::new(Vec::new(), StateDirs::default(), Some(file.clone()));
     next.add_workload(path.clone(), 5);
     let named = next.workloads()[0].container.clone().unwrap().name;
     assert_eq!(named.as_deref(), Some("web-1"), "the next agent knows it");
@@ -111,7 +115,7 @@ fn hooked_containers_are_kept_for_the_next_agent_until_their_cgroup_goes() {
 
 #[test]
 fn a_hook_for_a_cgroup_its_layout_does_not_name_is_not_kept() {
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     inventory.add_workload(PathBuf::from("test/plain"), 5);
     inventory.hooked(docker_container("cd".repeat(32).as_str(), "web-1"), false);
     assert!(inventory.workloads()[0].container.is_none());

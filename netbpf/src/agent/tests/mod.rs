@@ -23,7 +23,7 @@ use super::{
     reconcile::{InstanceProbe, Probe, Reconciler},
 };
 use crate::{
-    containers::{Container, Runtime, Workload, engine::EngineEvent},
+    containers::{Container, Runtime, StateDirs, Workload, engine::EngineEvent},
     datapath::{
         DatapathError,
         fake::{FakeMaps, Operation},

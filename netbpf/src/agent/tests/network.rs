@@ -131,7 +131,7 @@ fn a_hooked_container_is_in_the_maps_after_one_reconcile() {
     let text = "version = 1\n[[scope]]\nname = \"named\"\nmatch = { container = \"web-*\" }\n\
                 forward = [{ from = \"localhost:8082\", to = \"10.0.0.1:8082\" }]\n";
     let mut rig = Rig::new(text);
-    let mut inventory = Inventory::new(Vec::new(), PathBuf::new(), None);
+    let mut inventory = Inventory::new(Vec::new(), StateDirs::default(), None);
     let id = "ab".repeat(32);
     let path = format!("test/docker-{id}.scope");
     inventory.add_workload(PathBuf::from(&path), 21);
