@@ -22,9 +22,7 @@ use netbpf_testenv::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Map sizes that hold the largest size measured, one scope and one
-/// forward per workload.
-const CAPACITY: &str = "[capacity]\nscopes = 131072\nrules = 131072\nforward_ports = 131072\n";
+use crate::ways::SCALING_CAPACITY;
 
 /// The forward every scope gives: map entries only, never dialed.
 const FORWARD: &str = "forward = [{ from = \"localhost:8082\", to = \"192.0.2.1:8082\" }]\n";
@@ -289,11 +287,9 @@ struct Agent {
 
 impl Agent {
     /// Starts the agent of `setup` with `policy`, its maps sized for the
-    /// largest size.
+    /// largest size (those of the datapath's scaling measurement).
     fn start(setup: &AgentSetup, policy: &str) -> anyhow::Result<Self> {
-        let mut config = std::fs::read_to_string(&setup.config)?;
-        config.push_str(CAPACITY);
-        std::fs::write(&setup.config, config)?;
+        setup.configure(SCALING_CAPACITY)?;
         setup.policy("bench.toml", policy)?;
         let run = setup.start("agent")?;
         let pin = Pins::new(&setup.pin_dir)

@@ -25,7 +25,8 @@ pub const UDP_PORT: u16 = 8053;
 /// The port of the iperf3 server.
 pub const IPERF_PORT: u16 = 5201;
 
-/// Capacities of the agent that carries up to 100,000 other containers.
+/// Capacities of the agent that carries up to 100,000 other containers
+/// (and of the agent's own measurements, up to 50,000 cgroups).
 pub const SCALING_CAPACITY: &str =
     "[capacity]\nscopes = 131072\nrules = 131072\nforward_ports = 131072\n";
 
@@ -111,9 +112,7 @@ impl Prepared {
                 ..AgentOptions::default()
             },
         )?;
-        let mut config = std::fs::read_to_string(&setup.config)?;
-        config.push_str(capacity);
-        std::fs::write(&setup.config, config)?;
+        setup.configure(capacity)?;
         setup.policy("bench.toml", &self.policy(policy_extra))?;
         self.agent = Some(setup.start("agent")?);
         self.setup = Some(setup);

@@ -68,6 +68,15 @@ impl AgentSetup {
         Ok(setup)
     }
 
+    /// Appends `text` (a table such as `[capacity]`) to the configuration
+    /// file.
+    pub fn configure(&self, text: &str) -> anyhow::Result<()> {
+        let mut config = std::fs::read_to_string(&self.config)?;
+        config.push_str(text);
+        std::fs::write(&self.config, config)?;
+        Ok(())
+    }
+
     /// Writes the policy file `name` of the policy directory.
     pub fn policy(&self, name: &str, text: &str) -> anyhow::Result<()> {
         std::fs::write(self.policy_dir.join(name), text)?;

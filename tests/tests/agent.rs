@@ -160,9 +160,7 @@ fn a_full_map_takes_a_replacement_in_one_update() {
         AgentOptions::default(),
     )
     .unwrap();
-    let mut config = std::fs::read_to_string(&setup.config).unwrap();
-    config.push_str("[capacity]\nscopes = 2\n");
-    std::fs::write(&setup.config, config).unwrap();
+    setup.configure("[capacity]\nscopes = 2\n").unwrap();
     setup
         .policy("scopes.toml", &scopes_for(&topology, &["a", "b"]))
         .unwrap();

@@ -76,9 +76,9 @@ fn a_scope_that_binds_every_port_leaves_another_scopes_own_service_alone() {
         hog_procs.path().display()
     );
     let setup = AgentSetup::new(work.path(), root.path(), AgentOptions::default()).unwrap();
-    let config = std::fs::read_to_string(&setup.config).unwrap();
-    let config = format!("{config}[capacity]\nlocal_binds = {LOCAL_BINDS}\n");
-    std::fs::write(&setup.config, config).unwrap();
+    setup
+        .configure(&format!("[capacity]\nlocal_binds = {LOCAL_BINDS}\n"))
+        .unwrap();
     setup.policy("50-test.toml", &policy).unwrap();
     let netbpf = setup
         .start("agent")
