@@ -85,14 +85,24 @@ impl DockerNode {
     /// namespace its node's.
     #[must_use]
     pub fn agent_setup(&self) -> AgentSetup {
+        self.agent_setup_with(AgentOptions {
+            docker: Some(self.daemon.socket()),
+            ..AgentOptions::default()
+        })
+    }
+
+    /// The agent's setup for this node following what `options` name
+    /// (not this daemon's API unless they do), the daemon's network
+    /// namespace its node's.
+    #[must_use]
+    pub fn agent_setup_with(&self, options: AgentOptions<'_>) -> AgentSetup {
         let node = self.daemon.netns().path();
         AgentSetup::new(
             self.work.path(),
             self.root.path(),
             AgentOptions {
-                docker: Some(self.daemon.socket()),
                 netns: Some(&node),
-                ..AgentOptions::default()
+                ..options
             },
         )
         .unwrap()

@@ -163,17 +163,10 @@ fn a_docker_container_is_known_from_dockers_state_before_its_api_answers() {
     // agent names them from Docker's data root. Here it has no API at all.
     let node = DockerNode::new();
     let data_root = node.daemon.data_root();
-    let netns = node.daemon.netns().path();
-    let setup = AgentSetup::new(
-        node.work.path(),
-        node.root.path(),
-        AgentOptions {
-            docker_root: Some(&data_root),
-            netns: Some(&netns),
-            ..AgentOptions::default()
-        },
-    )
-    .unwrap();
+    let setup = node.agent_setup_with(AgentOptions {
+        docker_root: Some(&data_root),
+        ..AgentOptions::default()
+    });
     setup
         .policy(
             "50-test.toml",

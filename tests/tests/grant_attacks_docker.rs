@@ -147,15 +147,7 @@ fn a_container_given_the_granted_address_after_the_granted_one_left_is_refused()
         .find_map(|line| line.strip_prefix("0::/"))
         .unwrap()
         .to_owned();
-    let setup = AgentSetup::new(
-        node.work.path(),
-        node.root.path(),
-        AgentOptions {
-            netns: Some(&node.daemon.netns().path()),
-            ..AgentOptions::default()
-        },
-    )
-    .unwrap();
+    let setup = node.agent_setup_with(AgentOptions::default());
     setup
         .policy(
             "50-test.toml",
