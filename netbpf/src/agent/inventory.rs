@@ -138,16 +138,14 @@ impl Inventory {
     /// wrote its bundle before its cgroup; Docker keeps its name and labels
     /// in its data root, which at boot is there before its API answers.
     fn described_by_state(&self, container: &Container) -> Option<Container> {
-        let by_containerd = || {
-            (!self.state.containerd.as_os_str().is_empty())
-                .then(|| containerd::describe(&self.state.containerd, &container.id))
+        // An empty directory is not looked at.
+        let read = |dir: &Path, describe: fn(&Path, &str) -> Option<Container>| {
+            (!dir.as_os_str().is_empty())
+                .then(|| describe(dir, &container.id))
                 .flatten()
         };
-        let by_docker = || {
-            (!self.state.docker.as_os_str().is_empty())
-                .then(|| docker_state::describe(&self.state.docker, &container.id))
-                .flatten()
-        };
+        let by_containerd = || read(&self.state.containerd, containerd::describe);
+        let by_docker = || read(&self.state.docker, docker_state::describe);
         match container.runtime {
             // A layout any runtime uses (`--cgroup-parent PARENT/ID`).
             None => by_containerd().or_else(by_docker),
