@@ -84,24 +84,46 @@ impl NetbpfRun {
         let mut args: Vec<OsString> = vec!["run".into(), "--policy".into(), policy.into()];
         args.extend(["--cgroup-root".into(), cgroup_root.into()]);
         args.extend(extra_args.iter().map(OsString::from));
-        Self::launch(binary, args, work)
+        Self::launch(binary, args, work, None)
     }
 
     /// Starts `netbpf agent` with the configuration file `config`, its run
-    /// directory and log in `work`; returns once it serves status.
-    pub fn start_agent(binary: &Path, config: &Path, work: &Path) -> anyhow::Result<Self> {
+    /// directory and log in `work`, in the network namespace `netns` if
+    /// given (else the test's); returns once it serves status.
+    pub fn start_agent(
+        binary: &Path,
+        config: &Path,
+        work: &Path,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let args = vec!["agent".into(), "--config".into(), config.into()];
-        Self::launch(binary, args, work)
+        Self::launch(binary, args, work, netns)
     }
 
-    /// Runs `netbpf ARGS --run-dir WORK/run`, logging to `WORK/netbpf.log`,
+    /// Runs `netbpf ARGS --run-dir WORK/run` (inside `netns`, entered by
+    /// `nsenter`, which then becomes netbpf), logging to `WORK/netbpf.log`,
     /// until its control socket answers.
-    fn launch(binary: &Path, mut args: Vec<OsString>, work: &Path) -> anyhow::Result<Self> {
+    fn launch(
+        binary: &Path,
+        mut args: Vec<OsString>,
+        work: &Path,
+        netns: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let run_dir = work.join("run");
         args.extend(["--run-dir".into(), run_dir.clone().into()]);
         let log = work.join("netbpf.log");
         let out = std::fs::File::create(&log)?;
-        let mut command = Command::new(binary);
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         crate::process::die_with_parent(&mut command);
         let child = command
             .args(&args)

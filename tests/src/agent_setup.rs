@@ -32,6 +32,9 @@ pub struct AgentSetup {
     pub config: PathBuf,
     pub policy_dir: PathBuf,
     pub pin_dir: PathBuf,
+    /// The network namespace the agent runs in, for a node whose agent
+    /// shares the namespace it attaches in (none: the test's own).
+    pub runs_in: Option<PathBuf>,
     work: PathBuf,
 }
 
@@ -45,6 +48,7 @@ impl AgentSetup {
             config: work.join("config.toml"),
             policy_dir,
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("nbpin")),
+            runs_in: None,
             work: work.to_owned(),
         };
         std::fs::write(
@@ -93,7 +97,7 @@ impl AgentSetup {
     pub fn start_binary(&self, round: &str, binary: &Path) -> anyhow::Result<NetbpfRun> {
         let work = self.work.join(round);
         std::fs::create_dir_all(&work)?;
-        NetbpfRun::start_agent(binary, &self.config, &work)
+        NetbpfRun::start_agent(binary, &self.config, &work, self.runs_in.as_deref())
     }
 
     /// `netbpf uninstall` of this setup (the agent must be stopped).

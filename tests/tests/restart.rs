@@ -163,10 +163,12 @@ fn tell(phase_file: &Path, phase: &str) {
 
 /// The desktop's localhost:8082 forwarded to the bridge, and an MSS clamp
 /// on the bridge (whose egress every connection's SYN-ACK crosses), for an
-/// agent whose node is the docker host's namespace.
+/// agent whose node is the docker host's namespace, and which runs there
+/// (as on a node: what it leaves behind on the way out is in its own
+/// namespace).
 fn pinned_agent(topology: &DesktopTopology) -> AgentSetup {
     let netns = topology.host_ns.path();
-    let setup = AgentSetup::new(
+    let mut setup = AgentSetup::new(
         topology.work.path(),
         topology.root.path(),
         AgentOptions {
@@ -175,6 +177,7 @@ fn pinned_agent(topology: &DesktopTopology) -> AgentSetup {
         },
     )
     .unwrap();
+    setup.runs_in = Some(netns.clone());
     setup
         .policy(
             "desktop.toml",
@@ -342,12 +345,18 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     );
     let mut agent = start("second");
     client.enter("second agent");
+    let second_clamp = agent.programs().unwrap()["netbpf_mss_out"];
 
     // Stopped as a service manager stops it, and upgraded: the next
     // version of netbpf (a new map layout) migrates the maps and replaces
     // the programs in their links.
     assert!(agent.signal(Signal::SIGTERM).unwrap().success());
     client.enter("stopped");
+    assert_eq!(
+        topology.host_ns.tc_attachments_of(second_clamp).unwrap(),
+        1,
+        "the MSS clamp stays in force when the agent stops"
+    );
     // What an upgrade interrupted before its links switched leaves: staged
     // maps of the new layout, never used. They are made again.
     let (layout, next) = (MAP_LAYOUT, MAP_LAYOUT + 1);

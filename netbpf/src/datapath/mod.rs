@@ -10,6 +10,7 @@
 //! raw `bpf()` calls aya does not offer (`sys`).
 
 mod adopt;
+mod clsact;
 mod counters;
 #[cfg(test)]
 pub mod fake;
@@ -37,11 +38,12 @@ use netbpf_common::names::{self, program};
 use crate::plan::Capacity;
 
 pub use self::{
+    clsact::remove_clsact_filters,
     mss::MssLinks,
     pins::Pins,
     plan_maps::{PlanMaps, SlotEntries},
     sockets::{BoundSocket, CgroupHook, cgroup_hooks, cgroup_link_name},
-    tc::{TcAttachment, TcLink, remove_clsact_filters},
+    tc::{TcAttachment, TcLink},
 };
 
 /// The kernel programs, built by `build.rs` for `bpfel-unknown-none`.

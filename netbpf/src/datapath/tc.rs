@@ -5,15 +5,14 @@
 use aya::programs::{
     ProgramError, SchedClassifier, TcAttachType,
     links::{FdLink, LinkOrder},
-    tc::{
-        NlOptions, SchedClassifierLinkId, TcAttachOptions, TcError, qdisc_add_clsact,
-        qdisc_detach_program,
-    },
+    tc::{SchedClassifierLinkId, TcAttachOptions, TcError},
 };
-use netbpf_common::names::program;
 use serde::{Deserialize, Serialize};
 
-use super::{Datapath, DatapathError};
+use super::{
+    Datapath, DatapathError,
+    clsact::{ClsactFilter, attach_clsact_filter},
+};
 
 /// How tc programs attach to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,9 +20,10 @@ use super::{Datapath, DatapathError};
 pub enum TcAttachment {
     /// A TCX link (Linux 6.6): pinned, it outlives the agent.
     Tcx,
-    /// A filter on a clsact qdisc. No pin holds it: a pinned datapath
-    /// leaves it attached when the agent stops (the next agent replaces
-    /// it, `netbpf uninstall` removes it); an unpinned one takes it along.
+    /// A filter on a clsact qdisc. No pin holds it, and no process: it
+    /// stays until netbpf removes it (an unpinned agent when it stops,
+    /// `netbpf uninstall` for a pinned one). The next agent replaces its
+    /// program in place.
     Clsact,
 }
 
@@ -50,48 +50,16 @@ impl std::fmt::Display for TcAttachment {
     }
 }
 
-/// netbpf's tc programs and the hooks they attach to.
-const TC_PROGRAMS: [(&str, TcAttachType); 3] = [
-    (program::MSS_OUT, TcAttachType::Egress),
-    (program::MSS_IN, TcAttachType::Ingress),
-    (program::GRANT_GUARD, TcAttachType::Ingress),
-];
-
-/// Removes every clsact filter of netbpf's from `interfaces` of the calling
-/// thread's network namespace: what a pinned datapath leaves attached
-/// before TCX, which no pin holds. Returns how many interfaces had one.
-pub fn remove_clsact_filters<'a>(
-    interfaces: impl IntoIterator<Item = &'a str>,
-) -> Result<usize, TcError> {
-    let mut cleaned = 0;
-    for interface in interfaces {
-        let mut found = false;
-        for (program, attach_type) in TC_PROGRAMS {
-            found |= detach_filters(interface, attach_type, program)?;
-        }
-        cleaned += usize::from(found);
-    }
-    Ok(cleaned)
-}
-
-/// Removes the clsact filters of program `name` from `interface`'s
-/// `attach_type` hook; whether there were any.
-fn detach_filters(interface: &str, attach_type: TcAttachType, name: &str) -> Result<bool, TcError> {
-    match qdisc_detach_program(interface, attach_type, name) {
-        Ok(()) => Ok(true),
-        Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(error) => Err(error),
-    }
-}
-
 /// One program attached to one interface; detached when handed back to
 /// [`Datapath::detach_tc`], or when the interface goes.
 #[derive(Debug)]
 pub enum TcLink {
-    /// An attachment the program holds: it goes with this datapath.
-    Owned(&'static str, SchedClassifierLinkId, TcAttachment),
+    /// A TCX link the program holds: it goes with this datapath.
+    Owned(&'static str, SchedClassifierLinkId),
     /// A TCX link pinned under this name: it outlives the agent.
     Pinned(String),
+    /// A filter of a clsact qdisc: it stays until detached.
+    Filter(ClsactFilter),
 }
 
 impl TcLink {
@@ -99,8 +67,8 @@ impl TcLink {
     #[must_use]
     pub fn attachment(&self) -> TcAttachment {
         match self {
-            Self::Owned(_, _, attachment) => *attachment,
-            Self::Pinned(_) => TcAttachment::Tcx,
+            Self::Owned(..) | Self::Pinned(_) => TcAttachment::Tcx,
+            Self::Filter(_) => TcAttachment::Clsact,
         }
     }
 }
@@ -120,31 +88,20 @@ impl Datapath {
             interface: interface.to_owned(),
             source: Box::new(source),
         };
-        // Before TCX (6.6) tc programs hang off a clsact qdisc; one that
-        // exists already is as good, and stays when netbpf goes. Only TCX
-        // links can be pinned.
+        // Before TCX (6.6) tc programs run in filters of a clsact qdisc,
+        // which no pin holds. Only TCX links can be pinned.
         let attachment = TcAttachment::probe(interface);
-        let options = || match attachment {
-            TcAttachment::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
-            TcAttachment::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
-        };
         if attachment == TcAttachment::Clsact {
-            match qdisc_add_clsact(interface) {
-                Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {
-                }
-                other => other.map_err(|error| attach_error(error.into()))?,
-            }
-            // A filter outlives the process that added it: one of this
-            // program's left by an agent that was killed is replaced, not
-            // run twice.
-            detach_filters(interface, attach_type, name)
-                .map_err(|error| attach_error(error.into()))?;
+            return attach_clsact_filter(self.classifier(name)?, name, interface, attach_type)
+                .map(TcLink::Filter)
+                .map_err(attach_error);
         }
-        if self.pins.is_none() || attachment == TcAttachment::Clsact {
+        let options = || TcAttachOptions::TcxOrder(LinkOrder::default());
+        if self.pins.is_none() {
             return self
                 .classifier(name)?
                 .attach_with_options(interface, attach_type, options())
-                .map(|link| TcLink::Owned(name, link, attachment))
+                .map(|link| TcLink::Owned(name, link))
                 .map_err(attach_error);
         }
         let ifindex = nix::net::if_::if_nametoindex(interface)
@@ -170,12 +127,15 @@ impl Datapath {
     /// away took its attachments with it: nothing to report then.
     pub fn detach_tc(&mut self, link: TcLink) {
         match link {
-            TcLink::Owned(name, link, _) => {
+            TcLink::Owned(name, link) => {
                 if let Ok(program) = self.classifier(name) {
                     let _ = program.detach(link);
                 }
             }
             TcLink::Pinned(name) => self.unpin_link(&name),
+            TcLink::Filter(filter) => {
+                let _ = filter.remove();
+            }
         }
     }
 
