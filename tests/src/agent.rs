@@ -54,6 +54,17 @@ pub fn netbpf_next_binary() -> PathBuf {
     binary
 }
 
+/// Where and with what a test's netbpf process runs.
+#[derive(Debug, Default, Clone)]
+pub struct AgentProcess {
+    /// The network namespace it runs in, entered by `nsenter` (which then
+    /// becomes netbpf), for a node whose agent shares the namespace it
+    /// attaches in (none: the test's own).
+    pub netns: Option<PathBuf>,
+    /// Where it tells its readiness, as systemd's `NOTIFY_SOCKET`.
+    pub notify_socket: Option<PathBuf>,
+}
+
 /// A running `netbpf run`.
 pub struct NetbpfRun {
     process: Process,
@@ -84,36 +95,35 @@ impl NetbpfRun {
         let mut args: Vec<OsString> = vec!["run".into(), "--policy".into(), policy.into()];
         args.extend(["--cgroup-root".into(), cgroup_root.into()]);
         args.extend(extra_args.iter().map(OsString::from));
-        Self::launch(binary, args, work, None)
+        Self::launch(binary, args, work, &AgentProcess::default())
     }
 
     /// Starts `netbpf agent` with the configuration file `config`, its run
-    /// directory and log in `work`, in the network namespace `netns` if
-    /// given (else the test's); returns once it serves status.
+    /// directory and log in `work`, as `process` says; returns once it
+    /// serves status.
     pub fn start_agent(
         binary: &Path,
         config: &Path,
         work: &Path,
-        netns: Option<&Path>,
+        process: &AgentProcess,
     ) -> anyhow::Result<Self> {
         let args = vec!["agent".into(), "--config".into(), config.into()];
-        Self::launch(binary, args, work, netns)
+        Self::launch(binary, args, work, process)
     }
 
-    /// Runs `netbpf ARGS --run-dir WORK/run` (inside `netns`, entered by
-    /// `nsenter`, which then becomes netbpf), logging to `WORK/netbpf.log`,
-    /// until its control socket answers.
+    /// Runs `netbpf ARGS --run-dir WORK/run` as `process` says, logging to
+    /// `WORK/netbpf.log`, until its control socket answers.
     fn launch(
         binary: &Path,
         mut args: Vec<OsString>,
         work: &Path,
-        netns: Option<&Path>,
+        process: &AgentProcess,
     ) -> anyhow::Result<Self> {
         let run_dir = work.join("run");
         args.extend(["--run-dir".into(), run_dir.clone().into()]);
         let log = work.join("netbpf.log");
         let out = std::fs::File::create(&log)?;
-        let mut command = match netns {
+        let mut command = match &process.netns {
             Some(netns) => {
                 let mut command = Command::new("nsenter");
                 command
@@ -124,6 +134,9 @@ impl NetbpfRun {
             }
             None => Command::new(binary),
         };
+        if let Some(socket) = &process.notify_socket {
+            command.env("NOTIFY_SOCKET", socket);
+        }
         crate::process::die_with_parent(&mut command);
         let child = command
             .args(&args)

@@ -8,7 +8,7 @@ use std::{
     process::{Command, Output},
 };
 
-use crate::{NetbpfRun, netbpf_binary, unique_name};
+use crate::{AgentProcess, NetbpfRun, netbpf_binary, unique_name};
 
 /// What a test's agent follows beyond the cgroup tree, and where its node
 /// is.
@@ -32,9 +32,8 @@ pub struct AgentSetup {
     pub config: PathBuf,
     pub policy_dir: PathBuf,
     pub pin_dir: PathBuf,
-    /// The network namespace the agent runs in, for a node whose agent
-    /// shares the namespace it attaches in (none: the test's own).
-    pub runs_in: Option<PathBuf>,
+    /// Where and with what the agent's process runs.
+    pub process: AgentProcess,
     work: PathBuf,
 }
 
@@ -48,7 +47,7 @@ impl AgentSetup {
             config: work.join("config.toml"),
             policy_dir,
             pin_dir: PathBuf::from("/sys/fs/bpf").join(unique_name("nbpin")),
-            runs_in: None,
+            process: AgentProcess::default(),
             work: work.to_owned(),
         };
         std::fs::write(
@@ -97,7 +96,7 @@ impl AgentSetup {
     pub fn start_binary(&self, round: &str, binary: &Path) -> anyhow::Result<NetbpfRun> {
         let work = self.work.join(round);
         std::fs::create_dir_all(&work)?;
-        NetbpfRun::start_agent(binary, &self.config, &work, self.runs_in.as_deref())
+        NetbpfRun::start_agent(binary, &self.config, &work, &self.process)
     }
 
     /// `netbpf uninstall` of this setup (the agent must be stopped).

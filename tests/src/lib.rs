@@ -28,7 +28,7 @@ mod site;
 mod topology;
 
 pub use self::{
-    agent::{NetbpfRun, applied, netbpf_binary, netbpf_next_binary},
+    agent::{AgentProcess, NetbpfRun, applied, netbpf_binary, netbpf_next_binary},
     agent_setup::{AgentOptions, AgentSetup},
     bpftool::{bpftool_json, links_of},
     cgroup::Cgroup,

@@ -7,8 +7,8 @@
 use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, KernelMaps, NetbpfRun, Place, Site, bpftool_json, cgroup_id,
-    netbpf_binary, require_root, run_checked,
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, KernelMaps, NetbpfRun, Place, Site,
+    bpftool_json, cgroup_id, netbpf_binary, require_root, run_checked,
 };
 
 fn topology() -> DesktopTopology {
@@ -214,6 +214,54 @@ fn sigint_stops_it_as_cleanly_as_sigterm() {
         BTreeSet::new(),
         "programs left on {root}"
     );
+}
+
+/// Under systemd (`Type=notify`), what is ordered after netbpf (Docker, a
+/// container's unit) starts when netbpf says READY=1: by then its programs
+/// are attached. Told when it was exec'd instead, a container started at
+/// boot could connect before them.
+#[test]
+fn tells_systemd_it_is_ready_once_its_programs_are_attached() {
+    let topology = topology();
+    let root = topology.root.path().to_str().unwrap();
+    let notify = topology.file("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut setup = AgentSetup::new(
+        topology.work.path(),
+        topology.root.path(),
+        AgentOptions::default(),
+    )
+    .unwrap();
+    setup.process.notify_socket = Some(notify);
+    let told = |socket: &std::os::unix::net::UnixDatagram| {
+        let mut datagram = [0; 256];
+        let length = socket
+            .recv(&mut datagram)
+            .expect("netbpf told NOTIFY_SOCKET nothing within 30 s");
+        String::from_utf8_lossy(&datagram[..length]).into_owned()
+    };
+    let (ready, attached_when_ready, agent) = std::thread::scope(|scope| {
+        let agent = scope.spawn(|| setup.start("notify"));
+        let ready = told(&socket);
+        let attached = attached_to(root).len();
+        (ready, attached, agent.join().unwrap())
+    });
+    let mut agent = agent.unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(ready, "READY=1\n");
+    assert_eq!(
+        attached_when_ready, 13,
+        "programs attached to {root} when netbpf said it was ready"
+    );
+    assert!(
+        agent
+            .signal(nix::sys::signal::Signal::SIGTERM)
+            .unwrap()
+            .success()
+    );
+    assert_eq!(told(&socket), "STOPPING=1\n");
 }
 
 #[test]

@@ -177,7 +177,7 @@ fn pinned_agent(topology: &DesktopTopology) -> AgentSetup {
         },
     )
     .unwrap();
-    setup.runs_in = Some(netns.clone());
+    setup.process.netns = Some(netns.clone());
     setup
         .policy(
             "desktop.toml",

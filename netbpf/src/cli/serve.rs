@@ -93,7 +93,12 @@ pub fn serve(
         tracing::info!(%address, "serving Prometheus metrics on GET /metrics");
     }
     let listener = run_dir_lock.take_listener()?;
+    // Under systemd (`Type=notify`) the units ordered after netbpf start
+    // now, not when it was exec'd: the datapath is attached, the policy in
+    // force for what runs, and the control socket listening.
+    tell_service_manager(&[sd_notify::NotifyState::Ready]);
     runtime.block_on(agent.serve(listener, metrics, &mut signals))?;
+    tell_service_manager(&[sd_notify::NotifyState::Stopping]);
     if let Some(pins) = pins {
         tracing::info!(pins = %pins.dir().display(), "stopping: the pinned datapath stays in force (`netbpf uninstall` removes it)");
     } else {
@@ -103,4 +108,13 @@ pub fn serve(
     drop(agent);
     drop(run_dir_lock);
     Ok(())
+}
+
+/// Tells the service manager that started netbpf (if one did: systemd's
+/// `NOTIFY_SOCKET`) how it is doing. It only waits on the answer with
+/// `Type=notify`; a failed datagram is logged, and changes nothing else.
+fn tell_service_manager(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::warn!(%error, "telling the service manager through NOTIFY_SOCKET failed");
+    }
 }
