@@ -150,13 +150,29 @@ pub fn process_namespaces(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// The `/proc/PID/ns/net` of the oldest process of the cgroup tree at
 /// `dir`: the container's own network namespace, where its runtime put its
 /// first process. Namespaces its processes made later (`unshare -n`) are
-/// not the container's. None while it has no process.
+/// not the container's. None while it has no process but runc's first
+/// stages, which join the cgroup still in the node's namespaces.
 pub fn own_namespace(dir: &Path) -> io::Result<Option<PathBuf>> {
     let oldest = cgroup_processes(dir)?
         .into_iter()
+        .filter(|&pid| !command_name(pid).is_some_and(|name| is_runc_bootstrap(&name)))
         .filter_map(|pid| Some((start_time(pid)?, pid)))
         .min();
     Ok(oldest.map(|(_, pid)| PathBuf::from(format!("/proc/{pid}/ns/net"))))
+}
+
+/// Whether `name` (a process's command name) is one of the stages runc
+/// goes through before the container's namespaces exist: `runc:[0:PARENT]`
+/// and `runc:[1:CHILD]`. The third, `runc:[2:INIT]`, is in them.
+fn is_runc_bootstrap(name: &str) -> bool {
+    name.starts_with("runc:[0:") || name.starts_with("runc:[1:")
+}
+
+/// The command name of process `pid`; None when it is gone.
+fn command_name(pid: u32) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim_end().to_owned())
 }
 
 /// When process `pid` started, in clock ticks after boot (field 22 of
@@ -189,5 +205,19 @@ fn gateway(attribute: &RouteAttribute) -> Option<IpAddr> {
         RouteAttribute::Gateway(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
         RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_runc_bootstrap;
+
+    #[test]
+    fn runc_stages_before_the_container_namespaces_are_not_its_processes() {
+        assert!(is_runc_bootstrap("runc:[0:PARENT]"));
+        assert!(is_runc_bootstrap("runc:[1:CHILD]"));
+        assert!(!is_runc_bootstrap("runc:[2:INIT]"));
+        assert!(!is_runc_bootstrap("sleep"));
+        assert!(!is_runc_bootstrap("runc"));
     }
 }
