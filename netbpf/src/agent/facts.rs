@@ -9,7 +9,7 @@ use std::{
 use crate::{
     host::{cgroup, netns, scope_net, sock_diag},
     plan::ScopeKey,
-    policy::{Facts, ScopeNetwork},
+    policy::{self, Facts, ScopeNetwork},
 };
 
 /// The network namespace an instance's sockets bind in.
@@ -90,7 +90,7 @@ impl Facts for InstanceFacts<'_> {
     /// processes add in namespaces they make are never granted.
     fn network(&self) -> Result<ScopeNetwork, String> {
         let Some(namespace) = self.own_namespace()? else {
-            return Err("no process of the instance runs yet: its network is unknown".to_owned());
+            return Err(policy::NO_PROCESS_YET.to_owned());
         };
         let mut network = scope_net::of_netns(&namespace)
             .map_err(|error| format!("finding the instance's addresses and gateway: {error}"))?;

@@ -212,11 +212,13 @@ impl HostServices {
         Ok(())
     }
 
-    /// Says which services nobody listens for, with what is needed.
-    pub fn warn_missing(&self) {
+    /// Says which services nobody listens for yet, with what is needed: at
+    /// boot the agent starts before them, so this is news, not a fault (a
+    /// listener that goes is warned of).
+    pub fn report_missing(&self) {
         for (service, listener) in self.services.iter().zip(&self.listeners) {
             if listener.is_none() {
-                tracing::warn!(
+                tracing::info!(
                     service = %service.name,
                     "no process listens on {}: connections to this service are refused until one does",
                     service.listen

@@ -113,7 +113,7 @@ impl HostNetwork {
                 self.host_services_attached = true;
             }
             self.refresh_host_services(datapath);
-            self.host_services.warn_missing();
+            self.host_services.report_missing();
         }
         let wants_interfaces = !self.clamper.is_empty() || !self.host_services.is_empty();
         if wants_interfaces && self.links.is_none() {

@@ -223,7 +223,11 @@ impl Reconciler {
                     if let Some(map) = plan::full_map(error) {
                         events.refused_for_full_map(map);
                     }
-                    tracing::warn!(scope = %name, container = container_name, container_id, %error, "scope instance not applied");
+                    if policy::waits_for_a_process(error) {
+                        tracing::info!(scope = %name, container = container_name, container_id, "scope instance waits for its first process");
+                    } else {
+                        tracing::warn!(scope = %name, container = container_name, container_id, %error, "scope instance not applied");
+                    }
                 }
                 _ => {}
             }

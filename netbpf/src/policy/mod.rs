@@ -127,6 +127,18 @@ impl Forward {
     }
 }
 
+/// What [`Facts::network`] says of an instance none of whose processes
+/// runs yet (a container created, not started): not a fault, the instance
+/// is applied when its first process runs.
+pub const NO_PROCESS_YET: &str = "no process of the instance runs yet: its network is unknown";
+
+/// Whether an instance's error only says that it waits for its first
+/// process ([`NO_PROCESS_YET`]).
+#[must_use]
+pub fn waits_for_a_process(error: &str) -> bool {
+    error.ends_with(NO_PROCESS_YET)
+}
+
 /// What the host knows of one scope instance, for the rules that depend
 /// on it: grants need its network, bind remaps the ports others hold.
 pub trait Facts {

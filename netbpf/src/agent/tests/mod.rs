@@ -91,7 +91,7 @@ impl policy::Facts for TableFacts {
     fn network(&self) -> Result<ScopeNetwork, String> {
         self.network
             .clone()
-            .ok_or_else(|| "no process of the instance runs yet".to_owned())
+            .ok_or_else(|| policy::NO_PROCESS_YET.to_owned())
     }
 
     fn node_addresses(&self) -> Result<Vec<IpAddr>, String> {
