@@ -114,7 +114,7 @@ impl Hosts {
     /// Starts instance `index` of the image: the same server on :3000.
     fn start_instance(&mut self, index: usize) -> String {
         let name = unique_name("nbi");
-        let command = self.instance_command(&name, &self.instances[index], index, &[]);
+        let command = self.instance_command(&name, &self.instances[index], index, &[], &[]);
         run_checked("podman", &command).unwrap_or_else(|error| panic!("{error:#}"));
         self.containers.0.push(name.clone());
         name
@@ -122,19 +122,20 @@ impl Hosts {
 
     /// The `podman` arguments that start instance `index` as `name` in
     /// `cgroup`, on the shared network, its server on :3000 from its first
-    /// instruction; `global` go before `run`.
+    /// instruction; `global` go before `run`, `options` after it.
     fn instance_command(
         &self,
         name: &str,
         cgroup: &Cgroup,
         index: usize,
         global: &[&str],
+        options: &[&str],
     ) -> Vec<String> {
         let server = format!(
             "echo instance-{} > /www/index.html; exec httpd -f -p 3000 -h /www",
             INSTANCES[index].0
         );
-        self.run_command(name, cgroup, global, &[], &server)
+        self.run_command(name, cgroup, global, options, &server)
     }
 
     /// The `podman` arguments that run `script` in a container `name` in
@@ -437,15 +438,27 @@ fn instances_started_at_once_each_get_the_port_in_their_name_before_they_run() {
     let hooks = hooks.display().to_string();
 
     for round in 0..3 {
-        // Three instances at once, each binding :3000 as its first act.
+        // Three instances at once, each binding :3000 as its first act;
+        // after the first round, as Quadlet's units run them: removed when
+        // they stop, which Podman's storage lists apart.
+        let options: &[&str] = if round == 0 {
+            &[]
+        } else {
+            &["--rm", "--replace"]
+        };
         let starts: Vec<std::process::Child> = INSTANCES
             .iter()
             .enumerate()
             .map(|(index, (_, port))| {
                 let name = format!("onetime-{port}");
                 hosts.containers.0.push(name.clone());
-                let command =
-                    hosts.instance_command(&name, &hooked, index, &["--hooks-dir", &hooks]);
+                let command = hosts.instance_command(
+                    &name,
+                    &hooked,
+                    index,
+                    &["--hooks-dir", &hooks],
+                    options,
+                );
                 Command::new("podman")
                     .args(&command)
                     .stdout(std::process::Stdio::null())

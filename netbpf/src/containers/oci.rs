@@ -59,7 +59,7 @@ impl State {
     /// The container the state describes: its runtime and pod from its
     /// annotations; its name from them (Kubernetes) or from Podman's
     /// storage, which keeps the bundle in `STORAGE/overlay-containers/ID/
-    /// userdata` beside `containers.json`.
+    /// userdata` beside its lists of containers.
     #[must_use]
     pub fn container(&self) -> Container {
         let kubernetes = match self.maker() {
@@ -153,7 +153,7 @@ fn pod_container(
     })
 }
 
-/// One entry of Podman's `containers.json`.
+/// One entry of a list of Podman's containers.
 #[derive(Deserialize)]
 struct Stored {
     id: String,
@@ -161,42 +161,66 @@ struct Stored {
     names: Vec<String>,
 }
 
+/// The lists of containers in Podman's storage: those it keeps, and those
+/// made with `--rm` (as Quadlet's units make theirs), which it forgets at
+/// boot.
+const PODMAN_LISTS: [&str; 2] = ["containers.json", "volatile-containers.json"];
+
 /// The name Podman's storage gives container `id` whose bundle is
 /// `bundle`.
 fn podman_name(bundle: &Path, id: &str) -> Option<String> {
-    let listing = bundle.parent()?.parent()?.join("containers.json");
-    let stored: Vec<Stored> = serde_json::from_str(&fs::read_to_string(listing).ok()?).ok()?;
-    stored
-        .into_iter()
-        .find(|entry| entry.id == id)?
-        .names
-        .into_iter()
-        .next()
+    let storage = bundle.parent()?.parent()?;
+    PODMAN_LISTS.iter().find_map(|list| {
+        let stored: Vec<Stored> =
+            serde_json::from_str(&fs::read_to_string(storage.join(list)).ok()?).ok()?;
+        stored
+            .into_iter()
+            .find(|entry| entry.id == id)?
+            .names
+            .into_iter()
+            .next()
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_podman_containers_from_their_storage() {
+    /// A Podman container `id` whose storage lists it in `list`.
+    fn stored_podman_container(list: &str, id: &str) -> (tempfile::TempDir, State) {
         let storage = tempfile::tempdir().unwrap();
-        let bundle = storage.path().join("overlay-containers/abc/userdata");
+        let bundle = storage
+            .path()
+            .join(format!("overlay-containers/{id}/userdata"));
         fs::create_dir_all(&bundle).unwrap();
         fs::write(
-            storage.path().join("overlay-containers/containers.json"),
-            r#"[{"id":"other","names":["x"]},{"id":"abc","names":["onetime-7041"],"image":"i"}]"#,
+            storage.path().join("overlay-containers").join(list),
+            format!(r#"[{{"id":"other","names":["x"]}},{{"id":"{id}","names":["onetime-7041"],"image":"i"}}]"#),
         )
         .unwrap();
         let state = State {
-            id: "abc".into(),
+            id: id.into(),
             pid: 1,
             bundle,
             annotations: [("io.container.manager".into(), "libpod".into())].into(),
         };
+        (storage, state)
+    }
+
+    #[test]
+    fn names_podman_containers_from_their_storage() {
+        let (_storage, state) = stored_podman_container("containers.json", "abc");
         let container = state.container();
         assert_eq!(container.runtime, Some(Runtime::Podman));
         assert_eq!(container.name.as_deref(), Some("onetime-7041"));
+    }
+
+    /// Quadlet's units run their containers with `--rm`: Podman lists
+    /// those apart.
+    #[test]
+    fn names_podman_containers_made_to_be_removed() {
+        let (_storage, state) = stored_podman_container("volatile-containers.json", "abc");
+        assert_eq!(state.container().name.as_deref(), Some("onetime-7041"));
     }
 
     #[test]
