@@ -49,8 +49,8 @@ enum Command {
     /// (release build, lintian-checked), in target/package/.
     Package,
     /// Boot a Debian node under systemd in a VM, install the package there
-    /// and check what its users expect.
-    Node,
+    /// and check what its users expect, across a reboot.
+    Node(node::NodeArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,7 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Image(args) => image::image(&workspace, &args).map(drop),
         Command::Bench(args) => bench::bench(&workspace, args),
         Command::Package => package::package(&workspace).map(drop),
-        Command::Node => node::node(&workspace),
+        Command::Node(args) => node::node(&workspace, &args),
     }
 }
 
