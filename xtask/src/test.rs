@@ -4,8 +4,9 @@
 //! fail, never skip, where they cannot.
 //! Then the benchmarks' verifier check and their quick mode, so a program
 //! that grew or a benchmark that broke fails the suite; the Debian package,
-//! which lintian checks; last a subset of the privileged tests on the
-//! oldest kernel of the matrix, in a VM.
+//! which lintian checks, installed, restarted and purged on a node booted
+//! under systemd in a VM (`cargo xtask node --quick`); last a subset of the
+//! privileged tests on the oldest kernel of the matrix, in a VM.
 
 use std::{path::Path, process::Command};
 
@@ -13,7 +14,7 @@ use crate::{
     bench::{self, BenchArgs},
     build, build_next, cmd, deploy,
     image::{self, ImageArgs},
-    package, setup, vm,
+    node, package, setup, vm,
 };
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +79,7 @@ pub fn test(workspace: &Path, args: &TestArgs) -> anyhow::Result<()> {
         bench::bench(workspace, args)?;
     }
     package::package(workspace)?;
+    node::node(workspace, &node::NodeArgs::quick())?;
     let (kernel, tests) = vm::CI_SUBSET;
     vm::run(workspace, &[kernel.to_owned()], &tests.map(str::to_owned))
 }
