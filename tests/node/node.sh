@@ -252,7 +252,7 @@ Description=onetime worker %i (seed 002)
 [Container]
 Image=localhost/node/busybox
 Network=host
-Exec=httpd -f -p 3000 -h /tmp
+Exec=sh -c "echo onetime-%i > /tmp/index.html; exec httpd -f -p 3000 -h /tmp"
 [Install]
 WantedBy=multi-user.target
 UNIT
@@ -337,12 +337,13 @@ POLICY
 seed_002() { # BOOT
     served=""
     for port in 7043 7044 7045; do
-        wait_for 60 curl -sf "http://127.0.0.1:$port/" && served="$served $port"
+        # Each instance says who it is: port N is instance N's own.
+        wait_for 60 sh -c "curl -sf http://127.0.0.1:$port/ | grep -qx onetime-$port" && served="$served $port"
     done
     # Quadlet names them systemd-%N with the @ made a _.
     db=$(fetch systemd-onetime_7043 http://10.99.99.99:6379/ podman)
     if [ "$served" = " 7043 7044 7045" ] && [ "$db" = maindb ]; then
-        result "seed-002-$1" ok "onetime@7043..7045 (Quadlet, Network=host, each binding :3000) served on 7043, 7044, 7045; maindb answered at its alias"
+        result "seed-002-$1" ok "onetime@7043..7045 (Quadlet, Network=host, each binding :3000) served on 7043, 7044, 7045, each port its own instance; maindb answered at its alias"
     else
         result "seed-002-$1" FAIL "served on:$served; maindb by alias: '$db'"
     fi
