@@ -9,6 +9,7 @@ mod load;
 mod plot;
 mod programs;
 mod report;
+mod rounds;
 mod run;
 mod stats;
 mod sys;
@@ -33,6 +34,10 @@ enum Command {
         /// Fewer rounds, shorter runs and three scaling points: for CI.
         #[arg(long)]
         quick: bool,
+        /// Run the whole bench this many times in a row; the page shows
+        /// each run's verdicts and whether they agree.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        repeat: u16,
         /// Where the page (`benchmarks.md`), `bench/*.svg` and
         /// `bench/results.json` go.
         #[arg(long)]
@@ -73,7 +78,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Bench::parse().command {
-        Command::Run { quick, out } => run::run(quick, &out),
+        Command::Run { quick, repeat, out } => run::run(quick, repeat.into(), &out),
         Command::Check { baseline, bless } => run::check(&baseline, bless),
         Command::Agent {
             cgroups,

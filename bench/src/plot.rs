@@ -6,7 +6,7 @@ use plotters::prelude::*;
 
 use crate::{
     agent_scale::{AgentRound, AgentSize, Workloads},
-    report::{ProgramCosts, Results},
+    report::{self, ProgramCosts, Results},
     stats::Summary,
     ways::Way,
 };
@@ -36,7 +36,12 @@ pub fn program_costs(path: &Path, costs: &ProgramCosts) -> anyhow::Result<()> {
     let bars: Vec<(&str, f64)> = costs
         .scoped
         .iter()
-        .map(|(name, cost)| (name.strip_prefix("netbpf_").unwrap_or(name), cost.net()))
+        .map(|(name, costs)| {
+            (
+                name.strip_prefix("netbpf_").unwrap_or(name),
+                report::net(costs).median,
+            )
+        })
         .collect();
     bar_chart(
         path,

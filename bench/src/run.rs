@@ -1,7 +1,7 @@
 //! The order of the measurements, with a progress display, and the
 //! verifier check.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{cell::RefCell, collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -13,12 +13,16 @@ use crate::{
     load::Measurement,
     programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
+    rounds::{self, Figure, Rerun},
+    stats::Better,
     throughput::{self, Clamp},
     ways::{IPERF_PORT, Load, Prepared, SCALING_CAPACITY, Way},
 };
 
 /// How much of each measurement a mode takes.
 struct Plan {
+    /// "full" or "quick".
+    mode: &'static str,
     rounds: usize,
     connections: usize,
     datagrams: usize,
@@ -34,6 +38,7 @@ struct Plan {
 }
 
 const FULL: Plan = Plan {
+    mode: "full",
     rounds: 9,
     connections: 5000,
     datagrams: 10_000,
@@ -46,6 +51,7 @@ const FULL: Plan = Plan {
 };
 
 const QUICK: Plan = Plan {
+    mode: "quick",
     rounds: 5,
     connections: 2000,
     datagrams: 4000,
@@ -60,23 +66,35 @@ const QUICK: Plan = Plan {
 /// Scopes at which the maps' memory is reported.
 const MEMORY_POINTS: [usize; 2] = [1000, 100_000];
 
-pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
+/// Runs the whole bench `repeat` times in a row and writes the page of
+/// all the runs to `out`.
+pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
     let plan = if quick { QUICK } else { FULL };
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("the bench's path is UTF-8")?;
+    let runs = (1..=repeat)
+        .map(|run| measure(&plan, exe, &format!("run {run} of {repeat}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    report::write(&runs, out)
+}
+
+/// One run of every measurement of `plan`, its progress shown as `run`.
+fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
     let agent_steps = plan.agent_rounds
         * (plan.agent_sizes.len() + usize::from(plan.docker_containers.is_some()));
     let steps = plan.rounds * (Way::ALL.len() * (3 + plan.scaling.len()) + 1)
         + plan.scaling.len()
         + agent_steps
         + 7;
-    let progress = ProgressBar::new(u64::try_from(steps)?).with_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:32}] {pos}/{len} {msg}")?,
-    );
+    let progress =
+        ProgressBar::new(u64::try_from(steps)?).with_style(ProgressStyle::with_template(
+            &format!("{run} {{elapsed_precise}} [{{bar:32}}] {{pos}}/{{len}} {{msg}}"),
+        )?);
     let bench = Bench {
         exe,
-        plan: &plan,
+        plan,
         progress: &progress,
+        reruns: RefCell::new(Vec::new()),
     };
 
     bench.step("memory of a new agent");
@@ -97,7 +115,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         .map(|prepared| Ok((prepared.way, prepared.conntrack_entries()?)))
         .collect::<anyhow::Result<_>>()?;
     bench.step("per-program cost");
-    let costs = program_costs(exe, &ways[netbpf], &plan)?;
+    let costs = program_costs(exe, &ways[netbpf], plan)?;
     let host_service_check = bench.host_service_check()?;
     let forward_throughput = bench.forward_throughput(&ways)?;
     let clamp_throughput = bench.clamp_throughput()?;
@@ -116,7 +134,7 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     progress.finish_with_message("done");
 
     let results = Results {
-        mode: if quick { "quick" } else { "full" }.to_owned(),
+        mode: plan.mode.to_owned(),
         machine: Machine::this()?,
         connections: plan.connections,
         datagrams: plan.datagrams,
@@ -134,8 +152,9 @@ pub fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
         test_runs,
         verifier,
         agent,
+        reruns: bench.reruns.into_inner(),
     };
-    report::write(&results, out)
+    Ok(results)
 }
 
 /// Rounds of one measurement per way, by way.
@@ -146,6 +165,8 @@ struct Bench<'a> {
     exe: &'a str,
     plan: &'a Plan,
     progress: &'a ProgressBar,
+    /// The rounds measured again so far, and why.
+    reruns: RefCell<Vec<Rerun>>,
 }
 
 impl Bench<'_> {
@@ -160,39 +181,41 @@ impl Bench<'_> {
         &self,
         ways: &[Prepared],
     ) -> anyhow::Result<(Rounds<Way, Measurement>, Rounds<Way, Measurement>)> {
-        let (mut tcp, mut udp) = (Rounds::new(), Rounds::new());
-        for round in 1..=self.plan.rounds {
-            for prepared in ways {
-                let way = prepared.way;
-                self.step(format!("connections, round {round}: {}", way.label()));
-                let measured =
-                    prepared.measure(self.exe, Place::Desktop, Load::Tcp, self.plan.connections)?;
-                tcp.entry(way).or_default().push(measured);
-                self.step(format!("UDP round trips, round {round}: {}", way.label()));
-                let measured =
-                    prepared.measure(self.exe, Place::Desktop, Load::Udp, self.plan.datagrams)?;
-                udp.entry(way).or_default().push(measured);
-            }
-        }
+        let measure = |load: Load, what: &str, count: usize| {
+            self.rounds(what, Way::label, &MEASUREMENT_FIGURES, |round| {
+                ways.iter()
+                    .map(|prepared| {
+                        let way = prepared.way;
+                        self.step(format!("{what}, round {round}: {}", way.label()));
+                        Ok((
+                            way,
+                            prepared.measure(self.exe, Place::Desktop, load, count)?,
+                        ))
+                    })
+                    .collect()
+            })
+        };
+        let tcp = measure(Load::Tcp, "TCP connections", self.plan.connections)?;
+        let udp = measure(Load::Udp, "UDP round trips", self.plan.datagrams)?;
         Ok((tcp, udp))
     }
 
     /// iperf3 through each way's forward.
     fn forward_throughput(&self, ways: &[Prepared]) -> anyhow::Result<Rounds<Way, f64>> {
-        let mut rounds = Rounds::new();
-        for round in 1..=self.plan.rounds {
-            for prepared in ways {
-                let way = prepared.way;
-                self.step(format!(
-                    "iperf3 through the forward, round {round}: {}",
-                    way.label()
-                ));
-                let target = prepared.target(IPERF_PORT);
-                let bits = throughput::iperf(prepared, &target, self.plan.iperf_seconds)?;
-                rounds.entry(way).or_default().push(bits);
-            }
-        }
-        Ok(rounds)
+        let what = "iperf3 through the forward";
+        self.rounds(what, Way::label, &BITS_FIGURES, |round| {
+            ways.iter()
+                .map(|prepared| {
+                    let way = prepared.way;
+                    self.step(format!("{what}, round {round}: {}", way.label()));
+                    let target = prepared.target(IPERF_PORT);
+                    Ok((
+                        way,
+                        throughput::iperf(prepared, &target, self.plan.iperf_seconds)?,
+                    ))
+                })
+                .collect()
+        })
     }
 
     /// iperf3 to the gateway across each kind of MSS clamp.
@@ -203,15 +226,38 @@ impl Bench<'_> {
             .map(|&clamp| Ok((clamp, clamp.prepare(self.exe)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let gateway = format!("{BRIDGE_V4}:{IPERF_PORT}");
-        let mut rounds = Rounds::new();
-        for round in 1..=self.plan.rounds {
-            self.step(format!("iperf3 across the MSS clamps, round {round}"));
-            for (clamp, prepared) in &clamps {
-                let bits = throughput::iperf(prepared, &gateway, self.plan.iperf_seconds)?;
-                rounds.entry(*clamp).or_default().push(bits);
-            }
-        }
-        Ok(rounds)
+        let what = "iperf3 across the MSS clamps";
+        self.rounds(what, Clamp::label, &BITS_FIGURES, |round| {
+            self.step(format!("{what}, round {round}"));
+            clamps
+                .iter()
+                .map(|(clamp, prepared)| {
+                    Ok((
+                        *clamp,
+                        throughput::iperf(prepared, &gateway, self.plan.iperf_seconds)?,
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// The plan's rounds of `measure_round`, stalled rounds measured again
+    /// and noted for the page.
+    fn rounds<K: Ord + Copy, V>(
+        &self,
+        what: &str,
+        label: fn(K) -> &'static str,
+        figures: &[Figure<V>],
+        measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
+    ) -> anyhow::Result<Rounds<K, V>> {
+        rounds::measure(
+            what,
+            self.plan.rounds,
+            label,
+            figures,
+            &mut self.reruns.borrow_mut(),
+            measure_round,
+        )
     }
 
     /// connect4's net cost, rounds alternating a policy with no host
@@ -278,34 +324,37 @@ impl Bench<'_> {
             for prepared in ways.iter_mut() {
                 prepared.carry_others(others)?;
             }
+            let what = format!("TCP connections with {others} other containers");
+            let connections = self.rounds(&what, Way::label, &MEASUREMENT_FIGURES, |round| {
+                ways.iter()
+                    .map(|prepared| {
+                        let way = prepared.way;
+                        self.step(format!(
+                            "{others} other containers, round {round}: {}",
+                            way.label()
+                        ));
+                        let measured = prepared.measure(
+                            self.exe,
+                            Place::Desktop,
+                            Load::Tcp,
+                            self.plan.connections,
+                        )?;
+                        Ok((way, measured))
+                    })
+                    .collect()
+            })?;
             let mut point = ScalePoint {
                 others,
-                connections: BTreeMap::new(),
-                connect4: None,
+                connections,
+                connect4: Vec::new(),
             };
-            for round in 1..=self.plan.rounds {
-                for prepared in ways.iter() {
-                    let way = prepared.way;
-                    self.step(format!(
-                        "{others} other containers, round {round}: {}",
-                        way.label()
-                    ));
-                    let measured = prepared.measure(
-                        self.exe,
-                        Place::Desktop,
-                        Load::Tcp,
-                        self.plan.connections,
-                    )?;
-                    point.connections.entry(way).or_default().push(measured);
-                }
-            }
             if MEMORY_POINTS.contains(&others) {
                 memory.with_scopes.insert(others, ways[netbpf].map_bytes()?);
             }
             if Some(&others) == self.plan.scaling.last() {
                 self.step(format!("per-program cost with {others} other containers"));
-                let costs = program_costs(self.exe, &ways[netbpf], self.plan)?;
-                point.connect4 = costs.scoped.get(program::CONNECT4).copied();
+                let mut costs = program_costs(self.exe, &ways[netbpf], self.plan)?;
+                point.connect4 = costs.scoped.remove(program::CONNECT4).unwrap_or_default();
             }
             points.push(point);
         }
@@ -313,12 +362,36 @@ impl Bench<'_> {
     }
 }
 
+/// Where a stall of a client's run shows: its rate falls, its median
+/// latency grows.
+const MEASUREMENT_FIGURES: [Figure<Measurement>; 2] = [
+    Figure {
+        name: "per second",
+        better: Better::Higher,
+        of: |measured| measured.per_second,
+    },
+    Figure {
+        name: "µs p50",
+        better: Better::Lower,
+        of: |measured| measured.p50_us,
+    },
+];
+
+/// Where a stall of an iperf3 run shows.
+const BITS_FIGURES: [Figure<f64>; 1] = [Figure {
+    name: "bits/s",
+    better: Better::Higher,
+    of: |bits| *bits,
+}];
+
 /// A host service granted to the desktop at its gateway, which the load
 /// never dials: its connects pay the check, never the service.
 const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\", dial = \"10.200.1.1:18188\" }]\n\
     [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
-/// Per-program costs, with an empty program beside each of netbpf's.
+/// Per-program costs, with an empty program beside each of netbpf's: the
+/// plan's rounds, each a pass of the desktop's sockets and one of a
+/// process in no scope.
 fn program_costs(
     exe: &str,
     netbpf: &Prepared,
@@ -335,10 +408,18 @@ fn program_costs(
         netbpf.measure(exe, place, Load::Bind, plan.connections)?;
         Ok(programs::costs(&ids, &empty, &before, &programs::counts()?))
     };
-    Ok(report::ProgramCosts {
-        scoped: pass(Place::Desktop)?,
-        unscoped: pass(Place::Outside)?,
-    })
+    let mut costs = report::ProgramCosts::default();
+    for _ in 0..plan.rounds {
+        for (place, by_program) in [
+            (Place::Desktop, &mut costs.scoped),
+            (Place::Outside, &mut costs.unscoped),
+        ] {
+            for (name, cost) in pass(place)? {
+                by_program.entry(name).or_default().push(cost);
+            }
+        }
+    }
+    Ok(costs)
 }
 
 /// Only the agent's measurements, printed as JSON.

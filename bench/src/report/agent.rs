@@ -2,10 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::{Goal, Results};
+use super::{Results, goals::Goal};
 use crate::{
     agent_scale::{AgentRound, AgentSize, Workloads},
-    stats::Summary,
+    stats::{Bound, Summary},
 };
 
 /// Summary of one figure of `size`'s rounds.
@@ -76,32 +76,32 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
             1.0,
             APPLIED_WHY,
         ));
-        let loaded = of(size, rss_loaded);
-        goals.push(Goal {
-            what: "the agent's RSS with 10000 cgroups applied".to_owned(),
-            target: "≤ 48 MiB".to_owned(),
-            measured: format!("{} MiB", loaded.show(1)),
-            met: loaded.median <= 48.0,
-            why: "The agent holds each instance's rules, outcome and cgroup as it applied them."
+        goals.push(Goal::judged(
+            "the agent's RSS with 10000 cgroups applied".to_owned(),
+            Bound::AtMost(48.0),
+            &of(size, rss_loaded),
+            1,
+            " MiB",
+            "The agent holds each instance's rules, outcome and cgroup as it applied them."
                 .to_owned(),
-        });
-        let back = of(size, rss_back);
-        goals.push(Goal {
-            what: "the agent's RSS a second after 10000 cgroups went, above its start".to_owned(),
-            target: "≤ 10%".to_owned(),
-            measured: format!("{}%", back.show(1)),
-            met: back.median <= 10.0,
-            why: RSS_WHY.to_owned(),
-        });
+        ));
+        goals.push(Goal::judged(
+            "the agent's RSS a second after 10000 cgroups went, above its start".to_owned(),
+            Bound::AtMost(10.0),
+            &of(size, rss_back),
+            1,
+            "%",
+            RSS_WHY.to_owned(),
+        ));
         if let Some(first) = cgroups(results, 1000) {
-            let ratio = of(size, cpu).median / of(first, cpu).median;
-            goals.push(Goal {
-                what: "CPU per event at 10000 cgroups, to that at 1000".to_owned(),
-                target: "≤ 2×".to_owned(),
-                measured: format!("{ratio:.2}×"),
-                met: ratio <= 2.0,
-                why: CPU_WHY.to_owned(),
-            });
+            goals.push(Goal::judged(
+                "CPU per event at 10000 cgroups, to that at 1000".to_owned(),
+                Bound::AtMost(2.0),
+                &of(size, cpu).over(&of(first, cpu)),
+                2,
+                "×",
+                CPU_WHY.to_owned(),
+            ));
         }
     }
     if let Some(size) = cgroups(results, 20_000) {
@@ -123,13 +123,14 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
 
 /// A goal of at most `limit` seconds.
 fn seconds_goal(what: &str, seconds: Summary, limit: f64, why: &str) -> Goal {
-    Goal {
-        what: what.to_owned(),
-        target: format!("≤ {limit} s"),
-        measured: format!("{} s", seconds.show(2)),
-        met: seconds.median <= limit,
-        why: why.to_owned(),
-    }
+    Goal::judged(
+        what.to_owned(),
+        Bound::AtMost(limit),
+        &seconds,
+        2,
+        " s",
+        why.to_owned(),
+    )
 }
 
 const APPLIED_WHY: &str = "The agent reconciles the whole node once a burst of events is over: \

@@ -3,10 +3,13 @@
 //! same run), the goals and whether they are met, and plots.
 
 mod agent;
+mod goals;
+mod runs;
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
-use netbpf_common::names::program;
+use anyhow::Context as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -14,13 +17,14 @@ use crate::{
     load::Measurement,
     plot,
     programs::{Cost, TestRun},
+    rounds::Rerun,
     stats::Summary,
     throughput::Clamp,
     ways::Way,
 };
 
 /// Every figure of one run of the bench.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Results {
     /// "full" or "quick".
     pub mode: String,
@@ -53,10 +57,13 @@ pub struct Results {
     pub verifier: BTreeMap<String, u64>,
     /// The agent following workloads, by kind and count.
     pub agent: Vec<AgentSize>,
+    /// The rounds measured again because a way stalled in them.
+    #[serde(default)]
+    pub reruns: Vec<Rerun>,
 }
 
 /// Where the figures were measured.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Machine {
     pub cpu: String,
     pub cpus: usize,
@@ -105,13 +112,20 @@ pub struct Memory {
     pub with_scopes: BTreeMap<usize, u64>,
 }
 
-/// Per-program costs over a TCP, a UDP and a bind measurement.
+/// Per-program costs over a TCP, a UDP and a bind measurement, by
+/// program, round by round.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ProgramCosts {
     /// Of the desktop's sockets: a scope with forwards, rewritten.
-    pub scoped: BTreeMap<String, Cost>,
+    pub scoped: BTreeMap<String, Vec<Cost>>,
     /// Of a process below the same cgroup root in no scope.
-    pub unscoped: BTreeMap<String, Cost>,
+    pub unscoped: BTreeMap<String, Vec<Cost>>,
+}
+
+/// The net cost of `costs`' rounds.
+#[must_use]
+pub fn net(costs: &[Cost]) -> Summary {
+    Summary::of(&costs.iter().map(Cost::net).collect::<Vec<_>>())
 }
 
 /// connect4's net ns per run on the TCP load of a process in no scope,
@@ -129,24 +143,27 @@ pub struct ScalePoint {
     /// Other containers' scopes and rules loaded.
     pub others: usize,
     pub connections: BTreeMap<Way, Vec<Measurement>>,
-    /// connect4's cost at this point, where measured (the last point).
-    pub connect4: Option<Cost>,
+    /// connect4's cost at this point, round by round, where measured (the
+    /// last point).
+    pub connect4: Vec<Cost>,
 }
 
-/// Writes `results` as `OUT/bench/results.json`, `OUT/benchmarks.md` and
-/// the plots in `OUT/bench/`.
-pub fn write(results: &Results, out: &Path) -> anyhow::Result<()> {
+/// Writes `runs` (one or more runs of the bench, in a row) as
+/// `OUT/bench/results.json`, `OUT/benchmarks.md` and the plots of the
+/// last run in `OUT/bench/`.
+pub fn write(runs: &[Results], out: &Path) -> anyhow::Result<()> {
+    let last = runs.last().context("the bench made no run")?;
     let bench = out.join("bench");
     std::fs::create_dir_all(&bench)?;
     std::fs::write(
         bench.join("results.json"),
-        serde_json::to_string_pretty(results)? + "\n",
+        serde_json::to_string_pretty(runs)? + "\n",
     )?;
-    plot::connections(&bench.join("connect-rate.svg"), results)?;
-    plot::scaling(&bench.join("scaling.svg"), results)?;
-    plot::program_costs(&bench.join("program-cost.svg"), &results.programs)?;
-    plot::agent(&bench.join("agent.svg"), &results.agent)?;
-    let page = page(results);
+    plot::connections(&bench.join("connect-rate.svg"), last)?;
+    plot::scaling(&bench.join("scaling.svg"), last)?;
+    plot::program_costs(&bench.join("program-cost.svg"), &last.programs)?;
+    plot::agent(&bench.join("agent.svg"), &last.agent)?;
+    let page = page(runs, last);
     std::fs::write(out.join("benchmarks.md"), &page)?;
     println!("{page}");
     Ok(())
@@ -170,26 +187,23 @@ fn mib(bytes: u64) -> String {
     format!("{mib:.1} MiB")
 }
 
-/// One line of the goals table.
-struct Goal {
-    what: String,
-    target: String,
-    measured: String,
-    met: bool,
-    /// What the measured figure is made of: said when the goal is not met.
-    why: String,
-}
-
-fn page(results: &Results) -> String {
+/// The page of `runs`; its detailed sections are of `last`.
+fn page(runs: &[Results], results: &Results) -> String {
     let mut text = String::new();
     let machine = &results.machine;
     let _ = write!(
         text,
         "# Benchmarks\n\n\
-         Produced by `cargo xtask bench` ({mode} mode) on {date}: {cpus} × {cpu}, {memory:.0} GiB, \
-         Linux {kernel}. The page, its plots and [the raw figures](bench/results.json) are rewritten by \
-         each run; nothing here is typed by hand.\n\n",
+         Produced by `cargo xtask bench` ({mode} mode, {count} in a row) on {date}: {cpus} × \
+         {cpu}, {memory:.0} GiB, Linux {kernel}. The page, its plots and [the raw \
+         figures](bench/results.json) are rewritten by each run; nothing here is typed by \
+         hand.\n\n",
         mode = results.mode,
+        count = if runs.len() == 1 {
+            "one run".to_owned()
+        } else {
+            format!("{} runs", runs.len())
+        },
         date = machine.date,
         cpus = machine.cpus,
         cpu = machine.cpu,
@@ -197,7 +211,17 @@ fn page(results: &Results) -> String {
         kernel = machine.kernel,
     );
     text.push_str(METHOD);
-    goals_section(&mut text, results);
+    goals::section(&mut text, runs);
+    runs::reruns_section(&mut text, runs);
+    runs::program_costs_section(&mut text, runs);
+    if runs.len() > 1 {
+        let _ = write!(
+            text,
+            "The sections below are of the last run ({count} of {count}); every run's figures \
+             are in the raw figures.\n\n",
+            count = runs.len()
+        );
+    }
     connections_section(&mut text, results);
     programs_section(&mut text, results);
     scaling_section(&mut text, results);
@@ -217,8 +241,12 @@ gateway itself: the floor), **netbpf** (it dials `localhost`, netbpf's agent for
 `route_localnet` + MASQUERADE in its namespace: what users do today). Each way runs on a topology \
 of its own, so none meets another's TIME_WAIT or conntrack entries. The ways take turns round \
 by round, so a slow moment of this noisy VM falls on all of them; each figure is the median of \
-the rounds with their range (min–max), and each ratio is taken round by round against the \
-baseline of the same round.\n\n\
+the rounds with their interquartile range (the middle half of the rounds), and each ratio is \
+taken round by round against the baseline of the same round. A round in which some way \
+stalled (its rate, or its median latency, worse than that way's median by more than 1.5 times) \
+is measured again, every way of it, up to three times: a ratio never pairs a stalled side with \
+a normal one. The CPU time the hypervisor gave to other machines meanwhile (*steal*, from \
+`/proc/stat`) is noted with each round measured again.\n\n\
 Per-program costs come from the kernel's own statistics: the bench turns them on for that \
 measurement only (`BPF_ENABLE_STATS`, which the kernel undoes when the bench exits; the same \
 figures `kernel.bpf_stats_enabled` gives, without touching the sysctl), and attaches an empty \
@@ -227,14 +255,16 @@ minus the empty program's, which takes out what the statistics themselves cost. 
 `sk_lookup` programs are timed with `BPF_PROG_TEST_RUN`.\n\n";
 
 const REPRODUCE: &str = "## Reproduce\n\n\
-`cargo xtask bench` rewrites this page, `docs/bench/*.svg` and `docs/bench/results.json` (a few \
-minutes); `cargo xtask bench --quick` measures less and writes to `target/bench/` (CI runs it); \
-`cargo xtask bench --check` fails when a program's verifier instruction count grew by more than \
-20% over `bench/verifier-baseline.json` (CI runs it; `--bless` writes a new baseline). Every \
-figure above comes from the JSON file: its `tcp`, `udp`, `scaling`, `programs`, `test_runs`, \
-`forward_throughput`, `clamp_throughput`, `memory`, `verifier` and `agent` fields.\n";
+`cargo xtask bench` rewrites this page, `docs/bench/*.svg` and `docs/bench/results.json`; \
+`cargo xtask bench --repeat 3` runs the whole bench three times in a row and compares the \
+runs' verdicts (about an hour); `cargo xtask bench --quick` measures less and writes to \
+`target/bench/` (CI runs it); `cargo xtask bench --check` fails when a program's verifier \
+instruction count grew by more than 20% over `bench/verifier-baseline.json` (CI runs it; \
+`--bless` writes a new baseline). Every figure above comes from the JSON file, a list of the \
+runs: their `tcp`, `udp`, `scaling`, `programs`, `test_runs`, `forward_throughput`, \
+`clamp_throughput`, `memory`, `verifier`, `agent` and `reruns` fields.\n";
 
-fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary {
+pub(super) fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary {
     let baseline = results
         .get(&Way::Direct)
         .map(|rounds| series(rounds, per_second))
@@ -246,214 +276,11 @@ fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary 
     Summary::of_ratios(&values, &baseline)
 }
 
-/// The per-run goals of the programs every socket below the root meets.
-fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
-    let mut goals = Vec::new();
-    let cost = |costs: &BTreeMap<String, Cost>, name: &str| costs.get(name).map(Cost::net);
-    for name in [
-        program::RELEASE,
-        program::BOUND4,
-        program::RECVMSG4,
-        program::GETPEER4,
-    ] {
-        if let Some(ns) = cost(&costs.scoped, name) {
-            goals.push(Goal {
-                what: format!("{name} per run, socket of a scope"),
-                target: "≤ 50 ns".to_owned(),
-                measured: format!("{ns:.0} ns"),
-                met: ns <= 50.0,
-                why: scoped_work(name).to_owned(),
-            });
-        }
-        if let Some(ns) = cost(&costs.unscoped, name) {
-            goals.push(Goal {
-                what: format!("{name} per run, socket of no scope"),
-                target: "≤ 20 ns".to_owned(),
-                measured: format!("{ns:.0} ns"),
-                met: ns <= 20.0,
-                why: NO_SCOPE_WORK.to_owned(),
-            });
-        }
-    }
-    goals
-}
-
-/// The work a program does for a socket of a scope.
-fn scoped_work(program: &str) -> &'static str {
-    match program {
-        program::BOUND4 => {
-            "A bind in a scope to localhost or a wildcard address gives its socket storage \
-             (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`, a kernel allocation \
-             charged to the socket) and counts its port in an entry allocated on demand: the \
-             price of counting a scope's own services exactly, paid by binds, which are rare \
-             (a service starting, a client binding explicitly)."
-        }
-        program::RELEASE => {
-            "A released socket's storage is looked up, and a counted bind's count taken back \
-             with an atomic."
-        }
-        _ => "The socket's storage is looked up for the address it dialed.",
-    }
-}
-
-/// The work every program does for a socket of no scope.
-const NO_SCOPE_WORK: &str = "A socket of no scope below the cgroup root still costs the \
-    lookup that finds no scope: a helper for its cgroup at each depth where scopes are, and a \
-    hash lookup that misses.";
-
-/// The connect of a socket of a scope.
-const REWRITE_WORK: &str = "A rewritten `connect()` gives its socket the storage that \
-    remembers what it dialed (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`), so that \
-    `getpeername()` and UDP replies show the address the application dialed: a kernel \
-    allocation charged to the socket, on top of the scope, exact-port and local-bind lookups. \
-    It is the price of a reverse path that is exact, never evicted and freed with its socket. \
-    Connects netbpf does not rewrite never allocate (the sockets of no scope in the programs' \
-    table).";
-
-/// Why a ratio of rates misses a goal by less than its rounds spread.
-fn noisy(ratio: &Summary, cpus: usize) -> String {
-    format!(
-        "The rounds' ratios range from {:.3} to {:.3} on this {cpus}-CPU machine: the goal asks to \
-         resolve 1%, less than the rounds' spread. Read the median with its range.",
-        ratio.min, ratio.max
-    )
-}
-
-/// Every goal of the issue, with what this run measured.
-fn goals(results: &Results) -> Vec<Goal> {
-    let cpus = results.machine.cpus;
-    let mut goals = Vec::new();
-    let scaled_connect4 = results
-        .scaling
-        .last()
-        .and_then(|point| Some((point.others, point.connect4?.net())));
-    if let Some((others, ns)) = scaled_connect4 {
-        goals.push(Goal {
-            what: format!("connect4 per run, with {others} other containers"),
-            target: "≤ 100 ns".to_owned(),
-            measured: format!("{ns:.0} ns"),
-            met: ns <= 100.0,
-            why: REWRITE_WORK.to_owned(),
-        });
-    }
-    goals.extend(program_goals(&results.programs));
-    let check = &results.host_service_check;
-    if !check.with_service.is_empty() {
-        let added = Summary::of_differences(&check.with_service, &check.without_service);
-        goals.push(Goal {
-            what:
-                "connect4, a connect to no host service, with a host service granted on the node: \
-                   added to the same connect with none (net ns per run, a socket in no scope)"
-                    .to_owned(),
-            target: "≤ 20 ns".to_owned(),
-            measured: format!("{} ns", added.show(1)),
-            met: added.median <= 20.0,
-            why:
-                "The check reads the lookups' flag and port filter (in the cache line the program \
-                  reads anyway) and the destination port, in rounds alternated with the policy \
-                  without a host service; the rounds' spread is that of connect4 itself."
-                    .to_owned(),
-        });
-    }
-    let ratio = median_ratio(&results.tcp, Way::Netbpf);
-    goals.push(Goal {
-        what: "connections per second, netbpf / no program".to_owned(),
-        target: "≥ 0.99".to_owned(),
-        measured: ratio.show(3),
-        met: ratio.median >= 0.99,
-        why: noisy(&ratio, cpus),
-    });
-    if let (Some(first), Some(last)) = (results.scaling.first(), results.scaling.last()) {
-        let at = |point: &ScalePoint| median_ratio(&point.connections, Way::Netbpf);
-        let change = at(last).median / at(first).median - 1.0;
-        goals.push(Goal {
-            what: format!(
-                "netbpf's connection rate from {} to {} other containers (ratio to no program)",
-                first.others, last.others
-            ),
-            target: "flat within 5%".to_owned(),
-            measured: format!("{:+.1}%", change * 100.0),
-            met: change.abs() <= 0.05,
-            why: noisy(&at(last), cpus),
-        });
-    }
-    if let Some(ns) = results
-        .test_runs
-        .iter()
-        .find(|(name, _)| name.contains("fast path"))
-        .map(|(_, run)| run.net())
-    {
-        goals.push(Goal {
-            what: "MSS clamp, a segment that is not a SYN (BPF_PROG_TEST_RUN, net)".to_owned(),
-            target: "≤ 15 ns".to_owned(),
-            measured: format!("{ns:.0} ns"),
-            met: ns <= 15.0,
-            why: "The fast path reads the IP and TCP headers straight from the packet; the \
-                  rest is the program's bounds checks."
-                .to_owned(),
-        });
-    }
-    for (name, throughput) in [
-        (
-            "through the forward",
-            throughput_ratio(&results.forward_throughput, &Way::Direct, &Way::Netbpf),
-        ),
-        (
-            "across the MSS clamp",
-            throughput_ratio(&results.clamp_throughput, &Clamp::None, &Clamp::Netbpf),
-        ),
-    ] {
-        goals.push(Goal {
-            what: format!("iperf3 throughput {name}, netbpf / none"),
-            target: "≥ 0.99".to_owned(),
-            measured: throughput.show(3),
-            met: throughput.median >= 0.99,
-            why: noisy(&throughput, cpus),
-        });
-    }
-    goals.push(memory_goal(results));
-    goals.extend(agent::goals(results));
-    goals
-}
-
-fn memory_goal(results: &Results) -> Goal {
-    Goal {
-        what: "maps' memory of a new agent".to_owned(),
-        target: "≤ 8 MiB".to_owned(),
-        measured: mib(results.memory.at_start),
-        met: results.memory.at_start <= 8 << 20,
-        why: "The maps preallocated at start hold this much at the default capacities; the \
-              capacities are settings (see the agent's guide)."
-            .to_owned(),
-    }
-}
-
-fn goals_section(text: &mut String, results: &Results) {
-    let goals = goals(results);
-    text.push_str("## Goals\n\n| goal | target | measured | met |\n| --- | --- | ---: | --- |\n");
-    for goal in &goals {
-        let _ = writeln!(
-            text,
-            "| {} | {} | {} | {} |",
-            goal.what,
-            goal.target,
-            goal.measured,
-            if goal.met { "yes" } else { "**no**" }
-        );
-    }
-    let unmet: Vec<&Goal> = goals.iter().filter(|goal| !goal.met).collect();
-    if unmet.is_empty() {
-        text.push_str("\nEvery goal is met.\n\n");
-        return;
-    }
-    text.push_str("\nWhere a goal is not met, and why:\n\n");
-    for goal in unmet {
-        let _ = writeln!(text, "- **{}**: {}", goal.what, goal.why);
-    }
-    text.push('\n');
-}
-
-fn throughput_ratio<K: Ord>(rounds: &BTreeMap<K, Vec<f64>>, baseline: &K, way: &K) -> Summary {
+pub(super) fn throughput_ratio<K: Ord>(
+    rounds: &BTreeMap<K, Vec<f64>>,
+    baseline: &K,
+    way: &K,
+) -> Summary {
     Summary::of_ratios(
         rounds.get(way).map_or(&[][..], Vec::as_slice),
         rounds.get(baseline).map_or(&[][..], Vec::as_slice),
@@ -497,13 +324,18 @@ fn connections_section(text: &mut String, results: &Results) {
 }
 
 fn programs_section(text: &mut String, results: &Results) {
-    text.push_str(
+    let _ = write!(
+        text,
         "## Cost of each program\n\n![net ns per run](bench/program-cost.svg)\n\n\
-         Kernel time per run during one TCP, one UDP and one bind measurement (as many sockets bound to the wildcard address and closed as connections), for the desktop's sockets (a \
+         Kernel time per run during one TCP, one UDP and one bind measurement (as many sockets \
+         bound to the wildcard address and closed as connections), for the desktop's sockets (a \
          scope whose connections are rewritten) and for a process below the same cgroup root in no \
-         scope. *empty*: an empty program at the same hook; *net*: the difference.\n\n\
+         scope, in {rounds} rounds. *runs*: in all rounds; *ns/run* and *empty* (an empty program at \
+         the same hook): medians of the rounds; *net*: the difference, median (interquartile range) \
+         of the rounds.\n\n\
          | program | runs (scope) | ns/run (scope) | empty | **net (scope)** | runs (no scope) | ns/run (no scope) | empty | **net (no scope)** |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        rounds = results.rounds,
     );
     let names: std::collections::BTreeSet<&String> = results
         .programs
@@ -511,16 +343,19 @@ fn programs_section(text: &mut String, results: &Results) {
         .keys()
         .chain(results.programs.unscoped.keys())
         .collect();
-    let cells = |cost: Option<&Cost>| {
-        cost.map_or_else(
+    let cells = |costs: Option<&Vec<Cost>>| {
+        costs.map_or_else(
             || "- | - | - | -".to_owned(),
-            |cost| {
+            |costs| {
+                let median = |field: fn(&Cost) -> f64| {
+                    Summary::of(&costs.iter().map(field).collect::<Vec<_>>()).median
+                };
                 format!(
-                    "{} | {:.0} | {:.0} | **{:.0}**",
-                    cost.runs,
-                    cost.ns_per_run,
-                    cost.empty_ns_per_run,
-                    cost.net()
+                    "{} | {:.0} | {:.0} | **{}**",
+                    costs.iter().map(|cost| cost.runs).sum::<u64>(),
+                    median(|cost| cost.ns_per_run),
+                    median(|cost| cost.empty_ns_per_run),
+                    net(costs).show(0)
                 )
             },
         )
@@ -573,9 +408,11 @@ fn scaling_section(text: &mut String, results: &Results) {
             median_ratio(&point.connections, Way::Netbpf).show(3),
             rate(Way::Iptables),
             median_ratio(&point.connections, Way::Iptables).show(3),
-            point
-                .connect4
-                .map_or_else(|| "-".to_owned(), |cost| format!("{:.0}", cost.net())),
+            if point.connect4.is_empty() {
+                "-".to_owned()
+            } else {
+                net(&point.connect4).show(0)
+            },
         );
     }
     text.push('\n');

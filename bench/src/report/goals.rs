@@ -1,0 +1,389 @@
+//! The goals of the issues, each judged on its figure's interquartile
+//! range, and their table across the runs of one bench.
+
+use std::fmt::Write as _;
+
+use netbpf_common::names::program;
+
+use super::{ProgramCosts, Results, ScalePoint, agent, median_ratio, net, throughput_ratio};
+use crate::{
+    stats::{Bound, Summary, Verdict},
+    throughput::Clamp,
+    ways::Way,
+};
+
+/// One line of the goals table.
+pub(super) struct Goal {
+    what: String,
+    target: String,
+    measured: String,
+    verdict: Verdict,
+    /// What the measured figure is made of: said when the goal is not met.
+    why: String,
+}
+
+impl Goal {
+    /// The goal that `summary` (of rounds) be within `bound`, judged on
+    /// its interquartile range; shown with `decimals` decimals and `unit`.
+    pub(super) fn judged(
+        what: String,
+        bound: Bound,
+        summary: &Summary,
+        decimals: usize,
+        unit: &str,
+        why: String,
+    ) -> Self {
+        Self {
+            what,
+            target: bound.show(unit),
+            measured: format!("{}{unit}", summary.show(decimals)),
+            verdict: bound.judge(summary),
+            why,
+        }
+    }
+}
+
+/// The per-run goals of the programs every socket below the root meets.
+fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    for name in [
+        program::RELEASE,
+        program::BOUND4,
+        program::RECVMSG4,
+        program::GETPEER4,
+    ] {
+        if let Some(rounds) = costs.scoped.get(name) {
+            goals.push(Goal::judged(
+                format!("{name} per run, socket of a scope"),
+                Bound::AtMost(50.0),
+                &net(rounds),
+                0,
+                " ns",
+                scoped_work(name).to_owned(),
+            ));
+        }
+        if let Some(rounds) = costs.unscoped.get(name) {
+            goals.push(Goal::judged(
+                format!("{name} per run, socket of no scope"),
+                Bound::AtMost(20.0),
+                &net(rounds),
+                0,
+                " ns",
+                NO_SCOPE_WORK.to_owned(),
+            ));
+        }
+    }
+    goals
+}
+
+/// The work a program does for a socket of a scope.
+fn scoped_work(program: &str) -> &'static str {
+    match program {
+        program::BOUND4 => {
+            "A bind in a scope to localhost or a wildcard address gives its socket storage \
+             (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`, a kernel allocation \
+             charged to the socket) and counts its port in an entry allocated on demand: the \
+             price of counting a scope's own services exactly, paid by binds, which are rare \
+             (a service starting, a client binding explicitly)."
+        }
+        program::RELEASE => {
+            "A released socket's storage is looked up, and a counted bind's count taken back \
+             with an atomic."
+        }
+        _ => "The socket's storage is looked up for the address it dialed.",
+    }
+}
+
+/// The work every program does for a socket of no scope.
+const NO_SCOPE_WORK: &str = "A socket of no scope below the cgroup root still costs the \
+    lookup that finds no scope: a helper for its cgroup at each depth where scopes are, and a \
+    hash lookup that misses.";
+
+/// The connect of a socket of a scope.
+const REWRITE_WORK: &str = "A rewritten `connect()` gives its socket the storage that \
+    remembers what it dialed (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`), so that \
+    `getpeername()` and UDP replies show the address the application dialed: a kernel \
+    allocation charged to the socket, on top of the scope, exact-port and local-bind lookups. \
+    It is the price of a reverse path that is exact, never evicted and freed with its socket. \
+    Connects netbpf does not rewrite never allocate (the sockets of no scope in the programs' \
+    table).";
+
+/// What a ratio of rates is made of.
+fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {
+    format!(
+        "The rounds' ratios range from {:.3} to {:.3} on this {cpus}-CPU machine (interquartile \
+         {:.3}–{:.3}).",
+        ratio.min, ratio.max, ratio.q1, ratio.q3
+    )
+}
+
+/// Every goal of the issue, with what this run measured.
+pub(super) fn goals(results: &Results) -> Vec<Goal> {
+    let cpus = results.machine.cpus;
+    let mut goals = Vec::new();
+    if let Some(point) = results
+        .scaling
+        .last()
+        .filter(|point| !point.connect4.is_empty())
+    {
+        goals.push(Goal::judged(
+            format!("connect4 per run, with {} other containers", point.others),
+            Bound::AtMost(100.0),
+            &net(&point.connect4),
+            0,
+            " ns",
+            REWRITE_WORK.to_owned(),
+        ));
+    }
+    goals.extend(program_goals(&results.programs));
+    let check = &results.host_service_check;
+    if !check.with_service.is_empty() {
+        goals.push(Goal::judged(
+            "connect4, a connect to no host service, with a host service granted on the node: \
+             added to the same connect with none (net ns per run, a socket in no scope)"
+                .to_owned(),
+            Bound::AtMost(20.0),
+            &Summary::of_differences(&check.with_service, &check.without_service),
+            1,
+            " ns",
+            "The check reads the lookups' flag and port filter (in the cache line the program \
+             reads anyway) and the destination port, in rounds alternated with the policy \
+             without a host service; the rounds' spread is that of connect4 itself."
+                .to_owned(),
+        ));
+    }
+    let ratio = median_ratio(&results.tcp, Way::Netbpf);
+    goals.push(Goal::judged(
+        "connections per second, netbpf / no program".to_owned(),
+        Bound::AtLeast(0.99),
+        &ratio,
+        3,
+        "",
+        ratio_of_rounds(&ratio, cpus),
+    ));
+    if let (Some(first), Some(last)) = (results.scaling.first(), results.scaling.last()) {
+        let at = |point: &ScalePoint| median_ratio(&point.connections, Way::Netbpf);
+        goals.push(Goal::judged(
+            format!(
+                "netbpf's connection rate from {} to {} other containers (ratio to no program): \
+                 its change",
+                first.others, last.others
+            ),
+            Bound::WithinOf(5.0),
+            &at(last).over(&at(first)).map(|ratio| (ratio - 1.0) * 100.0),
+            1,
+            "%",
+            ratio_of_rounds(&at(last), cpus),
+        ));
+    }
+    if let Some(ns) = results
+        .test_runs
+        .iter()
+        .find(|(name, _)| name.contains("fast path"))
+        .map(|(_, run)| run.net())
+    {
+        goals.push(Goal::judged(
+            "MSS clamp, a segment that is not a SYN (BPF_PROG_TEST_RUN, net)".to_owned(),
+            Bound::AtMost(15.0),
+            &Summary::of(&[ns]),
+            0,
+            " ns",
+            "The fast path reads the IP and TCP headers straight from the packet; the rest is \
+             the program's bounds checks."
+                .to_owned(),
+        ));
+    }
+    for (name, throughput) in [
+        (
+            "through the forward",
+            throughput_ratio(&results.forward_throughput, &Way::Direct, &Way::Netbpf),
+        ),
+        (
+            "across the MSS clamp",
+            throughput_ratio(&results.clamp_throughput, &Clamp::None, &Clamp::Netbpf),
+        ),
+    ] {
+        goals.push(Goal::judged(
+            format!("iperf3 throughput {name}, netbpf / none"),
+            Bound::AtLeast(0.99),
+            &throughput,
+            3,
+            "",
+            ratio_of_rounds(&throughput, cpus),
+        ));
+    }
+    goals.push(memory_goal(results));
+    goals.extend(agent::goals(results));
+    goals
+}
+
+fn memory_goal(results: &Results) -> Goal {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "memory sizes are far below 2^52"
+    )]
+    let mib = results.memory.at_start as f64 / f64::from(1 << 20);
+    Goal::judged(
+        "maps' memory of a new agent".to_owned(),
+        Bound::AtMost(8.0),
+        &Summary::of(&[mib]),
+        1,
+        " MiB",
+        "The maps preallocated at start hold this much at the default capacities; the \
+         capacities are settings (see the agent's guide)."
+            .to_owned(),
+    )
+}
+
+/// The goals table: each run's figure and verdict, and whether the runs
+/// agree; then why each goal some run did not meet is so.
+pub(super) fn section(text: &mut String, runs: &[Results]) {
+    let tables: Vec<Vec<Goal>> = runs.iter().map(goals).collect();
+    let Some(last) = tables.last() else {
+        return;
+    };
+    text.push_str(
+        "## Goals\n\n\
+         Each goal is judged on its figure's interquartile range, never on the median alone: \
+         *met* when the whole range meets the target, *not met* when none of it does, *within \
+         noise* when the target lies inside the range (this machine's noise is larger than what \
+         the goal asks to resolve). A figure measured once has no range. Each cell: median \
+         (interquartile range), verdict.\n\n| goal | target |",
+    );
+    for run in 1..=runs.len() {
+        let _ = write!(text, " run {run} |");
+    }
+    let several = runs.len() > 1;
+    if several {
+        text.push_str(" the runs agree |");
+    }
+    text.push_str("\n| --- | --- |");
+    text.push_str(&" --- |".repeat(runs.len() + usize::from(several)));
+    text.push('\n');
+    let mut agreeing = 0;
+    for (index, goal) in last.iter().enumerate() {
+        let of_runs: Vec<Option<&Goal>> = tables
+            .iter()
+            .map(|table| {
+                table
+                    .get(index)
+                    .filter(|same| same.what == goal.what)
+                    .or_else(|| table.iter().find(|same| same.what == goal.what))
+            })
+            .collect();
+        let _ = write!(text, "| {} | {} |", goal.what, goal.target);
+        for of_run in &of_runs {
+            match of_run {
+                Some(goal) => {
+                    let _ = write!(text, " {}: {} |", goal.measured, verdict_cell(goal.verdict));
+                }
+                None => text.push_str(" - |"),
+            }
+        }
+        if several {
+            let agree = of_runs
+                .iter()
+                .all(|of_run| of_run.is_some_and(|same| same.verdict == goal.verdict));
+            agreeing += usize::from(agree);
+            text.push_str(if agree { " yes |" } else { " **no** |" });
+        }
+        text.push('\n');
+    }
+    if several {
+        let _ = writeln!(
+            text,
+            "\nThe {} runs agree on the verdict of {agreeing} of the {} goals.",
+            runs.len(),
+            last.len()
+        );
+    }
+    let unmet: Vec<&Goal> = last
+        .iter()
+        .filter(|goal| {
+            tables
+                .iter()
+                .flatten()
+                .any(|same| same.what == goal.what && same.verdict != Verdict::Met)
+        })
+        .collect();
+    if unmet.is_empty() {
+        text.push_str("\nEvery goal is met.\n\n");
+        return;
+    }
+    text.push_str("\nWhere a goal is not met, or within noise, in some run, and why:\n\n");
+    for goal in unmet {
+        let _ = writeln!(text, "- **{}**: {}", goal.what, goal.why);
+    }
+    text.push('\n');
+}
+
+/// A verdict as the goals table shows it.
+fn verdict_cell(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Met => "met",
+        Verdict::NotMet => "**not met**",
+        Verdict::WithinNoise => "within noise",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::Measurement;
+
+    /// A run whose TCP rounds give netbpf `ratios` of no program's rate.
+    fn run_with_ratios(ratios: &[f64]) -> Results {
+        let rate = |per_second| Measurement {
+            per_second,
+            p50_us: 100.0,
+            p99_us: 200.0,
+        };
+        let mut run = Results::default();
+        run.tcp
+            .insert(Way::Direct, ratios.iter().map(|_| rate(1000.0)).collect());
+        run.tcp.insert(
+            Way::Netbpf,
+            ratios.iter().map(|ratio| rate(1000.0 * ratio)).collect(),
+        );
+        run
+    }
+
+    fn row<'a>(page: &'a str, goal: &str) -> &'a str {
+        page.lines()
+            .find(|line| line.starts_with(&format!("| {goal}")))
+            .unwrap_or_else(|| panic!("no row of {goal} in:\n{page}"))
+    }
+
+    #[test]
+    fn the_runs_agree_only_on_the_same_verdict() {
+        const RATE: &str = "connections per second, netbpf / no program";
+        let met = run_with_ratios(&[1.0, 1.01, 1.02, 1.0, 1.01]);
+        let noisy = run_with_ratios(&[0.95, 1.0, 1.03, 0.97, 1.02]);
+        let mut page = String::new();
+        section(&mut page, &[met, noisy]);
+        let rate = row(&page, RATE);
+        assert!(rate.contains(": met |"), "{rate}");
+        assert!(rate.contains(": within noise |"), "{rate}");
+        assert!(rate.ends_with(" **no** |"), "{rate}");
+        assert!(page.contains("Where a goal is not met, or within noise, in some run"));
+
+        let mut page = String::new();
+        section(
+            &mut page,
+            &[
+                run_with_ratios(&[1.0, 1.01, 1.02]),
+                run_with_ratios(&[1.0, 1.0, 1.01]),
+                run_with_ratios(&[1.02, 1.01, 1.0]),
+            ],
+        );
+        assert!(row(&page, RATE).ends_with(": met | yes |"));
+    }
+
+    #[test]
+    fn a_single_run_has_no_agreement_column() {
+        let mut page = String::new();
+        section(&mut page, &[run_with_ratios(&[0.9, 0.91, 0.92])]);
+        assert!(page.contains("| goal | target | run 1 |\n"));
+        assert!(row(&page, "connections per second").ends_with(": **not met** |"));
+    }
+}
