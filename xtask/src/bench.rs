@@ -1,15 +1,17 @@
 //! `cargo xtask bench`: builds netbpf (optimized, as nodes run it) and its
-//! benchmarks (`bench/`), then runs them. The full run rewrites `docs/benchmarks.md`, its plots and
-//! `docs/bench/results.json`; `--quick` measures less and writes to
-//! `target/bench/`; `--check` compares the verifier's instruction counts
-//! with `bench/verifier-baseline.json`.
+//! benchmarks (`bench/`), then runs them. The full run rewrites
+//! `docs/benchmarks.md`, its plots and `docs/bench/results.json`;
+//! `--repeat N` runs it N times in a row and the page compares their
+//! verdicts; `--quick` measures less and writes to `target/bench/`;
+//! `--check` compares the verifier's instruction counts with
+//! `bench/verifier-baseline.json`.
 
 use std::{path::Path, process::Command};
 
 use crate::{build_release, cmd, setup};
 
 /// What `cargo xtask bench` was asked for.
-#[derive(Debug, Clone, Copy, Default, clap::Args)]
+#[derive(Debug, Clone, Copy, clap::Args)]
 pub struct BenchArgs {
     /// Fewer rounds, shorter runs, three scaling points; writes to
     /// target/bench/ (CI runs it).
@@ -22,14 +24,35 @@ pub struct BenchArgs {
     /// With --check: write the counts measured now as the new baseline.
     #[arg(long, requires = "check")]
     pub bless: bool,
+    /// Run the whole bench this many times in a row; the page shows each
+    /// run's verdicts and whether they agree.
+    #[arg(long, default_value_t = 1, conflicts_with = "check")]
+    pub repeat: u16,
+}
+
+impl Default for BenchArgs {
+    /// One full run.
+    fn default() -> Self {
+        Self {
+            quick: false,
+            check: false,
+            bless: false,
+            repeat: 1,
+        }
+    }
 }
 
 pub fn bench(workspace: &Path, args: BenchArgs) -> anyhow::Result<()> {
     cmd::require_root("cargo xtask bench")?;
     setup::test_environment()?;
     let netbpf = build_release(workspace)?;
-    cmd::cargo(workspace, &["build", "--package", "netbpf-bench"])?;
-    let mut bench = Command::new(workspace.join("target/debug/netbpf-bench"));
+    // Optimized: its clients are the load, and their own cost dilutes
+    // what they measure.
+    cmd::cargo(
+        workspace,
+        &["build", "--release", "--package", "netbpf-bench"],
+    )?;
+    let mut bench = Command::new(workspace.join("target/release/netbpf-bench"));
     bench.env("NETBPF_BIN", netbpf).current_dir(workspace);
     if args.check {
         bench
@@ -38,12 +61,14 @@ pub fn bench(workspace: &Path, args: BenchArgs) -> anyhow::Result<()> {
         if args.bless {
             bench.arg("--bless");
         }
-    } else if args.quick {
-        bench
-            .args(["run", "--quick", "--out"])
-            .arg(workspace.join("target/bench"));
     } else {
-        bench.args(["run", "--out"]).arg(workspace.join("docs"));
+        let repeat = args.repeat.to_string();
+        bench.args(["run", "--repeat", &repeat, "--out"]);
+        if args.quick {
+            bench.arg(workspace.join("target/bench")).arg("--quick");
+        } else {
+            bench.arg(workspace.join("docs"));
+        }
     }
     cmd::run(&mut bench)
 }
