@@ -229,7 +229,18 @@ fn kernel_modules(vmlinuz: &Path, root: &Path) -> anyhow::Result<()> {
             .arg("-a")
             .arg(package.join("lib/modules/."))
             .arg(&modules),
-    )
+    )?;
+    // The package's postinst would index them: without modules.dep,
+    // modprobe finds neither loop nor ext4 for the node's disk.
+    for version in fs::read_dir(package.join("lib/modules"))? {
+        cmd::run(
+            Command::new("depmod")
+                .arg("--basedir")
+                .arg(root)
+                .arg(version?.file_name()),
+        )?;
+    }
+    Ok(())
 }
 
 /// The node's disk, made afresh (a sparse image in `root`), with a
@@ -326,6 +337,9 @@ fn report(out: &Path, boots: &[(&str, String)]) -> anyhow::Result<()> {
             failed.push(format!("the {phase} boot's script did not finish"));
         }
     }
+    for name in &failed {
+        print_tail(&out.join(format!("{name}.log")), FAILED_LOG_TAIL);
+    }
     if !failed.is_empty() {
         bail!(
             "node: failed: {} (logs in {})",
@@ -334,6 +348,22 @@ fn report(out: &Path, boots: &[(&str, String)]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// How many of a failed check's last log lines are printed with the
+/// results, so that CI's output shows why.
+const FAILED_LOG_TAIL: usize = 40;
+
+/// Prints the last `lines` lines of `log`, when the guest wrote one.
+fn print_tail(log: &Path, lines: usize) {
+    let Ok(text) = fs::read_to_string(log) else {
+        return;
+    };
+    let all: Vec<&str> = text.lines().collect();
+    println!("--- the end of {}", log.display());
+    for line in &all[all.len().saturating_sub(lines)..] {
+        println!("{line}");
+    }
 }
 
 /// `docs/node.md`: the checks of this run, with what a user of the node
@@ -377,10 +407,6 @@ fn page(out: &Path) -> String {
             "Warnings in the agent's journal, second boot",
             "journal-second-warnings.txt",
         ),
-        (
-            "The agent's journal of the second boot (`journalctl -u netbpf -b`)",
-            "journal-second.txt",
-        ),
     ] {
         let _ = write!(
             page,
@@ -388,7 +414,32 @@ fn page(out: &Path) -> String {
             read(file).trim_end()
         );
     }
+    let _ = write!(
+        page,
+        "\n## The agent's journal of the second boot (`journalctl -u netbpf -b`), its start and end\n\n```\n{}\n```\n",
+        excerpt(&read("journal-second.txt"), JOURNAL_HEAD, JOURNAL_TAIL)
+    );
     page
+}
+
+/// The journal's lines the page shows from its start (the agent's start,
+/// the containers found at boot) and from its end.
+const JOURNAL_HEAD: usize = 60;
+const JOURNAL_TAIL: usize = 20;
+
+/// The first `head` and last `tail` lines of `text`, with a line saying how
+/// many were left out between them.
+fn excerpt(text: &str, head: usize, tail: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    if lines.len() <= head + tail {
+        return lines.join("\n");
+    }
+    format!(
+        "{}\n[… {} lines …]\n{}",
+        lines[..head].join("\n"),
+        lines.len() - head - tail,
+        lines[lines.len() - tail..].join("\n")
+    )
 }
 
 /// FNV-1a of `text`: names the tarball after its package list.
@@ -396,4 +447,17 @@ fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::excerpt;
+
+    #[test]
+    fn an_excerpt_keeps_both_ends_and_counts_the_rest() {
+        let lines: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
+        let text = lines.join("\n") + "\n";
+        assert_eq!(excerpt(&text, 2, 3), "1\n2\n[… 5 lines …]\n8\n9\n10");
+        assert_eq!(excerpt(&text, 6, 4), lines.join("\n"));
+    }
 }
