@@ -37,12 +37,14 @@ wait_for() {
 active_at() {
     systemctl show -P ActiveEnterTimestampMonotonic "$1" | awk '{ printf "%.1f", $1 / 1000000 }'
 }
-# Waits (at most 60 s) until the agent has reloaded the policy once more
-# than COUNT times.
-reloaded_after() {
-    wait_for 60 sh -c "test \$(journalctl -u netbpf -b --no-pager | grep -c 'policy reloaded') -gt $1"
-}
 reloads() { journalctl -u netbpf -b --no-pager | grep -c 'policy reloaded'; }
+# Writes standard input to /etc/netbpf/policy.d/FILE, as a user does, and
+# waits (at most 60 s) until the agent has reloaded the policy.
+write_policy() { # FILE
+    count=$(reloads)
+    cat > "/etc/netbpf/policy.d/$1"
+    wait_for 60 sh -c "test \$(journalctl -u netbpf -b --no-pager | grep -c 'policy reloaded') -gt $count"
+}
 # The agent's journal of this boot has no error; its warnings are counted
 # (and shown in docs/node.md).
 journal_clean() { # BOOT
@@ -95,7 +97,7 @@ install_and_docker() {
         result docker ok "docker.service answers, cgroup driver $(docker info -f '{{.CgroupDriver}}')"
     else
         result docker FAIL "docker.service does not answer"
-        journalctl -u docker -u containerd --no-pager > "$out/docker-journal.txt" 2>&1
+        { systemctl status docker containerd; journalctl -b -u docker -u containerd --no-pager; } >> "$out/docker.log" 2>&1
     fi
     mkdir -p /root/image/bin /root/image/tmp
     cp /bin/busybox /root/image/bin/busybox
@@ -128,8 +130,7 @@ UNIT
     printf '[Unit]\nAfter=desktop-www.service\n' > /etc/systemd/system/docker.service.d/after-desktop-www.conf
     systemctl daemon-reload
     systemctl enable --now desktop-www.service > /dev/null 2>&1
-    count=$(reloads)
-    cat > /etc/netbpf/policy.d/50-desktop.toml <<'POLICY'
+    write_policy 50-desktop.toml <<'POLICY'
 version = 1
 [[scope]]
 name = "desktop"
@@ -139,7 +140,6 @@ forward = [
   { from = "localhost:8084", to = "172.30.0.1:8084" },
 ]
 POLICY
-    reloaded_after "$count"
     got=$(docker run --rm --name desktop-1 node/busybox wget -qO- http://localhost:8084/hello.txt 2>> "$out/desktop.log")
     if [ "$got" = published ]; then
         result seed-001 ok "a desktop container's localhost:8084 reached a port published on another bridge's gateway (172.30.0.1:8084)"
@@ -219,8 +219,7 @@ UNIT
     systemctl daemon-reload
     systemctl enable --now gpu-tunnel.service > "$out/seed-000.log" 2>&1
     wait_for 60 curl -sf http://127.0.0.1:18188/
-    count=$(reloads)
-    cat > /etc/netbpf/policy.d/50-gpu-tunnel.toml <<'POLICY'
+    write_policy 50-gpu-tunnel.toml <<'POLICY'
 version = 1
 [[host_service]]
 name = "gpu-tunnel"
@@ -231,7 +230,6 @@ name = "backend"
 match = { label = { "com.docker.compose.project" = "llamasketch" } }
 host_services = [{ service = "gpu-tunnel", dial = "172.17.0.1:18188" }]
 POLICY
-    reloaded_after "$count"
     compose llamasketch 10.210.1.0/24 >> "$out/seed-000.log" 2>&1
     compose other 10.210.2.0/24 >> "$out/seed-000.log" 2>&1
     wait_for 60 sh -c 'docker exec llamasketch-backend-1 wget -qO- -T 5 http://host.docker.internal:18188/ | grep -q "gpu ready"'
@@ -259,8 +257,7 @@ UNIT
     for port in 7043 7044 7045; do
         ln -sf onetime@.container "/etc/containers/systemd/onetime@$port.container"
     done
-    count=$(reloads)
-    cat > /etc/netbpf/policy.d/50-onetime.toml <<'POLICY'
+    write_policy 50-onetime.toml <<'POLICY'
 version = 1
 [[scope]]
 name = "onetime"
@@ -268,7 +265,6 @@ match = { container = "systemd-onetime_{port}" }
 bind = [{ port = 3000, to = "{port}" }]
 alias = [{ from = "10.99.99.99:6379", to = "10.97.0.2:6379" }]
 POLICY
-    reloaded_after "$count"
     systemctl daemon-reload
     systemctl start onetime@7043 onetime@7044 onetime@7045 > "$out/seed-002.log" 2>&1
     seed_002 first
@@ -303,14 +299,12 @@ CONF
     else
         result seed-003-problem ok "without a clamp the container on the Podman bridge gets small answers through wg0 (MTU 1380, ICMP dropped beyond), and its 4 MB download stalls"
     fi
-    count=$(reloads)
-    cat > /etc/netbpf/policy.d/50-vpn.toml <<'POLICY'
+    write_policy 50-vpn.toml <<'POLICY'
 version = 1
 [[mss_clamp]]
 interface = "wg*"
 mss = "pmtu"
 POLICY
-    reloaded_after "$count"
     seed_003 first
 
     # A client loops through the forward while the agent restarts, and
@@ -392,15 +386,13 @@ rootless() {
     wait_for 60 test -S "/run/user/$uid/bus"
     as_dev() { runuser -u dev -- env XDG_RUNTIME_DIR="/run/user/$uid" "$@"; }
     tar -C /root/image -c . | as_dev podman import - node/busybox > /dev/null 2>> "$out/rootless.log"
-    count=$(reloads)
-    cat > /etc/netbpf/policy.d/50-rootless.toml <<POLICY
+    write_policy 50-rootless.toml <<POLICY
 version = 1
 [[scope]]
 name = "rootless"
 match = { cgroup = "user.slice/user-$uid.slice/user@$uid.service/user.slice/libpod-*.scope" }
 forward = [{ from = "localhost:8082", to = "172.17.0.1:8082" }]
 POLICY
-    reloaded_after "$count"
     got=$(as_dev podman run --rm localhost/node/busybox wget -qO- -T 5 http://localhost:8082/hello.txt 2>> "$out/rootless.log")
     if [ "$got" = published ]; then
         result rootless ok "a rootless Podman container, matched by its cgroup, reached the forward from its own network namespace (pasta)"
