@@ -18,6 +18,11 @@ pub struct Measurement {
     pub per_second: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// TCP segments the client's network namespace retransmitted during
+    /// the run (a SYN nobody answered in time among them): 0 on a healthy
+    /// path, so a stalled round that has some lost packets.
+    #[serde(default)]
+    pub retransmits: u64,
 }
 
 /// `tcp-server ADDR`: answers every connection with one byte and closes.
@@ -43,13 +48,17 @@ pub fn udp_server(listen: &str) -> anyhow::Result<()> {
 /// address (`getpeername`, as clients that log it do), reading the byte
 /// and closing; prints a [`Measurement`] as JSON.
 pub fn tcp_client(target: &str, count: usize) -> anyhow::Result<()> {
-    timed(count, || {
+    let retransmitted = || -> anyhow::Result<u64> { Ok(procfs::net::snmp()?.tcp_retrans_segs) };
+    let before = retransmitted()?;
+    let mut measurement = timed(count, || {
         let mut stream = TcpStream::connect(target)?;
         stream.peer_addr()?;
         let mut byte = [0u8; 1];
         stream.read_exact(&mut byte)?;
         Ok(())
-    })
+    })?;
+    measurement.retransmits = retransmitted()? - before;
+    print(&measurement)
 }
 
 /// `udp-client ADDR COUNT`: one socket, bound explicitly (as servers that
@@ -59,25 +68,34 @@ pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buffer = [0u8; 64];
-    timed(count, || {
+    print(&timed(count, || {
         socket.send_to(b"ping", target)?;
         socket.recv_from(&mut buffer)?;
         Ok(())
-    })
+    })?)
 }
 
 /// `bind-client COUNT`: COUNT UDP sockets, each bound explicitly to the
 /// wildcard address on a port the kernel picks, then closed (as servers
 /// and clients that bind do); prints a [`Measurement`] as JSON.
 pub fn bind_client(count: usize) -> anyhow::Result<()> {
-    timed(count, || {
+    print(&timed(count, || {
         UdpSocket::bind("0.0.0.0:0")?;
         Ok(())
-    })
+    })?)
 }
 
-/// Runs `once` `count` times and prints the rate and latencies.
-fn timed(count: usize, mut once: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<()> {
+/// Prints `measurement` as JSON, for the bench that started the client.
+fn print(measurement: &Measurement) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(measurement)?);
+    Ok(())
+}
+
+/// Runs `once` `count` times; the rate and latencies.
+fn timed(
+    count: usize,
+    mut once: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Measurement> {
     let mut latencies = Vec::with_capacity(count);
     let start = Instant::now();
     for _ in 0..count {
@@ -89,11 +107,10 @@ fn timed(count: usize, mut once: impl FnMut() -> anyhow::Result<()>) -> anyhow::
     latencies.sort();
     let micros =
         |percent: usize| latencies[(latencies.len() - 1) * percent / 100].as_secs_f64() * 1e6;
-    let measurement = Measurement {
+    Ok(Measurement {
         per_second: f64::from(u32::try_from(count)?) / elapsed,
         p50_us: micros(50),
         p99_us: micros(99),
-    };
-    println!("{}", serde_json::to_string(&measurement)?);
-    Ok(())
+        retransmits: 0,
+    })
 }

@@ -2,15 +2,21 @@
 //! A round in which some way stalled (its figure worse than that way's
 //! median by more than [`STALL_FACTOR`]) is measured again, whole, so
 //! that round-by-round ratios never pair a stalled side with a normal
-//! one; the page says which rounds were measured again, and how much CPU
-//! time the machine's neighbours took meanwhile.
+//! one; the page says which rounds were measured again, what the stalled
+//! side showed (its lost packets), and what else had the CPUs meanwhile:
+//! the hypervisor's other machines (steal) and this machine's busiest
+//! processes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
+use procfs::CurrentSI as _;
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{Better, Summary, stalled};
+use crate::{
+    load::Measurement,
+    stats::{Better, Summary, stalled},
+};
 
 /// How much worse than its way's median a figure may be before its round
 /// counts as stalled. The ordinary spread of this machine's rounds is
@@ -20,11 +26,30 @@ pub const STALL_FACTOR: f64 = 1.5;
 /// How many times one measurement's stalled rounds are measured again.
 const MAX_RERUNS: usize = 3;
 
+/// How many of the busiest processes a stalled round names.
+const BUSIEST: usize = 3;
+
 /// A figure of a way's measurement that a stall shows in.
 pub struct Figure<V> {
     pub name: &'static str,
     pub better: Better,
     pub of: fn(&V) -> f64,
+}
+
+/// What a measured value itself shows of a stall, beyond its figures.
+pub trait Symptoms {
+    /// "12 TCP retransmits", or nothing.
+    fn symptoms(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Symptoms for f64 {}
+
+impl Symptoms for Measurement {
+    fn symptoms(&self) -> Option<String> {
+        (self.retransmits > 0).then(|| format!("{} TCP retransmits", self.retransmits))
+    }
 }
 
 /// A round measured again, and why.
@@ -34,25 +59,30 @@ pub struct Rerun {
     pub measurement: String,
     /// Which round (from 1).
     pub round: usize,
-    /// The figure that stalled: "netbpf: 215 connections/s, median 7100".
+    /// The figure that stalled, and its symptoms: "netbpf: 215
+    /// connections/s, median 7100; 3 TCP retransmits".
     pub why: String,
     /// The share of CPU time the hypervisor gave to others (steal) during
     /// the stalled round, and during that measurement's rounds at large
     /// (median), in percent.
     pub steal_percent: f64,
     pub usual_steal_percent: f64,
+    /// The processes that used the most of the machine's CPU time during
+    /// the stalled round: "netbpf-bench 31%, ksoftirqd/1 4%".
+    #[serde(default)]
+    pub busiest: String,
 }
 
-/// One measured round: each way's measurement, and the CPU steal.
+/// One measured round: each way's measurement, and the CPU's use.
 struct Round<K, V> {
     by_way: Vec<(K, V)>,
-    steal_percent: f64,
+    cpu: CpuUse,
 }
 
 /// `count` rounds of `measure_round` (which measures every way once, in
 /// turn, given the round's number from 1), stalled rounds measured again
 /// up to [`MAX_RERUNS`] times; each way's measurements in round order.
-pub fn measure<K: Ord + Copy, V>(
+pub fn measure<K: Ord + Copy, V: Symptoms>(
     what: &str,
     count: usize,
     label: fn(K) -> &'static str,
@@ -61,11 +91,11 @@ pub fn measure<K: Ord + Copy, V>(
     mut measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
 ) -> anyhow::Result<BTreeMap<K, Vec<V>>> {
     let mut timed = |round: usize| -> anyhow::Result<Round<K, V>> {
-        let before = CpuTimes::read()?;
+        let before = CpuSnapshot::take()?;
         let by_way = measure_round(round)?;
         Ok(Round {
             by_way,
-            steal_percent: CpuTimes::read()?.steal_percent_since(&before),
+            cpu: CpuSnapshot::take()?.since(&before),
         })
     };
     let mut rounds = (1..=count)
@@ -79,7 +109,7 @@ pub fn measure<K: Ord + Copy, V>(
         let usual_steal = Summary::of(
             &rounds
                 .iter()
-                .map(|round| round.steal_percent)
+                .map(|round| round.cpu.steal_percent)
                 .collect::<Vec<_>>(),
         )
         .median;
@@ -88,8 +118,9 @@ pub fn measure<K: Ord + Copy, V>(
                 measurement: what.to_owned(),
                 round: index + 1,
                 why,
-                steal_percent: rounds[index].steal_percent,
+                steal_percent: rounds[index].cpu.steal_percent,
                 usual_steal_percent: usual_steal,
+                busiest: rounds[index].cpu.busiest.clone(),
             });
             rounds[index] = timed(index + 1)?;
         }
@@ -105,7 +136,7 @@ pub fn measure<K: Ord + Copy, V>(
 
 /// The rounds (indices) in which some way's figure stalled, each with the
 /// first stall found in it.
-fn stalls<K: Ord + Copy, V>(
+fn stalls<K: Ord + Copy, V: Symptoms>(
     rounds: &[Round<K, V>],
     label: fn(K) -> &'static str,
     figures: &[Figure<V>],
@@ -123,12 +154,16 @@ fn stalls<K: Ord + Copy, V>(
             let median = Summary::of(&series).median;
             for index in stalled(&series, figure.better, STALL_FACTOR) {
                 found.entry(index).or_insert_with(|| {
-                    format!(
+                    let mut why = format!(
                         "{}: {:.0} {}, median {median:.0}",
                         label(way),
                         series[index],
                         figure.name
-                    )
+                    );
+                    if let Some(symptoms) = values[index].symptoms() {
+                        why = format!("{why}; {symptoms}");
+                    }
+                    why
                 });
             }
         }
@@ -136,47 +171,90 @@ fn stalls<K: Ord + Copy, V>(
     found
 }
 
-/// The CPU times of the whole machine, from `/proc/stat`, in clock ticks.
-struct CpuTimes {
-    steal: u64,
-    total: u64,
+/// What the CPUs did between two snapshots.
+struct CpuUse {
+    /// The share of CPU time the hypervisor gave to other machines.
+    steal_percent: f64,
+    /// The [`BUSIEST`] processes, with their share of the machine's time.
+    busiest: String,
 }
 
-impl CpuTimes {
-    fn read() -> anyhow::Result<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-        Self::parse(&stat).context("/proc/stat has no `cpu` line of numbers")
-    }
+/// The CPU time used so far, in clock ticks: the whole machine's, from
+/// `/proc/stat`, and each process's, from `/proc/PID/stat`.
+struct CpuSnapshot {
+    steal: u64,
+    total: u64,
+    /// By pid: the process's name and its user and system time.
+    processes: HashMap<i32, (String, u64)>,
+}
 
-    /// The first line, "cpu user nice system idle iowait irq softirq
-    /// steal ...".
-    fn parse(stat: &str) -> Option<Self> {
-        let fields: Vec<u64> = stat
-            .lines()
-            .next()?
-            .strip_prefix("cpu ")?
-            .split_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        Some(Self {
-            steal: *fields.get(7)?,
-            // guest and guest_nice are counted in user and nice already.
-            total: fields.iter().take(8).sum(),
+impl CpuSnapshot {
+    fn take() -> anyhow::Result<Self> {
+        let cpu = procfs::KernelStats::current()
+            .context("reading /proc/stat")?
+            .total;
+        let steal = cpu.steal.unwrap_or_default();
+        // guest and guest_nice are counted in user and nice already.
+        let total = [cpu.iowait, cpu.irq, cpu.softirq]
+            .into_iter()
+            .flatten()
+            .sum::<u64>()
+            + cpu.user
+            + cpu.nice
+            + cpu.system
+            + cpu.idle
+            + steal;
+        // A process that ends while /proc is walked is left out.
+        let processes = procfs::process::all_processes()
+            .context("listing /proc")?
+            .filter_map(|process| process.ok()?.stat().ok())
+            .map(|stat| (stat.pid, (stat.comm, stat.utime + stat.stime)))
+            .collect();
+        Ok(Self {
+            steal,
+            total,
+            processes,
         })
     }
 
-    fn steal_percent_since(&self, before: &Self) -> f64 {
+    /// What the CPUs did from `before` to this snapshot.
+    fn since(&self, before: &Self) -> CpuUse {
         let total = self.total.saturating_sub(before.total);
-        if total == 0 {
-            return 0.0;
-        }
         #[expect(
             clippy::cast_precision_loss,
             reason = "tick counts of one round are far below 2^52"
         )]
-        let share = self.steal.saturating_sub(before.steal) as f64 / total as f64;
-        share * 100.0
+        let percent = |ticks: u64| {
+            if total == 0 {
+                0.0
+            } else {
+                ticks as f64 * 100.0 / total as f64
+            }
+        };
+        let mut used: Vec<(&str, u64)> = self
+            .processes
+            .iter()
+            .filter_map(|(pid, (name, ticks))| {
+                let earlier = match before.processes.get(pid) {
+                    Some((earlier_name, earlier)) if earlier_name == name => *earlier,
+                    Some(_) => return None,
+                    None => 0,
+                };
+                Some((name.as_str(), ticks.saturating_sub(earlier)))
+            })
+            .filter(|(_, ticks)| *ticks > 0)
+            .collect();
+        used.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        let busiest = used
+            .iter()
+            .take(BUSIEST)
+            .map(|(name, ticks)| format!("{name} {:.0}%", percent(*ticks)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        CpuUse {
+            steal_percent: percent(self.steal.saturating_sub(before.steal)),
+            busiest,
+        }
     }
 }
 
@@ -184,12 +262,40 @@ impl CpuTimes {
 mod tests {
     use super::*;
 
+    fn snapshot(steal: u64, total: u64, processes: &[(i32, &str, u64)]) -> CpuSnapshot {
+        CpuSnapshot {
+            steal,
+            total,
+            processes: processes
+                .iter()
+                .map(|&(pid, name, ticks)| (pid, (name.to_owned(), ticks)))
+                .collect(),
+        }
+    }
+
+    /// The steal's share and the busiest processes of the time between
+    /// two snapshots; a pid whose name changed is another process.
     #[test]
-    fn reads_steal_from_proc_stat() {
-        let before = CpuTimes::parse("cpu  100 0 50 800 0 0 0 50 0 0\ncpu0 1 2 3\n").unwrap();
-        let after = CpuTimes::parse("cpu  200 0 100 1500 0 0 0 200 0 0\n").unwrap();
-        assert!((after.steal_percent_since(&before) - 15.0).abs() < 1e-9);
-        assert!(CpuTimes::parse("intr 1 2 3\n").is_none());
+    fn names_what_used_the_cpus_between_two_snapshots() {
+        let before = snapshot(
+            50,
+            1000,
+            &[(1, "init", 10), (7, "rustc", 100), (9, "old", 5)],
+        );
+        let after = snapshot(
+            200,
+            2000,
+            &[
+                (1, "init", 20),
+                (7, "rustc", 600),
+                (9, "reused", 50),
+                (12, "new", 30),
+            ],
+        );
+        let used = after.since(&before);
+        assert!((used.steal_percent - 15.0).abs() < 1e-9);
+        assert_eq!(used.busiest, "rustc 50%, new 3%, init 1%");
+        assert!(CpuSnapshot::take().unwrap().total > 0);
     }
 
     /// A way that stalled in one round has that round measured again,
@@ -222,5 +328,6 @@ mod tests {
         assert_eq!(reruns.len(), 1);
         assert_eq!(reruns[0].round, 4);
         assert_eq!(reruns[0].why, "b: 4 per second, median 98");
+        assert!(reruns[0].steal_percent >= 0.0);
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     load::Measurement,
     programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
-    rounds::{self, Figure, Rerun},
+    rounds::{self, Figure, Rerun, Symptoms},
     stats::Better,
     throughput::{self, Clamp},
     ways::{IPERF_PORT, Load, Prepared, SCALING_CAPACITY, Way},
@@ -243,7 +243,7 @@ impl Bench<'_> {
 
     /// The plan's rounds of `measure_round`, stalled rounds measured again
     /// and noted for the page.
-    fn rounds<K: Ord + Copy, V>(
+    fn rounds<K: Ord + Copy, V: Symptoms>(
         &self,
         what: &str,
         label: fn(K) -> &'static str,

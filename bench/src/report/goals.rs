@@ -337,6 +337,7 @@ mod tests {
             per_second,
             p50_us: 100.0,
             p99_us: 200.0,
+            retransmits: 0,
         };
         let mut run = Results::default();
         run.tcp

@@ -245,8 +245,9 @@ the rounds with their interquartile range (the middle half of the rounds), and e
 taken round by round against the baseline of the same round. A round in which some way \
 stalled (its rate, or its median latency, worse than that way's median by more than 1.5 times) \
 is measured again, every way of it, up to three times: a ratio never pairs a stalled side with \
-a normal one. The CPU time the hypervisor gave to other machines meanwhile (*steal*, from \
-`/proc/stat`) is noted with each round measured again.\n\n\
+a normal one. Each round measured again is noted with what it showed: the TCP segments the \
+stalled client's namespace retransmitted, the CPU time the hypervisor gave to other machines \
+(*steal*, from `/proc/stat`), and this machine's busiest processes (from `/proc/PID/stat`).\n\n\
 Per-program costs come from the kernel's own statistics: the bench turns them on for that \
 measurement only (`BPF_ENABLE_STATS`, which the kernel undoes when the bench exits; the same \
 figures `kernel.bpf_stats_enabled` gives, without touching the sysctl), and attaches an empty \
@@ -295,8 +296,8 @@ fn connections_section(text: &mut String, results: &Results) {
          TCP: {} connections in a row per round (connect, `getpeername()`, read one byte, close), {} \
          rounds. UDP: one socket, bound, sending {} datagrams one after the other to the forwarded \
          port, each waiting for its echo (sendmsg and recvmsg rewritten).\n\n\
-         | way | TCP connections/s | vs. no program | p50 | p99 | UDP round trips/s | vs. no program | conntrack entries after |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | way | TCP connections/s | vs. no program | p50 | p99 | TCP retransmits, all rounds | UDP round trips/s | vs. no program | conntrack entries after |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         results.connections, results.rounds, results.datagrams
     );
     for way in Way::ALL {
@@ -305,12 +306,13 @@ fn connections_section(text: &mut String, results: &Results) {
         };
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {:.0} µs | {:.0} µs | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} µs | {:.0} µs | {} | {} | {} | {} |",
             way.label(),
             Summary::of(&series(tcp, per_second)).show(0),
             median_ratio(&results.tcp, way).show(3),
             Summary::of(&series(tcp, |m| m.p50_us)).median,
             Summary::of(&series(tcp, |m| m.p99_us)).median,
+            tcp.iter().map(|m| m.retransmits).sum::<u64>(),
             Summary::of(&series(udp, per_second)).show(0),
             median_ratio(&results.udp, way).show(3),
             results.conntrack.get(&way).copied().unwrap_or_default(),

@@ -14,20 +14,21 @@ pub(super) fn reruns_section(text: &mut String, runs: &[Results]) {
         return;
     }
     text.push_str(
-        "| run | measurement | round | what stalled | CPU steal in that round | in its measurement's rounds (median) |\n\
-         | ---: | --- | ---: | --- | ---: | ---: |\n",
+        "| run | measurement | round | what stalled | CPU steal in that round | in its measurement's rounds (median) | busiest processes in that round (share of the machine's CPU time) |\n\
+         | ---: | --- | ---: | --- | ---: | ---: | --- |\n",
     );
     for (run, results) in runs.iter().enumerate() {
         for rerun in &results.reruns {
             let _ = writeln!(
                 text,
-                "| {} | {} | {} | {} | {:.1}% | {:.1}% |",
+                "| {} | {} | {} | {} | {:.1}% | {:.1}% | {} |",
                 run + 1,
                 rerun.measurement,
                 rerun.round,
                 rerun.why,
                 rerun.steal_percent,
-                rerun.usual_steal_percent
+                rerun.usual_steal_percent,
+                rerun.busiest
             );
         }
     }
