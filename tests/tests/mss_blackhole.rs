@@ -43,7 +43,7 @@ struct BlackHole {
     container: Netns,
     router: Netns,
     vpn: Netns,
-    _server: Netns,
+    server: Netns,
     work: tempfile::TempDir,
     /// The file the server serves.
     payload: Vec<u8>,
@@ -145,7 +145,7 @@ impl BlackHole {
             container,
             router,
             vpn,
-            _server: server,
+            server,
             work,
             payload,
             router_key,
@@ -203,6 +203,31 @@ impl BlackHole {
                     .sum::<u64>()
             })
             .sum()
+    }
+
+    /// Ends the server's connections that a hung download left behind:
+    /// their too-big segments are sent again for minutes, and each would
+    /// add a drop to the black hole's count after their download ended.
+    fn end_hung_connections(&self) {
+        let connected = [
+            "ss",
+            "--tcp",
+            "--numeric",
+            "state",
+            "connected",
+            "sport",
+            "=",
+            &format!(":{SERVER_PORT}"),
+        ];
+        let mut kill = connected.to_vec();
+        kill.insert(1, "--kill");
+        self.server.exec(&kill).unwrap();
+        let left = self.server.exec(&connected).unwrap();
+        assert_eq!(
+            left.lines().skip(1).count(),
+            0,
+            "the server's hung connections are still there (ss --kill needs CONFIG_INET_DIAG_DESTROY):\n{left}"
+        );
     }
 
     /// curl in the container downloads the file, giving up after
@@ -415,6 +440,7 @@ fn https_through_a_pmtu_black_hole_hangs_without_netbpf_and_completes_with_it() 
         );
     }
     drop(tunnel);
+    path.end_hung_connections();
 
     // netbpf runs first; the tunnel comes up after it, as after a VPN
     // reconnect, and is clamped when it appears.
