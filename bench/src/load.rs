@@ -1,7 +1,8 @@
 //! The load the bench puts through a forward: a TCP client that opens
 //! connections one after the other, a UDP client that sends a datagram
 //! and waits for its echo, and their servers. Each is a subcommand of the
-//! bench binary, started in a namespace and cgroup of the topology.
+//! bench binary, started in a namespace and cgroup of the topology, and
+//! pinned to [`LOAD_CPU`].
 
 use std::{
     io::{Read as _, Write as _},
@@ -9,7 +10,28 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
+use nix::{
+    sched::{CpuSet, sched_setaffinity},
+    unistd::Pid,
+};
 use serde::{Deserialize, Serialize};
+
+/// The CPU every client and server of the load runs on. Together on one
+/// CPU, a client and its server hand it to each other at each exchange;
+/// on two, each exchange wakes the other CPU, which in this VM is a
+/// hypervisor exit that now and then waits for a scheduler tick: rounds
+/// many times slower than the rest, on any way. Every way runs pinned
+/// alike.
+const LOAD_CPU: usize = 0;
+
+/// Pins this process (a client or a server of the load) to [`LOAD_CPU`].
+fn pin() -> anyhow::Result<()> {
+    let mut cpus = CpuSet::new();
+    cpus.set(LOAD_CPU)?;
+    sched_setaffinity(Pid::from_raw(0), &cpus)
+        .with_context(|| format!("pinning the load to CPU {LOAD_CPU}"))
+}
 
 /// One run of a client: its rate and latencies.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -27,6 +49,7 @@ pub struct Measurement {
 
 /// `tcp-server ADDR`: answers every connection with one byte and closes.
 pub fn tcp_server(listen: &str) -> anyhow::Result<()> {
+    pin()?;
     let listener = TcpListener::bind(listen)?;
     for stream in listener.incoming() {
         let _ = stream?.write_all(b"x");
@@ -36,6 +59,7 @@ pub fn tcp_server(listen: &str) -> anyhow::Result<()> {
 
 /// `udp-server ADDR`: echoes every datagram to its sender.
 pub fn udp_server(listen: &str) -> anyhow::Result<()> {
+    pin()?;
     let socket = UdpSocket::bind(listen)?;
     let mut buffer = [0u8; 64];
     loop {
@@ -48,6 +72,7 @@ pub fn udp_server(listen: &str) -> anyhow::Result<()> {
 /// address (`getpeername`, as clients that log it do), reading the byte
 /// and closing; prints a [`Measurement`] as JSON.
 pub fn tcp_client(target: &str, count: usize) -> anyhow::Result<()> {
+    pin()?;
     let retransmitted = || -> anyhow::Result<u64> { Ok(procfs::net::snmp()?.tcp_retrans_segs) };
     let before = retransmitted()?;
     let mut measurement = timed(count, || {
@@ -65,6 +90,7 @@ pub fn tcp_client(target: &str, count: usize) -> anyhow::Result<()> {
 /// also dial do), sending COUNT datagrams to ADDR, each waiting for its
 /// echo; prints a [`Measurement`] as JSON.
 pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
+    pin()?;
     let socket = UdpSocket::bind("0.0.0.0:0")?;
     socket.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buffer = [0u8; 64];
@@ -79,6 +105,7 @@ pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
 /// wildcard address on a port the kernel picks, then closed (as servers
 /// and clients that bind do); prints a [`Measurement`] as JSON.
 pub fn bind_client(count: usize) -> anyhow::Result<()> {
+    pin()?;
     print(&timed(count, || {
         UdpSocket::bind("0.0.0.0:0")?;
         Ok(())

@@ -171,6 +171,23 @@ fn stalls<K: Ord + Copy, V: Symptoms>(
     found
 }
 
+/// What a process does, for the page: its name, and its first argument
+/// when that is a word (the bench's own processes are one binary, told
+/// apart by their subcommand: `netbpf-bench tcp-server`).
+fn role(comm: &str, cmdline: &[String]) -> String {
+    match cmdline.get(1) {
+        Some(argument)
+            if !argument.starts_with('-')
+                && argument
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+        {
+            format!("{comm} {argument}")
+        }
+        _ => comm.to_owned(),
+    }
+}
+
 /// What the CPUs did between two snapshots.
 struct CpuUse {
     /// The share of CPU time the hypervisor gave to other machines.
@@ -184,7 +201,8 @@ struct CpuUse {
 struct CpuSnapshot {
     steal: u64,
     total: u64,
-    /// By pid: the process's name and its user and system time.
+    /// By pid: what the process does ([`role`]) and its user and system
+    /// time.
     processes: HashMap<i32, (String, u64)>,
 }
 
@@ -207,8 +225,12 @@ impl CpuSnapshot {
         // A process that ends while /proc is walked is left out.
         let processes = procfs::process::all_processes()
             .context("listing /proc")?
-            .filter_map(|process| process.ok()?.stat().ok())
-            .map(|stat| (stat.pid, (stat.comm, stat.utime + stat.stime)))
+            .filter_map(|process| {
+                let process = process.ok()?;
+                let stat = process.stat().ok()?;
+                let name = role(&stat.comm, &process.cmdline().unwrap_or_default());
+                Some((stat.pid, (name, stat.utime + stat.stime)))
+            })
             .collect();
         Ok(Self {
             steal,
@@ -231,17 +253,17 @@ impl CpuSnapshot {
                 ticks as f64 * 100.0 / total as f64
             }
         };
-        let mut used: Vec<(&str, u64)> = self
-            .processes
-            .iter()
-            .filter_map(|(pid, (name, ticks))| {
-                let earlier = match before.processes.get(pid) {
-                    Some((earlier_name, earlier)) if earlier_name == name => *earlier,
-                    Some(_) => return None,
-                    None => 0,
-                };
-                Some((name.as_str(), ticks.saturating_sub(earlier)))
-            })
+        let mut by_role: HashMap<&str, u64> = HashMap::new();
+        for (pid, (name, ticks)) in &self.processes {
+            let earlier = match before.processes.get(pid) {
+                Some((earlier_name, earlier)) if earlier_name == name => *earlier,
+                Some(_) => continue,
+                None => 0,
+            };
+            *by_role.entry(name).or_default() += ticks.saturating_sub(earlier);
+        }
+        let mut used: Vec<(&str, u64)> = by_role
+            .into_iter()
             .filter(|(_, ticks)| *ticks > 0)
             .collect();
         used.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
@@ -289,13 +311,29 @@ mod tests {
                 (1, "init", 20),
                 (7, "rustc", 600),
                 (9, "reused", 50),
-                (12, "new", 30),
+                (12, "new", 20),
+                (13, "new", 10),
             ],
         );
         let used = after.since(&before);
         assert!((used.steal_percent - 15.0).abs() < 1e-9);
         assert_eq!(used.busiest, "rustc 50%, new 3%, init 1%");
         assert!(CpuSnapshot::take().unwrap().total > 0);
+    }
+
+    /// The bench's processes are told apart by their subcommand.
+    #[test]
+    fn names_a_process_by_its_subcommand() {
+        let words = |words: &[&str]| words.iter().map(|w| (*w).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            role(
+                "netbpf-bench",
+                &words(&["/x/netbpf-bench", "tcp-server", "10.0.0.1:80"])
+            ),
+            "netbpf-bench tcp-server"
+        );
+        assert_eq!(role("iperf3", &words(&["iperf3", "--server"])), "iperf3");
+        assert_eq!(role("kworker/0:1", &[]), "kworker/0:1");
     }
 
     /// A way that stalled in one round has that round measured again,
