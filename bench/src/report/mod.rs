@@ -239,7 +239,9 @@ bridge's gateway (a namespace of the bench's own) three ways: **no program** (it
 gateway itself: the floor), **netbpf** (it dials `localhost`, netbpf's agent forwards it in \
 `connect()`/`sendmsg()`), and **iptables** (it dials `localhost`, forwarded by DNAT + \
 `route_localnet` + MASQUERADE in its namespace: what users do today). Each way runs on a topology \
-of its own, so none meets another's TIME_WAIT or conntrack entries. The ways take turns round \
+of its own, so none meets another's TIME_WAIT or conntrack entries. Every client and server of \
+the load runs pinned to one CPU: on two, each exchange wakes the other CPU, which in this VM goes \
+through the hypervisor and made some rounds many times slower than the rest. The ways take turns round \
 by round, so a slow moment of this noisy VM falls on all of them; each figure is the median of \
 the rounds with their interquartile range (the middle half of the rounds), and each ratio is \
 taken round by round against the baseline of the same round. A round in which some way \
