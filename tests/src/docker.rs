@@ -10,7 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -18,9 +18,15 @@ use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
 
 use crate::{
-    Cgroup, Containerd, Netns, Process, Spawn, busybox_rootfs, process::wait_for_daemon,
+    Cgroup, Containerd, Netns, Process, Spawn, busybox_rootfs,
+    process::{wait_for_daemon, wait_with_timeout},
     unique_name,
 };
+
+/// How long one docker command may run: a daemon wedged on a container
+/// (its shim gone, its kill never answered) fails the caller, never hangs
+/// it.
+const CLIENT_LIMIT: Duration = Duration::from_mins(5);
 
 /// A running dockerd of one test.
 pub struct DockerDaemon {
@@ -94,12 +100,17 @@ impl DockerDaemon {
 
     /// Runs the docker client against this daemon; what it printed.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new(client())
+        let client = Command::new(client())
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
             .args(args)
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .context("running the docker client")?;
+        let output =
+            wait_with_timeout(client, CLIENT_LIMIT).with_context(|| format!("docker {args:?}"))?;
         if !output.status.success() {
             bail!(
                 "docker {args:?} failed ({}): {}{}",

@@ -111,7 +111,7 @@ impl Spawn {
 
 /// Waits for `child` and collects its output; kills it after `timeout`.
 /// The pipes are drained while it runs, so a chatty child never blocks.
-fn wait_with_timeout(child: Child, timeout: Duration) -> anyhow::Result<Output> {
+pub(crate) fn wait_with_timeout(child: Child, timeout: Duration) -> anyhow::Result<Output> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     let (done, result) = mpsc::channel();
     thread::spawn(move || done.send(child.wait_with_output()));

@@ -156,7 +156,7 @@ pub(super) fn section(text: &mut String, results: &Results) {
          (what N instances of one template look like to it). Then a policy of N scopes, one per \
          cgroup, replaces it (`netbpf reload`, every cgroup present) and `netbpf check` reads it. \
          **Docker**: containers (`--network none`: a bridge takes 1,024 ports) started through a \
-         daemon of the bench's own, four `docker run` at a time, then removed 50 per `docker rm`. \
+         daemon of the bench's own, four `docker run` at a time, then removed 50 per `docker rm`, one after the other. \
          The times run from the last appearance (or removal) until the kernel's scope map, read \
          from its pin every 10 ms, holds every instance (or none): the agent's word is never \
          taken for it. CPU time (user and system, every thread) and RSS come from `/proc`; CPU \
