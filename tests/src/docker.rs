@@ -10,7 +10,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -19,7 +19,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     Cgroup, Containerd, Netns, Process, Spawn, busybox_rootfs,
-    process::{wait_for_daemon, wait_with_timeout},
+    process::{output_within, wait_for_daemon},
     unique_name,
 };
 
@@ -100,17 +100,13 @@ impl DockerDaemon {
 
     /// Runs the docker client against this daemon; what it printed.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
-        let client = Command::new(client())
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running the docker client")?;
-        let output =
-            wait_with_timeout(client, CLIENT_LIMIT).with_context(|| format!("docker {args:?}"))?;
+        let output = output_within(
+            Command::new(client())
+                .arg("-H")
+                .arg(format!("unix://{}", self.socket.display()))
+                .args(args),
+            CLIENT_LIMIT,
+        )?;
         if !output.status.success() {
             bail!(
                 "docker {args:?} failed ({}): {}{}",

@@ -97,21 +97,25 @@ impl Spawn {
 
     /// Runs the command to completion, for at most `timeout`.
     pub fn output(mut self, timeout: Duration) -> anyhow::Result<Output> {
-        let child = self
-            .command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {:?}", self.command))?;
-        let described = format!("{:?}", self.command);
-        wait_with_timeout(child, timeout).with_context(|| described)
+        output_within(&mut self.command, timeout)
     }
+}
+
+/// Runs `command` to completion, its output collected, for at most
+/// `timeout`.
+pub(crate) fn output_within(command: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    wait_with_timeout(child, timeout).with_context(|| format!("{command:?}"))
 }
 
 /// Waits for `child` and collects its output; kills it after `timeout`.
 /// The pipes are drained while it runs, so a chatty child never blocks.
-pub(crate) fn wait_with_timeout(child: Child, timeout: Duration) -> anyhow::Result<Output> {
+fn wait_with_timeout(child: Child, timeout: Duration) -> anyhow::Result<Output> {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
     let (done, result) = mpsc::channel();
     thread::spawn(move || done.send(child.wait_with_output()));
