@@ -356,13 +356,12 @@ const FAILED_LOG_TAIL: usize = 40;
 
 /// Prints the last `lines` lines of `log`, when the guest wrote one.
 fn print_tail(log: &Path, lines: usize) {
-    let Ok(text) = fs::read_to_string(log) else {
-        return;
-    };
-    let all: Vec<&str> = text.lines().collect();
-    println!("--- the end of {}", log.display());
-    for line in &all[all.len().saturating_sub(lines)..] {
-        println!("{line}");
+    if let Ok(text) = fs::read_to_string(log) {
+        println!(
+            "--- the end of {}\n{}",
+            log.display(),
+            excerpt(&text, 0, lines)
+        );
     }
 }
 
@@ -434,12 +433,14 @@ fn excerpt(text: &str, head: usize, tail: usize) -> String {
     if lines.len() <= head + tail {
         return lines.join("\n");
     }
-    format!(
-        "{}\n[… {} lines …]\n{}",
-        lines[..head].join("\n"),
-        lines.len() - head - tail,
-        lines[lines.len() - tail..].join("\n")
-    )
+    let left_out = format!("[… {} lines …]", lines.len() - head - tail);
+    lines[..head]
+        .iter()
+        .copied()
+        .chain([left_out.as_str()])
+        .chain(lines[lines.len() - tail..].iter().copied())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// FNV-1a of `text`: names the tarball after its package list.
@@ -459,5 +460,6 @@ mod tests {
         let text = lines.join("\n") + "\n";
         assert_eq!(excerpt(&text, 2, 3), "1\n2\n[… 5 lines …]\n8\n9\n10");
         assert_eq!(excerpt(&text, 6, 4), lines.join("\n"));
+        assert_eq!(excerpt(&text, 0, 2), "[… 8 lines …]\n9\n10");
     }
 }
