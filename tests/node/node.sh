@@ -38,12 +38,13 @@ active_at() {
     systemctl show -P ActiveEnterTimestampMonotonic "$1" | awk '{ printf "%.1f", $1 / 1000000 }'
 }
 reloads() { journalctl -u netbpf -b --no-pager | grep -c 'policy reloaded'; }
+more_reloads_than() { [ "$(reloads)" -gt "$1" ]; }
 # Writes standard input to /etc/netbpf/policy.d/FILE, as a user does, and
 # waits (at most 60 s) until the agent has reloaded the policy.
 write_policy() { # FILE
     count=$(reloads)
     cat > "/etc/netbpf/policy.d/$1"
-    wait_for 60 sh -c "test \$(journalctl -u netbpf -b --no-pager | grep -c 'policy reloaded') -gt $count"
+    wait_for 60 more_reloads_than "$count"
 }
 # The agent's journal of this boot has no error; its warnings are counted
 # (and shown in docs/node.md).
