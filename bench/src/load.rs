@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 const LOAD_CPU: usize = 0;
 
 /// Pins this process (a client or a server of the load) to [`LOAD_CPU`].
-fn pin() -> anyhow::Result<()> {
+pub fn pin() -> anyhow::Result<()> {
     let mut cpus = CpuSet::new();
     cpus.set(LOAD_CPU)?;
     sched_setaffinity(Pid::from_raw(0), &cpus)

@@ -5,6 +5,7 @@
 //! verifier's instruction counts with a committed baseline.
 
 mod agent_scale;
+mod designs;
 mod load;
 mod plot;
 mod programs;
@@ -74,6 +75,8 @@ enum Command {
     UdpClient { target: String, count: usize },
     #[command(hide = true)]
     BindClient { count: usize },
+    #[command(hide = true)]
+    DesignClient { live: usize, connects: usize },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -90,5 +93,6 @@ fn main() -> anyhow::Result<()> {
         Command::TcpClient { target, count } => load::tcp_client(&target, count),
         Command::UdpClient { target, count } => load::udp_client(&target, count),
         Command::BindClient { count } => load::bind_client(count),
+        Command::DesignClient { live, connects } => designs::client(live, connects),
     }
 }

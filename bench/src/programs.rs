@@ -91,6 +91,28 @@ fn program_id(name: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no program {name} is loaded"))
 }
 
+/// Memory of the maps the programs `ids` use, from the kernel
+/// (`bytes_memlock`), each map counted once.
+pub fn maps_memory(ids: impl IntoIterator<Item = u64>) -> anyhow::Result<u64> {
+    let mut maps = std::collections::BTreeSet::new();
+    for id in ids {
+        let program = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+        maps.extend(
+            program["map_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(serde_json::Value::as_u64),
+        );
+    }
+    let mut bytes = 0;
+    for id in maps {
+        let map = bpftool_json(&["map", "show", "id", &id.to_string()])?;
+        bytes += map["bytes_memlock"].as_u64().unwrap_or(0);
+    }
+    Ok(bytes)
+}
+
 /// Runs and time spent of programs, by id.
 pub type Counts = BTreeMap<u64, (u64, u64)>;
 

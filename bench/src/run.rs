@@ -10,6 +10,7 @@ use netbpf_testenv::{BRIDGE_V4, Place};
 
 use crate::{
     agent_scale::{self, AgentSize},
+    designs::{self, Design},
     load::Measurement,
     programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
@@ -35,6 +36,10 @@ struct Plan {
     agent_rounds: usize,
     /// Docker containers the agent follows, if measured.
     docker_containers: Option<usize>,
+    /// Live sockets the reverse path's designs are measured with.
+    design_live: &'static [usize],
+    /// Timed connects per measurement of a design.
+    design_connects: usize,
 }
 
 const FULL: Plan = Plan {
@@ -48,6 +53,8 @@ const FULL: Plan = Plan {
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 3,
     docker_containers: Some(1000),
+    design_live: &[1, 100_000],
+    design_connects: 20_000,
 };
 
 const QUICK: Plan = Plan {
@@ -61,6 +68,8 @@ const QUICK: Plan = Plan {
     agent_sizes: &[1000],
     agent_rounds: 3,
     docker_containers: None,
+    design_live: &[1, 10_000],
+    design_connects: 5000,
 };
 
 /// Scopes at which the maps' memory is reported.
@@ -82,7 +91,10 @@ pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
 fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
     let agent_steps = plan.agent_rounds
         * (plan.agent_sizes.len() + usize::from(plan.docker_containers.is_some()));
-    let steps = plan.rounds * (Way::ALL.len() * (3 + plan.scaling.len()) + 1)
+    let steps = plan.rounds
+        * (Way::ALL.len() * (3 + plan.scaling.len())
+            + 1
+            + Design::ALL.len() * plan.design_live.len())
         + plan.scaling.len()
         + agent_steps
         + 7;
@@ -126,6 +138,13 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
     let scaling = bench.scaling(&mut ways, netbpf, &mut memory)?;
     drop(ways);
 
+    let designs = designs::measure(
+        exe,
+        plan.design_live,
+        plan.design_connects,
+        plan.rounds,
+        &|message| bench.step(message),
+    )?;
     let agent = bench.agent()?;
     bench.step("BPF_PROG_TEST_RUN of the tc and sk_lookup programs");
     let test_runs = programs::test_runs(plan.test_run_repeat)?;
@@ -151,6 +170,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         clamp_throughput,
         test_runs,
         verifier,
+        designs,
         agent,
         reruns: bench.reruns.into_inner(),
     };

@@ -11,12 +11,12 @@ use std::{fmt::Write as _, time::Duration};
 use anyhow::Context as _;
 use netbpf_common::{ForwardTarget, MAP_LAYOUT, PROTO_TCP, ScopeEntry, ScopePort, names};
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
-    run_checked, wait_for_listener,
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, run_checked,
+    wait_for_listener,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::load::Measurement;
+use crate::{load::Measurement, programs};
 
 /// The port of the TCP server (and of its forward).
 pub const TCP_PORT: u16 = 8082;
@@ -326,23 +326,7 @@ impl Prepared {
         let Some(agent) = &self.agent else {
             return Ok(0);
         };
-        let mut maps = std::collections::BTreeSet::new();
-        for id in agent.programs()?.values() {
-            let program = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
-            maps.extend(
-                program["map_ids"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(serde_json::Value::as_u64),
-            );
-        }
-        let mut bytes = 0;
-        for id in maps {
-            let map = bpftool_json(&["map", "show", "id", &id.to_string()])?;
-            bytes += map["bytes_memlock"].as_u64().unwrap_or(0);
-        }
-        Ok(bytes)
+        programs::maps_memory(agent.programs()?.into_values())
     }
 
     /// Conntrack entries in the desktop's namespace.

@@ -9,7 +9,7 @@ use std::{
         unix::process::CommandExt as _,
     },
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant},
@@ -93,6 +93,31 @@ impl Spawn {
             child,
             log: log.to_owned(),
         })
+    }
+
+    /// Starts the command in the background, to take turns with it line
+    /// by line: its standard input and output are the returned pipes, its
+    /// standard error goes to `log`.
+    pub fn start_piped(mut self, log: &Path) -> anyhow::Result<(Process, ChildStdin, ChildStdout)> {
+        let errors = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut child = self
+            .command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(errors)
+            .spawn()
+            .with_context(|| format!("starting {:?}", self.command))?;
+        let (Some(input), Some(output)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("{:?} has no pipes", self.command);
+        };
+        Ok((
+            Process {
+                child,
+                log: log.to_owned(),
+            },
+            input,
+            output,
+        ))
     }
 
     /// Runs the command to completion, for at most `timeout`.

@@ -129,7 +129,8 @@ const REWRITE_WORK: &str = "A rewritten `connect()` gives its socket the storage
     allocation charged to the socket, on top of the scope, exact-port and local-bind lookups. \
     It is the price of a reverse path that is exact, never evicted and freed with its socket. \
     Connects netbpf does not rewrite never allocate (the sockets of no scope in the programs' \
-    table).";
+    table). The section on the reverse path's designs measures the storage alone, and the \
+    other designs, beside it.";
 
 /// What a ratio of rates is made of.
 fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {

@@ -3,6 +3,7 @@
 //! same run), the goals and whether they are met, and plots.
 
 mod agent;
+mod designs;
 mod goals;
 mod runs;
 
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     agent_scale::AgentSize,
+    designs::DesignRounds,
     load::Measurement,
     plot,
     programs::{Cost, TestRun},
@@ -55,6 +57,9 @@ pub struct Results {
     pub test_runs: BTreeMap<String, TestRun>,
     /// Instructions the verifier processed, by program.
     pub verifier: BTreeMap<String, u64>,
+    /// The reverse path's designs, each alone at connect4.
+    #[serde(default)]
+    pub designs: DesignRounds,
     /// The agent following workloads, by kind and count.
     pub agent: Vec<AgentSize>,
     /// The rounds measured again because a way stalled in them.
@@ -224,6 +229,7 @@ fn page(runs: &[Results], results: &Results) -> String {
     }
     connections_section(&mut text, results);
     programs_section(&mut text, results);
+    designs::section(&mut text, results);
     scaling_section(&mut text, results);
     memory_section(&mut text, results);
     agent::section(&mut text, results);
@@ -265,7 +271,7 @@ runs' verdicts (about an hour); `cargo xtask bench --quick` measures less and wr
 instruction count grew by more than 20% over `bench/verifier-baseline.json` (CI runs it; \
 `--bless` writes a new baseline). Every figure above comes from the JSON file, a list of the \
 runs: their `tcp`, `udp`, `scaling`, `programs`, `test_runs`, `forward_throughput`, \
-`clamp_throughput`, `memory`, `verifier`, `agent` and `reruns` fields.\n";
+`clamp_throughput`, `memory`, `verifier`, `designs`, `agent` and `reruns` fields.\n";
 
 pub(super) fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary {
     let baseline = results

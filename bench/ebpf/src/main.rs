@@ -1,0 +1,146 @@
+//! Designs of what a connect hook keeps so that `getpeername()` and
+//! replies can show the address a socket dialed, each the one thing a
+//! program of its own does. The bench attaches one design at a time to a
+//! cgroup of its own and times it with the kernel's run-time statistics,
+//! beside an empty program at the same hook: what each design adds to a
+//! connect, and what it holds per live socket. netbpf's connect4 keeps
+//! what it rewrote the first way.
+#![no_std]
+#![no_main]
+#![expect(
+    clippy::needless_pass_by_value,
+    reason = "aya's program macros hand the context over by value"
+)]
+#![expect(
+    clippy::inline_always,
+    reason = "the verifier checks each program with the context's fields it reads"
+)]
+
+use core::ptr::{addr_of, read_volatile};
+
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    helpers::bpf_get_socket_cookie,
+    macros::{btf_map, cgroup_sock, cgroup_sock_addr, map},
+    maps::{HashMap, LruHashMap},
+    programs::{SockAddrContext, SockContext},
+};
+use netbpf_common::{AF_INET, DIALED_PER_SOCKET, Dialed, DialedBySocket, SockAddr};
+
+/// Verdict of a cgroup socket program that lets the syscall go on.
+const ALLOW: i32 = 1;
+
+/// How many sockets the tables keyed by socket hold: more than the most
+/// live sockets the bench opens.
+const SOCKETS: u32 = 1 << 18;
+
+/// Per socket, in its own storage: what it dialed (netbpf's design).
+/// Made on its first connect, freed by the kernel with the socket.
+#[btf_map]
+static IN_STORAGE: SkStorage<DialedBySocket> = SkStorage::new();
+
+/// Socket cookie -> what it dialed: a hash preallocated at capacity, its
+/// entry deleted when the socket is released.
+#[map]
+static BY_COOKIE: HashMap<u64, Dialed> = HashMap::with_max_entries(SOCKETS, 0);
+
+/// (socket cookie, destination) -> the destination dialed: an LRU, the
+/// least recently used entry evicted when full, as Cilium's
+/// `cilium_lb4_reverse_sk`.
+#[map]
+static BY_FLOW: LruHashMap<Flow, SockAddr> = LruHashMap::with_max_entries(SOCKETS, 0);
+
+/// Key of [`BY_FLOW`]: a socket and where it connected.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Flow {
+    cookie: u64,
+    to: SockAddr,
+    /// Zero: a key's bytes are all hashed, padding included.
+    _pad: u32,
+}
+
+/// Keeps what the socket dialed in its storage, made if it has none.
+#[cgroup_sock_addr(connect4)]
+pub fn remember_in_storage(ctx: SockAddrContext) -> i32 {
+    let dialed = dialed(&ctx);
+    // SAFETY: the storage of the context's socket, made if it has none; a
+    // pointer the kernel keeps valid for this program run.
+    if let Some(by_socket) = unsafe { IN_STORAGE.get_or_insert_ptr_mut(&ctx, None).as_mut() } {
+        let slot = by_socket.next as usize % DIALED_PER_SOCKET;
+        by_socket.entries[slot] = dialed;
+        by_socket.next = by_socket.next.wrapping_add(1);
+    }
+    ALLOW
+}
+
+/// Keeps what the socket dialed under its cookie.
+#[cgroup_sock_addr(connect4)]
+pub fn remember_by_cookie(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the program's context, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    // A full table refuses: the design would count it.
+    let _ = BY_COOKIE.insert(cookie, dialed(&ctx), 0);
+    ALLOW
+}
+
+/// Deletes a released socket's entry of [`BY_COOKIE`].
+#[cgroup_sock(sock_release)]
+pub fn forget_by_cookie(ctx: SockContext) -> i32 {
+    // SAFETY: the program's context, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock.cast()) };
+    // Most sockets dialed nothing: their entry is missing.
+    let _ = BY_COOKIE.remove(cookie);
+    ALLOW
+}
+
+/// Keeps the destination dialed under the socket's cookie and where it
+/// connected.
+#[cgroup_sock_addr(connect4)]
+pub fn remember_by_flow(ctx: SockAddrContext) -> i32 {
+    let dialed = dialed(&ctx);
+    // SAFETY: the program's context, as the helper requires.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let flow = Flow {
+        cookie,
+        to: dialed.to,
+        _pad: 0,
+    };
+    // An LRU makes room by evicting: the insert does not fail.
+    let _ = BY_FLOW.insert(flow, dialed.dialed, 0);
+    ALLOW
+}
+
+/// What the socket of `ctx` dials, as netbpf keeps a rewritten one: here
+/// nothing is rewritten, so where it goes is what it dialed.
+#[inline(always)]
+fn dialed(ctx: &SockAddrContext) -> Dialed {
+    let context = ctx.sock_addr;
+    // SAFETY: the program's context; connect4 may read these fields.
+    let (ip, port) = unsafe {
+        (
+            read_volatile(addr_of!((*context).user_ip4)),
+            read_volatile(addr_of!((*context).user_port)),
+        )
+    };
+    let to = SockAddr {
+        addr: [ip, 0, 0, 0],
+        port: u16::try_from(port).unwrap_or_default(),
+        family: AF_INET,
+    };
+    Dialed {
+        to,
+        dialed: to,
+        rule: 0,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

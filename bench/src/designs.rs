@@ -1,0 +1,289 @@
+//! What a connect hook's reverse path costs, design by design: each
+//! program of `bench/ebpf` alone at connect4 (and the release hook, for
+//! the design that deletes) of a cgroup of its own, an empty program
+//! beside it, under UDP connects of a process that holds some live
+//! sockets. Each design's net ns per run and the memory it holds for the
+//! live sockets put netbpf's way (socket storage) beside a preallocated
+//! hash and the peer's way (Cilium's LRU).
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufRead as _, BufReader, Lines, Write as _},
+    net::{Ipv4Addr, UdpSocket},
+    os::fd::AsRawFd as _,
+    path::Path,
+    process::ChildStdout,
+};
+
+use anyhow::Context as _;
+use aya::{
+    EbpfLoader,
+    programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
+};
+use netbpf_common::names::program;
+use netbpf_testenv::{Cgroup, Netns, Spawn};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    load,
+    programs::{self, BpfStats, Cost, EmptyPrograms},
+};
+
+static DESIGNS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/designs"));
+
+/// A way to remember what a socket dialed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Design {
+    /// The socket's own storage (`bpf_sk_storage_get` with
+    /// `BPF_SK_STORAGE_GET_F_CREATE`): netbpf's.
+    SocketStorage,
+    /// A hash by socket cookie, preallocated, deleted on release.
+    CookieHash,
+    /// An LRU by (cookie, destination): Cilium's `cilium_lb4_reverse_sk`.
+    FlowLru,
+}
+
+impl Design {
+    pub const ALL: [Self; 3] = [Self::SocketStorage, Self::CookieHash, Self::FlowLru];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::SocketStorage => "socket storage (netbpf's)",
+            Self::CookieHash => "hash by socket cookie, preallocated, deleted on release",
+            Self::FlowLru => "LRU by (cookie, destination): Cilium's `cilium_lb4_reverse_sk`",
+        }
+    }
+
+    /// Its preallocated table, if it has one (socket storage has none).
+    fn table(self) -> Option<&'static str> {
+        match self {
+            Self::SocketStorage => None,
+            Self::CookieHash => Some("BY_COOKIE"),
+            Self::FlowLru => Some("BY_FLOW"),
+        }
+    }
+
+    /// Its program at connect4, and at the release hook if it has one.
+    fn programs(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::SocketStorage => ("remember_in_storage", None),
+            Self::CookieHash => ("remember_by_cookie", Some("forget_by_cookie")),
+            Self::FlowLru => ("remember_by_flow", None),
+        }
+    }
+}
+
+/// One measurement of a design with some live sockets.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct DesignCost {
+    /// Its program at connect4.
+    pub connect: Cost,
+    /// Its program at the release hook, if it has one.
+    pub release: Option<Cost>,
+    /// What it held with the live sockets: its map's memory and what the
+    /// sockets' storage was charged (`SO_MEMINFO`'s option memory).
+    pub bytes: u64,
+}
+
+/// Rounds of each design, by design and live sockets.
+pub type DesignRounds = BTreeMap<Design, BTreeMap<usize, Vec<DesignCost>>>;
+
+/// `rounds` rounds of every design with each of `live` live sockets, the
+/// designs taking turns; `connects` timed connects each.
+pub fn measure(
+    exe: &str,
+    live: &[usize],
+    connects: usize,
+    rounds: usize,
+    step: &dyn Fn(String),
+) -> anyhow::Result<DesignRounds> {
+    let netns = Netns::new("nbd")?;
+    let netns_path = netns.path();
+    let cgroup = Cgroup::new_test_root(&format!("netbpf-bench-designs-{}", std::process::id()))?;
+    let empty = EmptyPrograms::attach(cgroup.path())?;
+    let _stats = BpfStats::enable()?;
+    let log = tempfile::NamedTempFile::new()?;
+    let mut results = DesignRounds::new();
+    for round in 1..=rounds {
+        for &sockets in live {
+            for design in Design::ALL {
+                step(format!(
+                    "the reverse path's designs, round {round}: {} with {sockets} live sockets",
+                    design.label()
+                ));
+                let client = Spawn::new(
+                    cgroup.path(),
+                    Some(netns_path.as_path()),
+                    exe,
+                    ["design-client", &sockets.to_string(), &connects.to_string()],
+                )?;
+                let cost = measure_one(design, &cgroup, &empty, client, log.path())
+                    .with_context(|| format!("{} with {sockets} live sockets", design.label()))?;
+                results
+                    .entry(design)
+                    .or_default()
+                    .entry(sockets)
+                    .or_default()
+                    .push(cost);
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// `design` attached to `cgroup` while `client` holds its live sockets and
+/// makes its timed connects there.
+fn measure_one(
+    design: Design,
+    cgroup: &Cgroup,
+    empty: &EmptyPrograms,
+    client: Spawn,
+    log: &Path,
+) -> anyhow::Result<DesignCost> {
+    // Loaded afresh each time: its maps start empty. The other designs'
+    // tables are made as small as can be.
+    let mut loader = EbpfLoader::new();
+    for other in Design::ALL {
+        if other != design
+            && let Some(table) = other.table()
+        {
+            loader.map_max_entries(table, 1);
+        }
+    }
+    let mut object = loader
+        .load(DESIGNS_OBJECT)
+        .context("loading the designs' object")?;
+    let directory = File::open(cgroup.path())?;
+    let (connect, release) = design.programs();
+    let mut ids = BTreeMap::new();
+    let remember: &mut CgroupSockAddr = object
+        .program_mut(connect)
+        .with_context(|| format!("no program {connect}"))?
+        .try_into()?;
+    remember.load()?;
+    remember.attach(&directory, CgroupAttachMode::Single)?;
+    ids.insert(
+        program::CONNECT4.to_owned(),
+        u64::from(remember.info()?.id()),
+    );
+    if let Some(release) = release {
+        let forget: &mut CgroupSock = object
+            .program_mut(release)
+            .with_context(|| format!("no program {release}"))?
+            .try_into()?;
+        forget.load()?;
+        forget.attach(&directory, CgroupAttachMode::Single)?;
+        ids.insert(program::RELEASE.to_owned(), u64::from(forget.info()?.id()));
+    }
+
+    let (_process, mut input, output) = client.start_piped(log)?;
+    let mut lines = BufReader::new(output).lines();
+    let ready = expect_line(&mut lines, log)?;
+    anyhow::ensure!(ready == "ready", "the design client said {ready:?}");
+    let before = programs::counts()?;
+    writeln!(input, "go")?;
+    let report: ClientReport = serde_json::from_str(&expect_line(&mut lines, log)?)?;
+    let after = programs::counts()?;
+    let map_bytes = programs::maps_memory(ids.values().copied())?;
+    writeln!(input, "end")?;
+
+    let mut costs = programs::costs(&ids, empty, &before, &after);
+    let connect = costs
+        .remove(program::CONNECT4)
+        .with_context(|| format!("{connect} did not run"))?;
+    Ok(DesignCost {
+        connect,
+        release: costs.remove(program::RELEASE),
+        bytes: map_bytes + report.storage_bytes,
+    })
+}
+
+/// The client's next line; its error output if it ended instead.
+fn expect_line(lines: &mut Lines<BufReader<ChildStdout>>, log: &Path) -> anyhow::Result<String> {
+    match lines.next() {
+        Some(line) => Ok(line?),
+        None => anyhow::bail!(
+            "the design client ended: {}",
+            std::fs::read_to_string(log).unwrap_or_default().trim()
+        ),
+    }
+}
+
+/// What the design client says after its timed connects.
+#[derive(Debug, Serialize, Deserialize)]
+struct ClientReport {
+    /// The option memory (`SO_MEMINFO`) its live sockets were charged:
+    /// the socket storage of the designs that keep some.
+    storage_bytes: u64,
+}
+
+/// Where the client's sockets connect: a port of loopback in the
+/// client's own network namespace. A UDP connect sends nothing.
+const DISCARD_PORT: u16 = 9;
+
+/// Live sockets per source address: fewer than the ports a namespace
+/// hands out (32768–60999).
+const SOCKETS_PER_ADDRESS: usize = 25_000;
+
+/// `design-client LIVE CONNECTS`: opens LIVE UDP sockets, each bound to a
+/// loopback address of its own range and connected, and holds them; says
+/// `ready` and waits for a line; then connects CONNECTS more one after the
+/// other (each closed at once), says how much option memory the live
+/// sockets were charged, and waits for a line before it exits.
+pub fn client(live: usize, connects: usize) -> anyhow::Result<()> {
+    load::pin()?;
+    let files = u64::try_from(live)? + 1024;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, files, files)
+        .context("raising the limit of open files")?;
+    let target = (Ipv4Addr::LOCALHOST, DISCARD_PORT);
+    let held = (0..live)
+        .map(|index| {
+            let host = u8::try_from(2 + index / SOCKETS_PER_ADDRESS)?;
+            let socket = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, host), 0))?;
+            socket.connect(target)?;
+            Ok(socket)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("opening the live sockets")?;
+    let mut stdin = std::io::stdin().lines();
+    println!("ready");
+    stdin.next().context("the bench said nothing")??;
+    for _ in 0..connects {
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.connect(target)?;
+    }
+    let storage_bytes = held
+        .iter()
+        .map(option_memory)
+        .sum::<anyhow::Result<u64>>()?;
+    println!(
+        "{}",
+        serde_json::to_string(&ClientReport { storage_bytes })?
+    );
+    stdin.next().context("the bench said nothing")??;
+    Ok(())
+}
+
+/// The option memory `socket` was charged (`SK_MEMINFO_OPTMEM`), which
+/// socket storage is charged to.
+fn option_memory(socket: &UdpSocket) -> anyhow::Result<u64> {
+    const SK_MEMINFO_VARS: usize = 9;
+    let mut meminfo = [0u32; SK_MEMINFO_VARS];
+    let mut length = libc::socklen_t::try_from(size_of_val(&meminfo))?;
+    // SAFETY: the buffer and its length are valid for the call.
+    let result = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            meminfo.as_mut_ptr().cast(),
+            &raw mut length,
+        )
+    };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt(SO_MEMINFO)");
+    }
+    Ok(u64::from(
+        meminfo[usize::try_from(libc::SK_MEMINFO_OPTMEM)?],
+    ))
+}

@@ -1,0 +1,109 @@
+//! The section of the reverse path's designs: what each adds to a
+//! connect and holds per live socket, beside netbpf's connect4.
+
+use std::fmt::Write as _;
+
+use netbpf_common::names::program;
+
+use super::{Results, net};
+use crate::{
+    designs::{Design, DesignCost},
+    programs::Cost,
+    stats::Summary,
+};
+
+pub(super) fn section(text: &mut String, results: &Results) {
+    if results.designs.is_empty() {
+        return;
+    }
+    text.push_str(
+        "## The reverse path's designs\n\n\
+         What a connect hook adds to remember what a socket dialed, so that `getpeername()` and \
+         UDP replies show it, design by design: each design is a program of the bench's own, \
+         alone at connect4 of a cgroup of its own (and at the release hook, for the design that \
+         deletes there), beside an empty program, timed by the kernel's statistics over a \
+         process's UDP connects (each socket closed at once) while it holds some live connected \
+         sockets, the designs taking turns round by round. *net*: ns per run above the empty \
+         program, median (interquartile range) of the rounds; *memory*: what the design held for \
+         the live sockets (its map's `bytes_memlock`, and the option memory the sockets were \
+         charged for their storage).\n\n\
+         | design | live sockets | connect4 net ns | to Cilium's | release net ns | memory |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    let median_of = |design: Design, live: usize| {
+        results
+            .designs
+            .get(&design)
+            .and_then(|by_live| by_live.get(&live))
+            .map(|rounds| connect_net(rounds).median)
+    };
+    for (&design, by_live) in &results.designs {
+        for (&live, rounds) in by_live {
+            let connect = connect_net(rounds);
+            let to_peer = median_of(Design::FlowLru, live)
+                .filter(|peer| *peer > 0.0)
+                .map_or_else(
+                    || "-".to_owned(),
+                    |peer| format!("{:.2}×", connect.median / peer),
+                );
+            let releases: Vec<Cost> = rounds.iter().filter_map(|round| round.release).collect();
+            let release = if releases.is_empty() {
+                "-".to_owned()
+            } else {
+                net(&releases).show(0)
+            };
+            let bytes = Summary::of(&rounds.iter().map(memory).collect::<Vec<_>>()).median;
+            let _ = writeln!(
+                text,
+                "| {} | {live} | {} | {to_peer} | {release} | {} |",
+                design.label(),
+                connect.show(0),
+                human_bytes(bytes)
+            );
+        }
+    }
+    text.push('\n');
+    let fewest_live = results
+        .designs
+        .get(&Design::SocketStorage)
+        .and_then(|by_live| by_live.keys().next().copied());
+    if let (Some(whole), Some(storage)) = (
+        results.programs.scoped.get(program::CONNECT4),
+        fewest_live.and_then(|live| median_of(Design::SocketStorage, live)),
+    ) {
+        let whole = net(whole).median;
+        let _ = write!(
+            text,
+            "netbpf's connect4 of a rewritten connect (the programs' table): {whole:.0} ns net, of \
+             which the socket storage alone is about {storage:.0} ns (made and written once; netbpf \
+             also looks through the socket's four entries): without it, about {:.0} ns, \
+             the floor of a design that keeps nothing at connect for a TCP connect whose rule \
+             alone tells what it dialed. The other designs' floor is that plus their own \
+             row.\n\n",
+            (whole - storage).max(0.0)
+        );
+    }
+}
+
+/// The net ns per run of a design's program at connect4, over its rounds.
+fn connect_net(rounds: &[DesignCost]) -> Summary {
+    net(&rounds.iter().map(|round| round.connect).collect::<Vec<_>>())
+}
+
+fn memory(round: &DesignCost) -> f64 {
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "memory sizes are far below 2^52"
+    )]
+    let bytes = round.bytes as f64;
+    bytes
+}
+
+/// `bytes` in KiB below a MiB, else in MiB.
+fn human_bytes(bytes: f64) -> String {
+    if bytes < f64::from(1 << 20) {
+        format!("{:.1} KiB", bytes / 1024.0)
+    } else {
+        format!("{:.1} MiB", bytes / f64::from(1 << 20))
+    }
+}
