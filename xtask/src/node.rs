@@ -64,6 +64,12 @@ const CUSTOMIZE: [&str; 2] = [
 /// The Debian release the node runs.
 const SUITE: &str = "trixie";
 
+/// The kernel the node boots: the newest of Debian's 6.12 packages.
+const KERNEL: &str = "6.12";
+
+/// Where the node's root file system is assembled, in the workspace.
+const DIR: &str = "target/node";
+
 /// How long each boot of the guest may run, but for the churn.
 const GUEST_LIMIT: Duration = Duration::from_mins(30);
 
@@ -129,6 +135,16 @@ impl NodeArgs {
     }
 }
 
+/// Fetches and assembles what the node boots, none of it built here: the
+/// tools that boot it, its kernel and its root file system. `cargo xtask
+/// test` runs this while it compiles: it waits on the network and the
+/// disk.
+pub fn fetch_images(workspace: &Path) -> anyhow::Result<()> {
+    setup::python_tools(workspace, "virtme-ng", &[vm::VIRTME_NG])?;
+    vm::kernel_image(workspace, KERNEL)?;
+    root_tarball(&workspace.join(DIR)).map(drop)
+}
+
 /// Builds the package, boots the node with it twice and prints each
 /// check; fails when one failed or the guest did not finish.
 pub fn node(workspace: &Path, args: &NodeArgs) -> anyhow::Result<()> {
@@ -141,8 +157,8 @@ pub fn node(workspace: &Path, args: &NodeArgs) -> anyhow::Result<()> {
     } else {
         Some(package::build(workspace, "2")?)
     };
-    let (_, vmlinuz) = vm::kernel_image(workspace, "6.12")?;
-    let dir = workspace.join("target/node");
+    let (_, vmlinuz) = vm::kernel_image(workspace, KERNEL)?;
+    let dir = workspace.join(DIR);
     let tarball = root_tarball(&dir)?;
     let root = dir.join("root");
     if root.exists() {

@@ -8,7 +8,14 @@
 //! under systemd in a VM (`cargo xtask node --quick`); last a subset of the
 //! privileged tests on the oldest kernel of the matrix, in a VM.
 
-use std::{path::Path, process::Command};
+use std::{
+    path::Path,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
 
 use crate::{
     bench::{self, BenchArgs},
@@ -48,43 +55,126 @@ pub fn test(workspace: &Path, args: &TestArgs) -> anyhow::Result<()> {
     );
     cmd::require_root("cargo xtask test")?;
     setup::test_environment()?;
-    let next = build_next(workspace)?;
-    let netbpf = build(workspace)?;
-    let image = image::image(workspace, &ImageArgs { debug: true })?;
-    cmd::cargo(workspace, &["fmt", "--all", "--", "--check"])?;
-    cmd::cargo(
-        workspace,
-        &["clippy", "--all-targets", "--", "-D", "warnings"],
-    )?;
-    clippy_ebpf(workspace)?;
-    deploy::check(workspace)?;
-    cmd::run(
-        Command::new(env!("CARGO"))
-            .args(["test", "--workspace", "--exclude", "netbpf-ebpf"])
-            .current_dir(workspace)
-            .env("NETBPF_BIN", netbpf)
-            .env("NETBPF_NEXT_BIN", next)
-            .env("NETBPF_IMAGE", image),
-    )?;
-    for args in [
-        BenchArgs {
-            check: true,
-            ..BenchArgs::default()
-        },
-        BenchArgs {
-            quick: true,
-            ..BenchArgs::default()
-        },
-    ] {
-        bench::bench(workspace, args)?;
-    }
-    package::package(workspace)?;
-    node::node(workspace, &node::NodeArgs::quick())?;
-    let (kernel, tests) = vm::CI_SUBSET;
-    vm::run(workspace, &[kernel.to_owned()], &tests.map(str::to_owned))
+    let mut steps = Steps::default();
+    // What the VMs boot is downloaded and assembled while the suite
+    // compiles and runs here: it waits on the network and the disk.
+    let downloads = Downloads::start(workspace);
+    let (netbpf, next, image) = steps.run("build", || {
+        let next = build_next(workspace)?;
+        let netbpf = build(workspace)?;
+        let image = image::image(workspace, &ImageArgs { debug: true })?;
+        Ok((netbpf, next, image))
+    })?;
+    steps.run("lints", || {
+        cmd::cargo(workspace, &["fmt", "--all", "--", "--check"])?;
+        cmd::cargo(
+            workspace,
+            &["clippy", "--all-targets", "--", "-D", "warnings"],
+        )?;
+        clippy_ebpf(workspace)?;
+        deploy::check(workspace)
+    })?;
+    steps.run("tests", || {
+        cmd::run(
+            Command::new(env!("CARGO"))
+                .args(["test", "--workspace"])
+                .args(["--exclude", "netbpf-ebpf", "--exclude", "netbpf-bench-ebpf"])
+                .current_dir(workspace)
+                .env("NETBPF_BIN", &netbpf)
+                .env("NETBPF_NEXT_BIN", &next)
+                .env("NETBPF_IMAGE", &image),
+        )
+    })?;
+    steps.run("downloads (waited for)", || downloads.wait())?;
+    steps.run("bench", || {
+        for args in [
+            BenchArgs {
+                check: true,
+                ..BenchArgs::default()
+            },
+            BenchArgs {
+                quick: true,
+                ..BenchArgs::default()
+            },
+        ] {
+            bench::bench(workspace, args)?;
+        }
+        Ok(())
+    })?;
+    steps.run("package", || package::package(workspace).map(drop))?;
+    steps.run("node", || node::node(workspace, &node::NodeArgs::quick()))?;
+    steps.run("vm", || {
+        let (kernel, tests) = vm::CI_SUBSET;
+        vm::run(workspace, &[kernel.to_owned()], &tests.map(str::to_owned))
+    })?;
+    steps.summary();
+    Ok(())
 }
 
-/// Clippy on the kernel crate, for the target it is built for.
+/// What the VMs boot, fetched by a thread of its own. Waited for before
+/// the bench (whose figures it would disturb), and also when the suite
+/// fails before: no download is left running, half written.
+struct Downloads(Option<thread::JoinHandle<anyhow::Result<()>>>);
+
+impl Downloads {
+    fn start(workspace: &Path) -> Self {
+        let workspace = workspace.to_owned();
+        Self(Some(thread::spawn(move || {
+            node::fetch_images(&workspace)?;
+            vm::kernel_image(&workspace, vm::CI_SUBSET.0).map(drop)
+        })))
+    }
+
+    fn wait(mut self) -> anyhow::Result<()> {
+        self.0.take().map_or(Ok(()), |thread| {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the thread fetching the VMs' images panicked"))?
+        })
+    }
+}
+
+impl Drop for Downloads {
+    fn drop(&mut self) {
+        if let Some(thread) = self.0.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How long each step of the suite took: CI gives it 30 minutes.
+#[derive(Default)]
+struct Steps {
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Steps {
+    /// Runs step `name`, and says how long it took, whether it passed or not.
+    fn run<T>(
+        &mut self,
+        name: &'static str,
+        step: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let start = Instant::now();
+        let result = step().with_context(|| format!("the suite's step {name:?}"));
+        let took = start.elapsed();
+        eprintln!("xtask test: {name} took {} s", took.as_secs());
+        self.took.push((name, took));
+        result
+    }
+
+    /// Every step's time, and their sum.
+    fn summary(&self) {
+        let total: Duration = self.took.iter().map(|(_, took)| *took).sum();
+        eprintln!("xtask test: passed in {} s:", total.as_secs());
+        for (name, took) in &self.took {
+            eprintln!("  {name:<24} {:>5} s", took.as_secs());
+        }
+    }
+}
+
+/// Clippy on the kernel crates (netbpf's and the bench's), for the target
+/// they are built for.
 fn clippy_ebpf(workspace: &Path) -> anyhow::Result<()> {
     let tools = setup::tools_dir(workspace).join("bin");
     let path = std::env::join_paths(std::iter::once(tools).chain(std::env::split_paths(
@@ -97,6 +187,8 @@ fn clippy_ebpf(workspace: &Path) -> anyhow::Result<()> {
                 "clippy",
                 "--package",
                 "netbpf-ebpf",
+                "--package",
+                "netbpf-bench-ebpf",
                 "--release",
             ])
             .args([
