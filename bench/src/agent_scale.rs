@@ -180,10 +180,11 @@ fn cgroups_round(count: usize) -> anyhow::Result<AgentRound> {
 }
 
 /// Measures the agent over `count` Docker containers of a daemon of the
-/// bench's own, started four at a time and removed 50 per `docker
-/// rm`, one after the other: four removals of 50 at once wedged dockerd
-/// on this 2-CPU machine (kills unanswered after 10 s, shims cleaned up
-/// under the daemon, the last containers never reported gone).
+/// bench's own, started four at a time and removed [`REMOVED_AT_ONCE`]
+/// per `docker rm`, one after the other: the client removes a call's
+/// containers all at once, and 50 at once (200 before) wedged dockerd on
+/// this 2-CPU machine (kills unanswered after 10 s, shims cleaned up under
+/// the daemon, the last containers never reported gone).
 fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
     const PARALLEL: usize = 4;
     let node = DockerNode::new();
@@ -194,7 +195,10 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
     let agent = Agent::start(&setup, &policy)?;
     let names: Vec<String> = (0..count).map(|i| format!("bench-{i}")).collect();
 
-    let batches: Vec<Vec<String>> = names.chunks(50).map(<[String]>::to_vec).collect();
+    let batches: Vec<Vec<String>> = names
+        .chunks(REMOVED_AT_ONCE)
+        .map(<[String]>::to_vec)
+        .collect();
     agent.round(
         count,
         || {
@@ -224,6 +228,9 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
         },
     )
 }
+
+/// Containers one `docker rm` removes: the client removes them in parallel.
+const REMOVED_AT_ONCE: usize = 10;
 
 /// Runs `job` over `items`, `parallel` at a time; the first error.
 fn in_parallel<T: Sync>(
