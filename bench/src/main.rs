@@ -44,6 +44,12 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Measure nothing: write the page and its plots again from
+    /// `OUT/bench/results.json`.
+    Report {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Fail when a program's verifier instruction count grew by more than
     /// 20% over the baseline.
     Check {
@@ -82,6 +88,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Bench::parse().command {
         Command::Run { quick, repeat, out } => run::run(quick, repeat.into(), &out),
+        Command::Report { out } => report::rewrite(&out),
         Command::Check { baseline, bless } => run::check(&baseline, bless),
         Command::Agent {
             cgroups,
