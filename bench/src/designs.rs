@@ -222,45 +222,88 @@ struct ClientReport {
 /// client's own network namespace. A UDP connect sends nothing.
 const DISCARD_PORT: u16 = 9;
 
-/// Live sockets per source address: fewer than the ports a namespace
-/// hands out (32768–60999).
-const SOCKETS_PER_ADDRESS: usize = 25_000;
+/// Live sockets one holder process keeps open: fewer than the open files
+/// a process may have here (a hard limit of 20,000, which the bench cannot
+/// raise: it runs without `CAP_SYS_RESOURCE`), and than the ports a
+/// namespace hands out to one source address (32768–60999).
+const SOCKETS_PER_HOLDER: usize = 15_000;
 
-/// `design-client LIVE CONNECTS`: opens LIVE UDP sockets, each bound to a
-/// loopback address of its own range and connected, and holds them; says
-/// `ready` and waits for a line; then connects CONNECTS more one after the
-/// other (each closed at once), says how much option memory the live
-/// sockets were charged, and waits for a line before it exits.
+/// `design-client LIVE CONNECTS`: has holder processes open LIVE UDP
+/// sockets, each connected, and keep them; says `ready` and waits for a
+/// line; then connects CONNECTS more one after the other (each closed at
+/// once), says how much option memory the live sockets were charged, and
+/// waits for a line before it ends the holders and exits.
 pub fn client(live: usize, connects: usize) -> anyhow::Result<()> {
     load::pin()?;
-    let files = u64::try_from(live)? + 1024;
-    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, files, files)
-        .context("raising the limit of open files")?;
+    let exe = std::env::current_exe()?;
+    let mut holders = Vec::new();
+    let mut storage_bytes = 0;
+    for (index, start) in (0..live).step_by(SOCKETS_PER_HOLDER).enumerate() {
+        let count = SOCKETS_PER_HOLDER.min(live - start);
+        let mut holder = std::process::Command::new(&exe)
+            .args(["design-holder", &index.to_string(), &count.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting a holder of live sockets")?;
+        let output = holder.stdout.take().context("the holder's output")?;
+        let said = BufReader::new(output)
+            .lines()
+            .next()
+            .context("a holder of live sockets ended")??;
+        storage_bytes += said
+            .strip_prefix("ready ")
+            .and_then(|bytes| bytes.parse::<u64>().ok())
+            .with_context(|| format!("a holder said {said:?}"))?;
+        holders.push(holder);
+    }
     let target = (Ipv4Addr::LOCALHOST, DISCARD_PORT);
-    let held = (0..live)
-        .map(|index| {
-            let host = u8::try_from(2 + index / SOCKETS_PER_ADDRESS)?;
-            let socket = UdpSocket::bind((Ipv4Addr::new(127, 0, 0, host), 0))?;
-            socket.connect(target)?;
-            Ok(socket)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()
-        .context("opening the live sockets")?;
     let mut stdin = std::io::stdin().lines();
     println!("ready");
     stdin.next().context("the bench said nothing")??;
     for _ in 0..connects {
         UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?.connect(target)?;
     }
-    let storage_bytes = held
-        .iter()
-        .map(option_memory)
-        .sum::<anyhow::Result<u64>>()?;
     println!(
         "{}",
         serde_json::to_string(&ClientReport { storage_bytes })?
     );
     stdin.next().context("the bench said nothing")??;
+    for mut holder in holders {
+        // Its input closed, the holder closes its sockets and exits.
+        drop(holder.stdin.take());
+        holder.wait()?;
+    }
+    Ok(())
+}
+
+/// `design-holder INDEX COUNT`: opens COUNT UDP sockets bound to the
+/// loopback address 127.0.0.(2 + INDEX), each connected; says `ready` and
+/// the option memory they were charged (`SO_MEMINFO`); keeps them until
+/// its input closes.
+pub fn holder(index: u8, count: usize) -> anyhow::Result<()> {
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)?;
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard)
+        .context("raising the limit of open files to the hard limit")?;
+    let source = Ipv4Addr::new(127, 0, 0, index.checked_add(2).context("too many holders")?);
+    let held = (0..count)
+        .map(|_| {
+            let socket = UdpSocket::bind((source, 0))?;
+            socket.connect((Ipv4Addr::LOCALHOST, DISCARD_PORT))?;
+            Ok(socket)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("opening the live sockets")?;
+    let storage_bytes = held
+        .iter()
+        .map(option_memory)
+        .sum::<anyhow::Result<u64>>()?;
+    println!("ready {storage_bytes}");
+    // Until the client closes its end.
+    for line in std::io::stdin().lines() {
+        line?;
+    }
+    drop(held);
     Ok(())
 }
 

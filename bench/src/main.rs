@@ -83,6 +83,8 @@ enum Command {
     BindClient { count: usize },
     #[command(hide = true)]
     DesignClient { live: usize, connects: usize },
+    #[command(hide = true)]
+    DesignHolder { index: u8, count: usize },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -101,5 +103,6 @@ fn main() -> anyhow::Result<()> {
         Command::UdpClient { target, count } => load::udp_client(&target, count),
         Command::BindClient { count } => load::bind_client(count),
         Command::DesignClient { live, connects } => designs::client(live, connects),
+        Command::DesignHolder { index, count } => designs::holder(index, count),
     }
 }

@@ -68,7 +68,8 @@ const QUICK: Plan = Plan {
     agent_sizes: &[1000],
     agent_rounds: 3,
     docker_containers: None,
-    design_live: &[1, 10_000],
+    // Above what one process may hold here: the holders' split is tested.
+    design_live: &[1, 20_000],
     design_connects: 5000,
 };
 
