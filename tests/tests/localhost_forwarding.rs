@@ -248,6 +248,47 @@ fn getpeername_returns_the_dialed_address() {
     }
 }
 
+/// getpeername() shows what each socket dialed, however the scope reaches
+/// a target: through either of two forwards to one target, through a
+/// loopback address other than 127.0.0.1, from IPv6 sockets, and directly
+/// (the target itself, also dialed by a forward of the same scope).
+#[test]
+fn getpeername_is_exact_for_every_way_a_scope_reaches_a_target() {
+    let setup = Setup::desktop_forwards(&format!(
+        r#"{{ from = "localhost:8082", to = "{BRIDGE_V4}:80" }},
+           {{ from = "localhost:8083", to = "{BRIDGE_V4}:80" }},
+           {{ from = "localhost:8090", to = "{BRIDGE_V4}:90" }}"#
+    ));
+    let _servers = [(80, "port-80"), (90, "port-90")].map(|(port, banner)| {
+        setup
+            .topology
+            .start_tcp_banner(Place::DockerHost, BRIDGE_V4, port, banner)
+            .unwrap()
+    });
+    for (host, port, banner, peer) in [
+        ("127.0.0.1", 8082, "port-80", json!(["127.0.0.1", 8082])),
+        ("127.0.0.1", 8083, "port-80", json!(["127.0.0.1", 8083])),
+        ("127.0.0.5", 8090, "port-90", json!(["127.0.0.5", 8090])),
+        ("127.0.0.1", 8090, "port-90", json!(["127.0.0.1", 8090])),
+        ("::1", 8090, "port-90", json!(["::1", 8090])),
+        (
+            "::ffff:127.0.0.1",
+            8090,
+            "port-90",
+            json!(["::ffff:127.0.0.1", 8090]),
+        ),
+        (BRIDGE_V4, 90, "port-90", json!([BRIDGE_V4, 90])),
+        (BRIDGE_V4, 80, "port-80", json!([BRIDGE_V4, 80])),
+    ] {
+        let answer = setup.probe(Place::Desktop, &["tcp", host, &port.to_string()]);
+        assert_eq!(
+            (answer["data"].as_str(), &answer["peer"]),
+            (Some(banner), &peer),
+            "connect() to {host} port {port}"
+        );
+    }
+}
+
 #[test]
 fn a_port_range_maps_onto_a_range() {
     let setup = Setup::desktop_forwards(&format!(
