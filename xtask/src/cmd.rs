@@ -37,6 +37,22 @@ pub fn cargo(workspace: &Path, args: &[&str]) -> anyhow::Result<()> {
         .current_dir(workspace))
 }
 
+/// The workspace's crates of kernel programs: built by the build scripts
+/// for the BPF target, never compiled or tested for the host.
+pub const KERNEL_CRATES: [&str; 2] = ["netbpf-ebpf", "netbpf-bench-ebpf"];
+
+/// `cargo test` of the whole workspace but [`KERNEL_CRATES`]: the one
+/// selection every build of the tests uses, so that each reuses what the
+/// others built (another selection unifies other features, and rebuilds).
+pub fn workspace_tests(workspace: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO"));
+    command.args(["test", "--workspace"]).current_dir(workspace);
+    for name in KERNEL_CRATES {
+        command.args(["--exclude", name]);
+    }
+    command
+}
+
 /// Fails with a clear message unless this process runs as root.
 pub fn require_root(what: &str) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.

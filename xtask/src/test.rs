@@ -76,10 +76,7 @@ pub fn test(workspace: &Path, args: &TestArgs) -> anyhow::Result<()> {
     })?;
     steps.run("tests", || {
         cmd::run(
-            Command::new(env!("CARGO"))
-                .args(["test", "--workspace"])
-                .args(["--exclude", "netbpf-ebpf", "--exclude", "netbpf-bench-ebpf"])
-                .current_dir(workspace)
+            cmd::workspace_tests(workspace)
                 .env("NETBPF_BIN", &netbpf)
                 .env("NETBPF_NEXT_BIN", &next)
                 .env("NETBPF_IMAGE", &image),
@@ -182,15 +179,12 @@ fn clippy_ebpf(workspace: &Path) -> anyhow::Result<()> {
     )))?;
     cmd::run(
         Command::new("cargo")
-            .args([
-                "+nightly",
-                "clippy",
-                "--package",
-                "netbpf-ebpf",
-                "--package",
-                "netbpf-bench-ebpf",
-                "--release",
-            ])
+            .args(["+nightly", "clippy", "--release"])
+            .args(
+                cmd::KERNEL_CRATES
+                    .iter()
+                    .flat_map(|name| ["--package", name]),
+            )
             .args([
                 "--target",
                 "bpfel-unknown-none",

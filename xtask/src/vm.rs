@@ -147,28 +147,25 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
     Ok(())
 }
 
-/// The integration test binaries of the tests crate, built now: their
+/// The integration test binaries of the tests crate, built now as the
+/// suite builds them (so `cargo xtask test` builds nothing twice): their
 /// names (`localhost_forwarding`) and paths; only `wanted` ones if any.
 fn test_binaries(workspace: &Path, wanted: &[String]) -> anyhow::Result<Vec<(String, PathBuf)>> {
     let listing = cmd::output(
-        Command::new(env!("CARGO"))
-            .args([
-                "test",
-                "--package",
-                "netbpf-testenv",
-                "--tests",
-                "--no-run",
-                "--message-format=json",
-            ])
-            .current_dir(workspace)
+        cmd::workspace_tests(workspace)
+            .args(["--tests", "--no-run", "--message-format=json"])
             .stderr(Stdio::inherit()),
     )?;
+    let tests_crate = workspace.join("tests/Cargo.toml");
     let mut binaries = Vec::new();
     for line in listing.lines() {
         let message: serde_json::Value = serde_json::from_str(line)?;
         let is_test = message["target"]["kind"]
             .as_array()
-            .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"));
+            .is_some_and(|kinds| kinds.iter().any(|kind| kind == "test"))
+            && message["manifest_path"]
+                .as_str()
+                .is_some_and(|manifest| Path::new(manifest) == tests_crate);
         if let (true, Some(name), Some(path)) = (
             is_test,
             message["target"]["name"].as_str(),
