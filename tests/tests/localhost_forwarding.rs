@@ -248,7 +248,7 @@ fn getpeername_returns_the_dialed_address() {
     }
 }
 
-/// getpeername() shows what each socket dialed, however the scope reaches
+/// `getpeername()` shows what each socket dialed, however the scope reaches
 /// a target: through either of two forwards to one target, through a
 /// loopback address other than 127.0.0.1, from IPv6 sockets, and directly
 /// (the target itself, also dialed by a forward of the same scope).
