@@ -72,6 +72,21 @@ pub fn canonical(addr: &[u32; 4], family: u16) -> ([u32; 4], u16) {
     }
 }
 
+/// What a socket whose peer (as it sees it) is `peer` dialed, if it dialed
+/// the loopback address of the peer's family at `port` (network order):
+/// `127.0.0.1`; `::ffff:127.0.0.1` for an IPv4-mapped peer; else `::1`. The
+/// connect hook keeps nothing for a connect this gives back exactly, and
+/// `getpeername()` gives it back.
+#[inline(always)]
+#[must_use]
+pub fn derived_dialed(peer: &SockAddr, port: u16) -> SockAddr {
+    SockAddr {
+        addr: loopback_for_wildcard(&peer.addr, peer.family),
+        port,
+        family: peer.family,
+    }
+}
+
 /// `addr`, seen by an IPv4 hook, as an IPv6 socket sees it: IPv4-mapped.
 #[inline(always)]
 #[must_use]
@@ -167,6 +182,30 @@ mod tests {
         }
         assert!(!is_wildcard(&v6("::1"), AF_INET6));
         assert!(!is_wildcard(&v6("::ffff:0.0.0.1"), AF_INET6));
+    }
+
+    /// The connect hook keeps nothing exactly when this gives back what
+    /// the socket dialed: the loopback address of the peer's family.
+    #[test]
+    fn a_derived_dial_is_the_loopback_of_the_peers_family() {
+        let port = 8082u16.to_be();
+        let at = |addr, family| SockAddr { addr, port, family };
+        let cases = [
+            (at(v4("10.200.1.1"), AF_INET), at(v4("127.0.0.1"), AF_INET)),
+            (
+                at(v6("::ffff:10.200.1.1"), AF_INET6),
+                at(v6("::ffff:127.0.0.1"), AF_INET6),
+            ),
+            (at(v6("fd00::1"), AF_INET6), at(v6("::1"), AF_INET6)),
+        ];
+        for (peer, dialed) in cases {
+            assert_eq!(derived_dialed(&peer, port), dialed, "{peer:?}");
+        }
+        // Dialed otherwise, a connect is kept in the socket's storage.
+        let peer = at(v4("10.200.1.1"), AF_INET);
+        assert_ne!(derived_dialed(&peer, port), at(v4("127.0.0.5"), AF_INET));
+        let mapped_peer = at(v6("::ffff:10.200.1.1"), AF_INET6);
+        assert_ne!(derived_dialed(&mapped_peer, port), at(v6("::1"), AF_INET6));
     }
 
     #[test]

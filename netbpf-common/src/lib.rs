@@ -24,7 +24,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 4 } else { 3 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 5 } else { 4 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -69,6 +69,9 @@ pub const MSS_V6_DEFAULT: u16 = 1220;
 pub const MAX_BIND_REMAPS: u32 = 16_384;
 /// Capacity of the alias table (exact address:port rewrites).
 pub const MAX_ALIASES: u32 = 16_384;
+/// Capacity of the derived peers: (scope, target) of forwards whose peer
+/// `getpeername()` derives.
+pub const MAX_DERIVED_PEERS: u32 = 65_536;
 /// Capacity of the host service tables, in services.
 pub const MAX_HOST_SERVICES: u32 = 256;
 /// Capacity of the table of where host services are reached, in
@@ -107,6 +110,12 @@ pub struct Lookups {
     /// reached at: a connect to any other port is ruled out without a
     /// lookup, in the cache line this value is read from anyway.
     pub service_ports: [u64; 4],
+    /// One bit per (address, port) folded to 7 bits ([`peer_bit`]), set
+    /// for the targets of forwards whose peer `getpeername()` derives
+    /// (`DERIVED_PEERS`): a TCP socket whose peer is none of them (most
+    /// of the node's connections) needs no scope and no lookup there, in
+    /// the same cache line.
+    pub derived_peers: [u64; 2],
 }
 
 impl Lookups {
@@ -117,6 +126,7 @@ impl Lookups {
             flags,
             local_binds_per_scope,
             service_ports: [0; 4],
+            derived_peers: [0; 2],
         }
     }
 
@@ -133,6 +143,23 @@ impl Lookups {
     pub const fn may_be_service_port(&self, port: u16) -> bool {
         let bit = (port % 256) as usize;
         self.service_ports[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// With the peer at `addr` (in its own family, network order) and
+    /// `port` (network order) among the derived peers.
+    #[must_use]
+    pub const fn with_derived_peer(mut self, addr: &[u32; 4], port: u16) -> Self {
+        let bit = peer_bit(addr, port);
+        self.derived_peers[bit / 64] |= 1 << (bit % 64);
+        self
+    }
+
+    /// Whether a TCP peer at `addr` (in its own family, network order) and
+    /// `port` (network order) may be a derived one.
+    #[must_use]
+    pub const fn may_derive_peer(&self, addr: &[u32; 4], port: u16) -> bool {
+        let bit = peer_bit(addr, port);
+        self.derived_peers[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// What either `self` or `other` needs, within the larger limit.
@@ -153,8 +180,24 @@ impl Lookups {
             union.service_ports[word] = self.service_ports[word] | other.service_ports[word];
             word += 1;
         }
+        let mut word = 0;
+        while word < 2 {
+            union.derived_peers[word] = self.derived_peers[word] | other.derived_peers[word];
+            word += 1;
+        }
         union
     }
+}
+
+/// The bit of [`Lookups::derived_peers`] of a peer: its address words and
+/// port folded together, so that peers differing in either mostly fall on
+/// different bits.
+#[inline]
+#[must_use]
+pub const fn peer_bit(addr: &[u32; 4], port: u16) -> usize {
+    let folded = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ port as u32;
+    let folded = folded ^ (folded >> 16);
+    ((folded ^ (folded >> 7) ^ (folded >> 14)) % 128) as usize
 }
 
 /// [`ScopeEntry::flags`]: the scope has forwards of port ranges, which
@@ -312,6 +355,49 @@ pub struct AliasedAddr {
     /// Host byte order.
     pub port: u16,
     pub family: u16,
+}
+
+/// A flag of `RULE_FLAGS`: of a forward that alone sends its scope's TCP sockets to
+/// its target: `getpeername()` derives what they dialed from the target
+/// (`DERIVED_PEERS`), and the connect hook keeps nothing for them.
+pub const RULE_DERIVES_PEER: u32 = 1;
+
+/// Key of the derived peers: a TCP peer (the target of a forward, in its
+/// own family) of a scope's sockets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DerivedPeerKey {
+    pub scope: u32,
+    /// Network order; IPv4 in `addr[0]`.
+    pub addr: [u32; 4],
+    /// Network order, as the socket hooks read it.
+    pub port: u16,
+    pub family: u16,
+}
+
+/// What a scope's TCP socket whose peer is a [`DerivedPeerKey`] dialed:
+/// the loopback address of the peer's family, at this port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DerivedPeer {
+    /// The localhost port dialed, network order.
+    pub port: u16,
+    _pad: u16,
+    /// The forward's counter slot: a socket of the scope that reaches the
+    /// target directly and cannot say so is counted there as lost.
+    pub rule: u32,
+}
+
+impl DerivedPeer {
+    /// Localhost `port` (network order), dialed through counter slot `rule`.
+    #[must_use]
+    pub const fn new(port: u16, rule: u32) -> Self {
+        Self {
+            port,
+            _pad: 0,
+            rule,
+        }
+    }
 }
 
 /// Key of a host service as `sk_lookup` sees a connection to it: the local
@@ -542,7 +628,9 @@ const _: () = assert!(size_of::<DialedBySocket>() == 184);
 const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 48);
 const _: () = assert!(size_of::<ScopeEntry>() == 8);
-const _: () = assert!(size_of::<Lookups>() == 48);
+const _: () = assert!(size_of::<Lookups>() == 64);
+const _: () = assert!(size_of::<DerivedPeerKey>() == 24);
+const _: () = assert!(size_of::<DerivedPeer>() == 8);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);
 const _: () = assert!(size_of::<BindTarget>() == 24);
@@ -595,6 +683,8 @@ mod pod {
     unsafe impl aya::Pod for super::ScopeGrant {}
     unsafe impl aya::Pod for super::ServiceStats {}
     unsafe impl aya::Pod for super::RuleSlotKey {}
+    unsafe impl aya::Pod for super::DerivedPeerKey {}
+    unsafe impl aya::Pod for super::DerivedPeer {}
 }
 
 #[cfg(test)]
@@ -609,6 +699,20 @@ mod tests {
         // SAFETY: ForwardKey is repr(C) with no padding: 8 initialised bytes.
         let bytes: [u8; 8] = unsafe { core::mem::transmute(key) };
         assert_eq!(bytes, [1, 2, 3, 4, 17, 0x1f, 0x92, 0]);
+    }
+
+    #[test]
+    fn the_derived_peer_filter_rules_out_other_addresses_and_ports() {
+        let target = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
+        let port = 5432u16.to_be();
+        let lookups = Lookups::new(0, 0, 0).with_derived_peer(&target, port);
+        assert!(lookups.may_derive_peer(&target, port));
+        assert!(!lookups.may_derive_peer(&target, 5433u16.to_be()));
+        let other = [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0];
+        assert!(!lookups.may_derive_peer(&other, port));
+        assert!(!Lookups::new(0, 0, 0).may_derive_peer(&target, port));
+        let both = lookups.union(Lookups::new(0, 0, 0).with_derived_peer(&other, 80u16.to_be()));
+        assert!(both.may_derive_peer(&target, port) && both.may_derive_peer(&other, 80u16.to_be()));
     }
 
     #[test]

@@ -7,9 +7,9 @@
 use core::mem::size_of;
 
 use crate::{
-    AliasKey, AliasedAddr, BindTarget, DialedBySocket, ForwardKey, ForwardTarget, GrantKey,
-    GrantPath, Lookups, MssConfig, MssStats, RuleStats, ScopeEntry, ScopeGrant, ScopePort,
-    ServiceKey, ServiceStats,
+    AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey, DialedBySocket, ForwardKey,
+    ForwardTarget, GrantKey, GrantPath, Lookups, MssConfig, MssStats, RuleStats, ScopeEntry,
+    ScopeGrant, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// A map of the object: its name, and the sizes of its key and value.
@@ -82,9 +82,13 @@ pub const SERVICE_SOCKETS: MapName = MapName::of::<u32, u32>("SERVICE_SOCKETS");
 pub const SERVICE_STATS: MapName = MapName::of::<u32, ServiceStats>("SERVICE_STATS");
 /// (scope, port bound, protocol) -> the port the socket gets instead.
 pub const BIND_REMAPS: MapName = MapName::of::<ScopePort, BindTarget>("BIND_REMAPS");
+/// Rule counter slot -> its flags (`RULE_DERIVES_PEER`).
+pub const RULE_FLAGS: MapName = MapName::of::<u32, u32>("RULE_FLAGS");
+/// (scope, TCP peer) -> the localhost port its sockets dialed to reach it.
+pub const DERIVED_PEERS: MapName = MapName::of::<DerivedPeerKey, DerivedPeer>("DERIVED_PEERS");
 
 /// Every map of the object.
-pub const MAPS: [MapName; 21] = [
+pub const MAPS: [MapName; 23] = [
     CGROUP_SCOPES,
     NETNS_SCOPES,
     LOOKUPS,
@@ -106,6 +110,8 @@ pub const MAPS: [MapName; 21] = [
     SERVICE_SOCKETS,
     SERVICE_STATS,
     BIND_REMAPS,
+    RULE_FLAGS,
+    DERIVED_PEERS,
 ];
 
 /// The programs of the object.

@@ -8,7 +8,7 @@ use aya_ebpf::bindings::bpf_sock_addr;
 // The classes and rewrites of `netbpf_common::addr`, where the hooks
 // find them with the context's reads and writes.
 pub use netbpf_common::addr::{
-    canonical, forwarded, is_localhost, is_wildcard, loopback_for_wildcard, mapped,
+    canonical, derived_dialed, forwarded, is_localhost, is_wildcard, loopback_for_wildcard, mapped,
 };
 use netbpf_common::{AF_INET, SockAddr};
 

@@ -4,14 +4,17 @@
 
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, Dialed, FORWARD_KEY_BITS,
-    ForwardKey, ForwardTarget, LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES,
-    ScopeEntry, ScopePort, SockAddr,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, DerivedPeer, DerivedPeerKey,
+    Dialed, FORWARD_KEY_BITS, ForwardKey, ForwardTarget, LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP,
+    RULE_DERIVES_PEER, RuleStats, SCOPE_PORT_RANGES, ScopeEntry, ScopePort, SockAddr,
 };
 
 use crate::{
     addr,
-    maps::{ALIASED_ADDRS, ALIASES, FORWARD_PORTS, FORWARDS, LOCAL_BINDS, REVERSE, RULE_STATS},
+    maps::{
+        ALIASED_ADDRS, ALIASES, DERIVED_PEERS, FORWARD_PORTS, FORWARDS, LOCAL_BINDS, REVERSE,
+        RULE_FLAGS, RULE_STATS, SCOPE_LOCAL_BINDS,
+    },
     scope,
 };
 
@@ -50,10 +53,15 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         alias_target(ctx, &dialed, family, port, protocol)
     };
     let Some((target, stats)) = target else {
+        let seen = as_socket_sees(ctx, dialed, family);
         // A TCP socket connects once: only UDP sockets reach, unrewritten,
-        // a destination they also reached through a rewrite.
+        // a destination they also reached through a rewrite. A TCP socket
+        // may reach a peer that getpeername() would derive otherwise.
+        // (sendmsg sees UDP only: the branch folds away there.)
         if protocol == PROTO_UDP {
-            reached_directly(ctx, as_socket_sees(ctx, dialed, family), syscall);
+            reached_directly(ctx, seen, syscall);
+        } else if matches!(syscall, Syscall::Connect) && may_be_derived(&seen, family) {
+            reached_derived_peer(ctx, seen, family);
         }
         return;
     };
@@ -63,15 +71,24 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     let Some(to) = addr::forwarded(&target, port, family, datagram) else {
         return;
     };
-    let remembered = remember(
-        ctx,
-        Dialed {
-            to: as_socket_sees(ctx, to, family),
-            dialed: as_socket_sees(ctx, dialed, family),
-            rule: target.rule,
-        },
-    );
-    if !remembered {
+    let to_seen = as_socket_sees(ctx, to, family);
+    let dialed_seen = as_socket_sees(ctx, dialed, family);
+    // A TCP connect that getpeername() derives exactly keeps nothing: no
+    // storage to make, the most a connect could cost.
+    let derived = matches!(syscall, Syscall::Connect)
+        && protocol == PROTO_TCP
+        && derives_peer(target.rule)
+        && addr::derived_dialed(&to_seen, dialed_seen.port) == dialed_seen;
+    if !derived
+        && !remember(
+            ctx,
+            Dialed {
+                to: to_seen,
+                dialed: dialed_seen,
+                rule: target.rule,
+            },
+        )
+    {
         stats.unremembered += 1;
     }
     addr::write_user(ctx, family, &to);
@@ -103,12 +120,22 @@ fn localhost_target(
         return Some((own, rule_stats(own.rule)?));
     }
     let stats = rule_stats(target.rule)?;
+    // A scope none of whose sockets is bound on a forwarded port (most)
+    // has nothing in LOCAL_BINDS: its count, an array element, says so.
     // SAFETY: the value is only tested for presence.
-    if unsafe { LOCAL_BINDS.get(this_port) }.is_some() {
+    if has_local_binds(scope.id) && unsafe { LOCAL_BINDS.get(this_port) }.is_some() {
         stats.local_skips += 1;
         return None;
     }
     Some((target, stats))
+}
+
+/// Whether `LOCAL_BINDS` may hold ports of scope `scope`: the count of
+/// its ports there goes up before an entry is added and down after one is
+/// removed, so a count of zero is exact.
+#[inline(always)]
+fn has_local_binds(scope: u32) -> bool {
+    SCOPE_LOCAL_BINDS.get(scope).is_none_or(|&ports| ports != 0)
 }
 
 /// The forward of localhost port `key` of `scope`, or the own service a
@@ -226,6 +253,66 @@ fn reached_directly(ctx: *mut bpf_sock_addr, peer: SockAddr, syscall: Syscall) {
     }
 }
 
+/// Whether rule `rule` alone sends its scope's TCP sockets to its target,
+/// whose peer `getpeername()` then derives (an array lookup the verifier
+/// inlines).
+#[inline(always)]
+fn derives_peer(rule: u32) -> bool {
+    RULE_FLAGS
+        .get(rule)
+        .is_some_and(|flags| flags & RULE_DERIVES_PEER != 0)
+}
+
+/// Whether `peer` (as a socket of `family` sees it) may be a derived peer
+/// of some scope: most peers are ruled out here, by the lookups' filter.
+#[inline(always)]
+fn may_be_derived(peer: &SockAddr, family: u16) -> bool {
+    let (addr, _) = addr::canonical(&peer.addr, family);
+    scope::lookups().may_derive_peer(&addr, peer.port)
+}
+
+/// The derived peer of `peer` (as the socket of `ctx` sees it) for the
+/// caller's scope, if `peer` is one.
+#[inline(always)]
+fn derived_peer(ctx: *mut bpf_sock_addr, peer: &SockAddr, family: u16) -> Option<DerivedPeer> {
+    if !may_be_derived(peer, family) {
+        return None;
+    }
+    let scope = scope::current(ctx.cast())?;
+    let (addr, family) = addr::canonical(&peer.addr, family);
+    let key = DerivedPeerKey {
+        scope: scope.id,
+        addr,
+        port: peer.port,
+        family,
+    };
+    // SAFETY: the value is copied out at once.
+    unsafe { DERIVED_PEERS.get(key) }.copied()
+}
+
+/// A TCP socket of `ctx` connects, unrewritten, to `peer` (as it sees it):
+/// where `getpeername()` would derive a dialed address for that peer, its
+/// storage says the peer is itself. Lost (no storage) it is counted on
+/// the forward whose peer it is. A function of its own (a BPF-to-BPF
+/// call, made only for a peer the filter lets through): the verifier
+/// walks it apart from the rewrite path.
+#[inline(never)]
+fn reached_derived_peer(ctx: *mut bpf_sock_addr, peer: SockAddr, family: u16) {
+    let Some(derived) = derived_peer(ctx, &peer, family) else {
+        return;
+    };
+    let itself = Dialed {
+        to: peer,
+        dialed: peer,
+        rule: derived.rule,
+    };
+    if !remember(ctx, itself)
+        && let Some(stats) = rule_stats(derived.rule)
+    {
+        stats.unremembered += 1;
+    }
+}
+
 /// Records what the socket of `ctx` dialed and where it went instead, in
 /// the socket's own storage. False when something was lost: the storage
 /// could not be made, or a destination the socket dialed before was
@@ -254,18 +341,36 @@ fn remember(ctx: *mut bpf_sock_addr, dialed: Dialed) -> bool {
     !forgotten
 }
 
+/// Which address of a socket's peer the reverse path shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reverse {
+    /// The source of a UDP reply (`recvmsg()`): only UDP sockets reach
+    /// that hook, and their rewrites all keep storage.
+    Reply,
+    /// The result of `getpeername()`, of a TCP socket too, whose dialed
+    /// address may be derived.
+    PeerName,
+}
+
 /// Makes a peer address that netbpf rewrote look like the address the
-/// application dialed (the source of a UDP reply, the result of
-/// getpeername).
+/// application dialed.
 #[inline(always)]
-pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16) {
+pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16, reverse: Reverse) {
     let context = SockAddrContext { sock_addr: ctx };
-    // SAFETY: as in `remember`; a socket without storage dialed nothing
-    // netbpf rewrote.
+    let peer = addr::read_user(ctx, family);
+    // SAFETY: as in `remember`.
     let Some(by_socket) = (unsafe { REVERSE.get_ptr_mut(&context).as_ref() }) else {
+        // A socket without storage dialed nothing netbpf rewrote, but for
+        // a TCP connect whose dialed address its peer gives back.
+        // SAFETY: `ctx` is the program's context.
+        if reverse == Reverse::PeerName
+            && unsafe { (*ctx).protocol } == u32::from(PROTO_TCP)
+            && let Some(derived) = derived_peer(ctx, &peer, family)
+        {
+            addr::write_user(ctx, family, &addr::derived_dialed(&peer, derived.port));
+        }
         return;
     };
-    let peer = addr::read_user(ctx, family);
     for index in 0..DIALED_PER_SOCKET {
         let entry = by_socket.entries[index];
         if entry.to == peer {

@@ -7,11 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, DialedBySocket, ForwardKey, ForwardTarget, GrantKey,
-    GrantPath, Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES,
-    MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES,
-    MAX_SCOPE_GRANTS, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats,
-    ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
+    AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey, DialedBySocket, ForwardKey,
+    ForwardTarget, GrantKey, GrantPath, Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_DERIVED_PEERS,
+    MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS,
+    MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPE_GRANTS, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig,
+    MssStats, RuleStats, ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// Flags of every hash map here: entries are allocated as they are added
@@ -34,6 +34,17 @@ pub static NETNS_SCOPES: HashMap<u64, ScopeEntry> =
 /// any has aliases.
 #[map]
 pub static LOOKUPS: Array<Lookups> = Array::with_max_entries(1, 0);
+
+/// Flags of every rule (`RULE_DERIVES_PEER`), indexed by its counter slot.
+#[map]
+pub static RULE_FLAGS: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
+
+/// (scope, TCP peer) -> the localhost port its sockets dialed, for the
+/// forwards whose peer nothing else of the scope reaches through a forward:
+/// `getpeername()` derives what they dialed from it.
+#[map]
+pub static DERIVED_PEERS: HashMap<DerivedPeerKey, DerivedPeer> =
+    HashMap::with_max_entries(MAX_DERIVED_PEERS, ON_DEMAND);
 
 /// (scope, exact localhost port, protocol) -> its forward, or the own
 /// service a bind remap moved there: the one lookup of most connects.
@@ -70,7 +81,8 @@ pub static SCOPE_LOCAL_BINDS: Array<u32> = Array::with_max_entries(MAX_SCOPES, 0
 pub static BOUND_SOCKETS: SkStorage<ScopePort> = SkStorage::new();
 
 /// Per socket: the destinations it dialed that netbpf rewrote, to answer
-/// recvmsg and getpeername with them. Freed by the kernel with the socket:
+/// recvmsg and getpeername with them, but for TCP connects whose peer
+/// `DERIVED_PEERS` gives back. Freed by the kernel with the socket:
 /// nothing to evict, nothing left behind.
 #[btf_map]
 pub static REVERSE: SkStorage<DialedBySocket> = SkStorage::new();

@@ -6,7 +6,7 @@ use netbpf_common::{AF_INET, AF_INET6};
 
 use crate::{
     ALLOW, REFUSE, bind,
-    forward::{self, Syscall},
+    forward::{self, Reverse, Syscall},
     host_service,
 };
 
@@ -54,7 +54,7 @@ pub fn netbpf_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// (Hook: Linux 5.2.)
 #[cgroup_sock_addr(recvmsg4)]
 pub fn netbpf_recvmsg4(ctx: SockAddrContext) -> i32 {
-    forward::restore_peer(ctx.sock_addr, AF_INET);
+    forward::restore_peer(ctx.sock_addr, AF_INET, Reverse::Reply);
     ALLOW
 }
 
@@ -62,7 +62,7 @@ pub fn netbpf_recvmsg4(ctx: SockAddrContext) -> i32 {
 /// (Hook: Linux 5.2.)
 #[cgroup_sock_addr(recvmsg6)]
 pub fn netbpf_recvmsg6(ctx: SockAddrContext) -> i32 {
-    forward::restore_peer(ctx.sock_addr, AF_INET6);
+    forward::restore_peer(ctx.sock_addr, AF_INET6, Reverse::Reply);
     ALLOW
 }
 
@@ -70,7 +70,7 @@ pub fn netbpf_recvmsg6(ctx: SockAddrContext) -> i32 {
 /// (Hook: Linux 5.8.)
 #[cgroup_sock_addr(getpeername4)]
 pub fn netbpf_getpeer4(ctx: SockAddrContext) -> i32 {
-    forward::restore_peer(ctx.sock_addr, AF_INET);
+    forward::restore_peer(ctx.sock_addr, AF_INET, Reverse::PeerName);
     ALLOW
 }
 
@@ -78,7 +78,7 @@ pub fn netbpf_getpeer4(ctx: SockAddrContext) -> i32 {
 /// (Hook: Linux 5.8.)
 #[cgroup_sock_addr(getpeername6)]
 pub fn netbpf_getpeer6(ctx: SockAddrContext) -> i32 {
-    forward::restore_peer(ctx.sock_addr, AF_INET6);
+    forward::restore_peer(ctx.sock_addr, AF_INET6, Reverse::PeerName);
     ALLOW
 }
 

@@ -159,8 +159,15 @@ impl Reconciler {
         let resolved = self.resolve(workloads, node);
         let mut ids = self.ids.clone();
         let mut slots = self.slots.clone();
-        let (plan, outcomes) =
+        let (mut plan, outcomes) =
             plan::compile(&self.policy, resolved, &mut ids, &mut slots, &self.capacity);
+        let not_kept = plan.keep_derived_peers(&self.plan, self.capacity.forward_ports);
+        if not_kept > 0 {
+            tracing::warn!(
+                not_kept,
+                "derived peers of live scopes not kept, the map being full: getpeername() of their TCP sockets shows the target"
+            );
+        }
         maps.reset_rule_stats(slots.take_fresh())?;
         if let Err(error) = maps.update(&self.plan, &plan) {
             if let Err(undo) = maps.update(&plan, &self.plan) {

@@ -13,8 +13,9 @@ use aya::{
     programs::{Program, links::FdLink},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, ForwardKey, ForwardTarget, GrantKey, GrantPath, Lookups,
-    RuleSlotKey, ScopeGrant, ScopePort, ServiceKey, names,
+    AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey, ForwardKey, ForwardTarget,
+    GrantKey, GrantPath, Lookups, RULE_DERIVES_PEER, RuleSlotKey, ScopeGrant, ScopePort,
+    ServiceKey, names,
 };
 
 use super::{Datapath, DatapathError, map_error};
@@ -129,7 +130,25 @@ impl Datapath {
             scope_grants: self.keys::<ScopeGrant, u8>(names::SCOPE_GRANTS.name)?,
             local_binds_per_scope: self.lookups()?.local_binds_per_scope,
             binds: self.entries::<ScopePort, BindTarget>(names::BIND_REMAPS.name)?,
+            derived_peers: self
+                .entries::<DerivedPeerKey, DerivedPeer>(names::DERIVED_PEERS.name)?,
+            derived_rules: self.rule_flags(RULE_DERIVES_PEER)?,
         })
+    }
+
+    /// The counter slots of the rules flagged `flag` now.
+    fn rule_flags(&self, flag: u32) -> Result<BTreeSet<u32>, DatapathError> {
+        let map: Array<_, u32> = self.map(names::RULE_FLAGS.name)?;
+        let mut flagged = BTreeSet::new();
+        for slot in 0..map.len() {
+            let flags = map
+                .get(&slot, 0)
+                .map_err(map_error(names::RULE_FLAGS.name))?;
+            if flags & flag != 0 {
+                flagged.insert(slot);
+            }
+        }
+        Ok(flagged)
     }
 
     /// What the programs were told last (nothing, in new maps).

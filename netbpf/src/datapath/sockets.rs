@@ -16,7 +16,7 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use netbpf_common::{
-    ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort,
+    ForwardKey, ForwardTarget, Lookups, RULE_DERIVES_PEER, RuleStats, ScopeEntry, ScopePort,
     names::{self, program},
 };
 
@@ -261,6 +261,7 @@ impl Datapath {
             &forward_ports,
             &new.forward_ports,
         )?;
+        self.update_derived_peers(old, new)?;
         self.sync(names::ALIASES.name, &old.aliases, &new.aliases)?;
         self.sync(
             names::ALIASED_ADDRS.name,
@@ -286,6 +287,37 @@ impl Datapath {
         )?;
         self.sync(names::NETNS_SCOPES.name, &netns_scopes, &new.netns_scopes)?;
         self.set_lookups(new.lookups())
+    }
+
+    /// Makes the derived peers and the flags of their forwards go from
+    /// `old`'s to `new`'s, so that a connect keeps nothing only while
+    /// `getpeername()` can derive its peer: a derived peer is written
+    /// before its forward's flag, and goes after the flag is cleared.
+    fn update_derived_peers(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
+        let mut derived_peers = old.derived_peers.clone();
+        derived_peers.extend(&new.derived_peers);
+        self.sync_keeping(
+            names::DERIVED_PEERS.name,
+            &old.derived_peers,
+            &derived_peers,
+            &new.derived_peers,
+        )?;
+        let mut flags: Array<_, u32> = self.map_mut(names::RULE_FLAGS.name)?;
+        for &rule in new.derived_rules.difference(&old.derived_rules) {
+            flags
+                .set(rule, RULE_DERIVES_PEER, 0)
+                .map_err(map_error(names::RULE_FLAGS.name))?;
+        }
+        for &rule in old.derived_rules.difference(&new.derived_rules) {
+            flags
+                .set(rule, 0, 0)
+                .map_err(map_error(names::RULE_FLAGS.name))?;
+        }
+        self.sync(
+            names::DERIVED_PEERS.name,
+            &derived_peers,
+            &new.derived_peers,
+        )
     }
 
     /// Makes the trie of port-range forwards go from `old`'s to `new`'s.

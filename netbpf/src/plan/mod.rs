@@ -20,9 +20,10 @@ use std::{
 };
 
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey,
-    ForwardTarget, GrantKey, GrantPath, LOOKUP_ALIASES, LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES,
-    Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort, ServiceKey,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey,
+    FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget, GrantKey, GrantPath, LOOKUP_ALIASES,
+    LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry,
+    ScopeGrant, ScopePort, ServiceKey,
 };
 
 pub use self::{
@@ -212,6 +213,11 @@ pub struct Plan {
     pub local_binds_per_scope: u32,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
     pub binds: BTreeMap<ScopePort, BindTarget>,
+    /// (scope, TCP peer) -> the localhost port dialed, for each forward
+    /// that alone reaches its target in its scope.
+    pub derived_peers: BTreeMap<DerivedPeerKey, DerivedPeer>,
+    /// The counter slots of those forwards: their connects keep nothing.
+    pub derived_rules: BTreeSet<u32>,
 }
 
 /// What the instances compiled so far claim, to find conflicts.
@@ -379,6 +385,9 @@ impl Plan {
                 }
             }
         }
+        if !has_ranges {
+            self.add_derived_peers(scope_id, scope);
+        }
         for bind in &scope.binds {
             let (addr, family) = bind.address.map_or(([0; 4], 0), target_words);
             let target = BindTarget {
@@ -417,6 +426,38 @@ impl Plan {
         };
     }
 
+    /// The derived peers of a scope without port ranges: the target of
+    /// each TCP forward of one port that no other forward of the scope
+    /// reaches. A TCP socket of the scope whose peer is such a target
+    /// dialed that forward's port on loopback, or kept its storage.
+    fn add_derived_peers(&mut self, scope_id: u32, scope: &Scope) {
+        let mut by_target: BTreeMap<DerivedPeerKey, Vec<DerivedPeer>> = BTreeMap::new();
+        for forward in &scope.forwards {
+            let ports = forward.from.range();
+            if ports.start() != ports.end() || !forward.protocols.numbers().contains(&PROTO_TCP) {
+                continue;
+            }
+            let dialed = *ports.start();
+            let (addr, family) = target_words(forward.to.addr);
+            let key = DerivedPeerKey {
+                scope: scope_id,
+                addr,
+                port: dialed.wrapping_add(forward.port_delta()).to_be(),
+                family,
+            };
+            by_target
+                .entry(key)
+                .or_default()
+                .push(DerivedPeer::new(dialed.to_be(), forward.rule));
+        }
+        for (key, peers) in by_target {
+            if let [peer] = peers[..] {
+                self.derived_peers.insert(key, peer);
+                self.derived_rules.insert(peer.rule);
+            }
+        }
+    }
+
     /// Which lookups the programs need for this plan.
     #[must_use]
     pub fn lookups(&self) -> Lookups {
@@ -433,10 +474,13 @@ impl Plan {
         if !self.services.is_empty() {
             flags |= LOOKUP_HOST_SERVICES;
         }
-        self.services.keys().filter(|key| key.port != 0).fold(
+        let lookups = self.services.keys().filter(|key| key.port != 0).fold(
             Lookups::new(levels, flags, self.local_binds_per_scope),
             |lookups, key| lookups.with_service_port(key.port),
-        )
+        );
+        self.derived_peers.keys().fold(lookups, |lookups, key| {
+            lookups.with_derived_peer(&key.addr, key.port)
+        })
     }
 
     /// Whether `key` (a scope's localhost port) is forwarded: the ports
@@ -456,6 +500,40 @@ impl Plan {
                 && prefix.protocol == key.protocol
                 && differing == 0
         })
+    }
+
+    /// Keeps the derived peers of `old` that live sockets may still ask
+    /// for: a socket that kept nothing at connect derives its peer for as
+    /// long as it lives, so an entry of a scope instance still here keeps
+    /// its port, and a forward of this plan that would change it keeps
+    /// storage instead. Entries go with their instance, and kept ones
+    /// only while the map has room (`capacity`): returns how many were
+    /// not kept.
+    pub fn keep_derived_peers(&mut self, old: &Self, capacity: u32) -> usize {
+        let live: BTreeSet<u32> = self
+            .cgroup_scopes
+            .values()
+            .chain(self.netns_scopes.values())
+            .map(|scope| scope.id)
+            .collect();
+        let mut not_kept = 0;
+        for (key, peer) in &old.derived_peers {
+            if !live.contains(&key.scope) {
+                continue;
+            }
+            match self.derived_peers.get(key) {
+                Some(new) if new.port == peer.port => {}
+                Some(new) => {
+                    self.derived_rules.remove(&new.rule);
+                    self.derived_peers.insert(*key, *peer);
+                }
+                None if self.derived_peers.len() < capacity as usize => {
+                    self.derived_peers.insert(*key, *peer);
+                }
+                None => not_kept += 1,
+            }
+        }
+        not_kept
     }
 
     /// The scopes that forward a port here they did not in `old`: binds
@@ -509,6 +587,8 @@ impl Plan {
         self.grants.extend(other.grants);
         self.scope_grants.extend(other.scope_grants);
         self.binds.extend(other.binds);
+        self.derived_peers.extend(other.derived_peers);
+        self.derived_rules.extend(other.derived_rules);
     }
 
     /// An alias: the exact address (port 0: every port) -> its target.

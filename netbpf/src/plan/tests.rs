@@ -200,6 +200,118 @@ fn ids_and_slots_stay_while_their_instance_does() {
     assert_eq!(after[0], both[1], "w-b keeps its id and slot when w-a goes");
 }
 
+/// A TCP forward that alone reaches its target in its scope gets its peer
+/// derived (its connects keep nothing); two forwards to one target, a UDP
+/// forward and the forwards of a scope with port ranges do not.
+#[test]
+fn a_forward_alone_at_its_target_gets_its_peer_derived() {
+    let policy = policy(
+        "version = 1\n\
+         [[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\nforward = [\n\
+           { from = \"localhost:8082\", to = \"10.0.0.1:80\" },\n\
+           { from = \"localhost:8083\", to = \"10.0.0.1:80\" },\n\
+           { from = \"localhost:8090\", to = \"10.0.0.1:90\" },\n\
+           { from = \"localhost:5353\", to = \"10.0.0.1:53\", proto = \"udp\" },\n\
+         ]\n\
+         [[scope]]\nname = \"r\"\nmatch = { container = \"r\" }\nforward = [\n\
+           { from = \"localhost:8090\", to = \"10.0.0.2:90\" },\n\
+           { from = \"localhost:9000-9010\", to = \"10.0.0.2:9000-9010\" },\n\
+         ]\n",
+    );
+    let workloads = [workload("a", 1, Some("a")), workload("r", 2, Some("r"))];
+    let assigned = assign(&policy, &workloads, Path::new("/"), 0);
+    let (plan, _) = compile(
+        &policy,
+        resolved(&policy, assigned),
+        &mut ScopeIds::default(),
+        &mut RuleSlots::default(),
+        &Capacity::default(),
+    );
+    let derived: Vec<_> = plan
+        .derived_peers
+        .iter()
+        .map(|(key, peer)| {
+            (
+                key.addr[0].to_ne_bytes(),
+                u16::from_be(key.port),
+                u16::from_be(peer.port),
+            )
+        })
+        .collect();
+    assert_eq!(derived, [([10, 0, 0, 1], 90, 8090)]);
+    let peer = plan.derived_peers.values().next().unwrap();
+    assert_eq!(plan.derived_rules, BTreeSet::from([peer.rule]));
+    let target = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
+    assert!(plan.lookups().may_derive_peer(&target, 90u16.to_be()));
+    assert!(!plan.lookups().may_derive_peer(&target, 80u16.to_be()));
+}
+
+/// A derived peer stays what live sockets derived while its instance
+/// lives: a forward moved to another port keeps storage instead, a
+/// forward removed leaves its peer; the instance gone, its peers go.
+#[test]
+fn derived_peers_stay_what_live_sockets_derived() {
+    let forwarding = |port| {
+        policy(&format!(
+            "version = 1\n[[scope]]\nname = \"a\"\nmatch = {{ container = \"a\" }}\n\
+             forward = [{{ from = \"localhost:{port}\", to = \"10.0.0.1:90\" }}]\n\
+             [[scope]]\nname = \"b\"\nmatch = {{ container = \"b\" }}\n"
+        ))
+    };
+    let mut ids = ScopeIds::default();
+    let mut slots = RuleSlots::default();
+    let mut plan_of = |policy: &Policy, name: &str| {
+        let cgroup = if name == "a" { 1 } else { 2 };
+        let workloads = [workload(name, cgroup, Some(name))];
+        let assigned = assign(policy, &workloads, Path::new("/"), 0);
+        compile(
+            policy,
+            resolved(policy, assigned),
+            &mut ids,
+            &mut slots,
+            &Capacity::default(),
+        )
+        .0
+    };
+    let ports = |plan: &Plan| -> Vec<u16> {
+        plan.derived_peers
+            .values()
+            .map(|peer| u16::from_be(peer.port))
+            .collect()
+    };
+    let first = plan_of(&forwarding(8090), "a");
+    assert_eq!(ports(&first), [8090]);
+
+    let mut moved = plan_of(&forwarding(8091), "a");
+    assert_eq!(moved.keep_derived_peers(&first, 10), 0);
+    assert_eq!(ports(&moved), [8090], "the live sockets' port stays");
+    assert!(
+        moved.derived_rules.is_empty(),
+        "the moved forward keeps storage"
+    );
+
+    let mut removed = plan_of(
+        &policy("version = 1\n[[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\n"),
+        "a",
+    );
+    removed.keep_derived_peers(&moved, 10);
+    assert_eq!(ports(&removed), [8090], "a removed forward leaves its peer");
+    let mut full = removed.clone();
+    full.derived_peers.clear();
+    assert_eq!(
+        full.keep_derived_peers(&removed, 0),
+        1,
+        "no room: not kept, and said"
+    );
+
+    let mut gone = plan_of(&forwarding(8090), "b");
+    gone.keep_derived_peers(&removed, 10);
+    assert!(
+        gone.derived_peers.is_empty(),
+        "the instance gone, its peers go"
+    );
+}
+
 #[test]
 fn targets_are_stored_in_network_order() {
     let (words, family) = target_words("10.200.1.1".parse().unwrap());
