@@ -10,6 +10,8 @@ Used by netbpf's tests as the application inside a container:
   probe.py udp-reconnected HOST PORT HOST2 PORT2
                                     one socket: connect() to each in turn, send(),
                                     getpeername(), recvfrom()
+  probe.py tcp-held HOST PORT       connect, then report getpeername() once now
+                                    and once for each line read on stdin
 "peer" is what getpeername() returns, "source" where recvfrom() says the
 reply came from.
 """
@@ -29,6 +31,15 @@ def tcp(host, port):
         while chunk := sock.recv(4096):
             data += chunk
     return {"peer": list(peer), "data": data.decode().strip()}
+
+
+def tcp_held(host, port):
+    """One connection kept open: its peer, reported again on each line of
+    stdin until stdin closes."""
+    with socket.create_connection((host, port), timeout=5) as sock:
+        print(json.dumps({"peer": list(sock.getpeername()[:2])}), flush=True)
+        for _ in sys.stdin:
+            print(json.dumps({"peer": list(sock.getpeername()[:2])}), flush=True)
 
 
 def udp(host, port, connected):
@@ -67,6 +78,9 @@ def main():
     if mode in ("udp-twice", "udp-reconnected"):
         targets = [(host, port), (sys.argv[4], int(sys.argv[5]))]
         print(json.dumps(udp_twice(targets, mode == "udp-reconnected")))
+        return
+    if mode == "tcp-held":
+        tcp_held(host, port)
         return
     if mode == "tcp":
         result = tcp(host, port)

@@ -1,11 +1,16 @@
 //! `netbpf agent` and its policy directory: an edit takes effect while the
 //! container runs, an invalid edit changes nothing and says where it is
 //! wrong, and a name defined in two files is refused naming both. A full
-//! map takes a replacement in one update.
+//! map takes a replacement in one update. A connection whose dialed
+//! address the kernel derives keeps it across policy edits.
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::time::Duration;
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    time::Duration,
+};
 
 use netbpf_testenv::{
     AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, KernelMaps, Place, Site, applied,
@@ -120,6 +125,95 @@ fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
         "{error}"
     );
     assert_eq!(banner(&topology), "second");
+    assert!(agent.stop().unwrap().success());
+}
+
+/// A TCP connection through a forward that alone reaches its target
+/// keeps nothing in the kernel: `getpeername()` derives what it dialed
+/// from its peer. The connection still shows what it dialed after the
+/// forward moves to another port (the kernel keeps the derived port for
+/// the scope's live sockets), while a new connection through the new
+/// port shows its own.
+#[test]
+fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
+    require_root();
+    let topology = DesktopTopology::new().unwrap();
+    let _server = topology
+        .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9001, "target")
+        .unwrap();
+    let setup = AgentSetup::new(
+        topology.work.path(),
+        topology.root.path(),
+        AgentOptions::default(),
+    )
+    .unwrap();
+    let forward_from = |port: u16| {
+        forward_to(&topology, 9001).replace("localhost:8082", &format!("localhost:{port}"))
+    };
+    setup.policy("desktop.toml", &forward_from(8082)).unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    let maps = KernelMaps::of(&agent).unwrap();
+    assert_eq!(
+        maps.entries("DERIVED_PEERS").unwrap(),
+        1,
+        "the forward's peer is derived"
+    );
+
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
+    let probe = probe.to_str().unwrap();
+    let (_client, mut ask, answers) = topology
+        .spawn(
+            Place::Desktop,
+            "python3",
+            &[probe, "tcp-held", "127.0.0.1", "8082"],
+        )
+        .unwrap()
+        .start_piped(&topology.work.path().join("held.log"))
+        .unwrap();
+    let mut answers = BufReader::new(answers).lines();
+    let mut held_peer = |ask_again: bool| {
+        if ask_again {
+            writeln!(ask).unwrap();
+        }
+        let line = answers
+            .next()
+            .expect("the held connection answers")
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["peer"].clone()
+    };
+    let dialed = serde_json::json!(["127.0.0.1", 8082]);
+    assert_eq!(held_peer(false), dialed);
+
+    save(&setup, "desktop.toml", &forward_from(8083));
+    agent
+        .wait_for_status(Duration::from_secs(5), |status| {
+            status["scopes"][0]["forwards"][0]["from"]
+                .as_str()
+                .is_some_and(|from| from.ends_with(":8083"))
+        })
+        .unwrap();
+    assert_eq!(
+        held_peer(true),
+        dialed,
+        "the held connection, after the edit"
+    );
+    let new = topology
+        .spawn(
+            Place::Desktop,
+            "python3",
+            &[probe, "tcp", "127.0.0.1", "8083"],
+        )
+        .unwrap()
+        .output(Duration::from_secs(10))
+        .unwrap();
+    let new: serde_json::Value = serde_json::from_slice(&new.stdout).unwrap();
+    assert_eq!(
+        (&new["peer"], new["data"].as_str()),
+        (&serde_json::json!(["127.0.0.1", 8083]), Some("target")),
+        "a new connection through the moved forward"
+    );
     assert!(agent.stop().unwrap().success());
 }
 
