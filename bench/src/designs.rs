@@ -32,7 +32,8 @@ use crate::{
 
 static DESIGNS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/designs"));
 
-/// A way to remember what a socket dialed.
+/// A way to remember what a socket dialed, or a part of finding a
+/// socket's scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Design {
     /// The socket's own storage (`bpf_sk_storage_get` with
@@ -42,25 +43,49 @@ pub enum Design {
     CookieHash,
     /// An LRU by (cookie, destination): Cilium's `cilium_lb4_reverse_sk`.
     FlowLru,
+    /// A part: the helper naming the task's cgroup.
+    CgroupHelper,
+    /// A part: a lookup that misses in a hash the size of the scopes'.
+    HashMiss,
+    /// Both parts: finding no scope.
+    NoScope,
 }
 
 impl Design {
-    pub const ALL: [Self; 3] = [Self::SocketStorage, Self::CookieHash, Self::FlowLru];
+    pub const ALL: [Self; 6] = [
+        Self::SocketStorage,
+        Self::CookieHash,
+        Self::FlowLru,
+        Self::CgroupHelper,
+        Self::HashMiss,
+        Self::NoScope,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Self::SocketStorage => "socket storage (netbpf's)",
             Self::CookieHash => "hash by socket cookie, preallocated, deleted on release",
             Self::FlowLru => "LRU by (cookie, destination): Cilium's `cilium_lb4_reverse_sk`",
+            Self::CgroupHelper => {
+                "the task's cgroup at one depth (`bpf_get_current_ancestor_cgroup_id`)"
+            }
+            Self::HashMiss => "a lookup that misses in a hash the size of the scopes' map",
+            Self::NoScope => "finding no scope: both of the above, as netbpf's scope lookup does",
         }
     }
 
-    /// Its preallocated table, if it has one (socket storage has none).
+    /// Whether it is a part of finding a scope, not a design: measured
+    /// with the fewest live sockets only (it keeps nothing per socket).
+    pub fn is_part(self) -> bool {
+        matches!(self, Self::CgroupHelper | Self::HashMiss | Self::NoScope)
+    }
+
+    /// Its preallocated table, if it has one.
     fn table(self) -> Option<&'static str> {
         match self {
-            Self::SocketStorage => None,
             Self::CookieHash => Some("BY_COOKIE"),
             Self::FlowLru => Some("BY_FLOW"),
+            Self::SocketStorage | Self::CgroupHelper | Self::HashMiss | Self::NoScope => None,
         }
     }
 
@@ -70,6 +95,9 @@ impl Design {
             Self::SocketStorage => ("remember_in_storage", None),
             Self::CookieHash => ("remember_by_cookie", Some("forget_by_cookie")),
             Self::FlowLru => ("remember_by_flow", None),
+            Self::CgroupHelper => ("find_cgroup", None),
+            Self::HashMiss => ("miss_in_hash", None),
+            Self::NoScope => ("find_no_scope", None),
         }
     }
 }
@@ -106,8 +134,11 @@ pub fn measure(
     let log = tempfile::NamedTempFile::new()?;
     let mut results = DesignRounds::new();
     for round in 1..=rounds {
-        for &sockets in live {
-            for design in Design::ALL {
+        for (index, &sockets) in live.iter().enumerate() {
+            for design in Design::ALL
+                .into_iter()
+                .filter(|d| index == 0 || !d.is_part())
+            {
                 step(format!(
                     "the reverse path's designs, round {round}: {} with {sockets} live sockets",
                     design.label()

@@ -95,7 +95,12 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
     let steps = plan.rounds
         * (Way::ALL.len() * (3 + plan.scaling.len())
             + 1
-            + Design::ALL.len() * plan.design_live.len())
+            + Design::ALL.iter().filter(|design| design.is_part()).count()
+            + Design::ALL
+                .iter()
+                .filter(|design| !design.is_part())
+                .count()
+                * plan.design_live.len())
         + plan.scaling.len()
         + agent_steps
         + 7;

@@ -4,7 +4,9 @@
 //! cgroup of its own and times it with the kernel's run-time statistics,
 //! beside an empty program at the same hook: what each design adds to a
 //! connect, and what it holds per live socket. netbpf's connect4 keeps
-//! what it rewrote the first way.
+//! what it rewrote the first way, but for a TCP connect whose rule tells
+//! what it dialed. The parts of finding a socket's scope, each alone,
+//! say what every program that needs the scope pays for it.
 #![no_std]
 #![no_main]
 #![expect(
@@ -19,16 +21,21 @@
 use core::ptr::{addr_of, read_volatile};
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     macros::{btf_map, cgroup_sock, cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockContext},
 };
-use netbpf_common::{AF_INET, DIALED_PER_SOCKET, Dialed, DialedBySocket, SockAddr};
+use netbpf_common::{AF_INET, DIALED_PER_SOCKET, Dialed, DialedBySocket, MAX_SCOPES, SockAddr};
 
 /// Verdict of a cgroup socket program that lets the syscall go on.
 const ALLOW: i32 = 1;
+
+/// Verdict that fails the syscall: never reached, the parts' maps are
+/// empty.
+const REFUSE: i32 = 0;
 
 /// How many sockets the tables keyed by socket hold: more than the most
 /// live sockets the bench opens.
@@ -109,6 +116,53 @@ pub fn remember_by_flow(ctx: SockAddrContext) -> i32 {
     // An LRU makes room by evicting: the insert does not fail.
     let _ = BY_FLOW.insert(flow, dialed.dialed, 0);
     ALLOW
+}
+
+/// Cgroup id -> nothing: a hash the size of netbpf's scope map, empty,
+/// for the parts of finding a scope.
+#[map]
+static SCOPES: HashMap<u64, u64> = HashMap::with_max_entries(MAX_SCOPES, BPF_F_NO_PREALLOC);
+
+/// The cgroup depth the parts look at: the bench's cgroup is at least
+/// this deep.
+const LEVEL: i32 = 1;
+
+/// A part of finding a scope: the helper that names the task's cgroup at
+/// one depth, as netbpf's scope lookup calls it.
+#[cgroup_sock_addr(connect4)]
+pub fn find_cgroup(_ctx: SockAddrContext) -> i32 {
+    // SAFETY: a helper without pointer arguments.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(LEVEL) };
+    // Used, so that the call stays.
+    if id == u64::MAX { REFUSE } else { ALLOW }
+}
+
+/// A part of finding a scope: a lookup that misses in the scope-sized
+/// hash, keyed by what the context holds (no helper).
+#[cgroup_sock_addr(connect4)]
+pub fn miss_in_hash(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the program's context; connect4 may read the field.
+    let port = unsafe { read_volatile(addr_of!((*ctx.sock_addr).user_port)) };
+    // SAFETY: only tested for presence.
+    if unsafe { SCOPES.get(u64::from(port)) }.is_some() {
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+/// Finding no scope: the cgroup helper, then a lookup that misses, as a
+/// socket of no scope meets netbpf's scope lookup.
+#[cgroup_sock_addr(connect4)]
+pub fn find_no_scope(_ctx: SockAddrContext) -> i32 {
+    // SAFETY: a helper without pointer arguments.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(LEVEL) };
+    // SAFETY: only tested for presence.
+    if unsafe { SCOPES.get(id) }.is_some() {
+        REFUSE
+    } else {
+        ALLOW
+    }
 }
 
 /// What the socket of `ctx` dials, as netbpf keeps a rewritten one: here

@@ -37,7 +37,11 @@ pub(super) fn section(text: &mut String, results: &Results) {
             .and_then(|by_live| by_live.get(&live))
             .map(|rounds| connect_net(rounds).median)
     };
-    for (&design, by_live) in &results.designs {
+    for (&design, by_live) in results
+        .designs
+        .iter()
+        .filter(|(design, _)| !design.is_part())
+    {
         for (&live, rounds) in by_live {
             let connect = connect_net(rounds);
             let to_peer = median_of(Design::FlowLru, live)
@@ -63,26 +67,60 @@ pub(super) fn section(text: &mut String, results: &Results) {
         }
     }
     text.push('\n');
-    let fewest_live = results
-        .designs
-        .get(&Design::SocketStorage)
-        .and_then(|by_live| by_live.keys().next().copied());
-    if let (Some(whole), Some(storage)) = (
+    let fewest = |design: Design| {
+        results
+            .designs
+            .get(&design)
+            .and_then(|by_live| by_live.values().next())
+            .map(|rounds| connect_net(rounds).median)
+    };
+    if let (Some(whole), Some(storage), Some(no_scope)) = (
         results.programs.scoped.get(program::CONNECT4),
-        fewest_live.and_then(|live| median_of(Design::SocketStorage, live)),
+        fewest(Design::SocketStorage),
+        fewest(Design::NoScope),
     ) {
-        let whole = net(whole).median;
         let _ = write!(
             text,
-            "netbpf's connect4 of a rewritten connect (the programs' table): {whole:.0} ns net, of \
-             which the socket storage alone is about {storage:.0} ns (made and written once; netbpf \
-             also looks through the socket's four entries): without it, about {:.0} ns, \
-             the floor of a design that keeps nothing at connect for a TCP connect whose rule \
-             alone tells what it dialed. The other designs' floor is that plus their own \
-             row.\n\n",
-            (whole - storage).max(0.0)
+            "netbpf's connect4 of a rewritten TCP connect (the programs' table) keeps nothing: \
+             its forward alone reaches its target in its scope, so `getpeername()` derives what \
+             it dialed from the rule. It takes {:.0} ns net, where the socket storage alone would \
+             add about {storage:.0} ns (it still keeps storage for UDP, and for a forward that \
+             shares its target with another). Finding the socket's scope is about \
+             {no_scope:.0} ns of it (its parts below); the forward's own lookup is another hash \
+             lookup.\n\n",
+            net(whole).median
         );
     }
+    parts(text, results);
+}
+
+/// The table of the parts of finding a scope.
+fn parts(text: &mut String, results: &Results) {
+    let parts: Vec<_> = results
+        .designs
+        .iter()
+        .filter(|(design, _)| design.is_part())
+        .filter_map(|(design, by_live)| Some((design, by_live.values().next()?)))
+        .collect();
+    if parts.is_empty() {
+        return;
+    }
+    text.push_str(
+        "What finding a socket's scope costs, part by part, measured the same way: the floor of \
+         every program that needs the scope, a socket of no scope included (it is found in no \
+         map).\n\n\
+         | part | connect4 net ns |\n\
+         | --- | ---: |\n",
+    );
+    for (design, rounds) in parts {
+        let _ = writeln!(
+            text,
+            "| {} | {} |",
+            design.label(),
+            connect_net(rounds).show(0)
+        );
+    }
+    text.push('\n');
 }
 
 /// The net ns per run of a design's program at connect4, over its rounds.

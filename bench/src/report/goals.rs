@@ -113,6 +113,11 @@ fn scoped_work(program: &str) -> &'static str {
             "A released socket's storage is looked up, and a counted bind's count taken back \
              with an atomic."
         }
+        program::GETPEER4 => {
+            "The TCP socket's connect kept nothing, its forward alone reaching its target: its \
+             storage is looked up and not found, then its scope is found and the derived peer \
+             looked up (the parts of finding a scope are in the reverse path's designs)."
+        }
         _ => "The socket's storage is looked up for the address it dialed.",
     }
 }
@@ -127,9 +132,16 @@ fn unscoped_work(program: &str) -> &'static str {
              scopes are, and a hash lookup that misses."
         }
         program::CONNECT4 => {
-            "The process of no scope dials the server itself: the program reads the destination \
-             and the lookups' flags (no alias, the host services' port filter) and looks \
-             nothing up."
+            "The process of no scope dials the server itself, the target of a forward whose \
+             peer `getpeername()` derives: a socket of that scope that dials the target itself \
+             must keep storage saying so, so the program looks for the socket's scope and finds \
+             none (the helper and a lookup that misses: the floor in the parts of finding a \
+             scope). A connect to any other destination is ruled out by the derived peers' \
+             filter, in the lookups' cache line, and looks nothing up."
+        }
+        program::GETPEER4 => {
+            "A socket of no scope has no storage; its peer, a forward's target, passes the \
+             derived peers' filter, so its scope is looked for and not found."
         }
         _ => {
             "A socket of no scope has no storage: one lookup of the socket's storage finds none, \
@@ -139,14 +151,13 @@ fn unscoped_work(program: &str) -> &'static str {
 }
 
 /// The connect of a socket of a scope.
-const REWRITE_WORK: &str = "A rewritten `connect()` gives its socket the storage that \
-    remembers what it dialed (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`), so that \
-    `getpeername()` and UDP replies show the address the application dialed: a kernel \
-    allocation charged to the socket, on top of the scope, exact-port and local-bind lookups. \
-    It is the price of a reverse path that is exact, never evicted and freed with its socket. \
-    Connects netbpf does not rewrite never allocate (the sockets of no scope in the programs' \
-    table). The section on the reverse path's designs measures the storage alone, and the \
-    other designs, beside it.";
+const REWRITE_WORK: &str = "A rewritten TCP `connect()` whose forward alone reaches its target \
+    keeps nothing: `getpeername()` derives what it dialed from the rule. What is left is \
+    finding the socket's scope (a helper for its cgroup and a hash lookup), the forward's \
+    exact port (a hash lookup), the rule's flags and counters (arrays) and the rewrite; a scope \
+    none of whose sockets listens on a forwarded port skips the local-binds lookup. Finding a \
+    scope alone is measured in the reverse path's designs, beside the storage the connect no \
+    longer makes (UDP and forwards sharing a target still keep it).";
 
 /// What a ratio of rates is made of.
 fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {
