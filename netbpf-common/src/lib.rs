@@ -24,7 +24,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 5 } else { 4 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 6 } else { 5 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -533,6 +533,42 @@ impl ScopePort {
     }
 }
 
+/// Key of the forwards by cgroup: an exact localhost port of the scope
+/// whose instance is the cgroup `cgroup`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CgroupPort {
+    pub cgroup: u64,
+    /// Port in host byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    _pad: [u8; 5],
+}
+
+impl CgroupPort {
+    /// The key of `port` (host byte order) of `protocol` in the scope of
+    /// cgroup `cgroup`.
+    #[must_use]
+    pub const fn new(cgroup: u64, port: u16, protocol: u8) -> Self {
+        Self {
+            cgroup,
+            port,
+            protocol,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// A forward found by cgroup: its target and the scope it belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CgroupForward {
+    pub target: ForwardTarget,
+    /// The scope id of the cgroup's instance.
+    pub scope: u32,
+}
+
 /// Counters of one rule, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -667,6 +703,8 @@ mod pod {
     // no implicit padding (the sizes are asserted above).
     unsafe impl aya::Pod for super::ForwardKey {}
     unsafe impl aya::Pod for super::ForwardTarget {}
+    unsafe impl aya::Pod for super::CgroupPort {}
+    unsafe impl aya::Pod for super::CgroupForward {}
     unsafe impl aya::Pod for super::SockAddr {}
     unsafe impl aya::Pod for super::ScopePort {}
     unsafe impl aya::Pod for super::RuleStats {}

@@ -7,9 +7,9 @@
 use core::mem::size_of;
 
 use crate::{
-    AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey, DialedBySocket, ForwardKey,
-    ForwardTarget, GrantKey, GrantPath, Lookups, MssConfig, MssStats, RuleStats, ScopeEntry,
-    ScopeGrant, ScopePort, ServiceKey, ServiceStats,
+    AliasKey, AliasedAddr, BindTarget, CgroupForward, CgroupPort, DerivedPeer, DerivedPeerKey,
+    DialedBySocket, ForwardKey, ForwardTarget, GrantKey, GrantPath, Lookups, MssConfig, MssStats,
+    RuleStats, ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// A map of the object: its name, and the sizes of its key and value.
@@ -46,6 +46,9 @@ pub const CGROUP_SCOPES: MapName = MapName::of::<u64, ScopeEntry>("CGROUP_SCOPES
 pub const NETNS_SCOPES: MapName = MapName::of::<u64, ScopeEntry>("NETNS_SCOPES");
 /// Which lookups the programs need (one entry).
 pub const LOOKUPS: MapName = MapName::of::<u32, Lookups>("LOOKUPS");
+/// (cgroup of a scope instance, exact port, protocol) -> its forward and
+/// scope: a rewritten connect's one lookup.
+pub const CGROUP_FORWARDS: MapName = MapName::of::<CgroupPort, CgroupForward>("CGROUP_FORWARDS");
 /// (scope, exact port, protocol) -> its forward.
 pub const FORWARD_PORTS: MapName = MapName::of::<ScopePort, ForwardTarget>("FORWARD_PORTS");
 /// (scope, protocol, port prefix) -> the forward of a port range.
@@ -88,7 +91,7 @@ pub const RULE_FLAGS: MapName = MapName::of::<u32, u32>("RULE_FLAGS");
 pub const DERIVED_PEERS: MapName = MapName::of::<DerivedPeerKey, DerivedPeer>("DERIVED_PEERS");
 
 /// Every map of the object.
-pub const MAPS: [MapName; 23] = [
+pub const MAPS: [MapName; 24] = [
     CGROUP_SCOPES,
     NETNS_SCOPES,
     LOOKUPS,
@@ -112,6 +115,7 @@ pub const MAPS: [MapName; 23] = [
     BIND_REMAPS,
     RULE_FLAGS,
     DERIVED_PEERS,
+    CGROUP_FORWARDS,
 ];
 
 /// The programs of the object.

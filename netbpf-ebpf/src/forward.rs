@@ -4,16 +4,17 @@
 
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, DIALED_PER_SOCKET, DerivedPeer, DerivedPeerKey,
-    Dialed, FORWARD_KEY_BITS, ForwardKey, ForwardTarget, LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP,
-    RULE_DERIVES_PEER, RuleStats, SCOPE_PORT_RANGES, ScopeEntry, ScopePort, SockAddr,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, CgroupForward, CgroupPort, DIALED_PER_SOCKET,
+    DerivedPeer, DerivedPeerKey, Dialed, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
+    LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RULE_DERIVES_PEER, RuleStats, SCOPE_PORT_RANGES,
+    ScopeEntry, ScopePort, SockAddr,
 };
 
 use crate::{
     addr,
     maps::{
-        ALIASED_ADDRS, ALIASES, DERIVED_PEERS, FORWARD_PORTS, FORWARDS, LOCAL_BINDS, REVERSE,
-        RULE_FLAGS, RULE_STATS, SCOPE_LOCAL_BINDS,
+        ALIASED_ADDRS, ALIASES, CGROUP_FORWARDS, DERIVED_PEERS, FORWARD_PORTS, FORWARDS,
+        LOCAL_BINDS, REVERSE, RULE_FLAGS, RULE_STATS, SCOPE_LOCAL_BINDS,
     },
     scope,
 };
@@ -108,9 +109,19 @@ fn localhost_target(
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
-    let scope = scope::current(ctx.cast())?;
-    let this_port = ScopePort::new(scope.id, port, protocol);
-    let target = forward_of(&scope, this_port)?;
+    let lookups = scope::lookups();
+    let deepest = scope::deepest(lookups.cgroup_levels);
+    let (scope, target) =
+        if let Some(found) = deepest.and_then(|at| forward_by_cgroup(at, port, protocol)) {
+            (found.scope, found.target)
+        } else {
+            let scope = scope::of(ctx.cast(), lookups, deepest)?;
+            (
+                scope.id,
+                forward_of(&scope, ScopePort::new(scope.id, port, protocol))?,
+            )
+        };
+    let this_port = ScopePort::new(scope, port, protocol);
     if target.is_own_service() {
         let own = ForwardTarget {
             addr: dialed.addr,
@@ -123,7 +134,7 @@ fn localhost_target(
     // A scope none of whose sockets is bound on a forwarded port (most)
     // has nothing in LOCAL_BINDS: its count, an array element, says so.
     // SAFETY: the value is only tested for presence.
-    if has_local_binds(scope.id) && unsafe { LOCAL_BINDS.get(this_port) }.is_some() {
+    if has_local_binds(scope) && unsafe { LOCAL_BINDS.get(this_port) }.is_some() {
         stats.local_skips += 1;
         return None;
     }
@@ -136,6 +147,19 @@ fn localhost_target(
 #[inline(always)]
 fn has_local_binds(scope: u32) -> bool {
     SCOPE_LOCAL_BINDS.get(scope).is_none_or(|&ports| ports != 0)
+}
+
+/// The exact-port forward of the scope whose instance is the task's
+/// cgroup at the deepest level (`at`), if it is one: one lookup finds
+/// the scope and its forward. Only cgroups of scope instances are keys,
+/// and no scope is deeper, so a hit is what the scope lookup would find.
+#[inline(always)]
+fn forward_by_cgroup(at: scope::Deepest, port: u16, protocol: u8) -> Option<CgroupForward> {
+    if at.id == 0 {
+        return None;
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { CGROUP_FORWARDS.get(CgroupPort::new(at.id, port, protocol)) }.copied()
 }
 
 /// The forward of localhost port `key` of `scope`, or the own service a

@@ -7,11 +7,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, SockMap},
 };
 use netbpf_common::{
-    AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey, DialedBySocket, ForwardKey,
-    ForwardTarget, GrantKey, GrantPath, Lookups, MAX_ALIASES, MAX_BIND_REMAPS, MAX_DERIVED_PEERS,
-    MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS, MAX_HOST_SERVICES, MAX_LOCAL_BINDS,
-    MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPE_GRANTS, MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig,
-    MssStats, RuleStats, ScopeEntry, ScopeGrant, ScopePort, ServiceKey, ServiceStats,
+    AliasKey, AliasedAddr, BindTarget, CgroupForward, CgroupPort, DerivedPeer, DerivedPeerKey,
+    DialedBySocket, ForwardKey, ForwardTarget, GrantKey, GrantPath, Lookups, MAX_ALIASES,
+    MAX_BIND_REMAPS, MAX_DERIVED_PEERS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
+    MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPE_GRANTS,
+    MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats, ScopeEntry, ScopeGrant,
+    ScopePort, ServiceKey, ServiceStats,
 };
 
 /// Flags of every hash map here: entries are allocated as they are added
@@ -46,8 +47,16 @@ pub static RULE_FLAGS: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
 pub static DERIVED_PEERS: HashMap<DerivedPeerKey, DerivedPeer> =
     HashMap::with_max_entries(MAX_DERIVED_PEERS, ON_DEMAND);
 
+/// (cgroup of a scope instance, exact localhost port, protocol) -> its
+/// forward (or own service) and scope: the one lookup of a rewritten
+/// connect of a task in that cgroup, before the scope is looked up.
+#[map]
+pub static CGROUP_FORWARDS: HashMap<CgroupPort, CgroupForward> =
+    HashMap::with_max_entries(MAX_FORWARD_PORTS, ON_DEMAND);
+
 /// (scope, exact localhost port, protocol) -> its forward, or the own
-/// service a bind remap moved there: the one lookup of most connects.
+/// service a bind remap moved there: the binds' lookup, and the connects'
+/// when the cgroup's was not the scope's.
 #[map]
 pub static FORWARD_PORTS: HashMap<ScopePort, ForwardTarget> =
     HashMap::with_max_entries(MAX_FORWARD_PORTS, ON_DEMAND);

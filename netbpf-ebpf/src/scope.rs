@@ -20,8 +20,48 @@ pub fn lookups() -> Lookups {
 #[inline(always)]
 pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
     let lookups = lookups();
-    if let Some(scope) = by_cgroup(lookups.cgroup_levels) {
-        return Some(scope);
+    of(ctx, lookups, deepest(lookups.cgroup_levels))
+}
+
+/// The task's cgroup at the deepest of `levels` (one bit per level): the
+/// only cgroup there that may be a scope's own, and the levels left.
+#[derive(Clone, Copy)]
+pub struct Deepest {
+    /// Its cgroup id; 0 when the task's cgroup is not that deep.
+    pub id: u64,
+    /// The shallower levels, to look at when it is no scope.
+    shallower: u64,
+}
+
+/// The task's cgroup at the deepest of `levels`; None when no cgroup
+/// scope exists.
+#[inline(always)]
+pub fn deepest(levels: u64) -> Option<Deepest> {
+    let level = levels.checked_ilog2()?;
+    // SAFETY: a helper without pointer arguments.
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(level.cast_signed()) };
+    Some(Deepest {
+        id,
+        shallower: levels & !(1 << level),
+    })
+}
+
+/// [`current`], with the task's cgroup at the deepest level already known
+/// (`deepest`, of `lookups`' levels).
+#[inline(always)]
+pub fn of(ctx: *mut c_void, lookups: Lookups, deepest: Option<Deepest>) -> Option<ScopeEntry> {
+    if let Some(deepest) = deepest {
+        if deepest.id != 0 {
+            // SAFETY: the value is copied out at once.
+            if let Some(scope) = unsafe { CGROUP_SCOPES.get(deepest.id) } {
+                return Some(*scope);
+            }
+        }
+        if deepest.shallower != 0
+            && let Some(scope) = by_cgroup(deepest.shallower)
+        {
+            return Some(scope);
+        }
     }
     if lookups.flags & LOOKUP_NETNS_SCOPES == 0 {
         return None;
@@ -34,7 +74,7 @@ pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
 
 /// The scope of the deepest registered ancestor of the task's cgroup,
 /// looking only at `levels` (one bit per level), deepest first: on a node
-/// whose containers all sit at one depth, one lookup. While the agent moves
+/// whose containers all sit at one depth, none is left for it. While the agent moves
 /// from one policy to the next, `levels` holds the depths of both, each
 /// at most [`MAX_SCOPE_LEVELS`]. A function of its own (a BPF-to-BPF
 /// call): the verifier then walks the rest of a program once after it,

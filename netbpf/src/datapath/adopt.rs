@@ -122,6 +122,7 @@ impl Datapath {
             cgroup_scopes: self.entries(names::CGROUP_SCOPES.name)?,
             netns_scopes: self.entries(names::NETNS_SCOPES.name)?,
             forward_ports: self.entries(names::FORWARD_PORTS.name)?,
+            cgroup_forwards: self.entries(names::CGROUP_FORWARDS.name)?,
             forwards,
             aliases: self.entries::<AliasKey, ForwardTarget>(names::ALIASES.name)?,
             aliased_addrs: self.keys::<AliasedAddr, u8>(names::ALIASED_ADDRS.name)?,

@@ -173,12 +173,13 @@ pub struct Datapath {
 }
 
 /// The capacity of each map that has a setting.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 14] {
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 15] {
     [
         (names::CGROUP_SCOPES.name, capacity.scopes),
         (names::NETNS_SCOPES.name, capacity.scopes),
         (names::RULE_STATS.name, capacity.rules),
         (names::FORWARD_PORTS.name, capacity.forward_ports),
+        (names::CGROUP_FORWARDS.name, capacity.forward_ports),
         // At most one derived peer per forward of one port.
         (names::DERIVED_PEERS.name, capacity.forward_ports),
         (names::FORWARDS.name, capacity.forward_prefixes),

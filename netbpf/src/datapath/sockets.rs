@@ -255,11 +255,24 @@ impl Datapath {
             &forward_ports,
             &new.forward_ports,
         )?;
+        let mut cgroup_forwards = old.cgroup_forwards.clone();
+        cgroup_forwards.extend(&new.cgroup_forwards);
+        self.sync_keeping(
+            names::CGROUP_FORWARDS.name,
+            &old.cgroup_forwards,
+            &cgroup_forwards,
+            &new.cgroup_forwards,
+        )?;
         self.sync_forward_ranges(old, new)?;
         self.sync(
             names::FORWARD_PORTS.name,
             &forward_ports,
             &new.forward_ports,
+        )?;
+        self.sync(
+            names::CGROUP_FORWARDS.name,
+            &cgroup_forwards,
+            &new.cgroup_forwards,
         )?;
         self.update_derived_peers(old, new)?;
         self.sync(names::ALIASES.name, &old.aliases, &new.aliases)?;

@@ -20,10 +20,10 @@ use std::{
 };
 
 use netbpf_common::{
-    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey,
-    FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget, GrantKey, GrantPath, LOOKUP_ALIASES,
-    LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry,
-    ScopeGrant, ScopePort, ServiceKey,
+    AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, CgroupForward, CgroupPort, DerivedPeer,
+    DerivedPeerKey, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget, GrantKey, GrantPath,
+    LOOKUP_ALIASES, LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP,
+    SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort, ServiceKey,
 };
 
 pub use self::{
@@ -193,6 +193,9 @@ pub struct Plan {
     /// (scope, exact port, protocol) -> a forward of that one port, or the
     /// own service a localhost bind remap moved there.
     pub forward_ports: BTreeMap<ScopePort, ForwardTarget>,
+    /// The same forwards of cgroup scopes, by (cgroup, port, protocol):
+    /// a connect's one lookup.
+    pub cgroup_forwards: BTreeMap<CgroupPort, CgroupForward>,
     /// (prefix length in bits, key) -> target, for the trie of forwards of
     /// port ranges.
     pub forwards: BTreeMap<(u32, ForwardKey), ForwardTarget>,
@@ -420,6 +423,22 @@ impl Plan {
             flags: if has_ranges { SCOPE_PORT_RANGES } else { 0 },
             level,
         };
+        if let ScopeKey::Cgroup(cgroup) = key {
+            let by_cgroup: Vec<_> = self
+                .forward_ports
+                .range(ScopePort::new(scope_id, 0, 0)..=ScopePort::new(scope_id, u16::MAX, u8::MAX))
+                .map(|(port, &target)| {
+                    (
+                        CgroupPort::new(cgroup, port.port, port.protocol),
+                        CgroupForward {
+                            target,
+                            scope: scope_id,
+                        },
+                    )
+                })
+                .collect();
+            self.cgroup_forwards.extend(by_cgroup);
+        }
         match key {
             ScopeKey::Cgroup(id) => self.cgroup_scopes.insert(id, entry),
             ScopeKey::Netns(cookie) => self.netns_scopes.insert(cookie, entry),
@@ -580,6 +599,7 @@ impl Plan {
         self.cgroup_scopes.extend(other.cgroup_scopes);
         self.netns_scopes.extend(other.netns_scopes);
         self.forward_ports.extend(other.forward_ports);
+        self.cgroup_forwards.extend(other.cgroup_forwards);
         self.forwards.extend(other.forwards);
         self.aliases.extend(other.aliases);
         self.aliased_addrs.extend(other.aliased_addrs);

@@ -246,6 +246,38 @@ fn a_forward_alone_at_its_target_gets_its_peer_derived() {
     assert!(!plan.lookups().may_derive_peer(&target, 80u16.to_be()));
 }
 
+/// Every exact-port forward of a cgroup scope is also keyed by its cgroup,
+/// with its scope id: the connect's one lookup. Port ranges are not.
+#[test]
+fn exact_forwards_of_cgroup_scopes_are_keyed_by_cgroup() {
+    let policy = policy(
+        "version = 1\n\
+         [[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\nforward = [\n\
+           { from = \"localhost:8082\", to = \"10.0.0.1:80\" },\n\
+           { from = \"localhost:9000-9010\", to = \"10.0.0.2:9000-9010\" },\n\
+         ]\n",
+    );
+    let workloads = [workload("a", 7, Some("a"))];
+    let assigned = assign(&policy, &workloads, Path::new("/"), 0);
+    let (plan, _) = compile(
+        &policy,
+        resolved(&policy, assigned),
+        &mut ScopeIds::default(),
+        &mut RuleSlots::default(),
+        &Capacity::default(),
+    );
+    let (&key, forward) = plan.cgroup_forwards.iter().next().unwrap();
+    assert_eq!(plan.cgroup_forwards.len(), 1, "{:?}", plan.cgroup_forwards);
+    assert_eq!(key, CgroupPort::new(7, 8082, PROTO_TCP));
+    let scope = plan.cgroup_scopes[&7].id;
+    assert_eq!(forward.scope, scope);
+    assert_eq!(
+        Some(&forward.target),
+        plan.forward_ports
+            .get(&ScopePort::new(scope, 8082, PROTO_TCP))
+    );
+}
+
 /// A derived peer stays what live sockets derived while its instance
 /// lives: a forward moved to another port keeps storage instead, a
 /// forward removed leaves its peer; the instance gone, its peers go.
