@@ -9,7 +9,9 @@
 use std::{fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
-use netbpf_common::{ForwardTarget, MAP_LAYOUT, PROTO_TCP, ScopeEntry, ScopePort, names};
+use netbpf_common::{
+    CgroupForward, CgroupPort, ForwardTarget, MAP_LAYOUT, PROTO_TCP, ScopeEntry, ScopePort, names,
+};
 use netbpf_testenv::{
     AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, run_checked,
     wait_for_listener,
@@ -244,6 +246,10 @@ impl Prepared {
             aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(
                 names::FORWARD_PORTS.name,
             )?))?;
+        let mut cgroup_forwards: aya::maps::HashMap<_, CgroupPort, CgroupForward> =
+            aya::maps::HashMap::try_from(aya::maps::Map::HashMap(open(
+                names::CGROUP_FORWARDS.name,
+            )?))?;
         // The desktop's own entry: its level is every container's here.
         let level = scopes
             .iter()
@@ -277,6 +283,15 @@ impl Prepared {
             forwards
                 .insert(ScopePort::new(scope, TCP_PORT, PROTO_TCP), target, 0)
                 .with_context(|| format!("adding the forward of scope {other} to FORWARD_PORTS"))?;
+            cgroup_forwards
+                .insert(
+                    CgroupPort::new(cgroup, TCP_PORT, PROTO_TCP),
+                    CgroupForward { target, scope },
+                    0,
+                )
+                .with_context(|| {
+                    format!("adding the forward of scope {other} to CGROUP_FORWARDS")
+                })?;
         }
         Ok(())
     }

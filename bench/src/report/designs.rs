@@ -85,9 +85,10 @@ pub(super) fn section(text: &mut String, results: &Results) {
              its forward alone reaches its target in its scope, so `getpeername()` derives what \
              it dialed from the rule. It takes {:.0} ns net, where the socket storage alone would \
              add about {storage:.0} ns (it still keeps storage for UDP, and for a forward that \
-             shares its target with another). Finding the socket's scope is about \
-             {no_scope:.0} ns of it (its parts below); the forward's own lookup is another hash \
-             lookup.\n\n",
+             shares its target with another). It finds its forward with the cgroup helper and \
+             one hash lookup, keyed by the cgroup and the port; finding a scope the long way, \
+             the helper and a lookup per map, is about {no_scope:.0} ns when there is none \
+             (the parts below).\n\n",
             net(whole).median
         );
     }

@@ -152,12 +152,12 @@ fn unscoped_work(program: &str) -> &'static str {
 
 /// The connect of a socket of a scope.
 const REWRITE_WORK: &str = "A rewritten TCP `connect()` whose forward alone reaches its target \
-    keeps nothing: `getpeername()` derives what it dialed from the rule. What is left is \
-    finding the socket's scope (a helper for its cgroup and a hash lookup), the forward's \
-    exact port (a hash lookup), the rule's flags and counters (arrays) and the rewrite; a scope \
-    none of whose sockets listens on a forwarded port skips the local-binds lookup. Finding a \
-    scope alone is measured in the reverse path's designs, beside the storage the connect no \
-    longer makes (UDP and forwards sharing a target still keep it).";
+    keeps nothing: `getpeername()` derives what it dialed from the rule. What is left is the \
+    task's cgroup (a helper) and one hash lookup that finds the scope's forward by cgroup and \
+    port, the rule's flags and counters (arrays) and the rewrite; a scope none of whose sockets \
+    listens on a forwarded port skips the local-binds lookup. The helper and a hash lookup, each \
+    alone, are in the parts of finding a scope, beside the storage the connect no longer makes \
+    (UDP and forwards sharing a target still keep it).";
 
 /// What a ratio of rates is made of.
 fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {
