@@ -61,7 +61,7 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         // (sendmsg sees UDP only: the branch folds away there.)
         if protocol == PROTO_UDP {
             reached_directly(ctx, seen, syscall);
-        } else if matches!(syscall, Syscall::Connect) && may_be_derived(&seen, family) {
+        } else if matches!(syscall, Syscall::Connect) && derivable(&seen, family).is_some() {
             reached_derived_peer(ctx, seen, family);
         }
         return;
@@ -287,23 +287,23 @@ fn derives_peer(rule: u32) -> bool {
         .is_some_and(|flags| flags & RULE_DERIVES_PEER != 0)
 }
 
-/// Whether `peer` (as a socket of `family` sees it) may be a derived peer
-/// of some scope: most peers are ruled out here, by the lookups' filter.
+/// `peer` (as a socket of `family` sees it) in its own family, if it may
+/// be a derived peer of some scope: most peers are ruled out here, by the
+/// lookups' filter.
 #[inline(always)]
-fn may_be_derived(peer: &SockAddr, family: u16) -> bool {
-    let (addr, _) = addr::canonical(&peer.addr, family);
-    scope::lookups().may_derive_peer(&addr, peer.port)
+fn derivable(peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
+    let (addr, family) = addr::canonical(&peer.addr, family);
+    scope::lookups()
+        .may_derive_peer(&addr, peer.port)
+        .then_some((addr, family))
 }
 
 /// The derived peer of `peer` (as the socket of `ctx` sees it) for the
 /// caller's scope, if `peer` is one.
 #[inline(always)]
 fn derived_peer(ctx: *mut bpf_sock_addr, peer: &SockAddr, family: u16) -> Option<DerivedPeer> {
-    if !may_be_derived(peer, family) {
-        return None;
-    }
+    let (addr, family) = derivable(peer, family)?;
     let scope = scope::current(ctx.cast())?;
-    let (addr, family) = addr::canonical(&peer.addr, family);
     let key = DerivedPeerKey {
         scope: scope.id,
         addr,

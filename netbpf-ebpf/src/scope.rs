@@ -74,11 +74,11 @@ pub fn of(ctx: *mut c_void, lookups: Lookups, deepest: Option<Deepest>) -> Optio
 
 /// The scope of the deepest registered ancestor of the task's cgroup,
 /// looking only at `levels` (one bit per level), deepest first: on a node
-/// whose containers all sit at one depth, none is left for it. While the agent moves
-/// from one policy to the next, `levels` holds the depths of both, each
-/// at most [`MAX_SCOPE_LEVELS`]. A function of its own (a BPF-to-BPF
-/// call): the verifier then walks the rest of a program once after it,
-/// not once for each level the loop may return at.
+/// whose containers all sit at one depth, none is left for it. While the
+/// agent moves from one policy to the next, `levels` holds the depths of
+/// both, each at most [`MAX_SCOPE_LEVELS`]. A function of its own (a
+/// BPF-to-BPF call): the verifier then walks the rest of a program once
+/// after it, not once for each level the loop may return at.
 #[inline(never)]
 fn by_cgroup(mut levels: u64) -> Option<ScopeEntry> {
     for _ in 0..2 * MAX_SCOPE_LEVELS {
