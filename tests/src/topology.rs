@@ -95,6 +95,15 @@ impl DesktopTopology {
         self.site(place).spawn(program, args)
     }
 
+    /// `tests/scripts/probe.py` with `args` at `place`: one connection or
+    /// exchange of the mode the script names, reported as JSON.
+    pub fn spawn_probe(&self, place: Place, args: &[&str]) -> anyhow::Result<Spawn> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
+        let mut full = vec![script.to_str().context("the probe's path is UTF-8")?];
+        full.extend_from_slice(args);
+        self.spawn(place, "python3", &full)
+    }
+
     /// curl at `place`: its exit code and the body it got.
     pub fn curl(&self, place: Place, url: &str) -> anyhow::Result<(i32, String)> {
         self.site(place).curl(url)

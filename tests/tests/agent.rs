@@ -8,7 +8,6 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    path::Path,
     time::Duration,
 };
 
@@ -44,6 +43,16 @@ fn banner_at(site: Site) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// An agent's setup in `topology`'s work directory, over its cgroup root.
+fn agent_setup(topology: &DesktopTopology) -> AgentSetup {
+    AgentSetup::new(
+        topology.work.path(),
+        topology.root.path(),
+        AgentOptions::default(),
+    )
+    .unwrap()
+}
+
 /// Writes `text` as the policy file `name` the way editors save: a new
 /// file renamed over the old one.
 fn save(setup: &AgentSetup, name: &str, text: &str) {
@@ -62,12 +71,7 @@ fn the_policy_directory_is_followed_and_a_bad_edit_changes_nothing() {
     let _second = topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9002, "second")
         .unwrap();
-    let setup = AgentSetup::new(
-        topology.work.path(),
-        topology.root.path(),
-        AgentOptions::default(),
-    )
-    .unwrap();
+    let setup = agent_setup(&topology);
     setup
         .policy("desktop.toml", &forward_to(&topology, 9001))
         .unwrap();
@@ -141,12 +145,7 @@ fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
     let _server = topology
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 9001, "target")
         .unwrap();
-    let setup = AgentSetup::new(
-        topology.work.path(),
-        topology.root.path(),
-        AgentOptions::default(),
-    )
-    .unwrap();
+    let setup = agent_setup(&topology);
     let forward_from = |port: u16| {
         forward_to(&topology, 9001).replace("localhost:8082", &format!("localhost:{port}"))
     };
@@ -161,14 +160,8 @@ fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
         "the forward's peer is derived"
     );
 
-    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
-    let probe = probe.to_str().unwrap();
     let (_client, mut ask, answers) = topology
-        .spawn(
-            Place::Desktop,
-            "python3",
-            &[probe, "tcp-held", "127.0.0.1", "8082"],
-        )
+        .spawn_probe(Place::Desktop, &["tcp-held", "127.0.0.1", "8082"])
         .unwrap()
         .start_piped(&topology.work.path().join("held.log"))
         .unwrap();
@@ -200,11 +193,7 @@ fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
         "the held connection, after the edit"
     );
     let new = topology
-        .spawn(
-            Place::Desktop,
-            "python3",
-            &[probe, "tcp", "127.0.0.1", "8083"],
-        )
+        .spawn_probe(Place::Desktop, &["tcp", "127.0.0.1", "8083"])
         .unwrap()
         .output(Duration::from_secs(10))
         .unwrap();
@@ -248,12 +237,7 @@ fn a_full_map_takes_a_replacement_in_one_update() {
         .iter()
         .map(|name| topology.root.child(name).unwrap())
         .collect();
-    let setup = AgentSetup::new(
-        topology.work.path(),
-        topology.root.path(),
-        AgentOptions::default(),
-    )
-    .unwrap();
+    let setup = agent_setup(&topology);
     setup.configure("[capacity]\nscopes = 2\n").unwrap();
     setup
         .policy("scopes.toml", &scopes_for(&topology, &["a", "b"]))

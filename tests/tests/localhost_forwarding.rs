@@ -5,7 +5,7 @@
 //! Privileged: run as root (`cargo xtask test`). Each test builds its own
 //! topology under unique names and removes it, also when it fails.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use netbpf_testenv::{
     BRIDGE_V4, DesktopTopology, NetbpfRun, Place, doctor, doctor_config, findings, netbpf_binary,
@@ -87,11 +87,8 @@ fn new_topology() -> DesktopTopology {
 
 /// Runs tests/scripts/probe.py at `place`; returns its JSON report.
 fn probe(topology: &DesktopTopology, place: Place, args: &[&str]) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
-    let mut full = vec![script.to_str().unwrap()];
-    full.extend_from_slice(args);
     let output = topology
-        .spawn(place, "python3", &full)
+        .spawn_probe(place, args)
         .unwrap()
         .output(TIMEOUT)
         .unwrap();
@@ -417,14 +414,9 @@ fn a_network_namespace_scope_matches_by_netns_cookie() {
     );
     // A process below the same cgroup root in another namespace is not
     // the scope's: its localhost is its own, where nothing listens.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
     let elsewhere = setup
         .topology
-        .spawn(
-            Place::DockerHost,
-            "python3",
-            &[script.to_str().unwrap(), "tcp", "127.0.0.1", "8082"],
-        )
+        .spawn_probe(Place::DockerHost, &["tcp", "127.0.0.1", "8082"])
         .unwrap()
         .output(TIMEOUT)
         .unwrap();

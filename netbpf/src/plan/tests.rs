@@ -63,6 +63,20 @@ fn resolved(policy: &Policy, assignments: Vec<Assignment>) -> Vec<Resolved> {
         .collect()
 }
 
+/// The plan of `workloads` under `policy`, compiled with no ids or slots
+/// given before.
+fn plan_afresh(policy: &Policy, workloads: &[Workload]) -> Plan {
+    let assigned = assign(policy, workloads, Path::new("/"), 0);
+    compile(
+        policy,
+        resolved(policy, assigned),
+        &mut ScopeIds::default(),
+        &mut RuleSlots::default(),
+        &Capacity::default(),
+    )
+    .0
+}
+
 #[test]
 fn each_workload_gets_the_first_scope_that_selects_it() {
     let policy = policy(
@@ -219,14 +233,7 @@ fn a_forward_alone_at_its_target_gets_its_peer_derived() {
          ]\n",
     );
     let workloads = [workload("a", 1, Some("a")), workload("r", 2, Some("r"))];
-    let assigned = assign(&policy, &workloads, Path::new("/"), 0);
-    let (plan, _) = compile(
-        &policy,
-        resolved(&policy, assigned),
-        &mut ScopeIds::default(),
-        &mut RuleSlots::default(),
-        &Capacity::default(),
-    );
+    let plan = plan_afresh(&policy, &workloads);
     let derived: Vec<_> = plan
         .derived_peers
         .iter()
@@ -258,14 +265,7 @@ fn exact_forwards_of_cgroup_scopes_are_keyed_by_cgroup() {
          ]\n",
     );
     let workloads = [workload("a", 7, Some("a"))];
-    let assigned = assign(&policy, &workloads, Path::new("/"), 0);
-    let (plan, _) = compile(
-        &policy,
-        resolved(&policy, assigned),
-        &mut ScopeIds::default(),
-        &mut RuleSlots::default(),
-        &Capacity::default(),
-    );
+    let plan = plan_afresh(&policy, &workloads);
     let (&key, forward) = plan.cgroup_forwards.iter().next().unwrap();
     assert_eq!(plan.cgroup_forwards.len(), 1, "{:?}", plan.cgroup_forwards);
     assert_eq!(key, CgroupPort::new(7, 8082, PROTO_TCP));
