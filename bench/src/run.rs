@@ -77,15 +77,19 @@ const QUICK: Plan = Plan {
 const MEMORY_POINTS: [usize; 2] = [1000, 100_000];
 
 /// Runs the whole bench `repeat` times in a row and writes the page of
-/// all the runs to `out`.
+/// the runs measured so far to `out` after each.
 pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
     let plan = if quick { QUICK } else { FULL };
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("the bench's path is UTF-8")?;
-    let runs = (1..=repeat)
-        .map(|run| measure(&plan, exe, &format!("run {run} of {repeat}")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    report::write(&runs, out)
+    let mut runs = Vec::with_capacity(repeat);
+    for run in 1..=repeat {
+        runs.push(measure(&plan, exe, &format!("run {run} of {repeat}"))?);
+        // Written after every run: a run that fails an hour in keeps the
+        // ones before it.
+        report::write(&runs, out)?;
+    }
+    Ok(())
 }
 
 /// One run of every measurement of `plan`, its progress shown as `run`.
