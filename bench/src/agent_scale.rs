@@ -93,7 +93,7 @@ pub fn measure(
     sizes: &[usize],
     docker: Option<usize>,
     rounds: usize,
-    step: &dyn Fn(String),
+    step: &dyn Fn(String) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<AgentSize>> {
     let mut measured: Vec<AgentSize> = sizes
         .iter()
@@ -104,7 +104,7 @@ pub fn measure(
             step(format!(
                 "the agent with {} cgroups, round {round}",
                 size.count
-            ));
+            ))?;
             size.rounds.push(cgroups_round(size.count)?);
         }
     }
@@ -113,7 +113,7 @@ pub fn measure(
         for round in 1..=rounds {
             step(format!(
                 "the agent with {count} Docker containers, round {round}"
-            ));
+            ))?;
             size.rounds.push(docker_round(count)?);
         }
         measured.push(size);

@@ -124,7 +124,7 @@ pub fn measure(
     live: &[usize],
     connects: usize,
     rounds: usize,
-    step: &dyn Fn(String),
+    step: &dyn Fn(String) -> anyhow::Result<()>,
 ) -> anyhow::Result<DesignRounds> {
     let netns = Netns::new("nbd")?;
     let netns_path = netns.path();
@@ -142,7 +142,7 @@ pub fn measure(
                 step(format!(
                     "the reverse path's designs, round {round}: {} with {sockets} live sockets",
                     design.label()
-                ));
+                ))?;
                 let client = Spawn::new(
                     cgroup.path(),
                     Some(netns_path.as_path()),

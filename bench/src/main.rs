@@ -6,6 +6,7 @@
 
 mod agent_scale;
 mod designs;
+mod interrupt;
 mod load;
 mod plot;
 mod programs;

@@ -11,6 +11,7 @@ use netbpf_testenv::{BRIDGE_V4, Place};
 use crate::{
     agent_scale::{self, AgentSize},
     designs::{self, Design},
+    interrupt,
     load::Measurement,
     programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
@@ -79,6 +80,7 @@ const MEMORY_POINTS: [usize; 2] = [1000, 100_000];
 /// Runs the whole bench `repeat` times in a row and writes the page of
 /// the runs measured so far to `out` after each.
 pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
+    interrupt::catch()?;
     let plan = if quick { QUICK } else { FULL };
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().context("the bench's path is UTF-8")?;
@@ -119,9 +121,9 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         reruns: RefCell::new(Vec::new()),
     };
 
-    bench.step("memory of a new agent");
+    bench.step("memory of a new agent")?;
     let at_start = Prepared::new(exe, Way::Netbpf, "", "")?.map_bytes()?;
-    bench.step("setting up the three ways");
+    bench.step("setting up the three ways")?;
     let mut ways = Way::ALL
         .iter()
         .map(|&way| Prepared::new(exe, way, SCALING_CAPACITY, ""))
@@ -136,7 +138,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         .iter()
         .map(|prepared| Ok((prepared.way, prepared.conntrack_entries()?)))
         .collect::<anyhow::Result<_>>()?;
-    bench.step("per-program cost");
+    bench.step("per-program cost")?;
     let costs = program_costs(exe, &ways[netbpf], plan)?;
     let host_service_check = bench.host_service_check()?;
     let forward_throughput = bench.forward_throughput(&ways)?;
@@ -156,9 +158,9 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         &|message| bench.step(message),
     )?;
     let agent = bench.agent()?;
-    bench.step("BPF_PROG_TEST_RUN of the tc and sk_lookup programs");
+    bench.step("BPF_PROG_TEST_RUN of the tc and sk_lookup programs")?;
     let test_runs = programs::test_runs(plan.test_run_repeat)?;
-    bench.step("verifier instruction counts");
+    bench.step("verifier instruction counts")?;
     let verifier = programs::verifier_counts()?;
     progress.finish_with_message("done");
 
@@ -200,10 +202,13 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Shows what is measured now, one step further.
-    fn step(&self, message: impl Into<std::borrow::Cow<'static, str>>) {
+    /// Shows what is measured now, one step further; fails once a signal
+    /// asked the bench to stop.
+    fn step(&self, message: impl Into<std::borrow::Cow<'static, str>>) -> anyhow::Result<()> {
+        interrupt::check()?;
         self.progress.inc(1);
         self.progress.set_message(message);
+        Ok(())
     }
 
     /// TCP connections and UDP round trips through each way's forward.
@@ -216,7 +221,7 @@ impl Bench<'_> {
                 ways.iter()
                     .map(|prepared| {
                         let way = prepared.way;
-                        self.step(format!("{what}, round {round}: {}", way.label()));
+                        self.step(format!("{what}, round {round}: {}", way.label()))?;
                         Ok((
                             way,
                             prepared.measure(self.exe, Place::Desktop, load, count)?,
@@ -237,7 +242,7 @@ impl Bench<'_> {
             ways.iter()
                 .map(|prepared| {
                     let way = prepared.way;
-                    self.step(format!("{what}, round {round}: {}", way.label()));
+                    self.step(format!("{what}, round {round}: {}", way.label()))?;
                     let target = prepared.target(IPERF_PORT);
                     Ok((
                         way,
@@ -250,7 +255,7 @@ impl Bench<'_> {
 
     /// iperf3 to the gateway across each kind of MSS clamp.
     fn clamp_throughput(&self) -> anyhow::Result<Rounds<Clamp, f64>> {
-        self.step("setting up the MSS clamps");
+        self.step("setting up the MSS clamps")?;
         let clamps = Clamp::ALL
             .iter()
             .map(|&clamp| Ok((clamp, clamp.prepare(self.exe)?)))
@@ -258,7 +263,7 @@ impl Bench<'_> {
         let gateway = format!("{BRIDGE_V4}:{IPERF_PORT}");
         let what = "iperf3 across the MSS clamps";
         self.rounds(what, Clamp::label, &BITS_FIGURES, |round| {
-            self.step(format!("{what}, round {round}"));
+            self.step(format!("{what}, round {round}"))?;
             clamps
                 .iter()
                 .map(|(clamp, prepared)| {
@@ -297,7 +302,7 @@ impl Bench<'_> {
     /// no scope, dialing the server itself: connect4's shortest path, so
     /// the check's few instructions are not lost in the rewrite's spread.
     fn host_service_check(&self) -> anyhow::Result<report::HostServiceCheck> {
-        self.step("setting up connect4 with and without a host service");
+        self.step("setting up connect4 with and without a host service")?;
         let mut netbpf = Prepared::new(self.exe, Way::Netbpf, "", "")?;
         netbpf.hold_desktop_network()?;
         let ids = netbpf
@@ -311,7 +316,7 @@ impl Bench<'_> {
             for (granted, extra) in [(false, ""), (true, HOST_SERVICE_GRANT)] {
                 self.step(format!(
                     "connect4 with and without a host service, round {round}"
-                ));
+                ))?;
                 netbpf.repolicy(extra)?;
                 let before = programs::counts()?;
                 netbpf.measure(self.exe, Place::Outside, Load::Tcp, self.plan.connections)?;
@@ -350,7 +355,7 @@ impl Bench<'_> {
     ) -> anyhow::Result<Vec<ScalePoint>> {
         let mut points = Vec::new();
         for &others in self.plan.scaling {
-            self.step(format!("loading {others} other containers"));
+            self.step(format!("loading {others} other containers"))?;
             for prepared in ways.iter_mut() {
                 prepared.carry_others(others)?;
             }
@@ -362,7 +367,7 @@ impl Bench<'_> {
                         self.step(format!(
                             "{others} other containers, round {round}: {}",
                             way.label()
-                        ));
+                        ))?;
                         let measured = prepared.measure(
                             self.exe,
                             Place::Desktop,
@@ -382,7 +387,7 @@ impl Bench<'_> {
                 memory.with_scopes.insert(others, ways[netbpf].map_bytes()?);
             }
             if Some(&others) == self.plan.scaling.last() {
-                self.step(format!("per-program cost with {others} other containers"));
+                self.step(format!("per-program cost with {others} other containers"))?;
                 let mut costs = program_costs(self.exe, &ways[netbpf], self.plan)?;
                 point.connect4 = costs.scoped.remove(program::CONNECT4).unwrap_or_default();
             }
@@ -454,7 +459,12 @@ fn program_costs(
 
 /// Only the agent's measurements, printed as JSON.
 pub fn agent_only(cgroups: &[usize], docker: Option<usize>, rounds: usize) -> anyhow::Result<()> {
-    let sizes = agent_scale::measure(cgroups, docker, rounds, &|message| eprintln!("{message}"))?;
+    interrupt::catch()?;
+    let sizes = agent_scale::measure(cgroups, docker, rounds, &|message| {
+        interrupt::check()?;
+        eprintln!("{message}");
+        Ok(())
+    })?;
     println!("{}", serde_json::to_string_pretty(&sizes)?);
     Ok(())
 }

@@ -281,7 +281,8 @@ runs' verdicts (about an hour); `cargo xtask bench --quick` measures less and wr
 `target/bench/` (CI runs it); `cargo xtask bench --report` measures nothing and writes the page \
 again from the raw figures; `cargo xtask bench --check` fails when a program's verifier \
 instruction count grew by more than 20% over `bench/verifier-baseline.json` (CI runs it; \
-`--bless` writes a new baseline). Every figure above comes from the JSON file, a list of the \
+`--bless` writes a new baseline). Ctrl-C stops a run at its next step and removes what it made \
+(namespaces, cgroups, pinned maps); the page keeps the runs finished before it. Every figure above comes from the JSON file, a list of the \
 runs: their `tcp`, `udp`, `scaling`, `programs`, `test_runs`, `forward_throughput`, \
 `clamp_throughput`, `memory`, `verifier`, `designs`, `agent` and `reruns` fields.\n";
 
