@@ -32,8 +32,8 @@ use crate::{
 
 static DESIGNS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/designs"));
 
-/// A way to remember what a socket dialed, or a part of finding a
-/// socket's scope.
+/// A way to remember what a socket dialed, or a part of what netbpf's
+/// programs pay: finding a socket's scope, finding no storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Design {
     /// The socket's own storage (`bpf_sk_storage_get` with
@@ -49,16 +49,19 @@ pub enum Design {
     HashMiss,
     /// Both parts: finding no scope.
     NoScope,
+    /// A part: a lookup of a socket's storage that finds none.
+    StorageMiss,
 }
 
 impl Design {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::SocketStorage,
         Self::CookieHash,
         Self::FlowLru,
         Self::CgroupHelper,
         Self::HashMiss,
         Self::NoScope,
+        Self::StorageMiss,
     ];
 
     pub fn label(self) -> &'static str {
@@ -71,13 +74,19 @@ impl Design {
             }
             Self::HashMiss => "a lookup that misses in a hash the size of the scopes' map",
             Self::NoScope => "finding no scope: both of the above, as netbpf's scope lookup does",
+            Self::StorageMiss => {
+                "a socket's storage looked up and not found (`bpf_sk_storage_get` without creating)"
+            }
         }
     }
 
-    /// Whether it is a part of finding a scope, not a design: measured
+    /// Whether it is a part of what netbpf's programs pay, not a design: measured
     /// with the fewest live sockets only (it keeps nothing per socket).
     pub fn is_part(self) -> bool {
-        matches!(self, Self::CgroupHelper | Self::HashMiss | Self::NoScope)
+        matches!(
+            self,
+            Self::CgroupHelper | Self::HashMiss | Self::NoScope | Self::StorageMiss
+        )
     }
 
     /// Its preallocated table, if it has one.
@@ -85,7 +94,11 @@ impl Design {
         match self {
             Self::CookieHash => Some("BY_COOKIE"),
             Self::FlowLru => Some("BY_FLOW"),
-            Self::SocketStorage | Self::CgroupHelper | Self::HashMiss | Self::NoScope => None,
+            Self::SocketStorage
+            | Self::CgroupHelper
+            | Self::HashMiss
+            | Self::NoScope
+            | Self::StorageMiss => None,
         }
     }
 
@@ -98,6 +111,7 @@ impl Design {
             Self::CgroupHelper => ("find_cgroup", None),
             Self::HashMiss => ("miss_in_hash", None),
             Self::NoScope => ("find_no_scope", None),
+            Self::StorageMiss => ("miss_in_storage", None),
         }
     }
 }

@@ -165,6 +165,23 @@ pub fn find_no_scope(_ctx: SockAddrContext) -> i32 {
     }
 }
 
+/// Per socket: never anything, so that every lookup misses.
+#[btf_map]
+static NEVER_STORED: SkStorage<u64> = SkStorage::new();
+
+/// The part every socket of no scope meets at the hooks that answer from
+/// a socket's storage (release, recvmsg, getpeername): a lookup of its
+/// storage, which it has none of.
+#[cgroup_sock_addr(connect4)]
+pub fn miss_in_storage(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context's socket, looked up without making storage.
+    if unsafe { NEVER_STORED.get_ptr_mut(&ctx) }.is_null() {
+        ALLOW
+    } else {
+        REFUSE
+    }
+}
+
 /// What the socket of `ctx` dials, as netbpf keeps a rewritten one: here
 /// nothing is rewritten, so where it goes is what it dialed.
 #[inline(always)]

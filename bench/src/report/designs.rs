@@ -95,7 +95,7 @@ pub(super) fn section(text: &mut String, results: &Results) {
     parts(text, results);
 }
 
-/// The table of the parts of finding a scope.
+/// The table of the parts: of finding a scope, and of finding no storage.
 fn parts(text: &mut String, results: &Results) {
     let parts: Vec<_> = results
         .designs
@@ -109,7 +109,8 @@ fn parts(text: &mut String, results: &Results) {
     text.push_str(
         "What finding a socket's scope costs, part by part, measured the same way: the floor of \
          every program that needs the scope, a socket of no scope included (it is found in no \
-         map).\n\n\
+         map). The last part is the floor of the hooks that answer from a socket's storage \
+         (release, recvmsg, `getpeername()`) for a socket that has none.\n\n\
          | part | connect4 net ns |\n\
          | --- | ---: |\n",
     );
