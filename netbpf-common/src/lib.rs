@@ -24,7 +24,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 6 } else { 5 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 7 } else { 6 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -50,6 +50,17 @@ pub const MAX_SCOPE_LEVELS: u32 = 8;
 /// Capacity of the table of exact localhost ports forwarded or remapped
 /// in scopes.
 pub const MAX_FORWARD_PORTS: u32 = 65_536;
+/// Words of the set of localhost ports some scope forwards or remaps: a
+/// bit per port, 64 to a word.
+pub const PORT_SET_WORDS: u32 = 1 << 10;
+
+/// The word and the bit of localhost port `port` (host order) in the set
+/// of ports some scope forwards or remaps.
+#[inline]
+#[must_use]
+pub const fn port_set_bit(port: u16) -> (u32, u64) {
+    ((port / 64) as u32, 1 << (port % 64))
+}
 
 /// Capacity of the MSS clamp configuration and statistics, in interfaces.
 pub const MAX_MSS_INTERFACES: u32 = 1024;
@@ -751,6 +762,18 @@ mod tests {
         assert!(!Lookups::new(0, 0, 0).may_derive_peer(&target, port));
         let both = lookups.union(Lookups::new(0, 0, 0).with_derived_peer(&other, 80u16.to_be()));
         assert!(both.may_derive_peer(&target, port) && both.may_derive_peer(&other, 80u16.to_be()));
+    }
+
+    #[test]
+    fn every_port_has_a_bit_of_its_own_in_the_port_set() {
+        let mut seen = [0u64; PORT_SET_WORDS as usize];
+        for port in 0..=u16::MAX {
+            let (word, bit) = port_set_bit(port);
+            assert_eq!(bit.count_ones(), 1);
+            assert_eq!(seen[word as usize] & bit, 0, "port {port} shares its bit");
+            seen[word as usize] |= bit;
+        }
+        assert!(seen.iter().all(|&word| word == u64::MAX));
     }
 
     #[test]

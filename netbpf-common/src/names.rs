@@ -89,9 +89,11 @@ pub const BIND_REMAPS: MapName = MapName::of::<ScopePort, BindTarget>("BIND_REMA
 pub const RULE_FLAGS: MapName = MapName::of::<u32, u32>("RULE_FLAGS");
 /// (scope, TCP peer) -> the localhost port its sockets dialed to reach it.
 pub const DERIVED_PEERS: MapName = MapName::of::<DerivedPeerKey, DerivedPeer>("DERIVED_PEERS");
+/// Word of the set of forwarded localhost ports -> its 64 bits.
+pub const LOCALHOST_PORTS: MapName = MapName::of::<u32, u64>("LOCALHOST_PORTS");
 
 /// Every map of the object.
-pub const MAPS: [MapName; 24] = [
+pub const MAPS: [MapName; 25] = [
     CGROUP_SCOPES,
     NETNS_SCOPES,
     LOOKUPS,
@@ -116,6 +118,7 @@ pub const MAPS: [MapName; 24] = [
     RULE_FLAGS,
     DERIVED_PEERS,
     CGROUP_FORWARDS,
+    LOCALHOST_PORTS,
 ];
 
 /// The programs of the object.

@@ -2,19 +2,21 @@
 //! aliases of exact addresses), and the reverse path of recvmsg and
 //! getpeername.
 
+use core::ffi::c_void;
+
 use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrContext};
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, CgroupForward, CgroupPort, DIALED_PER_SOCKET,
     DerivedPeer, DerivedPeerKey, Dialed, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
     LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RULE_DERIVES_PEER, RuleStats, SCOPE_PORT_RANGES,
-    ScopeEntry, ScopePort, SockAddr,
+    ScopeEntry, ScopePort, SockAddr, port_set_bit,
 };
 
 use crate::{
     addr,
     maps::{
         ALIASED_ADDRS, ALIASES, CGROUP_FORWARDS, DERIVED_PEERS, FORWARD_PORTS, FORWARDS,
-        LOCAL_BINDS, REVERSE, RULE_FLAGS, RULE_STATS, SCOPE_LOCAL_BINDS,
+        LOCAL_BINDS, LOCALHOST_PORTS, REVERSE, RULE_FLAGS, RULE_STATS, SCOPE_LOCAL_BINDS,
     },
     scope,
 };
@@ -109,18 +111,10 @@ fn localhost_target(
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
-    let lookups = scope::lookups();
-    let deepest = scope::deepest(lookups.cgroup_levels);
-    let (scope, target) =
-        if let Some(found) = deepest.and_then(|at| forward_by_cgroup(at, port, protocol)) {
-            (found.scope, found.target)
-        } else {
-            let scope = scope::of(ctx.cast(), lookups, deepest)?;
-            (
-                scope.id,
-                forward_of(&scope, ScopePort::new(scope.id, port, protocol))?,
-            )
-        };
+    if !forwarded_somewhere(port) {
+        return None;
+    }
+    let (scope, target) = port_of_scope(ctx.cast(), port, protocol)?;
     let this_port = ScopePort::new(scope, port, protocol);
     if target.is_own_service() {
         let own = ForwardTarget {
@@ -139,6 +133,35 @@ fn localhost_target(
         return None;
     }
     Some((target, stats))
+}
+
+/// The caller's scope (its id) and the forward of its localhost `port`,
+/// or the own service a bind remap moved there: one lookup by the task's
+/// cgroup when that is a scope instance's, else the scope, then its port.
+/// Callers first rule out the ports no scope forwards
+/// ([`forwarded_somewhere`]).
+#[inline(always)]
+pub fn port_of_scope(ctx: *mut c_void, port: u16, protocol: u8) -> Option<(u32, ForwardTarget)> {
+    let lookups = scope::lookups();
+    let deepest = scope::deepest(lookups.cgroup_levels);
+    if let Some(found) = deepest.and_then(|at| forward_by_cgroup(at, port, protocol)) {
+        return Some((found.scope, found.target));
+    }
+    let scope = scope::of(ctx, lookups, deepest)?;
+    let target = forward_of(&scope, ScopePort::new(scope.id, port, protocol))?;
+    Some((scope.id, target))
+}
+
+/// Whether some scope forwards or remaps localhost `port`: most binds,
+/// and connects to a port no scope forwards, stop at this bit, before the
+/// cgroup helper and the lookups by cgroup (an array lookup the verifier
+/// inlines).
+#[inline(always)]
+pub fn forwarded_somewhere(port: u16) -> bool {
+    let (word, bit) = port_set_bit(port);
+    LOCALHOST_PORTS
+        .get(word)
+        .is_none_or(|&bits| bits & bit != 0)
 }
 
 /// Whether `LOCAL_BINDS` may hold ports of scope `scope`: the count of
@@ -166,7 +189,7 @@ fn forward_by_cgroup(at: scope::Deepest, port: u16, protocol: u8) -> Option<Cgro
 /// bind remap moved there. Exact ports are one hash lookup; the trie of
 /// port ranges is looked up only in scopes that have ranges.
 #[inline(always)]
-pub fn forward_of(scope: &ScopeEntry, key: ScopePort) -> Option<ForwardTarget> {
+fn forward_of(scope: &ScopeEntry, key: ScopePort) -> Option<ForwardTarget> {
     // SAFETY: the value is copied out at once.
     if let Some(target) = unsafe { FORWARD_PORTS.get(key) }.copied() {
         return Some(target);

@@ -11,8 +11,8 @@ use netbpf_common::{
     DialedBySocket, ForwardKey, ForwardTarget, GrantKey, GrantPath, Lookups, MAX_ALIASES,
     MAX_BIND_REMAPS, MAX_DERIVED_PEERS, MAX_FORWARD_PORTS, MAX_FORWARD_PREFIXES, MAX_GRANTS,
     MAX_HOST_SERVICES, MAX_LOCAL_BINDS, MAX_MSS_INTERFACES, MAX_RULES, MAX_SCOPE_GRANTS,
-    MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig, MssStats, RuleStats, ScopeEntry, ScopeGrant,
-    ScopePort, ServiceKey, ServiceStats,
+    MAX_SCOPES, MAX_SERVICE_ADDRESSES, MssConfig, MssStats, PORT_SET_WORDS, RuleStats, ScopeEntry,
+    ScopeGrant, ScopePort, ServiceKey, ServiceStats,
 };
 
 /// Flags of every hash map here: entries are allocated as they are added
@@ -46,6 +46,12 @@ pub static RULE_FLAGS: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
 #[map]
 pub static DERIVED_PEERS: HashMap<DerivedPeerKey, DerivedPeer> =
     HashMap::with_max_entries(MAX_DERIVED_PEERS, ON_DEMAND);
+
+/// Bit per localhost port (64 to a word) that some scope forwards or
+/// remaps, exactly or in a range, TCP or UDP: a bind or a connect to a
+/// port without its bit leads nowhere, known before any scope is found.
+#[map]
+pub static LOCALHOST_PORTS: Array<u64> = Array::with_max_entries(PORT_SET_WORDS, 0);
 
 /// (cgroup of a scope instance, exact localhost port, protocol) -> its
 /// forward (or own service) and scope: the one lookup of a rewritten

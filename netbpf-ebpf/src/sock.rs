@@ -19,7 +19,7 @@ use netbpf_common::{AF_INET, AF_INET6, PROTO_TCP, PROTO_UDP, ScopePort};
 
 use crate::{
     ALLOW, addr,
-    forward::{forward_of, rule_stats},
+    forward::{forwarded_somewhere, port_of_scope, rule_stats},
     maps::{BOUND_SOCKETS, LOCAL_BINDS, SCOPE_LOCAL_BINDS},
     scope,
 };
@@ -50,37 +50,43 @@ pub fn netbpf_release(ctx: SockContext) -> i32 {
 #[inline(always)]
 fn record_bind(sk: *mut bpf_sock, family: u16) {
     // SAFETY: `sk` is the program's context; post_bind hooks may read the
-    // source address and port (host byte order).
-    let (protocol, port, local) = unsafe {
+    // source port (host byte order) and protocol.
+    let (port, protocol) = unsafe {
+        (
+            read_volatile(addr_of!((*sk).src_port)),
+            read_volatile(addr_of!((*sk).protocol)),
+        )
+    };
+    let (Ok(port), Ok(protocol)) = (u16::try_from(port), u8::try_from(protocol)) else {
+        return;
+    };
+    // Most binds are of a port the kernel picks, which no scope forwards:
+    // they stop here, before the address is read. (Port 0: a socket bound
+    // with IP_BIND_ADDRESS_NO_PORT, which gets its port at connect.)
+    if port == 0 || !forwarded_somewhere(port) || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+        return;
+    }
+    // SAFETY: as above, of the source address.
+    let local = unsafe {
         let mut local = [0u32; 4];
         if family == AF_INET {
             local[0] = read_volatile(addr_of!((*sk).src_ip4));
         } else {
             local = addr::read_ip6(addr_of!((*sk).src_ip6).cast());
         }
-        (
-            read_volatile(addr_of!((*sk).protocol)),
-            read_volatile(addr_of!((*sk).src_port)),
-            local,
-        )
+        local
     };
-    let (Ok(protocol), Ok(port)) = (u8::try_from(protocol), u16::try_from(port)) else {
-        return;
-    };
-    if (protocol != PROTO_TCP && protocol != PROTO_UDP) || port == 0 {
-        return;
-    }
     if !addr::is_localhost(&local, family) && !addr::is_wildcard(&local, family) {
         return;
     }
-    let Some(scope) = scope::current(sk.cast()) else {
-        return;
-    };
-    let key = ScopePort::new(scope.id, port, protocol);
     // A port the scope does not forward is never looked up in LOCAL_BINDS.
-    let Some(forward) = forward_of(&scope, key).filter(|target| !target.is_own_service()) else {
+    let Some((scope, forward)) = port_of_scope(sk.cast(), port, protocol) else {
         return;
     };
+    if forward.is_own_service() {
+        return;
+    }
+    let key = ScopePort::new(scope, port, protocol);
     // SAFETY: `sk` is the program's context.
     let Some(counted) = (unsafe { bound_key(sk, BPF_SK_STORAGE_GET_F_CREATE.into()).as_mut() })
     else {

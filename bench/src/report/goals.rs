@@ -103,11 +103,11 @@ fn unscoped_target(program: &str) -> f64 {
 fn scoped_work(program: &str) -> &'static str {
     match program {
         program::BOUND4 => {
-            "A bind in a scope to localhost or a wildcard address gives its socket storage \
-             (`bpf_sk_storage_get` with `BPF_SK_STORAGE_GET_F_CREATE`, a kernel allocation \
-             charged to the socket) and counts its port in an entry allocated on demand: the \
-             price of counting a scope's own services exactly, paid by binds, which are rare \
-             (a service starting, a client binding explicitly)."
+            "The bench's binds are of ports the kernel picks, which no scope forwards: the \
+             port's bit in the set of forwarded localhost ports (an array) says so before the \
+             scope is looked for. A bind of a forwarded port gives its socket storage and counts \
+             the port, the price of counting a scope's own services exactly, paid by a service \
+             starting."
         }
         program::RELEASE => {
             "A released socket's storage is looked up, and a counted bind's count taken back \
@@ -127,9 +127,9 @@ fn scoped_work(program: &str) -> &'static str {
 fn unscoped_work(program: &str) -> &'static str {
     match program {
         program::BOUND4 => {
-            "A bind of a socket of no scope to localhost or a wildcard address still looks for \
-             its scope, which it does not find: a helper for its cgroup at each depth where \
-             scopes are, and a hash lookup that misses."
+            "The bench's binds are of ports the kernel picks, which no scope forwards: the \
+             port's bit in the set of forwarded localhost ports (an array) says so before the \
+             scope is looked for."
         }
         program::CONNECT4 => {
             "The process of no scope dials the server itself, the target of a forward whose \
@@ -145,7 +145,8 @@ fn unscoped_work(program: &str) -> &'static str {
         }
         _ => {
             "A socket of no scope has no storage: one lookup of the socket's storage finds none, \
-             the least a program that keeps per-socket state can do."
+             the least a program that keeps per-socket state can do (that lookup alone is a \
+             part in the reverse path's designs)."
         }
     }
 }
@@ -153,7 +154,7 @@ fn unscoped_work(program: &str) -> &'static str {
 /// The connect of a socket of a scope.
 const REWRITE_WORK: &str = "A rewritten TCP `connect()` whose forward alone reaches its target \
     keeps nothing: `getpeername()` derives what it dialed from the rule. What is left is the \
-    task's cgroup (a helper) and one hash lookup that finds the scope's forward by cgroup and \
+    port's bit in the set of forwarded localhost ports (an array), the task's cgroup (a helper) and one hash lookup that finds the scope's forward by cgroup and \
     port, the rule's flags and counters (arrays) and the rewrite; a scope none of whose sockets \
     listens on a forwarded port skips the local-binds lookup. The helper and a hash lookup, each \
     alone, are in the parts of finding a scope, beside the storage the connect no longer makes \

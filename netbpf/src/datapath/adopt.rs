@@ -9,7 +9,7 @@ use std::{
 
 use aya::{
     Pod,
-    maps::{Array, HashMap, LpmTrie, Map, MapData},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError},
     programs::{Program, links::FdLink},
 };
 use netbpf_common::{
@@ -19,7 +19,7 @@ use netbpf_common::{
 };
 
 use super::{Datapath, DatapathError, map_error};
-use crate::plan::Plan;
+use crate::plan::{Plan, PortSet};
 
 /// The map of the agent's counter slots, beside the datapath's maps.
 const RULE_SLOTS: &str = "RULE_SLOTS";
@@ -134,7 +134,18 @@ impl Datapath {
             derived_peers: self
                 .entries::<DerivedPeerKey, DerivedPeer>(names::DERIVED_PEERS.name)?,
             derived_rules: self.rule_flags(RULE_DERIVES_PEER)?,
+            localhost_ports: self.localhost_ports()?,
         })
+    }
+
+    /// The localhost ports the programs look further for now.
+    fn localhost_ports(&self) -> Result<PortSet, DatapathError> {
+        let map: Array<_, u64> = self.map(names::LOCALHOST_PORTS.name)?;
+        let words = (0..map.len())
+            .map(|index| Ok((index, map.get(&index, 0)?)))
+            .collect::<Result<Vec<_>, MapError>>()
+            .map_err(map_error(names::LOCALHOST_PORTS.name))?;
+        Ok(PortSet::from_words(words))
     }
 
     /// The counter slots of the rules flagged `flag` now.

@@ -21,7 +21,10 @@ use netbpf_common::{
 };
 
 use super::{Datapath, DatapathError, map_error};
-use crate::{host::socket_fds, plan::Plan};
+use crate::{
+    host::socket_fds,
+    plan::{Plan, PortSet},
+};
 
 /// A socket bound inside a scope, and its key in the local-binds table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +236,9 @@ impl Datapath {
     /// and the exact ports of both plans stay until the trie is written.
     pub fn update(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
         self.set_lookups(old.lookups().union(new.lookups()))?;
+        let mut localhost_ports = old.localhost_ports.clone();
+        localhost_ports.extend(&new.localhost_ports);
+        self.write_localhost_ports(&old.localhost_ports, &localhost_ports)?;
         let cgroup_scopes = flagged_by_both(&old.cgroup_scopes, &new.cgroup_scopes);
         let netns_scopes = flagged_by_both(&old.netns_scopes, &new.netns_scopes);
         self.sync_keeping(
@@ -299,7 +305,20 @@ impl Datapath {
             &new.cgroup_scopes,
         )?;
         self.sync(names::NETNS_SCOPES.name, &netns_scopes, &new.netns_scopes)?;
+        self.write_localhost_ports(&localhost_ports, &new.localhost_ports)?;
         self.set_lookups(new.lookups())
+    }
+
+    /// Turns `LOCALHOST_PORTS` from holding `from` into holding `to`, word
+    /// by word where they differ.
+    fn write_localhost_ports(&mut self, from: &PortSet, to: &PortSet) -> Result<(), DatapathError> {
+        let mut words: Array<_, u64> = self.map_mut(names::LOCALHOST_PORTS.name)?;
+        for (index, bits) in to.changed_since(from) {
+            words
+                .set(index, bits, 0)
+                .map_err(map_error(names::LOCALHOST_PORTS.name))?;
+        }
+        Ok(())
     }
 
     /// Makes the derived peers and the flags of their forwards go from

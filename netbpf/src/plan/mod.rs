@@ -12,6 +12,7 @@
 
 mod capacity;
 mod ids;
+mod port_set;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -29,6 +30,7 @@ use netbpf_common::{
 pub use self::{
     capacity::{Capacity, full_map},
     ids::{RuleSlots, ScopeIds},
+    port_set::PortSet,
 };
 use crate::{
     containers::{Container, Workload},
@@ -221,6 +223,9 @@ pub struct Plan {
     pub derived_peers: BTreeMap<DerivedPeerKey, DerivedPeer>,
     /// The counter slots of those forwards: their connects keep nothing.
     pub derived_rules: BTreeSet<u32>,
+    /// Every localhost port some scope forwards or remaps, exactly or in
+    /// a range: the programs look no further for a port outside it.
+    pub localhost_ports: PortSet,
 }
 
 /// What the instances compiled so far claim, to find conflicts.
@@ -374,6 +379,7 @@ impl Plan {
                 rule: forward.rule,
             };
             let ports = forward.from.range();
+            self.localhost_ports.insert(ports.clone());
             for &protocol in forward.protocols.numbers() {
                 if ports.start() == ports.end() {
                     self.forward_ports
@@ -415,6 +421,7 @@ impl Plan {
                 self.binds.insert(key, target);
                 if let Some(own) = own {
                     self.forward_ports.insert(key, own);
+                    self.localhost_ports.insert(bind.port..=bind.port);
                 }
             }
         }
@@ -609,6 +616,7 @@ impl Plan {
         self.binds.extend(other.binds);
         self.derived_peers.extend(other.derived_peers);
         self.derived_rules.extend(other.derived_rules);
+        self.localhost_ports.extend(&other.localhost_ports);
     }
 
     /// An alias: the exact address (port 0: every port) -> its target.

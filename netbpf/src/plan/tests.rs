@@ -278,6 +278,31 @@ fn exact_forwards_of_cgroup_scopes_are_keyed_by_cgroup() {
     );
 }
 
+/// The set of forwarded localhost ports holds every port a forward of
+/// one port, a range or a localhost bind remap leads somewhere from, and
+/// no other: binds and connects to any other port stop at its bit.
+#[test]
+fn the_localhost_ports_are_those_some_scope_forwards_or_remaps() {
+    let policy = policy(
+        "version = 1\n\
+         [[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\nforward = [\n\
+           { from = \"localhost:8082\", to = \"10.0.0.1:80\" },\n\
+           { from = \"localhost:9000-9010\", to = \"10.0.0.2:9000-9010\", proto = \"udp\" },\n\
+         ]\nbind = [{ port = 3000, to = 7000 }]\n\
+         [[scope]]\nname = \"b\"\nmatch = { container = \"b\" }\n\
+         forward = [{ from = \"localhost:5432\", to = \"10.0.0.3:5432\" }]\n",
+    );
+    let workloads = [workload("a", 7, Some("a")), workload("b", 8, Some("b"))];
+    let plan = plan_afresh(&policy, &workloads);
+    let forwarded: Vec<u16> = (0..=u16::MAX)
+        .filter(|&port| plan.localhost_ports.contains(port))
+        .collect();
+    let mut expected = vec![3000, 5432, 8082];
+    expected.extend(9000..=9010);
+    expected.sort_unstable();
+    assert_eq!(forwarded, expected);
+}
+
 /// A derived peer stays what live sockets derived while its instance
 /// lives: a forward moved to another port keeps storage instead, a
 /// forward removed leaves its peer; the instance gone, its peers go.
