@@ -82,6 +82,18 @@ struct Round<K, V> {
 /// `count` rounds of `measure_round` (which measures every way once, in
 /// turn, given the round's number from 1), stalled rounds measured again
 /// up to [`MAX_RERUNS`] times; each way's measurements in round order.
+/// `items` in the order round `round` (from 1) takes them: each starts
+/// a round in turn, so that a bias of the position in a round (first
+/// after a pause, or right after another way's load) falls on every way
+/// alike.
+pub fn in_turn<T>(items: &[T], round: usize) -> impl Iterator<Item = &T> {
+    let start = round
+        .saturating_sub(1)
+        .checked_rem(items.len())
+        .unwrap_or(0);
+    items[start..].iter().chain(&items[..start])
+}
+
 pub fn measure<K: Ord + Copy, V: Symptoms>(
     what: &str,
     count: usize,
@@ -283,6 +295,17 @@ impl CpuSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_way_starts_a_round_in_turn() {
+        let ways = ["none", "netbpf", "iptables"];
+        let order = |round| in_turn(&ways, round).copied().collect::<Vec<_>>();
+        assert_eq!(order(1), ["none", "netbpf", "iptables"]);
+        assert_eq!(order(2), ["netbpf", "iptables", "none"]);
+        assert_eq!(order(3), ["iptables", "none", "netbpf"]);
+        assert_eq!(order(4), order(1));
+        assert_eq!(in_turn::<u8>(&[], 5).count(), 0);
+    }
 
     fn snapshot(steal: u64, total: u64, processes: &[(i32, &str, u64)]) -> CpuSnapshot {
         CpuSnapshot {

@@ -218,7 +218,7 @@ impl Bench<'_> {
     ) -> anyhow::Result<(Rounds<Way, Measurement>, Rounds<Way, Measurement>)> {
         let measure = |load: Load, what: &str, count: usize| {
             self.rounds(what, Way::label, &MEASUREMENT_FIGURES, |round| {
-                ways.iter()
+                rounds::in_turn(ways, round)
                     .map(|prepared| {
                         let way = prepared.way;
                         self.step(format!("{what}, round {round}: {}", way.label()))?;
@@ -239,7 +239,7 @@ impl Bench<'_> {
     fn forward_throughput(&self, ways: &[Prepared]) -> anyhow::Result<Rounds<Way, f64>> {
         let what = "iperf3 through the forward";
         self.rounds(what, Way::label, &BITS_FIGURES, |round| {
-            ways.iter()
+            rounds::in_turn(ways, round)
                 .map(|prepared| {
                     let way = prepared.way;
                     self.step(format!("{what}, round {round}: {}", way.label()))?;
@@ -264,8 +264,7 @@ impl Bench<'_> {
         let what = "iperf3 across the MSS clamps";
         self.rounds(what, Clamp::label, &BITS_FIGURES, |round| {
             self.step(format!("{what}, round {round}"))?;
-            clamps
-                .iter()
+            rounds::in_turn(&clamps, round)
                 .map(|(clamp, prepared)| {
                     Ok((
                         *clamp,
@@ -361,7 +360,7 @@ impl Bench<'_> {
             }
             let what = format!("TCP connections with {others} other containers");
             let connections = self.rounds(&what, Way::label, &MEASUREMENT_FIGURES, |round| {
-                ways.iter()
+                rounds::in_turn(ways, round)
                     .map(|prepared| {
                         let way = prepared.way;
                         self.step(format!(

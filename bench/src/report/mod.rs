@@ -259,7 +259,8 @@ gateway itself: the floor), **netbpf** (it dials `localhost`, netbpf's agent for
 of its own, so none meets another's TIME_WAIT or conntrack entries. Every client and server of \
 the load runs pinned to one CPU: on two, each exchange wakes the other CPU, which in this VM goes \
 through the hypervisor and made some rounds many times slower than the rest. The ways take turns round \
-by round, so a slow moment of this noisy VM falls on all of them; each figure is the median of \
+by round, so a slow moment of this noisy VM falls on all of them, and each way goes first in a \
+round in turn, so that going first (after a pause) or after a given way favours none; each figure is the median of \
 the rounds with their interquartile range (the middle half of the rounds), and each ratio is \
 taken round by round against the baseline of the same round. A round in which some way \
 stalled (its rate, or its median latency, worse than that way's median by more than 1.5 times) \
