@@ -81,6 +81,14 @@ impl Summary {
         }
     }
 
+    /// Every figure rounded to `decimals` decimals, as [`Self::show`]
+    /// shows it.
+    #[must_use]
+    pub fn rounded(&self, decimals: usize) -> Self {
+        let scale = 10f64.powi(i32::try_from(decimals).unwrap_or(i32::MAX));
+        self.map(|value| (value * scale).round() / scale)
+    }
+
     /// "median (q1–q3)" with `decimals` decimals: the median and the
     /// interquartile range.
     #[must_use]
@@ -221,6 +229,19 @@ mod tests {
         assert!(close(ratio.q1, 9.5 / 5.5) && close(ratio.q3, 10.5 / 4.5));
         let percent = ratio.map(|r| (r - 1.0) * 100.0);
         assert!(close(percent.median, 100.0));
+    }
+
+    #[test]
+    fn a_figure_is_judged_as_it_is_shown() {
+        let shown = Summary::of(&[20.2, 20.4, 21.0, 21.6, 22.2]);
+        assert_eq!(shown.show(0), "21 (20–22)");
+        assert_eq!(Bound::AtMost(20.0).judge(&shown), Verdict::NotMet);
+        assert_eq!(
+            Bound::AtMost(20.0).judge(&shown.rounded(0)),
+            Verdict::WithinNoise
+        );
+        let ratio = Summary::of(&[0.9896, 0.9898, 0.9901]);
+        assert!((ratio.rounded(3).q1 - 0.99).abs() < 1e-12);
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl Goal {
             what,
             target: bound.show(unit),
             measured: format!("{}{unit}", summary.show(decimals)),
-            verdict: bound.judge(summary),
+            verdict: bound.judge(&summary.rounded(decimals)),
             why,
         }
     }
@@ -300,7 +300,8 @@ pub(super) fn section(text: &mut String, runs: &[Results]) {
          *met* when the whole range meets the target, *not met* when none of it does, *within \
          noise* when the target lies inside the range (this machine's noise is larger than what \
          the goal asks to resolve). A figure measured once has no range. Each cell: median \
-         (interquartile range), verdict.\n\n| goal | target |",
+         (interquartile range), verdict. A figure is judged as it is shown, at its decimals: \
+         a range shown as 20–22 ns holds a target of 20 ns.\n\n| goal | target |",
     );
     for run in 1..=runs.len() {
         let _ = write!(text, " run {run} |");
