@@ -73,6 +73,10 @@ pub struct AgentSize {
     pub workloads: Workloads,
     pub count: usize,
     pub rounds: Vec<AgentRound>,
+    /// Why rounds were measured again: the runtime failed them (a command
+    /// stuck past its timeout), not the agent.
+    #[serde(default)]
+    pub retried: Vec<String>,
 }
 
 impl AgentSize {
@@ -82,6 +86,7 @@ impl AgentSize {
             workloads,
             count,
             rounds: Vec::new(),
+            retried: Vec::new(),
         }
     }
 }
@@ -114,7 +119,13 @@ pub fn measure(
             step(format!(
                 "the agent with {count} Docker containers, round {round}"
             ))?;
-            size.rounds.push(docker_round(count)?);
+            let round = docker_round(count).or_else(|error| {
+                // A daemon that hangs on one container fails the round,
+                // not the bench: a new daemon measures it again.
+                size.retried.push(format!("{error:#}"));
+                docker_round(count)
+            })?;
+            size.rounds.push(round);
         }
         measured.push(size);
     }

@@ -156,7 +156,9 @@ pub(super) fn section(text: &mut String, results: &Results) {
          (what N instances of one template look like to it). Then a policy of N scopes, one per \
          cgroup, replaces it (`netbpf reload`, every cgroup present) and `netbpf check` reads it. \
          **Docker**: containers (`--network none`: a bridge takes 1,024 ports) started through a \
-         daemon of the bench's own, four `docker run` at a time, then removed 50 per `docker rm`, one after the other. \
+         daemon of the bench's own, four `docker run` at a time, then removed ten per \
+         `docker rm`, one after the other; a round the daemon fails (a command stuck for five \
+         minutes) is measured again with a new daemon, and said below the table. \
          The times run from the last appearance (or removal) until the kernel's scope map, read \
          from its pin every 10 ms, holds every instance (or none): the agent's word is never \
          taken for it. CPU time (user and system, every thread) and RSS come from `/proc`; CPU \
@@ -191,4 +193,16 @@ pub(super) fn section(text: &mut String, results: &Results) {
         );
     }
     text.push('\n');
+    for size in &results.agent {
+        for why in &size.retried {
+            let _ = writeln!(
+                text,
+                "- A round of {} {:?} workloads was measured again: {why}",
+                size.count, size.workloads
+            );
+        }
+    }
+    if results.agent.iter().any(|size| !size.retried.is_empty()) {
+        text.push('\n');
+    }
 }
