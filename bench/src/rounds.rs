@@ -79,9 +79,6 @@ struct Round<K, V> {
     cpu: CpuUse,
 }
 
-/// `count` rounds of `measure_round` (which measures every way once, in
-/// turn, given the round's number from 1), stalled rounds measured again
-/// up to [`MAX_RERUNS`] times; each way's measurements in round order.
 /// `items` in the order round `round` (from 1) takes them: each starts
 /// a round in turn, so that a bias of the position in a round (first
 /// after a pause, or right after another way's load) falls on every way
@@ -94,6 +91,9 @@ pub fn in_turn<T>(items: &[T], round: usize) -> impl Iterator<Item = &T> {
     items[start..].iter().chain(&items[..start])
 }
 
+/// `count` rounds of `measure_round` (which measures every way once, in
+/// turn, given the round's number from 1), stalled rounds measured again
+/// up to [`MAX_RERUNS`] times; each way's measurements in round order.
 pub fn measure<K: Ord + Copy, V: Symptoms>(
     what: &str,
     count: usize,
