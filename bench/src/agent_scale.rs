@@ -92,19 +92,19 @@ impl AgentSize {
 }
 
 /// The agent following cgroups of each of `sizes`, sizes taking turns
-/// round by round, then `docker` containers; `step` says what is measured
-/// now.
+/// round by round, then `docker` containers, in the rounds `rounds`
+/// (numbered as in the run); `step` says what is measured now.
 pub fn measure(
     sizes: &[usize],
     docker: Option<usize>,
-    rounds: usize,
+    rounds: std::ops::RangeInclusive<usize>,
     step: &dyn Fn(String) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<AgentSize>> {
     let mut measured: Vec<AgentSize> = sizes
         .iter()
         .map(|&count| AgentSize::new(Workloads::Cgroups, count))
         .collect();
-    for round in 1..=rounds {
+    for round in rounds.clone() {
         for size in &mut measured {
             step(format!(
                 "the agent with {} cgroups, round {round}",
@@ -115,7 +115,7 @@ pub fn measure(
     }
     if let Some(count) = docker {
         let mut size = AgentSize::new(Workloads::Docker, count);
-        for round in 1..=rounds {
+        for round in rounds {
             step(format!(
                 "the agent with {count} Docker containers, round {round}"
             ))?;

@@ -11,17 +11,18 @@ use std::{
     fs::File,
     io::{BufRead as _, BufReader, Lines, Write as _},
     net::{Ipv4Addr, UdpSocket},
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::Path,
     process::ChildStdout,
 };
 
 use anyhow::Context as _;
 use aya::{
-    EbpfLoader,
+    Ebpf, EbpfLoader,
+    maps::HashMap,
     programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr},
 };
-use netbpf_common::names::program;
+use netbpf_common::{AF_INET, CgroupForward, CgroupPort, ForwardTarget, PROTO_UDP, names::program};
 use netbpf_testenv::{Cgroup, Netns, Spawn};
 use serde::{Deserialize, Serialize};
 
@@ -33,7 +34,8 @@ use crate::{
 static DESIGNS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/designs"));
 
 /// A way to remember what a socket dialed, or a part of what netbpf's
-/// programs pay: finding a socket's scope, finding no storage.
+/// programs pay: finding a socket's scope, finding no storage, a rewrite
+/// at its floor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Design {
     /// The socket's own storage (`bpf_sk_storage_get` with
@@ -51,10 +53,13 @@ pub enum Design {
     NoScope,
     /// A part: a lookup of a socket's storage that finds none.
     StorageMiss,
+    /// A rewrite at its floor: the helper, a hash lookup that finds the
+    /// forward, the destination rewritten.
+    RewriteFloor,
 }
 
 impl Design {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::SocketStorage,
         Self::CookieHash,
         Self::FlowLru,
@@ -62,6 +67,7 @@ impl Design {
         Self::HashMiss,
         Self::NoScope,
         Self::StorageMiss,
+        Self::RewriteFloor,
     ];
 
     pub fn label(self) -> &'static str {
@@ -77,6 +83,9 @@ impl Design {
             Self::StorageMiss => {
                 "a socket's storage looked up and not found (`bpf_sk_storage_get` without creating)"
             }
+            Self::RewriteFloor => {
+                "a rewrite at its floor: the task's cgroup, a lookup that finds the forward by cgroup and port, the destination rewritten"
+            }
         }
     }
 
@@ -85,7 +94,11 @@ impl Design {
     pub fn is_part(self) -> bool {
         matches!(
             self,
-            Self::CgroupHelper | Self::HashMiss | Self::NoScope | Self::StorageMiss
+            Self::CgroupHelper
+                | Self::HashMiss
+                | Self::NoScope
+                | Self::StorageMiss
+                | Self::RewriteFloor
         )
     }
 
@@ -98,7 +111,8 @@ impl Design {
             | Self::CgroupHelper
             | Self::HashMiss
             | Self::NoScope
-            | Self::StorageMiss => None,
+            | Self::StorageMiss
+            | Self::RewriteFloor => None,
         }
     }
 
@@ -112,6 +126,7 @@ impl Design {
             Self::HashMiss => ("miss_in_hash", None),
             Self::NoScope => ("find_no_scope", None),
             Self::StorageMiss => ("miss_in_storage", None),
+            Self::RewriteFloor => ("rewrite_at_floor", None),
         }
     }
 }
@@ -131,13 +146,14 @@ pub struct DesignCost {
 /// Rounds of each design, by design and live sockets.
 pub type DesignRounds = BTreeMap<Design, BTreeMap<usize, Vec<DesignCost>>>;
 
-/// `rounds` rounds of every design with each of `live` live sockets, the
-/// designs taking turns; `connects` timed connects each.
+/// The rounds `rounds` (numbered as in the run) of every design with each
+/// of `live` live sockets, the designs taking turns; `connects` timed
+/// connects each.
 pub fn measure(
     exe: &str,
     live: &[usize],
     connects: usize,
-    rounds: usize,
+    rounds: std::ops::RangeInclusive<usize>,
     step: &dyn Fn(String) -> anyhow::Result<()>,
 ) -> anyhow::Result<DesignRounds> {
     let netns = Netns::new("nbd")?;
@@ -147,7 +163,7 @@ pub fn measure(
     let _stats = BpfStats::enable()?;
     let log = tempfile::NamedTempFile::new()?;
     let mut results = DesignRounds::new();
-    for round in 1..=rounds {
+    for round in rounds {
         for (index, &sockets) in live.iter().enumerate() {
             for design in Design::ALL
                 .into_iter()
@@ -199,6 +215,9 @@ fn measure_one(
     let mut object = loader
         .load(DESIGNS_OBJECT)
         .context("loading the designs' object")?;
+    if design == Design::RewriteFloor {
+        write_floor_forward(&mut object, cgroup)?;
+    }
     let directory = File::open(cgroup.path())?;
     let (connect, release) = design.programs();
     let mut ids = BTreeMap::new();
@@ -242,6 +261,27 @@ fn measure_one(
         release: costs.remove(program::RELEASE),
         bytes: map_bytes + report.storage_bytes,
     })
+}
+
+/// The forward the rewrite at its floor finds: the client's port of
+/// `cgroup` (a cgroup at the parts' depth, 1) to where it goes anyway.
+fn write_floor_forward(object: &mut Ebpf, cgroup: &Cgroup) -> anyhow::Result<()> {
+    let mut forwards: HashMap<_, CgroupPort, CgroupForward> = object
+        .map_mut("FORWARDS_BY_CGROUP")
+        .context("no map FORWARDS_BY_CGROUP")?
+        .try_into()?;
+    let id = std::fs::metadata(cgroup.path())?.ino();
+    let forward = CgroupForward {
+        target: ForwardTarget {
+            addr: [u32::from(Ipv4Addr::LOCALHOST).to_be(), 0, 0, 0],
+            family: AF_INET,
+            port_delta: 0,
+            rule: 0,
+        },
+        scope: 0,
+    };
+    forwards.insert(CgroupPort::new(id, DISCARD_PORT, PROTO_UDP), forward, 0)?;
+    Ok(())
 }
 
 /// The client's next line; its error output if it ended instead.

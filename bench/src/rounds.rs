@@ -91,12 +91,13 @@ pub fn in_turn<T>(items: &[T], round: usize) -> impl Iterator<Item = &T> {
     items[start..].iter().chain(&items[..start])
 }
 
-/// `count` rounds of `measure_round` (which measures every way once, in
-/// turn, given the round's number from 1), stalled rounds measured again
-/// up to [`MAX_RERUNS`] times; each way's measurements in round order.
+/// The rounds `numbers` of `measure_round` (which measures every way
+/// once, in turn, given the round's number, from 1 in a run), stalled
+/// rounds measured again up to [`MAX_RERUNS`] times; each way's
+/// measurements in round order.
 pub fn measure<K: Ord + Copy, V: Symptoms>(
     what: &str,
-    count: usize,
+    numbers: std::ops::RangeInclusive<usize>,
     label: fn(K) -> &'static str,
     figures: &[Figure<V>],
     reruns: &mut Vec<Rerun>,
@@ -110,7 +111,8 @@ pub fn measure<K: Ord + Copy, V: Symptoms>(
             cpu: CpuSnapshot::take()?.since(&before),
         })
     };
-    let mut rounds = (1..=count)
+    let first = *numbers.start();
+    let mut rounds = numbers
         .map(&mut timed)
         .collect::<anyhow::Result<Vec<_>>>()?;
     for _ in 0..MAX_RERUNS {
@@ -128,13 +130,13 @@ pub fn measure<K: Ord + Copy, V: Symptoms>(
         for (index, why) in stalls {
             reruns.push(Rerun {
                 measurement: what.to_owned(),
-                round: index + 1,
+                round: first + index,
                 why,
                 steal_percent: rounds[index].cpu.steal_percent,
                 usual_steal_percent: usual_steal,
                 busiest: rounds[index].cpu.busiest.clone(),
             });
-            rounds[index] = timed(index + 1)?;
+            rounds[index] = timed(first + index)?;
         }
     }
     let mut by_way: BTreeMap<K, Vec<V>> = BTreeMap::new();
@@ -360,7 +362,8 @@ mod tests {
     }
 
     /// A way that stalled in one round has that round measured again,
-    /// every way of it; the others are kept.
+    /// every way of it; the others are kept. The rounds are numbered as
+    /// in the run (here a later pass's).
     #[test]
     fn measures_a_stalled_round_again() {
         let figures = [Figure {
@@ -372,22 +375,22 @@ mod tests {
         let mut reruns = Vec::new();
         let measured = measure(
             "rates",
-            5,
+            6..=10,
             |way: u8| if way == 0 { "a" } else { "b" },
             &figures,
             &mut reruns,
             |round| {
                 calls.push(round);
-                let stalled = round == 4 && calls.len() == 4;
+                let stalled = round == 9 && calls.len() == 4;
                 Ok(vec![(0, 100.0), (1, if stalled { 4.0 } else { 98.0 })])
             },
         )
         .unwrap();
-        assert_eq!(calls, [1, 2, 3, 4, 5, 4]);
+        assert_eq!(calls, [6, 7, 8, 9, 10, 9]);
         assert_eq!(measured[&1], [98.0; 5]);
         assert_eq!(measured[&0], [100.0; 5]);
         assert_eq!(reruns.len(), 1);
-        assert_eq!(reruns[0].round, 4);
+        assert_eq!(reruns[0].round, 9);
         assert_eq!(reruns[0].why, "b: 4 per second, median 98");
         assert!(reruns[0].steal_percent >= 0.0);
     }

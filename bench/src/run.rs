@@ -1,7 +1,8 @@
-//! The order of the measurements, with a progress display, and the
+//! The order of the measurements (a run in passes, each pass every
+//! measurement's share of the rounds), with a progress display, and the
 //! verifier check.
 
-use std::{cell::RefCell, collections::BTreeMap, path::Path};
+use std::{cell::RefCell, collections::BTreeMap, ops::RangeInclusive, path::Path};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,6 +26,10 @@ use crate::{
 struct Plan {
     /// "full" or "quick".
     mode: &'static str,
+    /// Passes of every measurement in a run, each on topologies built
+    /// anew: a figure's rounds are spread over the whole run.
+    passes: usize,
+    /// Rounds of each measurement in a pass.
     rounds: usize,
     connections: usize,
     datagrams: usize,
@@ -33,7 +38,7 @@ struct Plan {
     test_run_repeat: u32,
     /// Cgroups the agent follows, by size.
     agent_sizes: &'static [usize],
-    /// Rounds of the agent's measurements.
+    /// Rounds of the agent's measurements in a pass.
     agent_rounds: usize,
     /// Docker containers the agent follows, if measured.
     docker_containers: Option<usize>,
@@ -45,14 +50,15 @@ struct Plan {
 
 const FULL: Plan = Plan {
     mode: "full",
-    rounds: 9,
+    passes: 3,
+    rounds: 3,
     connections: 5000,
     datagrams: 10_000,
     iperf_seconds: 5,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
-    agent_rounds: 3,
+    agent_rounds: 1,
     docker_containers: Some(1000),
     design_live: &[1, 100_000],
     design_connects: 20_000,
@@ -60,19 +66,52 @@ const FULL: Plan = Plan {
 
 const QUICK: Plan = Plan {
     mode: "quick",
-    rounds: 5,
+    passes: 2,
+    rounds: 3,
     connections: 2000,
     datagrams: 4000,
     iperf_seconds: 2,
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,
     agent_sizes: &[1000],
-    agent_rounds: 3,
+    agent_rounds: 1,
     docker_containers: None,
     // Above what one process may hold here: the holders' split is tested.
     design_live: &[1, 20_000],
     design_connects: 5000,
 };
+
+/// The numbers in the run, from 1, of pass `pass`'s (from 0) `rounds`
+/// rounds.
+fn rounds_of_pass(pass: usize, rounds: usize) -> RangeInclusive<usize> {
+    pass * rounds + 1..=(pass + 1) * rounds
+}
+
+impl Plan {
+    /// Steps of the progress display in one pass.
+    fn steps_per_pass(&self) -> usize {
+        let designs = Design::ALL
+            .iter()
+            .map(|design| {
+                if design.is_part() {
+                    1
+                } else {
+                    self.design_live.len()
+                }
+            })
+            .sum::<usize>();
+        // Per round: TCP, UDP and iperf3 of each way with their scaling
+        // points, the clamps' iperf3, the host-service check's two
+        // policies and the designs.
+        let per_round = Way::ALL.len() * (3 + self.scaling.len()) + 1 + 2 + designs;
+        let agent = self.agent_rounds
+            * (self.agent_sizes.len() + usize::from(self.docker_containers.is_some()));
+        // Setting up the ways, the clamps and the host-service check, the
+        // per-program costs, each scaling point's load and the costs at
+        // its last.
+        self.rounds * per_round + agent + 4 + self.scaling.len() + 1
+    }
+}
 
 /// Scopes at which the maps' memory is reported.
 const MEMORY_POINTS: [usize; 2] = [1000, 100_000];
@@ -94,114 +133,121 @@ pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One run of every measurement of `plan`, its progress shown as `run`.
+/// One run of every measurement of `plan`, in its passes, its progress
+/// shown as `run`.
 fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
-    let agent_steps = plan.agent_rounds
-        * (plan.agent_sizes.len() + usize::from(plan.docker_containers.is_some()));
-    let steps = plan.rounds
-        * (Way::ALL.len() * (3 + plan.scaling.len())
-            + 1
-            + Design::ALL.iter().filter(|design| design.is_part()).count()
-            + Design::ALL
-                .iter()
-                .filter(|design| !design.is_part())
-                .count()
-                * plan.design_live.len())
-        + plan.scaling.len()
-        + agent_steps
-        + 7;
+    let steps = plan.passes * plan.steps_per_pass() + 3;
     let progress =
         ProgressBar::new(u64::try_from(steps)?).with_style(ProgressStyle::with_template(
             &format!("{run} {{elapsed_precise}} [{{bar:32}}] {{pos}}/{{len}} {{msg}}"),
         )?);
-    let bench = Bench {
+    let reruns = RefCell::new(Vec::new());
+    let mut passes = (0..plan.passes).map(|pass| Pass {
         exe,
         plan,
         progress: &progress,
-        reruns: RefCell::new(Vec::new()),
-    };
+        reruns: &reruns,
+        rounds: rounds_of_pass(pass, plan.rounds),
+        agent_rounds: rounds_of_pass(pass, plan.agent_rounds),
+    });
+    let first = passes.next().context("a plan of at least one pass")?;
 
-    bench.step("memory of a new agent")?;
+    first.step("memory of a new agent")?;
     let at_start = Prepared::new(exe, Way::Netbpf, "", "")?.map_bytes()?;
-    bench.step("setting up the three ways")?;
-    let mut ways = Way::ALL
-        .iter()
-        .map(|&way| Prepared::new(exe, way, SCALING_CAPACITY, ""))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let netbpf = ways
-        .iter()
-        .position(|prepared| prepared.way == Way::Netbpf)
-        .context("a netbpf way")?;
-
-    let (tcp, udp) = bench.forwards(&ways)?;
-    let conntrack = ways
-        .iter()
-        .map(|prepared| Ok((prepared.way, prepared.conntrack_entries()?)))
-        .collect::<anyhow::Result<_>>()?;
-    bench.step("per-program cost")?;
-    let costs = program_costs(exe, &ways[netbpf], plan)?;
-    let host_service_check = bench.host_service_check()?;
-    let forward_throughput = bench.forward_throughput(&ways)?;
-    let clamp_throughput = bench.clamp_throughput()?;
-    let mut memory = Memory {
-        at_start,
-        ..Memory::default()
-    };
-    let scaling = bench.scaling(&mut ways, netbpf, &mut memory)?;
-    drop(ways);
-
-    let designs = designs::measure(
-        exe,
-        plan.design_live,
-        plan.design_connects,
-        plan.rounds,
-        &|message| bench.step(message),
-    )?;
-    let agent = bench.agent()?;
-    bench.step("BPF_PROG_TEST_RUN of the tc and sk_lookup programs")?;
+    let mut results = first.measure()?;
+    for pass in passes {
+        results.append_pass(pass.measure()?);
+    }
+    first.step("BPF_PROG_TEST_RUN of the tc and sk_lookup programs")?;
     let test_runs = programs::test_runs(plan.test_run_repeat)?;
-    bench.step("verifier instruction counts")?;
+    first.step("verifier instruction counts")?;
     let verifier = programs::verifier_counts()?;
     progress.finish_with_message("done");
-
-    let results = Results {
+    results.memory.at_start = at_start;
+    Ok(Results {
         mode: plan.mode.to_owned(),
         machine: Machine::this()?,
         connections: plan.connections,
         datagrams: plan.datagrams,
-        rounds: plan.rounds,
+        rounds: plan.passes * plan.rounds,
+        passes: plan.passes,
         iperf_seconds: plan.iperf_seconds,
-        tcp,
-        udp,
-        conntrack,
-        memory,
-        programs: costs,
-        host_service_check,
-        scaling,
-        forward_throughput,
-        clamp_throughput,
         test_runs,
         verifier,
-        designs,
-        agent,
-        reruns: bench.reruns.into_inner(),
-    };
-    Ok(results)
+        reruns: reruns.into_inner(),
+        ..results
+    })
 }
 
 /// Rounds of one measurement per way, by way.
 type Rounds<K, V> = BTreeMap<K, Vec<V>>;
 
-/// One run of the bench: its plan and its progress display.
-struct Bench<'a> {
+/// One pass of a run: each measurement's rounds `rounds`, on topologies
+/// of its own.
+struct Pass<'a> {
     exe: &'a str,
     plan: &'a Plan,
     progress: &'a ProgressBar,
-    /// The rounds measured again so far, and why.
-    reruns: RefCell<Vec<Rerun>>,
+    /// The rounds of the run measured again so far, and why.
+    reruns: &'a RefCell<Vec<Rerun>>,
+    /// The numbers of this pass's rounds in the run.
+    rounds: RangeInclusive<usize>,
+    /// The numbers of this pass's rounds of the agent's measurements.
+    agent_rounds: RangeInclusive<usize>,
 }
 
-impl Bench<'_> {
+impl Pass<'_> {
+    /// Every measurement of the pass but the run's own (the memory of a
+    /// new agent, `BPF_PROG_TEST_RUN`, the verifier).
+    fn measure(&self) -> anyhow::Result<Results> {
+        self.step("setting up the three ways")?;
+        let mut ways = Way::ALL
+            .iter()
+            .map(|&way| Prepared::new(self.exe, way, SCALING_CAPACITY, ""))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let netbpf = ways
+            .iter()
+            .position(|prepared| prepared.way == Way::Netbpf)
+            .context("a netbpf way")?;
+
+        let (tcp, udp) = self.forwards(&ways)?;
+        let conntrack = ways
+            .iter()
+            .map(|prepared| Ok((prepared.way, prepared.conntrack_entries()?)))
+            .collect::<anyhow::Result<_>>()?;
+        self.step("per-program cost")?;
+        let programs = program_costs(self.exe, &ways[netbpf], self.plan, self.rounds.clone())?;
+        let host_service_check = self.host_service_check()?;
+        let forward_throughput = self.forward_throughput(&ways)?;
+        let clamp_throughput = self.clamp_throughput()?;
+        let mut memory = Memory::default();
+        let scaling = self.scaling(&mut ways, netbpf, &mut memory)?;
+        drop(ways);
+
+        let designs = designs::measure(
+            self.exe,
+            self.plan.design_live,
+            self.plan.design_connects,
+            self.rounds.clone(),
+            &|message| self.step(message),
+        )?;
+        let agent = self.agent()?;
+        Ok(Results {
+            tcp,
+            udp,
+            conntrack,
+            memory,
+            programs,
+            host_service_check,
+            scaling,
+            forward_throughput,
+            clamp_throughput,
+            designs,
+            agent,
+            ..Results::default()
+        })
+    }
+
     /// Shows what is measured now, one step further; fails once a signal
     /// asked the bench to stop.
     fn step(&self, message: impl Into<std::borrow::Cow<'static, str>>) -> anyhow::Result<()> {
@@ -286,7 +332,7 @@ impl Bench<'_> {
     ) -> anyhow::Result<Rounds<K, V>> {
         rounds::measure(
             what,
-            self.plan.rounds,
+            self.rounds.clone(),
             label,
             figures,
             &mut self.reruns.borrow_mut(),
@@ -311,7 +357,7 @@ impl Bench<'_> {
         let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
         let _stats = BpfStats::enable()?;
         let mut check = report::HostServiceCheck::default();
-        for round in 1..=self.plan.rounds {
+        for round in self.rounds.clone() {
             for (granted, extra) in [(false, ""), (true, HOST_SERVICE_GRANT)] {
                 self.step(format!(
                     "connect4 with and without a host service, round {round}"
@@ -339,7 +385,7 @@ impl Bench<'_> {
         agent_scale::measure(
             self.plan.agent_sizes,
             self.plan.docker_containers,
-            self.plan.agent_rounds,
+            self.agent_rounds.clone(),
             &|message| self.step(message),
         )
     }
@@ -387,7 +433,8 @@ impl Bench<'_> {
             }
             if Some(&others) == self.plan.scaling.last() {
                 self.step(format!("per-program cost with {others} other containers"))?;
-                let mut costs = program_costs(self.exe, &ways[netbpf], self.plan)?;
+                let mut costs =
+                    program_costs(self.exe, &ways[netbpf], self.plan, self.rounds.clone())?;
                 point.connect4 = costs.scoped.remove(program::CONNECT4).unwrap_or_default();
             }
             points.push(point);
@@ -424,18 +471,19 @@ const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\"
     [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
 /// Per-program costs, with an empty program beside each of netbpf's: the
-/// plan's rounds, each a pass of the desktop's sockets and one of a
+/// rounds `rounds`, each a load of the desktop's sockets and one of a
 /// process in no scope.
 fn program_costs(
     exe: &str,
     netbpf: &Prepared,
     plan: &Plan,
+    rounds: RangeInclusive<usize>,
 ) -> anyhow::Result<report::ProgramCosts> {
     let agent = netbpf.agent().context("the netbpf way has an agent")?;
     let ids = agent.programs()?;
     let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
     let _stats = BpfStats::enable()?;
-    let pass = |place: Place| -> anyhow::Result<_> {
+    let load = |place: Place| -> anyhow::Result<_> {
         let before = programs::counts()?;
         netbpf.measure(exe, place, Load::Tcp, plan.connections)?;
         netbpf.measure(exe, place, Load::Udp, plan.datagrams)?;
@@ -443,12 +491,12 @@ fn program_costs(
         Ok(programs::costs(&ids, &empty, &before, &programs::counts()?))
     };
     let mut costs = report::ProgramCosts::default();
-    for _ in 0..plan.rounds {
+    for _ in rounds {
         for (place, by_program) in [
             (Place::Desktop, &mut costs.scoped),
             (Place::Outside, &mut costs.unscoped),
         ] {
-            for (name, cost) in pass(place)? {
+            for (name, cost) in load(place)? {
                 by_program.entry(name).or_default().push(cost);
             }
         }
@@ -459,7 +507,7 @@ fn program_costs(
 /// Only the agent's measurements, printed as JSON.
 pub fn agent_only(cgroups: &[usize], docker: Option<usize>, rounds: usize) -> anyhow::Result<()> {
     interrupt::catch()?;
-    let sizes = agent_scale::measure(cgroups, docker, rounds, &|message| {
+    let sizes = agent_scale::measure(cgroups, docker, 1..=rounds, &|message| {
         interrupt::check()?;
         eprintln!("{message}");
         Ok(())

@@ -28,7 +28,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockContext},
 };
-use netbpf_common::{AF_INET, DIALED_PER_SOCKET, Dialed, DialedBySocket, MAX_SCOPES, SockAddr};
+use netbpf_common::{
+    AF_INET, CgroupForward, CgroupPort, DIALED_PER_SOCKET, Dialed, DialedBySocket,
+    MAX_FORWARD_PORTS, MAX_SCOPES, PROTO_UDP, SockAddr,
+};
 
 /// Verdict of a cgroup socket program that lets the syscall go on.
 const ALLOW: i32 = 1;
@@ -163,6 +166,39 @@ pub fn find_no_scope(_ctx: SockAddrContext) -> i32 {
     } else {
         ALLOW
     }
+}
+
+/// (cgroup, port, protocol) -> its forward: a hash the size of netbpf's
+/// forwards by cgroup, holding the one forward of the bench's cgroup.
+#[map]
+static FORWARDS_BY_CGROUP: HashMap<CgroupPort, CgroupForward> =
+    HashMap::with_max_entries(MAX_FORWARD_PORTS, BPF_F_NO_PREALLOC);
+
+/// A rewritten connect at its floor: the task's cgroup, the lookup that
+/// finds its forward by cgroup and port, and the destination rewritten;
+/// what netbpf's connect4 does at least, for a connect that keeps nothing.
+#[cgroup_sock_addr(connect4)]
+pub fn rewrite_at_floor(ctx: SockAddrContext) -> i32 {
+    let context = ctx.sock_addr;
+    // SAFETY: a helper without pointer arguments.
+    let cgroup = unsafe { bpf_get_current_ancestor_cgroup_id(LEVEL) };
+    // SAFETY: the program's context; connect4 may read the field.
+    let port = unsafe { read_volatile(addr_of!((*context).user_port)) };
+    let port = u16::from_be(u16::try_from(port).unwrap_or_default());
+    // SAFETY: the value is copied out at once.
+    let Some(forward) =
+        (unsafe { FORWARDS_BY_CGROUP.get(CgroupPort::new(cgroup, port, PROTO_UDP)) }).copied()
+    else {
+        // Never: the bench wrote the forward of its cgroup's port.
+        return REFUSE;
+    };
+    let to = port.wrapping_add(forward.target.port_delta);
+    // SAFETY: the program's context; connect4 may write these fields.
+    unsafe {
+        (*context).user_ip4 = forward.target.addr[0];
+        (*context).user_port = u32::from(to.to_be());
+    }
+    ALLOW
 }
 
 /// Per socket: never anything, so that every lookup misses.

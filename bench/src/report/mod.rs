@@ -37,6 +37,9 @@ pub struct Results {
     pub datagrams: usize,
     /// Measurements per way; the ways take turns round by round.
     pub rounds: usize,
+    /// Passes the rounds were spread over, each on topologies built anew.
+    #[serde(default = "one_pass")]
+    pub passes: usize,
     pub iperf_seconds: u32,
     /// TCP connections through the forward, round by round.
     pub tcp: BTreeMap<Way, Vec<Measurement>>,
@@ -65,6 +68,60 @@ pub struct Results {
     /// The rounds measured again because a way stalled in them.
     #[serde(default)]
     pub reruns: Vec<Rerun>,
+}
+
+/// Runs before passes were measured in one.
+fn one_pass() -> usize {
+    1
+}
+
+impl Results {
+    /// Adds the rounds of a later pass of the same run to each
+    /// measurement's, in order. A figure measured once per pass (memory
+    /// at a scaling point, conntrack entries) keeps the first pass's.
+    pub fn append_pass(&mut self, pass: Self) {
+        append(&mut self.tcp, pass.tcp);
+        append(&mut self.udp, pass.udp);
+        append(&mut self.programs.scoped, pass.programs.scoped);
+        append(&mut self.programs.unscoped, pass.programs.unscoped);
+        let check = &mut self.host_service_check;
+        check
+            .without_service
+            .extend(pass.host_service_check.without_service);
+        check
+            .with_service
+            .extend(pass.host_service_check.with_service);
+        for (point, later) in self.scaling.iter_mut().zip(pass.scaling) {
+            append(&mut point.connections, later.connections);
+            point.connect4.extend(later.connect4);
+        }
+        append(&mut self.forward_throughput, pass.forward_throughput);
+        append(&mut self.clamp_throughput, pass.clamp_throughput);
+        for (design, by_live) in pass.designs {
+            append(self.designs.entry(design).or_default(), by_live);
+        }
+        for later in pass.agent {
+            match self
+                .agent
+                .iter_mut()
+                .find(|size| size.workloads == later.workloads && size.count == later.count)
+            {
+                Some(size) => {
+                    size.rounds.extend(later.rounds);
+                    size.retried.extend(later.retried);
+                }
+                None => self.agent.push(later),
+            }
+        }
+        self.reruns.extend(pass.reruns);
+    }
+}
+
+/// Each of `from`'s rounds after `into`'s of the same key.
+fn append<K: Ord, V>(into: &mut BTreeMap<K, Vec<V>>, from: BTreeMap<K, Vec<V>>) {
+    for (key, rounds) in from {
+        into.entry(key).or_default().extend(rounds);
+    }
 }
 
 /// Where the figures were measured.
@@ -227,6 +284,19 @@ fn page(runs: &[Results], results: &Results) -> String {
         kernel = machine.kernel,
     );
     text.push_str(METHOD);
+    if results.passes > 1 {
+        let _ = write!(
+            text,
+            "A run measures in {passes} passes, {per_pass} rounds of each measurement per pass, \
+             and each pass builds everything anew: the ways' topologies, the clamps, the other \
+             containers' entries, the agent's cgroups and its Docker daemon. So a figure's rounds \
+             are spread over the whole run: its range holds the slower and faster stretches of \
+             this machine during the run, and what a setup leaves to chance (such as where an \
+             entry falls among its hash's buckets), not only the noise of one moment.\n\n",
+            passes = results.passes,
+            per_pass = results.rounds / results.passes,
+        );
+    }
     goals::section(&mut text, runs);
     runs::reruns_section(&mut text, runs);
     runs::program_costs_section(&mut text, runs);
@@ -542,4 +612,60 @@ fn verifier_section(text: &mut String, results: &Results) {
         let _ = writeln!(text, "| {name} | {count} |");
     }
     text.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_scale::Workloads;
+
+    /// A pass whose TCP rounds ran at `rate` and `rate + 1`, whose other
+    /// rounds ran at `rate`, and which left `conntrack` entries.
+    fn pass(rate: f64, conntrack: u64, retried: &[&str]) -> Results {
+        let mut agent = AgentSize::new(Workloads::Cgroups, 1000);
+        agent.retried = retried.iter().map(|&why| why.to_owned()).collect();
+        let point = ScalePoint {
+            others: 1,
+            connections: BTreeMap::from([(Way::Netbpf, vec![rate_of(rate)])]),
+            connect4: Vec::new(),
+        };
+        Results {
+            tcp: BTreeMap::from([(Way::Netbpf, vec![rate_of(rate), rate_of(rate + 1.0)])]),
+            host_service_check: HostServiceCheck {
+                without_service: vec![rate],
+                with_service: vec![rate],
+            },
+            conntrack: BTreeMap::from([(Way::Iptables, conntrack)]),
+            scaling: vec![point],
+            agent: vec![agent],
+            ..Results::default()
+        }
+    }
+
+    fn rate_of(per_second: f64) -> Measurement {
+        Measurement {
+            per_second,
+            p50_us: 1.0,
+            p99_us: 1.0,
+            retransmits: 0,
+        }
+    }
+
+    /// A later pass's rounds follow the first's in every measurement; a
+    /// figure measured once per pass keeps the first pass's.
+    #[test]
+    fn a_pass_adds_its_rounds_after_the_earlier_ones() {
+        let mut run = pass(10.0, 7, &[]);
+        run.append_pass(pass(20.0, 8, &["stuck"]));
+        let rates = |rounds: &[Measurement]| series(rounds, per_second);
+        assert_eq!(rates(&run.tcp[&Way::Netbpf]), [10.0, 11.0, 20.0, 21.0]);
+        assert_eq!(
+            rates(&run.scaling[0].connections[&Way::Netbpf]),
+            [10.0, 20.0]
+        );
+        assert_eq!(run.host_service_check.with_service, [10.0, 20.0]);
+        assert_eq!(run.conntrack[&Way::Iptables], 7);
+        assert_eq!(run.agent.len(), 1);
+        assert_eq!(run.agent[0].retried, ["stuck"]);
+    }
 }
