@@ -51,7 +51,8 @@ pub enum Design {
     HashMiss,
     /// Both parts: finding no scope.
     NoScope,
-    /// A part: a lookup of a socket's storage that finds none.
+    /// A part: a lookup of a socket's storage that finds none, at connect4
+    /// and at the release hook.
     StorageMiss,
     /// A rewrite at its floor: the helper, a hash lookup that finds the
     /// forward, the destination rewritten.
@@ -125,7 +126,7 @@ impl Design {
             Self::CgroupHelper => ("find_cgroup", None),
             Self::HashMiss => ("miss_in_hash", None),
             Self::NoScope => ("find_no_scope", None),
-            Self::StorageMiss => ("miss_in_storage", None),
+            Self::StorageMiss => ("miss_in_storage", Some("miss_in_storage_at_release")),
             Self::RewriteFloor => ("rewrite_at_floor", None),
         }
     }

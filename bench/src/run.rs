@@ -471,8 +471,9 @@ const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\"
     [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
 /// Per-program costs, with an empty program beside each of netbpf's: the
-/// rounds `rounds`, each a load of the desktop's sockets and one of a
-/// process in no scope.
+/// rounds `rounds`, each a load of the desktop's sockets, one of a process
+/// in no scope, and that process's connections to a server no forward
+/// reaches.
 fn program_costs(
     exe: &str,
     netbpf: &Prepared,
@@ -483,20 +484,31 @@ fn program_costs(
     let ids = agent.programs()?;
     let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
     let _stats = BpfStats::enable()?;
-    let load = |place: Place| -> anyhow::Result<_> {
+    let load = |place: Place, loads: &[(Load, usize)]| -> anyhow::Result<_> {
         let before = programs::counts()?;
-        netbpf.measure(exe, place, Load::Tcp, plan.connections)?;
-        netbpf.measure(exe, place, Load::Udp, plan.datagrams)?;
-        netbpf.measure(exe, place, Load::Bind, plan.connections)?;
+        for &(load, count) in loads {
+            netbpf.measure(exe, place, load, count)?;
+        }
         Ok(programs::costs(&ids, &empty, &before, &programs::counts()?))
     };
+    let every_load = [
+        (Load::Tcp, plan.connections),
+        (Load::Udp, plan.datagrams),
+        (Load::Bind, plan.connections),
+    ];
+    let unforwarded = [(Load::TcpUnforwarded, plan.connections)];
     let mut costs = report::ProgramCosts::default();
     for _ in rounds {
-        for (place, by_program) in [
-            (Place::Desktop, &mut costs.scoped),
-            (Place::Outside, &mut costs.unscoped),
+        for (place, loads, by_program) in [
+            (Place::Desktop, &every_load[..], &mut costs.scoped),
+            (Place::Outside, &every_load[..], &mut costs.unscoped),
+            (
+                Place::Outside,
+                &unforwarded[..],
+                &mut costs.unscoped_unforwarded,
+            ),
         ] {
-            for (name, cost) in load(place)? {
+            for (name, cost) in load(place, loads)? {
                 by_program.entry(name).or_default().push(cost);
             }
         }

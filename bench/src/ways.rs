@@ -26,6 +26,9 @@ pub const TCP_PORT: u16 = 8082;
 pub const UDP_PORT: u16 = 8053;
 /// The port of the iperf3 server.
 pub const IPERF_PORT: u16 = 5201;
+/// The port of a TCP server no forward reaches: what most connects of a
+/// process in no scope dial.
+pub const UNFORWARDED_PORT: u16 = 8084;
 
 /// Capacities of the agent that carries up to 100,000 other containers
 /// (and of the agent's own measurements, up to 50,000 cgroups).
@@ -61,6 +64,8 @@ impl Way {
 pub enum Load {
     /// Connections opened one after the other.
     Tcp,
+    /// The same, always to the gateway's server that no forward reaches.
+    TcpUnforwarded,
     /// Datagrams, each waiting for its echo.
     Udp,
     /// UDP sockets bound to the wildcard address and closed.
@@ -188,10 +193,11 @@ impl Prepared {
     ) -> anyhow::Result<Measurement> {
         let (command, port) = match load {
             Load::Tcp => ("tcp-client", TCP_PORT),
+            Load::TcpUnforwarded => ("tcp-client", UNFORWARDED_PORT),
             Load::Udp => ("udp-client", UDP_PORT),
             Load::Bind => ("bind-client", 0),
         };
-        let target = if place == Place::Desktop {
+        let target = if place == Place::Desktop && load != Load::TcpUnforwarded {
             self.target(port)
         } else {
             format!("{BRIDGE_V4}:{port}")
@@ -357,15 +363,20 @@ impl Prepared {
     }
 }
 
-/// The servers on the gateway: TCP, UDP echo and iperf3.
+/// The servers on the gateway: TCP (one forwarded, one not), UDP echo
+/// and iperf3.
 fn start_servers(exe: &str, topology: &DesktopTopology) -> anyhow::Result<Vec<Process>> {
-    let tcp = topology
-        .spawn(
-            Place::DockerHost,
-            exe,
-            &["tcp-server", &format!("{BRIDGE_V4}:{TCP_PORT}")],
-        )?
-        .start(&topology.file("tcp-server.log"))?;
+    let tcp_server = |port: u16| -> anyhow::Result<Process> {
+        topology
+            .spawn(
+                Place::DockerHost,
+                exe,
+                &["tcp-server", &format!("{BRIDGE_V4}:{port}")],
+            )?
+            .start(&topology.file(&format!("tcp-server-{port}.log")))
+    };
+    let tcp = tcp_server(TCP_PORT)?;
+    let unforwarded = tcp_server(UNFORWARDED_PORT)?;
     let udp = topology
         .spawn(
             Place::DockerHost,
@@ -386,8 +397,34 @@ fn start_servers(exe: &str, topology: &DesktopTopology) -> anyhow::Result<Vec<Pr
             ],
         )?
         .start(&topology.file("iperf3.log"))?;
-    for (port, protocol) in [(TCP_PORT, "tcp"), (UDP_PORT, "udp"), (IPERF_PORT, "tcp")] {
+    for (port, protocol) in [
+        (TCP_PORT, "tcp"),
+        (UNFORWARDED_PORT, "tcp"),
+        (UDP_PORT, "udp"),
+        (IPERF_PORT, "tcp"),
+    ] {
         wait_for_listener(&topology.host_ns, port, protocol)?;
     }
-    Ok(vec![tcp, udp, iperf])
+    Ok(vec![tcp, unforwarded, udp, iperf])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use netbpf_common::peer_bit;
+
+    use super::*;
+
+    /// A connect to the unforwarded server is ruled out by the derived
+    /// peers' filter itself: its bit there is none of the forwarded
+    /// targets' (whose TCP peers `getpeername()` derives).
+    #[test]
+    fn the_unforwarded_server_is_ruled_out_by_the_filter() {
+        let gateway: Ipv4Addr = BRIDGE_V4.parse().unwrap();
+        let bit = |port: u16| peer_bit(&[u32::from(gateway).to_be(), 0, 0, 0], port.to_be());
+        for forwarded in [TCP_PORT, IPERF_PORT] {
+            assert_ne!(bit(UNFORWARDED_PORT), bit(forwarded), "port {forwarded}");
+        }
+    }
 }

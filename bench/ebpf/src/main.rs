@@ -18,12 +18,17 @@
     reason = "the verifier checks each program with the context's fields it reads"
 )]
 
-use core::ptr::{addr_of, read_volatile};
+use core::{
+    ffi::c_void,
+    ptr::{self, addr_of, read_volatile},
+};
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     btf_maps::SkStorage,
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, generated::bpf_sk_storage_get,
+    },
     macros::{btf_map, cgroup_sock, cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockContext},
@@ -216,6 +221,18 @@ pub fn miss_in_storage(ctx: SockAddrContext) -> i32 {
     } else {
         REFUSE
     }
+}
+
+/// [`miss_in_storage`] at the release hook, where netbpf's release looks
+/// for a counted bind: a socket closed long after its connect may have
+/// gone cold meanwhile.
+#[cgroup_sock(sock_release)]
+pub fn miss_in_storage_at_release(ctx: SockContext) -> i32 {
+    let map: *mut c_void = ptr::from_ref(&NEVER_STORED).cast_mut().cast();
+    // SAFETY: the context's socket, looked up without making storage;
+    // this hook may use socket storage.
+    let found = unsafe { bpf_sk_storage_get(map, ctx.sock.cast(), ptr::null_mut(), 0) };
+    if found.is_null() { ALLOW } else { REFUSE }
 }
 
 /// What the socket of `ctx` dials, as netbpf keeps a rewritten one: here

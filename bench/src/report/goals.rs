@@ -77,6 +77,16 @@ fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
                 unscoped_work(name).to_owned(),
             ));
         }
+        if let Some(rounds) = costs.unscoped_unforwarded.get(name) {
+            goals.push(Goal::judged(
+                format!("{name} per run, socket of no scope, to a peer no forward reaches"),
+                Bound::AtMost(unscoped_target(name)),
+                &net(rounds),
+                0,
+                " ns",
+                unforwarded_work(name).to_owned(),
+            ));
+        }
     }
     goals
 }
@@ -147,6 +157,28 @@ fn unscoped_work(program: &str) -> &'static str {
             "A socket of no scope has no storage: one lookup of the socket's storage finds none, \
              the least a program that keeps per-socket state can do (that lookup alone is a \
              part in the reverse path's designs)."
+        }
+    }
+}
+
+/// The work a program does for a socket of no scope that connects to a
+/// peer no forward reaches (most connects of a node).
+fn unforwarded_work(program: &str) -> &'static str {
+    match program {
+        program::CONNECT4 => {
+            "The destination is read and ruled out as localhost, as an alias (none on this \
+             node) and as a derived peer (the lookups' filter), and the host-service check \
+             reads the same cache line: nothing is looked up. What is left is the program \
+             itself: the base every connect of the node pays."
+        }
+        program::GETPEER4 => {
+            "A socket of no scope has no storage: one lookup of the socket's storage finds \
+             none, and the derived peers' filter rules its peer out."
+        }
+        _ => {
+            "A socket of no scope has no storage: one lookup of the socket's storage finds none \
+             (that lookup alone, at connect4 and at the release hook, is a part in the reverse \
+             path's designs)."
         }
     }
 }

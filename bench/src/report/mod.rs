@@ -84,6 +84,10 @@ impl Results {
         append(&mut self.udp, pass.udp);
         append(&mut self.programs.scoped, pass.programs.scoped);
         append(&mut self.programs.unscoped, pass.programs.unscoped);
+        append(
+            &mut self.programs.unscoped_unforwarded,
+            pass.programs.unscoped_unforwarded,
+        );
         let check = &mut self.host_service_check;
         check
             .without_service
@@ -182,6 +186,10 @@ pub struct ProgramCosts {
     pub scoped: BTreeMap<String, Vec<Cost>>,
     /// Of a process below the same cgroup root in no scope.
     pub unscoped: BTreeMap<String, Vec<Cost>>,
+    /// Of that process's TCP connections to a server no forward reaches:
+    /// what most connects of a node are.
+    #[serde(default)]
+    pub unscoped_unforwarded: BTreeMap<String, Vec<Cost>>,
 }
 
 /// The net cost of `costs`' rounds.
