@@ -43,6 +43,9 @@ impl Goal {
     }
 }
 
+/// What a program does for one kind of socket, as the page says it.
+type Work = fn(&str) -> &'static str;
+
 /// The per-run goals of the programs every socket below the root meets
 /// (issue 21's): a socket of a scope, then one of no scope. connect4 of a
 /// scope is judged at the largest scaling point instead.
@@ -67,25 +70,25 @@ fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
                 scoped_work(name).to_owned(),
             ));
         }
-        if let Some(rounds) = costs.unscoped.get(name) {
-            goals.push(Goal::judged(
-                format!("{name} per run, socket of no scope"),
-                Bound::AtMost(unscoped_target(name)),
-                &net(rounds),
-                0,
-                " ns",
-                unscoped_work(name).to_owned(),
-            ));
-        }
-        if let Some(rounds) = costs.unscoped_unforwarded.get(name) {
-            goals.push(Goal::judged(
-                format!("{name} per run, socket of no scope, to a peer no forward reaches"),
-                Bound::AtMost(unscoped_target(name)),
-                &net(rounds),
-                0,
-                " ns",
-                unforwarded_work(name).to_owned(),
-            ));
+        let unscoped: [(_, _, Work); 2] = [
+            (&costs.unscoped, "socket of no scope", unscoped_work),
+            (
+                &costs.unscoped_unforwarded,
+                "socket of no scope, to a peer no forward reaches",
+                unforwarded_work,
+            ),
+        ];
+        for (by_program, socket, work) in unscoped {
+            if let Some(rounds) = by_program.get(name) {
+                goals.push(Goal::judged(
+                    format!("{name} per run, {socket}"),
+                    Bound::AtMost(unscoped_target(name)),
+                    &net(rounds),
+                    0,
+                    " ns",
+                    work(name).to_owned(),
+                ));
+            }
         }
     }
     goals
