@@ -344,8 +344,9 @@ impl Pass<'_> {
     /// service and one that grants the desktop a host service it never
     /// dials: what the socket-level grant check adds to a connect that
     /// involves no host service. Measured on the TCP load of a process in
-    /// no scope, dialing the server itself: connect4's shortest path, so
-    /// the check's few instructions are not lost in the rewrite's spread.
+    /// no scope to a server no forward reaches: connect4's shortest path,
+    /// which looks nothing up, so the check's few instructions are not
+    /// lost in the spread of lookups and rewrites.
     fn host_service_check(&self) -> anyhow::Result<report::HostServiceCheck> {
         self.step("setting up connect4 with and without a host service")?;
         let mut netbpf = Prepared::new(self.exe, Way::Netbpf, "", "")?;
@@ -364,7 +365,12 @@ impl Pass<'_> {
                 ))?;
                 netbpf.repolicy(extra)?;
                 let before = programs::counts()?;
-                netbpf.measure(self.exe, Place::Outside, Load::Tcp, self.plan.connections)?;
+                netbpf.measure(
+                    self.exe,
+                    Place::Outside,
+                    Load::TcpUnforwarded,
+                    self.plan.connections,
+                )?;
                 let costs = programs::costs(&ids, &empty, &before, &programs::counts()?);
                 let net = costs
                     .get(program::CONNECT4)

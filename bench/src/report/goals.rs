@@ -227,7 +227,8 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
     if !check.with_service.is_empty() {
         goals.push(Goal::judged(
             "connect4, a connect to no host service, with a host service granted on the node: \
-             added to the same connect with none (net ns per run, a socket in no scope)"
+             added to the same connect with none (net ns per run, a socket in no scope, to a \
+             peer no forward reaches)"
                 .to_owned(),
             Bound::AtMost(20.0),
             &Summary::of_differences(&check.with_service, &check.without_service),

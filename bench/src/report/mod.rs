@@ -198,9 +198,10 @@ pub fn net(costs: &[Cost]) -> Summary {
     Summary::of(&costs.iter().map(Cost::net).collect::<Vec<_>>())
 }
 
-/// connect4's net ns per run on the TCP load of a process in no scope,
-/// round by round, with a policy that has no host service and with one
-/// that grants the desktop a host service no connect goes to.
+/// connect4's net ns per run on the TCP load of a process in no scope to
+/// a server no forward reaches, round by round, with a policy that has no
+/// host service and with one that grants the desktop a host service no
+/// connect goes to.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HostServiceCheck {
     pub without_service: Vec<f64>,
