@@ -100,8 +100,8 @@ impl Plan {
                 }
             })
             .sum::<usize>();
-        // Per round: TCP, UDP and iperf3 of each way with their scaling
-        // points, the clamps' iperf3, the host-service check's two
+        // Per round: each way's TCP, UDP and iperf3 and its TCP at each
+        // scaling point, the clamps' iperf3, the host-service check's two
         // policies and the designs.
         let per_round = Way::ALL.len() * (3 + self.scaling.len()) + 1 + 2 + designs;
         let agent = self.agent_rounds
