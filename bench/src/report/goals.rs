@@ -1,12 +1,13 @@
 //! The goals of the issues, each judged on its figure's interquartile
 //! range, and their table across the runs of one bench.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use netbpf_common::names::program;
 
 use super::{ProgramCosts, Results, ScalePoint, agent, median_ratio, net, throughput_ratio};
 use crate::{
+    programs::Cost,
     stats::{Bound, Summary, Verdict},
     throughput::Clamp,
     ways::Way,
@@ -43,13 +44,48 @@ impl Goal {
     }
 }
 
-/// What a program does for one kind of socket, as the page says it.
-type Work = fn(&str) -> &'static str;
+/// A kind of socket whose programs' costs are judged, and how.
+struct Sockets<'a> {
+    /// "socket of a scope".
+    label: &'static str,
+    /// Their costs, by program.
+    costs: &'a BTreeMap<String, Vec<Cost>>,
+    /// Programs whose goal for them is judged elsewhere.
+    elsewhere: &'static [&'static str],
+    /// Net ns per run a program may take for them.
+    target: fn(&str) -> f64,
+    /// What a program does for them, as the page says it.
+    work: fn(&str) -> &'static str,
+}
 
 /// The per-run goals of the programs every socket below the root meets
-/// (issue 21's): a socket of a scope, then one of no scope. connect4 of a
-/// scope is judged at the largest scaling point instead.
+/// (issue 21's): a socket of a scope, then one of no scope, then one of
+/// no scope connecting to a peer no forward reaches. connect4 of a scope
+/// is judged at the largest scaling point instead.
 fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
+    let kinds = [
+        Sockets {
+            label: "socket of a scope",
+            costs: &costs.scoped,
+            elsewhere: &[program::CONNECT4],
+            target: scoped_target,
+            work: scoped_work,
+        },
+        Sockets {
+            label: "socket of no scope",
+            costs: &costs.unscoped,
+            elsewhere: &[],
+            target: unscoped_target,
+            work: unscoped_work,
+        },
+        Sockets {
+            label: "socket of no scope, to a peer no forward reaches",
+            costs: &costs.unscoped_unforwarded,
+            elsewhere: &[],
+            target: unscoped_target,
+            work: unforwarded_work,
+        },
+    ];
     let mut goals = Vec::new();
     for name in [
         program::CONNECT4,
@@ -58,35 +94,18 @@ fn program_goals(costs: &ProgramCosts) -> Vec<Goal> {
         program::RECVMSG4,
         program::GETPEER4,
     ] {
-        if name != program::CONNECT4
-            && let Some(rounds) = costs.scoped.get(name)
-        {
-            goals.push(Goal::judged(
-                format!("{name} per run, socket of a scope"),
-                Bound::AtMost(scoped_target(name)),
-                &net(rounds),
-                0,
-                " ns",
-                scoped_work(name).to_owned(),
-            ));
-        }
-        let unscoped: [(_, _, Work); 2] = [
-            (&costs.unscoped, "socket of no scope", unscoped_work),
-            (
-                &costs.unscoped_unforwarded,
-                "socket of no scope, to a peer no forward reaches",
-                unforwarded_work,
-            ),
-        ];
-        for (by_program, socket, work) in unscoped {
-            if let Some(rounds) = by_program.get(name) {
+        for kind in &kinds {
+            if kind.elsewhere.contains(&name) {
+                continue;
+            }
+            if let Some(rounds) = kind.costs.get(name) {
                 goals.push(Goal::judged(
-                    format!("{name} per run, {socket}"),
-                    Bound::AtMost(unscoped_target(name)),
+                    format!("{name} per run, {}", kind.label),
+                    Bound::AtMost((kind.target)(name)),
                     &net(rounds),
                     0,
                     " ns",
-                    work(name).to_owned(),
+                    (kind.work)(name).to_owned(),
                 ));
             }
         }
