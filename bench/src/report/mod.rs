@@ -78,7 +78,8 @@ fn one_pass() -> usize {
 impl Results {
     /// Adds the rounds of a later pass of the same run to each
     /// measurement's, in order. A figure measured once per pass (memory
-    /// at a scaling point, conntrack entries) keeps the first pass's.
+    /// at a scaling point, conntrack entries) keeps the first pass's; the
+    /// rounds measured again are the run's, kept apart from its passes.
     pub fn append_pass(&mut self, pass: Self) {
         append(&mut self.tcp, pass.tcp);
         append(&mut self.udp, pass.udp);
@@ -117,7 +118,6 @@ impl Results {
                 None => self.agent.push(later),
             }
         }
-        self.reruns.extend(pass.reruns);
     }
 }
 
