@@ -1,7 +1,10 @@
 //! The set of localhost ports some scope forwards or remaps, as the
 //! datapath's `LOCALHOST_PORTS` holds it: a bit per port, 64 to a word.
 
-use std::{collections::BTreeMap, ops::RangeInclusive};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ops::RangeInclusive,
+};
 
 use netbpf_common::port_set_bit;
 
@@ -63,8 +66,7 @@ impl PortSet {
     /// The words of `self` that differ from `before`'s, with their new
     /// bits: what turns a map holding `before` into one holding `self`.
     pub fn changed_since<'a>(&'a self, before: &'a Self) -> impl Iterator<Item = (u32, u64)> + 'a {
-        let indices: std::collections::BTreeSet<u32> =
-            self.0.keys().chain(before.0.keys()).copied().collect();
+        let indices: BTreeSet<u32> = self.0.keys().chain(before.0.keys()).copied().collect();
         indices
             .into_iter()
             .map(|index| (index, self.word(index)))
