@@ -24,7 +24,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 7 } else { 6 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 8 } else { 7 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -94,12 +94,12 @@ pub const MAX_GRANTS: u32 = 16_384;
 pub const MAX_SCOPE_GRANTS: u32 = 16_384;
 
 /// [`Lookups::flags`]: some scope is keyed by a network namespace.
-pub const LOOKUP_NETNS_SCOPES: u32 = 1;
+pub const LOOKUP_NETNS_SCOPES: u16 = 1;
 /// [`Lookups::flags`]: some scope has aliases of exact addresses.
-pub const LOOKUP_ALIASES: u32 = 2;
+pub const LOOKUP_ALIASES: u16 = 2;
 /// [`Lookups::flags`]: some host service is granted: TCP connects to its
 /// addresses are checked against the connecting socket's scope.
-pub const LOOKUP_HOST_SERVICES: u32 = 4;
+pub const LOOKUP_HOST_SERVICES: u16 = 4;
 
 /// Which lookups the programs need at all, from the policy applied now,
 /// and the limits it sets: the value of the one-entry `LOOKUPS` array. A
@@ -112,7 +112,11 @@ pub struct Lookups {
     /// is: the only levels looked up, deepest first.
     pub cgroup_levels: u64,
     /// [`LOOKUP_NETNS_SCOPES`], [`LOOKUP_ALIASES`], [`LOOKUP_HOST_SERVICES`].
-    pub flags: u32,
+    pub flags: u16,
+    /// The deepest of `cgroup_levels`, worked out here once: the programs
+    /// have no instruction that finds a highest bit, and its emulation is
+    /// some 40 instructions on every connect.
+    deepest_level: u16,
     /// How many forwarded ports one scope's sockets may hold in the
     /// local-binds table: binds beyond it are not recorded (and counted),
     /// so no scope fills the table for the others.
@@ -131,13 +135,30 @@ pub struct Lookups {
 
 impl Lookups {
     #[must_use]
-    pub const fn new(cgroup_levels: u64, flags: u32, local_binds_per_scope: u32) -> Self {
+    pub const fn new(cgroup_levels: u64, flags: u16, local_binds_per_scope: u32) -> Self {
+        let deepest_level = match cgroup_levels.checked_ilog2() {
+            // Below MAX_CGROUP_DEPTH (64): it fits.
+            #[expect(clippy::cast_possible_truncation, reason = "below 64")]
+            Some(level) => level as u16,
+            None => 0,
+        };
         Self {
             cgroup_levels,
             flags,
+            deepest_level,
             local_binds_per_scope,
             service_ports: [0; 4],
             derived_peers: [0; 2],
+        }
+    }
+
+    /// The deepest level where some cgroup scope is, if any is.
+    #[must_use]
+    pub const fn deepest_level(&self) -> Option<u16> {
+        if self.cgroup_levels == 0 {
+            None
+        } else {
+            Some(self.deepest_level)
         }
     }
 
@@ -339,7 +360,9 @@ pub struct AliasKey {
     pub family: u16,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub protocol: u8,
-    _pad: [u8; 3],
+    // Padding in whole fields, as in [`CgroupPort`].
+    _pad: u8,
+    _pad_half: u16,
 }
 
 impl AliasKey {
@@ -351,7 +374,8 @@ impl AliasKey {
             port,
             family,
             protocol,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad_half: 0,
         }
     }
 }
@@ -554,7 +578,10 @@ pub struct CgroupPort {
     pub port: u16,
     /// `PROTO_TCP` or `PROTO_UDP`.
     pub protocol: u8,
-    _pad: [u8; 5],
+    // Padding in whole fields: LLVM zeroes an odd-sized array with a call
+    // to `memset`, a function call on every connect.
+    _pad: u8,
+    _pad_word: u32,
 }
 
 impl CgroupPort {
@@ -566,7 +593,8 @@ impl CgroupPort {
             cgroup,
             port,
             protocol,
-            _pad: [0; 5],
+            _pad: 0,
+            _pad_word: 0,
         }
     }
 }

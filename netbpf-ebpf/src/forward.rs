@@ -142,8 +142,8 @@ fn localhost_target(
 /// ([`forwarded_somewhere`]).
 #[inline(always)]
 pub fn port_of_scope(ctx: *mut c_void, port: u16, protocol: u8) -> Option<(u32, ForwardTarget)> {
-    let lookups = scope::lookups();
-    let deepest = scope::deepest(lookups.cgroup_levels);
+    let lookups = scope::lookups()?;
+    let deepest = scope::deepest(lookups);
     if let Some(found) = deepest.and_then(|at| forward_by_cgroup(at, port, protocol)) {
         return Some((found.scope, found.target));
     }
@@ -209,6 +209,10 @@ fn forward_of(scope: &ScopeEntry, key: ScopePort) -> Option<ForwardTarget> {
 /// is looked up, and a lookup by address alone rules the others out
 /// before the scope is looked up.
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "a key passed by value is copied anew, its middle zeroed by `memset`"
+)]
 fn alias_target(
     ctx: *mut bpf_sock_addr,
     dialed: &SockAddr,
@@ -216,35 +220,36 @@ fn alias_target(
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
-    if scope::lookups().flags & LOOKUP_ALIASES == 0 {
+    if scope::lookups().is_none_or(|lookups| lookups.flags & LOOKUP_ALIASES == 0) {
         return None;
     }
     let (addr, addr_family) = addr::canonical(&dialed.addr, family);
-    let aliased = |port| {
-        let key = AliasedAddr {
-            addr,
-            port,
-            family: addr_family,
-        };
-        // SAFETY: the value is only tested for presence.
-        unsafe { ALIASED_ADDRS.get(key) }.is_some()
+    // Each key is written once, and only its port changes between its two
+    // lookups; both are passed by reference.
+    let mut aliased = AliasedAddr {
+        addr,
+        port,
+        family: addr_family,
     };
     // An alias of one port, or of every port of the address (port 0). The
     // tests stay sequential: LLVM would otherwise OR the two map pointers,
     // which the verifier refuses.
-    let key_port = if aliased(port) {
-        port
-    } else if aliased(0) {
-        0
-    } else {
-        return None;
-    };
+    // SAFETY (of both): the value is only tested for presence.
+    if unsafe { ALIASED_ADDRS.get(&aliased) }.is_none() {
+        aliased.port = 0;
+        unsafe { ALIASED_ADDRS.get(&aliased) }?;
+    }
     let scope = scope::current(ctx.cast())?;
-    let lookup = |port| {
-        // SAFETY: the value is copied out at once.
-        unsafe { ALIASES.get(AliasKey::new(scope.id, addr, addr_family, port, protocol)) }.copied()
+    let mut key = AliasKey::new(scope.id, addr, addr_family, aliased.port, protocol);
+    // SAFETY (of both): the value is copied out at once.
+    let target = match unsafe { ALIASES.get(&key) }.copied() {
+        Some(target) => target,
+        None if key.port != 0 => {
+            key.port = 0;
+            unsafe { ALIASES.get(&key) }.copied()?
+        }
+        None => return None,
     };
-    let target = lookup(key_port).or_else(|| if key_port == 0 { None } else { lookup(0) })?;
     Some((target, rule_stats(target.rule)?))
 }
 
@@ -317,7 +322,7 @@ fn derives_peer(rule: u32) -> bool {
 fn derivable(peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
     let (addr, family) = addr::canonical(&peer.addr, family);
     scope::lookups()
-        .may_derive_peer(&addr, peer.port)
+        .is_some_and(|lookups| lookups.may_derive_peer(&addr, peer.port))
         .then_some((addr, family))
 }
 

@@ -39,7 +39,9 @@ use crate::{
 /// busy node costs more than the rest of the check.
 #[inline(never)]
 pub fn may_connect(ctx: *mut bpf_sock_addr, family: u16) -> bool {
-    let lookups = scope::lookups();
+    let Some(lookups) = scope::lookups() else {
+        return true;
+    };
     if lookups.flags & LOOKUP_HOST_SERVICES == 0 {
         return true;
     }

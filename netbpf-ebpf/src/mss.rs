@@ -5,6 +5,8 @@
 //! untouched and counts it: netbpf fails open. The arithmetic is
 //! `netbpf_common::mss`'s, tested on the host.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{
         BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, BPF_FIB_LKUP_RET_FRAG_NEEDED,
@@ -341,25 +343,36 @@ fn target_mss(ctx: &TcContext, config: &MssConfig, way: Way, segment: &Segment) 
 /// the way back. Asking for a 64 KiB packet makes the FIB report the MTU.
 #[inline(always)]
 fn route_mtu(ctx: &TcContext, family: u8, addr: [u32; 4], egress: bool) -> Option<u16> {
-    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = family;
-    params.l4_protocol = IPPROTO_TCP;
-    // SAFETY: `skb` is the program's context.
-    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    params.__bindgen_anon_1.tot_len = u16::MAX;
-    if family == AF_INET {
-        params.__bindgen_anon_4.ipv4_dst = addr[0];
-    } else {
-        params.__bindgen_anon_4.ipv6_dst = addr;
+    // Zeroed word by word and written in place: LLVM lowers zeroing (or
+    // moving) the whole request to a call to `memset`, a byte loop.
+    let mut request = MaybeUninit::<bpf_fib_lookup>::uninit();
+    let params = request.as_mut_ptr();
+    let words = params.cast::<u32>();
+    // SAFETY: every write is within the request, which is 4-byte aligned
+    // and all zero before its fields are set (a valid, empty request);
+    // `skb` is the program's context.
+    unsafe {
+        for word in 0..size_of::<bpf_fib_lookup>() / size_of::<u32>() {
+            words.add(word).write_volatile(0);
+        }
+        (*params).family = family;
+        (*params).l4_protocol = IPPROTO_TCP;
+        (*params).ifindex = (*ctx.skb.skb).ifindex;
+        (*params).__bindgen_anon_1.tot_len = u16::MAX;
+        if family == AF_INET {
+            (*params).__bindgen_anon_4.ipv4_dst = addr[0];
+        } else {
+            (*params).__bindgen_anon_4.ipv6_dst = addr;
+        }
     }
     let flags = if egress { BPF_FIB_LOOKUP_OUTPUT } else { 0 };
-    let size = i32::try_from(core::mem::size_of::<bpf_fib_lookup>()).unwrap_or(0);
-    // SAFETY: `params` lives on the stack for the call; `skb` is the context.
-    let result = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), &raw mut params, size, flags) };
+    let size = i32::try_from(size_of::<bpf_fib_lookup>()).unwrap_or(0);
+    // SAFETY: the request lives on the stack for the call; `skb` is the
+    // context.
+    let result = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), params, size, flags) };
     match u32::try_from(result) {
         // SAFETY: the kernel wrote the MTU into the union.
-        Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Some(unsafe { params.__bindgen_anon_1.mtu_result }),
+        Ok(BPF_FIB_LKUP_RET_FRAG_NEEDED) => Some(unsafe { (*params).__bindgen_anon_1.mtu_result }),
         Ok(BPF_FIB_LKUP_RET_SUCCESS) => Some(u16::MAX),
         _ => None,
     }

@@ -8,10 +8,13 @@ use netbpf_common::{LOOKUP_NETNS_SCOPES, Lookups, MAX_SCOPE_LEVELS, ScopeEntry};
 
 use crate::maps::{CGROUP_SCOPES, LOOKUPS, NETNS_SCOPES};
 
-/// Which lookups the programs need: none before the agent has said.
+/// Which lookups the programs need, read in place field by field (a
+/// copy of the whole value is sixteen more instructions wherever it is
+/// read). The array's one element always exists; before the agent has
+/// written it, it is zero: nothing to look up.
 #[inline(always)]
-pub fn lookups() -> Lookups {
-    LOOKUPS.get(0).copied().unwrap_or_default()
+pub fn lookups() -> Option<&'static Lookups> {
+    LOOKUPS.get(0)
 }
 
 /// The scope of the current task and `ctx`'s network namespace: the deepest
@@ -19,8 +22,8 @@ pub fn lookups() -> Lookups {
 /// container may sit in its sub-cgroups), else the namespace's scope.
 #[inline(always)]
 pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
-    let lookups = lookups();
-    of(ctx, lookups, deepest(lookups.cgroup_levels))
+    let lookups = lookups()?;
+    of(ctx, lookups, deepest(lookups))
 }
 
 /// The task's cgroup at the deepest of `levels` (one bit per level): the
@@ -33,23 +36,23 @@ pub struct Deepest {
     shallower: u64,
 }
 
-/// The task's cgroup at the deepest of `levels`; None when no cgroup
-/// scope exists.
+/// The task's cgroup at the deepest level of `lookups`; None when no
+/// cgroup scope exists.
 #[inline(always)]
-pub fn deepest(levels: u64) -> Option<Deepest> {
-    let level = levels.checked_ilog2()?;
+pub fn deepest(lookups: &Lookups) -> Option<Deepest> {
+    let level = lookups.deepest_level()?;
     // SAFETY: a helper without pointer arguments.
-    let id = unsafe { bpf_get_current_ancestor_cgroup_id(level.cast_signed()) };
+    let id = unsafe { bpf_get_current_ancestor_cgroup_id(i32::from(level)) };
     Some(Deepest {
         id,
-        shallower: levels & !(1 << level),
+        shallower: lookups.cgroup_levels & !(1 << level),
     })
 }
 
 /// [`current`], with the task's cgroup at the deepest level already known
 /// (`deepest`, of `lookups`' levels).
 #[inline(always)]
-pub fn of(ctx: *mut c_void, lookups: Lookups, deepest: Option<Deepest>) -> Option<ScopeEntry> {
+pub fn of(ctx: *mut c_void, lookups: &Lookups, deepest: Option<Deepest>) -> Option<ScopeEntry> {
     if let Some(deepest) = deepest {
         if deepest.id != 0 {
             // SAFETY: the value is copied out at once.

@@ -112,7 +112,7 @@ fn count_bind(key: ScopePort) -> bool {
         return true;
     }
     // The first socket on the port: one more port of the scope's.
-    let limit = scope::lookups().local_binds_per_scope;
+    let limit = scope::lookups().map_or(0, |lookups| lookups.local_binds_per_scope);
     let Some(held) = SCOPE_LOCAL_BINDS.get_ptr_mut(key.scope) else {
         return false;
     };
