@@ -278,6 +278,7 @@ fn write_floor_forward(object: &mut Ebpf, cgroup: &Cgroup) -> anyhow::Result<()>
             family: AF_INET,
             port_delta: 0,
             rule: 0,
+            flags: 0,
         },
         scope: 0,
     };

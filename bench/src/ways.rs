@@ -285,6 +285,7 @@ impl Prepared {
                 family: netbpf_common::AF_INET,
                 port_delta: 0,
                 rule: index % 4096,
+                flags: 0,
             };
             forwards
                 .insert(ScopePort::new(scope, TCP_PORT, PROTO_TCP), target, 0)

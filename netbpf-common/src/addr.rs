@@ -232,6 +232,7 @@ mod tests {
             family,
             port_delta,
             rule: 0,
+            flags: 0,
         }
     }
 

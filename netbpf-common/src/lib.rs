@@ -299,7 +299,15 @@ pub struct ForwardTarget {
     pub port_delta: u16,
     /// Index of the rule in the statistics array.
     pub rule: u32,
+    /// [`FORWARD_DERIVES_PEER`], or 0.
+    pub flags: u32,
 }
+
+/// [`ForwardTarget::flags`]: the forward alone sends its scope's TCP
+/// sockets to its target, so `getpeername()` derives what they dialed
+/// from the target (`DERIVED_PEERS`) and the connect hook keeps nothing
+/// for them. In the target itself, which the connect has read already.
+pub const FORWARD_DERIVES_PEER: u32 = 1;
 
 impl ForwardTarget {
     /// Whether this is a bind remap's own service, not a forward: the
@@ -307,6 +315,13 @@ impl ForwardTarget {
     #[must_use]
     pub const fn is_own_service(&self) -> bool {
         self.family == 0
+    }
+
+    /// Whether `getpeername()` derives what this forward's TCP sockets
+    /// dialed.
+    #[must_use]
+    pub const fn derives_peer(&self) -> bool {
+        self.flags & FORWARD_DERIVES_PEER != 0
     }
 }
 
@@ -391,11 +406,6 @@ pub struct AliasedAddr {
     pub port: u16,
     pub family: u16,
 }
-
-/// A flag of `RULE_FLAGS`: of a forward that alone sends its scope's TCP sockets to
-/// its target: `getpeername()` derives what they dialed from the target
-/// (`DERIVED_PEERS`), and the connect hook keeps nothing for them.
-pub const RULE_DERIVES_PEER: u32 = 1;
 
 /// Key of the derived peers: a TCP peer (the target of a forward, in its
 /// own family) of a scope's sockets.
@@ -696,7 +706,9 @@ impl RuleSlotKey {
 
 const _: () = assert!(size_of::<ForwardKey>() == 8);
 const _: () = assert!(size_of::<RuleSlotKey>() == 16);
-const _: () = assert!(size_of::<ForwardTarget>() == 24);
+const _: () = assert!(size_of::<ForwardTarget>() == 28);
+const _: () = assert!(size_of::<CgroupPort>() == 16);
+const _: () = assert!(size_of::<CgroupForward>() == 32);
 const _: () = assert!(size_of::<SockAddr>() == 20);
 const _: () = assert!(size_of::<Dialed>() == 44);
 const _: () = assert!(size_of::<DialedBySocket>() == 184);

@@ -85,15 +85,13 @@ pub const SERVICE_SOCKETS: MapName = MapName::of::<u32, u32>("SERVICE_SOCKETS");
 pub const SERVICE_STATS: MapName = MapName::of::<u32, ServiceStats>("SERVICE_STATS");
 /// (scope, port bound, protocol) -> the port the socket gets instead.
 pub const BIND_REMAPS: MapName = MapName::of::<ScopePort, BindTarget>("BIND_REMAPS");
-/// Rule counter slot -> its flags (`RULE_DERIVES_PEER`).
-pub const RULE_FLAGS: MapName = MapName::of::<u32, u32>("RULE_FLAGS");
 /// (scope, TCP peer) -> the localhost port its sockets dialed to reach it.
 pub const DERIVED_PEERS: MapName = MapName::of::<DerivedPeerKey, DerivedPeer>("DERIVED_PEERS");
 /// Word of the set of forwarded localhost ports -> its 64 bits.
 pub const LOCALHOST_PORTS: MapName = MapName::of::<u32, u64>("LOCALHOST_PORTS");
 
 /// Every map of the object.
-pub const MAPS: [MapName; 25] = [
+pub const MAPS: [MapName; 24] = [
     CGROUP_SCOPES,
     NETNS_SCOPES,
     LOOKUPS,
@@ -115,7 +113,6 @@ pub const MAPS: [MapName; 25] = [
     SERVICE_SOCKETS,
     SERVICE_STATS,
     BIND_REMAPS,
-    RULE_FLAGS,
     DERIVED_PEERS,
     CGROUP_FORWARDS,
     LOCALHOST_PORTS,

@@ -26,7 +26,8 @@ pub fn remap(ctx: *mut bpf_sock_addr, family: u16) {
     if port == 0 {
         return;
     }
-    let Some(scope) = scope::current(ctx.cast()) else {
+    let Some(scope) = scope::lookups().and_then(|lookups| scope::current(ctx.cast(), lookups))
+    else {
         return;
     };
     // SAFETY: the value is copied out at once.

@@ -8,15 +8,15 @@ use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrC
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, CgroupForward, CgroupPort, DIALED_PER_SOCKET,
     DerivedPeer, DerivedPeerKey, Dialed, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
-    LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RULE_DERIVES_PEER, RuleStats, SCOPE_PORT_RANGES,
-    ScopeEntry, ScopePort, SockAddr, port_set_bit,
+    LOOKUP_ALIASES, Lookups, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES, ScopeEntry,
+    ScopePort, SockAddr, port_set_bit,
 };
 
 use crate::{
     addr,
     maps::{
         ALIASED_ADDRS, ALIASES, CGROUP_FORWARDS, DERIVED_PEERS, FORWARD_PORTS, FORWARDS,
-        LOCAL_BINDS, LOCALHOST_PORTS, REVERSE, RULE_FLAGS, RULE_STATS, SCOPE_LOCAL_BINDS,
+        LOCAL_BINDS, LOCALHOST_PORTS, REVERSE, RULE_STATS, SCOPE_LOCAL_BINDS,
     },
     scope,
 };
@@ -63,7 +63,9 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         // (sendmsg sees UDP only: the branch folds away there.)
         if protocol == PROTO_UDP {
             reached_directly(ctx, seen, syscall);
-        } else if matches!(syscall, Syscall::Connect) && derivable(&seen, family).is_some() {
+        } else if matches!(syscall, Syscall::Connect)
+            && scope::lookups().is_some_and(|lookups| derivable(lookups, &seen, family).is_some())
+        {
             reached_derived_peer(ctx, seen, family);
         }
         return;
@@ -80,7 +82,7 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
     // storage to make, the most a connect could cost.
     let derived = matches!(syscall, Syscall::Connect)
         && protocol == PROTO_TCP
-        && derives_peer(target.rule)
+        && target.derives_peer()
         && addr::derived_dialed(&to_seen, dialed_seen.port) == dialed_seen;
     if !derived
         && !remember(
@@ -220,7 +222,8 @@ fn alias_target(
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
-    if scope::lookups().is_none_or(|lookups| lookups.flags & LOOKUP_ALIASES == 0) {
+    let lookups = scope::lookups()?;
+    if lookups.flags & LOOKUP_ALIASES == 0 {
         return None;
     }
     let (addr, addr_family) = addr::canonical(&dialed.addr, family);
@@ -239,7 +242,7 @@ fn alias_target(
         aliased.port = 0;
         unsafe { ALIASED_ADDRS.get(&aliased) }?;
     }
-    let scope = scope::current(ctx.cast())?;
+    let scope = scope::current(ctx.cast(), lookups)?;
     let mut key = AliasKey::new(scope.id, addr, addr_family, aliased.port, protocol);
     // SAFETY (of both): the value is copied out at once.
     let target = match unsafe { ALIASES.get(&key) }.copied() {
@@ -305,24 +308,14 @@ fn reached_directly(ctx: *mut bpf_sock_addr, peer: SockAddr, syscall: Syscall) {
     }
 }
 
-/// Whether rule `rule` alone sends its scope's TCP sockets to its target,
-/// whose peer `getpeername()` then derives (an array lookup the verifier
-/// inlines).
-#[inline(always)]
-fn derives_peer(rule: u32) -> bool {
-    RULE_FLAGS
-        .get(rule)
-        .is_some_and(|flags| flags & RULE_DERIVES_PEER != 0)
-}
-
 /// `peer` (as a socket of `family` sees it) in its own family, if it may
 /// be a derived peer of some scope: most peers are ruled out here, by the
 /// lookups' filter.
 #[inline(always)]
-fn derivable(peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
+fn derivable(lookups: &Lookups, peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
     let (addr, family) = addr::canonical(&peer.addr, family);
-    scope::lookups()
-        .is_some_and(|lookups| lookups.may_derive_peer(&addr, peer.port))
+    lookups
+        .may_derive_peer(&addr, peer.port)
         .then_some((addr, family))
 }
 
@@ -330,8 +323,9 @@ fn derivable(peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
 /// caller's scope, if `peer` is one.
 #[inline(always)]
 fn derived_peer(ctx: *mut bpf_sock_addr, peer: &SockAddr, family: u16) -> Option<DerivedPeer> {
-    let (addr, family) = derivable(peer, family)?;
-    let scope = scope::current(ctx.cast())?;
+    let lookups = scope::lookups()?;
+    let (addr, family) = derivable(lookups, peer, family)?;
+    let scope = scope::current(ctx.cast(), lookups)?;
     let key = DerivedPeerKey {
         scope: scope.id,
         addr,

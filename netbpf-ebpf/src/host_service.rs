@@ -60,7 +60,7 @@ pub fn may_connect(ctx: *mut bpf_sock_addr, family: u16) -> bool {
     else {
         return true;
     };
-    let granted = scope::current(ctx.cast()).is_some_and(|scope| {
+    let granted = scope::current(ctx.cast(), lookups).is_some_and(|scope| {
         let key = ScopeGrant {
             scope: scope.id,
             service,

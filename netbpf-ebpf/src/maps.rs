@@ -36,10 +36,6 @@ pub static NETNS_SCOPES: HashMap<u64, ScopeEntry> =
 #[map]
 pub static LOOKUPS: Array<Lookups> = Array::with_max_entries(1, 0);
 
-/// Flags of every rule (`RULE_DERIVES_PEER`), indexed by its counter slot.
-#[map]
-pub static RULE_FLAGS: Array<u32> = Array::with_max_entries(MAX_RULES, 0);
-
 /// (scope, TCP peer) -> the localhost port its sockets dialed, for the
 /// forwards whose peer nothing else of the scope reaches through a forward:
 /// `getpeername()` derives what they dialed from it.

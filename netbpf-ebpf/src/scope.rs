@@ -20,9 +20,10 @@ pub fn lookups() -> Option<&'static Lookups> {
 /// The scope of the current task and `ctx`'s network namespace: the deepest
 /// registered cgroup among the task's cgroup ancestors (processes of a
 /// container may sit in its sub-cgroups), else the namespace's scope.
+/// `lookups` is the caller's, read once per run: each read is another
+/// null test whose two ways the verifier walks apart.
 #[inline(always)]
-pub fn current(ctx: *mut c_void) -> Option<ScopeEntry> {
-    let lookups = lookups()?;
+pub fn current(ctx: *mut c_void, lookups: &Lookups) -> Option<ScopeEntry> {
     of(ctx, lookups, deepest(lookups))
 }
 

@@ -106,7 +106,7 @@ pub(super) fn section(text: &mut String, results: &Results) {
                 text,
                 " A rewrite at its floor, the helper, that lookup and the destination written and \
                  nothing else, takes {floor:.0} ns: the other {:.0} ns are what netbpf checks \
-                 beyond it (the port's bit, the rule's flags and counters, the scope's local \
+                 beyond it (the port's bit, the rule's counters, the scope's local \
                  binds, the host-service check) and the cache lines they read.",
                 net(whole).median - floor
             );

@@ -14,8 +14,7 @@ use aya::{
 };
 use netbpf_common::{
     AliasKey, AliasedAddr, BindTarget, DerivedPeer, DerivedPeerKey, ForwardKey, ForwardTarget,
-    GrantKey, GrantPath, Lookups, RULE_DERIVES_PEER, RuleSlotKey, ScopeGrant, ScopePort,
-    ServiceKey, names,
+    GrantKey, GrantPath, Lookups, RuleSlotKey, ScopeGrant, ScopePort, ServiceKey, names,
 };
 
 use super::{Datapath, DatapathError, map_error};
@@ -133,7 +132,6 @@ impl Datapath {
             binds: self.entries::<ScopePort, BindTarget>(names::BIND_REMAPS.name)?,
             derived_peers: self
                 .entries::<DerivedPeerKey, DerivedPeer>(names::DERIVED_PEERS.name)?,
-            derived_rules: self.rule_flags(RULE_DERIVES_PEER)?,
             localhost_ports: self.localhost_ports()?,
         })
     }
@@ -146,21 +144,6 @@ impl Datapath {
             .collect::<Result<Vec<_>, MapError>>()
             .map_err(map_error(names::LOCALHOST_PORTS.name))?;
         Ok(PortSet::from_words(words))
-    }
-
-    /// The counter slots of the rules flagged `flag` now.
-    fn rule_flags(&self, flag: u32) -> Result<BTreeSet<u32>, DatapathError> {
-        let map: Array<_, u32> = self.map(names::RULE_FLAGS.name)?;
-        let mut flagged = BTreeSet::new();
-        for slot in 0..map.len() {
-            let flags = map
-                .get(&slot, 0)
-                .map_err(map_error(names::RULE_FLAGS.name))?;
-            if flags & flag != 0 {
-                flagged.insert(slot);
-            }
-        }
-        Ok(flagged)
     }
 
     /// What the programs were told last (nothing, in new maps).

@@ -173,12 +173,11 @@ pub struct Datapath {
 }
 
 /// The capacity of each map that has a setting.
-fn capacities(capacity: &Capacity) -> [(&'static str, u32); 16] {
+fn capacities(capacity: &Capacity) -> [(&'static str, u32); 15] {
     [
         (names::CGROUP_SCOPES.name, capacity.scopes),
         (names::NETNS_SCOPES.name, capacity.scopes),
         (names::RULE_STATS.name, capacity.rules),
-        (names::RULE_FLAGS.name, capacity.rules),
         (names::FORWARD_PORTS.name, capacity.forward_ports),
         (names::CGROUP_FORWARDS.name, capacity.forward_ports),
         // At most one derived peer per forward of one port.
@@ -411,17 +410,15 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
 mod tests {
     use super::*;
 
-    /// A map indexed by a rule's counter slot must hold every slot the
+    /// The map indexed by a rule's counter slot must hold every slot the
     /// capacity of rules hands out: a slot past its end fails the update.
     #[test]
-    fn every_map_indexed_by_counter_slot_holds_the_rules_capacity() {
+    fn the_map_indexed_by_counter_slot_holds_the_rules_capacity() {
         let capacity = Capacity {
             rules: 131_072,
             ..Capacity::default()
         };
         let sized: std::collections::HashMap<_, _> = capacities(&capacity).into_iter().collect();
-        for map in [names::RULE_STATS.name, names::RULE_FLAGS.name] {
-            assert_eq!(sized.get(map), Some(&131_072), "{map}");
-        }
+        assert_eq!(sized.get(names::RULE_STATS.name), Some(&131_072));
     }
 }

@@ -16,7 +16,7 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use netbpf_common::{
-    ForwardKey, ForwardTarget, Lookups, RULE_DERIVES_PEER, RuleStats, ScopeEntry, ScopePort,
+    ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort,
     names::{self, program},
 };
 
@@ -253,20 +253,22 @@ impl Datapath {
             &netns_scopes,
             &new.netns_scopes,
         )?;
-        let mut forward_ports = old.forward_ports.clone();
-        forward_ports.extend(&new.forward_ports);
-        self.sync_keeping(
+        // A forward flagged to keep nothing at connect is written after
+        // the derived peer its sockets' getpeername() finds, and that peer
+        // goes only after the forward is unflagged or gone.
+        let derived_peers = self.add_beside(
+            names::DERIVED_PEERS.name,
+            &old.derived_peers,
+            &new.derived_peers,
+        )?;
+        let forward_ports = self.add_beside(
             names::FORWARD_PORTS.name,
             &old.forward_ports,
-            &forward_ports,
             &new.forward_ports,
         )?;
-        let mut cgroup_forwards = old.cgroup_forwards.clone();
-        cgroup_forwards.extend(&new.cgroup_forwards);
-        self.sync_keeping(
+        let cgroup_forwards = self.add_beside(
             names::CGROUP_FORWARDS.name,
             &old.cgroup_forwards,
-            &cgroup_forwards,
             &new.cgroup_forwards,
         )?;
         self.sync_forward_ranges(old, new)?;
@@ -280,7 +282,11 @@ impl Datapath {
             &cgroup_forwards,
             &new.cgroup_forwards,
         )?;
-        self.update_derived_peers(old, new)?;
+        self.sync(
+            names::DERIVED_PEERS.name,
+            &derived_peers,
+            &new.derived_peers,
+        )?;
         self.sync(names::ALIASES.name, &old.aliases, &new.aliases)?;
         self.sync(
             names::ALIASED_ADDRS.name,
@@ -319,37 +325,6 @@ impl Datapath {
                 .map_err(map_error(names::LOCALHOST_PORTS.name))?;
         }
         Ok(())
-    }
-
-    /// Makes the derived peers and the flags of their forwards go from
-    /// `old`'s to `new`'s, so that a connect keeps nothing only while
-    /// `getpeername()` can derive its peer: a derived peer is written
-    /// before its forward's flag, and goes after the flag is cleared.
-    fn update_derived_peers(&mut self, old: &Plan, new: &Plan) -> Result<(), DatapathError> {
-        let mut derived_peers = old.derived_peers.clone();
-        derived_peers.extend(&new.derived_peers);
-        self.sync_keeping(
-            names::DERIVED_PEERS.name,
-            &old.derived_peers,
-            &derived_peers,
-            &new.derived_peers,
-        )?;
-        let mut flags: Array<_, u32> = self.map_mut(names::RULE_FLAGS.name)?;
-        for &rule in new.derived_rules.difference(&old.derived_rules) {
-            flags
-                .set(rule, RULE_DERIVES_PEER, 0)
-                .map_err(map_error(names::RULE_FLAGS.name))?;
-        }
-        for &rule in old.derived_rules.difference(&new.derived_rules) {
-            flags
-                .set(rule, 0, 0)
-                .map_err(map_error(names::RULE_FLAGS.name))?;
-        }
-        self.sync(
-            names::DERIVED_PEERS.name,
-            &derived_peers,
-            &new.derived_peers,
-        )
     }
 
     /// Makes the trie of port-range forwards go from `old`'s to `new`'s.
@@ -397,6 +372,25 @@ impl Datapath {
         V: Pod + PartialEq,
     {
         self.replace_in(name, old, new, new, Removal::Now)
+    }
+
+    /// Writes `new`'s entries into the hash map `name` beside `old`'s
+    /// (dropping those `new` lacks only if the map cannot hold both), and
+    /// returns what it holds then: [`Self::sync`] from it drops them.
+    fn add_beside<K, V>(
+        &mut self,
+        name: &'static str,
+        old: &BTreeMap<K, V>,
+        new: &BTreeMap<K, V>,
+    ) -> Result<BTreeMap<K, V>, DatapathError>
+    where
+        K: Pod + Ord,
+        V: Pod + PartialEq,
+    {
+        let mut both = old.clone();
+        both.extend(new.iter().map(|(key, value)| (*key, *value)));
+        self.sync_keeping(name, old, &both, new)?;
+        Ok(both)
     }
 
     /// Makes the hash map `name` go from `old`'s entries to `kept`'s, a

@@ -22,9 +22,9 @@ use std::{
 
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, CgroupForward, CgroupPort, DerivedPeer,
-    DerivedPeerKey, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget, GrantKey, GrantPath,
-    LOOKUP_ALIASES, LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP,
-    SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort, ServiceKey,
+    DerivedPeerKey, FORWARD_DERIVES_PEER, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget,
+    GrantKey, GrantPath, LOOKUP_ALIASES, LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups,
+    PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort, ServiceKey,
 };
 
 pub use self::{
@@ -221,8 +221,6 @@ pub struct Plan {
     /// (scope, TCP peer) -> the localhost port dialed, for each forward
     /// that alone reaches its target in its scope.
     pub derived_peers: BTreeMap<DerivedPeerKey, DerivedPeer>,
-    /// The counter slots of those forwards: their connects keep nothing.
-    pub derived_rules: BTreeSet<u32>,
     /// Every localhost port some scope forwards or remaps, exactly or in
     /// a range: the programs look no further for a port outside it.
     pub localhost_ports: PortSet,
@@ -369,7 +367,15 @@ impl Plan {
         for alias in &scope.aliases {
             self.add_alias(scope_id, alias);
         }
-        let mut has_ranges = false;
+        let has_ranges = scope.forwards.iter().any(|forward| {
+            let ports = forward.from.range();
+            ports.start() != ports.end()
+        });
+        let derived_rules = if has_ranges {
+            BTreeSet::new()
+        } else {
+            self.add_derived_peers(scope_id, scope)
+        };
         for forward in &scope.forwards {
             let (addr, family) = target_words(forward.to.addr);
             let target = ForwardTarget {
@@ -377,6 +383,11 @@ impl Plan {
                 family,
                 port_delta: forward.port_delta(),
                 rule: forward.rule,
+                flags: if derived_rules.contains(&forward.rule) {
+                    FORWARD_DERIVES_PEER
+                } else {
+                    0
+                },
             };
             let ports = forward.from.range();
             self.localhost_ports.insert(ports.clone());
@@ -386,16 +397,12 @@ impl Plan {
                         .insert(ScopePort::new(scope_id, *ports.start(), protocol), target);
                     continue;
                 }
-                has_ranges = true;
                 for (port, port_bits) in forward.from.prefixes() {
                     let key = ForwardKey::new(scope_id, protocol, port);
                     self.forwards
                         .insert((FORWARD_KEY_PORT_OFFSET_BITS + port_bits, key), target);
                 }
             }
-        }
-        if !has_ranges {
-            self.add_derived_peers(scope_id, scope);
         }
         for bind in &scope.binds {
             let (addr, family) = bind.address.map_or(([0; 4], 0), target_words);
@@ -414,6 +421,7 @@ impl Plan {
                         family: 0,
                         port_delta: bind.to.wrapping_sub(bind.port),
                         rule: bind.rule,
+                        flags: 0,
                     }
                 });
             for &protocol in bind.protocols.numbers() {
@@ -456,7 +464,9 @@ impl Plan {
     /// each TCP forward of one port that no other forward of the scope
     /// reaches. A TCP socket of the scope whose peer is such a target
     /// dialed that forward's port on loopback, or kept its storage.
-    fn add_derived_peers(&mut self, scope_id: u32, scope: &Scope) {
+    /// Returns the counter slots of those forwards.
+    fn add_derived_peers(&mut self, scope_id: u32, scope: &Scope) -> BTreeSet<u32> {
+        let mut derived_rules = BTreeSet::new();
         let mut by_target: BTreeMap<DerivedPeerKey, Vec<DerivedPeer>> = BTreeMap::new();
         for forward in &scope.forwards {
             let ports = forward.from.range();
@@ -479,9 +489,10 @@ impl Plan {
         for (key, peers) in by_target {
             if let [peer] = peers[..] {
                 self.derived_peers.insert(key, peer);
-                self.derived_rules.insert(peer.rule);
+                derived_rules.insert(peer.rule);
             }
         }
+        derived_rules
     }
 
     /// Which lookups the programs need for this plan.
@@ -550,7 +561,7 @@ impl Plan {
             match self.derived_peers.get(key) {
                 Some(new) if new.port == peer.port => {}
                 Some(new) => {
-                    self.derived_rules.remove(&new.rule);
+                    self.stop_deriving(new.rule);
                     self.derived_peers.insert(*key, *peer);
                 }
                 None if self.derived_peers.len() < capacity as usize => {
@@ -560,6 +571,20 @@ impl Plan {
             }
         }
         not_kept
+    }
+
+    /// Makes the forwards of counter slot `rule` keep storage at connect:
+    /// their target's derived peer stays another forward's.
+    fn stop_deriving(&mut self, rule: u32) {
+        let by_cgroup = self
+            .cgroup_forwards
+            .values_mut()
+            .map(|forward| &mut forward.target);
+        for target in self.forward_ports.values_mut().chain(by_cgroup) {
+            if target.rule == rule {
+                target.flags &= !FORWARD_DERIVES_PEER;
+            }
+        }
     }
 
     /// The scopes that forward a port here they did not in `old`: binds
@@ -615,7 +640,6 @@ impl Plan {
         self.scope_grants.extend(other.scope_grants);
         self.binds.extend(other.binds);
         self.derived_peers.extend(other.derived_peers);
-        self.derived_rules.extend(other.derived_rules);
         self.localhost_ports.extend(&other.localhost_ports);
     }
 
@@ -633,6 +657,7 @@ impl Plan {
                 alias.to.port().wrapping_sub(port)
             },
             rule: alias.rule,
+            flags: 0,
         };
         for &protocol in alias.protocols.numbers() {
             self.aliases
@@ -659,6 +684,7 @@ impl Plan {
                 family,
                 port_delta: 0,
                 rule: grant.rule,
+                flags: 0,
             };
             self.aliases
                 .insert(AliasKey::new(scope, dial, family, port, PROTO_TCP), target);
