@@ -12,11 +12,16 @@ Used by netbpf's tests as the application inside a container:
                                     getpeername(), recvfrom()
   probe.py tcp-held HOST PORT       connect, then report getpeername() once now
                                     and once for each line read on stdin
+  probe.py http HOST PORT           GET / over HTTP/1.0: the body
+  probe.py dns-udp HOST PORT NAME   a DNS query for NAME's IPv4 address, over UDP
+  probe.py dns-tcp HOST PORT NAME   the same over TCP
 "peer" is what getpeername() returns, "source" where recvfrom() says the
 reply came from.
 """
 import json
+import random
 import socket
+import struct
 import sys
 
 
@@ -73,8 +78,72 @@ def udp_twice(targets, connected):
     return {"peers": peers, "sources": sources}
 
 
+def http(host, port):
+    with socket.create_connection((host, port), timeout=5) as sock:
+        peer = sock.getpeername()[:2]
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    _, _, body = data.partition(b"\r\n\r\n")
+    return {"peer": list(peer), "data": body.decode().strip()}
+
+
+def dns_query(name):
+    """A recursive query for NAME's A record, and its id."""
+    ident = random.randrange(1 << 16)
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.split("."))
+    return ident, struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + b"\0" + struct.pack("!HH", 1, 1)
+
+
+def dns_answer(ident, reply):
+    """The first IPv4 address a reply to query IDENT answers."""
+    got, flags, questions, answers = struct.unpack("!HHHH", reply[:8])
+    if got != ident:
+        raise ValueError(f"a reply to query {got}, not {ident}")
+    at = 12
+    for _ in range(questions):
+        while reply[at] != 0:
+            at += 1 + reply[at]
+        at += 5
+    for _ in range(answers):
+        at += 2 if reply[at] & 0xC0 == 0xC0 else reply.index(b"\0", at) + 1 - at
+        kind, _, _, length = struct.unpack("!HHIH", reply[at:at + 10])
+        at += 10
+        if kind == 1 and length == 4:
+            return socket.inet_ntoa(reply[at:at + 4])
+        at += length
+    return f"no address (rcode {flags & 0xF})"
+
+
+def dns_udp(host, port, name):
+    ident, query = dns_query(name)
+    with socket.socket(family(host), socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(query, (host, port))
+        reply, source = sock.recvfrom(4096)
+    return {"source": list(source[:2]), "data": dns_answer(ident, reply)}
+
+
+def dns_tcp(host, port, name):
+    ident, query = dns_query(name)
+    with socket.create_connection((host, port), timeout=5) as sock:
+        peer = sock.getpeername()[:2]
+        sock.sendall(struct.pack("!H", len(query)) + query)
+        reply = b""
+        while len(reply) < 2 or len(reply) < 2 + struct.unpack("!H", reply[:2])[0]:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return {"peer": list(peer), "data": dns_answer(ident, reply[2:])}
+
+
 def main():
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode in ("dns-udp", "dns-tcp"):
+        print(json.dumps((dns_udp if mode == "dns-udp" else dns_tcp)(host, port, sys.argv[4])))
+        return
     if mode in ("udp-twice", "udp-reconnected"):
         targets = [(host, port), (sys.argv[4], int(sys.argv[5]))]
         print(json.dumps(udp_twice(targets, mode == "udp-reconnected")))
@@ -84,6 +153,8 @@ def main():
         return
     if mode == "tcp":
         result = tcp(host, port)
+    elif mode == "http":
+        result = http(host, port)
     elif mode in ("udp", "udp-connected"):
         result = udp(host, port, mode == "udp-connected")
     else:

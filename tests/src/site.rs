@@ -1,7 +1,10 @@
 //! Where a test process runs: a cgroup and a network namespace, and the
 //! clients and servers the tests start there.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 
@@ -18,6 +21,15 @@ impl Site<'_> {
     /// A command run here.
     pub fn spawn(&self, program: &str, args: &[&str]) -> anyhow::Result<Spawn> {
         Spawn::new(self.cgroup.path(), Some(&self.netns.path()), program, args)
+    }
+
+    /// `tests/scripts/probe.py` with `args` here: one connection or
+    /// exchange of the mode the script names, reported as JSON.
+    pub fn spawn_probe(&self, args: &[&str]) -> anyhow::Result<Spawn> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
+        let mut full = vec![script.to_str().context("the probe's path is UTF-8")?];
+        full.extend_from_slice(args);
+        self.spawn("python3", &full)
     }
 
     /// curl here: its exit code and the body it got.

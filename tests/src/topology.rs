@@ -98,10 +98,7 @@ impl DesktopTopology {
     /// `tests/scripts/probe.py` with `args` at `place`: one connection or
     /// exchange of the mode the script names, reported as JSON.
     pub fn spawn_probe(&self, place: Place, args: &[&str]) -> anyhow::Result<Spawn> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/probe.py");
-        let mut full = vec![script.to_str().context("the probe's path is UTF-8")?];
-        full.extend_from_slice(args);
-        self.spawn(place, "python3", &full)
+        self.site(place).spawn_probe(args)
     }
 
     /// curl at `place`: its exit code and the body it got.

@@ -35,6 +35,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "runc",            // podman's runtime here (crun refuses hybrid cgroups)
     "busybox-static",  // the root file system of the test image
     "iperf3",          // the throughput benchmark
+    "dnsmasq-base",    // the node-local DNS cache of the local-redirect test
     "systemd",         // systemd-analyze: the unit's check
     "libcap2-bin",     // capsh: the capabilities the unit names
     "python3-venv",    // the manifest's validators and virtme-ng, in virtualenvs of their own
