@@ -439,9 +439,8 @@ impl Pass<'_> {
             }
             if Some(&others) == self.plan.scaling.last() {
                 self.step(format!("per-program cost with {others} other containers"))?;
-                let mut costs =
-                    program_costs(self.exe, &ways[netbpf], self.plan, self.rounds.clone())?;
-                point.connect4 = costs.scoped.remove(program::CONNECT4).unwrap_or_default();
+                point.connect4 =
+                    connect_costs(self.exe, &ways[netbpf], self.plan, self.rounds.clone())?;
             }
             points.push(point);
         }
@@ -476,46 +475,77 @@ const BITS_FIGURES: [Figure<f64>; 1] = [Figure {
 const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\", dial = \"10.200.1.1:18188\" }]\n\
     [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
-/// Per-program costs, with an empty program beside each of netbpf's: the
-/// rounds `rounds`, each a load of the desktop's sockets, one of a process
-/// in no scope, and that process's connections to a server no forward
-/// reaches.
+/// What each of netbpf's programs costs, in rounds `rounds`, each a load
+/// of the desktop's sockets, one of a process in no scope, and that
+/// process's connections to a server no forward reaches.
 fn program_costs(
     exe: &str,
     netbpf: &Prepared,
     plan: &Plan,
     rounds: RangeInclusive<usize>,
 ) -> anyhow::Result<report::ProgramCosts> {
-    let agent = netbpf.agent().context("the netbpf way has an agent")?;
-    let ids = agent.programs()?;
-    let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
-    let _stats = BpfStats::enable()?;
-    let load = |place: Place, loads: &[(Load, usize)]| -> anyhow::Result<_> {
-        let before = programs::counts()?;
-        for &(load, count) in loads {
-            netbpf.measure(exe, place, load, count)?;
-        }
-        Ok(programs::costs(&ids, &empty, &before, &programs::counts()?))
-    };
     let every_load = [
         (Load::Tcp, plan.connections),
         (Load::Udp, plan.datagrams),
         (Load::Bind, plan.connections),
     ];
     let unforwarded = [(Load::TcpUnforwarded, plan.connections)];
-    let mut costs = report::ProgramCosts::default();
+    let [scoped, unscoped, unscoped_unforwarded] = costs_under(
+        exe,
+        netbpf,
+        rounds,
+        [
+            (Place::Desktop, &every_load[..]),
+            (Place::Outside, &every_load[..]),
+            (Place::Outside, &unforwarded[..]),
+        ],
+    )?;
+    Ok(report::ProgramCosts {
+        scoped,
+        unscoped,
+        unscoped_unforwarded,
+    })
+}
+
+/// connect4's cost for the desktop's TCP connects, in rounds `rounds`:
+/// the one figure a scaling point needs.
+fn connect_costs(
+    exe: &str,
+    netbpf: &Prepared,
+    plan: &Plan,
+    rounds: RangeInclusive<usize>,
+) -> anyhow::Result<Vec<Cost>> {
+    let [mut scoped] = costs_under(
+        exe,
+        netbpf,
+        rounds,
+        [(Place::Desktop, &[(Load::Tcp, plan.connections)][..])],
+    )?;
+    Ok(scoped.remove(program::CONNECT4).unwrap_or_default())
+}
+
+/// The costs of netbpf's programs under each of `sides` (a place and its
+/// loads), by program, round by round, each net of an empty program
+/// beside it at its hook: in each of `rounds`, every side in turn.
+fn costs_under<const SIDES: usize>(
+    exe: &str,
+    netbpf: &Prepared,
+    rounds: RangeInclusive<usize>,
+    sides: [(Place, &[(Load, usize)]); SIDES],
+) -> anyhow::Result<[BTreeMap<String, Vec<Cost>>; SIDES]> {
+    let agent = netbpf.agent().context("the netbpf way has an agent")?;
+    let ids = agent.programs()?;
+    let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
+    let _stats = BpfStats::enable()?;
+    let mut costs = [(); SIDES].map(|()| BTreeMap::new());
     for _ in rounds {
-        for (place, loads, by_program) in [
-            (Place::Desktop, &every_load[..], &mut costs.scoped),
-            (Place::Outside, &every_load[..], &mut costs.unscoped),
-            (
-                Place::Outside,
-                &unforwarded[..],
-                &mut costs.unscoped_unforwarded,
-            ),
-        ] {
-            for (name, cost) in load(place, loads)? {
-                by_program.entry(name).or_default().push(cost);
+        for ((place, loads), by_program) in sides.iter().zip(&mut costs) {
+            let before = programs::counts()?;
+            for &(load, count) in *loads {
+                netbpf.measure(exe, *place, load, count)?;
+            }
+            for (name, cost) in programs::costs(&ids, &empty, &before, &programs::counts()?) {
+                by_program.entry(name).or_insert_with(Vec::new).push(cost);
             }
         }
     }
