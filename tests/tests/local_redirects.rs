@@ -235,28 +235,30 @@ fn a_node_local_dns_cache_answers_at_the_cluster_dns_address_over_udp_and_tcp() 
     let lab = Lab::new();
     let _netbpf = lab.start_netbpf();
 
+    // Each query's mode, where the probe reports the address the answer
+    // came from, and the call that shows it.
+    let queries = [
+        ("dns-udp", "source", "recvfrom()"),
+        ("dns-tcp", "peer", "getpeername()"),
+    ];
     for place in [Place::Pod, Place::HostNetwork] {
-        let over_udp = lab
-            .probe(place, &["dns-udp", "10.96.0.10", "53", NAME])
-            .unwrap_or_else(|error| panic!("a query over UDP at {place:?}: {error}"));
-        assert_eq!(over_udp["data"], CACHED, "the cache's answer, at {place:?}");
-        assert_eq!(
-            over_udp["source"],
-            json!(["10.96.0.10", 53]),
-            "recvfrom() at {place:?} shows the address queried"
-        );
-        let over_tcp = lab
-            .probe(place, &["dns-tcp", "10.96.0.10", "53", NAME])
-            .unwrap_or_else(|error| panic!("a query over TCP at {place:?}: {error}"));
-        assert_eq!(over_tcp["data"], CACHED, "the cache's answer, at {place:?}");
-        assert_eq!(
-            over_tcp["peer"],
-            json!(["10.96.0.10", 53]),
-            "getpeername() at {place:?} shows the address queried"
-        );
+        for (mode, shown_in, call) in queries {
+            let report = lab
+                .probe(place, &[mode, "10.96.0.10", "53", NAME])
+                .unwrap_or_else(|error| panic!("{mode} at {place:?}: {error}"));
+            assert_eq!(
+                report["data"], CACHED,
+                "the cache's answer, {mode} at {place:?}"
+            );
+            assert_eq!(
+                report[shown_in],
+                json!(["10.96.0.10", 53]),
+                "{call} at {place:?} shows the address queried"
+            );
+        }
     }
 
-    for mode in ["dns-udp", "dns-tcp"] {
+    for (mode, _, _) in queries {
         let sent = lab.probe(Place::Other, &[mode, "10.96.0.10", "53", NAME]);
         assert!(
             sent.is_err(),
