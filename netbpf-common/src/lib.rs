@@ -309,6 +309,11 @@ pub struct ForwardTarget {
 /// for them. In the target itself, which the connect has read already.
 pub const FORWARD_DERIVES_PEER: u32 = 1;
 
+/// [`ForwardTarget::flags`]: when the rule's target moves, the TCP
+/// connections it made are reset (`on_move = "reset"`). Read by the agent
+/// only: the kernel programs ignore it.
+pub const FORWARD_RESETS_TCP_ON_MOVE: u32 = 2;
+
 impl ForwardTarget {
     /// Whether this is a bind remap's own service, not a forward: the
     /// dialed localhost address stays (`family` is 0), only the port moves.
@@ -322,6 +327,13 @@ impl ForwardTarget {
     #[must_use]
     pub const fn derives_peer(&self) -> bool {
         self.flags & FORWARD_DERIVES_PEER != 0
+    }
+
+    /// Whether the TCP connections of this rule are reset when its target
+    /// moves.
+    #[must_use]
+    pub const fn resets_tcp_on_move(&self) -> bool {
+        self.flags & FORWARD_RESETS_TCP_ON_MOVE != 0
     }
 }
 
@@ -757,6 +769,7 @@ mod pod {
     unsafe impl aya::Pod for super::CgroupPort {}
     unsafe impl aya::Pod for super::CgroupForward {}
     unsafe impl aya::Pod for super::SockAddr {}
+    unsafe impl aya::Pod for super::DialedBySocket {}
     unsafe impl aya::Pod for super::ScopePort {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::ScopeEntry {}

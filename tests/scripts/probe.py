@@ -15,14 +15,21 @@ Used by netbpf's tests as the application inside a container:
   probe.py http HOST PORT           GET / over HTTP/1.0: the body
   probe.py dns-udp HOST PORT NAME   a DNS query for NAME's IPv4 address, over UDP
   probe.py dns-tcp HOST PORT NAME   the same over TCP
+  probe.py dns-loop HOST PORT NAME PROTO SECONDS
+                                    one socket (udp: connected; tcp: one connection)
+                                    queried every 50 ms for SECONDS, replaced by a
+                                    new one when a call on it fails: the answers
+                                    and errors in runs, [what, how many in a row]
 "peer" is what getpeername() returns, "source" where recvfrom() says the
 reply came from.
 """
+import errno
 import json
 import random
 import socket
 import struct
 import sys
+import time
 
 
 def family(host):
@@ -125,22 +132,67 @@ def dns_udp(host, port, name):
     return {"source": list(source[:2]), "data": dns_answer(ident, reply)}
 
 
+def dns_over_tcp(sock, query):
+    """One query over a TCP connection: the reply, without its length."""
+    sock.sendall(struct.pack("!H", len(query)) + query)
+    reply = b""
+    while len(reply) < 2 or len(reply) < 2 + struct.unpack("!H", reply[:2])[0]:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(errno.ECONNRESET, "closed by the server")
+        reply += chunk
+    return reply[2:]
+
+
 def dns_tcp(host, port, name):
     ident, query = dns_query(name)
     with socket.create_connection((host, port), timeout=5) as sock:
         peer = sock.getpeername()[:2]
-        sock.sendall(struct.pack("!H", len(query)) + query)
-        reply = b""
-        while len(reply) < 2 or len(reply) < 2 + struct.unpack("!H", reply[:2])[0]:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    return {"peer": list(peer), "data": dns_answer(ident, reply[2:])}
+        reply = dns_over_tcp(sock, query)
+    return {"peer": list(peer), "data": dns_answer(ident, reply)}
+
+
+def dns_loop(host, port, name, proto, seconds):
+    """A resolver's socket in a loop: a connected UDP socket or one TCP
+    connection, queried every 50 ms and replaced when a call on it fails."""
+    runs = []
+
+    def note(what):
+        if runs and runs[-1][0] == what:
+            runs[-1][1] += 1
+        else:
+            runs.append([what, 1])
+
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    sock = None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if sock is None:
+                sock = socket.socket(family(host), kind)
+                sock.settimeout(1)
+                sock.connect((host, port))
+            ident, query = dns_query(name)
+            if proto == "udp":
+                sock.send(query)
+                reply = sock.recv(4096)
+            else:
+                reply = dns_over_tcp(sock, query)
+            note(dns_answer(ident, reply))
+        except OSError as error:
+            note(errno.errorcode.get(error.errno, type(error).__name__))
+            if sock is not None:
+                sock.close()
+            sock = None
+        time.sleep(0.05)
+    return {"runs": runs}
 
 
 def main():
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if mode == "dns-loop":
+        print(json.dumps(dns_loop(host, port, sys.argv[4], sys.argv[5], float(sys.argv[6]))))
+        return
     if mode in ("dns-udp", "dns-tcp"):
         print(json.dumps((dns_udp if mode == "dns-udp" else dns_tcp)(host, port, sys.argv[4])))
         return

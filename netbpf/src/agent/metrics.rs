@@ -27,6 +27,7 @@ pub struct Events {
     discovery_delay: Histogram,
     map_full: Family<MapLabels, Counter>,
     cgroup_resyncs: Counter,
+    destroyed_on_move: Family<ProtocolLabels, Counter>,
 }
 
 impl Default for Events {
@@ -38,6 +39,7 @@ impl Default for Events {
             discovery_delay: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             map_full: Family::default(),
             cgroup_resyncs: Counter::default(),
+            destroyed_on_move: Family::default(),
         }
     }
 }
@@ -77,6 +79,18 @@ impl Events {
             .inc();
     }
 
+    /// Sockets connected through rules whose target moved, destroyed:
+    /// `udp` connected UDP sockets, `tcp` connections reset.
+    pub fn destroyed_on_move(&self, udp: u64, tcp: u64) {
+        for (protocol, count) in [("udp", udp), ("tcp", tcp)] {
+            self.destroyed_on_move
+                .get_or_create(&ProtocolLabels {
+                    protocol: protocol.to_owned(),
+                })
+                .inc_by(count);
+        }
+    }
+
     fn register(&self, registry: &mut Registry) {
         registry.register(
             "policy_reloads",
@@ -103,6 +117,11 @@ impl Events {
             "Scope instances not applied because a map was full (raise its capacity)",
             self.map_full.clone(),
         );
+        registry.register(
+            "moved_sockets_destroyed",
+            "Sockets connected through a forward or alias whose target moved, destroyed so that their applications connect to the new target",
+            self.destroyed_on_move.clone(),
+        );
     }
 }
 
@@ -114,6 +133,11 @@ pub struct Snapshot {
     pub containers: BTreeMap<String, i64>,
     /// The maps the policy fills: (name, entries, capacity).
     pub maps: Vec<(&'static str, usize, u32)>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -18,6 +18,7 @@ mod grant_guard;
 pub mod host_services;
 mod inventory;
 mod metrics;
+mod moved_sockets;
 pub mod mss_clamp;
 mod network;
 mod pace;
@@ -26,6 +27,7 @@ mod reconcile;
 mod report;
 mod requests;
 mod retry;
+mod scope_sockets;
 mod signals;
 #[cfg(test)]
 mod tests;
@@ -36,13 +38,13 @@ use tokio::net::UnixListener;
 
 pub use self::{delays::Delays, policy_watch::PolicySource, signals::Signals};
 use self::{
-    existing_binds::ScopePlace,
     inventory::Inventory,
     network::{HostNetwork, Rewired},
     pace::Pace,
     policy_watch::PolicyWatch,
     reconcile::{HostProbe, Reconciler},
     retry::Retry,
+    scope_sockets::ScopePlace,
     signals::Asked,
 };
 use crate::{
@@ -56,7 +58,7 @@ use crate::{
         features::{self, SK_LOOKUP, Unavailable},
     },
     host::Node,
-    plan::{Capacity, Plan},
+    plan::{Capacity, Moved, Plan},
     policy::Policy,
 };
 
@@ -398,11 +400,44 @@ impl Agent {
             self.delays.record(appeared.elapsed());
             self.events.discovered(appeared.elapsed());
         }
-        let places = reconciled?;
-        if !places.is_empty() {
-            self.record_existing_binds(&places);
+        let reconciled = reconciled?;
+        if !reconciled.new_places.is_empty() {
+            self.record_existing_binds(&reconciled.new_places);
+        }
+        if !reconciled.moved.is_empty() {
+            self.destroy_moved_sockets(&reconciled.moved);
         }
         Ok(())
+    }
+
+    /// Destroys the sockets still connected through the rules of `moved`,
+    /// so that their applications connect again, to the new targets.
+    fn destroy_moved_sockets(&mut self, moved: &[Moved]) {
+        let tally = moved_sockets::destroy(moved, &self.core.scope_places(), &self.datapath);
+        self.events.destroyed_on_move(tally.udp, tally.tcp);
+        if tally.udp + tally.tcp > 0 {
+            tracing::info!(
+                udp = tally.udp,
+                tcp = tally.tcp,
+                "sockets connected through moved rules destroyed: their applications connect again, to the new targets"
+            );
+        }
+        for (namespace, error) in &tally.unlisted {
+            tracing::warn!(namespace = %namespace.display(), %error, "cannot list the sockets of a scope whose rule moved: they stay with the old target");
+        }
+        if let Some((_, error)) = tally.left.first() {
+            let unsupported = error.raw_os_error() == Some(libc::EOPNOTSUPP);
+            tracing::warn!(
+                sockets = tally.left.len(),
+                %error,
+                "sockets connected through moved rules stay with their old target until their applications close them{}",
+                if unsupported {
+                    ": this kernel cannot destroy sockets (built without CONFIG_INET_DIAG_DESTROY)"
+                } else {
+                    ""
+                }
+            );
+        }
     }
 
     /// Counts the sockets bound inside `scopes` on ports they forward,

@@ -10,15 +10,17 @@ use std::{
 };
 
 use super::{
-    existing_binds::ScopePlace,
     facts::{BindsIn, InstanceFacts},
     metrics::Events,
+    scope_sockets::ScopePlace,
 };
 use crate::{
     containers::Workload,
     datapath::{DatapathError, PlanMaps},
     host::{Node, netns},
-    plan::{self, Assignment, Capacity, Outcome, Plan, Resolved, RuleSlots, ScopeIds, ScopeKey},
+    plan::{
+        self, Assignment, Capacity, Moved, Outcome, Plan, Resolved, RuleSlots, ScopeIds, ScopeKey,
+    },
     policy::{self, Instance, Policy, Selector},
 };
 
@@ -96,6 +98,18 @@ pub struct Reconciler {
     pub outcomes: Vec<Outcome>,
 }
 
+/// What an update of the maps changed that sockets already made feel.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Where the instances new to the maps (or forwarding more ports)
+    /// are: services may listen there already, bound before the hooks saw
+    /// them.
+    pub new_places: Vec<ScopePlace>,
+    /// The rules whose target moved: their connected sockets still reach
+    /// the old one.
+    pub moved: Vec<Moved>,
+}
+
 /// What a reload replaced, to put back if the new policy cannot be
 /// applied.
 pub struct Replaced {
@@ -146,16 +160,14 @@ impl Reconciler {
 
     /// Makes the maps hold the plan of what matches now among `workloads`.
     /// New and changed entries first, dropped ones last; a failed update
-    /// is undone, and only a failed update is an error. Returns where the
-    /// instances new to the maps (or forwarding more ports) are: services
-    /// may listen there already, bound before the hooks saw them.
+    /// is undone, and only a failed update is an error.
     pub fn reconcile(
         &mut self,
         maps: &mut impl PlanMaps,
         workloads: &[Workload],
         node: &Node,
         events: &mut Events,
-    ) -> Result<Vec<ScopePlace>, DatapathError> {
+    ) -> Result<Reconciled, DatapathError> {
         let resolved = self.resolve(workloads, node);
         let mut ids = self.ids.clone();
         let mut slots = self.slots.clone();
@@ -199,11 +211,14 @@ impl Reconciler {
         let previous = std::mem::replace(&mut self.plan, plan);
         self.outcomes = outcomes;
         let grown = self.plan.scopes_forwarding_more_than(&previous);
-        Ok(self
-            .scope_places()
-            .into_iter()
-            .filter(|scope| !known.contains(&scope.id) || grown.contains(&scope.id))
-            .collect())
+        Ok(Reconciled {
+            new_places: self
+                .scope_places()
+                .into_iter()
+                .filter(|scope| !known.contains(&scope.id) || grown.contains(&scope.id))
+                .collect(),
+            moved: self.plan.moved_since(&previous),
+        })
     }
 
     /// Logs the instances newly applied (their ids not in `known`) and

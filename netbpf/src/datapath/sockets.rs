@@ -16,7 +16,7 @@ use aya::{
 };
 use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use netbpf_common::{
-    ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort,
+    DialedBySocket, ForwardKey, ForwardTarget, Lookups, RuleStats, ScopeEntry, ScopePort,
     names::{self, program},
 };
 
@@ -556,6 +556,19 @@ impl Datapath {
         }
         drop(held);
         Ok(counted)
+    }
+
+    /// What `socket` dialed that a rule rewrote, as its storage in
+    /// `REVERSE` records it; None when it recorded nothing.
+    pub fn dialed_by(&self, socket: &OwnedFd) -> Result<Option<DialedBySocket>, DatapathError> {
+        let storage: SkStorage<_, DialedBySocket> = self.map(names::REVERSE.name)?;
+        match storage.get(socket, 0) {
+            Ok(dialed) => Ok(Some(dialed)),
+            // A socket with no storage is absent from the map.
+            Err(error) => forgiving(Err(error))
+                .map(|()| None)
+                .map_err(map_error(names::REVERSE.name)),
+        }
     }
 
     /// Marks `socket` as counted under `key` in its own storage; false when

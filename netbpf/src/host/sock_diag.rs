@@ -1,6 +1,7 @@
-//! The bound sockets of a network namespace, from the kernel's `sock_diag`
-//! netlink interface: what `ss -tlun` lists, with socket cookies and
-//! cgroup ids.
+//! The sockets of a network namespace, from the kernel's `sock_diag`
+//! netlink interface: the bound ones (what `ss -tlun` lists) and the
+//! connected ones, with socket cookies and cgroup ids; and destroying one
+//! (what `ss -K` does).
 
 use std::{
     io,
@@ -8,10 +9,10 @@ use std::{
 };
 
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _,
 };
 use netlink_packet_sock_diag::{
-    SockDiagMessage,
+    SockDiagDestroy, SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, nlas::Nla},
 };
@@ -33,6 +34,8 @@ pub struct DiagSocket {
     pub cgroup_id: Option<u64>,
     /// The socket's inode: its `socket:[INODE]` in `/proc/PID/fd`.
     pub inode: u32,
+    /// The interface it is bound to (`SO_BINDTODEVICE`), or 0.
+    pub interface: u32,
     /// The user that made the socket.
     pub uid: u32,
 }
@@ -40,19 +43,97 @@ pub struct DiagSocket {
 /// The listening TCP sockets and all UDP sockets of the calling thread's
 /// network namespace, IPv4 and IPv6.
 pub fn bound_sockets() -> io::Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
-    socket.bind_auto()?;
-    socket.connect(&NetlinkAddr::new(0, 0))?;
+    sockets(&[
+        (IPPROTO_TCP, StateFlags::LISTEN),
+        (IPPROTO_UDP, StateFlags::all()),
+    ])
+}
+
+/// The TCP sockets with a peer (connecting, connected, or closed by the
+/// peer but not yet by their process) and the connected UDP sockets of the
+/// calling thread's network namespace, IPv4 and IPv6.
+pub fn connected_sockets() -> io::Result<Vec<DiagSocket>> {
+    sockets(&[
+        (
+            IPPROTO_TCP,
+            StateFlags::SYN_SENT | StateFlags::ESTABLISHED | StateFlags::CLOSE_WAIT,
+        ),
+        // A connected UDP socket is in TCP_ESTABLISHED's state.
+        (IPPROTO_UDP, StateFlags::ESTABLISHED),
+    ])
+}
+
+/// Every socket of each (protocol, states) of `selection`, in both
+/// families.
+fn sockets(selection: &[(u8, StateFlags)]) -> io::Result<Vec<DiagSocket>> {
+    let mut socket = netlink_socket()?;
     let mut found = Vec::new();
     for family in [AF_INET, AF_INET6] {
-        for (protocol, states) in [
-            (IPPROTO_TCP, StateFlags::LISTEN),
-            (IPPROTO_UDP, StateFlags::all()),
-        ] {
-            dump(&mut socket, family, protocol, states, &mut found)?;
+        for (protocol, states) in selection {
+            dump(&mut socket, family, *protocol, states.clone(), &mut found)?;
         }
     }
     Ok(found)
+}
+
+/// A `sock_diag` netlink socket of the calling thread's network namespace.
+fn netlink_socket() -> io::Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+    socket.bind_auto()?;
+    socket.connect(&NetlinkAddr::new(0, 0))?;
+    Ok(socket)
+}
+
+/// Destroys `socket`, found in the calling thread's network namespace: a
+/// TCP socket is reset, a UDP socket disconnected; its process's next
+/// call on it fails with `ECONNABORTED`. Needs `CONFIG_INET_DIAG_DESTROY`
+/// (`EOPNOTSUPP` without it); a socket gone meanwhile is `ENOENT`.
+pub fn destroy(socket: &DiagSocket) -> io::Result<()> {
+    let netlink = netlink_socket()?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_ACK;
+    let family = if socket.local.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    let mut request = NetlinkMessage::new(
+        header,
+        NetlinkPayload::InnerMessage(SockDiagDestroy::new(SockDiagMessage::InetRequest(
+            InetRequest {
+                family,
+                protocol: socket.protocol,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id: SocketId {
+                    source_port: socket.local.port(),
+                    destination_port: socket.remote.port(),
+                    source_address: socket.local.ip(),
+                    destination_address: socket.remote.ip(),
+                    interface_id: socket.interface,
+                    cookie: cookie_bytes(socket.cookie),
+                },
+            },
+        ))),
+    );
+    request.finalize();
+    let mut buffer = vec![0; request.buffer_len()];
+    request.serialize(&mut buffer);
+    netlink.send(&buffer, 0)?;
+    let mut received = Vec::with_capacity(4096);
+    netlink.recv(&mut received, 0)?;
+    let reply = NetlinkMessage::<SockDiagDestroy>::deserialize(&received).map_err(|error| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {error}"))
+    })?;
+    match reply.payload {
+        NetlinkPayload::Error(error) => match error.code {
+            None => Ok(()),
+            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+        },
+        other => Err(io::Error::other(format!(
+            "sock_diag destroy answered {other:?}"
+        ))),
+    }
 }
 
 /// Asks for every socket of `family` and `protocol` in `states`.
@@ -132,6 +213,7 @@ fn diag_socket(protocol: u8, response: &InetResponse) -> DiagSocket {
         cookie: cookie(id.cookie),
         cgroup_id,
         inode: response.header.inode,
+        interface: id.interface_id,
         uid: response.header.uid,
     }
 }
@@ -141,6 +223,16 @@ fn cookie(bytes: [u8; 8]) -> u64 {
     let low = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     let high = u32::from_ne_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     u64::from(high) << 32 | u64::from(low)
+}
+
+/// A cookie as the kernel reads it in a request: [`cookie`] undone.
+fn cookie_bytes(cookie: u64) -> [u8; 8] {
+    let [low, high] = [cookie & u64::from(u32::MAX), cookie >> 32]
+        .map(|half| u32::try_from(half).expect("32 bits").to_ne_bytes());
+    let mut bytes = [0u8; 8];
+    bytes[..4].copy_from_slice(&low);
+    bytes[4..].copy_from_slice(&high);
+    bytes
 }
 
 /// Whether `addr` is localhost or a wildcard: what a scope's own service
@@ -161,6 +253,7 @@ mod tests {
         bytes[..4].copy_from_slice(&0x89ab_cdefu32.to_ne_bytes());
         bytes[4..].copy_from_slice(&0x0123_4567u32.to_ne_bytes());
         assert_eq!(cookie(bytes), 0x0123_4567_89ab_cdef);
+        assert_eq!(cookie_bytes(0x0123_4567_89ab_cdef), bytes);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod capacity;
 mod ids;
+mod moves;
 mod port_set;
 
 use std::{
@@ -22,19 +23,21 @@ use std::{
 
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, CgroupForward, CgroupPort, DerivedPeer,
-    DerivedPeerKey, FORWARD_DERIVES_PEER, FORWARD_KEY_PORT_OFFSET_BITS, ForwardKey, ForwardTarget,
-    GrantKey, GrantPath, LOOKUP_ALIASES, LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups,
-    PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort, ServiceKey,
+    DerivedPeerKey, FORWARD_DERIVES_PEER, FORWARD_KEY_PORT_OFFSET_BITS, FORWARD_RESETS_TCP_ON_MOVE,
+    ForwardKey, ForwardTarget, GrantKey, GrantPath, LOOKUP_ALIASES, LOOKUP_HOST_SERVICES,
+    LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort,
+    ServiceKey,
 };
 
 pub use self::{
     capacity::{Capacity, full_map},
     ids::{RuleSlots, ScopeIds},
+    moves::{Moved, ip_of},
     port_set::PortSet,
 };
 use crate::{
     containers::{Container, Workload},
-    policy::{Alias, Candidate, Captures, ContainerView, Grant, Policy, Scope},
+    policy::{Alias, Candidate, Captures, ContainerView, Grant, OnMove, Policy, Scope},
 };
 
 /// What the kernel programs know a scope by.
@@ -383,11 +386,12 @@ impl Plan {
                 family,
                 port_delta: forward.port_delta(),
                 rule: forward.rule,
-                flags: if derived_rules.contains(&forward.rule) {
-                    FORWARD_DERIVES_PEER
-                } else {
-                    0
-                },
+                flags: on_move_flag(forward.on_move)
+                    | if derived_rules.contains(&forward.rule) {
+                        FORWARD_DERIVES_PEER
+                    } else {
+                        0
+                    },
             };
             let ports = forward.from.range();
             self.localhost_ports.insert(ports.clone());
@@ -657,7 +661,7 @@ impl Plan {
                 alias.to.port().wrapping_sub(port)
             },
             rule: alias.rule,
-            flags: 0,
+            flags: on_move_flag(alias.on_move),
         };
         for &protocol in alias.protocols.numbers() {
             self.aliases
@@ -715,6 +719,14 @@ impl Plan {
             self.grants
                 .insert(GrantKey::new(service, addr, family), path);
         }
+    }
+}
+
+/// The flag of a rule's `on_move`.
+fn on_move_flag(on_move: OnMove) -> u32 {
+    match on_move {
+        OnMove::Keep => 0,
+        OnMove::Reset => FORWARD_RESETS_TCP_ON_MOVE,
     }
 }
 

@@ -506,3 +506,73 @@ fn each_scope_reserves_its_forwarded_ports_in_the_local_binds_table_up_to_a_limi
     let error = outcomes[1].applied.as_ref().unwrap_err();
     assert!(error.contains("map LOCAL_BINDS is full"), "{error}");
 }
+
+/// A rule kept under the same key with another target moved: the old
+/// plan's slot and target name its sockets; a rule whose target stays, a
+/// new rule and a dropped one did not move.
+#[test]
+fn rules_whose_targets_change_are_moved_with_their_old_target() {
+    let policy_of = |forward_to: &str, alias_to: &str, on_move: &str| {
+        policy(&format!(
+            "version = 1\n[[scope]]\nname = \"w\"\nmatch = {{ container = \"w\" }}\n\
+             forward = [\n  {{ from = \"localhost:5432\", to = \"{forward_to}\"{on_move} }},\n  \
+             {{ from = \"localhost:9000-9001\", to = \"10.0.0.9\" }},\n]\n\
+             alias = [{{ from = \"10.96.0.10:53\", to = \"{alias_to}\", proto = \"both\" }}]\n",
+        ))
+    };
+    let workloads = [workload("w", 1, Some("w"))];
+    let mut ids = ScopeIds::default();
+    let mut slots = RuleSlots::default();
+    let mut compiled = |policy: &Policy| {
+        let assigned = assign(policy, &workloads, Path::new("/"), 0);
+        let resolved = resolved(policy, assigned);
+        compile(policy, resolved, &mut ids, &mut slots, &Capacity::default()).0
+    };
+    let before = compiled(&policy_of("10.0.0.1:5432", "10.0.0.53:53", ""));
+    let same = compiled(&policy_of("10.0.0.1:5432", "10.0.0.53:53", ""));
+    assert_eq!(same.moved_since(&before), Vec::new());
+
+    let after = compiled(&policy_of(
+        "10.0.0.2:6432",
+        "10.0.0.54",
+        ", on_move = \"reset\"",
+    ));
+    let forward = before.forward_ports[&ScopePort::new(0, 5432, PROTO_TCP)];
+    let alias_rule = |plan: &Plan| plan.aliases.values().next().unwrap().rule;
+    let old: SocketAddr = "10.0.0.1:5432".parse().unwrap();
+    let old_alias: SocketAddr = "10.0.0.53:53".parse().unwrap();
+    let moved = after.moved_since(&before);
+    assert_eq!(
+        moved,
+        vec![
+            Moved {
+                scope: 0,
+                protocol: PROTO_TCP,
+                rule: forward.rule,
+                old_target: old,
+                // A scope with a range of ports derives no peer.
+                derived_peer: false,
+                reset_tcp: true,
+            },
+            Moved {
+                scope: 0,
+                protocol: PROTO_TCP,
+                rule: alias_rule(&before),
+                old_target: old_alias,
+                derived_peer: false,
+                reset_tcp: false,
+            },
+            Moved {
+                scope: 0,
+                protocol: PROTO_UDP,
+                rule: alias_rule(&before),
+                old_target: old_alias,
+                derived_peer: false,
+                reset_tcp: false,
+            },
+        ]
+    );
+    assert!(moved[2].destroys() && moved[0].destroys() && !moved[1].destroys());
+    assert!(moved[1].reached("[::ffff:10.0.0.53]:53".parse().unwrap()));
+    assert!(!moved[1].reached("10.0.0.53:54".parse().unwrap()));
+}

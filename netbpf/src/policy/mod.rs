@@ -106,6 +106,39 @@ impl Protocols {
     }
 }
 
+/// What a change of a rule's target does to the TCP connections the rule
+/// made (its connected UDP sockets are always disconnected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMove {
+    /// They stay with the old target until they close.
+    #[default]
+    Keep,
+    /// They are reset: their applications connect again, to the new one.
+    Reset,
+}
+
+/// A rule's `on_move`: only a rule with TCP has connections to reset.
+fn on_move(
+    locator: &Locator<'_>,
+    field: &str,
+    protocols: Protocols,
+    raw: Option<&toml::Spanned<OnMove>>,
+) -> Result<OnMove, PolicyError> {
+    let Some(raw) = raw else {
+        return Ok(OnMove::Keep);
+    };
+    if *raw.get_ref() == OnMove::Reset && protocols == Protocols::Udp {
+        return Err(locator.error(
+            raw.span(),
+            format!("{field}.on_move"),
+            "a UDP rule has no connection to reset (its connected UDP sockets are always disconnected when its target moves): \
+             remove on_move, or give the rule proto = \"both\"",
+        ));
+    }
+    Ok(*raw.get_ref())
+}
+
 /// Localhost on `from` ports goes to `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
@@ -114,6 +147,7 @@ pub struct Forward {
     pub protocols: Protocols,
     pub from: Ports,
     pub to: Target,
+    pub on_move: OnMove,
 }
 
 impl Forward {

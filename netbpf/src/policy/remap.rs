@@ -9,7 +9,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Captures, Locator, PolicyError, Protocols};
+use super::{Captures, Locator, OnMove, PolicyError, Protocols, on_move};
 
 /// A bind to `port` (on `address`, or any) gets `to` instead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,7 @@ pub struct Alias {
     pub protocols: Protocols,
     pub from: SocketAddr,
     pub to: SocketAddr,
+    pub on_move: OnMove,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -60,6 +61,8 @@ pub(super) struct RawAlias {
     to: Spanned<String>,
     #[serde(default)]
     proto: Protocols,
+    #[serde(default)]
+    on_move: Option<Spanned<OnMove>>,
 }
 
 impl RawBind {
@@ -218,6 +221,7 @@ pub(super) fn validate_alias(
         protocols: raw.proto,
         from,
         to,
+        on_move: on_move(locator, field, raw.proto, raw.on_move.as_ref())?,
     })
 }
 

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Alias, BindRemap, Captures, Facts, Forward, Grant, HostService, Locator, PolicyError, Ports,
-    Protocols, Scope, Selector, Source, endpoint, host, pattern, remap, selector,
+    Alias, BindRemap, Captures, Facts, Forward, Grant, HostService, Locator, OnMove, PolicyError,
+    Ports, Protocols, Scope, Selector, Source, endpoint, host, on_move, pattern, remap, selector,
 };
 
 /// A validated `[[scope]]`: a selector and the rules of its instances.
@@ -61,6 +61,8 @@ struct RawForward {
     to: Spanned<String>,
     #[serde(default)]
     proto: Protocols,
+    #[serde(default)]
+    on_move: Option<Spanned<OnMove>>,
 }
 
 impl ScopeDef {
@@ -272,6 +274,7 @@ impl Checker<'_> {
             protocols: raw.proto,
             from,
             to,
+            on_move: on_move(self.locator, field, raw.proto, raw.on_move.as_ref())?,
         }))
     }
 

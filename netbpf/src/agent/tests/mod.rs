@@ -16,11 +16,11 @@ use std::{
 };
 
 use super::{
-    existing_binds::ScopePlace,
     facts::BindsIn,
     inventory::Inventory,
     metrics::Events,
     reconcile::{InstanceProbe, Probe, Reconciler},
+    scope_sockets::ScopePlace,
 };
 use crate::{
     containers::{Container, Runtime, StateDirs, Workload, engine::EngineEvent},
@@ -163,6 +163,7 @@ impl Rig {
     fn reconcile(&mut self, workloads: &[Workload]) -> Result<Vec<ScopePlace>, DatapathError> {
         self.core
             .reconcile(&mut self.maps, workloads, &node(), &mut self.events)
+            .map(|reconciled| reconciled.new_places)
     }
 
     /// The cgroups the maps give a scope, with their scope ids.

@@ -270,6 +270,30 @@ fn rejects_link_local_targets() {
 }
 
 #[test]
+fn on_move_resets_only_rules_with_tcp() {
+    assert_rejected(
+        &one_forward(
+            r#"{ from = "localhost:53", to = "10.0.0.53", proto = "udp", on_move = "reset" }"#,
+        ),
+        6,
+        "scope[0].forward[0].on_move",
+        "a UDP rule has no connection to reset",
+    );
+    assert_rejected(
+        &one_forward(r#"{ from = "localhost:53", to = "10.0.0.53", on_move = "drop" }"#),
+        6,
+        "",
+        "unknown variant `drop`, expected `keep` or `reset`",
+    );
+    let policy = parse_text(&one_forward(
+        r#"{ from = "localhost:53", to = "10.0.0.53", proto = "both", on_move = "reset" }"#,
+    ))
+    .unwrap();
+    let forwards = instance_of(&policy, 0, "app", &[]).unwrap().forwards;
+    assert_eq!(forwards[0].on_move, OnMove::Reset);
+}
+
+#[test]
 fn rejects_overlapping_forwards_on_one_protocol() {
     let text = "version = 1\n[[scope]]\nname = \"a\"\nmatch = { cgroup = \"/cg/a\" }\nforward = [\n  \
                 { from = \"localhost:9000-9010\", to = \"10.0.0.1\" },\n  \

@@ -1,0 +1,276 @@
+//! Re-pointing a rule moves the sockets it connected: resolvers in a loop
+//! on one socket each, with real DNS servers (two dnsmasq, answering
+//! differently), while the policy's aliases are re-pointed from the first
+//! to the second and the agent reloads.
+//!
+//! - A connected UDP socket sent through the alias is disconnected: its
+//!   next call fails with `ECONNABORTED`, and the socket the resolver
+//!   opens instead reaches the new server.
+//! - A TCP connection is reset where its alias says `on_move = "reset"`,
+//!   and kept with the old server where it says nothing.
+//! - A socket that dialed the old server itself is no rule's: it stays.
+//! - The same for a forward of `localhost:53` in another scope, whose TCP
+//!   connections keep no record of what they dialed (the forward alone
+//!   reaches its target): UDP moved, TCP reset.
+//!
+//! ```text
+//!  node (the test's namespace): dnsmasq "old" on 169.254.20.10:53
+//!                               dnsmasq "new" on 169.254.20.11:53
+//!  the resolvers, in cgroups "app" (aliases) and "local" (a forward)
+//! ```
+//!
+//! Privileged: run as root (`cargo xtask test`).
+
+use std::{path::PathBuf, thread, time::Duration};
+
+use netbpf_testenv::{
+    Cgroup, NetbpfRun, Netns, Process, Site, netbpf_binary, require_root, unique_name,
+};
+use serde_json::Value;
+
+const NAME: &str = "db.svc.test";
+/// What each server answers for [`NAME`].
+const OLD_ANSWER: &str = "10.244.1.1";
+const NEW_ANSWER: &str = "10.244.2.2";
+const OLD_SERVER: &str = "169.254.20.10";
+const NEW_SERVER: &str = "169.254.20.11";
+/// How long each resolver runs, and when in that time the aliases move.
+const RESOLVING: Duration = Duration::from_secs(5);
+const MOVED_AFTER: Duration = Duration::from_millis(1500);
+
+struct Lab {
+    _servers: [Process; 2],
+    root: Cgroup,
+    app: Cgroup,
+    local: Cgroup,
+    /// Where the servers run: removing it stops them.
+    _servers_cgroup: Cgroup,
+    node: Netns,
+    work: tempfile::TempDir,
+}
+
+impl Lab {
+    fn new() -> Self {
+        require_root();
+        let root = Cgroup::new_test_root(&unique_name("nbm")).unwrap();
+        let [app, local, servers_cgroup] =
+            ["app", "local", "servers"].map(|name| root.child(name).unwrap());
+        let node = Netns::new("nbmove").unwrap();
+        let work = tempfile::Builder::new()
+            .prefix("netbpf-moved-")
+            .tempdir()
+            .unwrap();
+        node.ip(&["link", "set", "lo", "up"]).unwrap();
+        let site = Site {
+            cgroup: &servers_cgroup,
+            netns: &node,
+        };
+        let servers = [
+            (OLD_SERVER, OLD_ANSWER, "old"),
+            (NEW_SERVER, NEW_ANSWER, "new"),
+        ]
+        .map(|(address, answer, name)| {
+            node.ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"])
+                .unwrap();
+            start_dnsmasq(&site, work.path(), name, address, answer)
+        });
+        Self {
+            _servers: servers,
+            root,
+            app,
+            local,
+            _servers_cgroup: servers_cgroup,
+            node,
+            work,
+        }
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// The policy: the scope "app" with two aliases of cluster DNS
+    /// addresses to `server`, one resetting its TCP connections when it
+    /// moves; the scope "local" with a forward of `localhost:53` there,
+    /// resetting them too.
+    fn write_policy(&self, server: &str) {
+        let policy = format!(
+            "version = 1\n\n\
+             [[scope]]\nname = \"app\"\nmatch = {{ cgroup = \"{}\" }}\nalias = [\n  \
+             {{ from = \"10.96.0.10:53\", to = \"{server}:53\", proto = \"both\", on_move = \"reset\" }},\n  \
+             {{ from = \"10.96.0.11:53\", to = \"{server}:53\", proto = \"both\" }},\n]\n\n\
+             [[scope]]\nname = \"local\"\nmatch = {{ cgroup = \"{}\" }}\nforward = [\n  \
+             {{ from = \"localhost:53\", to = \"{server}:53\", proto = \"both\", on_move = \"reset\" }},\n]\n",
+            self.app.path().display(),
+            self.local.path().display(),
+        );
+        std::fs::write(self.file("policy.toml"), policy).unwrap();
+    }
+
+    fn start_netbpf(&self) -> NetbpfRun {
+        self.write_policy(OLD_SERVER);
+        std::fs::create_dir(self.file("netbpf")).unwrap();
+        NetbpfRun::start_with(
+            &netbpf_binary(),
+            &self.file("policy.toml"),
+            self.root.path(),
+            &self.file("netbpf"),
+            &["--netns", &self.node.path().display().to_string()],
+        )
+        .unwrap()
+    }
+
+    /// A resolver in `cgroup` querying `address` over `proto` on one
+    /// socket for [`RESOLVING`].
+    fn start_resolver(&self, cgroup: &Cgroup, address: &str, proto: &str) -> Process {
+        let seconds = RESOLVING.as_secs_f64().to_string();
+        let site = Site {
+            cgroup,
+            netns: &self.node,
+        };
+        site.spawn_probe(&["dns-loop", address, "53", NAME, proto, &seconds])
+            .unwrap()
+            .start(&self.file(&format!("resolver-{address}-{proto}.log")))
+            .unwrap()
+    }
+}
+
+/// dnsmasq answering [`NAME`] with `answer` on `address`, port 53, UDP and
+/// TCP.
+fn start_dnsmasq(
+    site: &Site<'_>,
+    work: &std::path::Path,
+    name: &str,
+    address: &str,
+    answer: &str,
+) -> Process {
+    let listen = format!("--listen-address={address}");
+    let record = format!("--address=/{NAME}/{answer}");
+    let pid_file = format!("--pid-file={}", work.join(format!("{name}.pid")).display());
+    let server = site
+        .spawn(
+            "dnsmasq",
+            &[
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &listen,
+                "--port=53",
+                &record,
+                "--user=root",
+                &pid_file,
+                "--log-facility=-",
+            ],
+        )
+        .unwrap()
+        .start(&work.join(format!("{name}.log")))
+        .unwrap();
+    // Both listen on port 53: wait for this one's address.
+    for _ in 0..50 {
+        let output = site
+            .spawn_probe(&["dns-udp", address, "53", NAME])
+            .unwrap()
+            .output(Duration::from_secs(10))
+            .unwrap();
+        if output.status.success() {
+            return server;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "dnsmasq on {address} did not answer; its log:\n{}",
+        server.log()
+    );
+}
+
+/// What a resolver's runs should be.
+#[derive(Debug, Clone, Copy)]
+enum Expected {
+    /// The old server's answers, then one of these errors once, then the
+    /// new server's answers.
+    Moved(&'static [&'static str]),
+    /// The old server's answers throughout.
+    Kept,
+}
+
+impl Expected {
+    fn fits(self, runs: &[String]) -> bool {
+        match (self, runs) {
+            (Self::Moved(errors), [old, error, new]) => {
+                old == OLD_ANSWER && errors.contains(&error.as_str()) && new == NEW_ANSWER
+            }
+            (Self::Moved(_), _) => false,
+            (Self::Kept, runs) => runs == [OLD_ANSWER],
+        }
+    }
+}
+
+/// What a resolver got, in runs: `[answer or error, how many in a row]`,
+/// the counts dropped.
+fn runs(mut resolver: Process) -> Vec<String> {
+    resolver.wait(RESOLVING + Duration::from_secs(10)).unwrap();
+    let log = resolver.log();
+    let report: Value = log
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| panic!("the resolver reported nothing:\n{log}"));
+    report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run[0].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn re_pointed_aliases_move_connected_udp_sockets_and_the_tcp_connections_they_reset() {
+    let lab = Lab::new();
+    let mut netbpf = lab.start_netbpf();
+
+    let resolvers = [
+        (&lab.app, "10.96.0.10", "udp"),
+        (&lab.app, "10.96.0.10", "tcp"),
+        (&lab.app, "10.96.0.11", "tcp"),
+        (&lab.app, OLD_SERVER, "udp"),
+        (&lab.local, "127.0.0.1", "udp"),
+        (&lab.local, "127.0.0.1", "tcp"),
+    ]
+    .map(|(cgroup, address, proto)| {
+        let resolver = lab.start_resolver(cgroup, address, proto);
+        ((address, proto), resolver)
+    });
+    thread::sleep(MOVED_AFTER);
+    lab.write_policy(NEW_SERVER);
+    let reloaded = netbpf.reload().unwrap();
+    assert!(reloaded.contains("reloaded"), "{reloaded}");
+
+    let got: Vec<_> = resolvers
+        .into_iter()
+        .map(|(which, resolver)| (which, runs(resolver)))
+        .collect();
+    // A disconnected UDP socket fails its next call: recv() with
+    // ECONNABORTED, or send() with EDESTADDRREQ (it has no peer any more).
+    let expected = [
+        Expected::Moved(&["ECONNABORTED", "EDESTADDRREQ"]),
+        Expected::Moved(&["ECONNABORTED"]),
+        Expected::Kept,
+        Expected::Kept,
+        Expected::Moved(&["ECONNABORTED", "EDESTADDRREQ"]),
+        Expected::Moved(&["ECONNABORTED"]),
+    ];
+    for ((which, runs), expected) in got.iter().zip(expected) {
+        assert!(
+            expected.fits(runs),
+            "the resolver of {which:?} should be {expected:?}; it got {runs:?}; netbpf's log:\n{}",
+            netbpf.log()
+        );
+    }
+    assert!(
+        netbpf.log().contains("udp=2 tcp=2"),
+        "the agent counts what it destroyed:\n{}",
+        netbpf.log()
+    );
+}
