@@ -15,17 +15,19 @@ Used by netbpf's tests as the application inside a container:
   probe.py http HOST PORT           GET / over HTTP/1.0: the body
   probe.py dns-udp HOST PORT NAME   a DNS query for NAME's IPv4 address, over UDP
   probe.py dns-tcp HOST PORT NAME   the same over TCP
-  probe.py dns-loop HOST PORT NAME PROTO SECONDS
+  probe.py dns-loop HOST PORT NAME PROTO
                                     one socket (udp: connected; tcp: one connection)
-                                    queried every 50 ms for SECONDS, replaced by a
-                                    new one when a call on it fails: the answers
-                                    and errors in runs, [what, how many in a row]
+                                    queried every 100 ms until stdin closes, replaced
+                                    by a new one when a call on it fails; reports
+                                    the first outcome at once, then the answers and
+                                    errors in runs, [what, how many in a row]
 "peer" is what getpeername() returns, "source" where recvfrom() says the
 reply came from.
 """
 import errno
 import json
 import random
+import select
 import socket
 import struct
 import sys
@@ -152,9 +154,10 @@ def dns_tcp(host, port, name):
     return {"peer": list(peer), "data": dns_answer(ident, reply)}
 
 
-def dns_loop(host, port, name, proto, seconds):
+def dns_loop(host, port, name, proto):
     """A resolver's socket in a loop: a connected UDP socket or one TCP
-    connection, queried every 50 ms and replaced when a call on it fails."""
+    connection, queried every 100 ms until stdin closes and replaced when a
+    call on it fails. (dnsmasq closes a TCP connection after 100 queries.)"""
     runs = []
 
     def note(what):
@@ -165,8 +168,7 @@ def dns_loop(host, port, name, proto, seconds):
 
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     sock = None
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    while not select.select([sys.stdin], [], [], 0)[0] or sys.stdin.read(1):
         try:
             if sock is None:
                 sock = socket.socket(family(host), kind)
@@ -184,14 +186,16 @@ def dns_loop(host, port, name, proto, seconds):
             if sock is not None:
                 sock.close()
             sock = None
-        time.sleep(0.05)
+        if len(runs) == 1 and runs[0][1] == 1:
+            print(json.dumps({"first": runs[0][0]}), flush=True)
+        time.sleep(0.1)
     return {"runs": runs}
 
 
 def main():
     mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if mode == "dns-loop":
-        print(json.dumps(dns_loop(host, port, sys.argv[4], sys.argv[5], float(sys.argv[6]))))
+        print(json.dumps(dns_loop(host, port, sys.argv[4], sys.argv[5])))
         return
     if mode in ("dns-udp", "dns-tcp"):
         print(json.dumps((dns_udp if mode == "dns-udp" else dns_tcp)(host, port, sys.argv[4])))

@@ -21,7 +21,13 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{path::PathBuf, thread, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    path::PathBuf,
+    process::{ChildStdin, ChildStdout},
+    thread,
+    time::Duration,
+};
 
 use netbpf_testenv::{
     Cgroup, NetbpfRun, Netns, Process, Site, netbpf_binary, require_root, unique_name,
@@ -34,9 +40,9 @@ const OLD_ANSWER: &str = "10.244.1.1";
 const NEW_ANSWER: &str = "10.244.2.2";
 const OLD_SERVER: &str = "169.254.20.10";
 const NEW_SERVER: &str = "169.254.20.11";
-/// How long each resolver runs, and when in that time the aliases move.
-const RESOLVING: Duration = Duration::from_secs(5);
-const MOVED_AFTER: Duration = Duration::from_millis(1500);
+/// How long the resolvers go on after the move: long enough for a
+/// moved one to fail once and be answered by the new server.
+const AFTER_THE_MOVE: Duration = Duration::from_millis(1500);
 
 struct Lab {
     _servers: [Process; 2],
@@ -121,17 +127,69 @@ impl Lab {
     }
 
     /// A resolver in `cgroup` querying `address` over `proto` on one
-    /// socket for [`RESOLVING`].
-    fn start_resolver(&self, cgroup: &Cgroup, address: &str, proto: &str) -> Process {
-        let seconds = RESOLVING.as_secs_f64().to_string();
+    /// socket.
+    fn start_resolver(&self, cgroup: &Cgroup, address: &str, proto: &str) -> Resolver {
         let site = Site {
             cgroup,
             netns: &self.node,
         };
-        site.spawn_probe(&["dns-loop", address, "53", NAME, proto, &seconds])
+        let log = self.file(&format!("resolver-{address}-{proto}.log"));
+        let (process, input, output) = site
+            .spawn_probe(&["dns-loop", address, "53", NAME, proto])
             .unwrap()
-            .start(&self.file(&format!("resolver-{address}-{proto}.log")))
+            .start_piped(&log)
+            .unwrap();
+        Resolver {
+            process,
+            input,
+            output: BufReader::new(output),
+        }
+    }
+}
+
+/// A resolver querying in a loop until it is told to stop.
+struct Resolver {
+    process: Process,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+}
+
+impl Resolver {
+    /// Waits for its first answer (or error): it queries from then on.
+    fn wait_until_querying(&mut self) {
+        let mut first = String::new();
+        self.output.read_line(&mut first).unwrap();
+        assert!(
+            first.contains("first"),
+            "the resolver said {first:?}; its errors:\n{}",
+            self.process.log()
+        );
+    }
+
+    /// Stops it: what it got, in runs (`[answer or error, how many in a
+    /// row]`), the counts dropped.
+    fn runs(self) -> Vec<String> {
+        let Self {
+            mut process,
+            input,
+            mut output,
+        } = self;
+        drop(input);
+        let mut report = String::new();
+        output.read_to_string(&mut report).unwrap();
+        process.wait(Duration::from_secs(10)).unwrap();
+        let report: Value = serde_json::from_str(report.trim()).unwrap_or_else(|error| {
+            panic!(
+                "the resolver's report {report:?}: {error}; its errors:\n{}",
+                process.log()
+            )
+        });
+        report["runs"]
+            .as_array()
             .unwrap()
+            .iter()
+            .map(|run| run[0].as_str().unwrap().to_owned())
+            .collect()
     }
 }
 
@@ -207,30 +265,12 @@ impl Expected {
     }
 }
 
-/// What a resolver got, in runs: `[answer or error, how many in a row]`,
-/// the counts dropped.
-fn runs(mut resolver: Process) -> Vec<String> {
-    resolver.wait(RESOLVING + Duration::from_secs(10)).unwrap();
-    let log = resolver.log();
-    let report: Value = log
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("the resolver reported nothing:\n{log}"));
-    report["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|run| run[0].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn re_pointed_aliases_move_connected_udp_sockets_and_the_tcp_connections_they_reset() {
     let lab = Lab::new();
     let mut netbpf = lab.start_netbpf();
 
-    let resolvers = [
+    let mut resolvers = [
         (&lab.app, "10.96.0.10", "udp"),
         (&lab.app, "10.96.0.10", "tcp"),
         (&lab.app, "10.96.0.11", "tcp"),
@@ -242,14 +282,17 @@ fn re_pointed_aliases_move_connected_udp_sockets_and_the_tcp_connections_they_re
         let resolver = lab.start_resolver(cgroup, address, proto);
         ((address, proto), resolver)
     });
-    thread::sleep(MOVED_AFTER);
+    for (_, resolver) in &mut resolvers {
+        resolver.wait_until_querying();
+    }
     lab.write_policy(NEW_SERVER);
     let reloaded = netbpf.reload().unwrap();
     assert!(reloaded.contains("reloaded"), "{reloaded}");
+    thread::sleep(AFTER_THE_MOVE);
 
     let got: Vec<_> = resolvers
         .into_iter()
-        .map(|(which, resolver)| (which, runs(resolver)))
+        .map(|(which, resolver)| (which, resolver.runs()))
         .collect();
     // A disconnected UDP socket fails its next call: recv() with
     // ECONNABORTED, or send() with EDESTADDRREQ (it has no peer any more).
