@@ -86,6 +86,55 @@ impl Site<'_> {
         let log = work.join(format!("http-{port}.log"));
         self.start_server("python3", &args, port, "tcp", &log)
     }
+
+    /// Starts dnsmasq here on `addr`, port 53 (UDP and TCP), answering
+    /// `name`'s A record with `answer` and nothing else; returns once it
+    /// answers. Its pid file and log go in `work`.
+    pub fn start_dns_server(
+        &self,
+        work: &Path,
+        addr: &str,
+        name: &str,
+        answer: &str,
+    ) -> anyhow::Result<Process> {
+        let listen = format!("--listen-address={addr}");
+        let record = format!("--address=/{name}/{answer}");
+        let pid_file = format!(
+            "--pid-file={}",
+            work.join(format!("dnsmasq-{addr}.pid")).display()
+        );
+        let args = [
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &listen,
+            "--port=53",
+            &record,
+            "--user=root",
+            &pid_file,
+            "--log-queries",
+            "--log-facility=-",
+        ];
+        let server = self
+            .spawn("dnsmasq", &args)?
+            .start(&work.join(format!("dnsmasq-{addr}.log")))?;
+        // Another server may listen on port 53 already: ask this one.
+        for _ in 0..50 {
+            let asked = self
+                .spawn_probe(&["dns-udp", addr, "53", name])?
+                .output(Duration::from_secs(10))?;
+            if asked.status.success() {
+                return Ok(server);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!(
+            "dnsmasq on {addr} did not answer; its log:\n{}",
+            server.log()
+        )
+    }
 }
 
 /// Waits until something listens on `port` (tcp or udp) in `netns`.

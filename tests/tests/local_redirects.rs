@@ -87,30 +87,8 @@ impl Lab {
         let proxy = node_site
             .start_http_server(work.path(), "127.0.0.1", 8181, PROXY_ANSWER)
             .unwrap();
-        let pid_file = work.path().join("dnsmasq.pid");
-        let address = format!("--address=/{NAME}/{CACHED}");
-        let pid_file = format!("--pid-file={}", pid_file.display());
         let cache = node_site
-            .start_server(
-                "dnsmasq",
-                &[
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--bind-interfaces",
-                    "--listen-address=169.254.20.10",
-                    "--port=53",
-                    &address,
-                    "--user=root",
-                    &pid_file,
-                    "--log-queries",
-                    "--log-facility=-",
-                ],
-                53,
-                "udp",
-                &work.path().join("dnsmasq.log"),
-            )
+            .start_dns_server(work.path(), "169.254.20.10", NAME, CACHED)
             .unwrap();
         Self {
             proxy,

@@ -71,15 +71,13 @@ impl Lab {
             cgroup: &servers_cgroup,
             netns: &node,
         };
-        let servers = [
-            (OLD_SERVER, OLD_ANSWER, "old"),
-            (NEW_SERVER, NEW_ANSWER, "new"),
-        ]
-        .map(|(address, answer, name)| {
-            node.ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"])
-                .unwrap();
-            start_dnsmasq(&site, work.path(), name, address, answer)
-        });
+        let servers =
+            [(OLD_SERVER, OLD_ANSWER), (NEW_SERVER, NEW_ANSWER)].map(|(address, answer)| {
+                node.ip(&["addr", "add", &format!("{address}/32"), "dev", "lo"])
+                    .unwrap();
+                site.start_dns_server(work.path(), address, NAME, answer)
+                    .unwrap()
+            });
         Self {
             _servers: servers,
             root,
@@ -191,56 +189,6 @@ impl Resolver {
             .map(|run| run[0].as_str().unwrap().to_owned())
             .collect()
     }
-}
-
-/// dnsmasq answering [`NAME`] with `answer` on `address`, port 53, UDP and
-/// TCP.
-fn start_dnsmasq(
-    site: &Site<'_>,
-    work: &std::path::Path,
-    name: &str,
-    address: &str,
-    answer: &str,
-) -> Process {
-    let listen = format!("--listen-address={address}");
-    let record = format!("--address=/{NAME}/{answer}");
-    let pid_file = format!("--pid-file={}", work.join(format!("{name}.pid")).display());
-    let server = site
-        .spawn(
-            "dnsmasq",
-            &[
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                &listen,
-                "--port=53",
-                &record,
-                "--user=root",
-                &pid_file,
-                "--log-facility=-",
-            ],
-        )
-        .unwrap()
-        .start(&work.join(format!("{name}.log")))
-        .unwrap();
-    // Both listen on port 53: wait for this one's address.
-    for _ in 0..50 {
-        let output = site
-            .spawn_probe(&["dns-udp", address, "53", NAME])
-            .unwrap()
-            .output(Duration::from_secs(10))
-            .unwrap();
-        if output.status.success() {
-            return server;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "dnsmasq on {address} did not answer; its log:\n{}",
-        server.log()
-    );
 }
 
 /// What a resolver's runs should be.
