@@ -244,7 +244,7 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
 const REMOVED_AT_ONCE: usize = 10;
 
 /// Runs `job` over `items`, `parallel` at a time; the first error.
-fn in_parallel<T: Sync>(
+pub fn in_parallel<T: Sync>(
     items: &[T],
     parallel: usize,
     job: impl Fn(&T) -> anyhow::Result<()> + Sync,

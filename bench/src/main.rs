@@ -13,6 +13,7 @@ mod programs;
 mod report;
 mod rounds;
 mod run;
+mod start_window;
 mod stats;
 mod sys;
 mod throughput;
@@ -72,6 +73,13 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         rounds: usize,
     },
+    /// Only the window Docker containers wait for their scope, printed as
+    /// JSON (no page).
+    StartWindow {
+        /// Containers started.
+        #[arg(long, default_value_t = 50)]
+        containers: usize,
+    },
     #[command(hide = true)]
     TcpServer { listen: String },
     #[command(hide = true)]
@@ -98,6 +106,11 @@ fn main() -> anyhow::Result<()> {
             docker,
             rounds,
         } => run::agent_only(&cgroups, docker, rounds),
+        Command::StartWindow { containers } => {
+            let window = start_window::measure(containers)?;
+            println!("{}", serde_json::to_string_pretty(&window)?);
+            Ok(())
+        }
         Command::TcpServer { listen } => load::tcp_server(&listen),
         Command::UdpServer { listen } => load::udp_server(&listen),
         Command::TcpClient { target, count } => load::tcp_client(&target, count),

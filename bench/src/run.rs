@@ -17,6 +17,7 @@ use crate::{
     programs::{self, BpfStats, Cost, EmptyPrograms},
     report::{self, Machine, Memory, Results, ScalePoint},
     rounds::{self, Figure, Rerun, Symptoms},
+    start_window,
     stats::Better,
     throughput::{self, Clamp},
     ways::{IPERF_PORT, Load, Prepared, SCALING_CAPACITY, Way},
@@ -42,6 +43,8 @@ struct Plan {
     agent_rounds: usize,
     /// Docker containers the agent follows, if measured.
     docker_containers: Option<usize>,
+    /// Docker containers whose start window is measured.
+    start_window_containers: usize,
     /// Live sockets the reverse path's designs are measured with.
     design_live: &'static [usize],
     /// Timed connects per measurement of a design.
@@ -60,6 +63,7 @@ const FULL: Plan = Plan {
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 1,
     docker_containers: Some(1000),
+    start_window_containers: 50,
     design_live: &[1, 100_000],
     design_connects: 20_000,
 };
@@ -76,6 +80,7 @@ const QUICK: Plan = Plan {
     agent_sizes: &[1000],
     agent_rounds: 1,
     docker_containers: None,
+    start_window_containers: 10,
     // Above what one process may hold here: the holders' split is tested.
     design_live: &[1, 20_000],
     design_connects: 5000,
@@ -136,7 +141,7 @@ pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
 /// One run of every measurement of `plan`, in its passes, its progress
 /// shown as `run`.
 fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
-    let steps = plan.passes * plan.steps_per_pass() + 3;
+    let steps = plan.passes * plan.steps_per_pass() + 4;
     let progress =
         ProgressBar::new(u64::try_from(steps)?).with_style(ProgressStyle::with_template(
             &format!("{run} {{elapsed_precise}} [{{bar:32}}] {{pos}}/{{len}} {{msg}}"),
@@ -162,6 +167,8 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
     let test_runs = programs::test_runs(plan.test_run_repeat)?;
     first.step("verifier instruction counts")?;
     let verifier = programs::verifier_counts()?;
+    first.step("the start window of Docker containers")?;
+    let start_window = start_window::measure(plan.start_window_containers)?;
     progress.finish_with_message("done");
     results.memory.at_start = at_start;
     Ok(Results {
@@ -174,6 +181,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         iperf_seconds: plan.iperf_seconds,
         test_runs,
         verifier,
+        start_window: Some(start_window),
         reruns: reruns.into_inner(),
         ..results
     })

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use crate::run_checked;
 
 /// The busybox applets the test images carry.
-const APPLETS: [&str; 9] = [
-    "sh", "echo", "printf", "httpd", "nc", "cat", "wget", "sleep", "ls",
+const APPLETS: [&str; 10] = [
+    "sh", "echo", "printf", "httpd", "nc", "cat", "wget", "sleep", "ls", "grep",
 ];
 
 /// Writes `rootfs.tar` (busybox and its applets, `/www`, `/tmp`) into `dir`;

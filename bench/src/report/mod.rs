@@ -20,6 +20,7 @@ use crate::{
     plot,
     programs::{Cost, TestRun},
     rounds::Rerun,
+    start_window::StartWindow,
     stats::Summary,
     throughput::Clamp,
     ways::Way,
@@ -68,6 +69,9 @@ pub struct Results {
     /// The rounds measured again because a way stalled in them.
     #[serde(default)]
     pub reruns: Vec<Rerun>,
+    /// How long Docker containers' first processes wait for their scope.
+    #[serde(default)]
+    pub start_window: Option<StartWindow>,
 }
 
 /// Runs before passes were measured in one.

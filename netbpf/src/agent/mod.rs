@@ -14,6 +14,7 @@ pub mod control;
 mod delays;
 pub mod existing_binds;
 mod facts;
+mod first_process;
 mod grant_guard;
 pub mod host_services;
 mod inventory;
@@ -38,6 +39,7 @@ use tokio::net::UnixListener;
 
 pub use self::{delays::Delays, policy_watch::PolicySource, signals::Signals};
 use self::{
+    first_process::FirstProcesses,
     inventory::Inventory,
     network::{HostNetwork, Rewired},
     pace::Pace,
@@ -97,6 +99,9 @@ pub struct Agent {
     cgroups_peak: usize,
     /// When the cgroup and runtime events followed are applied.
     pace: Pace,
+    /// The instances that wait for their network, watched closely while
+    /// their runtime starts them.
+    first_processes: FirstProcesses,
 }
 
 impl Agent {
@@ -164,6 +169,9 @@ impl Agent {
             events: metrics::Events::default(),
             cgroups_peak: 0,
             pace: Pace::default(),
+            first_processes: FirstProcesses::new().map_err(|error| {
+                anyhow::anyhow!("watching for containers' first processes: {error}")
+            })?,
         };
         // Listener slots an agent of a longer list of services left: the
         // others are taken or emptied by the first look for listeners.
@@ -239,6 +247,10 @@ impl Agent {
                 () = sleep_until_due(due), if due.is_some() => self.reconcile_logged(),
                 _ = look_for_listeners.tick(), if !self.network.host_services.is_empty() => {
                     self.network.refresh_host_services(&mut self.datapath);
+                }
+                () = self.first_processes.ready() => {
+                    self.core.forget_failed();
+                    self.reconcile_logged();
                 }
                 () = tokio::time::sleep_until(retry_at), if waiting => {
                     self.core.forget_failed();
@@ -400,6 +412,8 @@ impl Agent {
             self.delays.record(appeared.elapsed());
             self.events.discovered(appeared.elapsed());
         }
+        self.first_processes
+            .follow(&self.core.waiting_for_their_network());
         let reconciled = reconciled?;
         if !reconciled.new_places.is_empty() {
             self.record_existing_binds(&reconciled.new_places);

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use super::{
@@ -425,6 +425,23 @@ impl Reconciler {
             .count();
         self.netns_instances() < netns_scopes
             || self.outcomes.iter().any(|outcome| outcome.applied.is_err())
+    }
+
+    /// The cgroup directories of the instances that wait for their
+    /// network (a container created, its runtime not done setting it up).
+    #[must_use]
+    pub fn waiting_for_their_network(&self) -> Vec<PathBuf> {
+        self.outcomes
+            .iter()
+            .filter(|outcome| {
+                matches!(outcome.assignment.key, ScopeKey::Cgroup(_))
+                    && outcome
+                        .applied
+                        .as_ref()
+                        .is_err_and(|error| policy::waits_for_its_network(error))
+            })
+            .map(|outcome| outcome.assignment.place.clone())
+            .collect()
     }
 
     /// Gives back the memory of instances that went.

@@ -153,12 +153,47 @@ pub fn process_namespaces(dir: &Path) -> io::Result<Vec<PathBuf>> {
 /// not the container's. None while it has no process but runc's first
 /// stages, which join the cgroup still in the node's namespaces.
 pub fn own_namespace(dir: &Path) -> io::Result<Option<PathBuf>> {
+    Ok(own_process(dir)?.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))))
+}
+
+/// The oldest process of the cgroup tree at `dir` that is in the
+/// container's own namespaces (see [`own_namespace`]).
+pub fn own_process(dir: &Path) -> io::Result<Option<u32>> {
     let oldest = cgroup_processes(dir)?
         .into_iter()
         .filter(|&pid| !command_name(pid).is_some_and(|name| is_runc_bootstrap(&name)))
         .filter_map(|pid| Some((start_time(pid)?, pid)))
         .min();
-    Ok(oldest.map(|(_, pid)| PathBuf::from(format!("/proc/{pid}/ns/net"))))
+    Ok(oldest.map(|(_, pid)| pid))
+}
+
+/// Whether the network namespace of process `pid` has a default route,
+/// IPv4 or IPv6: its runtime has set up its network. Read from
+/// `/proc/PID/net`, without entering the namespace.
+#[must_use]
+pub fn has_default_route(pid: u32) -> bool {
+    let table = |name: &str| fs::read_to_string(format!("/proc/{pid}/net/{name}"));
+    table("route").is_ok_and(|routes| routes.lines().skip(1).any(is_default_v4))
+        || table("ipv6_route").is_ok_and(|routes| routes.lines().any(is_default_v6))
+}
+
+/// A line of `/proc/net/route` (interface, destination, gateway, flags,
+/// ..., mask) that is a default route.
+fn is_default_v4(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000")
+}
+
+/// A line of `/proc/net/ipv6_route` (destination, its prefix length, ...,
+/// interface last) that is a default route through an interface other
+/// than loopback (a namespace's unreachable default is on `lo`).
+fn is_default_v6(line: &str) -> bool {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    fields
+        .first()
+        .is_some_and(|dest| dest.bytes().all(|byte| byte == b'0'))
+        && fields.get(1) == Some(&"00")
+        && fields.last().is_some_and(|interface| *interface != "lo")
 }
 
 /// Whether `name` (a process's command name) is one of the stages runc
@@ -210,7 +245,25 @@ fn gateway(attribute: &RouteAttribute) -> Option<IpAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_runc_bootstrap;
+    use super::{is_default_v4, is_default_v6, is_runc_bootstrap};
+
+    #[test]
+    fn default_routes_are_read_from_procs_tables() {
+        assert!(is_default_v4(
+            "eth0\t00000000\t0100CB0A\t0003\t0\t0\t0\t00000000\t0\t0\t0"
+        ));
+        assert!(!is_default_v4(
+            "eth0\t0000CB0A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0"
+        ));
+        let v6_default = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 \
+                          fd000000000000000000000000000001 00000400 00000001 00000000 00000003 eth0";
+        assert!(is_default_v6(v6_default));
+        assert!(!is_default_v6(&v6_default.replace("eth0", "lo")));
+        assert!(!is_default_v6(
+            "fd000000000000000000000000000000 40 00000000000000000000000000000000 00 \
+             00000000000000000000000000000000 00000100 00000001 00000000 00000001 eth0"
+        ));
+    }
 
     #[test]
     fn runc_stages_before_the_container_namespaces_are_not_its_processes() {

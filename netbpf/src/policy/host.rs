@@ -331,11 +331,10 @@ pub(super) fn resolve_grant(
     let gateway = match def.gateway {
         Some(gateway) => gateway,
         None => *network.gateways.iter().find(same_family).ok_or_else(|| {
-            dial_error(
-                "the container's network namespace has no default route of this family to find its \
-                 gateway: give gateway = \"ADDR\" (the host side of its network)"
-                    .to_owned(),
-            )
+            dial_error(format!(
+                "{}: give gateway = \"ADDR\" (the host side of its network)",
+                super::NO_DEFAULT_ROUTE
+            ))
         })?,
     };
     check_gateway(gateway, network, node_addresses).map_err(dial_error)?;

@@ -173,6 +173,19 @@ pub fn waits_for_a_process(error: &str) -> bool {
     error.ends_with(NO_PROCESS_YET)
 }
 
+/// What a grant says of an instance whose namespace has no default route
+/// to find its gateway by: lasting for a container without a network, or
+/// for a moment while its runtime sets its network up.
+pub const NO_DEFAULT_ROUTE: &str =
+    "the container's network namespace has no default route of this family to find its gateway";
+
+/// Whether an instance's error may only say that its network is not set
+/// up yet: it waits for its first process, or has no default route.
+#[must_use]
+pub fn waits_for_its_network(error: &str) -> bool {
+    waits_for_a_process(error) || error.contains(NO_DEFAULT_ROUTE)
+}
+
 /// What the host knows of one scope instance, for the rules that depend
 /// on it: grants need its network, bind remaps the ports others hold.
 pub trait Facts {
