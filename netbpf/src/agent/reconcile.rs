@@ -73,9 +73,13 @@ impl InstanceProbe for InstanceFacts<'_> {
     }
 }
 
+/// The labels of an instance that is no container.
+static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+
 /// An instance's rules are cached under what they were resolved from: its
-/// scope, its key, its name and what its match captured.
-type CacheKey = (usize, ScopeKey, String, policy::Captures);
+/// scope, its key, its name, what its match captured and (a digest of)
+/// its container's netbpf labels.
+type CacheKey = (usize, ScopeKey, String, policy::Captures, u64);
 
 /// The policy in force and what the maps hold of it.
 pub struct Reconciler {
@@ -274,6 +278,10 @@ impl Reconciler {
                     assignment.key,
                     assignment.instance.clone(),
                     assignment.captures.clone(),
+                    assignment
+                        .container
+                        .as_ref()
+                        .map_or(0, |container| policy::label_digest(&container.labels)),
                 );
                 current.insert(cache_key.clone());
                 current_keys.insert(assignment.key);
@@ -337,6 +345,10 @@ impl Reconciler {
                 let instance = Instance {
                     name: &assignment.instance,
                     captures: &assignment.captures,
+                    labels: assignment
+                        .container
+                        .as_ref()
+                        .map_or(&NO_LABELS, |container| &container.labels),
                 };
                 def.instantiate(&self.policy.host_services, instance, facts.as_ref())
                     .map_err(|error| error.to_string())
@@ -458,7 +470,7 @@ impl Reconciler {
     /// Forgets the rules of the instances keyed by `cgroups`, resolved
     /// from what the host said of them (addresses, gateway).
     pub fn forget_cgroups(&mut self, cgroups: &HashSet<u64>) {
-        self.resolved.retain(|(_, key, _, _), _| {
+        self.resolved.retain(|(_, key, _, _, _), _| {
             !matches!(key, ScopeKey::Cgroup(cgroup) if cgroups.contains(cgroup))
         });
     }

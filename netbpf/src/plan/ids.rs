@@ -252,6 +252,7 @@ mod tests {
         let instance = policy::Instance {
             name: "s",
             captures: &captures,
+            labels: &std::collections::BTreeMap::new(),
         };
         policy.scopes[0]
             .instantiate(&policy.host_services, instance, &NoFacts)

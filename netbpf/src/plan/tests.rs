@@ -50,6 +50,7 @@ fn resolved(policy: &Policy, assignments: Vec<Assignment>) -> Vec<Resolved> {
                     policy::Instance {
                         name: &assignment.instance,
                         captures: &assignment.captures,
+                        labels: &BTreeMap::new(),
                     },
                     &NoFacts,
                 )

@@ -19,6 +19,9 @@ pub struct HostService {
     pub listen: SocketAddr,
     /// Who may listen for it; None: whoever listens there.
     pub owner: Option<Owner>,
+    /// Whether containers' labels may grant it (where a scope takes
+    /// `host_services` from labels).
+    pub grantable_by_label: bool,
 }
 
 /// The owner a host service's listener must have: connections are never
@@ -88,6 +91,8 @@ pub(super) struct RawHostService {
     listen: Spanned<String>,
     #[serde(default)]
     owner: Option<Spanned<RawOwner>>,
+    #[serde(default)]
+    grantable_by_label: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +114,15 @@ pub(super) struct RawGrant {
 }
 
 impl RawGrant {
+    /// A grant read from a label.
+    pub(super) fn new(service: Spanned<String>, dial: Spanned<String>) -> Self {
+        Self {
+            service,
+            dial,
+            gateway: None,
+        }
+    }
+
     /// Where `dial` stands in the policy text.
     pub(super) fn dial_span(&self) -> std::ops::Range<usize> {
         self.dial.span()
@@ -203,6 +217,7 @@ pub(super) fn validate_services(
                 name,
                 listen,
                 owner,
+                grantable_by_label: raw.grantable_by_label,
             },
             here,
         ));
@@ -228,6 +243,11 @@ pub(super) struct GrantDef {
 }
 
 impl GrantDef {
+    /// The index of the service it grants.
+    pub(super) fn service(&self) -> usize {
+        self.service
+    }
+
     /// The address the container dials.
     pub(super) fn dial(&self) -> SocketAddr {
         self.dial

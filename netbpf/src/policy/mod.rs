@@ -10,6 +10,7 @@ mod endpoint;
 mod error;
 mod host;
 mod index;
+mod labels;
 mod mss;
 mod pattern;
 mod remap;
@@ -30,6 +31,7 @@ pub use self::{
     endpoint::{Ports, Target},
     error::{Locator, PolicyError},
     host::{Grant, HostService, Owner, ScopeNetwork},
+    labels::{LabelKind, digest as label_digest},
     mss::{Direction, MIN_MSS, Mss, MssClamp},
     pattern::{Captures, Pattern},
     remap::{Alias, BindRemap},

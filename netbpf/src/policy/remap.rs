@@ -66,12 +66,42 @@ pub(super) struct RawAlias {
 }
 
 impl RawBind {
+    /// A bind remap read from a label: ports as written (a number, or a
+    /// value of the instance).
+    pub(super) fn new(port: Spanned<String>, to: Spanned<String>, proto: Protocols) -> Self {
+        let port_of = |text: Spanned<String>| {
+            let span = text.span();
+            let text = text.into_inner();
+            Spanned::new(
+                span,
+                text.parse()
+                    .map_or(RawPort::Template(text), RawPort::Number),
+            )
+        };
+        Self {
+            port: port_of(port),
+            to: port_of(to),
+            address: None,
+            proto,
+        }
+    }
+
     pub(super) fn target_span(&self) -> std::ops::Range<usize> {
         self.to.span()
     }
 }
 
 impl RawAlias {
+    /// An alias read from a label.
+    pub(super) fn new(from: Spanned<String>, to: Spanned<String>, proto: Protocols) -> Self {
+        Self {
+            from,
+            to,
+            proto,
+            on_move: None,
+        }
+    }
+
     pub(super) fn source_span(&self) -> std::ops::Range<usize> {
         self.from.span()
     }

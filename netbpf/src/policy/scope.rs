@@ -4,6 +4,7 @@
 //! and facts of the host are only known per instance.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -13,7 +14,9 @@ use toml::Spanned;
 
 use super::{
     Alias, BindRemap, Captures, Facts, Forward, Grant, HostService, Locator, OnMove, PolicyError,
-    Ports, Protocols, Scope, Selector, Source, endpoint, host, on_move, pattern, remap, selector,
+    Ports, Protocols, Scope, Selector, Source, endpoint, host,
+    labels::{self, LabelKind, LabelRules},
+    on_move, pattern, remap, selector,
 };
 
 /// A validated `[[scope]]`: a selector and the rules of its instances.
@@ -36,6 +39,8 @@ pub struct Instance<'a> {
     pub name: &'a str,
     /// What the selector's `{NAME}` patterns captured.
     pub captures: &'a Captures,
+    /// Its container's labels (none for a cgroup, a pod, a namespace).
+    pub labels: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,17 +57,70 @@ pub(super) struct RawScope {
     bind: Vec<Spanned<remap::RawBind>>,
     #[serde(default)]
     alias: Vec<Spanned<remap::RawAlias>>,
+    /// The kinds of rules its instances take from their labels.
+    #[serde(default)]
+    labels: Option<Spanned<Vec<LabelKind>>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawForward {
+pub(super) struct RawForward {
     from: Spanned<String>,
     to: Spanned<String>,
     #[serde(default)]
     proto: Protocols,
     #[serde(default)]
     on_move: Option<Spanned<OnMove>>,
+}
+
+impl RawForward {
+    /// A forward read from a label.
+    pub(super) fn new(from: Spanned<String>, to: Spanned<String>, proto: Protocols) -> Self {
+        Self {
+            from,
+            to,
+            proto,
+            on_move: None,
+        }
+    }
+}
+
+/// The rules of a scope, or of an instance's labels, as written.
+#[derive(Clone, Copy)]
+struct RawRules<'r> {
+    forward: &'r [Spanned<RawForward>],
+    host_services: &'r [Spanned<host::RawGrant>],
+    bind: &'r [Spanned<remap::RawBind>],
+    alias: &'r [Spanned<remap::RawAlias>],
+}
+
+impl RawScope {
+    fn rules(&self) -> RawRules<'_> {
+        RawRules {
+            forward: &self.forward,
+            host_services: &self.host_services,
+            bind: &self.bind,
+            alias: &self.alias,
+        }
+    }
+
+    fn has_rules(&self) -> bool {
+        !(self.forward.is_empty()
+            && self.host_services.is_empty()
+            && self.bind.is_empty()
+            && self.alias.is_empty())
+    }
+}
+
+impl LabelRules {
+    fn rules(&self) -> RawRules<'_> {
+        RawRules {
+            forward: &self.forward,
+            host_services: &self.host_services,
+            bind: &self.bind,
+            alias: &self.alias,
+        }
+    }
 }
 
 impl ScopeDef {
@@ -86,6 +144,22 @@ impl ScopeDef {
             ));
         }
         let selector = selector::validate(&locator, &format!("{field}.match"), &raw.selector)?;
+        if let Some(labels) = &raw.labels {
+            let error = |message: &str| locator.error(labels.span(), format!("{field}.labels"), message);
+            if labels.get_ref().is_empty() {
+                return Err(error(
+                    "name the kinds of rules taken from labels: labels = [\"forward\", \"bind\", \"alias\", \"host_services\"]",
+                ));
+            }
+            if raw.has_rules() {
+                return Err(error(
+                    "a scope whose rules come from labels has no rules of its own: write those in another scope",
+                ));
+            }
+            if matches!(selector, Selector::Netns(_)) {
+                return Err(error("a network namespace has no labels: match containers"));
+            }
+        }
         let def = Self {
             origin: super::place(&locator, raw.name.span()),
             name,
@@ -101,8 +175,9 @@ impl ScopeDef {
             instance: None,
             facts: None,
             next_rule: 0,
+            from_labels: false,
         }
-        .scope()?;
+        .scope(&field, def.raw.rules())?;
         Ok(def)
     }
 
@@ -115,7 +190,23 @@ impl ScopeDef {
         instance: Instance<'_>,
         facts: &dyn Facts,
     ) -> Result<Scope, PolicyError> {
+        if let Some(kinds) = &self.raw.labels {
+            let labels = labels::read(instance.labels, kinds.get_ref());
+            let locator = Locator::new(format!("the labels of {:?}", instance.name), &labels.text);
+            return Checker {
+                def: self,
+                locator: &locator,
+                services,
+                instance: Some(instance),
+                facts: Some(facts),
+                next_rule: 0,
+                from_labels: true,
+            }
+            .scope(labels::PREFIX, labels.rules())
+            .map(|scope| scope.expect("an instance gets its rules"));
+        }
         let locator = self.source.locator();
+        let field = format!("scope[{}]", self.index);
         Checker {
             def: self,
             locator: &locator,
@@ -123,8 +214,9 @@ impl ScopeDef {
             instance: Some(instance),
             facts: Some(facts),
             next_rule: 0,
+            from_labels: false,
         }
-        .scope()
+        .scope(&field, self.raw.rules())
         .map(|scope| scope.expect("an instance gets its rules"))
         .map_err(|error| PolicyError {
             message: format!("instance {:?}: {}", instance.name, error.message),
@@ -135,7 +227,16 @@ impl ScopeDef {
     /// Whether the scope remaps binds: its instances claim ports.
     #[must_use]
     pub fn has_binds(&self) -> bool {
-        !self.raw.bind.is_empty()
+        !self.raw.bind.is_empty() || self.takes_from_labels(LabelKind::Bind)
+    }
+
+    /// Whether its instances take rules of `kind` from their labels.
+    #[must_use]
+    pub fn takes_from_labels(&self, kind: LabelKind) -> bool {
+        self.raw
+            .labels
+            .as_ref()
+            .is_some_and(|kinds| kinds.get_ref().contains(&kind))
     }
 
     /// An error about the scope as a whole, at its name.
@@ -161,17 +262,19 @@ struct Checker<'a> {
     instance: Option<Instance<'a>>,
     facts: Option<&'a dyn Facts>,
     next_rule: u32,
+    /// The rules come from an instance's labels: grants only of services
+    /// the node lets labels grant.
+    from_labels: bool,
 }
 
 impl Checker<'_> {
-    /// The scope's rules, or None when checked alone.
-    fn scope(&mut self) -> Result<Option<Scope>, PolicyError> {
-        let field = format!("scope[{}]", self.def.index);
-        let raw = &self.def.raw;
-        let forwards = self.forwards(&field, &raw.forward)?;
-        let (grants, dialed) = self.grants(&field, &raw.host_services)?;
-        let binds = self.binds(&field, &raw.bind)?;
-        let aliases = self.aliases(&field, &raw.alias, &dialed)?;
+    /// The rules `raw` (of the scope, or an instance's labels) under
+    /// `field`, or None when the scope is checked alone.
+    fn scope(&mut self, field: &str, raw: RawRules<'_>) -> Result<Option<Scope>, PolicyError> {
+        let forwards = self.forwards(field, raw.forward)?;
+        let (grants, dialed) = self.grants(field, raw.host_services)?;
+        let binds = self.binds(field, raw.bind)?;
+        let aliases = self.aliases(field, raw.alias, &dialed)?;
         Ok(self.instance.map(|_| Scope {
             forwards,
             grants,
@@ -308,6 +411,13 @@ impl Checker<'_> {
             let grant_field = format!("{field}.host_services[{index}]");
             let def =
                 host::validate_grant(self.locator, self.services, &grant_field, raw.get_ref())?;
+            if self.from_labels && !self.services[def.service()].grantable_by_label {
+                return Err(self.locator.error(
+                    raw.span(),
+                    format!("{grant_field}.service"),
+                    "this host service is not grantable by label: the node's policy says grantable_by_label = true on the services labels may grant",
+                ));
+            }
             if dialed.iter().any(|(dial, _)| *dial == def.dial()) {
                 return Err(self.locator.error(
                     raw.get_ref().dial_span(),

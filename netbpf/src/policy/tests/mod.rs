@@ -2,6 +2,7 @@
 //! with its file, line and field.
 
 mod index;
+mod labels;
 mod services_and_remaps;
 
 use std::{net::IpAddr, path::Path};
@@ -52,15 +53,30 @@ fn instance_of(
     name: &str,
     captures: &[(&str, &str)],
 ) -> Result<Scope, PolicyError> {
-    let captures: Captures = captures
-        .iter()
-        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
-        .collect();
+    labelled_instance_of(policy, index, name, captures, &[])
+}
+
+/// As [`instance_of`], for a container with `labels`.
+fn labelled_instance_of(
+    policy: &Policy,
+    index: usize,
+    name: &str,
+    captures: &[(&str, &str)],
+    labels: &[(&str, &str)],
+) -> Result<Scope, PolicyError> {
+    let owned = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (captures, labels) = (owned(captures), owned(labels));
     policy.scopes[index].instantiate(
         &policy.host_services,
         Instance {
             name,
             captures: &captures,
+            labels: &labels,
         },
         &FakeFacts,
     )
