@@ -23,6 +23,7 @@ mod netns;
 pub mod packet;
 mod packet_socket;
 pub mod pod_spec;
+mod podman;
 mod process;
 mod site;
 mod topology;
@@ -41,6 +42,7 @@ pub use self::{
     metrics::Scrape,
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},
+    podman::podman_run_args,
     process::{Process, Spawn, run_checked},
     site::{Site, wait_for_listener},
     topology::{BRIDGE_V4, BRIDGE_V6, DesktopTopology, Place},

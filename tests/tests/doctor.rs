@@ -210,6 +210,44 @@ fn localhost_and_loopback_only_services_get_the_policy_that_reaches_them() {
 }
 
 #[test]
+fn where_the_node_takes_rules_from_labels_doctor_proposes_labels() {
+    let node = DockerNode::new();
+    let project = "com.docker.compose.project=shop";
+    node.run("shop-web", &[project]);
+    let (setup, agent) = node.agent(
+        "version = 1\n[[scope]]\nname = \"compose\"\n\
+         match = { label = { \"com.docker.compose.project\" = \"*\" } }\n\
+         labels = [\"forward\", \"host_services\"]\n",
+    );
+    agent
+        .wait_for_status(TIMEOUT, |status| applied(status) == ["compose/shop-web"])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+
+    let (code, report) = examine(&setup, &agent, &["shop-web", "--to", "localhost:8082"]);
+    assert_eq!(code, 2, "{report:#}");
+    let finding = &findings(&report, "localhost-forward")[0];
+    let label = format!("io.netbpf.forward=localhost:8082={NODE_PUBLISHED}:8082");
+    let step = finding["steps"][0].as_str().unwrap();
+    assert!(
+        step.contains("takes the rules of shop-web from its labels")
+            && step.contains(&format!("\"{label}\"")),
+        "{finding:#}"
+    );
+    assert!(finding["policy"].is_null(), "no policy file: {finding:#}");
+
+    // The container made again with the label doctor gave reaches the
+    // service; the node's policy is untouched.
+    node.daemon.docker(&["rm", "--force", "shop-web"]).unwrap();
+    node.run("shop-web", &[project, &label]);
+    agent
+        .wait_for_status(TIMEOUT, |status| {
+            status["scopes"][0]["forwards"].as_array().map(Vec::len) == Some(1)
+        })
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(node.get("shop-web", "127.0.0.1", 8082), "published");
+}
+
+#[test]
 fn docker_isolation_between_two_networks_is_named_with_a_way_around_it() {
     let node = DockerNode::new();
     node.daemon

@@ -11,7 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
     AgentOptions, AgentSetup, Cgroup, NetbpfRun, Netns, Process, Site, Spawn, ensure_podman_image,
-    netbpf_binary, require_root, run_checked, unique_name,
+    netbpf_binary, podman_run_args, require_root, run_checked, unique_name,
 };
 
 const IMAGE: &str = "localhost/netbpf-test-busybox:3";
@@ -149,35 +149,16 @@ impl Hosts {
         options: &[&str],
         script: &str,
     ) -> Vec<String> {
-        // --cgroup-parent is a path from the cgroup v2 root.
-        let parent = cgroup.runtime_parent().unwrap();
-        let network = format!("ns:{}", self.host.path().display());
-        let run = [
-            "run",
-            "--detach",
-            "--name",
+        podman_run_args(
             name,
-            "--runtime",
-            "runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--cgroup-parent",
-            &parent,
-            "--network",
-            &network,
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ];
-        let command = [IMAGE, "/bin/sh", "-c", script];
-        global
-            .iter()
-            .chain(&run)
-            .chain(options)
-            .chain(&command)
-            .map(|&argument| argument.to_owned())
-            .collect()
+            cgroup,
+            &self.host,
+            global,
+            options,
+            IMAGE,
+            &["/bin/sh", "-c", script],
+        )
+        .unwrap()
     }
 
     /// The container's state after a moment: running, or its exit code.

@@ -2,6 +2,7 @@
 //! namespace of the test's own): the node's policy defines a host service
 //! labels may grant and a scope that takes forwards and grants from the
 //! labels of compose projects' containers; the containers carry the rest.
+//! And with Podman, whose API service names the container and its labels.
 //!
 //! - A labelled container gets its forward and its grant.
 //! - An invalid label gives its container nothing from labels, and says
@@ -11,9 +12,12 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::time::Duration;
+use std::{process::Command, time::Duration};
 
-use netbpf_testenv::{AgentSetup, DockerNode, NODE_PUBLISHED, NetbpfRun, Process, applied};
+use netbpf_testenv::{
+    AgentOptions, AgentSetup, Cgroup, DockerNode, NODE_PUBLISHED, NetbpfRun, Netns, Process, Site,
+    Spawn, applied, ensure_podman_image, podman_run_args, require_root, run_checked, unique_name,
+};
 use serde_json::Value;
 
 const ANSWER: &str = "the loopback service answers";
@@ -147,4 +151,125 @@ fn an_invalid_label_gives_nothing_and_says_why_with_the_containers_name() {
         log.contains("container=\"broken\"") && log.contains("io.netbpf.forward[1].to"),
         "the log names the container and the label:\n{log}"
     );
+}
+
+/// Podman's busybox image.
+const PODMAN_IMAGE: &str = "localhost/netbpf-test-busybox:3";
+/// Where the Podman container's forward leads: a server of the node.
+const TARGET: &str = "10.62.0.1";
+
+/// A Podman container, removed when dropped.
+struct PodmanContainer(String);
+
+impl Drop for PodmanContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "--force", "--time", "0", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn a_podman_containers_labels_give_it_its_forward() {
+    require_root();
+    ensure_podman_image(PODMAN_IMAGE).unwrap();
+    let root = Cgroup::new_test_root(&unique_name("nbl")).unwrap();
+    let [containers, helpers] = ["podman", "helpers"].map(|name| root.child(name).unwrap());
+    let node = Netns::new("nblabel").unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("netbpf-labels-")
+        .tempdir()
+        .unwrap();
+    node.ip(&["addr", "add", &format!("{TARGET}/32"), "dev", "lo"])
+        .unwrap();
+    let _server = Site {
+        cgroup: &helpers,
+        netns: &node,
+    }
+    .start_http_server(work.path(), TARGET, 7000, "labelled")
+    .unwrap();
+    // Events through a file: the API service sees the CLI's runs (no
+    // journald in the kernel VMs).
+    let socket = work.path().join("podman.sock");
+    let _service = Spawn::new(
+        helpers.path(),
+        None,
+        "podman",
+        [
+            "--events-backend",
+            "file",
+            "--cgroup-manager",
+            "cgroupfs",
+            "system",
+            "service",
+            "--time=0",
+            &format!("unix://{}", socket.display()),
+        ],
+    )
+    .unwrap()
+    .start(&work.path().join("podman-service.log"))
+    .unwrap();
+    let setup = AgentSetup::new(
+        work.path(),
+        root.path(),
+        AgentOptions {
+            podman: Some(&socket),
+            netns: Some(&node.path()),
+            ..AgentOptions::default()
+        },
+    )
+    .unwrap();
+    setup
+        .policy(
+            "stacks.toml",
+            "version = 1\n[[scope]]\nname = \"stacks\"\n\
+             match = { label = { \"com.example.stack\" = \"*\" } }\nlabels = [\"forward\"]\n",
+        )
+        .unwrap();
+    let agent = setup.start("agent").unwrap();
+    agent
+        .wait_for_status(Duration::from_secs(10), |_| socket.exists())
+        .unwrap();
+
+    let name = unique_name("nblab");
+    let forward = format!("io.netbpf.forward=localhost:8082={TARGET}:7000");
+    run_checked(
+        "podman",
+        podman_run_args(
+            &name,
+            &containers,
+            &node,
+            &["--events-backend", "file"],
+            &["--label", "com.example.stack=shop", "--label", &forward],
+            PODMAN_IMAGE,
+            &["sleep", "600"],
+        )
+        .unwrap(),
+    )
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    let _container = PodmanContainer(name.clone());
+
+    // A ceiling, not a measure: the kernel VMs emulate their CPU.
+    let status = agent
+        .wait_for_status(Duration::from_mins(1), |status| {
+            applied(status) == [format!("stacks/{name}")]
+        })
+        .unwrap_or_else(|error| panic!("{error:#}\n{}", agent.log()));
+    assert_eq!(
+        status["scopes"][0]["forwards"].as_array().map(Vec::len),
+        Some(1),
+        "{status}"
+    );
+    let answer = run_checked(
+        "podman",
+        [
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8082",
+        ],
+    )
+    .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(answer.lines().last().map(str::trim), Some("labelled"));
 }

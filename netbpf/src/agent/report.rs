@@ -77,6 +77,7 @@ impl Agent {
                 name: state.service.name,
                 listen: state.service.listen,
                 owner: state.service.owner.map(|owner| owner.to_string()),
+                grantable_by_label: state.service.grantable_by_label,
                 listener_pid: state.listener.map(|listener| listener.pid),
                 unowned_listener: state.unowned.map(|unowned| UnownedListener {
                     pid: unowned.pid,
@@ -158,6 +159,7 @@ fn instance_status(agent: &Agent, outcome: &Outcome) -> anyhow::Result<ScopeStat
         netns_cookie,
         id: None,
         error: None,
+        labels: def.label_kinds().to_vec(),
         forwards: Vec::new(),
         grants: Vec::new(),
         binds: Vec::new(),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::{LoadedProgram, TcAttachment, features::Unavailable},
-    policy::{Direction, Mss, Protocols},
+    policy::{Direction, LabelKind, Mss, Protocols},
 };
 
 /// The state of one running agent.
@@ -80,6 +80,9 @@ pub struct HostServiceStatus {
     /// Who may listen for it, as the policy says; None: anyone.
     #[serde(default)]
     pub owner: Option<String>,
+    /// Whether containers' labels may grant it.
+    #[serde(default)]
+    pub grantable_by_label: bool,
     /// The process whose socket gets the connections; None while nothing
     /// listens (connections are refused then).
     pub listener_pid: Option<u32>,
@@ -148,6 +151,9 @@ pub struct ScopeStatus {
     pub id: Option<u32>,
     /// Why its rules are not applied; nothing else is affected.
     pub error: Option<String>,
+    /// The kinds of rules its scope takes from its container's labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<LabelKind>,
     pub forwards: Vec<ForwardStatus>,
     pub grants: Vec<GrantStatus>,
     pub binds: Vec<BindStatus>,

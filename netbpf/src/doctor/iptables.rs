@@ -257,7 +257,7 @@ fn half_done(
             (None, Some(proposal), Vec::new())
         } else {
             let (name, table) = snippet::host_service(to, None);
-            let grant = snippet::grant(&name, SocketAddr::new(to.ip(), port)).1;
+            let grant = snippet::grant(&name, SocketAddr::new(to.ip(), port)).table;
             (
                 table.map(|table| snippet::tables_file(&[table])),
                 None,

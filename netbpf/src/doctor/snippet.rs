@@ -2,7 +2,9 @@
 //! the scope of a container; once every finding is in, the proposals of
 //! one container are merged into one policy file (a container gets the
 //! first scope that matches it, so its rules must share one), or, where a
-//! scope applies to it already, named as rules to add to that scope.
+//! scope applies to it already, named as rules to add to that scope, or as
+//! labels to give the container where that scope takes its rules from
+//! labels.
 
 use std::{
     collections::BTreeMap,
@@ -10,7 +12,10 @@ use std::{
 };
 
 use super::{Finding, Subject, applied_scope};
-use crate::api::status::Status;
+use crate::{
+    api::status::{ScopeStatus, Status},
+    policy::LabelKind,
+};
 
 /// What a finding proposes for a container's scope.
 #[derive(Debug, Clone)]
@@ -18,9 +23,33 @@ pub struct Proposal {
     pub subject: Subject,
     /// Top-level tables the rules need (`[[host_service]]`).
     pub tables: Vec<String>,
-    /// The scope's rules: the array each goes in (`forward`), and the rule
-    /// as an inline table.
-    pub rules: Vec<(&'static str, String)>,
+    /// The scope's rules.
+    pub rules: Vec<Rule>,
+}
+
+/// One rule of a scope, written both ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// The kind of rule: the array it goes in, the label it goes in.
+    pub kind: LabelKind,
+    /// As an inline table of a policy file.
+    pub table: String,
+    /// As an entry of its label.
+    pub entry: String,
+    /// The host service it grants, if it is a grant.
+    pub service: Option<String>,
+}
+
+impl Rule {
+    /// The scope's array it goes in: `forward`, `host_services`, `bind`.
+    fn array(&self) -> &'static str {
+        match self.kind {
+            LabelKind::Forward => "forward",
+            LabelKind::Bind => "bind",
+            LabelKind::Alias => "alias",
+            LabelKind::HostServices => "host_services",
+        }
+    }
 }
 
 /// `text` as a TOML string, quoted and escaped.
@@ -30,25 +59,36 @@ pub fn quoted(text: &str) -> String {
 
 /// `localhost:PORT` of the scope sent to `to`, for `proto` (TCP when
 /// None).
-pub fn forward(port: u16, to: SocketAddr, proto: Option<&str>) -> (&'static str, String) {
-    let proto = proto.map_or_else(String::new, |proto| format!(", proto = {}", quoted(proto)));
-    (
-        "forward",
-        format!("{{ from = \"localhost:{port}\", to = \"{to}\"{proto} }}"),
-    )
+pub fn forward(port: u16, to: SocketAddr, proto: Option<&str>) -> Rule {
+    let table_proto =
+        proto.map_or_else(String::new, |proto| format!(", proto = {}", quoted(proto)));
+    let entry_proto = proto.map_or_else(String::new, |proto| format!("/{proto}"));
+    Rule {
+        kind: LabelKind::Forward,
+        table: format!("{{ from = \"localhost:{port}\", to = \"{to}\"{table_proto} }}"),
+        entry: format!("localhost:{port}={to}{entry_proto}"),
+        service: None,
+    }
 }
 
 /// The grant of host service `name` to the scope, dialed at `dial`.
-pub fn grant(name: &str, dial: SocketAddr) -> (&'static str, String) {
-    (
-        "host_services",
-        format!("{{ service = {}, dial = \"{dial}\" }}", quoted(name)),
-    )
+pub fn grant(name: &str, dial: SocketAddr) -> Rule {
+    Rule {
+        kind: LabelKind::HostServices,
+        table: format!("{{ service = {}, dial = \"{dial}\" }}", quoted(name)),
+        entry: format!("{name}={dial}"),
+        service: Some(name.to_owned()),
+    }
 }
 
 /// A bind of `port` remapped to `to`.
-pub fn bind(port: u16, to: u16) -> (&'static str, String) {
-    ("bind", format!("{{ port = {port}, to = {to} }}"))
+pub fn bind(port: u16, to: u16) -> Rule {
+    Rule {
+        kind: LabelKind::Bind,
+        table: format!("{{ port = {port}, to = {to} }}"),
+        entry: format!("{port}={to}"),
+        service: None,
+    }
 }
 
 /// The host service listening at `listen`: its name, and the table that
@@ -97,8 +137,7 @@ pub fn tables_file(tables: &[String]) -> String {
 struct Merged {
     subject: Subject,
     tables: Vec<String>,
-    /// Each rule array of the scope, and its entries.
-    rules: BTreeMap<&'static str, Vec<String>>,
+    rules: Vec<Rule>,
 }
 
 /// Writes the policy (or the rules to add) of every finding with a
@@ -114,17 +153,16 @@ pub fn write(findings: &mut [Finding], status: Option<&Status>) {
             .or_insert_with(|| Merged {
                 subject: proposal.subject.clone(),
                 tables: Vec::new(),
-                rules: BTreeMap::new(),
+                rules: Vec::new(),
             });
         for table in &proposal.tables {
             if !tables.contains(table) {
                 tables.push(table.clone());
             }
         }
-        for (key, rule) in &proposal.rules {
-            let entries = rules.entry(key).or_default();
-            if !entries.contains(rule) {
-                entries.push(rule.clone());
+        for rule in &proposal.rules {
+            if !rules.contains(rule) {
+                rules.push(rule.clone());
             }
         }
     }
@@ -137,11 +175,24 @@ pub fn write(findings: &mut [Finding], status: Option<&Status>) {
             tables,
             rules,
         } = &merged[&proposal.subject.selector];
-        let lines: Vec<String> = rules
+        let scope = applied_scope(status, subject);
+        if let Some(scope) = scope.filter(|scope| takes_all_from_labels(scope, rules)) {
+            let (labels, steps) = labels_for(scope, subject, tables, rules, status);
+            finding.policy = labels;
+            for (at, step) in steps.into_iter().enumerate() {
+                finding.steps.insert(at, step);
+            }
+            continue;
+        }
+        let mut arrays: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for rule in rules {
+            arrays.entry(rule.array()).or_default().push(&rule.table);
+        }
+        let lines: Vec<String> = arrays
             .iter()
             .map(|(key, entries)| format!("{key} = [{}]", entries.join(", ")))
             .collect();
-        if let Some(scope) = applied_scope(status, subject) {
+        if let Some(scope) = scope {
             finding.policy = (!tables.is_empty()).then(|| tables_file(tables));
             finding.steps.insert(
                 0,
@@ -156,6 +207,67 @@ pub fn write(findings: &mut [Finding], status: Option<&Status>) {
             finding.policy = Some(scope_file(subject, tables, &lines));
         }
     }
+}
+
+/// Whether `scope` takes every kind of `rules` from its containers'
+/// labels.
+fn takes_all_from_labels(scope: &ScopeStatus, rules: &[Rule]) -> bool {
+    rules.iter().all(|rule| scope.labels.contains(&rule.kind))
+}
+
+/// What to do where `scope` takes `rules` from `subject`'s labels: the
+/// node's policy file for the `tables` it lacks (host services labels may
+/// grant), and the steps: the labels to give the container, and the
+/// services to let labels grant.
+fn labels_for(
+    scope: &ScopeStatus,
+    subject: &Subject,
+    tables: &[String],
+    rules: &[Rule],
+    status: Option<&Status>,
+) -> (Option<String>, Vec<String>) {
+    let mut labels: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for rule in rules {
+        labels.entry(rule.kind.key()).or_default().push(&rule.entry);
+    }
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|(key, entries)| quoted(&format!("{key}={}", entries.join(","))))
+        .collect();
+    let mut steps = vec![format!(
+        "the scope {} takes the rules of {} from its labels: give it the labels {} (a compose file's `labels:`, or `docker run --label`)",
+        quoted(&scope.scope),
+        subject.label,
+        labels.join(" and ")
+    )];
+    let not_grantable = rules
+        .iter()
+        .filter_map(|rule| rule.service.as_deref())
+        .filter(|name| {
+            status.is_some_and(|status| {
+                status
+                    .host_services
+                    .iter()
+                    .any(|service| service.name == *name && !service.grantable_by_label)
+            })
+        });
+    for name in not_grantable {
+        steps.push(format!(
+            "let labels grant the host service {}: grantable_by_label = true in its [[host_service]] table",
+            quoted(name)
+        ));
+    }
+    let tables: Vec<String> = tables
+        .iter()
+        .map(|table| {
+            if table.starts_with("[[host_service]]") {
+                format!("{table}grantable_by_label = true\n")
+            } else {
+                table.clone()
+            }
+        })
+        .collect();
+    ((!tables.is_empty()).then(|| tables_file(&tables)), steps)
 }
 
 /// A policy file of `tables` and one scope for `subject` with `lines`.
@@ -222,6 +334,37 @@ mod tests {
     fn parses(text: &str) -> policy::Policy {
         policy::parse(Path::new("doctor.toml"), text)
             .unwrap_or_else(|error| panic!("{error}\n{text}"))
+    }
+
+    #[test]
+    fn where_a_scope_takes_labels_the_container_is_given_labels() {
+        let scope: ScopeStatus = serde_json::from_value(serde_json::json!({
+            "name": "compose/web", "scope": "compose", "instance": "web",
+            "match": {}, "labels": ["forward", "host_services"],
+            "forwards": [], "grants": [], "binds": [], "aliases": [],
+        }))
+        .unwrap();
+        let web = subject("web", "container = \"web\"");
+        let (service, table) = host_service("127.0.0.1:18188".parse().unwrap(), None);
+        let rules = [
+            forward(8082, "10.200.1.1:8082".parse().unwrap(), None),
+            forward(5353, "10.200.1.1:53".parse().unwrap(), Some("udp")),
+            grant(&service, "172.17.0.1:18188".parse().unwrap()),
+        ];
+        assert!(takes_all_from_labels(&scope, &rules));
+        assert!(!takes_all_from_labels(&scope, &[bind(3000, 3001)]));
+        let tables: Vec<String> = table.into_iter().collect();
+        let (policy, steps) = labels_for(&scope, &web, &tables, &rules, None);
+        assert!(
+            steps[0].contains(
+                "\"io.netbpf.forward=localhost:8082=10.200.1.1:8082,localhost:5353=10.200.1.1:53/udp\" \
+                 and \"io.netbpf.host_services=loopback-18188=172.17.0.1:18188\""
+            ),
+            "{steps:?}"
+        );
+        // The node's policy declares the service, grantable by label.
+        let node = parses(&policy.unwrap());
+        assert!(node.host_services[0].grantable_by_label);
     }
 
     #[test]

@@ -17,13 +17,16 @@
 //! The honoured labels are read as one text, a line per label (`KEY:
 //! VALUE`), so that an error says which label, entry and column.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use super::{
-    Protocols, host::RawGrant, remap::RawAlias, remap::RawBind, scope::RawForward,
+    Protocols,
+    host::RawGrant,
+    remap::{RawBind, RawRedirect},
+    scope::RawRules,
 };
 
 /// What the labels of a container give: the keys every label starts with.
@@ -76,10 +79,7 @@ pub fn digest(labels: &BTreeMap<String, String>) -> u64 {
 pub(super) struct LabelRules {
     /// The honoured labels present, a line each: `KEY: VALUE`.
     pub text: String,
-    pub forward: Vec<Spanned<RawForward>>,
-    pub bind: Vec<Spanned<RawBind>>,
-    pub alias: Vec<Spanned<RawAlias>>,
-    pub host_services: Vec<Spanned<RawGrant>>,
+    pub rules: RawRules,
 }
 
 /// Reads the labels of `kinds` among `labels`.
@@ -91,24 +91,24 @@ pub(super) fn read(labels: &BTreeMap<String, String>, kinds: &[LabelKind]) -> La
             continue;
         };
         let start = rules.text.len() + key.len() + 2;
-        rules.text.push_str(&format!("{key}: {value}\n"));
+        let _ = writeln!(rules.text, "{key}: {value}");
         for entry in entries(value, start, kind != LabelKind::HostServices) {
             let spanned = |value: Piece| Spanned::new(value.span.clone(), value.text.to_owned());
             let whole = entry.whole.clone();
             match kind {
-                LabelKind::Forward => rules.forward.push(Spanned::new(
+                LabelKind::Forward => rules.rules.forward.push(Spanned::new(
                     whole,
-                    RawForward::new(spanned(entry.left), spanned(entry.right), entry.proto),
+                    RawRedirect::new(spanned(entry.left), spanned(entry.right), entry.proto),
                 )),
-                LabelKind::Alias => rules.alias.push(Spanned::new(
+                LabelKind::Alias => rules.rules.alias.push(Spanned::new(
                     whole,
-                    RawAlias::new(spanned(entry.left), spanned(entry.right), entry.proto),
+                    RawRedirect::new(spanned(entry.left), spanned(entry.right), entry.proto),
                 )),
-                LabelKind::Bind => rules.bind.push(Spanned::new(
+                LabelKind::Bind => rules.rules.bind.push(Spanned::new(
                     whole,
                     RawBind::new(spanned(entry.left), spanned(entry.right), entry.proto),
                 )),
-                LabelKind::HostServices => rules.host_services.push(Spanned::new(
+                LabelKind::HostServices => rules.rules.host_services.push(Spanned::new(
                     whole,
                     RawGrant::new(spanned(entry.left), spanned(entry.right)),
                 )),

@@ -54,15 +54,16 @@ enum RawPort {
     Template(String),
 }
 
+/// A forward or an alias as written: where to, from where, for what.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RawAlias {
-    from: Spanned<String>,
-    to: Spanned<String>,
+pub(super) struct RawRedirect {
+    pub(super) from: Spanned<String>,
+    pub(super) to: Spanned<String>,
     #[serde(default)]
-    proto: Protocols,
+    pub(super) proto: Protocols,
     #[serde(default)]
-    on_move: Option<Spanned<OnMove>>,
+    pub(super) on_move: Option<Spanned<OnMove>>,
 }
 
 impl RawBind {
@@ -91,8 +92,8 @@ impl RawBind {
     }
 }
 
-impl RawAlias {
-    /// An alias read from a label.
+impl RawRedirect {
+    /// A forward or an alias read from a label.
     pub(super) fn new(from: Spanned<String>, to: Spanned<String>, proto: Protocols) -> Self {
         Self {
             from,
@@ -216,7 +217,7 @@ fn instance_port(instance: &str) -> Option<u16> {
 pub(super) fn validate_alias(
     locator: &Locator<'_>,
     field: &str,
-    raw: &RawAlias,
+    raw: &RawRedirect,
     rule: u32,
 ) -> Result<Alias, PolicyError> {
     let endpoint = |value: &Spanned<String>, name: &str| {

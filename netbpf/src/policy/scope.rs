@@ -13,9 +13,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Alias, BindRemap, Captures, Facts, Forward, Grant, HostService, Locator, OnMove, PolicyError,
-    Ports, Protocols, Scope, Selector, Source, endpoint, host,
-    labels::{self, LabelKind, LabelRules},
+    Alias, BindRemap, Captures, Facts, Forward, Grant, HostService, Locator, PolicyError, Ports,
+    Scope, Selector, Source, endpoint, host,
+    labels::{self, LabelKind},
     on_move, pattern, remap, selector,
 };
 
@@ -29,7 +29,11 @@ pub struct ScopeDef {
     source: Arc<Source>,
     /// Its index among the scopes of its file: `scope[INDEX]` in errors.
     index: usize,
-    raw: RawScope,
+    /// Where its name is written.
+    name_span: std::ops::Range<usize>,
+    rules: RawRules,
+    /// The kinds of rules its instances take from their labels instead.
+    labels: Vec<LabelKind>,
 }
 
 /// What one instance brings to a scope's rules.
@@ -50,76 +54,33 @@ pub(super) struct RawScope {
     #[serde(rename = "match")]
     selector: Spanned<selector::RawSelector>,
     #[serde(default)]
-    forward: Vec<Spanned<RawForward>>,
+    forward: Vec<Spanned<remap::RawRedirect>>,
     #[serde(default)]
     host_services: Vec<Spanned<host::RawGrant>>,
     #[serde(default)]
     bind: Vec<Spanned<remap::RawBind>>,
     #[serde(default)]
-    alias: Vec<Spanned<remap::RawAlias>>,
+    alias: Vec<Spanned<remap::RawRedirect>>,
     /// The kinds of rules its instances take from their labels.
     #[serde(default)]
     labels: Option<Spanned<Vec<LabelKind>>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawForward {
-    from: Spanned<String>,
-    to: Spanned<String>,
-    #[serde(default)]
-    proto: Protocols,
-    #[serde(default)]
-    on_move: Option<Spanned<OnMove>>,
-}
-
-impl RawForward {
-    /// A forward read from a label.
-    pub(super) fn new(from: Spanned<String>, to: Spanned<String>, proto: Protocols) -> Self {
-        Self {
-            from,
-            to,
-            proto,
-            on_move: None,
-        }
-    }
-}
-
 /// The rules of a scope, or of an instance's labels, as written.
-#[derive(Clone, Copy)]
-struct RawRules<'r> {
-    forward: &'r [Spanned<RawForward>],
-    host_services: &'r [Spanned<host::RawGrant>],
-    bind: &'r [Spanned<remap::RawBind>],
-    alias: &'r [Spanned<remap::RawAlias>],
+#[derive(Debug, Clone, Default)]
+pub(super) struct RawRules {
+    pub(super) forward: Vec<Spanned<remap::RawRedirect>>,
+    pub(super) host_services: Vec<Spanned<host::RawGrant>>,
+    pub(super) bind: Vec<Spanned<remap::RawBind>>,
+    pub(super) alias: Vec<Spanned<remap::RawRedirect>>,
 }
 
-impl RawScope {
-    fn rules(&self) -> RawRules<'_> {
-        RawRules {
-            forward: &self.forward,
-            host_services: &self.host_services,
-            bind: &self.bind,
-            alias: &self.alias,
-        }
-    }
-
-    fn has_rules(&self) -> bool {
-        !(self.forward.is_empty()
+impl RawRules {
+    fn is_empty(&self) -> bool {
+        self.forward.is_empty()
             && self.host_services.is_empty()
             && self.bind.is_empty()
-            && self.alias.is_empty())
-    }
-}
-
-impl LabelRules {
-    fn rules(&self) -> RawRules<'_> {
-        RawRules {
-            forward: &self.forward,
-            host_services: &self.host_services,
-            bind: &self.bind,
-            alias: &self.alias,
-        }
+            && self.alias.is_empty()
     }
 }
 
@@ -144,14 +105,21 @@ impl ScopeDef {
             ));
         }
         let selector = selector::validate(&locator, &format!("{field}.match"), &raw.selector)?;
+        let rules = RawRules {
+            forward: raw.forward,
+            host_services: raw.host_services,
+            bind: raw.bind,
+            alias: raw.alias,
+        };
         if let Some(labels) = &raw.labels {
-            let error = |message: &str| locator.error(labels.span(), format!("{field}.labels"), message);
+            let error =
+                |message: &str| locator.error(labels.span(), format!("{field}.labels"), message);
             if labels.get_ref().is_empty() {
                 return Err(error(
                     "name the kinds of rules taken from labels: labels = [\"forward\", \"bind\", \"alias\", \"host_services\"]",
                 ));
             }
-            if raw.has_rules() {
+            if !rules.is_empty() {
                 return Err(error(
                     "a scope whose rules come from labels has no rules of its own: write those in another scope",
                 ));
@@ -162,11 +130,13 @@ impl ScopeDef {
         }
         let def = Self {
             origin: super::place(&locator, raw.name.span()),
+            name_span: raw.name.span(),
+            rules,
+            labels: raw.labels.map(Spanned::into_inner).unwrap_or_default(),
             name,
             selector,
             source: Arc::clone(source),
             index,
-            raw,
         };
         Checker {
             def: &def,
@@ -177,7 +147,7 @@ impl ScopeDef {
             next_rule: 0,
             from_labels: false,
         }
-        .scope(&field, def.raw.rules())?;
+        .scope(&field, &def.rules)?;
         Ok(def)
     }
 
@@ -190,23 +160,21 @@ impl ScopeDef {
         instance: Instance<'_>,
         facts: &dyn Facts,
     ) -> Result<Scope, PolicyError> {
-        if let Some(kinds) = &self.raw.labels {
-            let labels = labels::read(instance.labels, kinds.get_ref());
-            let locator = Locator::new(format!("the labels of {:?}", instance.name), &labels.text);
-            return Checker {
-                def: self,
-                locator: &locator,
-                services,
-                instance: Some(instance),
-                facts: Some(facts),
-                next_rule: 0,
-                from_labels: true,
-            }
-            .scope(labels::PREFIX, labels.rules())
-            .map(|scope| scope.expect("an instance gets its rules"));
-        }
-        let locator = self.source.locator();
-        let field = format!("scope[{}]", self.index);
+        // A scope of labels checks its container's labels, as a text of
+        // their own; any other its own rules, in its file.
+        let labels = (!self.labels.is_empty()).then(|| labels::read(instance.labels, &self.labels));
+        let (locator, field, rules) = match &labels {
+            Some(labels) => (
+                Locator::new(format!("the labels of {:?}", instance.name), &labels.text),
+                labels::PREFIX.to_owned(),
+                &labels.rules,
+            ),
+            None => (
+                self.source.locator(),
+                format!("scope[{}]", self.index),
+                &self.rules,
+            ),
+        };
         Checker {
             def: self,
             locator: &locator,
@@ -214,9 +182,9 @@ impl ScopeDef {
             instance: Some(instance),
             facts: Some(facts),
             next_rule: 0,
-            from_labels: false,
+            from_labels: labels.is_some(),
         }
-        .scope(&field, self.raw.rules())
+        .scope(&field, rules)
         .map(|scope| scope.expect("an instance gets its rules"))
         .map_err(|error| PolicyError {
             message: format!("instance {:?}: {}", instance.name, error.message),
@@ -227,22 +195,19 @@ impl ScopeDef {
     /// Whether the scope remaps binds: its instances claim ports.
     #[must_use]
     pub fn has_binds(&self) -> bool {
-        !self.raw.bind.is_empty() || self.takes_from_labels(LabelKind::Bind)
+        !self.rules.bind.is_empty() || self.labels.contains(&LabelKind::Bind)
     }
 
-    /// Whether its instances take rules of `kind` from their labels.
+    /// The kinds of rules its instances take from their labels.
     #[must_use]
-    pub fn takes_from_labels(&self, kind: LabelKind) -> bool {
-        self.raw
-            .labels
-            .as_ref()
-            .is_some_and(|kinds| kinds.get_ref().contains(&kind))
+    pub fn label_kinds(&self) -> &[LabelKind] {
+        &self.labels
     }
 
     /// An error about the scope as a whole, at its name.
     pub(super) fn error(&self, message: String) -> PolicyError {
         self.source.locator().error(
-            self.raw.name.span(),
+            self.name_span.clone(),
             format!("scope[{}].name", self.index),
             message,
         )
@@ -270,11 +235,11 @@ struct Checker<'a> {
 impl Checker<'_> {
     /// The rules `raw` (of the scope, or an instance's labels) under
     /// `field`, or None when the scope is checked alone.
-    fn scope(&mut self, field: &str, raw: RawRules<'_>) -> Result<Option<Scope>, PolicyError> {
-        let forwards = self.forwards(field, raw.forward)?;
-        let (grants, dialed) = self.grants(field, raw.host_services)?;
-        let binds = self.binds(field, raw.bind)?;
-        let aliases = self.aliases(field, raw.alias, &dialed)?;
+    fn scope(&mut self, field: &str, raw: &RawRules) -> Result<Option<Scope>, PolicyError> {
+        let forwards = self.forwards(field, &raw.forward)?;
+        let (grants, dialed) = self.grants(field, &raw.host_services)?;
+        let binds = self.binds(field, &raw.bind)?;
+        let aliases = self.aliases(field, &raw.alias, &dialed)?;
         Ok(self.instance.map(|_| Scope {
             forwards,
             grants,
@@ -312,7 +277,7 @@ impl Checker<'_> {
     fn forwards(
         &mut self,
         field: &str,
-        raw: &[Spanned<RawForward>],
+        raw: &[Spanned<remap::RawRedirect>],
     ) -> Result<Vec<Forward>, PolicyError> {
         let mut forwards: Vec<(usize, Forward)> = Vec::new();
         for (index, raw) in raw.iter().enumerate() {
@@ -342,7 +307,7 @@ impl Checker<'_> {
     fn forward(
         &mut self,
         field: &str,
-        raw: &Spanned<RawForward>,
+        raw: &Spanned<remap::RawRedirect>,
     ) -> Result<Option<Forward>, PolicyError> {
         let raw = raw.get_ref();
         let from_field = format!("{field}.from");
@@ -517,7 +482,7 @@ impl Checker<'_> {
     fn aliases(
         &mut self,
         field: &str,
-        raw: &[Spanned<remap::RawAlias>],
+        raw: &[Spanned<remap::RawRedirect>],
         granted: &[Granted],
     ) -> Result<Vec<Alias>, PolicyError> {
         let mut aliases: Vec<Alias> = Vec::new();

@@ -50,7 +50,11 @@ fn each_kind_of_rule_comes_from_its_label() {
     );
     assert_eq!(scope.aliases[0].to, "10.0.0.5:6379".parse().unwrap());
     assert_eq!(
-        (scope.binds[0].port, scope.binds[0].to, scope.binds[0].protocols),
+        (
+            scope.binds[0].port,
+            scope.binds[0].to,
+            scope.binds[0].protocols
+        ),
         (3000, 7041, Protocols::Udp)
     );
     assert_eq!(scope.grants[0].service, 0);
@@ -77,7 +81,10 @@ fn a_container_without_netbpf_labels_gets_no_rules() {
 fn an_invalid_label_names_itself_its_entry_and_column() {
     let error = rules(&[
         ("io.netbpf.alias", "10.99.99.99:6379=10.0.0.5:6379"),
-        ("io.netbpf.forward", "localhost:8082=10.200.1.1:8082,localhost:80=nowhere"),
+        (
+            "io.netbpf.forward",
+            "localhost:8082=10.200.1.1:8082,localhost:80=nowhere",
+        ),
     ])
     .unwrap_err();
     assert_eq!(error.file, Path::new("the labels of \"web\""));
@@ -93,7 +100,10 @@ fn labels_grant_only_the_services_the_node_lets_them() {
     assert_eq!(error.field, "io.netbpf.host_services[0].service");
     assert!(error.message.contains("grantable_by_label"), "{error}");
     let error = rules(&[("io.netbpf.host_services", "nosuch=10.210.1.1:5432")]).unwrap_err();
-    assert!(error.message.contains("no host service is named"), "{error}");
+    assert!(
+        error.message.contains("no host service is named"),
+        "{error}"
+    );
 }
 
 #[test]
