@@ -2,7 +2,8 @@
 //! namespace of the test's own): the node's policy defines a host service
 //! labels may grant and a scope that takes forwards and grants from the
 //! labels of compose projects' containers; the containers carry the rest.
-//! And with Podman, whose API service names the container and its labels.
+//! And with Podman, whose API service names the container and its labels,
+//! and containerd, whose task bundles carry `ctr run --label`'s labels.
 //!
 //! - A labelled container gets its forward and its grant.
 //! - An invalid label gives its container nothing from labels, and says
@@ -12,11 +13,12 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, Cgroup, DockerNode, NODE_PUBLISHED, NetbpfRun, Netns, Process, Site,
-    Spawn, applied, ensure_podman_image, podman_run_args, require_root, run_checked, unique_name,
+    AgentOptions, AgentSetup, Cgroup, Containerd, DockerNode, NODE_PUBLISHED, NetbpfRun, Netns,
+    Process, Site, Spawn, applied, ensure_podman_image, podman_run_args, require_root, run_checked,
+    unique_name,
 };
 use serde_json::Value;
 
@@ -158,6 +160,38 @@ const PODMAN_IMAGE: &str = "localhost/netbpf-test-busybox:3";
 /// Where the Podman container's forward leads: a server of the node.
 const TARGET: &str = "10.62.0.1";
 
+/// The forward's target in `netns`: [`TARGET`]:7000 on its loopback,
+/// answering `labelled`.
+fn serve_target(helpers: &Cgroup, netns: &Netns, work: &Path) -> Process {
+    netns
+        .ip(&["addr", "add", &format!("{TARGET}/32"), "dev", "lo"])
+        .unwrap();
+    Site {
+        cgroup: helpers,
+        netns,
+    }
+    .start_http_server(work, TARGET, 7000, "labelled")
+    .unwrap()
+}
+
+/// The agent of the runtime `options` name, attached at `root`, whose
+/// scope "stacks" takes forwards from the labels of containers labelled
+/// `com.example.stack`.
+fn stacks_agent(work: &Path, root: &Cgroup, options: AgentOptions<'_>) -> (AgentSetup, NetbpfRun) {
+    let setup = AgentSetup::new(work, root.path(), options).unwrap();
+    setup
+        .policy(
+            "stacks.toml",
+            "version = 1\n[[scope]]\nname = \"stacks\"\n\
+             match = { label = { \"com.example.stack\" = \"*\" } }\nlabels = [\"forward\"]\n",
+        )
+        .unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    (setup, agent)
+}
+
 /// A Podman container, removed when dropped.
 struct PodmanContainer(String);
 
@@ -180,14 +214,7 @@ fn a_podman_containers_labels_give_it_its_forward() {
         .prefix("netbpf-labels-")
         .tempdir()
         .unwrap();
-    node.ip(&["addr", "add", &format!("{TARGET}/32"), "dev", "lo"])
-        .unwrap();
-    let _server = Site {
-        cgroup: &helpers,
-        netns: &node,
-    }
-    .start_http_server(work.path(), TARGET, 7000, "labelled")
-    .unwrap();
+    let _server = serve_target(&helpers, &node, work.path());
     // Events through a file: the API service sees the CLI's runs (no
     // journald in the kernel VMs).
     let socket = work.path().join("podman.sock");
@@ -209,24 +236,15 @@ fn a_podman_containers_labels_give_it_its_forward() {
     .unwrap()
     .start(&work.path().join("podman-service.log"))
     .unwrap();
-    let setup = AgentSetup::new(
+    let (_setup, agent) = stacks_agent(
         work.path(),
-        root.path(),
+        &root,
         AgentOptions {
             podman: Some(&socket),
             netns: Some(&node.path()),
             ..AgentOptions::default()
         },
-    )
-    .unwrap();
-    setup
-        .policy(
-            "stacks.toml",
-            "version = 1\n[[scope]]\nname = \"stacks\"\n\
-             match = { label = { \"com.example.stack\" = \"*\" } }\nlabels = [\"forward\"]\n",
-        )
-        .unwrap();
-    let agent = setup.start("agent").unwrap();
+    );
     agent
         .wait_for_status(Duration::from_secs(10), |_| socket.exists())
         .unwrap();
@@ -271,5 +289,67 @@ fn a_podman_containers_labels_give_it_its_forward() {
         ],
     )
     .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(answer.lines().last().map(str::trim), Some("labelled"));
+}
+
+#[test]
+fn a_containerd_tasks_labels_give_it_its_forward() {
+    require_root();
+    let root = Cgroup::new_test_root(&unique_name("nbl")).unwrap();
+    let [tasks, helpers] = ["containerd", "helpers"].map(|name| root.child(name).unwrap());
+    let work = tempfile::Builder::new()
+        .prefix("netbpf-labels-")
+        .tempdir()
+        .unwrap();
+    let containerd = Containerd::start(&helpers, &work.path().join("containerd"))
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    containerd.import_podman_image(PODMAN_IMAGE).unwrap();
+    let _server = serve_target(&helpers, containerd.netns(), work.path());
+    let (_setup, agent) = stacks_agent(
+        work.path(),
+        &root,
+        AgentOptions {
+            containerd: Some(containerd.state()),
+            ..AgentOptions::default()
+        },
+    );
+
+    let id = format!("{:0>64}", format!("{:x}", std::process::id()));
+    let cgroup = format!("{}/{id}", tasks.runtime_parent().unwrap());
+    let forward = format!("io.netbpf.forward=localhost:8082={TARGET}:7000");
+    containerd
+        .ctr(&[
+            "run",
+            "--detach",
+            "--net-host",
+            "--cgroup",
+            &cgroup,
+            "--label",
+            "com.example.stack=shop",
+            "--label",
+            &forward,
+            PODMAN_IMAGE,
+            &id,
+            "sleep",
+            "600",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    agent
+        .wait_for_status(Duration::from_secs(20), |status| {
+            applied(status) == [format!("stacks/{id}")]
+        })
+        .unwrap_or_else(|error| panic!("{error:#}\n{}", agent.log()));
+    let answer = containerd
+        .ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "probe",
+            &id,
+            "sh",
+            "-c",
+            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8082",
+        ])
+        .unwrap_or_else(|error| panic!("{error:#}"));
     assert_eq!(answer.lines().last().map(str::trim), Some("labelled"));
 }
