@@ -36,6 +36,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",  // the root file system of the test image
     "iperf3",          // the throughput benchmark
     "dnsmasq-base",    // the node-local DNS cache of the local-redirect test
+    "passt",           // pasta: rootless networking, for the rootless test
     "systemd",         // systemd-analyze: the unit's check
     "libcap2-bin",     // capsh: the capabilities the unit names
     "python3-venv",    // the manifest's validators and virtme-ng, in virtualenvs of their own
