@@ -138,7 +138,7 @@ impl Lab {
         )
         .unwrap()
         .current_dir(self.work.path())
-        .output(Duration::from_secs(60))
+        .output(Duration::from_mins(1))
         .unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
