@@ -98,6 +98,28 @@ impl NetbpfRun {
         Self::launch(binary, args, work, &AgentProcess::default())
     }
 
+    /// `netbpf run` of the policy file `policy`, attached at
+    /// `cgroup_root`, its network namespace `node` (a test's own); its run
+    /// directory and log in a directory of its own in `work`.
+    pub fn start_on_node(
+        policy: &Path,
+        cgroup_root: &Path,
+        node: &crate::Netns,
+        work: &Path,
+    ) -> anyhow::Result<Self> {
+        let dir = work.join(crate::unique_name("netbpf"));
+        std::fs::create_dir(&dir)?;
+        let node = node.path();
+        let node = node.to_str().context("the namespace's path is UTF-8")?;
+        Self::start_with(
+            &netbpf_binary(),
+            policy,
+            cgroup_root,
+            &dir,
+            &["--netns", node],
+        )
+    }
+
     /// Starts `netbpf agent` with the configuration file `config`, its run
     /// directory and log in `work`, as `process` says; returns once it
     /// serves status.

@@ -23,7 +23,7 @@
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use netbpf_testenv::{
     Cgroup, NetbpfRun, Netns, PacketSocket, Process, Site, applied, mac_address, netbpf_binary,
@@ -194,16 +194,7 @@ impl GrantLab {
         );
         let file = self.work.path().join(unique_name("policy"));
         std::fs::write(&file, policy).unwrap();
-        let dir = self.work.path().join(unique_name("netbpf"));
-        std::fs::create_dir(&dir).unwrap();
-        NetbpfRun::start_with(
-            &netbpf_binary(),
-            &file,
-            self.root.path(),
-            &dir,
-            &["--netns", path(&self.node.path())],
-        )
-        .unwrap()
+        NetbpfRun::start_on_node(&file, self.root.path(), &self.node, self.work.path()).unwrap()
     }
 
     /// Sends `FORGED` SYNs to the node's address on `bridge` and `port`,
@@ -266,10 +257,6 @@ fn default_interface(netns: &Netns) -> String {
         .nth(1)
         .unwrap()
         .to_owned()
-}
-
-fn path(path: &Path) -> &str {
-    path.to_str().unwrap()
 }
 
 /// Forges `FORGED` SYNs with each granted address (IPv4, then IPv6) from

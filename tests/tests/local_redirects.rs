@@ -16,9 +16,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Site, netbpf_binary, require_root, unique_name,
-};
+use netbpf_testenv::{Cgroup, NetbpfRun, Netns, Process, Site, require_root, unique_name};
 use serde_json::{Value, json};
 
 const PROXY_ANSWER: &str = "the metadata proxy answers";
@@ -132,16 +130,11 @@ impl Lab {
             self.pod.path().display(),
             self.hostnet_procs.path().display(),
         );
-        std::fs::write(self.file("policy.toml"), policy).unwrap();
-        std::fs::create_dir(self.file("netbpf")).unwrap();
-        let netbpf = NetbpfRun::start_with(
-            &netbpf_binary(),
-            &self.file("policy.toml"),
-            self.root.path(),
-            &self.file("netbpf"),
-            &["--netns", &self.node.path().display().to_string()],
-        )
-        .unwrap();
+        let file = self.file("policy.toml");
+        std::fs::write(&file, policy).unwrap();
+        let netbpf =
+            NetbpfRun::start_on_node(&file, self.root.path(), &self.node, self.work.path())
+                .unwrap();
         // The grant needs the pod's network: applied once resolved.
         netbpf
             .wait_for_status(Duration::from_secs(10), |status| {

@@ -29,9 +29,7 @@ use std::{
     time::Duration,
 };
 
-use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Site, netbpf_binary, require_root, unique_name,
-};
+use netbpf_testenv::{Cgroup, NetbpfRun, Netns, Process, Site, require_root, unique_name};
 use serde_json::Value;
 
 const NAME: &str = "db.svc.test";
@@ -113,15 +111,8 @@ impl Lab {
 
     fn start_netbpf(&self) -> NetbpfRun {
         self.write_policy(OLD_SERVER);
-        std::fs::create_dir(self.file("netbpf")).unwrap();
-        NetbpfRun::start_with(
-            &netbpf_binary(),
-            &self.file("policy.toml"),
-            self.root.path(),
-            &self.file("netbpf"),
-            &["--netns", &self.node.path().display().to_string()],
-        )
-        .unwrap()
+        let policy = self.file("policy.toml");
+        NetbpfRun::start_on_node(&policy, self.root.path(), &self.node, self.work.path()).unwrap()
     }
 
     /// A resolver in `cgroup` querying `address` over `proto` on one

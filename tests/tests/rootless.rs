@@ -27,9 +27,7 @@
 
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 
-use netbpf_testenv::{
-    Cgroup, NetbpfRun, Netns, Process, Site, Spawn, netbpf_binary, require_root, unique_name,
-};
+use netbpf_testenv::{Cgroup, NetbpfRun, Netns, Process, Site, Spawn, require_root, unique_name};
 use serde_json::Value;
 
 /// The node's loopback service, and the address pasta gives it in the
@@ -97,16 +95,7 @@ impl Lab {
         );
         let file = self.work.path().join("policy.toml");
         std::fs::write(&file, policy).unwrap();
-        let dir = self.work.path().join(unique_name("run"));
-        std::fs::create_dir(&dir).unwrap();
-        NetbpfRun::start_with(
-            &netbpf_binary(),
-            &file,
-            self.root.path(),
-            &dir,
-            &["--netns", self.node.path().to_str().unwrap()],
-        )
-        .unwrap()
+        NetbpfRun::start_on_node(&file, self.root.path(), &self.node, self.work.path()).unwrap()
     }
 
     /// Runs `script` as nobody, in a user and network namespace of its own
