@@ -368,7 +368,7 @@ instruction count grew by more than 20% over `bench/verifier-baseline.json` (CI 
 `--bless` writes a new baseline). Ctrl-C stops a run at its next step and removes what it made \
 (namespaces, cgroups, pinned maps); the page keeps the runs finished before it. Every figure above comes from the JSON file, a list of the \
 runs: their `tcp`, `udp`, `scaling`, `programs`, `test_runs`, `forward_throughput`, \
-`clamp_throughput`, `memory`, `verifier`, `designs`, `agent` and `reruns` fields.\n";
+`clamp_throughput`, `memory`, `verifier`, `designs`, `agent`, `start_window` and `reruns` fields.\n";
 
 pub(super) fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary {
     let baseline = results
