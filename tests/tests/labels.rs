@@ -3,7 +3,8 @@
 //! labels may grant and a scope that takes forwards and grants from the
 //! labels of compose projects' containers; the containers carry the rest.
 //! And with Podman, whose API service names the container and its labels,
-//! and containerd, whose task bundles carry `ctr run --label`'s labels.
+//! and containerd, whose task bundles carry `ctr run --label`'s labels and
+//! a Kubernetes pod's netbpf annotations.
 //!
 //! - A labelled container gets its forward and its grant.
 //! - An invalid label gives its container nothing from labels, and says
@@ -176,14 +177,16 @@ fn serve_target(helpers: &Cgroup, netns: &Netns, work: &Path) -> Process {
 
 /// The agent of the runtime `options` name, attached at `root`, whose
 /// scope "stacks" takes forwards from the labels of containers labelled
-/// `com.example.stack`.
+/// `com.example.stack`, and "pods" from those of the pods of namespace
+/// `shop`.
 fn stacks_agent(work: &Path, root: &Cgroup, options: AgentOptions<'_>) -> (AgentSetup, NetbpfRun) {
     let setup = AgentSetup::new(work, root.path(), options).unwrap();
     setup
         .policy(
             "stacks.toml",
             "version = 1\n[[scope]]\nname = \"stacks\"\n\
-             match = { label = { \"com.example.stack\" = \"*\" } }\nlabels = [\"forward\"]\n",
+             match = { label = { \"com.example.stack\" = \"*\" } }\nlabels = [\"forward\"]\n\
+             [[scope]]\nname = \"pods\"\nmatch = { pod = \"shop/*\" }\nlabels = [\"forward\"]\n",
         )
         .unwrap();
     let agent = setup
@@ -293,7 +296,7 @@ fn a_podman_containers_labels_give_it_its_forward() {
 }
 
 #[test]
-fn a_containerd_tasks_labels_give_it_its_forward() {
+fn containerd_tasks_and_pods_get_their_forward_from_their_labels() {
     require_root();
     let root = Cgroup::new_test_root(&unique_name("nbl")).unwrap();
     let [tasks, helpers] = ["containerd", "helpers"].map(|name| root.child(name).unwrap());
@@ -314,42 +317,62 @@ fn a_containerd_tasks_labels_give_it_its_forward() {
         },
     );
 
-    let id = format!("{:0>64}", format!("{:x}", std::process::id()));
-    let cgroup = format!("{}/{id}", tasks.runtime_parent().unwrap());
     let forward = format!("io.netbpf.forward=localhost:8082={TARGET}:7000");
-    containerd
-        .ctr(&[
-            "run",
-            "--detach",
-            "--net-host",
-            "--cgroup",
-            &cgroup,
-            "--label",
-            "com.example.stack=shop",
-            "--label",
-            &forward,
-            PODMAN_IMAGE,
-            &id,
-            "sleep",
-            "600",
-        ])
-        .unwrap_or_else(|error| panic!("{error:#}"));
+    // A task labelled as `ctr run --label` labels it, and a Kubernetes
+    // pod's container as the CRI annotates it, with the pod's netbpf
+    // annotation (containerd passes it on where its `pod_annotations`
+    // say so), in the pod's cgroup.
+    let pod = root.child("pod-web-0").unwrap();
+    let tasks = [
+        (1, &tasks, vec!["com.example.stack=shop", &forward]),
+        (
+            2,
+            &pod,
+            vec![
+                "io.kubernetes.cri.sandbox-namespace=shop",
+                "io.kubernetes.cri.sandbox-name=web-0",
+                "io.kubernetes.cri.container-name=app",
+                &forward,
+            ],
+        ),
+    ]
+    .map(|(number, parent, labels)| {
+        let id = format!("{:0>64}", format!("{:x}{number:04x}", std::process::id()));
+        let cgroup = format!("{}/{id}", parent.runtime_parent().unwrap());
+        let mut args = vec!["run", "--detach", "--net-host", "--cgroup", &cgroup];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        args.extend([PODMAN_IMAGE, &id, "sleep", "600"]);
+        containerd
+            .ctr(&args)
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        id
+    });
     agent
         .wait_for_status(Duration::from_secs(20), |status| {
-            applied(status) == [format!("stacks/{id}")]
+            let mut applied = applied(status);
+            applied.sort();
+            applied == ["pods/shop/web-0".to_owned(), format!("stacks/{}", tasks[0])]
         })
         .unwrap_or_else(|error| panic!("{error:#}\n{}", agent.log()));
-    let answer = containerd
-        .ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "probe",
-            &id,
-            "sh",
-            "-c",
-            "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8082",
-        ])
-        .unwrap_or_else(|error| panic!("{error:#}"));
-    assert_eq!(answer.lines().last().map(str::trim), Some("labelled"));
+    for id in &tasks {
+        let answer = containerd
+            .ctr(&[
+                "tasks",
+                "exec",
+                "--exec-id",
+                "probe",
+                id,
+                "sh",
+                "-c",
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8082",
+            ])
+            .unwrap_or_else(|error| panic!("{error:#}"));
+        assert_eq!(
+            answer.lines().last().map(str::trim),
+            Some("labelled"),
+            "{id}"
+        );
+    }
 }

@@ -73,12 +73,9 @@ impl InstanceProbe for InstanceFacts<'_> {
     }
 }
 
-/// The labels of an instance that is no container.
-static NO_LABELS: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-
 /// An instance's rules are cached under what they were resolved from: its
 /// scope, its key, its name, what its match captured and (a digest of)
-/// its container's netbpf labels.
+/// its netbpf labels.
 type CacheKey = (usize, ScopeKey, String, policy::Captures, u64);
 
 /// The policy in force and what the maps hold of it.
@@ -278,10 +275,7 @@ impl Reconciler {
                     assignment.key,
                     assignment.instance.clone(),
                     assignment.captures.clone(),
-                    assignment
-                        .container
-                        .as_ref()
-                        .map_or(0, |container| policy::label_digest(&container.labels)),
+                    policy::label_digest(&assignment.labels),
                 );
                 current.insert(cache_key.clone());
                 current_keys.insert(assignment.key);
@@ -312,6 +306,7 @@ impl Reconciler {
                     level: 0,
                     captures: policy::Captures::new(),
                     container: None,
+                    labels: std::collections::BTreeMap::new(),
                 })
             })
             .collect()
@@ -345,10 +340,7 @@ impl Reconciler {
                 let instance = Instance {
                     name: &assignment.instance,
                     captures: &assignment.captures,
-                    labels: assignment
-                        .container
-                        .as_ref()
-                        .map_or(&NO_LABELS, |container| &container.labels),
+                    labels: &assignment.labels,
                 };
                 def.instantiate(&self.policy.host_services, instance, facts.as_ref())
                     .map_err(|error| error.to_string())

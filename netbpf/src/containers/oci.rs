@@ -120,7 +120,13 @@ pub fn containerd_kubernetes(
     id: &str,
     annotations: &BTreeMap<String, String>,
 ) -> Option<Container> {
-    pod_container(Runtime::Containerd, id, annotations, CONTAINERD_KEYS)
+    pod_container(
+        Runtime::Containerd,
+        id,
+        annotations,
+        CONTAINERD_KEYS,
+        annotations,
+    )
 }
 
 /// The Kubernetes container CRI-O's labels annotation describes, if it
@@ -128,16 +134,20 @@ pub fn containerd_kubernetes(
 fn crio_kubernetes(id: &str, annotations: &BTreeMap<String, String>) -> Option<Container> {
     let labels: BTreeMap<String, String> =
         serde_json::from_str(annotations.get(CRIO_LABELS)?).ok()?;
-    pod_container(Runtime::CriO, id, &labels, KUBELET_LABELS)
+    pod_container(Runtime::CriO, id, &labels, KUBELET_LABELS, annotations)
 }
 
 /// The container of a pod that `keys` (container name, pod namespace, pod
-/// name) of `values` name, made by `runtime`.
+/// name) of `values` name, made by `runtime`. Its labels are the netbpf
+/// ones (`io.netbpf.*`) among its `annotations` (the pod's, where the
+/// runtime passes them on), and only those: no other annotation a tenant
+/// writes becomes a label a scope could select by.
 fn pod_container(
     runtime: Runtime,
     id: &str,
     values: &BTreeMap<String, String>,
     (name, namespace, pod): (&str, &str, &str),
+    annotations: &BTreeMap<String, String>,
 ) -> Option<Container> {
     let value = |key: &str| values.get(key).cloned();
     let pod_name = value(pod)?;
@@ -145,7 +155,7 @@ fn pod_container(
         runtime: Some(runtime),
         id: id.to_owned(),
         name: value(name),
-        labels: BTreeMap::new(),
+        labels: crate::policy::netbpf_labels(annotations),
         pod: Some(format!(
             "{}/{pod_name}",
             value(namespace).unwrap_or_default()
@@ -233,6 +243,10 @@ mod tests {
                 ("io.kubernetes.cri.container-name".into(), "app".into()),
                 ("io.kubernetes.cri.sandbox-namespace".into(), "shop".into()),
                 ("io.kubernetes.cri.sandbox-name".into(), "web-0".into()),
+                // The pod's, passed on by containerd's `pod_annotations`.
+                ("io.netbpf.forward".into(), "localhost:80=10.0.0.1".into()),
+                ("tier".into(), "front".into()),
+                ("io.netbpfx".into(), "not ours".into()),
             ]
             .into(),
         };
@@ -241,6 +255,16 @@ mod tests {
         assert_eq!(
             (container.name.as_deref(), container.pod.as_deref()),
             (Some("app"), Some("shop/web-0"))
+        );
+        // Only netbpf's annotations become labels: none a scope's match
+        // could select by.
+        assert_eq!(
+            container.labels,
+            [(
+                "io.netbpf.forward".to_owned(),
+                "localhost:80=10.0.0.1".to_owned()
+            )]
+            .into()
         );
     }
 

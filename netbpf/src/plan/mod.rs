@@ -37,7 +37,7 @@ pub use self::{
 };
 use crate::{
     containers::{Container, Workload},
-    policy::{Alias, Candidate, Captures, ContainerView, Grant, OnMove, Policy, Scope},
+    policy::{self, Alias, Candidate, Captures, ContainerView, Grant, OnMove, Policy, Scope},
 };
 
 /// What the kernel programs know a scope by.
@@ -66,6 +66,9 @@ pub struct Assignment {
     /// The container it is, when it is one (not a pod, a cgroup, a
     /// namespace).
     pub container: Option<Container>,
+    /// Its netbpf labels (`io.netbpf.*`): its container's, or for a pod
+    /// those of its containers (a pod's annotations, the same on each).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Gives each workload the first scope (in policy order) that selects it.
@@ -129,6 +132,11 @@ pub fn assign(
                 place,
                 captures,
                 container: described,
+                labels: workload
+                    .container
+                    .as_ref()
+                    .map(|container| policy::netbpf_labels(&container.labels))
+                    .unwrap_or_default(),
             });
     }
     assignments.into_values().collect()

@@ -57,20 +57,32 @@ impl LabelKind {
     }
 }
 
-/// A digest of the netbpf labels among `labels` (0 without any): rules
-/// read from them are read again when it changes.
+/// The netbpf labels (`io.netbpf.*`) among `labels`.
+#[must_use]
+pub fn ours(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter(|(key, _)| is_ours(key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+/// Whether `key` is a netbpf label's.
+fn is_ours(key: &str) -> bool {
+    key.strip_prefix(PREFIX)
+        .is_some_and(|kind| kind.starts_with('.'))
+}
+
+/// A digest of `labels` (0 without any): rules read from them are read
+/// again when it changes.
 #[must_use]
 pub fn digest(labels: &BTreeMap<String, String>) -> u64 {
     use std::hash::{Hash as _, Hasher as _};
-    let mut ours = labels
-        .iter()
-        .filter(|(key, _)| key.starts_with(PREFIX))
-        .peekable();
-    if ours.peek().is_none() {
+    if labels.is_empty() {
         return 0;
     }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    ours.for_each(|label| label.hash(&mut hasher));
+    labels.hash(&mut hasher);
     hasher.finish()
 }
 

@@ -31,7 +31,7 @@ pub use self::{
     endpoint::{Ports, Target},
     error::{Locator, PolicyError},
     host::{Grant, HostService, Owner, ScopeNetwork},
-    labels::{LabelKind, digest as label_digest},
+    labels::{LabelKind, digest as label_digest, ours as netbpf_labels},
     mss::{Direction, MIN_MSS, Mss, MssClamp},
     pattern::{Captures, Pattern},
     remap::{Alias, BindRemap},
