@@ -15,7 +15,7 @@
 //! look at it after that.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fs, io,
     path::{Path, PathBuf},
     time::Duration,
@@ -62,10 +62,12 @@ impl FirstProcesses {
     /// Follows the cgroup directories of the instances that wait for
     /// their first process now, and no others.
     pub fn follow(&mut self, waiting: &[PathBuf]) {
+        // A node starting thousands of containers waits for as many.
+        let waiting_now: HashSet<&PathBuf> = waiting.iter().collect();
         let gone: Vec<PathBuf> = self
             .watch_of
             .keys()
-            .filter(|dir| !waiting.contains(dir))
+            .filter(|dir| !waiting_now.contains(dir))
             .cloned()
             .collect();
         for dir in gone {
