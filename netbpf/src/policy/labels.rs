@@ -131,14 +131,14 @@ pub(super) fn read(labels: &BTreeMap<String, String>, kinds: &[LabelKind]) -> La
 }
 
 /// A part of a label's value, and where it is in the labels' text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Piece<'a> {
     text: &'a str,
     span: std::ops::Range<usize>,
 }
 
 /// One entry of a label: `LEFT=RIGHT`, and `/PROTO` where `has_proto`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Entry<'a> {
     whole: std::ops::Range<usize>,
     left: Piece<'a>,
@@ -147,8 +147,8 @@ struct Entry<'a> {
 }
 
 /// The entries of `value`, which starts at byte `start` of the labels'
-/// text; a protocol after them where `has_proto`. An entry without `=` is all left, its right empty: the rule's
-/// check says what is missing.
+/// text; a protocol after them where `has_proto`. An entry without `=` is
+/// all left, its right empty: the rule's check says what is missing.
 fn entries(value: &str, start: usize, has_proto: bool) -> Vec<Entry<'_>> {
     let mut found = Vec::new();
     let mut at = 0;
