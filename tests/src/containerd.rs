@@ -78,6 +78,44 @@ impl Containerd {
         )
     }
 
+    /// Starts a task of `image` that sleeps, on the host's network (this
+    /// containerd's namespace), in a cgroup below `parent`, with `labels`
+    /// (`KEY=VALUE`, in its bundle's annotations); its id, 64 hexadecimal
+    /// digits as the CRI makes them, unique by `number` in this process.
+    pub fn run_task(
+        &self,
+        number: u32,
+        parent: &Cgroup,
+        image: &str,
+        labels: &[&str],
+    ) -> anyhow::Result<String> {
+        let id = format!("{:0>64}", format!("{:x}{number:04x}", std::process::id()));
+        let cgroup = format!("{}/{id}", parent.runtime_parent()?);
+        let mut args = vec!["run", "--detach", "--net-host", "--cgroup", &cgroup];
+        for label in labels {
+            args.extend(["--label", label]);
+        }
+        args.extend([image, &id, "sleep", "600"]);
+        self.ctr(&args)?;
+        Ok(id)
+    }
+
+    /// The body task `id` gets for `GET /` from its `127.0.0.1:port`.
+    pub fn get(&self, id: &str, port: u16) -> anyhow::Result<String> {
+        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 {port}");
+        let answer = self.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            "probe",
+            id,
+            "sh",
+            "-c",
+            &script,
+        ])?;
+        Ok(answer.lines().last().unwrap_or_default().trim().to_owned())
+    }
+
     /// Imports the Podman image `image` (exported as a docker archive).
     pub fn import_podman_image(&self, image: &str) -> anyhow::Result<()> {
         ensure_podman_image(image)?;

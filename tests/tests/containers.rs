@@ -365,32 +365,11 @@ fn containerd_containers_and_pods_get_their_scope_from_their_bundles() {
 
     // Task ids as the CRI makes them, labelled as `ctr run --label` does.
     let run = |number: u32, parent: &Cgroup, labels: &[&str]| -> String {
-        let id = format!("{:0>64}", format!("{:x}{number:04x}", std::process::id()));
-        let cgroup = format!("{}/{id}", parent.runtime_parent().unwrap());
-        let mut args = vec!["run", "--detach", "--net-host", "--cgroup", &cgroup];
-        for label in labels {
-            args.extend(["--label", label]);
-        }
-        args.extend([image, &id, "sleep", "600"]);
         containerd
-            .ctr(&args)
-            .unwrap_or_else(|error| panic!("{error:#}"));
-        id
+            .run_task(number, parent, image, labels)
+            .unwrap_or_else(|error| panic!("{error:#}"))
     };
-    let ask = |id: &str, port: u16| -> anyhow::Result<String> {
-        let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 127.0.0.1 {port}");
-        let answer = containerd.ctr(&[
-            "tasks",
-            "exec",
-            "--exec-id",
-            "probe",
-            id,
-            "sh",
-            "-c",
-            &script,
-        ])?;
-        Ok(answer.lines().last().unwrap_or_default().trim().to_owned())
-    };
+    let ask = |id: &str, port: u16| containerd.get(id, port);
     let front = run(1, &tasks, &["tier=front"]);
     // Two containers of one Kubernetes pod, as the CRI annotates them, in
     // the pod's cgroup: one instance of the pod's scope.

@@ -337,17 +337,9 @@ fn containerd_tasks_and_pods_get_their_forward_from_their_labels() {
         ),
     ]
     .map(|(number, parent, labels)| {
-        let id = format!("{:0>64}", format!("{:x}{number:04x}", std::process::id()));
-        let cgroup = format!("{}/{id}", parent.runtime_parent().unwrap());
-        let mut args = vec!["run", "--detach", "--net-host", "--cgroup", &cgroup];
-        for label in labels {
-            args.extend(["--label", label]);
-        }
-        args.extend([PODMAN_IMAGE, &id, "sleep", "600"]);
         containerd
-            .ctr(&args)
-            .unwrap_or_else(|error| panic!("{error:#}"));
-        id
+            .run_task(number, parent, PODMAN_IMAGE, &labels)
+            .unwrap_or_else(|error| panic!("{error:#}"))
     });
     agent
         .wait_for_status(Duration::from_secs(20), |status| {
@@ -357,22 +349,6 @@ fn containerd_tasks_and_pods_get_their_forward_from_their_labels() {
         })
         .unwrap_or_else(|error| panic!("{error:#}\n{}", agent.log()));
     for id in &tasks {
-        let answer = containerd
-            .ctr(&[
-                "tasks",
-                "exec",
-                "--exec-id",
-                "probe",
-                id,
-                "sh",
-                "-c",
-                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 127.0.0.1 8082",
-            ])
-            .unwrap_or_else(|error| panic!("{error:#}"));
-        assert_eq!(
-            answer.lines().last().map(str::trim),
-            Some("labelled"),
-            "{id}"
-        );
+        assert_eq!(containerd.get(id, 8082).unwrap(), "labelled", "{id}");
     }
 }
