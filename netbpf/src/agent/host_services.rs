@@ -282,15 +282,12 @@ fn take_listener(
             });
         }
     }
-    let duplicate =
-        socket_fds::duplicate(pid, fd).map_err(|source| ServiceError::Take { pid, source })?;
-    // The pid or the descriptor number may have been reused since /proc was
-    // read: only the very socket sock_diag reported may get the traffic.
-    if socket_fds::cookie_of(&duplicate) != Some(socket.cookie)
-        || !socket_fds::is_listening(&duplicate)
-    {
-        return Err(ServiceError::Changed(service.listen));
-    }
+    // Only the very socket sock_diag reported, still listening, may get
+    // the traffic.
+    let duplicate = socket_fds::take(pid, fd, socket.cookie)
+        .map_err(|source| ServiceError::Take { pid, source })?
+        .filter(socket_fds::is_listening)
+        .ok_or(ServiceError::Changed(service.listen))?;
     datapath.set_service_socket(u32::try_from(index).expect("services are few"), &duplicate)?;
     Ok(pid)
 }

@@ -125,17 +125,15 @@ fn came_through<'a>(
         let Some(&(pid, fd)) = holders.get(&socket.inode) else {
             continue;
         };
-        let duplicate = match socket_fds::duplicate(pid, fd) {
-            Ok(duplicate) => duplicate,
+        let duplicate = match socket_fds::take(pid, fd, socket.cookie) {
+            Ok(Some(duplicate)) => duplicate,
+            // Closed since it was listed, its number taken again.
+            Ok(None) => continue,
             Err(error) => {
                 tally.left.push((socket.clone(), error));
                 continue;
             }
         };
-        if socket_fds::cookie_of(&duplicate) != Some(socket.cookie) {
-            // Closed since it was listed, its number taken again.
-            continue;
-        }
         match datapath.dialed_by(&duplicate) {
             Ok(Some(dialed)) => {
                 let recorded = dialed.entries.iter().any(|entry| {

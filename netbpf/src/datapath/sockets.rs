@@ -529,17 +529,15 @@ impl Datapath {
         let mut held = Vec::new();
         let mut counted = 0;
         for socket in sockets {
+            // Gone, or closed since it was listed and its number taken again.
             let Some(duplicate) = owners.get(&socket.inode).and_then(|&(pid, fd)| {
-                socket_fds::duplicate(pid, fd)
+                socket_fds::take(pid, fd, socket.cookie)
                     .inspect_err(|error| warn_uncounted(pid, fd, error))
                     .ok()
+                    .flatten()
             }) else {
                 continue;
             };
-            if socket_fds::cookie_of(&duplicate) != Some(socket.cookie) {
-                // Closed since it was listed, its number taken again.
-                continue;
-            }
             if self.mark_bound(&duplicate, socket.key)? {
                 match self.count_local_bind(socket.key) {
                     Ok(true) => counted += 1,

@@ -57,7 +57,7 @@ fn socket_inode(link: &str) -> Option<u32> {
 }
 
 /// A duplicate, in this process, of descriptor `fd` of process `pid`.
-pub fn duplicate(pid: u32, fd: i32) -> io::Result<OwnedFd> {
+fn duplicate(pid: u32, fd: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open(2) with no flags; the result is checked.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if pidfd < 0 {
@@ -74,10 +74,18 @@ pub fn duplicate(pid: u32, fd: i32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(duplicate).map_err(io::Error::other)?) })
 }
 
+/// A duplicate of the socket `sock_diag` reported with `cookie`, which
+/// process `pid` held as descriptor `fd` (from [`owners`]); None when that
+/// descriptor names another socket now (the pid or the number reused since
+/// `/proc` was read): only the very socket reported is ever taken.
+pub fn take(pid: u32, fd: i32, cookie: u64) -> io::Result<Option<OwnedFd>> {
+    let duplicate = duplicate(pid, fd)?;
+    Ok((cookie_of(&duplicate) == Some(cookie)).then_some(duplicate))
+}
+
 /// The cookie of a socket (`SO_COOKIE`): the one `sock_diag` and the kernel
 /// programs know it by.
-#[must_use]
-pub fn cookie_of(socket: &OwnedFd) -> Option<u64> {
+fn cookie_of(socket: &OwnedFd) -> Option<u64> {
     let mut cookie = 0u64;
     getsockopt_into(socket, libc::SO_COOKIE, &mut cookie).then_some(cookie)
 }
