@@ -17,7 +17,7 @@ mod port_set;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -32,7 +32,7 @@ use netbpf_common::{
 pub use self::{
     capacity::{Capacity, full_map},
     ids::{RuleSlots, ScopeIds},
-    moves::{Moved, ip_of},
+    moves::Moved,
     port_set::PortSet,
 };
 use crate::{
@@ -759,6 +759,20 @@ fn target_words(addr: IpAddr) -> ([u32; 4], u16) {
             ([word(0), word(4), word(8), word(12)], AF_INET6)
         }
     }
+}
+
+/// An address as the kernel programs store it, back: [`target_words`]
+/// undone, canonical (IPv4-mapped IPv6 as IPv4).
+#[must_use]
+pub fn ip_of(addr: [u32; 4], family: u16) -> IpAddr {
+    if family == AF_INET {
+        return Ipv4Addr::from(addr[0].to_ne_bytes()).into();
+    }
+    let mut octets = [0u8; 16];
+    for (chunk, word) in octets.chunks_exact_mut(4).zip(addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets).to_canonical()
 }
 
 #[cfg(test)]

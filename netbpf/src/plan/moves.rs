@@ -2,11 +2,11 @@
 //! new connections to the new target at once; a socket connected through
 //! the rule before stays with the old one until it is destroyed.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use netbpf_common::{AF_INET, ForwardTarget, PROTO_TCP};
+use netbpf_common::{ForwardTarget, PROTO_TCP};
 
-use super::Plan;
+use super::{Plan, ip_of};
 
 /// A rule of one scope whose target changed: where its sockets connected
 /// before, and how to tell them.
@@ -105,18 +105,4 @@ fn moved_rule(
         derived_peer: protocol == PROTO_TCP && before.derives_peer(),
         reset_tcp: after.resets_tcp_on_move(),
     })
-}
-
-/// An address the kernel programs store as network-order words (IPv4 in
-/// the first), canonical: IPv4-mapped IPv6 as IPv4.
-#[must_use]
-pub fn ip_of(addr: [u32; 4], family: u16) -> IpAddr {
-    if family == AF_INET {
-        return Ipv4Addr::from(addr[0].to_ne_bytes()).into();
-    }
-    let mut octets = [0u8; 16];
-    for (chunk, word) in octets.chunks_exact_mut(4).zip(addr) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    Ipv6Addr::from(octets).to_canonical()
 }

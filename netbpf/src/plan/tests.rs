@@ -391,6 +391,13 @@ fn targets_are_stored_in_network_order() {
     assert_eq!(family, AF_INET6);
     assert_eq!(words[0].to_ne_bytes(), [0xfd, 0, 0, 0]);
     assert_eq!(words[3].to_ne_bytes(), [0, 0, 0, 0x53]);
+    // And back, IPv4-mapped addresses as IPv4.
+    for addr in ["10.200.1.1", "fd00::53"] {
+        let (words, family) = target_words(addr.parse().unwrap());
+        assert_eq!(ip_of(words, family).to_string(), addr);
+    }
+    let (words, family) = target_words("::ffff:10.0.0.1".parse().unwrap());
+    assert_eq!(ip_of(words, family).to_string(), "10.0.0.1");
 }
 
 #[test]
