@@ -40,18 +40,6 @@ pub struct Rule {
     pub service: Option<String>,
 }
 
-impl Rule {
-    /// The scope's array it goes in: `forward`, `host_services`, `bind`.
-    fn array(&self) -> &'static str {
-        match self.kind {
-            LabelKind::Forward => "forward",
-            LabelKind::Bind => "bind",
-            LabelKind::Alias => "alias",
-            LabelKind::HostServices => "host_services",
-        }
-    }
-}
-
 /// `text` as a TOML string, quoted and escaped.
 pub fn quoted(text: &str) -> String {
     toml::Value::String(text.to_owned()).to_string()
@@ -186,7 +174,10 @@ pub fn write(findings: &mut [Finding], status: Option<&Status>) {
         }
         let mut arrays: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for rule in rules {
-            arrays.entry(rule.array()).or_default().push(&rule.table);
+            arrays
+                .entry(rule.kind.array())
+                .or_default()
+                .push(&rule.table);
         }
         let lines: Vec<String> = arrays
             .iter()

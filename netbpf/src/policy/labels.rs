@@ -44,16 +44,21 @@ pub enum LabelKind {
 }
 
 impl LabelKind {
-    /// Its label's key.
+    /// The scope's key of these rules in a policy file: `forward`, ...
     #[must_use]
-    pub fn key(self) -> String {
-        let kind = match self {
+    pub fn array(self) -> &'static str {
+        match self {
             Self::Forward => "forward",
             Self::Bind => "bind",
             Self::Alias => "alias",
             Self::HostServices => "host_services",
-        };
-        format!("{PREFIX}.{kind}")
+        }
+    }
+
+    /// Its label's key: `io.netbpf.` and the array's.
+    #[must_use]
+    pub fn key(self) -> String {
+        format!("{PREFIX}.{}", self.array())
     }
 }
 
