@@ -5,6 +5,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod deploy;
+mod excerpt;
 mod image;
 mod node;
 mod package;

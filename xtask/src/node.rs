@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{cmd, package, setup, vm};
+use crate::{cmd, excerpt::excerpt, package, setup, vm};
 
 /// What the node has besides netbpf: what the users of the four problems
 /// run, and what the checks read the kernel with.
@@ -442,40 +442,9 @@ fn page(out: &Path) -> String {
 const JOURNAL_HEAD: usize = 60;
 const JOURNAL_TAIL: usize = 20;
 
-/// The first `head` and last `tail` lines of `text`, with a line saying how
-/// many were left out between them.
-fn excerpt(text: &str, head: usize, tail: usize) -> String {
-    let lines: Vec<&str> = text.trim_end().lines().collect();
-    if lines.len() <= head + tail {
-        return lines.join("\n");
-    }
-    let left_out = format!("[… {} lines …]", lines.len() - head - tail);
-    lines[..head]
-        .iter()
-        .copied()
-        .chain([left_out.as_str()])
-        .chain(lines[lines.len() - tail..].iter().copied())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// FNV-1a of `text`: names the tarball after its package list.
 fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::excerpt;
-
-    #[test]
-    fn an_excerpt_keeps_both_ends_and_counts_the_rest() {
-        let lines: Vec<String> = (1..=10).map(|n| n.to_string()).collect();
-        let text = lines.join("\n") + "\n";
-        assert_eq!(excerpt(&text, 2, 3), "1\n2\n[… 5 lines …]\n8\n9\n10");
-        assert_eq!(excerpt(&text, 6, 4), lines.join("\n"));
-        assert_eq!(excerpt(&text, 0, 2), "[… 8 lines …]\n9\n10");
-    }
 }

@@ -22,7 +22,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    build, build_next, cmd,
+    build, build_next, cmd, excerpt,
     image::{self, ImageArgs},
     setup,
 };
@@ -134,10 +134,15 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
                 .iter()
                 .filter(|outcome| outcome.success != Some(true))
                 .map(move |outcome| {
-                    format!(
-                        "{} on {label} (target/vm/{label}/{}.log)",
-                        outcome.test, outcome.test
-                    )
+                    let log = format!("target/vm/{label}/{}.log", outcome.test);
+                    // The log stays in the guest's output directory, which a
+                    // CI run does not keep: what failed is printed here.
+                    let text = fs::read_to_string(workspace.join(&log)).unwrap_or_default();
+                    eprintln!(
+                        "\n==> {log}: how it failed\n{}",
+                        excerpt::test_failure(&text)
+                    );
+                    format!("{} on {label} ({log})", outcome.test)
                 })
         })
         .collect();
