@@ -37,6 +37,13 @@ struct Plan {
     iperf_seconds: u32,
     scaling: &'static [usize],
     test_run_repeat: u32,
+    /// The per-program costs' loads, in multiples of a way's (connections,
+    /// round trips and binds). A round's cost is the mean over the runs of
+    /// its loads, and a run here now and then takes microseconds (the
+    /// hypervisor): the more runs, the less one moves the mean, and the
+    /// less a run's quartiles move from one run of the bench to the next.
+    /// They are cheap next to a way's rounds.
+    cost_load_factor: usize,
     /// Cgroups the agent follows, by size.
     agent_sizes: &'static [usize],
     /// Rounds of the agent's measurements in a pass.
@@ -60,6 +67,7 @@ const FULL: Plan = Plan {
     iperf_seconds: 5,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
+    cost_load_factor: 4,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 1,
     docker_containers: Some(1000),
@@ -77,6 +85,7 @@ const QUICK: Plan = Plan {
     iperf_seconds: 2,
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,
+    cost_load_factor: 2,
     agent_sizes: &[1000],
     agent_rounds: 1,
     docker_containers: None,
@@ -176,6 +185,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         machine: Machine::this()?,
         connections: plan.connections,
         datagrams: plan.datagrams,
+        cost_load_factor: plan.cost_load_factor,
         rounds: plan.passes * plan.rounds,
         passes: plan.passes,
         iperf_seconds: plan.iperf_seconds,
@@ -492,12 +502,16 @@ fn program_costs(
     plan: &Plan,
     rounds: RangeInclusive<usize>,
 ) -> anyhow::Result<report::ProgramCosts> {
+    let (connections, datagrams) = (
+        plan.connections * plan.cost_load_factor,
+        plan.datagrams * plan.cost_load_factor,
+    );
     let every_load = [
-        (Load::Tcp, plan.connections),
-        (Load::Udp, plan.datagrams),
-        (Load::Bind, plan.connections),
+        (Load::Tcp, connections),
+        (Load::Udp, datagrams),
+        (Load::Bind, connections),
     ];
-    let unforwarded = [(Load::TcpUnforwarded, plan.connections)];
+    let unforwarded = [(Load::TcpUnforwarded, connections)];
     let [scoped, unscoped, unscoped_unforwarded] = costs_under(
         exe,
         netbpf,

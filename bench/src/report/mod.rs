@@ -36,10 +36,14 @@ pub struct Results {
     pub connections: usize,
     /// Round trips per UDP measurement.
     pub datagrams: usize,
+    /// The per-program costs' loads, in multiples of `connections` and
+    /// `datagrams`.
+    #[serde(default = "one")]
+    pub cost_load_factor: usize,
     /// Measurements per way; the ways take turns round by round.
     pub rounds: usize,
     /// Passes the rounds were spread over, each on topologies built anew.
-    #[serde(default = "one_pass")]
+    #[serde(default = "one")]
     pub passes: usize,
     pub iperf_seconds: u32,
     /// TCP connections through the forward, round by round.
@@ -75,7 +79,8 @@ pub struct Results {
 }
 
 /// Runs before passes were measured in one.
-fn one_pass() -> usize {
+/// The default of a count the oldest raw figures lack: one.
+fn one() -> usize {
     1
 }
 
@@ -297,6 +302,16 @@ fn page(runs: &[Results], results: &Results) -> String {
         kernel = machine.kernel,
     );
     text.push_str(METHOD);
+    let _ = write!(
+        text,
+        "Each side of a per-program cost measures, in each round, {connections} TCP \
+         connections, {datagrams} UDP round trips and {connections} binds ({factor} times a \
+         way's load): a round's figure is the mean of that many runs of each program, so a run \
+         that the hypervisor delays by microseconds moves it little.\n\n",
+        connections = results.connections * results.cost_load_factor,
+        datagrams = results.datagrams * results.cost_load_factor,
+        factor = results.cost_load_factor,
+    );
     if results.passes > 1 {
         let _ = write!(
             text,
