@@ -25,9 +25,16 @@ pub fn find(scopes: &[ScopePlace]) -> io::Result<Vec<BoundSocket>> {
     let owners = Owners::of(scopes);
     let mut found = Vec::new();
     for namespace in &owners.namespaces {
-        let (cookie, sockets) = netns::in_netns(namespace, || -> io::Result<_> {
+        let listed = namespace.run(|| -> io::Result<_> {
             Ok((netns::current_netns_cookie()?, sock_diag::bound_sockets()?))
-        })??;
+        });
+        let (cookie, sockets) = match listed {
+            Ok(listed) => listed?,
+            // Every process of it exited while we looked: so did its
+            // sockets.
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        };
         found.extend(
             sockets
                 .iter()

@@ -53,17 +53,18 @@ pub fn destroy(moved: &[Moved], scopes: &[ScopePlace], datapath: &Datapath) -> T
         .collect();
     let owners = Owners::of(&scopes);
     for namespace in &owners.namespaces {
-        let listed = netns::in_netns(namespace, || -> io::Result<_> {
-            Ok((
-                netns::current_netns_cookie()?,
-                sock_diag::connected_sockets()?,
-            ))
-        })
-        .and_then(|listed| listed);
+        let listed = namespace
+            .run(|| -> io::Result<_> {
+                Ok((
+                    netns::current_netns_cookie()?,
+                    sock_diag::connected_sockets()?,
+                ))
+            })
+            .and_then(|listed| listed);
         let (cookie, sockets) = match listed {
             Ok(listed) => listed,
             Err(error) => {
-                tally.unlisted.push((namespace.clone(), error));
+                tally.unlisted.push((namespace.path.clone(), error));
                 continue;
             }
         };
@@ -80,7 +81,7 @@ pub fn destroy(moved: &[Moved], scopes: &[ScopePlace], datapath: &Datapath) -> T
             })
             .collect();
         let through = came_through(&reached, datapath, &mut tally);
-        let destroyed = netns::in_netns(namespace, || {
+        let destroyed = namespace.run(|| {
             through
                 .into_iter()
                 .map(|socket| (socket, sock_diag::destroy(socket)))
@@ -98,7 +99,7 @@ pub fn destroy(moved: &[Moved], scopes: &[ScopePlace], datapath: &Datapath) -> T
                     }
                 }
             }
-            Err(error) => tally.unlisted.push((namespace.clone(), error)),
+            Err(error) => tally.unlisted.push((namespace.path.clone(), error)),
         }
     }
     tally

@@ -3,13 +3,17 @@
 //! processes' sockets live in.
 
 use std::{
-    collections::{HashMap, HashSet},
-    fs, io,
+    collections::HashMap,
+    fs::{self, File},
+    io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
-use crate::{host::sock_diag::DiagSocket, plan::ScopeKey};
+use crate::{
+    host::{netns, sock_diag::DiagSocket},
+    plan::ScopeKey,
+};
 
 /// A scope instance the datapath has: its id, its key and where it is
 /// (its cgroup directory, or its network namespace's path).
@@ -27,8 +31,76 @@ pub struct Owners {
     cgroups: HashMap<u64, u32>,
     /// netns cookie -> scope id.
     netns: HashMap<u64, u32>,
-    /// One path per network namespace that may hold scoped sockets.
-    pub namespaces: Vec<PathBuf>,
+    /// Each network namespace that may hold scoped sockets, once.
+    pub namespaces: Vec<Namespace>,
+}
+
+/// A network namespace, and every path it was found at (each process of
+/// a scope has one): a process that exits meanwhile takes its path with
+/// it, and the next is tried.
+pub struct Namespace {
+    /// The path it was found at first.
+    pub path: PathBuf,
+    /// Its identity: the device and inode of its nsfs file.
+    id: (u64, u64),
+    /// Every path it was found at, in turn.
+    paths: Vec<PathBuf>,
+}
+
+impl Namespace {
+    /// Runs `task` inside it; `NotFound` once nothing leads to it any more
+    /// (its processes are gone, and their sockets with them).
+    pub fn run<T: Send>(&self, task: impl FnOnce() -> T + Send) -> io::Result<T> {
+        let (file, path) = self.entry()?;
+        netns::in_opened_netns(&file, path, task)
+    }
+
+    /// The first of its paths that still leads to it, opened.
+    fn entry(&self) -> io::Result<(File, &Path)> {
+        for path in &self.paths {
+            let file = match File::open(path) {
+                Ok(file) => file,
+                // Its process exited.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(error),
+            };
+            // A PID used again leads elsewhere.
+            let meta = file.metadata()?;
+            if (meta.dev(), meta.ino()) == self.id {
+                return Ok((file, path));
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "nothing leads to {}'s network namespace any more",
+                self.path.display()
+            ),
+        ))
+    }
+}
+
+/// Files `path` under the namespace it leads to, a new one the first time.
+fn file_namespace(
+    namespaces: &mut Vec<Namespace>,
+    index: &mut HashMap<(u64, u64), usize>,
+    path: PathBuf,
+) {
+    // A process may exit while we look: it leads nowhere.
+    let Ok(meta) = fs::metadata(&path) else {
+        return;
+    };
+    let id = (meta.dev(), meta.ino());
+    if let Some(&at) = index.get(&id) {
+        namespaces[at].paths.push(path);
+    } else {
+        index.insert(id, namespaces.len());
+        namespaces.push(Namespace {
+            path: path.clone(),
+            id,
+            paths: vec![path],
+        });
+    }
 }
 
 impl Owners {
@@ -46,7 +118,7 @@ impl Owners {
             netns: HashMap::new(),
             namespaces: Vec::new(),
         };
-        let mut seen_namespaces = HashSet::new();
+        let mut namespace_index = HashMap::new();
         for ScopePlace {
             id: scope,
             key,
@@ -63,23 +135,16 @@ impl Owners {
                         continue;
                     }
                     for pid in pids {
-                        // A process may exit while we look: skip it.
-                        let namespace = PathBuf::from(format!("/proc/{pid}/ns/net"));
-                        if let Ok(meta) = fs::metadata(&namespace)
-                            && seen_namespaces.insert((meta.dev(), meta.ino()))
-                        {
-                            owners.namespaces.push(namespace);
-                        }
+                        file_namespace(
+                            &mut owners.namespaces,
+                            &mut namespace_index,
+                            PathBuf::from(format!("/proc/{pid}/ns/net")),
+                        );
                     }
                 }
                 ScopeKey::Netns(cookie) => {
                     owners.netns.insert(*cookie, *scope);
-                    let Ok(meta) = fs::metadata(path) else {
-                        continue;
-                    };
-                    if seen_namespaces.insert((meta.dev(), meta.ino())) {
-                        owners.namespaces.push(path.clone());
-                    }
+                    file_namespace(&mut owners.namespaces, &mut namespace_index, path.clone());
                 }
             }
         }
@@ -125,4 +190,37 @@ fn walk_cgroup(
         walk_cgroup(&child, scope, scope_roots, cgroups, pids)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashMap,
+        path::{Path, PathBuf},
+    };
+
+    use super::file_namespace;
+
+    #[test]
+    fn a_namespace_is_entered_through_the_first_path_still_leading_to_it() {
+        let (mut namespaces, mut index) = (Vec::new(), HashMap::new());
+        for path in [
+            "/proc/self/ns/net",
+            "/proc/thread-self/ns/net",
+            "/proc/0/ns/net",
+        ] {
+            file_namespace(&mut namespaces, &mut index, PathBuf::from(path));
+        }
+        assert_eq!(namespaces.len(), 1, "one namespace, two paths to it");
+        let namespace = &mut namespaces[0];
+        assert_eq!(namespace.paths.len(), 2);
+        // The process of the first path has exited.
+        namespace.paths[0] = PathBuf::from("/proc/0/ns/net");
+        let (_, path) = namespace.entry().unwrap();
+        assert_eq!(path, Path::new("/proc/thread-self/ns/net"));
+        // The last PID used again, by a process of another namespace.
+        namespace.paths = vec![PathBuf::from("/proc/self/ns/mnt")];
+        let error = namespace.entry().unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound, "{error}");
+    }
 }

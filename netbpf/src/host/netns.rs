@@ -21,7 +21,17 @@ const SO_NETNS_COOKIE: libc::c_int = 71;
 /// returned; the calling thread never changes namespace. Sockets `task`
 /// creates stay in that namespace wherever they are used afterwards.
 pub fn in_netns<T: Send>(path: &Path, task: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let namespace = File::open(path)?;
+    in_opened_netns(&File::open(path)?, path, task)
+}
+
+/// [`in_netns`] for a namespace opened before (`namespace`, opened at
+/// `path`): it is the same namespace even once the process whose
+/// `/proc/PID/ns/net` it was has exited.
+pub fn in_opened_netns<T: Send>(
+    namespace: &File,
+    path: &Path,
+    task: impl FnOnce() -> T + Send,
+) -> io::Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
