@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use nix::sys::signal::Signal;
 
-use crate::Process;
+use crate::{Process, process::DAEMON_START};
 
 /// The `netbpf` binary under test: `$NETBPF_BIN`, else the one cargo built
 /// beside the running test (`target/<profile>/netbpf`).
@@ -172,13 +172,17 @@ impl NetbpfRun {
             binary: binary.to_owned(),
             run_dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + DAEMON_START;
         while run.status_json().is_err() {
             if run.process.has_exited() {
                 bail!("netbpf exited before it was ready:\n{}", run.process.log());
             }
             if Instant::now() > deadline {
-                bail!("netbpf was not ready after 30 s:\n{}", run.process.log());
+                bail!(
+                    "netbpf was not ready after {} s:\n{}",
+                    DAEMON_START.as_secs(),
+                    run.process.log()
+                );
             }
             thread::sleep(Duration::from_millis(50));
         }

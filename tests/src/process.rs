@@ -284,7 +284,7 @@ impl Drop for Process {
 
 /// How long a daemon may take to answer: seconds here, but more than a
 /// minute in a kernel VM without KVM while other tests start theirs.
-const DAEMON_START: Duration = Duration::from_mins(2);
+pub(crate) const DAEMON_START: Duration = Duration::from_mins(2);
 
 /// Waits until the daemon `what` answers (`answers` returns true), at most
 /// [`DAEMON_START`]; its log at `log` says why it did not.
