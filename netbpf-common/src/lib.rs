@@ -24,7 +24,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 8 } else { 7 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 9 } else { 8 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;

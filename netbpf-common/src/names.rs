@@ -118,6 +118,36 @@ pub const MAPS: [MapName; 24] = [
     LOCALHOST_PORTS,
 ];
 
+/// A per-CPU counter array of the object, and the plain array the agent
+/// pins beside it: what the counters counted under older map layouts,
+/// summed over CPUs. The agent alone writes it, so carrying counts over
+/// never races a program counting (a write of a per-CPU value sets every
+/// CPU's at once). A counter reads as the two added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub live: MapName,
+    pub carried: &'static str,
+}
+
+/// Every rule's counters.
+pub const RULE_COUNTERS: Counters = Counters {
+    live: RULE_STATS,
+    carried: "RULE_STATS_CARRIED",
+};
+/// The MSS clamp's counters.
+pub const MSS_COUNTERS: Counters = Counters {
+    live: MSS_STATS,
+    carried: "MSS_STATS_CARRIED",
+};
+/// Each host service's counters.
+pub const SERVICE_COUNTERS: Counters = Counters {
+    live: SERVICE_STATS,
+    carried: "SERVICE_STATS_CARRIED",
+};
+
+/// Every counter array of the object.
+pub const COUNTERS: [Counters; 3] = [RULE_COUNTERS, MSS_COUNTERS, SERVICE_COUNTERS];
+
 /// The programs of the object.
 pub mod program {
     pub const CONNECT4: &str = "netbpf_connect4";

@@ -114,6 +114,18 @@ impl KernelMaps {
     }
 }
 
+/// The values of the map pinned at `path`, each as its bytes (a map the
+/// agent made itself, which no program uses).
+pub fn pinned_values(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    let path = path.to_str().context("a pin's path is UTF-8")?;
+    let dump = bpftool_json(&["map", "dump", "pinned", path])?;
+    dump.as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| bytes(&entry["value"]).with_context(|| format!("a value of {path}: {entry}")))
+        .collect()
+}
+
 /// The id the kernel gives the cgroup at `path` (its directory's inode).
 pub fn cgroup_id(path: &Path) -> anyhow::Result<u64> {
     Ok(std::fs::metadata(path)

@@ -38,7 +38,7 @@ pub use self::{
     docker_node::{DockerNode, NODE_BRIDGE, NODE_IMAGE, NODE_PUBLISHED},
     doctor::{doctor, doctor_config, findings, proposed_policy},
     images::{busybox_rootfs, ensure_podman_image, ensure_podman_infra_image},
-    kernel_maps::{KernelMaps, cgroup_id},
+    kernel_maps::{KernelMaps, cgroup_id, pinned_values},
     metrics::Scrape,
     netns::Netns,
     packet_socket::{PacketSocket, mac_address},

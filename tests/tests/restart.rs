@@ -14,10 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netbpf_common::MAP_LAYOUT;
+use netbpf_common::{MAP_LAYOUT, names};
 use netbpf_testenv::{
     AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, NetbpfRun, Place, Process, bpftool_json,
-    netbpf_binary, netbpf_next_binary, require_root,
+    netbpf_binary, netbpf_next_binary, pinned_values, require_root,
 };
 use nix::sys::signal::Signal;
 
@@ -37,7 +37,10 @@ fn attached(path: &Path) -> Vec<u64> {
 /// (argv 1) says `done`, counting each connection (ok, failed) under the
 /// phase the file named when it began; the counts so far are in the
 /// progress file (argv 2) after every connection. At the end it prints
-/// `{"phases": {PHASE: [OK, FAILED]}, "first_failure": "..."}`.
+/// `{"phases": {PHASE: [OK, FAILED]}, "first_failure": "..."}`, the first
+/// failure with how long it took: a datapath that lets a connection down
+/// refuses it at once, a slow machine (the VMs emulate their CPUs) times
+/// out, so the timeout is generous.
 const CLIENT: &str = "\
 import json, os, socket, sys, time
 phase_file, progress_file = sys.argv[1], sys.argv[2]
@@ -49,17 +52,18 @@ while True:
     if phase == 'done':
         break
     counts = phases.setdefault(phase, [0, 0])
+    began = time.monotonic()
     try:
-        with socket.create_connection(('127.0.0.1', 8082), timeout=2) as s:
+        with socket.create_connection(('127.0.0.1', 8082), timeout=10) as s:
             data = s.recv(64)
         if data.strip() == b'bridge':
             counts[0] += 1
         else:
             counts[1] += 1
-            first = first or phase + ': ' + repr(data)
+            first = first or '%s: %r after %.3f s' % (phase, data, time.monotonic() - began)
     except OSError as error:
         counts[1] += 1
-        first = first or phase + ': ' + repr(error)
+        first = first or '%s: %r after %.3f s' % (phase, error, time.monotonic() - began)
     with open(progress_file + '.new', 'w') as f:
         json.dump(phases, f)
     os.replace(progress_file + '.new', progress_file)
@@ -239,14 +243,27 @@ fn assert_every_phase_connected(client: PhasedClient) -> u64 {
 
 /// The counters went on from where the first agent left them, each
 /// connection the client tried (`tried`) counted once: the migration's
-/// merge neither lost nor doubled one.
-fn assert_counters_went_on(status: &serde_json::Value, tried: u64) {
+/// merge neither lost nor doubled one. What the older layout counted was
+/// carried into the array the agent alone writes (`maps_dir`'s
+/// `RULE_STATS_CARRIED`), never written over the counters the programs
+/// count in while it is added.
+fn assert_counters_went_on(status: &serde_json::Value, tried: u64, maps_dir: &Path) {
     let connects = status["scopes"][0]["forwards"][0]["connects"]
         .as_u64()
         .unwrap();
     assert_eq!(
         connects, tried,
         "connects counted for the connections the client tried: {status}"
+    );
+    // `connects` is the first field of a rule's counters.
+    let carried: u64 = pinned_values(&maps_dir.join(names::RULE_COUNTERS.carried))
+        .unwrap()
+        .iter()
+        .map(|value| u64::from_ne_bytes(value[..8].try_into().unwrap()))
+        .sum();
+    assert!(
+        0 < carried && carried < tried,
+        "{carried} connects carried over from the older layout, of {tried}"
     );
     // Every connection's SYN-ACK crosses the bridge (so do the desktop's
     // own checks of the forward of 8083).
@@ -375,7 +392,11 @@ fn the_datapath_outlives_restarts_and_an_upgrade_without_a_failed_connection() {
     assert!(!staged.exists(), "the staged maps are settled");
 
     let tried = assert_every_phase_connected(client);
-    assert_counters_went_on(&agent.status_json().unwrap(), tried);
+    assert_counters_went_on(
+        &agent.status_json().unwrap(),
+        tried,
+        &setup.pin_dir.join(format!("maps-v{next}")),
+    );
 
     assert_older_version_refuses(&setup, &topology);
     assert_own_listener_recounted(&topology, &mut own);

@@ -1,46 +1,116 @@
-//! The per-CPU counter arrays: read summed over CPUs, reset to zero.
+//! The per-CPU counter arrays: read summed over CPUs, with what they
+//! counted under older map layouts (carried), and reset to zero.
 
 use std::ops::Add;
 
 use aya::{
     Pod,
-    maps::{PerCpuArray, PerCpuValues},
+    maps::{Array, Map, MapData, MapInfo, PerCpuArray, PerCpuValues},
     util::nr_cpus,
 };
+use netbpf_common::names::{self, Counters};
 
-use super::{Datapath, DatapathError, map_error};
+use super::{Datapath, DatapathError, map_error, pins::Pins};
+
+/// `BPF_MAP_TYPE_ARRAY`: the carried counts' type.
+const ARRAY: u32 = 2;
 
 impl Datapath {
-    /// Slot `index` of the per-CPU counters `name`, summed over CPUs.
+    /// Opens the carried counts' arrays pinned beside the maps, made (at
+    /// zero) the first time, each with its counters' capacity.
+    pub(super) fn open_carried(&mut self, pins: &Pins) -> Result<(), DatapathError> {
+        for counters in names::COUNTERS {
+            let name = counters.carried;
+            let capacity = MapInfo::from_pin(pins.maps_dir().join(counters.live.name))
+                .map_err(map_error(counters.live.name))?
+                .max_entries();
+            let expected = aya_obj::Map::new_from_params(
+                ARRAY,
+                4,
+                u32::try_from(counters.live.value_size).expect("a counters' value fits a u32"),
+                capacity,
+                0,
+            );
+            pins.check_map(name, &expected)?;
+            let path = pins.maps_dir().join(name);
+            let data = if path.exists() {
+                MapData::from_pin(&path).map_err(map_error(name))?
+            } else {
+                let data = MapData::create(expected, name, None).map_err(map_error(name))?;
+                data.pin(&path).map_err(|error| {
+                    map_error(name)(aya::maps::MapError::PinError {
+                        name: Some(name.to_owned()),
+                        error,
+                    })
+                })?;
+                data
+            };
+            self.carried.push((counters, Map::Array(data)));
+        }
+        Ok(())
+    }
+
+    /// Slot `index` of `counters`, summed over CPUs, plus what it carried
+    /// over from older layouts.
     pub(super) fn summed_counters<T>(
         &self,
-        name: &'static str,
+        counters: Counters,
         index: u32,
     ) -> Result<T, DatapathError>
     where
         T: Pod + Default + Add<Output = T>,
     {
-        let counters: PerCpuArray<_, T> = self.map(name)?;
-        let per_cpu = counters.get(&index, 0).map_err(map_error(name))?;
-        Ok(per_cpu.iter().fold(T::default(), |sum, cpu| sum + *cpu))
+        let name = counters.live.name;
+        let live: PerCpuArray<_, T> = self.map(name)?;
+        let per_cpu = live.get(&index, 0).map_err(map_error(name))?;
+        let summed = per_cpu.iter().fold(T::default(), |sum, cpu| sum + *cpu);
+        let Some(carried) = self.carried_map(counters) else {
+            return Ok(summed);
+        };
+        let carried: Array<_, T> = Array::try_from(carried).map_err(map_error(counters.carried))?;
+        let carried = carried
+            .get(&index, 0)
+            .map_err(map_error(counters.carried))?;
+        Ok(summed + carried)
     }
 
-    /// Sets `slots` of the per-CPU counters `name` to zero on every CPU.
+    /// Sets `slots` of `counters` to zero on every CPU, and what they
+    /// carried over.
     pub(super) fn reset_counters<T>(
         &mut self,
-        name: &'static str,
-        slots: impl IntoIterator<Item = u32>,
+        counters: Counters,
+        slots: impl IntoIterator<Item = u32> + Clone,
     ) -> Result<(), DatapathError>
     where
         T: Pod + Default,
     {
+        let name = counters.live.name;
         let cpus = nr_cpus().map_err(|(_, error)| DatapathError::Cpus(error))?;
-        let mut counters: PerCpuArray<_, T> = self.map_mut(name)?;
-        for slot in slots {
-            let zeros =
-                PerCpuValues::try_from(vec![T::default(); cpus]).map_err(DatapathError::Cpus)?;
-            counters.set(slot, zeros, 0).map_err(map_error(name))?;
+        {
+            let mut live: PerCpuArray<_, T> = self.map_mut(name)?;
+            for slot in slots.clone() {
+                let zeros = PerCpuValues::try_from(vec![T::default(); cpus])
+                    .map_err(DatapathError::Cpus)?;
+                live.set(slot, zeros, 0).map_err(map_error(name))?;
+            }
+        }
+        if let Some((_, carried)) = self.carried.iter_mut().find(|(of, _)| *of == counters) {
+            let mut carried: Array<_, T> =
+                Array::try_from(carried).map_err(map_error(counters.carried))?;
+            for slot in slots {
+                carried
+                    .set(slot, T::default(), 0)
+                    .map_err(map_error(counters.carried))?;
+            }
         }
         Ok(())
+    }
+
+    /// The carried counts of `counters`, when the datapath is pinned.
+    fn carried_map(&self, counters: Counters) -> Option<&Map> {
+        self.carried
+            .iter()
+            .find(|(of, _)| *of == counters)
+            .map(|(_, map)| map)
     }
 }

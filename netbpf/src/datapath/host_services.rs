@@ -103,7 +103,7 @@ impl Datapath {
     /// services are about to change places.
     pub fn reset_service_slots(&mut self) -> Result<(), DatapathError> {
         self.clear_service_sockets(0..MAX_HOST_SERVICES)?;
-        self.reset_counters::<ServiceStats>(names::SERVICE_STATS.name, 0..MAX_HOST_SERVICES)
+        self.reset_counters::<ServiceStats>(names::SERVICE_COUNTERS, 0..MAX_HOST_SERVICES)
     }
 
     /// Empties the listener slots no service of a policy of `services`
@@ -115,6 +115,6 @@ impl Datapath {
 
     /// The counters of service `index`, summed over CPUs.
     pub fn service_stats(&self, index: u32) -> Result<ServiceStats, DatapathError> {
-        self.summed_counters(names::SERVICE_STATS.name, index)
+        self.summed_counters(names::SERVICE_COUNTERS, index)
     }
 }

@@ -170,6 +170,8 @@ pub struct Datapath {
     /// The maps of an older layout this datapath was migrated from, in
     /// use by the old programs until the links run the new ones.
     older_layout: Option<PathBuf>,
+    /// Each counter array's carried counts, when pinned.
+    carried: Vec<(names::Counters, aya::maps::Map)>,
 }
 
 /// The capacity of each map that has a setting.
@@ -230,7 +232,11 @@ impl Datapath {
             claimed_links: Vec::new(),
             owned_links: Vec::new(),
             older_layout,
+            carried: Vec::new(),
         };
+        if let Some(pins) = pins {
+            datapath.open_carried(pins)?;
+        }
         if let (Some(pins), Some(older)) = (pins, &datapath.older_layout) {
             // The agent's own map first, so that its slots move too.
             datapath.rule_slots()?;
@@ -278,8 +284,8 @@ impl Datapath {
     }
 
     /// Settles the maps this datapath migrated to (their staged directory
-    /// becomes this layout's), adds the counters the older maps counted
-    /// meanwhile and unpins those: call once every link runs the new
+    /// becomes this layout's), carries over what the older maps counted
+    /// and unpins those: call once every link runs the new
     /// programs.
     pub fn finish_migration(&mut self) {
         if let Some(older) = self.older_layout.take() {
@@ -290,8 +296,8 @@ impl Datapath {
                 return;
             }
             let maps = self.pins.as_ref().map(Pins::maps_dir).unwrap_or_default();
-            match migrate::add_counters(&older, &maps) {
-                Ok(added) => tracing::info!(?added, "counters migrated"),
+            match migrate::carry_counters(&older, &maps) {
+                Ok(carried) => tracing::info!(?carried, "counters migrated"),
                 Err(error) => tracing::warn!(%error, "counters not migrated: they start from zero"),
             }
             match std::fs::remove_dir_all(&older) {

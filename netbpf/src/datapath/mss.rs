@@ -39,7 +39,7 @@ impl Datapath {
         if self.mss_interface(ifindex)? == Some(config) {
             return Ok(());
         }
-        self.reset_counters::<MssStats>(names::MSS_STATS.name, [config.slot])?;
+        self.reset_counters::<MssStats>(names::MSS_COUNTERS, [config.slot])?;
         let mut interfaces: HashMap<_, u32, MssConfig> =
             self.map_mut(names::MSS_INTERFACES.name)?;
         interfaces
@@ -130,6 +130,6 @@ impl Datapath {
 
     /// The counters in `slot`, summed over CPUs.
     pub fn mss_stats(&self, slot: u32) -> Result<MssStats, DatapathError> {
-        self.summed_counters(names::MSS_STATS.name, slot)
+        self.summed_counters(names::MSS_COUNTERS, slot)
     }
 }

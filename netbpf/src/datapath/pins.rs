@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! PIN_DIR/maps-vLAYOUT/NAME    every map, by name; LAYOUT is MAP_LAYOUT
+//!                              (also the agent's own: RULE_SLOTS, *_CARRIED)
 //! PIN_DIR/links/NAME           every link: cgroup-ID-PROGRAM, hostsvc-INODE
 //! ```
 //!

@@ -448,7 +448,7 @@ impl Datapath {
 
     /// Sets the counters in `slots` to zero: slots new rules were given.
     pub fn reset_rule_stats(&mut self, slots: Vec<u32>) -> Result<(), DatapathError> {
-        self.reset_counters::<RuleStats>(names::RULE_STATS.name, slots)
+        self.reset_counters::<RuleStats>(names::RULE_COUNTERS, slots)
     }
 
     /// Attaches every program to the cgroup at `cgroup_root` through bpf
@@ -634,7 +634,7 @@ impl Datapath {
 
     /// The counters of rule `rule`, summed over CPUs.
     pub fn rule_stats(&self, rule: u32) -> Result<RuleStats, DatapathError> {
-        self.summed_counters(names::RULE_STATS.name, rule)
+        self.summed_counters(names::RULE_COUNTERS, rule)
     }
 }
 
