@@ -250,7 +250,7 @@ fn measure_one(
     writeln!(input, "go")?;
     let report: ClientReport = serde_json::from_str(&expect_line(&mut lines, log)?)?;
     let after = programs::counts()?;
-    let map_bytes = programs::maps_memory(ids.values().copied())?;
+    let map_bytes = programs::maps_memory(ids.values().copied(), None)?;
     writeln!(input, "end")?;
 
     let mut costs = programs::costs(&ids, empty, &before, &after);

@@ -91,10 +91,26 @@ fn program_id(name: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no program {name} is loaded"))
 }
 
-/// Memory of the maps the programs `ids` use, from the kernel
-/// (`bytes_memlock`), each map counted once.
-pub fn maps_memory(ids: impl IntoIterator<Item = u64>) -> anyhow::Result<u64> {
+/// Memory of the maps the programs `ids` use and of those pinned in
+/// `pinned` (an agent's maps directory, which also holds the maps the
+/// agent alone uses), from the kernel (`bytes_memlock`), each map counted
+/// once.
+pub fn maps_memory(
+    ids: impl IntoIterator<Item = u64>,
+    pinned: Option<&Path>,
+) -> anyhow::Result<u64> {
     let mut maps = std::collections::BTreeSet::new();
+    for entry in pinned
+        .map(std::fs::read_dir)
+        .transpose()?
+        .into_iter()
+        .flatten()
+    {
+        let path = entry?.path();
+        let path = path.to_str().context("a pin's path is UTF-8")?;
+        let map = bpftool_json(&["map", "show", "pinned", path])?;
+        maps.extend(map["id"].as_u64());
+    }
     for id in ids {
         let program = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
         maps.extend(

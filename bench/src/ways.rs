@@ -241,7 +241,7 @@ impl Prepared {
 
     fn add_scopes(&self, total: usize) -> anyhow::Result<()> {
         let setup = self.setup.as_ref().context("the netbpf way has an agent")?;
-        let maps = setup.pin_dir.join(format!("maps-v{MAP_LAYOUT}"));
+        let maps = maps_dir(setup);
         let open = |name: &str| -> anyhow::Result<aya::maps::MapData> {
             aya::maps::MapData::from_pin(maps.join(name)).with_context(|| format!("map {name}"))
         };
@@ -343,12 +343,13 @@ impl Prepared {
         Ok(())
     }
 
-    /// Memory of the maps netbpf's programs use, from the kernel.
+    /// Memory of netbpf's maps (those its programs use, and the agent's
+    /// own pinned beside them), from the kernel.
     pub fn map_bytes(&self) -> anyhow::Result<u64> {
-        let Some(agent) = &self.agent else {
+        let (Some(agent), Some(setup)) = (&self.agent, &self.setup) else {
             return Ok(0);
         };
-        programs::maps_memory(agent.programs()?.into_values())
+        programs::maps_memory(agent.programs()?.into_values(), Some(&maps_dir(setup)))
     }
 
     /// Conntrack entries in the desktop's namespace.
@@ -362,6 +363,11 @@ impl Prepared {
             .parse()
             .with_context(|| format!("nf_conntrack_count is not a number: {count:?}"))
     }
+}
+
+/// Where the agent of `setup` pins its maps (those of this layout).
+fn maps_dir(setup: &AgentSetup) -> std::path::PathBuf {
+    setup.pin_dir.join(format!("maps-v{MAP_LAYOUT}"))
 }
 
 /// The servers on the gateway: TCP (one forwarded, one not), UDP echo

@@ -564,7 +564,7 @@ fn memory_section(text: &mut String, results: &Results) {
         text,
         "## Memory\n\n\
          The maps' memory as the kernel counts it (`bytes_memlock` of every map of netbpf's \
-         programs). Hash maps allocate their entries as they fill (only their buckets are reserved \
+         programs, and of the agent's own pinned beside them). Hash maps allocate their entries as they fill (only their buckets are reserved \
          at capacity); the per-CPU counter arrays are reserved at capacity; what each socket dialed \
          lives in the socket's own storage and is freed with it. Capacities are settings \
          (`[capacity]` in the agent's configuration, see [agent.md](agent.md#capacity)).\n\n\
