@@ -64,7 +64,7 @@ pub fn destroy(moved: &[Moved], scopes: &[ScopePlace], datapath: &Datapath) -> T
         let (cookie, sockets) = match listed {
             Ok(listed) => listed,
             Err(error) => {
-                tally.unlisted.push((namespace.path.clone(), error));
+                tally.unlisted.push((namespace.path().to_owned(), error));
                 continue;
             }
         };
@@ -99,7 +99,7 @@ pub fn destroy(moved: &[Moved], scopes: &[ScopePlace], datapath: &Datapath) -> T
                     }
                 }
             }
-            Err(error) => tally.unlisted.push((namespace.path.clone(), error)),
+            Err(error) => tally.unlisted.push((namespace.path().to_owned(), error)),
         }
     }
     tally

@@ -39,15 +39,18 @@ pub struct Owners {
 /// a scope has one): a process that exits meanwhile takes its path with
 /// it, and the next is tried.
 pub struct Namespace {
-    /// The path it was found at first.
-    pub path: PathBuf,
     /// Its identity: the device and inode of its nsfs file.
     id: (u64, u64),
-    /// Every path it was found at, in turn.
+    /// Every path it was found at, in turn (at least one).
     paths: Vec<PathBuf>,
 }
 
 impl Namespace {
+    /// The path it was found at first.
+    pub fn path(&self) -> &Path {
+        &self.paths[0]
+    }
+
     /// Runs `task` inside it; `NotFound` once nothing leads to it any more
     /// (its processes are gone, and their sockets with them).
     pub fn run<T: Send>(&self, task: impl FnOnce() -> T + Send) -> io::Result<T> {
@@ -74,7 +77,7 @@ impl Namespace {
             io::ErrorKind::NotFound,
             format!(
                 "nothing leads to {}'s network namespace any more",
-                self.path.display()
+                self.path().display()
             ),
         ))
     }
@@ -96,7 +99,6 @@ fn file_namespace(
     } else {
         index.insert(id, namespaces.len());
         namespaces.push(Namespace {
-            path: path.clone(),
             id,
             paths: vec![path],
         });

@@ -17,7 +17,7 @@ use netbpf_common::{
     GrantKey, GrantPath, Lookups, RuleSlotKey, ScopeGrant, ScopePort, ServiceKey, names,
 };
 
-use super::{Datapath, DatapathError, map_error};
+use super::{Datapath, DatapathError, map_error, pin_error};
 use crate::plan::{Plan, PortSet};
 
 /// The map of the agent's counter slots, beside the datapath's maps.
@@ -217,12 +217,7 @@ impl Datapath {
             HashMap::<MapData, RuleSlotKey, u32>::create(capacity, 0)
                 .map_err(map_error(RULE_SLOTS))?
                 .pin(&path)
-                .map_err(|error| {
-                    map_error(RULE_SLOTS)(aya::maps::MapError::PinError {
-                        name: Some(RULE_SLOTS.to_owned()),
-                        error,
-                    })
-                })?;
+                .map_err(pin_error(RULE_SLOTS))?;
         }
         let data = MapData::from_pin(&path).map_err(map_error(RULE_SLOTS))?;
         HashMap::try_from(Map::HashMap(data))

@@ -10,7 +10,7 @@ use aya::{
 };
 use netbpf_common::names::{self, Counters};
 
-use super::{Datapath, DatapathError, map_error, pins::Pins};
+use super::{Datapath, DatapathError, map_error, pin_error, pins::Pins};
 
 /// `BPF_MAP_TYPE_ARRAY`: the carried counts' type.
 const ARRAY: u32 = 2;
@@ -19,9 +19,10 @@ impl Datapath {
     /// Opens the carried counts' arrays pinned beside the maps, made (at
     /// zero) the first time, each with its counters' capacity.
     pub(super) fn open_carried(&mut self, pins: &Pins) -> Result<(), DatapathError> {
+        let maps = pins.maps_dir();
         for counters in names::COUNTERS {
             let name = counters.carried;
-            let capacity = MapInfo::from_pin(pins.maps_dir().join(counters.live.name))
+            let capacity = MapInfo::from_pin(maps.join(counters.live.name))
                 .map_err(map_error(counters.live.name))?
                 .max_entries();
             let expected = aya_obj::Map::new_from_params(
@@ -32,19 +33,14 @@ impl Datapath {
                 0,
             );
             pins.check_map(name, &expected)?;
-            let path = pins.maps_dir().join(name);
-            let data = if path.exists() {
-                MapData::from_pin(&path).map_err(map_error(name))?
-            } else {
-                let data = MapData::create(expected, name, None).map_err(map_error(name))?;
-                data.pin(&path).map_err(|error| {
-                    map_error(name)(aya::maps::MapError::PinError {
-                        name: Some(name.to_owned()),
-                        error,
-                    })
-                })?;
-                data
-            };
+            let path = maps.join(name);
+            if !path.exists() {
+                MapData::create(expected, name, None)
+                    .map_err(map_error(name))?
+                    .pin(&path)
+                    .map_err(pin_error(name))?;
+            }
+            let data = MapData::from_pin(&path).map_err(map_error(name))?;
             self.carried.push((counters, Map::Array(data)));
         }
         Ok(())
@@ -64,10 +60,11 @@ impl Datapath {
         let live: PerCpuArray<_, T> = self.map(name)?;
         let per_cpu = live.get(&index, 0).map_err(map_error(name))?;
         let summed = per_cpu.iter().fold(T::default(), |sum, cpu| sum + *cpu);
-        let Some(carried) = self.carried_map(counters) else {
+        let Some(at) = self.carried_at(counters) else {
             return Ok(summed);
         };
-        let carried: Array<_, T> = Array::try_from(carried).map_err(map_error(counters.carried))?;
+        let carried: Array<_, T> =
+            Array::try_from(&self.carried[at].1).map_err(map_error(counters.carried))?;
         let carried = carried
             .get(&index, 0)
             .map_err(map_error(counters.carried))?;
@@ -94,9 +91,9 @@ impl Datapath {
                 live.set(slot, zeros, 0).map_err(map_error(name))?;
             }
         }
-        if let Some((_, carried)) = self.carried.iter_mut().find(|(of, _)| *of == counters) {
+        if let Some(at) = self.carried_at(counters) {
             let mut carried: Array<_, T> =
-                Array::try_from(carried).map_err(map_error(counters.carried))?;
+                Array::try_from(&mut self.carried[at].1).map_err(map_error(counters.carried))?;
             for slot in slots {
                 carried
                     .set(slot, T::default(), 0)
@@ -106,11 +103,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// The carried counts of `counters`, when the datapath is pinned.
-    fn carried_map(&self, counters: Counters) -> Option<&Map> {
-        self.carried
-            .iter()
-            .find(|(of, _)| *of == counters)
-            .map(|(_, map)| map)
+    /// Where the carried counts of `counters` are in `carried`, when the
+    /// datapath is pinned.
+    fn carried_at(&self, counters: Counters) -> Option<usize> {
+        self.carried.iter().position(|(of, _)| *of == counters)
     }
 }

@@ -71,10 +71,7 @@ pub fn copy_maps(old: &Path, new: &Path) -> io::Result<Vec<(String, Moved)>> {
 }
 
 fn copy_map(from: &Path, to: &Path) -> io::Result<Moved> {
-    let info =
-        |path: &Path| MapInfo::from_pin(path).map_err(|error| io::Error::other(error.to_string()));
-    let (old, new) = (info(from)?, info(to)?);
-    let raw_type = |info: &MapInfo| info.map_type().map_or(u32::MAX, |kind| kind as u32);
+    let (old, new) = (pinned_info(from)?, pinned_info(to)?);
     if raw_type(&old) == SOCKMAP {
         return Ok(Moved::Left("sockets are taken again".to_owned()));
     }
@@ -118,7 +115,6 @@ fn copy_map(from: &Path, to: &Path) -> io::Result<Moved> {
 
 /// Whether two maps have entries of the same type and sizes.
 fn same_shape(old: &MapInfo, new: &MapInfo) -> bool {
-    let raw_type = |info: &MapInfo| info.map_type().map_or(u32::MAX, |kind| kind as u32);
     raw_type(old) == raw_type(new)
         && old.key_size() == new.key_size()
         && old.value_size() == new.value_size()
@@ -131,8 +127,6 @@ fn same_shape(old: &MapInfo, new: &MapInfo) -> bool {
 /// counters carried. Only the agent writes the carried counts: no count
 /// of a program running meanwhile is lost.
 pub fn carry_counters(old: &Path, new: &Path) -> io::Result<Vec<&'static str>> {
-    let info =
-        |path: &Path| MapInfo::from_pin(path).map_err(|error| io::Error::other(error.to_string()));
     let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
     let mut carried = Vec::new();
     for counters in names::COUNTERS {
@@ -140,7 +134,7 @@ pub fn carry_counters(old: &Path, new: &Path) -> io::Result<Vec<&'static str>> {
         if !live.exists() || !carried_into.exists() {
             continue;
         }
-        let (live_info, into_info) = (info(&live)?, info(&carried_into)?);
+        let (live_info, into_info) = (pinned_info(&live)?, pinned_info(&carried_into)?);
         if live_info.value_size() > into_info.value_size() {
             tracing::warn!(
                 map = counters.live.name,
@@ -176,6 +170,16 @@ pub fn carry_counters(old: &Path, new: &Path) -> io::Result<Vec<&'static str>> {
         carried.push(counters.live.name);
     }
     Ok(carried)
+}
+
+/// What the kernel says of the map pinned at `path`.
+fn pinned_info(path: &Path) -> io::Result<MapInfo> {
+    MapInfo::from_pin(path).map_err(|error| io::Error::other(error.to_string()))
+}
+
+/// The map type of `info`, as the kernel numbers it.
+fn raw_type(info: &MapInfo) -> u32 {
+    info.map_type().map_or(u32::MAX, |kind| kind as u32)
 }
 
 /// Adds the `u64` words of `more` to the first ones of `sums`.

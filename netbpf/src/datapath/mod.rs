@@ -412,6 +412,16 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> DatapathError {
     move |source| DatapathError::Map { name, source }
 }
 
+/// The error of pinning the map `name`, which the agent made.
+fn pin_error(name: &'static str) -> impl Fn(aya::pin::PinError) -> DatapathError {
+    move |error| {
+        map_error(name)(MapError::PinError {
+            name: Some(name.to_owned()),
+            error,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
