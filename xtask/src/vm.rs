@@ -80,6 +80,8 @@ struct Outcome {
     failed: usize,
     /// Whether the binary exited 0 (None: it never finished).
     success: Option<bool>,
+    /// What its log says of its failure, when it did not succeed.
+    failure: Option<String>,
 }
 
 /// Runs the test binaries `tests` (all privileged ones when empty) on each
@@ -137,11 +139,9 @@ pub fn run(workspace: &Path, kernels: &[String], tests: &[String]) -> anyhow::Re
                     let log = format!("target/vm/{label}/{}.log", outcome.test);
                     // The log stays in the guest's output directory, which a
                     // CI run does not keep: what failed is printed here.
-                    let text = fs::read_to_string(workspace.join(&log)).unwrap_or_default();
-                    eprintln!(
-                        "\n==> {log}: how it failed\n{}",
-                        excerpt::test_failure(&text)
-                    );
+                    if let Some(failure) = &outcome.failure {
+                        eprintln!("\n==> {log}: how it failed\n{failure}");
+                    }
                     format!("{} on {label} ({log})", outcome.test)
                 })
         })
@@ -452,13 +452,15 @@ fn outcomes(binaries: &[(String, PathBuf)], out: &Path) -> Vec<Outcome> {
                     })
                     .sum()
             };
+            let success = fs::read_to_string(out.join(format!("{name}.rc")))
+                .ok()
+                .map(|code| code.trim() == "0");
             Outcome {
                 test: name.clone(),
                 passed: count("passed"),
                 failed: count("failed"),
-                success: fs::read_to_string(out.join(format!("{name}.rc")))
-                    .ok()
-                    .map(|code| code.trim() == "0"),
+                success,
+                failure: (success != Some(true)).then(|| excerpt::test_failure(&log)),
             }
         })
         .collect()

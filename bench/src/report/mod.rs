@@ -78,8 +78,8 @@ pub struct Results {
     pub start_window: Option<StartWindow>,
 }
 
-/// Runs before passes were measured in one.
-/// The default of a count the oldest raw figures lack: one.
+/// The default of a count the oldest raw figures lack (passes, the
+/// per-program costs' load factor): one.
 fn one() -> usize {
     1
 }
@@ -564,8 +564,8 @@ fn memory_section(text: &mut String, results: &Results) {
         text,
         "## Memory\n\n\
          The maps' memory as the kernel counts it (`bytes_memlock` of every map of netbpf's \
-         programs, and of the agent's own pinned beside them). Hash maps allocate their entries as they fill (only their buckets are reserved \
-         at capacity); the per-CPU counter arrays are reserved at capacity; what each socket dialed \
+         programs, and of the agent's own pinned beside them). Hash maps allocate their entries \
+         as they fill (only their buckets are reserved at capacity); the per-CPU counter arrays are reserved at capacity; what each socket dialed \
          lives in the socket's own storage and is freed with it. Capacities are settings \
          (`[capacity]` in the agent's configuration, see [agent.md](agent.md#capacity)).\n\n\
          | agent | memory |\n| --- | ---: |\n\
