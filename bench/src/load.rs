@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 /// on two, each exchange wakes the other CPU, which in this VM is a
 /// hypervisor exit that now and then waits for a scheduler tick: rounds
 /// many times slower than the rest, on any way. Every way runs pinned
-/// alike.
-const LOAD_CPU: usize = 0;
+/// alike, iperf3 too.
+pub const LOAD_CPU: usize = 0;
 
 /// Pins this process (a client or a server of the load) to [`LOAD_CPU`].
 pub fn pin() -> anyhow::Result<()> {

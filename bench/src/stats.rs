@@ -34,13 +34,7 @@ impl Summary {
     /// The ratios of `values` to `baseline`, round by round.
     #[must_use]
     pub fn of_ratios(values: &[f64], baseline: &[f64]) -> Self {
-        let ratios: Vec<f64> = values
-            .iter()
-            .zip(baseline)
-            .filter(|(_, base)| **base > 0.0)
-            .map(|(value, base)| value / base)
-            .collect();
-        Self::of(&ratios)
+        Self::of(&ratios(values, baseline))
     }
 
     /// The differences of `values` from `baseline`, round by round.
@@ -98,6 +92,18 @@ impl Summary {
             self.median, self.q1, self.q3
         )
     }
+}
+
+/// The ratios of `values` to `baseline`, round by round (a round whose
+/// baseline measured nothing has none).
+#[must_use]
+pub fn ratios(values: &[f64], baseline: &[f64]) -> Vec<f64> {
+    values
+        .iter()
+        .zip(baseline)
+        .filter(|(_, base)| **base > 0.0)
+        .map(|(value, base)| value / base)
+        .collect()
 }
 
 /// The `fraction` quantile of `sorted`, interpolated between the two

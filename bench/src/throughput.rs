@@ -9,7 +9,10 @@ use anyhow::Context as _;
 use netbpf_testenv::{Place, run_checked};
 use serde::{Deserialize, Serialize};
 
-use crate::ways::{Prepared, Way};
+use crate::{
+    load::LOAD_CPU,
+    ways::{Prepared, Way},
+};
 
 /// The MSS the clamps set.
 const CLAMP: u16 = 1200;
@@ -88,7 +91,8 @@ impl Clamp {
     }
 }
 
-/// One iperf3 run of `seconds` from the desktop to `target`; bits per
+/// One iperf3 run of `seconds` from the desktop to `target`, pinned
+/// with its server to [`LOAD_CPU`] like the rest of the load; bits per
 /// second received.
 pub fn iperf(prepared: &Prepared, target: &str, seconds: u32) -> anyhow::Result<f64> {
     let (host, port) = target.rsplit_once(':').context("a target is ADDR:PORT")?;
@@ -105,6 +109,8 @@ pub fn iperf(prepared: &Prepared, target: &str, seconds: u32) -> anyhow::Result<
                 "--time",
                 &seconds.to_string(),
                 "--json",
+                "--affinity",
+                &LOAD_CPU.to_string(),
             ],
         )?
         .output(Duration::from_secs(u64::from(seconds) + 30))?;

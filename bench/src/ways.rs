@@ -18,7 +18,10 @@ use netbpf_testenv::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{load::Measurement, programs};
+use crate::{
+    load::{LOAD_CPU, Measurement},
+    programs,
+};
 
 /// The port of the TCP server (and of its forward).
 pub const TCP_PORT: u16 = 8082;
@@ -401,6 +404,8 @@ fn start_servers(exe: &str, topology: &DesktopTopology) -> anyhow::Result<Vec<Pr
                 BRIDGE_V4,
                 "--port",
                 &IPERF_PORT.to_string(),
+                "--affinity",
+                &LOAD_CPU.to_string(),
             ],
         )?
         .start(&topology.file("iperf3.log"))?;

@@ -21,7 +21,7 @@ use crate::{
     programs::{Cost, TestRun},
     rounds::Rerun,
     start_window::StartWindow,
-    stats::Summary,
+    stats::{self, Summary},
     throughput::Clamp,
     ways::Way,
 };
@@ -302,15 +302,18 @@ fn page(runs: &[Results], results: &Results) -> String {
         kernel = machine.kernel,
     );
     text.push_str(METHOD);
+    let factor = match results.cost_load_factor {
+        1 => "a way's load".to_owned(),
+        factor => format!("{factor} times a way's load"),
+    };
     let _ = write!(
         text,
         "Each side of a per-program cost measures, in each round, {connections} TCP \
-         connections, {datagrams} UDP round trips and {connections} binds ({factor} times a \
-         way's load): a round's figure is the mean of that many runs of each program, so a run \
-         that the hypervisor delays by microseconds moves it little.\n\n",
+         connections, {datagrams} UDP round trips and {connections} binds ({factor}): a round's \
+         figure is the mean of that many runs of each program, so a run that the hypervisor \
+         delays by microseconds moves it little.\n\n",
         connections = results.connections * results.cost_load_factor,
         datagrams = results.datagrams * results.cost_load_factor,
-        factor = results.cost_load_factor,
     );
     if results.passes > 1 {
         let _ = write!(
@@ -386,15 +389,18 @@ runs: their `tcp`, `udp`, `scaling`, `programs`, `test_runs`, `forward_throughpu
 `clamp_throughput`, `memory`, `verifier`, `designs`, `agent`, `start_window` and `reruns` fields.\n";
 
 pub(super) fn median_ratio(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Summary {
-    let baseline = results
-        .get(&Way::Direct)
-        .map(|rounds| series(rounds, per_second))
-        .unwrap_or_default();
-    let values = results
-        .get(&way)
-        .map(|rounds| series(rounds, per_second))
-        .unwrap_or_default();
-    Summary::of_ratios(&values, &baseline)
+    Summary::of(&rate_ratios(results, way))
+}
+
+/// `way`'s connection rate over no program's, round by round.
+pub(super) fn rate_ratios(results: &BTreeMap<Way, Vec<Measurement>>, way: Way) -> Vec<f64> {
+    let of = |way: Way| {
+        results
+            .get(&way)
+            .map(|rounds| series(rounds, per_second))
+            .unwrap_or_default()
+    };
+    stats::ratios(&of(way), &of(Way::Direct))
 }
 
 pub(super) fn throughput_ratio<K: Ord>(
