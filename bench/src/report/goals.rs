@@ -6,9 +6,11 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use netbpf_common::names::program;
 
 use super::{
-    ProgramCosts, Results, ScalePoint, agent, median_ratio, net, rate_ratios, throughput_ratio,
+    ProgramCosts, Results, ScalePoint, agent, median_time_ratios, net, p50_us, throughput_ratio,
+    way_series,
 };
 use crate::{
+    load::Measurement,
     programs::Cost,
     stats::{Bound, Summary, Verdict},
     throughput::Clamp,
@@ -226,6 +228,23 @@ fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {
     )
 }
 
+/// What netbpf adds to the median connection, and the rounds' spread.
+fn median_connection(tcp: &BTreeMap<Way, Vec<Measurement>>, ratio: &Summary) -> String {
+    let median_us = |way: Way| Summary::of(&way_series(tcp, way, p50_us)).median;
+    let (direct, netbpf) = (median_us(Way::Direct), median_us(Way::Netbpf));
+    format!(
+        "The median connection takes {direct:.1} µs with no program and {netbpf:.1} µs with \
+         netbpf: its programs (connect4, getpeer4 and the release hook, and the kernel's calls to \
+         them) add about {:.0} ns to each. The rounds' ratios range from {:.3} to {:.3} \
+         (interquartile {:.3}–{:.3}).",
+        (netbpf - direct) * 1000.0,
+        ratio.min,
+        ratio.max,
+        ratio.q1,
+        ratio.q3
+    )
+}
+
 /// Every goal of the issue, with what this run measured.
 pub(super) fn goals(results: &Results) -> Vec<Goal> {
     let cpus = results.machine.cpus;
@@ -262,14 +281,14 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
                 .to_owned(),
         ));
     }
-    let ratio = median_ratio(&results.tcp, Way::Netbpf);
+    let ratio = Summary::of(&median_time_ratios(&results.tcp, Way::Netbpf));
     goals.push(Goal::judged(
-        "connections per second, netbpf / no program".to_owned(),
+        "connections per second at the median connection, netbpf / no program".to_owned(),
         Bound::AtLeast(0.99),
         &ratio,
         3,
         "",
-        ratio_of_rounds(&ratio, cpus),
+        median_connection(&results.tcp, &ratio),
     ));
     goals.extend(scaling_goal(results));
     if let Some(ns) = results
@@ -318,12 +337,12 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
 /// are of one pass, on its topologies.
 fn scaling_goal(results: &Results) -> Option<Goal> {
     let (first, last) = (results.scaling.first()?, results.scaling.last()?);
-    let at = |point: &ScalePoint| rate_ratios(&point.connections, Way::Netbpf);
+    let at = |point: &ScalePoint| median_time_ratios(&point.connections, Way::Netbpf);
     let change = Summary::of_ratios(&at(last), &at(first)).map(|ratio| (ratio - 1.0) * 100.0);
     Some(Goal::judged(
         format!(
-            "netbpf's connection rate from {} to {} other containers (ratio to no program): its \
-             change",
+            "netbpf's connection rate from {} to {} other containers (ratio to no program at the \
+             median connection): its change",
             first.others, last.others
         ),
         Bound::WithinOf(5.0),
@@ -370,7 +389,11 @@ pub(super) fn section(text: &mut String, runs: &[Results]) {
          noise* when the target lies inside the range (this machine's noise is larger than what \
          the goal asks to resolve). A figure measured once has no range. Each cell: median \
          (interquartile range), verdict. A figure is judged as it is shown, at its decimals: \
-         a range shown as 20–22 ns holds a target of 20 ns.\n\n| goal | target |",
+         a range shown as 20–22 ns holds a target of 20 ns. The connection rate's goals compare \
+         each round's median connection time: a round's rate (its connections over its time) \
+         also holds this VM's stalls, which fall on the slowest connections of any way and spread \
+         the rounds' rate ratios several times wider than their median times' ratios; the rates \
+         themselves are in the tables below.\n\n| goal | target |",
     );
     for run in 1..=runs.len() {
         let _ = write!(text, " run {run} |");
@@ -451,23 +474,21 @@ fn verdict_cell(verdict: Verdict) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::Measurement;
 
-    /// A run whose TCP rounds give netbpf `ratios` of no program's rate.
+    /// A run whose TCP rounds give netbpf `ratios` of no program's speed
+    /// at the median connection.
     fn run_with_ratios(ratios: &[f64]) -> Results {
-        let rate = |per_second| Measurement {
-            per_second,
-            p50_us: 100.0,
+        let round = |speed: f64| Measurement {
+            per_second: 1000.0 * speed,
+            p50_us: 100.0 / speed,
             p99_us: 200.0,
             retransmits: 0,
         };
         let mut run = Results::default();
         run.tcp
-            .insert(Way::Direct, ratios.iter().map(|_| rate(1000.0)).collect());
-        run.tcp.insert(
-            Way::Netbpf,
-            ratios.iter().map(|ratio| rate(1000.0 * ratio)).collect(),
-        );
+            .insert(Way::Direct, ratios.iter().map(|_| round(1.0)).collect());
+        run.tcp
+            .insert(Way::Netbpf, ratios.iter().copied().map(round).collect());
         run
     }
 
@@ -479,7 +500,7 @@ mod tests {
 
     #[test]
     fn the_runs_agree_only_on_the_same_verdict() {
-        const RATE: &str = "connections per second, netbpf / no program";
+        const RATE: &str = "connections per second at the median connection, netbpf / no program";
         let met = run_with_ratios(&[1.0, 1.01, 1.02, 1.0, 1.01]);
         let noisy = run_with_ratios(&[0.95, 1.0, 1.03, 0.97, 1.02]);
         let mut page = String::new();
