@@ -33,10 +33,11 @@ struct Plan {
     /// Rounds of each measurement in a pass.
     rounds: usize,
     /// TCP connections (UDP round trips) of a way in a round. A round's
-    /// rate is over all of them: this VM now and then stalls for tens of
-    /// milliseconds, and the longer the round, the less one stall moves
-    /// it (5000 connections, a quarter of a second, moved the rounds'
-    /// ratios by up to 15%).
+    /// rate is over all of them, and this VM's stalls move it: with 5000
+    /// (a quarter of a second) the rounds' rate ratios ranged over ±15%,
+    /// with 20000 still over ±10%, so the connection goals compare the
+    /// rounds' median connection times instead; the longer rounds give
+    /// those medians, and the per-program costs, more connections.
     connections: usize,
     datagrams: usize,
     iperf_seconds: u32,
