@@ -38,6 +38,32 @@ impl Cgroup {
         &self.path
     }
 
+    /// Moves process `pid`, every thread of it, into this cgroup.
+    pub fn adopt(&self, pid: u32) -> anyhow::Result<()> {
+        let procs = self.path.join("cgroup.procs");
+        fs::write(&procs, pid.to_string())
+            .with_context(|| format!("moving process {pid} into {}", procs.display()))
+    }
+
+    /// The CPU time (user and system) the processes of this cgroup used
+    /// while in it, to the microsecond, their exited threads included:
+    /// `usage_usec` of its `cpu.stat`, which cgroup v2 keeps for every
+    /// cgroup, the cpu controller enabled or not.
+    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
+        let stat_path = self.path.join("cpu.stat");
+        let stat = fs::read_to_string(&stat_path)
+            .with_context(|| format!("reading {}", stat_path.display()))?;
+        let usage = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))
+            .with_context(|| format!("{} has no usage_usec", stat_path.display()))?;
+        let micros = usage
+            .trim()
+            .parse()
+            .with_context(|| format!("usage_usec of {}: {usage:?}", stat_path.display()))?;
+        Ok(Duration::from_micros(micros))
+    }
+
     /// The cgroup as runtimes' `--cgroup-parent` takes it: its path from
     /// the root of the cgroup v2 hierarchy.
     pub fn runtime_parent(&self) -> anyhow::Result<String> {
