@@ -40,6 +40,9 @@ struct Plan {
     /// those medians, and the per-program costs, more connections.
     connections: usize,
     datagrams: usize,
+    /// iperf3 runs of `iperf_seconds` per path and round, the paths
+    /// taking turns run by run.
+    iperf_runs: usize,
     iperf_seconds: u32,
     scaling: &'static [usize],
     test_run_repeat: u32,
@@ -70,7 +73,8 @@ const FULL: Plan = Plan {
     rounds: 3,
     connections: 20_000,
     datagrams: 40_000,
-    iperf_seconds: 5,
+    iperf_runs: 5,
+    iperf_seconds: 1,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
     cost_load_factor: 1,
@@ -88,7 +92,8 @@ const QUICK: Plan = Plan {
     rounds: 3,
     connections: 2000,
     datagrams: 4000,
-    iperf_seconds: 2,
+    iperf_runs: 2,
+    iperf_seconds: 1,
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,
     cost_load_factor: 2,
@@ -120,10 +125,10 @@ impl Plan {
                 }
             })
             .sum::<usize>();
-        // Per round: each way's TCP, UDP and iperf3 and its TCP at each
-        // scaling point, the clamps' iperf3, the host-service check's two
-        // policies and the designs.
-        let per_round = Way::ALL.len() * (3 + self.scaling.len()) + 1 + 2 + designs;
+        // Per round: each way's TCP and UDP and its TCP at each scaling
+        // point, the ways' and the clamps' iperf3, the host-service
+        // check's two policies and the designs.
+        let per_round = Way::ALL.len() * (2 + self.scaling.len()) + 2 + 2 + designs;
         let agent = self.agent_rounds
             * (self.agent_sizes.len() + usize::from(self.docker_containers.is_some()));
         // Setting up the ways, the clamps and the host-service check, the
@@ -194,6 +199,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         cost_load_factor: plan.cost_load_factor,
         rounds: plan.passes * plan.rounds,
         passes: plan.passes,
+        iperf_runs: plan.iperf_runs,
         iperf_seconds: plan.iperf_seconds,
         test_runs,
         verifier,
@@ -309,17 +315,11 @@ impl Pass<'_> {
     fn forward_throughput(&self, ways: &[Prepared]) -> anyhow::Result<Rounds<Way, f64>> {
         let what = "iperf3 through the forward";
         self.rounds(what, Way::label, &BITS_FIGURES, |round| {
-            rounds::in_turn(ways, round)
-                .map(|prepared| {
-                    let way = prepared.way;
-                    self.step(format!("{what}, round {round}: {}", way.label()))?;
-                    let target = prepared.target(IPERF_PORT);
-                    Ok((
-                        way,
-                        throughput::iperf(prepared, &target, self.plan.iperf_seconds)?,
-                    ))
-                })
-                .collect()
+            self.step(format!("{what}, round {round}"))?;
+            let paths: Vec<_> = rounds::in_turn(ways, round)
+                .map(|prepared| (prepared.way, prepared, prepared.target(IPERF_PORT)))
+                .collect();
+            self.iperf(&paths)
         })
     }
 
@@ -334,15 +334,16 @@ impl Pass<'_> {
         let what = "iperf3 across the MSS clamps";
         self.rounds(what, Clamp::label, &BITS_FIGURES, |round| {
             self.step(format!("{what}, round {round}"))?;
-            rounds::in_turn(&clamps, round)
-                .map(|(clamp, prepared)| {
-                    Ok((
-                        *clamp,
-                        throughput::iperf(prepared, &gateway, self.plan.iperf_seconds)?,
-                    ))
-                })
-                .collect()
+            let paths: Vec<_> = rounds::in_turn(&clamps, round)
+                .map(|(clamp, prepared)| (*clamp, prepared, gateway.clone()))
+                .collect();
+            self.iperf(&paths)
         })
+    }
+
+    /// A round of iperf3 over `paths`, as the plan says.
+    fn iperf<K: Copy>(&self, paths: &[(K, &Prepared, String)]) -> anyhow::Result<Vec<(K, f64)>> {
+        throughput::in_turns(paths, self.plan.iperf_runs, self.plan.iperf_seconds)
     }
 
     /// The plan's rounds of `measure_round`, stalled rounds measured again

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     load::LOAD_CPU,
+    stats::Summary,
     ways::{Prepared, Way},
 };
 
@@ -91,10 +92,36 @@ impl Clamp {
     }
 }
 
+/// A round of iperf3 over `paths` (each a way, its topology and the
+/// target its desktop dials): `runs` runs of `seconds` each, the paths
+/// taking turns run by run; each path's figure is the median of its runs.
+/// On this VM one TCP connection's throughput differs from the next's by
+/// a percent or two, as much as the goals ask to resolve: five runs of a
+/// second took their median's spread to a third of one run's of five
+/// seconds, in the same time, and a second the VM stalls in moves one run
+/// of each path's, not the figure.
+pub fn in_turns<K: Copy>(
+    paths: &[(K, &Prepared, String)],
+    runs: usize,
+    seconds: u32,
+) -> anyhow::Result<Vec<(K, f64)>> {
+    let mut by_path = vec![Vec::with_capacity(runs); paths.len()];
+    for _ in 0..runs {
+        for ((_, prepared, target), figures) in paths.iter().zip(&mut by_path) {
+            figures.push(iperf(prepared, target, seconds)?);
+        }
+    }
+    Ok(paths
+        .iter()
+        .zip(by_path)
+        .map(|((key, ..), figures)| (*key, Summary::of(&figures).median))
+        .collect())
+}
+
 /// One iperf3 run of `seconds` from the desktop to `target`, pinned
 /// with its server to [`LOAD_CPU`] like the rest of the load; bits per
 /// second received.
-pub fn iperf(prepared: &Prepared, target: &str, seconds: u32) -> anyhow::Result<f64> {
+fn iperf(prepared: &Prepared, target: &str, seconds: u32) -> anyhow::Result<f64> {
     let (host, port) = target.rsplit_once(':').context("a target is ADDR:PORT")?;
     let output = prepared
         .topology

@@ -45,6 +45,10 @@ pub struct Results {
     /// Passes the rounds were spread over, each on topologies built anew.
     #[serde(default = "one")]
     pub passes: usize,
+    /// iperf3 runs per path and round (raw figures from before they were
+    /// counted ran one).
+    #[serde(default = "one")]
+    pub iperf_runs: usize,
     pub iperf_seconds: u32,
     /// TCP connections through the forward, round by round.
     pub tcp: BTreeMap<Way, Vec<Measurement>>,
@@ -614,10 +618,14 @@ fn throughput_section(text: &mut String, results: &Results) {
     let _ = write!(
         text,
         "## Throughput\n\n\
-         iperf3 for {} s per round from the desktop, its client and server pinned to the load's \
-         CPU: through the forward, and straight to the gateway across a bridge that clamps the \
-         MSS of handshakes (every packet crosses the clamp, so this measures its fast path).\n\n| path | way | Gbit/s | vs. none |\n| --- | --- | ---: | ---: |\n",
-        results.iperf_seconds
+         iperf3 from the desktop, its client and server pinned to the load's CPU: through the \
+         forward, and straight to the gateway across a bridge that clamps the MSS of handshakes \
+         (every packet crosses the clamp, so this measures its fast path). Each round runs it \
+         {} times for {} s on each path, the paths taking turns run by run, and a path's figure \
+         in the round is the median of its runs: one TCP connection's throughput here differs \
+         from the next's by a percent or two, and a second this VM stalls in moves one run, not \
+         the figure.\n\n| path | way | Gbit/s | vs. none |\n| --- | --- | ---: | ---: |\n",
+        results.iperf_runs, results.iperf_seconds
     );
     throughput_rows(
         text,
