@@ -164,8 +164,8 @@ pub(super) fn section(text: &mut String, results: &Results) {
          from its pin every 10 ms, holds every instance (or none): the agent's word is never \
          taken for it. CPU time (user and system, every thread) comes from a cgroup the agent \
          is moved into, to the microsecond (`/proc` counts 10 ms ticks, a seventh of the agent's \
-         CPU at 1,000 cgroups), and RSS from `/proc`; CPU per event is the agent's CPU over the appearances and the removals, divided by their \
-         number. A new agent each round (release build); sizes take turns round by round; each \
+         CPU at 1,000 cgroups), and RSS from `/proc`; CPU per event is the agent's CPU over the \
+         appearances and the removals, divided by their number. A new agent each round (release build); sizes take turns round by round; each \
          figure is the median of the rounds with their range.\n\n\
          | workloads | N | all applied after the last appears | all gone after the last goes | CPU per event | RSS start | RSS loaded | RSS a second after | reload of N scopes | `netbpf check` of N scopes |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
