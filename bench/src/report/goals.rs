@@ -229,19 +229,19 @@ fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {
 }
 
 /// What netbpf adds to the median connection, and the rounds' spread.
-fn median_connection(tcp: &BTreeMap<Way, Vec<Measurement>>, ratio: &Summary) -> String {
+fn median_connection(
+    tcp: &BTreeMap<Way, Vec<Measurement>>,
+    ratio: &Summary,
+    cpus: usize,
+) -> String {
     let median_us = |way: Way| Summary::of(&way_series(tcp, way, p50_us)).median;
     let (direct, netbpf) = (median_us(Way::Direct), median_us(Way::Netbpf));
     format!(
         "The median connection takes {direct:.1} µs with no program and {netbpf:.1} µs with \
          netbpf: its programs (connect4, getpeer4 and the release hook, and the kernel's calls to \
-         them) add about {:.0} ns to each. The rounds' ratios range from {:.3} to {:.3} \
-         (interquartile {:.3}–{:.3}).",
+         them) add about {:.0} ns to each. {}",
         (netbpf - direct) * 1000.0,
-        ratio.min,
-        ratio.max,
-        ratio.q1,
-        ratio.q3
+        ratio_of_rounds(ratio, cpus)
     )
 }
 
@@ -288,7 +288,7 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
         &ratio,
         3,
         "",
-        median_connection(&results.tcp, &ratio),
+        median_connection(&results.tcp, &ratio, cpus),
     ));
     goals.extend(scaling_goal(results));
     if let Some(ns) = results
