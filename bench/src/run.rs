@@ -41,7 +41,9 @@ struct Plan {
     connections: usize,
     datagrams: usize,
     /// iperf3 runs of `iperf_seconds` per path and round, the paths
-    /// taking turns run by run.
+    /// taking turns run by run: a multiple of the three paths of a
+    /// measurement, so that each path runs as often in each place of a
+    /// turn.
     iperf_runs: usize,
     iperf_seconds: u32,
     scaling: &'static [usize],
@@ -73,7 +75,7 @@ const FULL: Plan = Plan {
     rounds: 3,
     connections: 20_000,
     datagrams: 40_000,
-    iperf_runs: 5,
+    iperf_runs: 6,
     iperf_seconds: 1,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
@@ -92,7 +94,7 @@ const QUICK: Plan = Plan {
     rounds: 3,
     connections: 2000,
     datagrams: 4000,
-    iperf_runs: 2,
+    iperf_runs: 3,
     iperf_seconds: 1,
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,

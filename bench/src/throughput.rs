@@ -94,7 +94,11 @@ impl Clamp {
 
 /// A round of iperf3 over `paths` (each a way, its topology and the
 /// target its desktop dials): `runs` runs of `seconds` each, the paths
-/// taking turns run by run; each path's figure is the median of its runs.
+/// taking turns run by run, each turn starting from the next path so that
+/// no path always runs first or after the same one (a run right after
+/// another can be a percent slower or faster than after a pause, as much
+/// as the goals ask to resolve); each path's figure is the median of its
+/// runs.
 /// On this VM one TCP connection's throughput differs from the next's by
 /// a percent or two, as much as the goals ask to resolve: five runs of a
 /// second took their median's spread to a third of one run's of five
@@ -106,9 +110,10 @@ pub fn in_turns<K: Copy>(
     seconds: u32,
 ) -> anyhow::Result<Vec<(K, f64)>> {
     let mut by_path = vec![Vec::with_capacity(runs); paths.len()];
-    for _ in 0..runs {
-        for ((_, prepared, target), figures) in paths.iter().zip(&mut by_path) {
-            figures.push(iperf(prepared, target, seconds)?);
+    for run in 0..runs {
+        for index in (0..paths.len()).map(|turn| (run + turn) % paths.len()) {
+            let (_, prepared, target) = &paths[index];
+            by_path[index].push(iperf(prepared, target, seconds)?);
         }
     }
     Ok(paths

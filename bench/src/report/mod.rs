@@ -621,8 +621,9 @@ fn throughput_section(text: &mut String, results: &Results) {
          iperf3 from the desktop, its client and server pinned to the load's CPU: through the \
          forward, and straight to the gateway across a bridge that clamps the MSS of handshakes \
          (every packet crosses the clamp, so this measures its fast path). Each round runs it \
-         {} times for {} s on each path, the paths taking turns run by run, and a path's figure \
-         in the round is the median of its runs: one TCP connection's throughput here differs \
+         {} times for {} s on each path, the paths taking turns run by run (each turn starting \
+         from the next path, so that none always runs first or after the same one), and a \
+         path's figure in the round is the median of its runs: one TCP connection's throughput here differs \
          from the next's by a percent or two, and a second this VM stalls in moves one run, not \
          the figure.\n\n| path | way | Gbit/s | vs. none |\n| --- | --- | ---: | ---: |\n",
         results.iperf_runs, results.iperf_seconds
