@@ -24,7 +24,7 @@ pub const PROTO_UDP: u8 = 17;
 /// Version of the layout of every map: bump it whenever a map's key,
 /// value, type or meaning changes. Pinned maps live in a directory named
 /// after it (`maps-vN`), so an agent never uses maps of another layout.
-pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 9 } else { 8 };
+pub const MAP_LAYOUT: u32 = if cfg!(feature = "next-layout") { 10 } else { 9 };
 
 /// Capacity of the cgroup and netns scope maps, each.
 pub const MAX_SCOPES: u32 = 4096;
@@ -339,7 +339,7 @@ impl ForwardTarget {
 
 /// An address and port as the kernel's socket hooks see them.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SockAddr {
     /// Address in network order; IPv4 in `addr[0]`, the rest zero.
     pub addr: [u32; 4],
@@ -419,21 +419,41 @@ pub struct AliasedAddr {
     pub family: u16,
 }
 
+/// Bit of a derived peer's instance ([`DerivedPeerKey::new`]) that says it
+/// is a network namespace's cookie, not a cgroup id: neither comes near it
+/// (a cgroup id is a 32-bit inode number and its generation, a cookie a
+/// count from 1).
+pub const INSTANCE_NETNS: u64 = 1 << 63;
+
 /// Key of the derived peers: a TCP peer (the target of a forward, in its
-/// own family) of a scope's sockets.
+/// own family) of the sockets of one scope instance. Keyed by instance,
+/// not scope: a task in the cgroup of an instance finds its entry in one
+/// lookup, before (and instead of) its scope.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DerivedPeerKey {
-    pub scope: u32,
-    /// Network order; IPv4 in `addr[0]`.
-    pub addr: [u32; 4],
-    /// Network order, as the socket hooks read it.
-    pub port: u16,
-    pub family: u16,
+    /// A cgroup id, or a network namespace cookie with [`INSTANCE_NETNS`]
+    /// set.
+    pub instance: u64,
+    /// The peer, in its own family.
+    pub peer: SockAddr,
+    _pad: u32,
 }
 
-/// What a scope's TCP socket whose peer is a [`DerivedPeerKey`] dialed:
-/// the loopback address of the peer's family, at this port.
+impl DerivedPeerKey {
+    /// The key of `peer` of `instance`.
+    #[must_use]
+    pub const fn new(instance: u64, peer: SockAddr) -> Self {
+        Self {
+            instance,
+            peer,
+            _pad: 0,
+        }
+    }
+}
+
+/// What a scope instance's TCP socket whose peer is a [`DerivedPeerKey`]
+/// dialed: the loopback address of the peer's family, at this port.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DerivedPeer {
@@ -728,7 +748,7 @@ const _: () = assert!(size_of::<ScopePort>() == 8);
 const _: () = assert!(size_of::<RuleStats>() == 48);
 const _: () = assert!(size_of::<ScopeEntry>() == 8);
 const _: () = assert!(size_of::<Lookups>() == 64);
-const _: () = assert!(size_of::<DerivedPeerKey>() == 24);
+const _: () = assert!(size_of::<DerivedPeerKey>() == 32);
 const _: () = assert!(size_of::<DerivedPeer>() == 8);
 const _: () = assert!(size_of::<MssConfig>() == 8);
 const _: () = assert!(size_of::<AliasKey>() == 28);

@@ -320,20 +320,21 @@ fn derivable(lookups: &Lookups, peer: &SockAddr, family: u16) -> Option<([u32; 4
 }
 
 /// The derived peer of `peer` (as the socket of `ctx` sees it) for the
-/// caller's scope, if `peer` is one.
+/// caller's scope instance, if `peer` is one: one lookup by the task's
+/// cgroup when that is the instance's, as for a forward by cgroup.
 #[inline(always)]
 fn derived_peer(ctx: *mut bpf_sock_addr, peer: &SockAddr, family: u16) -> Option<DerivedPeer> {
     let lookups = scope::lookups()?;
     let (addr, family) = derivable(lookups, peer, family)?;
-    let scope = scope::current(ctx.cast(), lookups)?;
-    let key = DerivedPeerKey {
-        scope: scope.id,
+    let peer = SockAddr {
         addr,
         port: peer.port,
         family,
     };
-    // SAFETY: the value is copied out at once.
-    unsafe { DERIVED_PEERS.get(key) }.copied()
+    scope::by_instance(ctx.cast(), lookups, |instance| {
+        // SAFETY: the value is copied out at once.
+        unsafe { DERIVED_PEERS.get(DerivedPeerKey::new(instance, peer)) }.copied()
+    })
 }
 
 /// A TCP socket of `ctx` connects, unrewritten, to `peer` (as it sees it):

@@ -36,9 +36,9 @@ pub static NETNS_SCOPES: HashMap<u64, ScopeEntry> =
 #[map]
 pub static LOOKUPS: Array<Lookups> = Array::with_max_entries(1, 0);
 
-/// (scope, TCP peer) -> the localhost port its sockets dialed, for the
-/// forwards whose peer nothing else of the scope reaches through a forward:
-/// `getpeername()` derives what they dialed from it.
+/// (scope instance, TCP peer) -> the localhost port its sockets dialed,
+/// for the forwards whose peer nothing else of the scope reaches through a
+/// forward: `getpeername()` derives what they dialed from it.
 #[map]
 pub static DERIVED_PEERS: HashMap<DerivedPeerKey, DerivedPeer> =
     HashMap::with_max_entries(MAX_DERIVED_PEERS, ON_DEMAND);

@@ -4,7 +4,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie};
-use netbpf_common::{LOOKUP_NETNS_SCOPES, Lookups, MAX_SCOPE_LEVELS, ScopeEntry};
+use netbpf_common::{INSTANCE_NETNS, LOOKUP_NETNS_SCOPES, Lookups, MAX_SCOPE_LEVELS, ScopeEntry};
 
 use crate::maps::{CGROUP_SCOPES, LOOKUPS, NETNS_SCOPES};
 
@@ -74,6 +74,68 @@ pub fn of(ctx: *mut c_void, lookups: &Lookups, deepest: Option<Deepest>) -> Opti
     let cookie = unsafe { bpf_get_netns_cookie(ctx) };
     // SAFETY: the value is copied out at once.
     unsafe { NETNS_SCOPES.get(cookie) }.copied()
+}
+
+/// What `find` gives for the scope instance of the current task and
+/// `ctx`'s network namespace, from a map keyed by instance: `find` takes
+/// a cgroup id, or a namespace cookie with [`INSTANCE_NETNS`] set. The
+/// task's cgroup at the deepest level is tried first, by `find` alone: a
+/// task of an instance's cgroup finds its entry in one lookup, before
+/// (and instead of) its scope. Only past a miss is the instance looked
+/// for as [`current`] looks for the scope.
+#[inline(always)]
+pub fn by_instance<T>(
+    ctx: *mut c_void,
+    lookups: &Lookups,
+    find: impl Fn(u64) -> Option<T>,
+) -> Option<T> {
+    let (id, shallower) = deepest(lookups).map_or((0, 0), |at| (at.id, at.shallower));
+    if id != 0
+        && let Some(found) = find(id)
+    {
+        return Some(found);
+    }
+    let netns = lookups.flags & LOOKUP_NETNS_SCOPES != 0;
+    // On a node whose scopes are all cgroups at one depth, that cgroup was
+    // the only instance the task could be in.
+    if shallower == 0 && !netns {
+        return None;
+    }
+    match other_instance(ctx, id, shallower, netns) {
+        0 => None,
+        instance => find(instance),
+    }
+}
+
+/// The scope instance of the current task and `ctx`'s namespace when it
+/// is not the task's cgroup `deepest` (0 if the task is not that deep),
+/// which is no instance or the caller would have found its entry: a
+/// registered cgroup at a `shallower` level, else the namespace (if
+/// `netns` scopes exist), with [`INSTANCE_NETNS`] set. 0 when there is
+/// none, `deepest` being a scope's. A function of its own (a BPF-to-BPF
+/// call) returning one number: the verifier walks its ways once, and the
+/// caller's rest once after it.
+#[inline(never)]
+fn other_instance(ctx: *mut c_void, deepest: u64, shallower: u64, netns: bool) -> u64 {
+    // SAFETY: the value is only tested for presence.
+    if deepest != 0 && unsafe { CGROUP_SCOPES.get(deepest) }.is_some() {
+        return 0;
+    }
+    if shallower != 0
+        && let Some(scope) = by_cgroup(shallower)
+    {
+        // Its cgroup: the task's ancestor at the scope's level. (The call
+        // returns the scope alone: returning the id too took the
+        // verifier's work on every program that finds a scope to twice.)
+        // SAFETY: a helper without pointer arguments.
+        return unsafe { bpf_get_current_ancestor_cgroup_id(i32::from(scope.level)) };
+    }
+    if !netns {
+        return 0;
+    }
+    // SAFETY: `ctx` is the program's context, as the helper requires.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx) };
+    cookie | INSTANCE_NETNS
 }
 
 /// The scope of the deepest registered ancestor of the task's cgroup,

@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use netbpf_testenv::{
-    BRIDGE_V4, DesktopTopology, NetbpfRun, Place, doctor, doctor_config, findings, netbpf_binary,
-    proposed_policy, require_root, wait_for_listener,
+    BRIDGE_V4, Cgroup, DesktopTopology, NetbpfRun, Place, Site, doctor, doctor_config, findings,
+    netbpf_binary, proposed_policy, require_root, wait_for_listener,
 };
 use serde_json::{Value, json};
 
@@ -32,9 +32,15 @@ impl Setup {
 
     /// netbpf with `forwards` for a scope that matches `selector`.
     fn start(topology: DesktopTopology, selector: &str, forwards: &str) -> Self {
-        let policy = format!(
-            "version = 1\n\n[[scope]]\nname = \"desktop\"\nmatch = {{ {selector} }}\nforward = [\n{forwards}\n]\n"
+        let scope = format!(
+            "[[scope]]\nname = \"desktop\"\nmatch = {{ {selector} }}\nforward = [\n{forwards}\n]\n"
         );
+        Self::with_scopes(topology, &scope)
+    }
+
+    /// netbpf with a policy of `scopes` (its `[[scope]]` tables).
+    fn with_scopes(topology: DesktopTopology, scopes: &str) -> Self {
+        let policy = format!("version = 1\n\n{scopes}");
         let file = topology.file("policy.toml");
         std::fs::write(&file, policy).unwrap();
         let netbpf = NetbpfRun::start(
@@ -87,14 +93,16 @@ fn new_topology() -> DesktopTopology {
 
 /// Runs tests/scripts/probe.py at `place`; returns its JSON report.
 fn probe(topology: &DesktopTopology, place: Place, args: &[&str]) -> Value {
-    let output = topology
-        .spawn_probe(place, args)
-        .unwrap()
-        .output(TIMEOUT)
-        .unwrap();
+    probe_at(topology.site(place), args)
+}
+
+/// Runs tests/scripts/probe.py at `site`; returns its JSON report.
+fn probe_at(site: Site<'_>, args: &[&str]) -> Value {
+    let output = site.spawn_probe(args).unwrap().output(TIMEOUT).unwrap();
     assert!(
         output.status.success(),
-        "probe {args:?} at {place:?} failed: {}",
+        "probe {args:?} in {} failed: {}",
+        site.cgroup.path().display(),
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
@@ -286,6 +294,50 @@ fn getpeername_is_exact_for_every_way_a_scope_reaches_a_target() {
     }
 }
 
+/// `getpeername()` shows what a socket dialed from the scope instance its
+/// task is in, wherever the task's cgroup sits: a scope's cgroup, a cgroup
+/// of no scope below it, and a scope's cgroup below another scope's (the
+/// outer scope found the long way, past the deeper level).
+#[test]
+fn getpeername_is_exact_for_a_task_anywhere_below_its_scope() {
+    let topology = new_topology();
+    let inner = topology.desktop.child("inner").unwrap();
+    let below = topology.desktop.child("below").unwrap();
+    let scope = |name: &str, cgroup: &Cgroup, port: u16| {
+        format!(
+            "[[scope]]\nname = \"{name}\"\nmatch = {{ cgroup = \"{}\" }}\n\
+             forward = [{{ from = \"localhost:{port}\", to = \"{BRIDGE_V4}:{}\" }}]\n\n",
+            cgroup.path().display(),
+            port - 8000
+        )
+    };
+    let scopes = scope("inner", &inner, 8091) + &scope("desktop", &topology.desktop, 8090);
+    let setup = Setup::with_scopes(topology, &scopes);
+    let topology = &setup.topology;
+    let _servers = [(90, "port-90"), (91, "port-91")].map(|(port, banner)| {
+        topology
+            .start_tcp_banner(Place::DockerHost, BRIDGE_V4, port, banner)
+            .unwrap()
+    });
+    for (cgroup, port, banner) in [
+        (&inner, 8091, "port-91"),
+        (&topology.desktop, 8090, "port-90"),
+        (&below, 8090, "port-90"),
+    ] {
+        let site = Site {
+            cgroup,
+            netns: &topology.desktop_ns,
+        };
+        let answer = probe_at(site, &["tcp", "127.0.0.1", &port.to_string()]);
+        assert_eq!(
+            (answer["data"].as_str(), &answer["peer"]),
+            (Some(banner), &json!(["127.0.0.1", port])),
+            "connect() to localhost port {port} from {}",
+            cgroup.path().display()
+        );
+    }
+}
+
 #[test]
 fn a_port_range_maps_onto_a_range() {
     let setup = Setup::desktop_forwards(&format!(
@@ -403,15 +455,16 @@ fn a_network_namespace_scope_matches_by_netns_cookie() {
         .start_tcp_banner(Place::DockerHost, BRIDGE_V4, 8082, "bridge")
         .unwrap();
 
-    // Both processes live in the desktop's namespace, in different cgroups.
-    assert_eq!(
-        setup.probe(Place::Outside, &["tcp", "127.0.0.1", "8082"])["data"],
-        "bridge"
-    );
-    assert_eq!(
-        setup.probe(Place::Desktop, &["tcp", "::1", "8082"])["data"],
-        "bridge"
-    );
+    // Both processes live in the desktop's namespace, in different cgroups,
+    // and see what they dialed as their peer (derived by the namespace).
+    for (place, host) in [(Place::Outside, "127.0.0.1"), (Place::Desktop, "::1")] {
+        let answer = setup.probe(place, &["tcp", host, "8082"]);
+        assert_eq!(
+            (answer["data"].as_str(), &answer["peer"]),
+            (Some("bridge"), &json!([host, 8082])),
+            "connect() to {host} port 8082 from {place:?}"
+        );
+    }
     // A process below the same cgroup root in another namespace is not
     // the scope's: its localhost is its own, where nothing listens.
     let elsewhere = setup

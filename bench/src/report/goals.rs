@@ -151,8 +151,9 @@ fn scoped_work(program: &str) -> &'static str {
         }
         program::GETPEER4 => {
             "The TCP socket's connect kept nothing, its forward alone reaching its target: its \
-             storage is looked up and not found, then its scope is found and the derived peer \
-             looked up (the parts of finding a scope are in the reverse path's designs)."
+             storage is looked up and not found, then the derived peer is found by the task's \
+             cgroup (the helper and one lookup, keyed by the scope instance: its scope is never \
+             looked for)."
         }
         _ => "The socket's storage is looked up for the address it dialed.",
     }
@@ -170,14 +171,15 @@ fn unscoped_work(program: &str) -> &'static str {
         program::CONNECT4 => {
             "The process of no scope dials the server itself, the target of a forward whose \
              peer `getpeername()` derives: a socket of that scope that dials the target itself \
-             must keep storage saying so, so the program looks for the socket's scope and finds \
-             none (the helper and a lookup that misses: the floor in the parts of finding a \
-             scope). A connect to any other destination is ruled out by the derived peers' \
+             must keep storage saying so, so the program looks for the derived peer of the \
+             socket's scope instance and finds none (the helper and a lookup that misses, by \
+             the task's cgroup: the floor in the parts of finding a scope). A connect to any other destination is ruled out by the derived peers' \
              filter, in the lookups' cache line, and looks nothing up."
         }
         program::GETPEER4 => {
             "A socket of no scope has no storage; its peer, a forward's target, passes the \
-             derived peers' filter, so its scope is looked for and not found."
+             derived peers' filter, so it is looked up by the task's cgroup and not found (all \
+             scopes here are cgroups at one depth: no other instance to look for)."
         }
         _ => {
             "A socket of no scope has no storage: one lookup of the socket's storage finds none, \

@@ -24,9 +24,9 @@ use std::{
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, BindTarget, CgroupForward, CgroupPort, DerivedPeer,
     DerivedPeerKey, FORWARD_DERIVES_PEER, FORWARD_KEY_PORT_OFFSET_BITS, FORWARD_RESETS_TCP_ON_MOVE,
-    ForwardKey, ForwardTarget, GrantKey, GrantPath, LOOKUP_ALIASES, LOOKUP_HOST_SERVICES,
-    LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry, ScopeGrant, ScopePort,
-    ServiceKey,
+    ForwardKey, ForwardTarget, GrantKey, GrantPath, INSTANCE_NETNS, LOOKUP_ALIASES,
+    LOOKUP_HOST_SERVICES, LOOKUP_NETNS_SCOPES, Lookups, PROTO_TCP, SCOPE_PORT_RANGES, ScopeEntry,
+    ScopeGrant, ScopePort, ServiceKey, SockAddr,
 };
 
 pub use self::{
@@ -47,6 +47,17 @@ pub enum ScopeKey {
     Cgroup(u64),
     /// A network namespace cookie: sockets of the namespace.
     Netns(u64),
+}
+
+impl ScopeKey {
+    /// This instance in the keys of the derived peers.
+    #[must_use]
+    pub const fn instance(self) -> u64 {
+        match self {
+            ScopeKey::Cgroup(id) => id,
+            ScopeKey::Netns(cookie) => cookie | INSTANCE_NETNS,
+        }
+    }
 }
 
 /// A scope's match of one workload (or pod, or network namespace).
@@ -229,8 +240,8 @@ pub struct Plan {
     pub local_binds_per_scope: u32,
     /// Bind remaps: (scope, port, protocol) -> the port given instead.
     pub binds: BTreeMap<ScopePort, BindTarget>,
-    /// (scope, TCP peer) -> the localhost port dialed, for each forward
-    /// that alone reaches its target in its scope.
+    /// (scope instance, TCP peer) -> the localhost port dialed, for each
+    /// forward that alone reaches its target in its scope.
     pub derived_peers: BTreeMap<DerivedPeerKey, DerivedPeer>,
     /// Every localhost port some scope forwards or remaps, exactly or in
     /// a range: the programs look no further for a port outside it.
@@ -385,7 +396,7 @@ impl Plan {
         let derived_rules = if has_ranges {
             BTreeSet::new()
         } else {
-            self.add_derived_peers(scope_id, scope)
+            self.add_derived_peers(key, scope)
         };
         for forward in &scope.forwards {
             let (addr, family) = target_words(forward.to.addr);
@@ -472,12 +483,13 @@ impl Plan {
         };
     }
 
-    /// The derived peers of a scope without port ranges: the target of
-    /// each TCP forward of one port that no other forward of the scope
-    /// reaches. A TCP socket of the scope whose peer is such a target
-    /// dialed that forward's port on loopback, or kept its storage.
-    /// Returns the counter slots of those forwards.
-    fn add_derived_peers(&mut self, scope_id: u32, scope: &Scope) -> BTreeSet<u32> {
+    /// The derived peers of an instance (`key`) of a scope without port
+    /// ranges: the target of each TCP forward of one port that no other
+    /// forward of the scope reaches. A TCP socket of the instance whose
+    /// peer is such a target dialed that forward's port on loopback, or
+    /// kept its storage. Returns the counter slots of those forwards.
+    fn add_derived_peers(&mut self, key: ScopeKey, scope: &Scope) -> BTreeSet<u32> {
+        let instance = key.instance();
         let mut derived_rules = BTreeSet::new();
         let mut by_target: BTreeMap<DerivedPeerKey, Vec<DerivedPeer>> = BTreeMap::new();
         for forward in &scope.forwards {
@@ -487,14 +499,13 @@ impl Plan {
             }
             let dialed = *ports.start();
             let (addr, family) = target_words(forward.to.addr);
-            let key = DerivedPeerKey {
-                scope: scope_id,
+            let peer = SockAddr {
                 addr,
                 port: dialed.wrapping_add(forward.port_delta()).to_be(),
                 family,
             };
             by_target
-                .entry(key)
+                .entry(DerivedPeerKey::new(instance, peer))
                 .or_default()
                 .push(DerivedPeer::new(dialed.to_be(), forward.rule));
         }
@@ -528,7 +539,7 @@ impl Plan {
             |lookups, key| lookups.with_service_port(key.port),
         );
         self.derived_peers.keys().fold(lookups, |lookups, key| {
-            lookups.with_derived_peer(&key.addr, key.port)
+            lookups.with_derived_peer(&key.peer.addr, key.peer.port)
         })
     }
 
@@ -559,15 +570,15 @@ impl Plan {
     /// only while the map has room (`capacity`): returns how many were
     /// not kept.
     pub fn keep_derived_peers(&mut self, old: &Self, capacity: u32) -> usize {
-        let live: BTreeSet<u32> = self
-            .cgroup_scopes
-            .values()
-            .chain(self.netns_scopes.values())
-            .map(|scope| scope.id)
-            .collect();
+        let cgroups = self.cgroup_scopes.keys().map(|&id| ScopeKey::Cgroup(id));
+        let namespaces = self
+            .netns_scopes
+            .keys()
+            .map(|&cookie| ScopeKey::Netns(cookie));
+        let live: BTreeSet<u64> = cgroups.chain(namespaces).map(ScopeKey::instance).collect();
         let mut not_kept = 0;
         for (key, peer) in &old.derived_peers {
-            if !live.contains(&key.scope) {
+            if !live.contains(&key.instance) {
                 continue;
             }
             match self.derived_peers.get(key) {

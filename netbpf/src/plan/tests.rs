@@ -228,8 +228,9 @@ fn ids_and_slots_stay_while_their_instance_does() {
 }
 
 /// A TCP forward that alone reaches its target in its scope gets its peer
-/// derived (its connects keep nothing); two forwards to one target, a UDP
-/// forward and the forwards of a scope with port ranges do not.
+/// derived (its connects keep nothing), for each instance of the scope by
+/// its cgroup; two forwards to one target, a UDP forward and the forwards
+/// of a scope with port ranges do not.
 #[test]
 fn a_forward_alone_at_its_target_gets_its_peer_derived() {
     let policy = policy(
@@ -245,25 +246,43 @@ fn a_forward_alone_at_its_target_gets_its_peer_derived() {
            { from = \"localhost:9000-9010\", to = \"10.0.0.2:9000-9010\" },\n\
          ]\n",
     );
-    let workloads = [workload("a", 1, Some("a")), workload("r", 2, Some("r"))];
+    let workloads = [
+        workload("a", 1, Some("a")),
+        workload("r", 2, Some("r")),
+        workload("a2", 3, Some("a")),
+    ];
     let plan = plan_afresh(&policy, &workloads);
     let derived: Vec<_> = plan
         .derived_peers
         .iter()
-        .map(|(key, peer)| {
+        .map(|(key, derived)| {
             (
-                key.addr[0].to_ne_bytes(),
-                u16::from_be(key.port),
-                u16::from_be(peer.port),
+                key.instance,
+                key.peer.addr[0].to_ne_bytes(),
+                u16::from_be(key.peer.port),
+                u16::from_be(derived.port),
             )
         })
         .collect();
-    assert_eq!(derived, [([10, 0, 0, 1], 90, 8090)]);
-    let peer = plan.derived_peers.values().next().unwrap();
-    assert_eq!(derived_rules(&plan), BTreeSet::from([peer.rule]));
+    assert_eq!(
+        derived,
+        [(1, [10, 0, 0, 1], 90, 8090), (3, [10, 0, 0, 1], 90, 8090)]
+    );
+    // Each instance counts on its own forward's slot.
+    let slots: BTreeSet<u32> = plan.derived_peers.values().map(|peer| peer.rule).collect();
+    assert_eq!(slots.len(), 2);
+    assert_eq!(derived_rules(&plan), slots);
     let target = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
     assert!(plan.lookups().may_derive_peer(&target, 90u16.to_be()));
     assert!(!plan.lookups().may_derive_peer(&target, 80u16.to_be()));
+}
+
+/// A network namespace instance's derived peers are keyed by its cookie,
+/// marked as one.
+#[test]
+fn a_network_namespace_instance_is_marked_in_its_keys() {
+    assert_eq!(ScopeKey::Cgroup(4096).instance(), 4096);
+    assert_eq!(ScopeKey::Netns(4096).instance(), 4096 | INSTANCE_NETNS);
 }
 
 /// Every exact-port forward of a cgroup scope is also keyed by its cgroup,
