@@ -95,10 +95,9 @@ impl Clamp {
 /// A round of iperf3 over `paths` (each a way, its topology and the
 /// target its desktop dials): `runs` runs of `seconds` each, the paths
 /// taking turns run by run, each turn starting from the next path so that
-/// no path always runs first or after the same one (a run right after
-/// another can be a percent slower or faster than after a pause, as much
-/// as the goals ask to resolve); each path's figure is the median of its
-/// runs.
+/// no path always runs first or after the same one (a run's place in its
+/// turn can move it by a percent); each path's figure is the median of
+/// its runs.
 /// On this VM one TCP connection's throughput differs from the next's by
 /// a percent or two, as much as the goals ask to resolve: five runs of a
 /// second took their median's spread to a third of one run's of five
