@@ -19,7 +19,9 @@ pub struct Capacity {
     /// Rules with counters (`RULE_STATS`). Default 4096.
     pub rules: u32,
     /// Exact ports forwarded, and localhost ports remapped by binds, per
-    /// scope (`FORWARD_PORTS`). Default 65536.
+    /// scope instance (`FORWARD_PORTS`). Default 65536. `CGROUP_FORWARDS`
+    /// and `DERIVED_PEERS` have this capacity too and hold at most an entry
+    /// per entry of `FORWARD_PORTS`, so its check is theirs.
     pub forward_ports: u32,
     /// Port prefixes of forwards of port ranges (`FORWARDS`); a range
     /// takes up to 30. Default 65536.

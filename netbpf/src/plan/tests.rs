@@ -310,6 +310,51 @@ fn exact_forwards_of_cgroup_scopes_are_keyed_by_cgroup() {
     );
 }
 
+/// The maps keyed by instance (`CGROUP_FORWARDS`, `DERIVED_PEERS`) share
+/// `FORWARD_PORTS`' capacity and hold at most an entry per entry of it:
+/// scope ids are per instance, so checking `FORWARD_PORTS` fails the
+/// instance that would overflow any of the three, by name, before an
+/// update does.
+#[test]
+fn instance_keyed_maps_fit_wherever_their_forward_ports_do() {
+    let policy = policy(
+        "version = 1\n\
+         [[scope]]\nname = \"w\"\nmatch = { container = \"w-*\" }\nforward = [\n\
+           { from = \"localhost:8080\", to = \"10.0.0.1:80\" },\n\
+           { from = \"localhost:5432\", to = \"10.0.0.1:5432\" },\n\
+           { from = \"localhost:5353\", to = \"10.0.0.1:53\", proto = \"udp\" },\n\
+         ]\nbind = [{ port = 3000, to = 7000 }]\n",
+    );
+    let one = plan_afresh(&policy, &[workload("a", 1, Some("w-a"))]);
+    let per_instance = one.forward_ports.len();
+    let workloads = [
+        workload("a", 1, Some("w-a")),
+        workload("b", 2, Some("w-b")),
+        workload("c", 3, Some("w-c")),
+    ];
+    let two = Capacity {
+        forward_ports: u32::try_from(2 * per_instance).unwrap(),
+        ..Capacity::default()
+    };
+    let mut resolved = resolved(&policy, assign(&policy, &workloads, Path::new("/"), 0));
+    for (instance, network) in resolved.iter_mut().zip(1001..) {
+        instance.network = Some(network);
+    }
+    let (plan, outcomes) = compile(
+        &policy,
+        resolved,
+        &mut ScopeIds::default(),
+        &mut RuleSlots::default(),
+        &two,
+    );
+    assert!(outcomes[..2].iter().all(|outcome| outcome.applied.is_ok()));
+    let error = outcomes[2].applied.as_ref().unwrap_err();
+    assert!(error.contains("map FORWARD_PORTS is full"), "{error}");
+    assert_eq!(plan.forward_ports.len(), 2 * per_instance);
+    assert_eq!(plan.cgroup_forwards.len(), plan.forward_ports.len());
+    assert_eq!(plan.derived_peers.len(), 4, "{:?}", plan.derived_peers);
+}
+
 /// The set of forwarded localhost ports holds every port a forward of
 /// one port, a range or a localhost bind remap leads somewhere from, and
 /// no other: binds and connects to any other port stop at its bit.
