@@ -175,7 +175,7 @@ pub fn costs(
     empty: &EmptyPrograms,
     before: &Counts,
     after: &Counts,
-) -> BTreeMap<String, Cost> {
+) -> BTreeMap<&'static str, Cost> {
     let delta = |id: u64| {
         let (runs_before, time_before) = before.get(&id).copied().unwrap_or_default();
         let (runs, time) = after.get(&id).copied().unwrap_or_default();
@@ -197,7 +197,7 @@ pub fn costs(
             continue;
         }
         costs.insert(
-            name.to_owned(),
+            name,
             Cost {
                 runs,
                 ns_per_run: per_run((runs, time)),

@@ -7,7 +7,10 @@
 //! the hypervisor's other machines (steal) and this machine's busiest
 //! processes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Display,
+};
 
 use anyhow::Context as _;
 use procfs::CurrentSI as _;
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     load::Measurement,
+    programs::Cost,
     stats::{Better, Summary, stalled},
 };
 
@@ -45,6 +49,8 @@ pub trait Symptoms {
 }
 
 impl Symptoms for f64 {}
+
+impl Symptoms for Cost {}
 
 impl Symptoms for Measurement {
     fn symptoms(&self) -> Option<String> {
@@ -95,10 +101,10 @@ pub fn in_turn<T>(items: &[T], round: usize) -> impl Iterator<Item = &T> {
 /// once, in turn, given the round's number, from 1 in a run), stalled
 /// rounds measured again up to [`MAX_RERUNS`] times; each way's
 /// measurements in round order.
-pub fn measure<K: Ord + Copy, V: Symptoms>(
+pub fn measure<K: Ord + Copy, V: Symptoms, L: Display>(
     what: &str,
     numbers: std::ops::RangeInclusive<usize>,
-    label: fn(K) -> &'static str,
+    label: fn(K) -> L,
     figures: &[Figure<V>],
     reruns: &mut Vec<Rerun>,
     mut measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
@@ -150,9 +156,9 @@ pub fn measure<K: Ord + Copy, V: Symptoms>(
 
 /// The rounds (indices) in which some way's figure stalled, each with the
 /// first stall found in it.
-fn stalls<K: Ord + Copy, V: Symptoms>(
+fn stalls<K: Ord + Copy, V: Symptoms, L: Display>(
     rounds: &[Round<K, V>],
-    label: fn(K) -> &'static str,
+    label: fn(K) -> L,
     figures: &[Figure<V>],
 ) -> BTreeMap<usize, String> {
     let mut ways: BTreeMap<K, Vec<&V>> = BTreeMap::new();

@@ -2,7 +2,7 @@
 //! measurement's share of the rounds), with a progress display, and the
 //! verifier check.
 
-use std::{cell::RefCell, collections::BTreeMap, ops::RangeInclusive, path::Path};
+use std::{cell::RefCell, collections::BTreeMap, fmt::Display, ops::RangeInclusive, path::Path};
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -248,7 +248,7 @@ impl Pass<'_> {
             .map(|prepared| Ok((prepared.way, prepared.conntrack_entries()?)))
             .collect::<anyhow::Result<_>>()?;
         self.step("per-program cost")?;
-        let programs = program_costs(self.exe, &ways[netbpf], self.plan, self.rounds.clone())?;
+        let programs = program_costs(self, &ways[netbpf])?;
         let host_service_check = self.host_service_check()?;
         let forward_throughput = self.forward_throughput(&ways)?;
         let clamp_throughput = self.clamp_throughput()?;
@@ -350,10 +350,10 @@ impl Pass<'_> {
 
     /// The plan's rounds of `measure_round`, stalled rounds measured again
     /// and noted for the page.
-    fn rounds<K: Ord + Copy, V: Symptoms>(
+    fn rounds<K: Ord + Copy, V: Symptoms, L: Display>(
         &self,
         what: &str,
-        label: fn(K) -> &'static str,
+        label: fn(K) -> L,
         figures: &[Figure<V>],
         measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
     ) -> anyhow::Result<Rounds<K, V>> {
@@ -466,8 +466,7 @@ impl Pass<'_> {
             }
             if Some(&others) == self.plan.scaling.last() {
                 self.step(format!("per-program cost with {others} other containers"))?;
-                point.connect4 =
-                    connect_costs(self.exe, &ways[netbpf], self.plan, self.rounds.clone())?;
+                point.connect4 = connect_costs(self, &ways[netbpf])?;
             }
             points.push(point);
         }
@@ -490,6 +489,21 @@ const MEASUREMENT_FIGURES: [Figure<Measurement>; 2] = [
     },
 ];
 
+/// Where a stall of a program's runs shows: the time per run of netbpf's
+/// program, or of the empty one its cost is net of.
+const COST_FIGURES: [Figure<Cost>; 2] = [
+    Figure {
+        name: "ns per run",
+        better: Better::Lower,
+        of: |cost| cost.ns_per_run,
+    },
+    Figure {
+        name: "ns per run of the empty program",
+        better: Better::Lower,
+        of: |cost| cost.empty_ns_per_run,
+    },
+];
+
 /// Where a stall of an iperf3 run shows.
 const BITS_FIGURES: [Figure<f64>; 1] = [Figure {
     name: "bits/s",
@@ -502,15 +516,11 @@ const BITS_FIGURES: [Figure<f64>; 1] = [Figure {
 const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\", dial = \"10.200.1.1:18188\" }]\n\
     [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
-/// What each of netbpf's programs costs, in rounds `rounds`, each a load
+/// What each of netbpf's programs costs, in the pass's rounds, each a load
 /// of the desktop's sockets, one of a process in no scope, and that
 /// process's connections to a server no forward reaches.
-fn program_costs(
-    exe: &str,
-    netbpf: &Prepared,
-    plan: &Plan,
-    rounds: RangeInclusive<usize>,
-) -> anyhow::Result<report::ProgramCosts> {
+fn program_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<report::ProgramCosts> {
+    let plan = pass.plan;
     let (connections, datagrams) = (
         plan.connections * plan.cost_load_factor,
         plan.datagrams * plan.cost_load_factor,
@@ -522,13 +532,16 @@ fn program_costs(
     ];
     let unforwarded = [(Load::TcpUnforwarded, connections)];
     let [scoped, unscoped, unscoped_unforwarded] = costs_under(
-        exe,
+        pass,
         netbpf,
-        rounds,
         [
-            (Place::Desktop, &every_load[..]),
-            (Place::Outside, &every_load[..]),
-            (Place::Outside, &unforwarded[..]),
+            ("a scope's sockets", Place::Desktop, &every_load[..]),
+            ("sockets of no scope", Place::Outside, &every_load[..]),
+            (
+                "sockets of no scope to an unforwarded server",
+                Place::Outside,
+                &unforwarded[..],
+            ),
         ],
     )?;
     Ok(report::ProgramCosts {
@@ -538,47 +551,63 @@ fn program_costs(
     })
 }
 
-/// connect4's cost for the desktop's TCP connects, in rounds `rounds`:
+/// connect4's cost for the desktop's TCP connects, in the pass's rounds:
 /// the one figure a scaling point needs.
-fn connect_costs(
-    exe: &str,
-    netbpf: &Prepared,
-    plan: &Plan,
-    rounds: RangeInclusive<usize>,
-) -> anyhow::Result<Vec<Cost>> {
+fn connect_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<Vec<Cost>> {
     let [mut scoped] = costs_under(
-        exe,
+        pass,
         netbpf,
-        rounds,
-        [(Place::Desktop, &[(Load::Tcp, plan.connections)][..])],
+        [(
+            "a scope's sockets",
+            Place::Desktop,
+            &[(Load::Tcp, pass.plan.connections)][..],
+        )],
     )?;
     Ok(scoped.remove(program::CONNECT4).unwrap_or_default())
 }
 
-/// The costs of netbpf's programs under each of `sides` (a place and its
-/// loads), by program, round by round, each net of an empty program
-/// beside it at its hook: in each of `rounds`, every side in turn.
+/// A side of a cost measurement: its name for the page, where its
+/// processes run, and the loads they make.
+type Side<'a> = (&'static str, Place, &'a [(Load, usize)]);
+
+/// The costs of netbpf's programs under each of `sides` (a name for the
+/// page, a place and its loads), by program, round by round, each net of
+/// an empty program beside it at its hook: in each of `rounds`, every
+/// side in turn. A round in which either program's time per run stalled
+/// (the hypervisor took the CPU during a run) is measured again.
 fn costs_under<const SIDES: usize>(
-    exe: &str,
+    pass: &Pass<'_>,
     netbpf: &Prepared,
-    rounds: RangeInclusive<usize>,
-    sides: [(Place, &[(Load, usize)]); SIDES],
+    sides: [Side<'_>; SIDES],
 ) -> anyhow::Result<[BTreeMap<String, Vec<Cost>>; SIDES]> {
     let agent = netbpf.agent().context("the netbpf way has an agent")?;
     let ids = agent.programs()?;
     let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
     let _stats = BpfStats::enable()?;
+    let measured = pass.rounds(
+        "per-program cost",
+        |(_, side, program)| format!("{program}, {side}"),
+        &COST_FIGURES,
+        |_| {
+            let mut round = Vec::new();
+            for (index, &(side, place, loads)) in sides.iter().enumerate() {
+                let before = programs::counts()?;
+                for &(load, count) in loads {
+                    netbpf.measure(pass.exe, place, load, count)?;
+                }
+                let after = programs::counts()?;
+                round.extend(
+                    programs::costs(&ids, &empty, &before, &after)
+                        .into_iter()
+                        .map(|(program, cost)| ((index, side, program), cost)),
+                );
+            }
+            Ok(round)
+        },
+    )?;
     let mut costs = [(); SIDES].map(|()| BTreeMap::new());
-    for _ in rounds {
-        for ((place, loads), by_program) in sides.iter().zip(&mut costs) {
-            let before = programs::counts()?;
-            for &(load, count) in *loads {
-                netbpf.measure(exe, *place, load, count)?;
-            }
-            for (name, cost) in programs::costs(&ids, &empty, &before, &programs::counts()?) {
-                by_program.entry(name).or_insert_with(Vec::new).push(cost);
-            }
-        }
+    for ((index, _, program), series) in measured {
+        costs[index].insert(program.to_owned(), series);
     }
     Ok(costs)
 }
