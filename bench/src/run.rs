@@ -572,9 +572,10 @@ type Side<'a> = (&'static str, Place, &'a [(Load, usize)]);
 
 /// The costs of netbpf's programs under each of `sides` (a name for the
 /// page, a place and its loads), by program, round by round, each net of
-/// an empty program beside it at its hook: in each of `rounds`, every
-/// side in turn. A round in which either program's time per run stalled
-/// (the hypervisor took the CPU during a run) is measured again.
+/// an empty program beside it at its hook: in each of the pass's rounds,
+/// every side in turn. A round in which either program's time per run
+/// stalled (an interrupt or the hypervisor took the CPU in the middle of
+/// a run) is measured again.
 fn costs_under<const SIDES: usize>(
     pass: &Pass<'_>,
     netbpf: &Prepared,

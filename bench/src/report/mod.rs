@@ -382,8 +382,8 @@ measurement only (`BPF_ENABLE_STATS`, which the kernel undoes when the bench exi
 figures `kernel.bpf_stats_enabled` gives, without touching the sysctl), and attaches an empty \
 program (`r0 = 1; exit`) beside each of netbpf's at the same hook; *net* is netbpf's time per run \
 minus the empty program's, which takes out what the statistics themselves cost. A round in which \
-either program's time per run was more than 1.5 times its median (the hypervisor took the CPU \
-in the middle of a run) is measured again, as above. The tc and \
+either program's time per run was more than 1.5 times its median (an interrupt or the \
+hypervisor took the CPU in the middle of a run) is measured again, as above. The tc and \
 `sk_lookup` programs are timed with `BPF_PROG_TEST_RUN`.\n\n";
 
 const REPRODUCE: &str = "## Reproduce\n\n\
