@@ -673,3 +673,60 @@ pub fn check(baseline: &Path, bless: bool) -> anyhow::Result<()> {
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cost round whose empty program stalled would read a net cost of
+    /// 0, as flattering as a stall of netbpf's program is damning: both
+    /// have the round measured again.
+    #[test]
+    fn a_cost_round_is_measured_again_when_either_program_stalled() {
+        let cost = |ns_per_run, empty_ns_per_run| Cost {
+            runs: 20_000,
+            ns_per_run,
+            empty_ns_per_run,
+        };
+        let mut calls = 0;
+        let mut reruns = Vec::new();
+        let measured = rounds::measure(
+            "per-program cost",
+            1..=5,
+            |program: &'static str| program,
+            &COST_FIGURES,
+            &mut reruns,
+            |round| {
+                calls += 1;
+                let first_time = calls <= 5;
+                let value = match round {
+                    2 if first_time => cost(285.0, 30.0),
+                    4 if first_time => cost(40.0, 122.0),
+                    _ => cost(40.0, 30.0),
+                };
+                Ok(vec![(program::BOUND4, value)])
+            },
+        )
+        .unwrap();
+        assert_eq!(calls, 7);
+        assert!(
+            measured[program::BOUND4]
+                .iter()
+                .all(|cost| (cost.net() - 10.0).abs() < 1e-9)
+        );
+        let why: Vec<_> = reruns
+            .iter()
+            .map(|rerun| (rerun.round, rerun.why.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                (2, "netbpf_bound4: 285 ns per run, median 40"),
+                (
+                    4,
+                    "netbpf_bound4: 122 ns per run of the empty program, median 30"
+                ),
+            ]
+        );
+    }
+}
