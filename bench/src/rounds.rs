@@ -104,7 +104,7 @@ pub fn in_turn<T>(items: &[T], round: usize) -> impl Iterator<Item = &T> {
 pub fn measure<K: Ord + Copy, V: Symptoms, L: Display>(
     what: &str,
     numbers: std::ops::RangeInclusive<usize>,
-    label: fn(K) -> L,
+    label: impl Fn(K) -> L,
     figures: &[Figure<V>],
     reruns: &mut Vec<Rerun>,
     mut measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
@@ -122,7 +122,7 @@ pub fn measure<K: Ord + Copy, V: Symptoms, L: Display>(
         .map(&mut timed)
         .collect::<anyhow::Result<Vec<_>>>()?;
     for _ in 0..MAX_RERUNS {
-        let stalls = stalls(&rounds, label, figures);
+        let stalls = stalls(&rounds, &label, figures);
         if stalls.is_empty() {
             break;
         }
@@ -158,7 +158,7 @@ pub fn measure<K: Ord + Copy, V: Symptoms, L: Display>(
 /// first stall found in it.
 fn stalls<K: Ord + Copy, V: Symptoms, L: Display>(
     rounds: &[Round<K, V>],
-    label: fn(K) -> L,
+    label: &impl Fn(K) -> L,
     figures: &[Figure<V>],
 ) -> BTreeMap<usize, String> {
     let mut ways: BTreeMap<K, Vec<&V>> = BTreeMap::new();

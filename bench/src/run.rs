@@ -353,7 +353,7 @@ impl Pass<'_> {
     fn rounds<K: Ord + Copy, V: Symptoms, L: Display>(
         &self,
         what: &str,
-        label: fn(K) -> L,
+        label: impl Fn(K) -> L,
         figures: &[Figure<V>],
         measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
     ) -> anyhow::Result<Rounds<K, V>> {
@@ -587,11 +587,11 @@ fn costs_under<const SIDES: usize>(
     let _stats = BpfStats::enable()?;
     let measured = pass.rounds(
         "per-program cost",
-        |(_, side, program)| format!("{program}, {side}"),
+        |(index, program): (usize, &str)| format!("{program}, {}", sides[index].0),
         &COST_FIGURES,
         |_| {
             let mut round = Vec::new();
-            for (index, &(side, place, loads)) in sides.iter().enumerate() {
+            for (index, &(_, place, loads)) in sides.iter().enumerate() {
                 let before = programs::counts()?;
                 for &(load, count) in loads {
                     netbpf.measure(pass.exe, place, load, count)?;
@@ -600,14 +600,14 @@ fn costs_under<const SIDES: usize>(
                 round.extend(
                     programs::costs(&ids, &empty, &before, &after)
                         .into_iter()
-                        .map(|(program, cost)| ((index, side, program), cost)),
+                        .map(|(program, cost)| ((index, program), cost)),
                 );
             }
             Ok(round)
         },
     )?;
     let mut costs = [(); SIDES].map(|()| BTreeMap::new());
-    for ((index, _, program), series) in measured {
+    for ((index, program), series) in measured {
         costs[index].insert(program.to_owned(), series);
     }
     Ok(costs)
