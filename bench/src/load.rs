@@ -2,7 +2,9 @@
 //! connections one after the other, a UDP client that sends a datagram
 //! and waits for its echo, and their servers. Each is a subcommand of the
 //! bench binary, started in a namespace and cgroup of the topology, and
-//! pinned to [`LOAD_CPU`].
+//! pinned to [`LOAD_CPU`]. A client prints each exchange's time (a
+//! [`Sample`]); the bench pools a way's samples of a round into its
+//! [`Measurement`].
 
 use std::{
     io::{Read as _, Write as _},
@@ -33,7 +35,20 @@ pub fn pin() -> anyhow::Result<()> {
         .with_context(|| format!("pinning the load to CPU {LOAD_CPU}"))
 }
 
-/// One run of a client: its rate and latencies.
+/// One run of a client, as it measured it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// The run's time, from its first exchange to the end of its last.
+    pub seconds: f64,
+    /// Each exchange's time, in order, in nanoseconds.
+    pub latencies_ns: Vec<u64>,
+    /// TCP segments the client's network namespace retransmitted during
+    /// the run.
+    pub retransmits: u64,
+}
+
+/// A way's load in a round (one or more client runs, pooled): its rate and
+/// latencies.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Measurement {
     /// Connections (TCP) or round trips (UDP) per second.
@@ -41,10 +56,34 @@ pub struct Measurement {
     pub p50_us: f64,
     pub p99_us: f64,
     /// TCP segments the client's network namespace retransmitted during
-    /// the run (a SYN nobody answered in time among them): 0 on a healthy
+    /// the runs (a SYN nobody answered in time among them): 0 on a healthy
     /// path, so a stalled round that has some lost packets.
     #[serde(default)]
     pub retransmits: u64,
+}
+
+impl Measurement {
+    /// `samples` pooled: all their exchanges over all their time, and the
+    /// percentiles of all their exchanges.
+    pub fn pooled(samples: &[Sample]) -> anyhow::Result<Self> {
+        let mut latencies: Vec<u64> = samples
+            .iter()
+            .flat_map(|sample| sample.latencies_ns.iter().copied())
+            .collect();
+        anyhow::ensure!(!latencies.is_empty(), "a load measured no exchange");
+        latencies.sort_unstable();
+        let micros = |percent: usize| {
+            Duration::from_nanos(latencies[(latencies.len() - 1) * percent / 100]).as_secs_f64()
+                * 1e6
+        };
+        let seconds: f64 = samples.iter().map(|sample| sample.seconds).sum();
+        Ok(Self {
+            per_second: f64::from(u32::try_from(latencies.len())?) / seconds,
+            p50_us: micros(50),
+            p99_us: micros(99),
+            retransmits: samples.iter().map(|sample| sample.retransmits).sum(),
+        })
+    }
 }
 
 /// `tcp-server ADDR`: answers every connection with one byte and closes.
@@ -70,25 +109,25 @@ pub fn udp_server(listen: &str) -> anyhow::Result<()> {
 
 /// `tcp-client ADDR COUNT`: COUNT connections, each asking its peer's
 /// address (`getpeername`, as clients that log it do), reading the byte
-/// and closing; prints a [`Measurement`] as JSON.
+/// and closing; prints a [`Sample`] as JSON.
 pub fn tcp_client(target: &str, count: usize) -> anyhow::Result<()> {
     pin()?;
     let retransmitted = || -> anyhow::Result<u64> { Ok(procfs::net::snmp()?.tcp_retrans_segs) };
     let before = retransmitted()?;
-    let mut measurement = timed(count, || {
+    let mut sample = timed(count, || {
         let mut stream = TcpStream::connect(target)?;
         stream.peer_addr()?;
         let mut byte = [0u8; 1];
         stream.read_exact(&mut byte)?;
         Ok(())
     })?;
-    measurement.retransmits = retransmitted()? - before;
-    print(&measurement)
+    sample.retransmits = retransmitted()? - before;
+    print(&sample)
 }
 
 /// `udp-client ADDR COUNT`: one socket, bound explicitly (as servers that
 /// also dial do), sending COUNT datagrams to ADDR, each waiting for its
-/// echo; prints a [`Measurement`] as JSON.
+/// echo; prints a [`Sample`] as JSON.
 pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
     pin()?;
     let socket = UdpSocket::bind("0.0.0.0:0")?;
@@ -103,7 +142,7 @@ pub fn udp_client(target: &str, count: usize) -> anyhow::Result<()> {
 
 /// `bind-client COUNT`: COUNT UDP sockets, each bound explicitly to the
 /// wildcard address on a port the kernel picks, then closed (as servers
-/// and clients that bind do); prints a [`Measurement`] as JSON.
+/// and clients that bind do); prints a [`Sample`] as JSON.
 pub fn bind_client(count: usize) -> anyhow::Result<()> {
     pin()?;
     print(&timed(count, || {
@@ -112,32 +151,49 @@ pub fn bind_client(count: usize) -> anyhow::Result<()> {
     })?)
 }
 
-/// Prints `measurement` as JSON, for the bench that started the client.
-fn print(measurement: &Measurement) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(measurement)?);
+/// Prints `sample` as JSON, for the bench that started the client.
+fn print(sample: &Sample) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(sample)?);
     Ok(())
 }
 
-/// Runs `once` `count` times; the rate and latencies.
-fn timed(
-    count: usize,
-    mut once: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<Measurement> {
-    let mut latencies = Vec::with_capacity(count);
+/// Runs `once` `count` times, timing each.
+fn timed(count: usize, mut once: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Sample> {
+    let mut latencies_ns = Vec::with_capacity(count);
     let start = Instant::now();
     for _ in 0..count {
         let began = Instant::now();
         once()?;
-        latencies.push(began.elapsed());
+        latencies_ns.push(u64::try_from(began.elapsed().as_nanos())?);
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    latencies.sort();
-    let micros =
-        |percent: usize| latencies[(latencies.len() - 1) * percent / 100].as_secs_f64() * 1e6;
-    Ok(Measurement {
-        per_second: f64::from(u32::try_from(count)?) / elapsed,
-        p50_us: micros(50),
-        p99_us: micros(99),
+    Ok(Sample {
+        seconds: start.elapsed().as_secs_f64(),
+        latencies_ns,
         retransmits: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_pool_into_one_measurement() {
+        let sample = |seconds, latencies_ns: &[u64], retransmits| Sample {
+            seconds,
+            latencies_ns: latencies_ns.to_vec(),
+            retransmits,
+        };
+        let pooled = Measurement::pooled(&[
+            sample(0.5, &[3000, 1000, 2000], 1),
+            sample(1.5, &[5000, 4000], 2),
+        ])
+        .unwrap();
+        // Five exchanges in two seconds; the median of all five.
+        assert!((pooled.per_second - 2.5).abs() < 1e-9);
+        assert!((pooled.p50_us - 3.0).abs() < 1e-9);
+        assert!((pooled.p99_us - 4.0).abs() < 1e-9);
+        assert_eq!(pooled.retransmits, 3);
+        assert!(Measurement::pooled(&[sample(1.0, &[], 0)]).is_err());
+    }
 }

@@ -97,6 +97,24 @@ pub fn in_turn<T>(items: &[T], round: usize) -> impl Iterator<Item = &T> {
     items[start..].iter().chain(&items[..start])
 }
 
+/// `runs` runs of `each` over `items`, the items taking turns run by run,
+/// each turn starting from the next item, so that none always runs first
+/// or after the same one, and a slow stretch of this VM falls on every
+/// item alike; each item's results, in `items`' order.
+pub fn in_turns<T, R>(
+    items: &[T],
+    runs: usize,
+    mut each: impl FnMut(&T) -> anyhow::Result<R>,
+) -> anyhow::Result<Vec<Vec<R>>> {
+    let mut results: Vec<Vec<R>> = items.iter().map(|_| Vec::with_capacity(runs)).collect();
+    for run in 0..runs {
+        for index in (0..items.len()).map(|turn| (run + turn) % items.len()) {
+            results[index].push(each(&items[index])?);
+        }
+    }
+    Ok(results)
+}
+
 /// The rounds `numbers` of `measure_round` (which measures every way
 /// once, in turn, given the round's number, from 1 in a run), stalled
 /// rounds measured again up to [`MAX_RERUNS`] times; each way's
@@ -313,6 +331,22 @@ mod tests {
         assert_eq!(order(3), ["iptables", "none", "netbpf"]);
         assert_eq!(order(4), order(1));
         assert_eq!(in_turn::<u8>(&[], 5).count(), 0);
+    }
+
+    #[test]
+    fn runs_in_turns_start_from_the_next_item_each_time() {
+        let mut order = Vec::new();
+        let results = in_turns(&["a", "b", "c"], 4, |&item| {
+            order.push(item);
+            Ok(order.len())
+        })
+        .unwrap();
+        assert_eq!(order.concat(), "abcbcacababc");
+        // Each item's results, in the items' order.
+        assert_eq!(
+            results,
+            [vec![1, 6, 8, 10], vec![2, 4, 9, 11], vec![3, 5, 7, 12]]
+        );
     }
 
     fn snapshot(steal: u64, total: u64, processes: &[(i32, &str, u64)]) -> CpuSnapshot {

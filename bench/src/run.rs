@@ -40,6 +40,12 @@ struct Plan {
     /// those medians, and the per-program costs, more connections.
     connections: usize,
     datagrams: usize,
+    /// Client runs a way's connections (round trips) of a round are split
+    /// into, the ways taking turns run by run: with each way's 20000 in
+    /// one run, this VM's slower and faster stretches (a way's median
+    /// connection time moved by ±4% from one round to the next) fell on
+    /// one way and not the next, and the rounds' ratios spread by ±1.5%.
+    slices: usize,
     /// iperf3 runs of `iperf_seconds` per path and round, the paths
     /// taking turns run by run: a multiple of the three paths of a
     /// measurement, so that each path runs as often in each place of a
@@ -75,6 +81,7 @@ const FULL: Plan = Plan {
     rounds: 3,
     connections: 20_000,
     datagrams: 40_000,
+    slices: 10,
     iperf_runs: 6,
     iperf_seconds: 1,
     scaling: &[1, 100, 1000, 10_000, 100_000],
@@ -94,6 +101,7 @@ const QUICK: Plan = Plan {
     rounds: 3,
     connections: 2000,
     datagrams: 4000,
+    slices: 2,
     iperf_runs: 3,
     iperf_seconds: 1,
     scaling: &[1, 1000, 100_000],
@@ -127,10 +135,10 @@ impl Plan {
                 }
             })
             .sum::<usize>();
-        // Per round: each way's TCP and UDP and its TCP at each scaling
+        // Per round: the ways' TCP and UDP and their TCP at each scaling
         // point, the ways' and the clamps' iperf3, the host-service
         // check's two policies and the designs.
-        let per_round = Way::ALL.len() * (2 + self.scaling.len()) + 2 + 2 + designs;
+        let per_round = 2 + self.scaling.len() + 2 + 2 + designs;
         let agent = self.agent_rounds
             * (self.agent_sizes.len() + usize::from(self.docker_containers.is_some()));
         // Setting up the ways, the clamps and the host-service check, the
@@ -198,6 +206,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         machine: Machine::this()?,
         connections: plan.connections,
         datagrams: plan.datagrams,
+        slices: plan.slices,
         cost_load_factor: plan.cost_load_factor,
         rounds: plan.passes * plan.rounds,
         passes: plan.passes,
@@ -296,21 +305,38 @@ impl Pass<'_> {
     ) -> anyhow::Result<(Rounds<Way, Measurement>, Rounds<Way, Measurement>)> {
         let measure = |load: Load, what: &str, count: usize| {
             self.rounds(what, Way::label, &MEASUREMENT_FIGURES, |round| {
-                rounds::in_turn(ways, round)
-                    .map(|prepared| {
-                        let way = prepared.way;
-                        self.step(format!("{what}, round {round}: {}", way.label()))?;
-                        Ok((
-                            way,
-                            prepared.measure(self.exe, Place::Desktop, load, count)?,
-                        ))
-                    })
-                    .collect()
+                self.step(format!("{what}, round {round}"))?;
+                self.load_round(ways, round, load, count)
             })
         };
         let tcp = measure(Load::Tcp, "TCP connections", self.plan.connections)?;
         let udp = measure(Load::Udp, "UDP round trips", self.plan.datagrams)?;
         Ok((tcp, udp))
+    }
+
+    /// A round of `count` exchanges of `load` from each way's desktop, in
+    /// the plan's slices, the ways taking turns slice by slice (the round's
+    /// first way first); each way's slices pooled.
+    fn load_round(
+        &self,
+        ways: &[Prepared],
+        round: usize,
+        load: Load,
+        count: usize,
+    ) -> anyhow::Result<Vec<(Way, Measurement)>> {
+        let slices = self.plan.slices;
+        anyhow::ensure!(
+            count.is_multiple_of(slices),
+            "{count} exchanges do not split into {slices} slices"
+        );
+        let ways: Vec<&Prepared> = rounds::in_turn(ways, round).collect();
+        let samples = rounds::in_turns(&ways, slices, |prepared| {
+            prepared.sample(self.exe, Place::Desktop, load, count / slices)
+        })?;
+        ways.iter()
+            .zip(samples)
+            .map(|(prepared, samples)| Ok((prepared.way, Measurement::pooled(&samples)?)))
+            .collect()
     }
 
     /// iperf3 through each way's forward.
@@ -392,7 +418,7 @@ impl Pass<'_> {
                 ))?;
                 netbpf.repolicy(extra)?;
                 let before = programs::counts()?;
-                netbpf.measure(
+                netbpf.sample(
                     self.exe,
                     Place::Outside,
                     Load::TcpUnforwarded,
@@ -439,22 +465,8 @@ impl Pass<'_> {
             }
             let what = format!("TCP connections with {others} other containers");
             let connections = self.rounds(&what, Way::label, &MEASUREMENT_FIGURES, |round| {
-                rounds::in_turn(ways, round)
-                    .map(|prepared| {
-                        let way = prepared.way;
-                        self.step(format!(
-                            "{others} other containers, round {round}: {}",
-                            way.label()
-                        ))?;
-                        let measured = prepared.measure(
-                            self.exe,
-                            Place::Desktop,
-                            Load::Tcp,
-                            self.plan.connections,
-                        )?;
-                        Ok((way, measured))
-                    })
-                    .collect()
+                self.step(format!("{others} other containers, round {round}"))?;
+                self.load_round(ways, round, Load::Tcp, self.plan.connections)
             })?;
             let mut point = ScalePoint {
                 others,
@@ -594,7 +606,7 @@ fn costs_under<const SIDES: usize>(
             for (index, &(_, place, loads)) in sides.iter().enumerate() {
                 let before = programs::counts()?;
                 for &(load, count) in loads {
-                    netbpf.measure(pass.exe, place, load, count)?;
+                    netbpf.sample(pass.exe, place, load, count)?;
                 }
                 let after = programs::counts()?;
                 round.extend(

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     load::LOAD_CPU,
+    rounds,
     stats::Summary,
     ways::{Prepared, Way},
 };
@@ -94,8 +95,7 @@ impl Clamp {
 
 /// A round of iperf3 over `paths` (each a way, its topology and the
 /// target its desktop dials): `runs` runs of `seconds` each, the paths
-/// taking turns run by run, each turn starting from the next path so that
-/// no path always runs first or after the same one (a run's place in its
+/// taking turns run by run ([`rounds::in_turns`]: a run's place in its
 /// turn can move it by a percent); each path's figure is the median of
 /// its runs.
 /// On this VM one TCP connection's throughput differs from the next's by
@@ -108,13 +108,9 @@ pub fn in_turns<K: Copy>(
     runs: usize,
     seconds: u32,
 ) -> anyhow::Result<Vec<(K, f64)>> {
-    let mut by_path = vec![Vec::with_capacity(runs); paths.len()];
-    for run in 0..runs {
-        for index in (0..paths.len()).map(|turn| (run + turn) % paths.len()) {
-            let (_, prepared, target) = &paths[index];
-            by_path[index].push(iperf(prepared, target, seconds)?);
-        }
-    }
+    let by_path = rounds::in_turns(paths, runs, |(_, prepared, target)| {
+        iperf(prepared, target, seconds)
+    })?;
     Ok(paths
         .iter()
         .zip(by_path)

@@ -19,7 +19,7 @@ use netbpf_testenv::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    load::{LOAD_CPU, Measurement},
+    load::{LOAD_CPU, Sample},
     programs,
 };
 
@@ -187,13 +187,13 @@ impl Prepared {
 
     /// One run of the `load` client at `place` (the desktop, or a process
     /// of no scope dialing the gateway).
-    pub fn measure(
+    pub fn sample(
         &self,
         exe: &str,
         place: Place,
         load: Load,
         count: usize,
-    ) -> anyhow::Result<Measurement> {
+    ) -> anyhow::Result<Sample> {
         let (command, port) = match load {
             Load::Tcp => ("tcp-client", TCP_PORT),
             Load::TcpUnforwarded => ("tcp-client", UNFORWARDED_PORT),

@@ -36,6 +36,11 @@ pub struct Results {
     pub connections: usize,
     /// Round trips per UDP measurement.
     pub datagrams: usize,
+    /// Client runs a way's connections (round trips) of a round were
+    /// split into, the ways taking turns run by run (raw figures from
+    /// before ran one).
+    #[serde(default = "one")]
+    pub slices: usize,
     /// The per-program costs' loads, in multiples of `connections` and
     /// `datagrams`.
     #[serde(default = "one")]
@@ -367,9 +372,11 @@ gateway itself: the floor), **netbpf** (it dials `localhost`, netbpf's agent for
 `route_localnet` + MASQUERADE in its namespace: what users do today). Each way runs on a topology \
 of its own, so none meets another's TIME_WAIT or conntrack entries. Every client and server of \
 the load runs pinned to one CPU: on two, each exchange wakes the other CPU, which in this VM goes \
-through the hypervisor and made some rounds many times slower than the rest. The ways take turns round \
-by round, so a slow moment of this noisy VM falls on all of them, and each way goes first in a \
-round in turn, so that going first (after a pause) or after a given way favours none; each figure is the median of \
+through the hypervisor and made some rounds many times slower than the rest. In each round the ways \
+take turns run by run of their clients (a way's round is several runs, its figures those of all \
+their exchanges), so a slow stretch of this noisy VM falls on all of them, and each run of a \
+round starts from the next way, so that going first (after a pause) or after a given way \
+favours none; each figure is the median of \
 the rounds with their interquartile range (the middle half of the rounds), and each ratio is \
 taken round by round against the baseline of the same round. A round in which some way \
 stalled (its rate, or its median latency, worse than that way's median by more than 1.5 times) \
@@ -447,12 +454,14 @@ fn connections_section(text: &mut String, results: &Results) {
         text,
         "## Connections and datagrams through a forward\n\n\
          ![connections per second](bench/connect-rate.svg)\n\n\
-         TCP: {} connections in a row per round (connect, `getpeername()`, read one byte, close), {} \
+         TCP: {} connections per round and way (connect, `getpeername()`, read one byte, close), {} \
          rounds. UDP: one socket, bound, sending {} datagrams one after the other to the forwarded \
-         port, each waiting for its echo (sendmsg and recvmsg rewritten).\n\n\
+         port, each waiting for its echo (sendmsg and recvmsg rewritten). A way's round is {} runs \
+         of its client, the ways taking turns run by run; its figures are of all its runs' \
+         exchanges.\n\n\
          | way | TCP connections/s | vs. no program | p50 | p99 | TCP retransmits, all rounds | UDP round trips/s | vs. no program | conntrack entries after |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        results.connections, results.rounds, results.datagrams
+        results.connections, results.rounds, results.datagrams, results.slices
     );
     for way in Way::ALL {
         let (Some(tcp), Some(udp)) = (results.tcp.get(&way), results.udp.get(&way)) else {
