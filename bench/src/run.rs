@@ -82,7 +82,7 @@ const FULL: Plan = Plan {
     connections: 20_000,
     datagrams: 40_000,
     slices: 10,
-    iperf_runs: 6,
+    iperf_runs: 9,
     iperf_seconds: 1,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
