@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     load,
     programs::{self, BpfStats, Cost, EmptyPrograms},
+    rounds::{Figure, Symptoms},
+    stats::Better,
 };
 
 static DESIGNS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/designs"));
@@ -144,27 +146,75 @@ pub struct DesignCost {
     pub bytes: u64,
 }
 
+impl Symptoms for DesignCost {}
+
 /// Rounds of each design, by design and live sockets.
 pub type DesignRounds = BTreeMap<Design, BTreeMap<usize, Vec<DesignCost>>>;
 
-/// The rounds `rounds` (numbered as in the run) of every design with each
-/// of `live` live sockets, the designs taking turns; `connects` timed
-/// connects each.
-pub fn measure(
-    exe: &str,
-    live: &[usize],
-    connects: usize,
-    rounds: std::ops::RangeInclusive<usize>,
-    step: &dyn Fn(String) -> anyhow::Result<()>,
-) -> anyhow::Result<DesignRounds> {
-    let netns = Netns::new("nbd")?;
-    let netns_path = netns.path();
-    let cgroup = Cgroup::new_test_root(&format!("netbpf-bench-designs-{}", std::process::id()))?;
-    let empty = EmptyPrograms::attach(cgroup.path())?;
-    let _stats = BpfStats::enable()?;
-    let log = tempfile::NamedTempFile::new()?;
-    let mut results = DesignRounds::new();
-    for round in rounds {
+/// Where a stall of a design's runs shows: the time per run of either of
+/// its programs, or of the empty one beside it (a design without a release
+/// program shows 0 there, never a stall).
+pub const FIGURES: [Figure<DesignCost>; 4] = [
+    Figure {
+        name: "ns per run at connect4",
+        better: Better::Lower,
+        of: |cost| cost.connect.ns_per_run,
+    },
+    Figure {
+        name: "ns per run of the empty program at connect4",
+        better: Better::Lower,
+        of: |cost| cost.connect.empty_ns_per_run,
+    },
+    Figure {
+        name: "ns per run at release",
+        better: Better::Lower,
+        of: |cost| cost.release.map_or(0.0, |release| release.ns_per_run),
+    },
+    Figure {
+        name: "ns per run of the empty program at release",
+        better: Better::Lower,
+        of: |cost| cost.release.map_or(0.0, |release| release.empty_ns_per_run),
+    },
+];
+
+/// What the designs are measured in: a network namespace and a cgroup of
+/// their own, empty programs beside them, the kernel's statistics on.
+pub struct Bench {
+    netns: Netns,
+    cgroup: Cgroup,
+    empty: EmptyPrograms,
+    _stats: BpfStats,
+    log: tempfile::NamedTempFile,
+}
+
+impl Bench {
+    pub fn new() -> anyhow::Result<Self> {
+        let netns = Netns::new("nbd")?;
+        let cgroup =
+            Cgroup::new_test_root(&format!("netbpf-bench-designs-{}", std::process::id()))?;
+        let empty = EmptyPrograms::attach(cgroup.path())?;
+        Ok(Self {
+            netns,
+            cgroup,
+            empty,
+            _stats: BpfStats::enable()?,
+            log: tempfile::NamedTempFile::new()?,
+        })
+    }
+
+    /// Round `round` (numbered as in the run) of every design with each of
+    /// `live` live sockets (the parts with the fewest only), the designs
+    /// taking turns; `connects` timed connects each.
+    pub fn round(
+        &self,
+        exe: &str,
+        live: &[usize],
+        connects: usize,
+        round: usize,
+        step: &dyn Fn(String) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Vec<((Design, usize), DesignCost)>> {
+        let netns_path = self.netns.path();
+        let mut measured = Vec::new();
         for (index, &sockets) in live.iter().enumerate() {
             for design in Design::ALL
                 .into_iter()
@@ -175,23 +225,27 @@ pub fn measure(
                     design.label()
                 ))?;
                 let client = Spawn::new(
-                    cgroup.path(),
+                    self.cgroup.path(),
                     Some(netns_path.as_path()),
                     exe,
                     ["design-client", &sockets.to_string(), &connects.to_string()],
                 )?;
-                let cost = measure_one(design, &cgroup, &empty, client, log.path())
+                let cost = measure_one(design, &self.cgroup, &self.empty, client, self.log.path())
                     .with_context(|| format!("{} with {sockets} live sockets", design.label()))?;
-                results
-                    .entry(design)
-                    .or_default()
-                    .entry(sockets)
-                    .or_default()
-                    .push(cost);
+                measured.push(((design, sockets), cost));
             }
         }
+        Ok(measured)
     }
-    Ok(results)
+}
+
+/// Rounds by (design, live sockets), as [`DesignRounds`].
+pub fn by_design(rounds: BTreeMap<(Design, usize), Vec<DesignCost>>) -> DesignRounds {
+    let mut designs = DesignRounds::new();
+    for ((design, live), costs) in rounds {
+        designs.entry(design).or_default().insert(live, costs);
+    }
+    designs
 }
 
 /// `design` attached to `cgroup` while `client` holds its live sockets and
@@ -416,4 +470,58 @@ fn option_memory(socket: &UdpSocket) -> anyhow::Result<u64> {
     Ok(u64::from(
         meminfo[usize::try_from(libc::SK_MEMINFO_OPTMEM)?],
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rounds;
+
+    /// A design's round whose program at the release hook, or the empty
+    /// one beside it, stalled is measured again; a design without a
+    /// release program is never taken for stalled there.
+    #[test]
+    fn a_design_round_is_measured_again_when_a_release_program_stalled() {
+        let cost = |ns_per_run, empty_ns_per_run| Cost {
+            runs: 20_000,
+            ns_per_run,
+            empty_ns_per_run,
+        };
+        let design = |release| DesignCost {
+            connect: cost(240.0, 30.0),
+            release,
+            bytes: 0,
+        };
+        let mut calls = 0;
+        let mut reruns = Vec::new();
+        rounds::measure(
+            "the reverse path's designs",
+            1..=5,
+            |(design, live): (Design, usize)| format!("{}, {live} live sockets", design.label()),
+            &FIGURES,
+            &mut reruns,
+            |round| {
+                calls += 1;
+                let first_time = calls <= 5;
+                let forget = match round {
+                    3 if first_time => cost(70.0, 150.0),
+                    _ => cost(70.0, 30.0),
+                };
+                Ok(vec![
+                    ((Design::CookieHash, 1), design(Some(forget))),
+                    ((Design::SocketStorage, 1), design(None)),
+                ])
+            },
+        )
+        .unwrap();
+        assert_eq!(calls, 6);
+        let why: Vec<_> = reruns.iter().map(|rerun| rerun.why.as_str()).collect();
+        assert_eq!(
+            why,
+            [
+                "hash by socket cookie, preallocated, deleted on release, 1 live sockets: \
+                 150 ns per run of the empty program at release, median 30"
+            ]
+        );
+    }
 }

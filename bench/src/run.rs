@@ -265,13 +265,7 @@ impl Pass<'_> {
         let scaling = self.scaling(&mut ways, netbpf, &mut memory)?;
         drop(ways);
 
-        let designs = designs::measure(
-            self.exe,
-            self.plan.design_live,
-            self.plan.design_connects,
-            self.rounds.clone(),
-            &|message| self.step(message),
-        )?;
+        let designs = self.designs()?;
         let agent = self.agent()?;
         Ok(Results {
             tcp,
@@ -437,6 +431,26 @@ impl Pass<'_> {
             }
         }
         Ok(check)
+    }
+
+    /// The reverse path's designs and parts, with the plan's live sockets.
+    fn designs(&self) -> anyhow::Result<designs::DesignRounds> {
+        let bench = designs::Bench::new()?;
+        let measured = self.rounds(
+            "the reverse path's designs",
+            |(design, live): (Design, usize)| format!("{}, {live} live sockets", design.label()),
+            &designs::FIGURES,
+            |round| {
+                bench.round(
+                    self.exe,
+                    self.plan.design_live,
+                    self.plan.design_connects,
+                    round,
+                    &|message| self.step(message),
+                )
+            },
+        )?;
+        Ok(designs::by_design(measured))
     }
 
     /// The agent's measurements of the plan.
