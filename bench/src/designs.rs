@@ -239,6 +239,11 @@ impl Bench {
     }
 }
 
+/// How a stalled round names a design and its live sockets.
+pub fn stall_label((design, live): (Design, usize)) -> String {
+    format!("{}, {live} live sockets", design.label())
+}
+
 /// Rounds by (design, live sockets), as [`DesignRounds`].
 pub fn by_design(rounds: BTreeMap<(Design, usize), Vec<DesignCost>>) -> DesignRounds {
     let mut designs = DesignRounds::new();
@@ -497,7 +502,7 @@ mod tests {
         rounds::measure(
             "the reverse path's designs",
             1..=5,
-            |(design, live): (Design, usize)| format!("{}, {live} live sockets", design.label()),
+            stall_label,
             &FIGURES,
             &mut reruns,
             |round| {

@@ -107,8 +107,9 @@ pub fn in_turns<T, R>(
     mut each: impl FnMut(&T) -> anyhow::Result<R>,
 ) -> anyhow::Result<Vec<Vec<R>>> {
     let mut results: Vec<Vec<R>> = items.iter().map(|_| Vec::with_capacity(runs)).collect();
-    for run in 0..runs {
-        for index in (0..items.len()).map(|turn| (run + turn) % items.len()) {
+    let indices: Vec<usize> = (0..items.len()).collect();
+    for run in 1..=runs {
+        for &index in in_turn(&indices, run) {
             results[index].push(each(&items[index])?);
         }
     }

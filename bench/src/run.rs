@@ -438,7 +438,7 @@ impl Pass<'_> {
         let bench = designs::Bench::new()?;
         let measured = self.rounds(
             "the reverse path's designs",
-            |(design, live): (Design, usize)| format!("{}, {live} live sockets", design.label()),
+            designs::stall_label,
             &designs::FIGURES,
             |round| {
                 bench.round(
