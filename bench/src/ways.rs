@@ -428,14 +428,14 @@ mod tests {
 
     use super::*;
 
-    /// A connect to the unforwarded server is ruled out by the derived
-    /// peers' filter itself: its bit there is none of the forwarded
-    /// targets' (whose TCP peers `getpeername()` derives).
+    /// A connect to the unforwarded server, and its `getpeername()`, are
+    /// ruled out by the rewritten peers' filter itself: its bit there is
+    /// none of the forwards' targets'.
     #[test]
     fn the_unforwarded_server_is_ruled_out_by_the_filter() {
         let gateway: Ipv4Addr = BRIDGE_V4.parse().unwrap();
         let bit = |port: u16| peer_bit(&[u32::from(gateway).to_be(), 0, 0, 0], port.to_be());
-        for forwarded in [TCP_PORT, IPERF_PORT] {
+        for forwarded in [TCP_PORT, UDP_PORT, IPERF_PORT] {
             assert_ne!(bit(UNFORWARDED_PORT), bit(forwarded), "port {forwarded}");
         }
     }

@@ -11,6 +11,7 @@ pub mod mss;
 pub mod names;
 
 use core::mem::size_of;
+use core::ops::RangeInclusive;
 
 /// `AF_INET`, as the kernel reports a socket's family.
 pub const AF_INET: u16 = 2;
@@ -126,11 +127,13 @@ pub struct Lookups {
     /// lookup, in the cache line this value is read from anyway.
     pub service_ports: [u64; 4],
     /// One bit per (address, port) folded to 7 bits ([`peer_bit`]), set
-    /// for the targets of forwards whose peer `getpeername()` derives
-    /// (`DERIVED_PEERS`): a TCP socket whose peer is none of them (most
-    /// of the node's connections) needs no scope and no lookup there, in
-    /// the same cache line.
-    pub derived_peers: [u64; 2],
+    /// for every peer other than localhost that a rewrite may have given a
+    /// socket: the targets of forwards and aliases, derived peers
+    /// (`DERIVED_PEERS`) among them, kept for as long as the maps live
+    /// (sockets keep what they dialed). A socket whose peer is none of
+    /// them (most of the node's connections) needs neither its storage
+    /// nor a derived lookup, in the same cache line.
+    pub rewritten_peers: [u64; 2],
 }
 
 impl Lookups {
@@ -148,7 +151,7 @@ impl Lookups {
             deepest_level,
             local_binds_per_scope,
             service_ports: [0; 4],
-            derived_peers: [0; 2],
+            rewritten_peers: [0; 2],
         }
     }
 
@@ -178,20 +181,44 @@ impl Lookups {
     }
 
     /// With the peer at `addr` (in its own family, network order) and
-    /// `port` (network order) among the derived peers.
+    /// `port` (network order) among the rewritten peers.
     #[must_use]
-    pub const fn with_derived_peer(mut self, addr: &[u32; 4], port: u16) -> Self {
+    pub const fn with_rewritten_peer(mut self, addr: &[u32; 4], port: u16) -> Self {
         let bit = peer_bit(addr, port);
-        self.derived_peers[bit / 64] |= 1 << (bit % 64);
+        self.rewritten_peers[bit / 64] |= 1 << (bit % 64);
         self
     }
 
-    /// Whether a TCP peer at `addr` (in its own family, network order) and
-    /// `port` (network order) may be a derived one.
+    /// With every peer a rewrite to `target` may give a socket that dialed
+    /// one of `ports` (host order) among the rewritten peers. A wide range
+    /// fills the filter before its end.
     #[must_use]
-    pub const fn may_derive_peer(&self, addr: &[u32; 4], port: u16) -> bool {
+    pub fn with_rewrites_to(mut self, target: &ForwardTarget, ports: RangeInclusive<u16>) -> Self {
+        for port in ports {
+            if self.rewritten_peers == [u64::MAX; 2] {
+                break;
+            }
+            let to = port.wrapping_add(target.port_delta).to_be();
+            self = self.with_rewritten_peer(&target.addr, to);
+        }
+        self
+    }
+
+    /// With the rewritten peers of `other` too.
+    #[must_use]
+    pub const fn with_rewritten_peers_of(mut self, other: &Self) -> Self {
+        self.rewritten_peers[0] |= other.rewritten_peers[0];
+        self.rewritten_peers[1] |= other.rewritten_peers[1];
+        self
+    }
+
+    /// Whether a peer at `addr` (network order, IPv4-mapped or not; not
+    /// localhost) and `port` (network order) may be one a rewrite gave:
+    /// what a socket's storage may hold, or a derived peer.
+    #[must_use]
+    pub const fn may_be_rewritten_peer(&self, addr: &[u32; 4], port: u16) -> bool {
         let bit = peer_bit(addr, port);
-        self.derived_peers[bit / 64] & (1 << (bit % 64)) != 0
+        self.rewritten_peers[bit / 64] & (1 << (bit % 64)) != 0
     }
 
     /// What either `self` or `other` needs, within the larger limit.
@@ -212,22 +239,22 @@ impl Lookups {
             union.service_ports[word] = self.service_ports[word] | other.service_ports[word];
             word += 1;
         }
-        let mut word = 0;
-        while word < 2 {
-            union.derived_peers[word] = self.derived_peers[word] | other.derived_peers[word];
-            word += 1;
-        }
         union
+            .with_rewritten_peers_of(&self)
+            .with_rewritten_peers_of(&other)
     }
 }
 
-/// The bit of [`Lookups::derived_peers`] of a peer: its address words and
+/// The bit of [`Lookups::rewritten_peers`] of a peer: its address words and
 /// port folded together, so that peers differing in either mostly fall on
-/// different bits.
+/// different bits. The third word is left out: an IPv4 address (in the
+/// first) and its IPv4-mapped form (in the last, past the marker in the
+/// third) fall on the same bit, so the programs test a peer as its socket
+/// sees it, unmapped or not.
 #[inline]
 #[must_use]
 pub const fn peer_bit(addr: &[u32; 4], port: u16) -> usize {
-    let folded = addr[0] ^ addr[1] ^ addr[2] ^ addr[3] ^ port as u32;
+    let folded = addr[0] ^ addr[1] ^ addr[3] ^ port as u32;
     let folded = folded ^ (folded >> 16);
     ((folded ^ (folded >> 7) ^ (folded >> 14)) % 128) as usize
 }
@@ -824,17 +851,45 @@ mod tests {
     }
 
     #[test]
-    fn the_derived_peer_filter_rules_out_other_addresses_and_ports() {
+    fn the_rewritten_peer_filter_rules_out_other_addresses_and_ports() {
         let target = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
         let port = 5432u16.to_be();
-        let lookups = Lookups::new(0, 0, 0).with_derived_peer(&target, port);
-        assert!(lookups.may_derive_peer(&target, port));
-        assert!(!lookups.may_derive_peer(&target, 5433u16.to_be()));
+        let lookups = Lookups::new(0, 0, 0).with_rewritten_peer(&target, port);
+        assert!(lookups.may_be_rewritten_peer(&target, port));
+        assert!(!lookups.may_be_rewritten_peer(&target, 5433u16.to_be()));
         let other = [u32::from_ne_bytes([10, 0, 0, 2]), 0, 0, 0];
-        assert!(!lookups.may_derive_peer(&other, port));
-        assert!(!Lookups::new(0, 0, 0).may_derive_peer(&target, port));
-        let both = lookups.union(Lookups::new(0, 0, 0).with_derived_peer(&other, 80u16.to_be()));
-        assert!(both.may_derive_peer(&target, port) && both.may_derive_peer(&other, 80u16.to_be()));
+        assert!(!lookups.may_be_rewritten_peer(&other, port));
+        assert!(!Lookups::new(0, 0, 0).may_be_rewritten_peer(&target, port));
+        let mapped = [
+            0,
+            0,
+            u32::from_be_bytes([0, 0, 0xff, 0xff]).to_be(),
+            target[0],
+        ];
+        assert!(lookups.may_be_rewritten_peer(&mapped, port), "IPv4-mapped");
+        let both = lookups.union(Lookups::new(0, 0, 0).with_rewritten_peer(&other, 80u16.to_be()));
+        assert!(
+            both.may_be_rewritten_peer(&target, port)
+                && both.may_be_rewritten_peer(&other, 80u16.to_be())
+        );
+    }
+
+    #[test]
+    fn rewrites_of_a_port_range_cover_every_target_port_and_a_wide_one_fills_the_filter() {
+        let target = ForwardTarget {
+            addr: [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0],
+            family: AF_INET,
+            port_delta: 1000,
+            rule: 0,
+            flags: 0,
+        };
+        let lookups = Lookups::default().with_rewrites_to(&target, 8000..=8009);
+        for port in 9000..=9009u16 {
+            assert!(lookups.may_be_rewritten_peer(&target.addr, port.to_be()));
+        }
+        assert!(!lookups.may_be_rewritten_peer(&target.addr, 8000u16.to_be()));
+        let every = Lookups::default().with_rewrites_to(&target, 0..=u16::MAX);
+        assert_eq!(every.rewritten_peers, [u64::MAX; 2]);
     }
 
     #[test]

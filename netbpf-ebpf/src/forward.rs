@@ -310,13 +310,28 @@ fn reached_directly(ctx: *mut bpf_sock_addr, peer: SockAddr, syscall: Syscall) {
 
 /// `peer` (as a socket of `family` sees it) in its own family, if it may
 /// be a derived peer of some scope: most peers are ruled out here, by the
-/// lookups' filter.
+/// lookups' filter of rewritten peers.
 #[inline(always)]
 fn derivable(lookups: &Lookups, peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
-    let (addr, family) = addr::canonical(&peer.addr, family);
     lookups
-        .may_derive_peer(&addr, peer.port)
-        .then_some((addr, family))
+        .may_be_rewritten_peer(&peer.addr, peer.port)
+        .then(|| addr::canonical(&peer.addr, family))
+}
+
+/// Whether the peer in the user address of `ctx` (of a hook of `family`)
+/// may be one a rewrite gave the socket: a target in the lookups' filter,
+/// or a localhost address (an own service's, which keeps the dialed
+/// address). Most peers are not, and their sockets' storage is not looked
+/// at. The address is read here, apart from the caller's copy: what the
+/// tests teach the verifier of these registers would otherwise split its
+/// walk of the caller's lookups three ways.
+#[inline(always)]
+fn may_be_rewritten(ctx: *mut bpf_sock_addr, family: u16) -> bool {
+    let Some(lookups) = scope::lookups() else {
+        return false;
+    };
+    let peer = addr::read_user(ctx, family);
+    lookups.may_be_rewritten_peer(&peer.addr, peer.port) || addr::is_localhost(&peer.addr, family)
 }
 
 /// The derived peer of `peer` (as the socket of `ctx` sees it) for the
@@ -403,6 +418,9 @@ pub enum Reverse {
 /// application dialed.
 #[inline(always)]
 pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16, reverse: Reverse) {
+    if !may_be_rewritten(ctx, family) {
+        return;
+    }
     let context = SockAddrContext { sock_addr: ctx };
     let peer = addr::read_user(ctx, family);
     // SAFETY: as in `remember`.

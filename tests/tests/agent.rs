@@ -1,19 +1,22 @@
 //! `netbpf agent` and its policy directory: an edit takes effect while the
 //! container runs, an invalid edit changes nothing and says where it is
 //! wrong, and a name defined in two files is refused naming both. A full
-//! map takes a replacement in one update. A connection whose dialed
-//! address the kernel derives keeps it across policy edits.
+//! map takes a replacement in one update. A held connection keeps what it
+//! dialed across policy edits, derived or kept in its socket's storage.
 //!
 //! Privileged: run as root (`cargo xtask test`).
 
 use std::{
-    io::{BufRead, BufReader, Write},
+    io::{BufRead, BufReader, Lines, Write},
+    process::{ChildStdin, ChildStdout},
     time::Duration,
 };
 
+use netbpf_common::peer_bit;
+
 use netbpf_testenv::{
-    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, KernelMaps, Place, Site, applied,
-    cgroup_id, require_root,
+    AgentOptions, AgentSetup, BRIDGE_V4, DesktopTopology, KernelMaps, Place, Process, Site,
+    applied, cgroup_id, require_root,
 };
 
 /// A policy forwarding the desktop's localhost:8082 to `port` on the
@@ -160,24 +163,9 @@ fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
         "the forward's peer is derived"
     );
 
-    let (_client, mut ask, answers) = topology
-        .spawn_probe(Place::Desktop, &["tcp-held", "127.0.0.1", "8082"])
-        .unwrap()
-        .start_piped(&topology.work.path().join("held.log"))
-        .unwrap();
-    let mut answers = BufReader::new(answers).lines();
-    let mut held_peer = |ask_again: bool| {
-        if ask_again {
-            writeln!(ask).unwrap();
-        }
-        let line = answers
-            .next()
-            .expect("the held connection answers")
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&line).unwrap()["peer"].clone()
-    };
+    let mut held = Held::dial(&topology, 8082);
     let dialed = serde_json::json!(["127.0.0.1", 8082]);
-    assert_eq!(held_peer(false), dialed);
+    assert_eq!(held.peer(false), dialed);
 
     save(&setup, "desktop.toml", &forward_from(8083));
     agent
@@ -188,7 +176,7 @@ fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
         })
         .unwrap();
     assert_eq!(
-        held_peer(true),
+        held.peer(true),
         dialed,
         "the held connection, after the edit"
     );
@@ -202,6 +190,107 @@ fn a_held_connection_shows_what_it_dialed_across_policy_edits() {
         (&new["peer"], new["data"].as_str()),
         (&serde_json::json!(["127.0.0.1", 8083]), Some("target")),
         "a new connection through the moved forward"
+    );
+    assert!(agent.stop().unwrap().success());
+}
+
+/// A TCP connection the desktop holds open to its localhost `port`,
+/// which answers with its peer when asked.
+struct Held {
+    _client: Process,
+    ask: ChildStdin,
+    answers: Lines<BufReader<ChildStdout>>,
+}
+
+impl Held {
+    fn dial(topology: &DesktopTopology, port: u16) -> Self {
+        let (client, ask, answers) = topology
+            .spawn_probe(
+                Place::Desktop,
+                &["tcp-held", "127.0.0.1", &port.to_string()],
+            )
+            .unwrap()
+            .start_piped(&topology.work.path().join(format!("held-{port}.log")))
+            .unwrap();
+        Self {
+            _client: client,
+            ask,
+            answers: BufReader::new(answers).lines(),
+        }
+    }
+
+    /// The connection's `getpeername()`: the one it printed at connect,
+    /// or (`ask_again`) a new one.
+    fn peer(&mut self, ask_again: bool) -> serde_json::Value {
+        if ask_again {
+            writeln!(self.ask).unwrap();
+        }
+        let line = self
+            .answers
+            .next()
+            .expect("the held connection answers")
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()["peer"].clone()
+    }
+}
+
+/// A TCP connection that kept what it dialed in its socket's storage (two
+/// forwards reach its target, so its peer is not derived) still shows it
+/// after an edit takes its target out of the policy: `getpeername()` looks
+/// at the storage only for peers in the kernel's filter of rewritten ones,
+/// and the filter keeps the peers of earlier policies.
+#[test]
+fn a_held_connection_shows_what_it_dialed_after_its_target_left_the_policy() {
+    require_root();
+    let topology = DesktopTopology::new().unwrap();
+    let _servers = [(9001, "old"), (9002, "new")].map(|(port, banner)| {
+        topology
+            .start_tcp_banner(Place::DockerHost, BRIDGE_V4, port, banner)
+            .unwrap()
+    });
+    let bit = |port: u16| {
+        let bridge: std::net::Ipv4Addr = BRIDGE_V4.parse().unwrap();
+        peer_bit(&[u32::from(bridge).to_be(), 0, 0, 0], port.to_be())
+    };
+    assert_ne!(
+        bit(9001),
+        bit(9002),
+        "the old target's bit in the filter must be none of the new policy's"
+    );
+    let setup = agent_setup(&topology);
+    let two_forwards = forward_to(&topology, 9001).replace(
+        "}]\n",
+        &format!("}}, {{ from = \"localhost:8083\", to = \"{BRIDGE_V4}:9001\" }}]\n"),
+    );
+    setup.policy("desktop.toml", &two_forwards).unwrap();
+    let agent = setup
+        .start("agent")
+        .unwrap_or_else(|error| panic!("{error:#}"));
+    assert_eq!(
+        KernelMaps::of(&agent)
+            .unwrap()
+            .entries("DERIVED_PEERS")
+            .unwrap(),
+        0,
+        "two forwards reach the target: its peer is not derived"
+    );
+    let mut held = Held::dial(&topology, 8082);
+    let dialed = serde_json::json!(["127.0.0.1", 8082]);
+    assert_eq!(held.peer(false), dialed);
+
+    save(&setup, "desktop.toml", &forward_to(&topology, 9002));
+    agent
+        .wait_for_status(Duration::from_secs(5), |status| {
+            status["scopes"][0]["forwards"][0]["to"]
+                .as_str()
+                .is_some_and(|to| to.ends_with(":9002"))
+        })
+        .unwrap();
+    assert_eq!(banner(&topology), "new", "the edit took effect");
+    assert_eq!(
+        held.peer(true),
+        dialed,
+        "the held connection, after its target left the policy"
     );
     assert!(agent.stop().unwrap().success());
 }

@@ -358,9 +358,12 @@ fn a_port_range_maps_onto_a_range() {
         setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9000"])["data"],
         "first"
     );
+    // Inside the range, what a socket dialed is kept in its storage: the
+    // filter of rewritten peers holds every target port of the range.
+    let middle = setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9007"]);
     assert_eq!(
-        setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9007"])["data"],
-        "middle"
+        (middle["data"].as_str(), &middle["peer"]),
+        (Some("middle"), &json!(["127.0.0.1", 9007]))
     );
     assert_eq!(
         setup.probe(Place::Desktop, &["tcp", "127.0.0.1", "9010"])["data"],
@@ -375,6 +378,45 @@ fn a_port_range_maps_onto_a_range() {
         0
     );
     assert_eq!(setup.counters(0).0, 3);
+}
+
+/// A scope's own service, whose bind netbpf remapped, is reached at the
+/// port the scope dialed, and `getpeername()` shows that port to IPv4 and
+/// IPv6 sockets: the connect kept it in the socket's storage, which is
+/// looked at for every localhost peer (the filter of rewritten peers holds
+/// no localhost address).
+#[test]
+fn getpeername_of_an_own_service_shows_the_port_dialed() {
+    let topology = new_topology();
+    let scope = format!(
+        "[[scope]]\nname = \"desktop\"\nmatch = {{ cgroup = \"{}\" }}\n\
+         bind = [{{ port = 3000, to = 7000 }}]\n",
+        topology.desktop.path().display()
+    );
+    let setup = Setup::with_scopes(topology, &scope);
+    let topology = &setup.topology;
+    // It binds :3000 and gets :7000, where it is waited for.
+    let _own = topology
+        .site(Place::Desktop)
+        .start_server(
+            "socat",
+            &[
+                "TCP-LISTEN:3000,bind=127.0.0.1,fork,reuseaddr",
+                "SYSTEM:echo own",
+            ],
+            7000,
+            "tcp",
+            &topology.file("own-service.log"),
+        )
+        .unwrap();
+    for host in ["127.0.0.1", "::ffff:127.0.0.1"] {
+        let answer = setup.probe(Place::Desktop, &["tcp", host, "3000"]);
+        assert_eq!(
+            (answer["data"].as_str(), &answer["peer"]),
+            (Some("own"), &json!([host, 3000])),
+            "connect() to {host} port 3000"
+        );
+    }
 }
 
 #[test]

@@ -173,13 +173,15 @@ fn unscoped_work(program: &str) -> &'static str {
              peer `getpeername()` derives: a socket of that scope that dials the target itself \
              must keep storage saying so, so the program looks for the derived peer of the \
              socket's scope instance and finds none (the helper and a lookup that misses, by \
-             the task's cgroup: the floor in the parts of finding a scope). A connect to any other destination is ruled out by the derived peers' \
-             filter, in the lookups' cache line, and looks nothing up."
+             the task's cgroup: the floor in the parts of finding a scope). A connect to any \
+             other destination is ruled out by the rewritten peers' filter, in the lookups' \
+             cache line, and looks nothing up."
         }
         program::GETPEER4 => {
             "A socket of no scope has no storage; its peer, a forward's target, passes the \
-             derived peers' filter, so it is looked up by the task's cgroup and not found (all \
-             scopes here are cgroups at one depth: no other instance to look for)."
+             rewritten peers' filter, so its storage is looked up and none found, then its \
+             derived peer is looked up by the task's cgroup and not found (all scopes here are \
+             cgroups at one depth: no other instance to look for)."
         }
         _ => {
             "A socket of no scope has no storage: one lookup of the socket's storage finds none, \
@@ -195,13 +197,13 @@ fn unforwarded_work(program: &str) -> &'static str {
     match program {
         program::CONNECT4 => {
             "The destination is read and ruled out as localhost, as an alias (none on this \
-             node) and as a derived peer (the lookups' filter), and the host-service check \
+             node) and as a derived peer (the rewritten peers' filter), and the host-service check \
              reads the same cache line: nothing is looked up. What is left is the program \
              itself: the base every connect of the node pays."
         }
         program::GETPEER4 => {
-            "A socket of no scope has no storage: one lookup of the socket's storage finds \
-             none, and the derived peers' filter rules its peer out."
+            "The peer is read and ruled out by the rewritten peers' filter, in the lookups' \
+             cache line: neither the socket's storage nor a derived peer is looked up."
         }
         _ => {
             "A socket of no scope has no storage: one lookup of the socket's storage finds none \

@@ -353,10 +353,14 @@ impl Datapath {
         )
     }
 
-    /// Tells the programs which lookups they need.
+    /// Tells the programs which lookups they need. The rewritten peers of
+    /// earlier plans stay: a socket keeps what it dialed for as long as it
+    /// lives, and `getpeername()` looks there only for a peer in the
+    /// filter.
     fn set_lookups(&mut self, lookups: Lookups) -> Result<(), DatapathError> {
         let mut map: Array<_, Lookups> = self.map_mut(names::LOOKUPS.name)?;
-        map.set(0, lookups, 0)
+        let before = map.get(&0, 0).map_err(map_error(names::LOOKUPS.name))?;
+        map.set(0, lookups.with_rewritten_peers_of(&before), 0)
             .map_err(map_error(names::LOOKUPS.name))
     }
 

@@ -18,6 +18,7 @@ mod port_set;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    ops::RangeInclusive,
     path::{Path, PathBuf},
 };
 
@@ -538,9 +539,36 @@ impl Plan {
             Lookups::new(levels, flags, self.local_binds_per_scope),
             |lookups, key| lookups.with_service_port(key.port),
         );
+        let lookups = self
+            .rewrites()
+            .filter(|(target, _)| !target.is_own_service())
+            .fold(lookups, |lookups, (target, ports)| {
+                lookups.with_rewrites_to(target, ports)
+            });
+        // Derived peers kept for live sockets from an earlier plan, too.
         self.derived_peers.keys().fold(lookups, |lookups, key| {
-            lookups.with_derived_peer(&key.peer.addr, key.peer.port)
+            lookups.with_rewritten_peer(&key.peer.addr, key.peer.port)
         })
+    }
+
+    /// Every rewrite of the plan: its target and the dialed ports (host
+    /// order) it takes. An own service's target is the dialed localhost
+    /// address itself.
+    fn rewrites(&self) -> impl Iterator<Item = (&ForwardTarget, RangeInclusive<u16>)> {
+        let exact = self
+            .forward_ports
+            .iter()
+            .map(|(key, target)| (target, key.port..=key.port));
+        let ranges = self.forwards.iter().map(|(&(prefix_len, prefix), target)| {
+            let first = u16::from_be_bytes(prefix.port);
+            let last = first | u16::MAX.checked_shr(port_bits(prefix_len)).unwrap_or(0);
+            (target, first..=last)
+        });
+        let aliases = self.aliases.iter().map(|(key, target)| match key.port {
+            0 => (target, 0..=u16::MAX),
+            port => (target, port..=port),
+        });
+        exact.chain(ranges).chain(aliases)
     }
 
     /// Whether `key` (a scope's localhost port) is forwarded: the ports

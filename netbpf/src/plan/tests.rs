@@ -272,9 +272,45 @@ fn a_forward_alone_at_its_target_gets_its_peer_derived() {
     let slots: BTreeSet<u32> = plan.derived_peers.values().map(|peer| peer.rule).collect();
     assert_eq!(slots.len(), 2);
     assert_eq!(derived_rules(&plan), slots);
-    let target = [u32::from_ne_bytes([10, 0, 0, 1]), 0, 0, 0];
-    assert!(plan.lookups().may_derive_peer(&target, 90u16.to_be()));
-    assert!(!plan.lookups().may_derive_peer(&target, 80u16.to_be()));
+}
+
+/// The lookups' filter of rewritten peers holds every target a socket
+/// may have been sent to (exact forwards, each port of a range, aliases,
+/// derived peers among them) and rules out a peer no rule reaches; an
+/// own service's localhost target is left to the programs.
+#[test]
+fn every_rewrite_target_is_in_the_filter_of_rewritten_peers() {
+    let policy = policy(
+        "version = 1\n\
+         [[scope]]\nname = \"a\"\nmatch = { container = \"a\" }\nforward = [\n\
+           { from = \"localhost:8082\", to = \"10.0.0.1:80\" },\n\
+           { from = \"localhost:8090\", to = \"10.0.0.1:90\" },\n\
+           { from = \"localhost:5353\", to = \"10.0.0.1:53\", proto = \"udp\" },\n\
+           { from = \"localhost:9000-9010\", to = \"10.0.0.2:7000-7010\" },\n\
+         ]\n\
+         alias = [{ from = \"10.96.0.10:53\", to = \"10.0.0.53:5300\", proto = \"both\" }]\n\
+         bind = [{ port = 3000, to = 7000 }]\n",
+    );
+    let plan = plan_afresh(&policy, &[workload("a", 1, Some("a"))]);
+    let lookups = plan.lookups();
+    let may = |addr: [u8; 4], port: u16| {
+        lookups.may_be_rewritten_peer(&[u32::from_ne_bytes(addr), 0, 0, 0], port.to_be())
+    };
+    for (addr, port) in [
+        ([10, 0, 0, 1], 80),
+        ([10, 0, 0, 1], 90),
+        ([10, 0, 0, 1], 53),
+        ([10, 0, 0, 2], 7000),
+        ([10, 0, 0, 2], 7010),
+        ([10, 0, 0, 53], 5300),
+    ] {
+        assert!(may(addr, port), "{addr:?}:{port}");
+    }
+    assert!(!may([10, 0, 0, 1], 25), "a peer no rule reaches");
+    assert!(
+        (0..u16::MAX).any(|port| !may([127, 0, 0, 1], port)),
+        "own services' localhost targets are not in the filter"
+    );
 }
 
 /// A network namespace instance's derived peers are keyed by its cookie,
