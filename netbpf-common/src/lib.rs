@@ -127,12 +127,14 @@ pub struct Lookups {
     /// lookup, in the cache line this value is read from anyway.
     pub service_ports: [u64; 4],
     /// One bit per (address, port) folded to 7 bits ([`peer_bit`]), set
-    /// for every peer other than localhost that a rewrite may have given a
-    /// socket: the targets of forwards and aliases, derived peers
-    /// (`DERIVED_PEERS`) among them, kept for as long as the maps live
-    /// (sockets keep what they dialed). A socket whose peer is none of
-    /// them (most of the node's connections) needs neither its storage
-    /// nor a derived lookup, in the same cache line.
+    /// for every peer a rewrite may have given a socket: the targets of
+    /// forwards and aliases, derived peers (`DERIVED_PEERS`) among them,
+    /// kept for as long as the maps live (sockets keep what they dialed).
+    /// An own service's target, the localhost address dialed, is not: the
+    /// programs look up every localhost peer. The `getpeername()` of a
+    /// socket whose peer is none of them (most of the node's connections)
+    /// needs neither its storage nor a derived lookup, and neither does
+    /// its TCP connect, in the same cache line.
     pub rewritten_peers: [u64; 2],
 }
 
