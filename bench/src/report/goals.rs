@@ -173,9 +173,9 @@ fn unscoped_work(program: &str) -> &'static str {
              peer `getpeername()` derives: a socket of that scope that dials the target itself \
              must keep storage saying so, so the program looks for the derived peer of the \
              socket's scope instance and finds none (the helper and a lookup that misses, by \
-             the task's cgroup: the floor in the parts of finding a scope). A connect to any \
-             other destination is ruled out by the rewritten peers' filter, in the lookups' \
-             cache line, and looks nothing up."
+             the task's cgroup: the floor in the parts of finding a scope). A connect to a \
+             peer no rule rewrites to is ruled out by the rewritten peers' filter, in the \
+             lookups' cache line, and looks nothing up."
         }
         program::GETPEER4 => {
             "A socket of no scope has no storage; its peer, a forward's target, passes the \

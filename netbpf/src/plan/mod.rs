@@ -331,7 +331,7 @@ struct Growing {
 impl Growing {
     /// Adds an instance's `entries`.
     fn add(&mut self, entries: Plan, per_scope: u32) {
-        self.levels |= entries.lookups().cgroup_levels;
+        self.levels |= entries.cgroup_levels();
         self.reserved += entries.local_binds_reserved(per_scope);
         self.plan.merge(entries);
     }
@@ -522,9 +522,7 @@ impl Plan {
     /// Which lookups the programs need for this plan.
     #[must_use]
     pub fn lookups(&self) -> Lookups {
-        let levels = self.cgroup_scopes.values().fold(0, |levels, scope| {
-            levels | 1u64.checked_shl(scope.level.into()).unwrap_or(0)
-        });
+        let levels = self.cgroup_levels();
         let mut flags = 0;
         if !self.netns_scopes.is_empty() {
             flags |= LOOKUP_NETNS_SCOPES;
@@ -548,6 +546,13 @@ impl Plan {
         // Derived peers kept for live sockets from an earlier plan, too.
         self.derived_peers.keys().fold(lookups, |lookups, key| {
             lookups.with_rewritten_peer(&key.peer.addr, key.peer.port)
+        })
+    }
+
+    /// The cgroup levels its scopes sit at, one bit each.
+    fn cgroup_levels(&self) -> u64 {
+        self.cgroup_scopes.values().fold(0, |levels, scope| {
+            levels | 1u64.checked_shl(scope.level.into()).unwrap_or(0)
         })
     }
 

@@ -308,8 +308,8 @@ fn every_rewrite_target_is_in_the_filter_of_rewritten_peers() {
     }
     assert!(!may([10, 0, 0, 1], 25), "a peer no rule reaches");
     assert!(
-        (0..u16::MAX).any(|port| !may([127, 0, 0, 1], port)),
-        "own services' localhost targets are not in the filter"
+        !may([127, 0, 0, 1], 7000),
+        "an own service's localhost target is left to the programs"
     );
 }
 
