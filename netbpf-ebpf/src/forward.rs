@@ -8,8 +8,8 @@ use aya_ebpf::{bindings::bpf_sock_addr, maps::lpm_trie::Key, programs::SockAddrC
 use netbpf_common::{
     AF_INET, AF_INET6, AliasKey, AliasedAddr, CgroupForward, CgroupPort, DIALED_PER_SOCKET,
     DerivedPeer, DerivedPeerKey, Dialed, FORWARD_KEY_BITS, ForwardKey, ForwardTarget,
-    LOOKUP_ALIASES, Lookups, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES, ScopeEntry,
-    ScopePort, SockAddr, port_set_bit,
+    LOOKUP_ALIASES, PROTO_TCP, PROTO_UDP, RuleStats, SCOPE_PORT_RANGES, ScopeEntry, ScopePort,
+    SockAddr, port_set_bit,
 };
 
 use crate::{
@@ -64,7 +64,8 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         if protocol == PROTO_UDP {
             reached_directly(ctx, seen, syscall);
         } else if matches!(syscall, Syscall::Connect)
-            && scope::lookups().is_some_and(|lookups| derivable(lookups, &seen, family).is_some())
+            && scope::lookups()
+                .is_some_and(|lookups| lookups.may_be_rewritten_peer(&seen.addr, seen.port))
         {
             reached_derived_peer(ctx, seen, family);
         }
@@ -308,39 +309,47 @@ fn reached_directly(ctx: *mut bpf_sock_addr, peer: SockAddr, syscall: Syscall) {
     }
 }
 
-/// `peer` (as a socket of `family` sees it) in its own family, if it may
-/// be a derived peer of some scope: most peers are ruled out here, by the
-/// lookups' filter of rewritten peers.
-#[inline(always)]
-fn derivable(lookups: &Lookups, peer: &SockAddr, family: u16) -> Option<([u32; 4], u16)> {
-    lookups
-        .may_be_rewritten_peer(&peer.addr, peer.port)
-        .then(|| addr::canonical(&peer.addr, family))
+/// How the peer in a socket's user address may have come from a rewrite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PeerOrigin {
+    /// Neither: no rewrite gives that peer, and the socket's storage is
+    /// not looked at. Most peers.
+    Dialed,
+    /// A localhost address: an own service's target, kept in storage.
+    Localhost,
+    /// A target in the lookups' filter: kept in storage, or a derived
+    /// peer.
+    Target,
 }
 
-/// Whether the peer in the user address of `ctx` (of a hook of `family`)
-/// may be one a rewrite gave the socket: a target in the lookups' filter,
-/// or a localhost address (an own service's, which keeps the dialed
-/// address). Most peers are not, and their sockets' storage is not looked
-/// at. The address is read here, apart from the caller's copy: what the
-/// tests teach the verifier of these registers would otherwise split its
-/// walk of the caller's lookups three ways.
+/// How the peer in the user address of `ctx` (of a hook of `family`) may
+/// have come from a rewrite. The address is read here, apart from the
+/// caller's copy: what the tests teach the verifier of these registers
+/// would otherwise split its walk of the caller's lookups three ways.
 #[inline(always)]
-fn may_be_rewritten(ctx: *mut bpf_sock_addr, family: u16) -> bool {
+fn peer_origin(ctx: *mut bpf_sock_addr, family: u16) -> PeerOrigin {
     let Some(lookups) = scope::lookups() else {
-        return false;
+        return PeerOrigin::Dialed;
     };
     let peer = addr::read_user(ctx, family);
-    lookups.may_be_rewritten_peer(&peer.addr, peer.port) || addr::is_localhost(&peer.addr, family)
+    if lookups.may_be_rewritten_peer(&peer.addr, peer.port) {
+        PeerOrigin::Target
+    } else if addr::is_localhost(&peer.addr, family) {
+        PeerOrigin::Localhost
+    } else {
+        PeerOrigin::Dialed
+    }
 }
 
 /// The derived peer of `peer` (as the socket of `ctx` sees it) for the
 /// caller's scope instance, if `peer` is one: one lookup by the task's
-/// cgroup when that is the instance's, as for a forward by cgroup.
+/// cgroup when that is the instance's, as for a forward by cgroup. The
+/// caller has found `peer` in the lookups' filter of rewritten peers,
+/// which rules out most peers.
 #[inline(always)]
 fn derived_peer(ctx: *mut bpf_sock_addr, peer: &SockAddr, family: u16) -> Option<DerivedPeer> {
     let lookups = scope::lookups()?;
-    let (addr, family) = derivable(lookups, peer, family)?;
+    let (addr, family) = addr::canonical(&peer.addr, family);
     let peer = SockAddr {
         addr,
         port: peer.port,
@@ -423,7 +432,8 @@ pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16, reverse: Reverse) {
     // reply's path ends at the storage, whose miss costs what the filter
     // does (measured by the bench), and whose reply mostly comes from a
     // target, which the filter lets through anyway.
-    if reverse == Reverse::PeerName && !may_be_rewritten(ctx, family) {
+    let origin = (reverse == Reverse::PeerName).then(|| peer_origin(ctx, family));
+    if origin == Some(PeerOrigin::Dialed) {
         return;
     }
     let context = SockAddrContext { sock_addr: ctx };
@@ -433,7 +443,7 @@ pub fn restore_peer(ctx: *mut bpf_sock_addr, family: u16, reverse: Reverse) {
         // A socket without storage dialed nothing netbpf rewrote, but for
         // a TCP connect whose dialed address its peer gives back.
         // SAFETY: `ctx` is the program's context.
-        if reverse == Reverse::PeerName
+        if origin == Some(PeerOrigin::Target)
             && unsafe { (*ctx).protocol } == u32::from(PROTO_TCP)
             && let Some(derived) = derived_peer(ctx, &peer, family)
         {
