@@ -1,6 +1,6 @@
 //! What a connect hook's reverse path costs, design by design: each
 //! program of `bench/ebpf` alone at connect4 (and the release hook, for
-//! the design that deletes) of a cgroup of its own, an empty program
+//! the design that deletes) of a cgroup of its own, empty programs
 //! beside it, under UDP connects of a process that holds some live
 //! sockets. Each design's net ns per run and the memory it holds for the
 //! live sockets put netbpf's way (socket storage) beside a preallocated
@@ -152,7 +152,7 @@ impl Symptoms for DesignCost {}
 pub type DesignRounds = BTreeMap<Design, BTreeMap<usize, Vec<DesignCost>>>;
 
 /// Where a stall of a design's runs shows: the time per run of either of
-/// its programs, or of the empty one beside it (a design without a release
+/// its programs, or of the least empty one beside it (a design without a release
 /// program shows 0 there, never a stall).
 pub const FIGURES: [Figure<DesignCost>; 4] = [
     Figure {
@@ -161,7 +161,7 @@ pub const FIGURES: [Figure<DesignCost>; 4] = [
         of: |cost| cost.connect.ns_per_run,
     },
     Figure {
-        name: "ns per run of the empty program at connect4",
+        name: "ns per run of the least empty program at connect4",
         better: Better::Lower,
         of: |cost| cost.connect.empty_ns_per_run,
     },
@@ -171,7 +171,7 @@ pub const FIGURES: [Figure<DesignCost>; 4] = [
         of: |cost| cost.release.map_or(0.0, |release| release.ns_per_run),
     },
     Figure {
-        name: "ns per run of the empty program at release",
+        name: "ns per run of the least empty program at release",
         better: Better::Lower,
         of: |cost| cost.release.map_or(0.0, |release| release.empty_ns_per_run),
     },
@@ -525,7 +525,7 @@ mod tests {
             why,
             [
                 "hash by socket cookie, preallocated, deleted on release, 1 live sockets: \
-                 150 ns per run of the empty program at release, median 30"
+                 150 ns per run of the least empty program at release, median 30"
             ]
         );
     }

@@ -524,7 +524,7 @@ const COST_FIGURES: [Figure<Cost>; 2] = [
         of: |cost| cost.ns_per_run,
     },
     Figure {
-        name: "ns per run of the empty program",
+        name: "ns per run of the least empty program",
         better: Better::Lower,
         of: |cost| cost.empty_ns_per_run,
     },
@@ -750,7 +750,7 @@ mod tests {
                 (2, "netbpf_bound4: 285 ns per run, median 40"),
                 (
                     4,
-                    "netbpf_bound4: 122 ns per run of the empty program, median 30"
+                    "netbpf_bound4: 122 ns per run of the least empty program, median 30"
                 ),
             ]
         );

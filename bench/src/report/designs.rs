@@ -21,12 +21,12 @@ pub(super) fn section(text: &mut String, results: &Results) {
          What a connect hook adds to remember what a socket dialed, so that `getpeername()` and \
          UDP replies show it, design by design: each design is a program of the bench's own, \
          alone at connect4 of a cgroup of its own (and at the release hook, for the design that \
-         deletes there), beside an empty program, timed by the kernel's statistics over a \
+         deletes there), beside three empty programs, timed by the kernel's statistics over a \
          process's UDP connects (each socket closed at once) while it holds some live connected \
          sockets, the designs taking turns round by round; a round in which any of them, or \
-         the empty program beside it, stalled (more than 1.5 times its median per run) is \
-         measured again, as the per-program costs are. *net*: ns per run above the empty \
-         program, median (interquartile range) of the rounds; *memory*: what the design held for \
+         the least of the empty programs beside it, stalled (more than 1.5 times its median per run) is \
+         measured again, as the per-program costs are. *net*: ns per run above the least \
+         empty program, median (interquartile range) of the rounds; *memory*: what the design held for \
          the live sockets (its map's `bytes_memlock`, and the option memory the sockets were \
          charged for their storage).\n\n\
          | design | live sockets | connect4 net ns | to Cilium's | release net ns | memory |\n\
