@@ -204,22 +204,18 @@ pub fn costs(
             continue;
         };
         let (runs, time) = delta(id);
-        let empty_costs: Vec<f64> = empty_ids
+        if runs == 0 {
+            continue;
+        }
+        let Some(empty_ns_per_run) = empty_ids
             .iter()
             .map(|&empty_id| delta(empty_id))
             .filter(|&(runs, _)| runs > 0)
             .map(per_run)
-            .collect();
-        eprintln!(
-            "EMPTY {name} {:.1} {empty_costs:.1?}",
-            per_run((runs, time))
-        );
-        let Some(empty_ns_per_run) = empty_costs.into_iter().reduce(f64::min) else {
+            .reduce(f64::min)
+        else {
             continue;
         };
-        if runs == 0 {
-            continue;
-        }
         costs.insert(
             name,
             Cost {
