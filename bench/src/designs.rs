@@ -152,8 +152,8 @@ impl Symptoms for DesignCost {}
 pub type DesignRounds = BTreeMap<Design, BTreeMap<usize, Vec<DesignCost>>>;
 
 /// Where a stall of a design's runs shows: the time per run of either of
-/// its programs, or of the least empty one beside it (a design without a release
-/// program shows 0 there, never a stall).
+/// its programs, or of the least empty one beside it (a design without a
+/// release program shows 0 there, never a stall).
 pub const FIGURES: [Figure<DesignCost>; 4] = [
     Figure {
         name: "ns per run at connect4",

@@ -1,7 +1,8 @@
 //! What each of netbpf's programs costs per run, from the kernel's own
 //! run-time statistics (`BPF_ENABLE_STATS`) minus the least of a few empty
-//! programs at the same hook measured the same way; `BPF_PROG_TEST_RUN` for the tc and
-//! `sk_lookup` programs; and the verifier's instruction count of each.
+//! programs at the same hook measured the same way; `BPF_PROG_TEST_RUN`
+//! for the tc and `sk_lookup` programs; and the verifier's instruction
+//! count of each.
 
 use std::{
     collections::BTreeMap,
@@ -68,12 +69,12 @@ impl EmptyPrograms {
     pub fn attach(cgroup: &Path) -> anyhow::Result<Self> {
         let directory =
             File::open(cgroup).with_context(|| format!("opening {}", cgroup.display()))?;
-        let mut ids = BTreeMap::new();
+        let mut names = BTreeMap::new();
         let mut links = Vec::new();
         let hooks = cgroup_hooks().filter(|hook| MEASURED.contains(&hook.program));
         for (index, hook) in hooks.enumerate() {
             let (program, attach_type) = (hook.program, hook.attach_type as u32);
-            let mut hook_ids = Vec::new();
+            let mut hook_names = Vec::new();
             for copy in 0..EMPTY_PER_HOOK {
                 let name = format!("nb_empty_{index}_{copy}");
                 let fd = sys::load_trivial(&name, hook.prog_type(), attach_type)
@@ -82,24 +83,44 @@ impl EmptyPrograms {
                     sys::link_create(fd.as_fd(), directory.as_fd(), attach_type)
                         .with_context(|| format!("attaching an empty program beside {program}"))?,
                 );
-                hook_ids.push(program_id(&name)?);
+                hook_names.push(name);
             }
-            ids.insert(program, hook_ids);
+            names.insert(program, hook_names);
         }
+        let loaded = loaded_program_ids()?;
+        let ids = names
+            .into_iter()
+            .map(|(program, names)| {
+                let ids = names
+                    .iter()
+                    .map(|name| {
+                        loaded
+                            .get(name)
+                            .copied()
+                            .with_context(|| format!("no program {name} is loaded"))
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                Ok((program, ids))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(Self { ids, _links: links })
     }
 }
 
-/// The id of the loaded program named `name`.
-fn program_id(name: &str) -> anyhow::Result<u64> {
-    bpftool_json(&["prog", "show"])?
+/// The id of each loaded program by name, the newest of a name's.
+fn loaded_program_ids() -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut ids = BTreeMap::new();
+    for program in bpftool_json(&["prog", "show"])?
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|program| program["name"] == name)
-        .filter_map(|program| program["id"].as_u64())
-        .max()
-        .with_context(|| format!("no program {name} is loaded"))
+    {
+        if let (Some(name), Some(id)) = (program["name"].as_str(), program["id"].as_u64()) {
+            let newest = ids.entry(name.to_owned()).or_insert(id);
+            *newest = (*newest).max(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// Memory of the maps the programs `ids` use and of those pinned in
