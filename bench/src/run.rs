@@ -257,7 +257,7 @@ impl Pass<'_> {
             .map(|prepared| Ok((prepared.way, prepared.conntrack_entries()?)))
             .collect::<anyhow::Result<_>>()?;
         self.step("per-program cost")?;
-        let programs = program_costs(self, &ways[netbpf])?;
+        let programs = program_costs(self, &mut ways[netbpf])?;
         let host_service_check = self.host_service_check()?;
         let forward_throughput = self.forward_throughput(&ways)?;
         let clamp_throughput = self.clamp_throughput()?;
@@ -492,7 +492,7 @@ impl Pass<'_> {
             }
             if Some(&others) == self.plan.scaling.last() {
                 self.step(format!("per-program cost with {others} other containers"))?;
-                point.connect4 = connect_costs(self, &ways[netbpf])?;
+                point.connect4 = connect_costs(self, &mut ways[netbpf])?;
             }
             points.push(point);
         }
@@ -544,8 +544,9 @@ const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\"
 
 /// What each of netbpf's programs costs, in the pass's rounds, each a load
 /// of the desktop's sockets, one of a process in no scope, and that
-/// process's connections to a server no forward reaches.
-fn program_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<report::ProgramCosts> {
+/// process's connections to a server no forward reaches; the programs
+/// loaded anew for each round.
+fn program_costs(pass: &Pass<'_>, netbpf: &mut Prepared) -> anyhow::Result<report::ProgramCosts> {
     let plan = pass.plan;
     let (connections, datagrams) = (
         plan.connections * plan.cost_load_factor,
@@ -560,6 +561,7 @@ fn program_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<report::P
     let [scoped, unscoped, unscoped_unforwarded] = costs_under(
         pass,
         netbpf,
+        Loads::EachRound,
         [
             ("a scope's sockets", Place::Desktop, &every_load[..]),
             ("sockets of no scope", Place::Outside, &every_load[..]),
@@ -578,11 +580,13 @@ fn program_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<report::P
 }
 
 /// connect4's cost for the desktop's TCP connects, in the pass's rounds:
-/// the one figure a scaling point needs.
-fn connect_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<Vec<Cost>> {
+/// the one figure a scaling point needs. The programs stay loaded: the
+/// other containers' scopes are in the maps, the agent knows none of them.
+fn connect_costs(pass: &Pass<'_>, netbpf: &mut Prepared) -> anyhow::Result<Vec<Cost>> {
     let [mut scoped] = costs_under(
         pass,
         netbpf,
+        Loads::Kept,
         [(
             "a scope's sockets",
             Place::Desktop,
@@ -596,26 +600,44 @@ fn connect_costs(pass: &Pass<'_>, netbpf: &Prepared) -> anyhow::Result<Vec<Cost>
 /// processes run, and the loads they make.
 type Side<'a> = (&'static str, Place, &'a [(Load, usize)]);
 
+/// How often a cost measurement has netbpf load its programs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Loads {
+    /// Once for the pass: what the bench wrote into the maps stays.
+    Kept,
+    /// Anew for each round, the agent restarted: a program's time per run
+    /// moves with where a load puts it (by up to 10 ns, load to load,
+    /// program by program), so a run's figure rests on as many loads as
+    /// it has rounds, not on one per pass.
+    EachRound,
+}
+
 /// The costs of netbpf's programs under each of `sides` (a name for the
 /// page, a place and its loads), by program, round by round, each net of
-/// an empty program beside it at its hook: in each of the pass's rounds,
-/// every side in turn. A round in which either program's time per run
-/// stalled (an interrupt or the hypervisor took the CPU in the middle of
-/// a run) is measured again.
+/// the empty programs beside it at its hook: in each of the pass's rounds,
+/// every side in turn, the programs loaded as `loads` says. A round in
+/// which either program's time per run stalled (an interrupt or the
+/// hypervisor took the CPU in the middle of a run) is measured again.
 fn costs_under<const SIDES: usize>(
     pass: &Pass<'_>,
-    netbpf: &Prepared,
+    netbpf: &mut Prepared,
+    loads: Loads,
     sides: [Side<'_>; SIDES],
 ) -> anyhow::Result<[BTreeMap<String, Vec<Cost>>; SIDES]> {
-    let agent = netbpf.agent().context("the netbpf way has an agent")?;
-    let ids = agent.programs()?;
     let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
     let _stats = BpfStats::enable()?;
+    let mut restarts = 0;
     let measured = pass.rounds(
         "per-program cost",
         |(index, program): (usize, &str)| format!("{program}, {}", sides[index].0),
         &COST_FIGURES,
         |_| {
+            if loads == Loads::EachRound {
+                restarts += 1;
+                netbpf.restart_agent(&format!("cost-load-{restarts}"))?;
+            }
+            let agent = netbpf.agent().context("the netbpf way has an agent")?;
+            let ids = agent.programs()?;
             let mut round = Vec::new();
             for (index, &(_, place, loads)) in sides.iter().enumerate() {
                 let before = programs::counts()?;

@@ -228,6 +228,19 @@ impl Prepared {
         self.agent.as_ref()
     }
 
+    /// Stops netbpf's agent and starts it again, its log in `WORK/round`:
+    /// the new agent loads its programs anew and puts them in the pinned
+    /// links, where the old ones ran (first at each hook).
+    pub fn restart_agent(&mut self, round: &str) -> anyhow::Result<()> {
+        let (Some(setup), Some(agent)) = (&self.setup, self.agent.take()) else {
+            anyhow::bail!("only netbpf's way has an agent");
+        };
+        let stopped = agent.stop()?;
+        anyhow::ensure!(stopped.success(), "netbpf's agent exited with {stopped}");
+        self.agent = Some(setup.start(round)?);
+        Ok(())
+    }
+
     /// Makes the way carry `total` other containers: netbpf gets their
     /// scopes (a cgroup each, at the desktop's depth) and one forward each
     /// in its maps, as the agent writes them; the iptables way one DNAT

@@ -393,7 +393,10 @@ themselves cost. The least, because the empty program right after netbpf's at co
 getpeername or recvmsg took up to 12 ns per run more than the two after it, in some loads and not \
 in others: beside a single empty program the net figures moved by that much from one run to the \
 next, and counted against the empty program what netbpf's program leaves to whatever runs after \
-it. A round in which \
+it. netbpf's agent is restarted before each round of this measurement, and loads its programs \
+anew into its pinned links (first at each hook, as before): a program's time per run moved by up \
+to 10 ns from one load to the next, each program on its own, so each round is a load of its own \
+and the interquartile range covers where a load puts the program. A round in which \
 either program's time per run was more than 1.5 times its median (an interrupt or the \
 hypervisor took the CPU in the middle of a run) is measured again, as above. The tc and \
 `sk_lookup` programs are timed with `BPF_PROG_TEST_RUN`.\n\n";
