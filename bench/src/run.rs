@@ -216,6 +216,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         verifier,
         start_window: Some(start_window),
         reruns: reruns.into_inner(),
+        minutes: Some(progress.elapsed().as_secs_f64() / 60.0),
         ..results
     })
 }
@@ -285,8 +286,15 @@ impl Pass<'_> {
 
     /// Shows what is measured now, one step further; fails once a signal
     /// asked the bench to stop.
+    /// Without a terminal the bar is hidden: each step goes to the log
+    /// instead, with the time into the run it began at.
     fn step(&self, message: impl Into<std::borrow::Cow<'static, str>>) -> anyhow::Result<()> {
         interrupt::check()?;
+        let message = message.into();
+        if self.progress.is_hidden() {
+            let seconds = self.progress.elapsed().as_secs();
+            eprintln!("{:3}:{:02} {message}", seconds / 60, seconds % 60);
+        }
         self.progress.inc(1);
         self.progress.set_message(message);
         Ok(())

@@ -446,6 +446,22 @@ pub(super) fn section(text: &mut String, runs: &[Results]) {
             last.len()
         );
     }
+    // Said only when every run was timed: raw figures from before were not.
+    if let Some(minutes) = runs
+        .iter()
+        .map(|run| run.minutes)
+        .collect::<Option<Vec<f64>>>()
+    {
+        let minutes: Vec<String> = minutes
+            .iter()
+            .map(|minutes| format!("{minutes:.0}"))
+            .collect();
+        let _ = writeln!(
+            text,
+            "\nMinutes each run took, in order: {}.",
+            minutes.join(", ")
+        );
+    }
     let unmet: Vec<&Goal> = last
         .iter()
         .filter(|goal| {
@@ -525,6 +541,24 @@ mod tests {
             ],
         );
         assert!(row(&page, RATE).ends_with(": met | yes |"));
+    }
+
+    #[test]
+    fn the_runs_say_how_long_they_took_when_all_were_timed() {
+        let timed = |minutes| Results {
+            minutes: Some(minutes),
+            ..run_with_ratios(&[1.0])
+        };
+        let mut page = String::new();
+        section(&mut page, &[timed(54.6), timed(51.2)]);
+        assert!(
+            page.contains("\nMinutes each run took, in order: 55, 51.\n"),
+            "{page}"
+        );
+
+        let mut page = String::new();
+        section(&mut page, &[timed(54.6), run_with_ratios(&[1.0])]);
+        assert!(!page.contains("Minutes each run took"), "{page}");
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub struct Results {
     /// How long Docker containers' first processes wait for their scope.
     #[serde(default)]
     pub start_window: Option<StartWindow>,
+    /// How long the run took, in minutes (raw figures from before were
+    /// not timed).
+    #[serde(default)]
+    pub minutes: Option<f64>,
 }
 
 /// The default of a count the oldest raw figures lack (passes, the
@@ -155,7 +159,16 @@ pub struct Machine {
     pub kernel: String,
     /// When the run ended (UTC, `date -u`).
     pub date: String,
+    /// The kernel's mitigations that put a cost on calls and returns, by
+    /// vulnerability, as `/sys/devices/system/cpu/vulnerabilities` says:
+    /// those the CPU is affected by.
+    #[serde(default)]
+    pub call_mitigations: BTreeMap<String, String>,
 }
+
+/// The vulnerabilities whose mitigations make the kernel's calls and
+/// returns (a program's helper calls, its own call and return) dearer.
+const CALL_VULNERABILITIES: [&str; 3] = ["spectre_v2", "retbleed", "spec_rstack_overflow"];
 
 impl Machine {
     pub fn this() -> anyhow::Result<Self> {
@@ -182,8 +195,37 @@ impl Machine {
             memory_gib: kib / (1024.0 * 1024.0),
             kernel: command("uname", &["-r"])?,
             date: command("date", &["-u", "+%Y-%m-%d %H:%M UTC"])?,
+            call_mitigations: CALL_VULNERABILITIES
+                .into_iter()
+                .filter_map(|name| {
+                    let path = Path::new("/sys/devices/system/cpu/vulnerabilities").join(name);
+                    let state = std::fs::read_to_string(path).ok()?;
+                    let state = state.trim();
+                    (state != "Not affected").then(|| (name.to_owned(), state.to_owned()))
+                })
+                .collect(),
         })
     }
+}
+
+/// What the page says of `machine`'s mitigations that make calls and
+/// returns dearer: nothing when it has none (or they were not recorded).
+fn call_mitigations(machine: &Machine) -> String {
+    if machine.call_mitigations.is_empty() {
+        return String::new();
+    }
+    let mitigations: Vec<String> = machine
+        .call_mitigations
+        .iter()
+        .map(|(name, state)| format!("{name}: {state}"))
+        .collect();
+    format!(
+        "The CPU's mitigations that make the kernel's calls and returns dearer (from \
+         `/sys/devices/system/cpu/vulnerabilities`): {}. Every program's time per run, the empty \
+         program's too, holds its helper calls and its own call and return: the per-program \
+         figures are of this CPU and these mitigations, and move with them.\n\n",
+        mitigations.join("; ")
+    )
 }
 
 /// Memory of netbpf's maps, from the kernel (`bytes_memlock`).
@@ -314,6 +356,7 @@ fn page(runs: &[Results], results: &Results) -> String {
         memory = machine.memory_gib,
         kernel = machine.kernel,
     );
+    text.push_str(&call_mitigations(machine));
     text.push_str(METHOD);
     let factor = match results.cost_load_factor {
         1 => "a way's load".to_owned(),
@@ -733,6 +776,27 @@ mod tests {
             p99_us: 1.0,
             retransmits: 0,
         }
+    }
+
+    #[test]
+    fn the_page_names_the_mitigations_only_of_a_machine_that_has_them() {
+        let mut machine = Machine::default();
+        assert_eq!(call_mitigations(&machine), "");
+        machine.call_mitigations = BTreeMap::from([
+            (
+                "spec_rstack_overflow".to_owned(),
+                "Vulnerable: Safe RET".to_owned(),
+            ),
+            ("spectre_v2".to_owned(), "Mitigation: Retpolines".to_owned()),
+        ]);
+        let text = call_mitigations(&machine);
+        assert!(
+            text.contains(
+                "vulnerabilities`): spec_rstack_overflow: Vulnerable: Safe RET; spectre_v2: \
+                 Mitigation: Retpolines."
+            ),
+            "{text}"
+        );
     }
 
     /// A later pass's rounds follow the first's in every measurement; a
