@@ -286,6 +286,7 @@ impl Pass<'_> {
 
     /// Shows what is measured now, one step further; fails once a signal
     /// asked the bench to stop.
+    ///
     /// Without a terminal the bar is hidden: each step goes to the log
     /// instead, with the time into the run it began at.
     fn step(&self, message: impl Into<std::borrow::Cow<'static, str>>) -> anyhow::Result<()> {
@@ -623,13 +624,13 @@ enum Loads {
 /// The costs of netbpf's programs under each of `sides` (a name for the
 /// page, a place and its loads), by program, round by round, each net of
 /// the empty programs beside it at its hook: in each of the pass's rounds,
-/// every side in turn, the programs loaded as `loads` says. A round in
+/// every side in turn, the programs loaded as `loading` says. A round in
 /// which either program's time per run stalled (an interrupt or the
 /// hypervisor took the CPU in the middle of a run) is measured again.
 fn costs_under<const SIDES: usize>(
     pass: &Pass<'_>,
     netbpf: &mut Prepared,
-    loads: Loads,
+    loading: Loads,
     sides: [Side<'_>; SIDES],
 ) -> anyhow::Result<[BTreeMap<String, Vec<Cost>>; SIDES]> {
     let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
@@ -640,7 +641,7 @@ fn costs_under<const SIDES: usize>(
         |(index, program): (usize, &str)| format!("{program}, {}", sides[index].0),
         &COST_FIGURES,
         |_| {
-            if loads == Loads::EachRound {
+            if loading == Loads::EachRound {
                 restarts += 1;
                 netbpf.restart_agent(&format!("cost-load-{restarts}"))?;
             }
