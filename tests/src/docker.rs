@@ -6,11 +6,13 @@
 //! started beside it rather than by it: dockerd kills a containerd that
 //! does not answer within its patience, and restarts it, which in a kernel
 //! VM without KVM can go on past any test's. Stopped, with every container
-//! and mount it made, when dropped.
+//! and mount it made, when dropped; the containers of a daemon that left a
+//! command unanswered go with their cgroup instead.
 
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -34,6 +36,10 @@ pub struct DockerDaemon {
     socket: PathBuf,
     dir: PathBuf,
     netns: Netns,
+    /// Whether a command went unanswered: the daemon is wedged, and what
+    /// it still runs is killed with its cgroups rather than removed
+    /// through it (each removal would wait out [`CLIENT_LIMIT`]).
+    wedged: AtomicBool,
     /// Stopped after dockerd (fields drop after [`Drop::drop`]).
     _containerd: Containerd,
 }
@@ -84,6 +90,7 @@ impl DockerDaemon {
             socket,
             dir: dir.to_owned(),
             netns,
+            wedged: AtomicBool::new(false),
             _containerd: own_containerd,
         };
         wait_for_daemon("dockerd", &dir.join("dockerd.log"), || {
@@ -100,13 +107,20 @@ impl DockerDaemon {
 
     /// Runs the docker client against this daemon; what it printed.
     pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.docker_within(args, CLIENT_LIMIT)
+    }
+
+    /// Runs the docker client against this daemon, for at most `limit`
+    /// (then the daemon counts as wedged); what it printed.
+    pub fn docker_within(&self, args: &[&str], limit: Duration) -> anyhow::Result<String> {
         let output = output_within(
             Command::new(client())
                 .arg("-H")
                 .arg(format!("unix://{}", self.socket.display()))
                 .args(args),
-            CLIENT_LIMIT,
-        )?;
+            limit,
+        )
+        .inspect_err(|_| self.wedged.store(true, Ordering::Relaxed))?;
         if !output.status.success() {
             bail!(
                 "docker {args:?} failed ({}): {}{}",
@@ -140,7 +154,9 @@ impl DockerDaemon {
 
 impl Drop for DockerDaemon {
     fn drop(&mut self) {
-        if let Ok(ids) = self.docker(&["ps", "-aq"]) {
+        if !self.wedged.load(Ordering::Relaxed)
+            && let Ok(ids) = self.docker(&["ps", "-aq"])
+        {
             let ids: Vec<&str> = ids.split_whitespace().collect();
             if !ids.is_empty() {
                 let mut args = vec!["rm", "--force"];
