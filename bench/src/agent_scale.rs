@@ -8,6 +8,7 @@
 
 use std::{
     fmt::Write as _,
+    ops::RangeInclusive,
     path::{Path, PathBuf},
     process::Command,
     thread,
@@ -97,8 +98,8 @@ impl AgentSize {
 /// (numbered as in the run); `step` says what is measured now.
 pub fn measure(
     sizes: &[usize],
-    docker: Option<usize>,
-    rounds: std::ops::RangeInclusive<usize>,
+    rounds: RangeInclusive<usize>,
+    docker: Option<DockerRounds>,
     step: &dyn Fn(String) -> anyhow::Result<()>,
 ) -> anyhow::Result<Vec<AgentSize>> {
     let mut measured: Vec<AgentSize> = sizes
@@ -114,7 +115,11 @@ pub fn measure(
             size.rounds.push(cgroups_round(size.count)?);
         }
     }
-    if let Some(count) = docker {
+    if let Some(DockerRounds {
+        containers: count,
+        rounds,
+    }) = docker
+    {
         let mut size = AgentSize::new(Workloads::Docker, count);
         for round in rounds {
             step(format!(
@@ -131,6 +136,16 @@ pub fn measure(
         measured.push(size);
     }
     Ok(measured)
+}
+
+/// The agent's rounds over Docker containers: fewer than over cgroups,
+/// a thousand containers taking minutes to start and remove.
+#[derive(Debug, Clone)]
+pub struct DockerRounds {
+    /// Containers the agent follows.
+    pub containers: usize,
+    /// The numbers of the rounds in the run.
+    pub rounds: RangeInclusive<usize>,
 }
 
 /// Measures the agent over `count` bare cgroups.
@@ -235,7 +250,7 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
             batches.iter().try_for_each(|batch| {
                 let mut args = vec!["rm", "--force"];
                 args.extend(batch.iter().map(String::as_str));
-                node.daemon.docker(&args).map(drop)
+                node.daemon.docker_within(&args, REMOVAL_LIMIT).map(drop)
             })
         },
     )
@@ -243,6 +258,12 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
 
 /// Containers one `docker rm` removes: the client removes them in parallel.
 const REMOVED_AT_ONCE: usize = 10;
+
+/// How long one `docker rm` of [`REMOVED_AT_ONCE`] containers may take
+/// (a few seconds here): longer, the daemon wedged on one of them (it did
+/// once in three runs, for good), and the round is measured again on a new
+/// daemon rather than after the client's five minutes.
+const REMOVAL_LIMIT: Duration = Duration::from_mins(1);
 
 /// Runs `job` over `items`, `parallel` at a time; the first error.
 pub fn in_parallel<T: Sync>(

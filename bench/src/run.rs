@@ -10,7 +10,7 @@ use netbpf_common::names::program;
 use netbpf_testenv::{BRIDGE_V4, Place};
 
 use crate::{
-    agent_scale::{self, AgentSize},
+    agent_scale::{self, AgentSize, DockerRounds},
     designs::{self, Design},
     interrupt,
     load::Measurement,
@@ -63,9 +63,12 @@ struct Plan {
     cost_load_factor: usize,
     /// Cgroups the agent follows, by size.
     agent_sizes: &'static [usize],
-    /// Rounds of the agent's measurements in a pass.
+    /// Rounds of the agent's measurements over cgroups in a pass: each
+    /// takes seconds, and three of a run gave quartiles that moved from
+    /// one run to the next by more than the reload's goal asks to tell.
     agent_rounds: usize,
-    /// Docker containers the agent follows, if measured.
+    /// Docker containers the agent follows, if measured, in one round a
+    /// pass.
     docker_containers: Option<usize>,
     /// Docker containers whose start window is measured.
     start_window_containers: usize,
@@ -88,7 +91,7 @@ const FULL: Plan = Plan {
     test_run_repeat: 1_000_000,
     cost_load_factor: 1,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
-    agent_rounds: 1,
+    agent_rounds: 3,
     docker_containers: Some(1000),
     start_window_containers: 50,
     design_live: &[1, 100_000],
@@ -139,8 +142,8 @@ impl Plan {
         // point, the ways' and the clamps' iperf3, the host-service
         // check's two policies and the designs.
         let per_round = 2 + self.scaling.len() + 2 + 2 + designs;
-        let agent = self.agent_rounds
-            * (self.agent_sizes.len() + usize::from(self.docker_containers.is_some()));
+        let agent = self.agent_rounds * self.agent_sizes.len()
+            + usize::from(self.docker_containers.is_some());
         // Setting up the ways, the clamps and the host-service check, the
         // per-program costs, each scaling point's load and the costs at
         // its last.
@@ -184,6 +187,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         reruns: &reruns,
         rounds: rounds_of_pass(pass, plan.rounds),
         agent_rounds: rounds_of_pass(pass, plan.agent_rounds),
+        docker_rounds: rounds_of_pass(pass, 1),
     });
     let first = passes.next().context("a plan of at least one pass")?;
 
@@ -236,6 +240,8 @@ struct Pass<'a> {
     rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the agent's measurements.
     agent_rounds: RangeInclusive<usize>,
+    /// The number of this pass's round of the agent over Docker.
+    docker_rounds: RangeInclusive<usize>,
 }
 
 impl Pass<'_> {
@@ -464,10 +470,14 @@ impl Pass<'_> {
 
     /// The agent's measurements of the plan.
     fn agent(&self) -> anyhow::Result<Vec<AgentSize>> {
+        let docker = self.plan.docker_containers.map(|containers| DockerRounds {
+            containers,
+            rounds: self.docker_rounds.clone(),
+        });
         agent_scale::measure(
             self.plan.agent_sizes,
-            self.plan.docker_containers,
             self.agent_rounds.clone(),
+            docker,
             &|message| self.step(message),
         )
     }
@@ -673,7 +683,11 @@ fn costs_under<const SIDES: usize>(
 /// Only the agent's measurements, printed as JSON.
 pub fn agent_only(cgroups: &[usize], docker: Option<usize>, rounds: usize) -> anyhow::Result<()> {
     interrupt::catch()?;
-    let sizes = agent_scale::measure(cgroups, docker, 1..=rounds, &|message| {
+    let docker = docker.map(|containers| DockerRounds {
+        containers,
+        rounds: 1..=rounds,
+    });
+    let sizes = agent_scale::measure(cgroups, 1..=rounds, docker, &|message| {
         interrupt::check()?;
         eprintln!("{message}");
         Ok(())
