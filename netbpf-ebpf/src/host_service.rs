@@ -27,17 +27,15 @@ use crate::{
 
 /// Whether the socket of `ctx` may connect where its user address now
 /// points: anywhere but a host service, and to a host service only from a
-/// scope granted it. A refusal is counted as borrowed. A function of its
-/// own (a BPF-to-BPF call), checked by the verifier once per way out of
-/// the rewrite before it instead of inlined into each: half the
-/// instructions it walks for connect4. The verifier walks it with the
-/// caller's registers, the family's constant among them, so it reads
-/// only the caller's family's fields.
+/// scope granted it. A refusal is counted as borrowed.
 ///
 /// A connect to no service port reads nothing beyond `LOOKUPS`, whose
 /// port filter rules it out: one more cache line on every connect of a
-/// busy node costs more than the rest of the check.
-#[inline(never)]
+/// busy node costs more than the rest of the check. That filter is inlined
+/// here: a BPF-to-BPF call on every connect costs a return, which a CPU
+/// whose returns are mitigated (AMD's safe RET, retbleed's return thunk)
+/// pays dearly.
+#[inline(always)]
 pub fn may_connect(ctx: *mut bpf_sock_addr, family: u16) -> bool {
     let Some(lookups) = scope::lookups() else {
         return true;
@@ -46,13 +44,24 @@ pub fn may_connect(ctx: *mut bpf_sock_addr, family: u16) -> bool {
         return true;
     }
     let port = u16::from_be(addr::read_port(ctx));
-    if !lookups.may_be_service_port(port) {
-        return true;
-    }
+    !lookups.may_be_service_port(port) || may_connect_to_port(ctx, family, port)
+}
+
+/// [`may_connect`] past its port filter. A function of its own (a
+/// BPF-to-BPF call), checked by the verifier once per way out of the
+/// rewrite before it instead of inlined into each: half the instructions
+/// it walks for connect4. The verifier walks it with the caller's
+/// registers, the family's constant among them, so it reads only the
+/// caller's family's fields.
+#[inline(never)]
+fn may_connect_to_port(ctx: *mut bpf_sock_addr, family: u16, port: u16) -> bool {
     // SAFETY: `ctx` is the program's context.
     if unsafe { (*ctx).protocol } != u32::from(PROTO_TCP) {
         return true;
     }
+    let Some(lookups) = scope::lookups() else {
+        return true;
+    };
     let to = addr::read_user(ctx, family);
     let (addr, family) = addr::canonical(&to.addr, family);
     // SAFETY: the value is copied out at once.
