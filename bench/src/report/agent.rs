@@ -150,7 +150,19 @@ pub(super) fn section(text: &mut String, results: &Results) {
     if results.agent.is_empty() {
         return;
     }
-    text.push_str(
+    let passes = results.passes.max(1);
+    let rounds_a_pass = |kind: Workloads| {
+        results
+            .agent
+            .iter()
+            .find(|size| size.workloads == kind)
+            .map(|size| size.rounds.len() / passes)
+    };
+    let docker_rounds = rounds_a_pass(Workloads::Docker)
+        .map(|rounds| format!(", Docker in {rounds} (its containers take minutes a round)"))
+        .unwrap_or_default();
+    let _ = write!(
+        text,
         "## The agent at scale\n\n![the agent's times by workloads](bench/agent.svg)\n\n\
          What the agent takes to follow workloads. **Cgroups**: N cgroups made below its cgroup \
          root as fast as the bench can, then removed, all selected by one scope with a forward \
@@ -158,8 +170,9 @@ pub(super) fn section(text: &mut String, results: &Results) {
          cgroup, replaces it (`netbpf reload`, every cgroup present) and `netbpf check` reads it. \
          **Docker**: containers (`--network none`: a bridge takes 1,024 ports) started through a \
          daemon of the bench's own, four `docker run` at a time, then removed ten per \
-         `docker rm`, one after the other; a round the daemon fails (a command stuck for five \
-         minutes) is measured again with a new daemon, and said below the table. \
+         `docker rm`, one after the other; a round the daemon fails (a `docker rm` stuck for a \
+         minute, any other command for five) is measured again with a new daemon, and said \
+         below the table. Each size of cgroups is measured in {} rounds a pass{docker_rounds}. \
          The times run from the last appearance (or removal) until the kernel's scope map, read \
          from its pin every 10 ms, holds every instance (or none): the agent's word is never \
          taken for it. CPU time (user and system, every thread) comes from a cgroup the agent \
@@ -169,6 +182,7 @@ pub(super) fn section(text: &mut String, results: &Results) {
          figure is the median of the rounds with their range.\n\n\
          | workloads | N | all applied after the last appears | all gone after the last goes | CPU per event | RSS start | RSS loaded | RSS a second after | reload of N scopes | `netbpf check` of N scopes |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        rounds_a_pass(Workloads::Cgroups).unwrap_or_default(),
     );
     for size in &results.agent {
         let seconds = |field: fn(&AgentRound) -> f64| {
