@@ -5,7 +5,7 @@
 //! [`PlanMaps`], undoing a failed update.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     path::{Path, PathBuf},
 };
 
@@ -77,6 +77,13 @@ impl InstanceProbe for InstanceFacts<'_> {
 /// scope, its key, its name, what its match captured and (a digest of)
 /// its netbpf labels.
 type CacheKey = (usize, ScopeKey, String, policy::Captures, u64);
+
+/// The caches of the reconcile before, while a reconcile moves what it
+/// still needs out of them.
+struct Cached {
+    resolved: HashMap<CacheKey, Result<policy::Scope, String>>,
+    namespaces: HashMap<ScopeKey, BindsIn>,
+}
 
 /// The policy in force and what the maps hold of it.
 pub struct Reconciler {
@@ -232,13 +239,13 @@ impl Reconciler {
             .map(|old| (old.assignment.key, &old.assignment))
             .collect();
         for outcome in outcomes {
-            let name = self.name_of(outcome);
+            let name = || self.name_of(outcome);
             let container = outcome.assignment.container.as_ref();
             let container_name = container.and_then(|c| c.name.as_deref()).unwrap_or("");
             let container_id = container.map_or("", |c| c.id.as_str());
             match &outcome.applied {
                 Ok((id, _)) if !known.contains(id) => {
-                    tracing::info!(scope = %name, id, container = container_name, container_id, "scope instance applied");
+                    tracing::info!(scope = %name(), id, container = container_name, container_id, "scope instance applied");
                 }
                 Err(error)
                     if failed_before.get(&outcome.assignment.key) != Some(&&outcome.assignment) =>
@@ -247,9 +254,9 @@ impl Reconciler {
                         events.refused_for_full_map(map);
                     }
                     if policy::waits_for_a_process(error) {
-                        tracing::info!(scope = %name, container = container_name, container_id, "scope instance waits for its first process");
+                        tracing::info!(scope = %name(), container = container_name, container_id, "scope instance waits for its first process");
                     } else {
-                        tracing::warn!(scope = %name, container = container_name, container_id, %error, "scope instance not applied");
+                        tracing::warn!(scope = %name(), container = container_name, container_id, %error, "scope instance not applied");
                     }
                 }
                 _ => {}
@@ -261,30 +268,22 @@ impl Reconciler {
     fn resolve(&mut self, workloads: &[Workload], node: &Node) -> Vec<Resolved> {
         let mut assignments = plan::assign(&self.policy, workloads, &node.mount, node.mount_level);
         assignments.extend(self.netns_assignments());
-        // What matches now; the rest (a container gone) leaves the caches.
-        let mut current = HashSet::new();
-        let mut current_keys = HashSet::new();
-        let resolved = assignments
+        // What matches now moves from the caches to new ones; the rest (a
+        // container gone) stays behind.
+        let mut cached = Cached {
+            resolved: std::mem::take(&mut self.resolved),
+            namespaces: std::mem::take(&mut self.namespaces),
+        };
+        self.resolved.reserve(assignments.len());
+        assignments
             .into_iter()
             .map(|mut assignment| {
                 if let ScopeKey::Cgroup(_) = assignment.key {
                     assignment.place = node.mount.join(&assignment.place);
                 }
-                let cache_key = (
-                    assignment.scope,
-                    assignment.key,
-                    assignment.instance.clone(),
-                    assignment.captures.clone(),
-                    policy::label_digest(&assignment.labels),
-                );
-                current.insert(cache_key.clone());
-                current_keys.insert(assignment.key);
-                self.resolve_one(assignment, cache_key, node)
+                self.resolve_one(assignment, &mut cached, node)
             })
-            .collect::<Vec<_>>();
-        self.resolved.retain(|key, _| current.contains(key));
-        self.namespaces.retain(|key, _| current_keys.contains(key));
-        resolved
+            .collect()
     }
 
     /// An instance of each network namespace scope whose namespace exists.
@@ -312,20 +311,24 @@ impl Reconciler {
             .collect()
     }
 
-    /// The rules of one instance: cached, or resolved from the host's
-    /// facts of it.
+    /// The rules of one instance: cached (this reconcile or the one
+    /// before), or resolved from the host's facts of it.
     fn resolve_one(
         &mut self,
         assignment: Assignment,
-        cache_key: CacheKey,
+        cached: &mut Cached,
         node: &Node,
     ) -> Resolved {
         let def = &self.policy.scopes[assignment.scope];
         let facts = self.probe.instance(assignment.key, &assignment.place, node);
         // Where its bind remaps claim ports (only they need it).
         let network = if def.has_binds() {
-            let cached = self.namespaces.get(&assignment.key).copied();
-            let known = cached.or_else(|| facts.binds_in());
+            let known = self
+                .namespaces
+                .get(&assignment.key)
+                .copied()
+                .or_else(|| cached.namespaces.remove(&assignment.key))
+                .or_else(|| facts.binds_in());
             if let Some(network) = known {
                 self.namespaces.insert(assignment.key, network);
             }
@@ -333,19 +336,28 @@ impl Reconciler {
         } else {
             None
         };
-        let rules = self
-            .resolved
-            .entry(cache_key)
-            .or_insert_with(|| {
-                let instance = Instance {
-                    name: &assignment.instance,
-                    captures: &assignment.captures,
-                    labels: &assignment.labels,
-                };
-                def.instantiate(&self.policy.host_services, instance, facts.as_ref())
-                    .map_err(|error| error.to_string())
-            })
-            .clone();
+        let cache_key = (
+            assignment.scope,
+            assignment.key,
+            assignment.instance.clone(),
+            assignment.captures.clone(),
+            policy::label_digest(&assignment.labels),
+        );
+        let rules = match self.resolved.entry(cache_key) {
+            Entry::Occupied(entry) => entry.get().clone(),
+            Entry::Vacant(entry) => {
+                let rules = cached.resolved.remove(entry.key()).unwrap_or_else(|| {
+                    let instance = Instance {
+                        name: &assignment.instance,
+                        captures: &assignment.captures,
+                        labels: &assignment.labels,
+                    };
+                    def.instantiate(&self.policy.host_services, instance, facts.as_ref())
+                        .map_err(|error| error.to_string())
+                });
+                entry.insert(rules).clone()
+            }
+        };
         drop(facts);
         Resolved {
             assignment,

@@ -291,10 +291,6 @@ pub fn compile(
     {
         let applied = rules.and_then(|scope| {
             let id = ids.get_or_assign(assignment.key, capacity.scopes)?;
-            let name = format!(
-                "{}/{}",
-                policy.scopes[assignment.scope].name, assignment.instance
-            );
             claims.check(&scope, network, policy)?;
             let level = assignment.level;
             check_level(growing.levels, assignment.key, level)?;
@@ -304,7 +300,16 @@ pub fn compile(
             let scope = slots.assign(id, scope, &mut used_slots, capacity.rules)?;
             let mut entries = Plan::default();
             entries.add_scope(assignment.key, id, level, &scope);
-            claims.take(&name, &scope, network);
+            claims.take(
+                || {
+                    format!(
+                        "{}/{}",
+                        policy.scopes[assignment.scope].name, assignment.instance
+                    )
+                },
+                &scope,
+                network,
+            );
             growing.add(entries, capacity.local_binds_per_scope);
             Ok((id, scope))
         });
@@ -364,11 +369,16 @@ impl Claims {
         Ok(())
     }
 
-    fn take(&mut self, name: &str, scope: &Scope, network: Option<u64>) {
-        for bind in &scope.binds {
-            for &protocol in bind.protocols.numbers() {
-                self.remapped_ports
-                    .insert((network, protocol, bind.to), name.to_owned());
+    /// Records what `scope`, named `SCOPE/INSTANCE` by `name` (asked only
+    /// if it remaps binds), claims.
+    fn take(&mut self, name: impl FnOnce() -> String, scope: &Scope, network: Option<u64>) {
+        if !scope.binds.is_empty() {
+            let name = name();
+            for bind in &scope.binds {
+                for &protocol in bind.protocols.numbers() {
+                    self.remapped_ports
+                        .insert((network, protocol, bind.to), name.clone());
+                }
             }
         }
         for grant in &scope.grants {
