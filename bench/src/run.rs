@@ -61,6 +61,10 @@ struct Plan {
     /// less a run's quartiles move from one run of the bench to the next.
     /// They are cheap next to a way's rounds.
     cost_load_factor: usize,
+    /// Rounds of the per-program costs in a pass: a round takes seconds,
+    /// and with three a pass two slow loads among a run's nine moved the
+    /// unforwarded connect's upper quartile across its goal.
+    cost_rounds: usize,
     /// Cgroups the agent follows, by size.
     agent_sizes: &'static [usize],
     /// Rounds of the agent's measurements over cgroups in a pass: each
@@ -90,6 +94,7 @@ const FULL: Plan = Plan {
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
     cost_load_factor: 1,
+    cost_rounds: 7,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 3,
     docker_containers: Some(1000),
@@ -110,6 +115,7 @@ const QUICK: Plan = Plan {
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,
     cost_load_factor: 2,
+    cost_rounds: 3,
     agent_sizes: &[1000],
     agent_rounds: 1,
     docker_containers: None,
@@ -186,6 +192,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         progress: &progress,
         reruns: &reruns,
         rounds: rounds_of_pass(pass, plan.rounds),
+        cost_rounds: rounds_of_pass(pass, plan.cost_rounds),
         agent_rounds: rounds_of_pass(pass, plan.agent_rounds),
         docker_rounds: rounds_of_pass(pass, 1),
     });
@@ -238,6 +245,8 @@ struct Pass<'a> {
     reruns: &'a RefCell<Vec<Rerun>>,
     /// The numbers of this pass's rounds in the run.
     rounds: RangeInclusive<usize>,
+    /// The numbers of this pass's rounds of the per-program costs.
+    cost_rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the agent's measurements.
     agent_rounds: RangeInclusive<usize>,
     /// The number of this pass's round of the agent over Docker.
@@ -383,7 +392,7 @@ impl Pass<'_> {
         throughput::in_turns(paths, self.plan.iperf_runs, self.plan.iperf_seconds)
     }
 
-    /// The plan's rounds of `measure_round`, stalled rounds measured again
+    /// The pass's rounds of `measure_round`, stalled rounds measured again
     /// and noted for the page.
     fn rounds<K: Ord + Copy, V: Symptoms, L: Display>(
         &self,
@@ -392,9 +401,21 @@ impl Pass<'_> {
         figures: &[Figure<V>],
         measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
     ) -> anyhow::Result<Rounds<K, V>> {
+        self.rounds_numbered(self.rounds.clone(), what, label, figures, measure_round)
+    }
+
+    /// [`Pass::rounds`], in the rounds numbered `numbers`.
+    fn rounds_numbered<K: Ord + Copy, V: Symptoms, L: Display>(
+        &self,
+        numbers: RangeInclusive<usize>,
+        what: &str,
+        label: impl Fn(K) -> L,
+        figures: &[Figure<V>],
+        measure_round: impl FnMut(usize) -> anyhow::Result<Vec<(K, V)>>,
+    ) -> anyhow::Result<Rounds<K, V>> {
         rounds::measure(
             what,
-            self.rounds.clone(),
+            numbers,
             label,
             figures,
             &mut self.reruns.borrow_mut(),
@@ -561,7 +582,7 @@ const BITS_FIGURES: [Figure<f64>; 1] = [Figure {
 const HOST_SERVICE_GRANT: &str = "host_services = [{ service = \"bench-service\", dial = \"10.200.1.1:18188\" }]\n\
     [[host_service]]\nname = \"bench-service\"\nlisten = \"127.0.0.1:18188\"\n";
 
-/// What each of netbpf's programs costs, in the pass's rounds, each a load
+/// What each of netbpf's programs costs, in the pass's cost rounds, each a load
 /// of the desktop's sockets, one of a process in no scope, and that
 /// process's connections to a server no forward reaches; the programs
 /// loaded anew for each round.
@@ -598,7 +619,7 @@ fn program_costs(pass: &Pass<'_>, netbpf: &mut Prepared) -> anyhow::Result<repor
     })
 }
 
-/// connect4's cost for the desktop's TCP connects, in the pass's rounds:
+/// connect4's cost for the desktop's TCP connects, in the pass's cost rounds:
 /// the one figure a scaling point needs. The programs stay loaded: the
 /// other containers' scopes are in the maps, the agent knows none of them.
 fn connect_costs(pass: &Pass<'_>, netbpf: &mut Prepared) -> anyhow::Result<Vec<Cost>> {
@@ -646,7 +667,8 @@ fn costs_under<const SIDES: usize>(
     let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
     let _stats = BpfStats::enable()?;
     let mut restarts = 0;
-    let measured = pass.rounds(
+    let measured = pass.rounds_numbered(
+        pass.cost_rounds.clone(),
         "per-program cost",
         |(index, program): (usize, &str)| format!("{program}, {}", sides[index].0),
         &COST_FIGURES,

@@ -10,7 +10,7 @@ mod runs;
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Context as _;
-
+use netbpf_common::names::program;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -252,6 +252,15 @@ pub struct ProgramCosts {
     pub unscoped_unforwarded: BTreeMap<String, Vec<Cost>>,
 }
 
+impl ProgramCosts {
+    /// The rounds the costs were measured in: connect4's of the desktop's
+    /// sockets (every round has it).
+    #[must_use]
+    pub fn rounds(&self) -> usize {
+        self.scoped.get(program::CONNECT4).map_or(0, Vec::len)
+    }
+}
+
 /// The net cost of `costs`' rounds.
 #[must_use]
 pub fn net(costs: &[Cost]) -> Summary {
@@ -367,14 +376,18 @@ fn page(runs: &[Results], results: &Results) -> String {
         "Each side of a per-program cost measures, in each round, {connections} TCP \
          connections, {datagrams} UDP round trips and {connections} binds ({factor}): a round's \
          figure is the mean of that many runs of each program, so a run that the hypervisor \
-         delays by microseconds moves it little.\n\n",
+         delays by microseconds moves it little. The costs have {cost_rounds} rounds a run (a \
+         round takes seconds), so that a few slow loads of the programs do not move their \
+         quartiles.\n\n",
         connections = results.connections * results.cost_load_factor,
         datagrams = results.datagrams * results.cost_load_factor,
+        cost_rounds = results.programs.rounds(),
     );
     if results.passes > 1 {
         let _ = write!(
             text,
-            "A run measures in {passes} passes, {per_pass} rounds of each measurement per pass, \
+            "A run measures in {passes} passes, {per_pass} rounds of each measurement per pass (the \
+             per-program costs and the agent have counts of their own, given with them), \
              and each pass builds everything anew: the ways' topologies, the clamps, the other \
              containers' entries, the agent's cgroups and its Docker daemon. So a figure's rounds \
              are spread over the whole run: its range holds the slower and faster stretches of \
@@ -551,7 +564,7 @@ fn programs_section(text: &mut String, results: &Results) {
          of the rounds.\n\n\
          | program | runs (scope) | ns/run (scope) | empty | **net (scope)** | runs (no scope) | ns/run (no scope) | empty | **net (no scope)** |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        rounds = results.rounds,
+        rounds = results.programs.rounds(),
     );
     let names: std::collections::BTreeSet<&String> = results
         .programs
