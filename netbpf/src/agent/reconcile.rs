@@ -369,10 +369,7 @@ impl Reconciler {
     /// `SCOPE/INSTANCE` of an outcome.
     #[must_use]
     pub fn name_of(&self, outcome: &Outcome) -> String {
-        format!(
-            "{}/{}",
-            self.policy.scopes[outcome.assignment.scope].name, outcome.assignment.instance
-        )
+        outcome.assignment.name(&self.policy)
     }
 
     /// The outcome of the deepest of `keys` that is an instance.

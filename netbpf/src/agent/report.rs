@@ -138,7 +138,7 @@ fn instance_status(agent: &Agent, outcome: &Outcome) -> anyhow::Result<ScopeStat
         ScopeKey::Netns(cookie) => (None, None, place, Some(cookie)),
     };
     let mut status = ScopeStatus {
-        name: format!("{}/{}", def.name, outcome.assignment.instance),
+        name: outcome.assignment.name(&agent.core.policy),
         scope: def.name.clone(),
         instance: outcome.assignment.instance.clone(),
         runtime: outcome

@@ -83,6 +83,14 @@ pub struct Assignment {
     pub labels: BTreeMap<String, String>,
 }
 
+impl Assignment {
+    /// `SCOPE/INSTANCE`: how logs, the status and claims name it.
+    #[must_use]
+    pub fn name(&self, policy: &Policy) -> String {
+        format!("{}/{}", policy.scopes[self.scope].name, self.instance)
+    }
+}
+
 /// Gives each workload the first scope (in policy order) that selects it.
 /// Workloads of one pod share one instance, on the pod's cgroup. `mount`
 /// is the cgroup v2 mount, its directory `mount_level` deep in the
@@ -300,16 +308,7 @@ pub fn compile(
             let scope = slots.assign(id, scope, &mut used_slots, capacity.rules)?;
             let mut entries = Plan::default();
             entries.add_scope(assignment.key, id, level, &scope);
-            claims.take(
-                || {
-                    format!(
-                        "{}/{}",
-                        policy.scopes[assignment.scope].name, assignment.instance
-                    )
-                },
-                &scope,
-                network,
-            );
+            claims.take(|| assignment.name(policy), &scope, network);
             growing.add(entries, capacity.local_binds_per_scope);
             Ok((id, scope))
         });
