@@ -22,7 +22,10 @@ use netbpf_common::{MssConfig, names::program};
 use netbpf_testenv::{bpftool_json, packet::Segment};
 use serde::{Deserialize, Serialize};
 
-use crate::sys::{enable_run_time_stats, test_run};
+use crate::{
+    stats::Summary,
+    sys::{enable_run_time_stats, test_run},
+};
 
 /// The kernel's run-time statistics of programs, on while this lives: the
 /// kernel turns them off again when its descriptor closes, also when the
@@ -249,6 +252,35 @@ pub fn costs(
     costs
 }
 
+/// Each program's cost over a round measured in `slices`, each slice a
+/// stretch of the round's load with counts of its own: its median slice's
+/// time per run, and the empty programs' median slice, so that a burst of
+/// the machine's neighbours within one slice moves neither; the runs of
+/// every slice. A program absent from a slice (it did not run) is left out
+/// of that slice only.
+pub fn median_over(slices: &[BTreeMap<&'static str, Cost>]) -> BTreeMap<&'static str, Cost> {
+    let mut by_program: BTreeMap<&'static str, Vec<Cost>> = BTreeMap::new();
+    for slice in slices {
+        for (&name, &cost) in slice {
+            by_program.entry(name).or_default().push(cost);
+        }
+    }
+    by_program
+        .into_iter()
+        .map(|(name, costs)| {
+            let median = |of: fn(&Cost) -> f64| {
+                Summary::of(&costs.iter().map(of).collect::<Vec<_>>()).median
+            };
+            let cost = Cost {
+                runs: costs.iter().map(|cost| cost.runs).sum(),
+                ns_per_run: median(|cost| cost.ns_per_run),
+                empty_ns_per_run: median(|cost| cost.empty_ns_per_run),
+            };
+            (name, cost)
+        })
+        .collect()
+}
+
 /// One `BPF_PROG_TEST_RUN` case: netbpf's program and an empty one of the
 /// same type on the same input, in ns per run.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -409,4 +441,40 @@ pub fn verifier_counts() -> anyhow::Result<BTreeMap<String, u64>> {
             Ok((program.name.clone(), u64::from(count)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cost(ns_per_run: f64, empty_ns_per_run: f64) -> Cost {
+        Cost {
+            runs: 100,
+            ns_per_run,
+            empty_ns_per_run,
+        }
+    }
+
+    #[test]
+    fn a_burst_in_one_slice_moves_neither_median_and_every_slice_counts_its_runs() {
+        let slices = [
+            BTreeMap::from([
+                ("connect4", cost(90.0, 52.0)),
+                ("release", cost(70.0, 50.0)),
+            ]),
+            BTreeMap::from([
+                ("connect4", cost(151.0, 53.0)),
+                ("release", cost(71.0, 50.0)),
+            ]),
+            BTreeMap::from([("connect4", cost(88.0, 70.0))]),
+        ];
+        let round = median_over(&slices);
+        let connect = round["connect4"];
+        assert_eq!(
+            (connect.runs, connect.ns_per_run, connect.empty_ns_per_run),
+            (300, 90.0, 53.0)
+        );
+        let release = round["release"];
+        assert_eq!((release.runs, release.ns_per_run), (200, 70.5));
+    }
 }

@@ -655,7 +655,9 @@ enum Loads {
 /// The costs of netbpf's programs under each of `sides` (a name for the
 /// page, a place and its loads), by program, round by round, each net of
 /// the empty programs beside it at its hook: in each of the pass's rounds,
-/// every side in turn, the programs loaded as `loading` says. A round in
+/// every side in turn, the programs loaded as `loading` says. A side's
+/// load is split into the plan's slices, each counted on its own, and the
+/// round's figure is the median slice's ([`programs::median_over`]). A round in
 /// which either program's time per run stalled (an interrupt or the
 /// hypervisor took the CPU in the middle of a run) is measured again.
 fn costs_under<const SIDES: usize>(
@@ -679,15 +681,20 @@ fn costs_under<const SIDES: usize>(
             }
             let agent = netbpf.agent().context("the netbpf way has an agent")?;
             let ids = agent.programs()?;
+            let slices = pass.plan.slices;
             let mut round = Vec::new();
             for (index, &(_, place, loads)) in sides.iter().enumerate() {
-                let before = programs::counts()?;
-                for &(load, count) in loads {
-                    netbpf.sample(pass.exe, place, load, count)?;
+                let mut costs = Vec::with_capacity(slices);
+                for _ in 0..slices {
+                    let before = programs::counts()?;
+                    for &(load, count) in loads {
+                        netbpf.sample(pass.exe, place, load, count.div_ceil(slices))?;
+                    }
+                    let after = programs::counts()?;
+                    costs.push(programs::costs(&ids, &empty, &before, &after));
                 }
-                let after = programs::counts()?;
                 round.extend(
-                    programs::costs(&ids, &empty, &before, &after)
+                    programs::median_over(&costs)
                         .into_iter()
                         .map(|(program, cost)| ((index, program), cost)),
                 );

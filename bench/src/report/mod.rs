@@ -374,14 +374,17 @@ fn page(runs: &[Results], results: &Results) -> String {
     let _ = write!(
         text,
         "Each side of a per-program cost measures, in each round, {connections} TCP \
-         connections, {datagrams} UDP round trips and {connections} binds ({factor}): a round's \
-         figure is the mean of that many runs of each program, so a run that the hypervisor \
-         delays by microseconds moves it little. The costs have {cost_rounds} rounds a run (a \
+         connections, {datagrams} UDP round trips and {connections} binds ({factor}), split into \
+         {slices} client runs that are counted each on its own: a round's figure is the median \
+         client run's mean time per run of each program (and of the empty ones), so a run \
+         that the hypervisor delays by microseconds moves it little, and a burst of the \
+         machine's neighbours during one client run does not move it. The costs have {cost_rounds} rounds a run (a \
          round takes seconds), so that a few slow loads of the programs do not move their \
          quartiles.\n\n",
         connections = results.connections * results.cost_load_factor,
         datagrams = results.datagrams * results.cost_load_factor,
         cost_rounds = results.programs.rounds(),
+        slices = results.slices,
     );
     if results.passes > 1 {
         let _ = write!(
