@@ -132,6 +132,17 @@ fn rounds_of_pass(pass: usize, rounds: usize) -> RangeInclusive<usize> {
 }
 
 impl Plan {
+    /// One client run's share of `count` exchanges, split into the plan's
+    /// slices: exactly, as the page says.
+    fn per_slice(&self, count: usize) -> anyhow::Result<usize> {
+        anyhow::ensure!(
+            count.is_multiple_of(self.slices),
+            "{count} exchanges do not split into {} slices",
+            self.slices
+        );
+        Ok(count / self.slices)
+    }
+
     /// Steps of the progress display in one pass.
     fn steps_per_pass(&self) -> usize {
         let designs = Design::ALL
@@ -218,6 +229,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         connections: plan.connections,
         datagrams: plan.datagrams,
         slices: plan.slices,
+        cost_slices: plan.slices,
         cost_load_factor: plan.cost_load_factor,
         rounds: plan.passes * plan.rounds,
         passes: plan.passes,
@@ -342,14 +354,10 @@ impl Pass<'_> {
         load: Load,
         count: usize,
     ) -> anyhow::Result<Vec<(Way, Measurement)>> {
-        let slices = self.plan.slices;
-        anyhow::ensure!(
-            count.is_multiple_of(slices),
-            "{count} exchanges do not split into {slices} slices"
-        );
+        let per_slice = self.plan.per_slice(count)?;
         let ways: Vec<&Prepared> = rounds::in_turn(ways, round).collect();
-        let samples = rounds::in_turns(&ways, slices, |prepared| {
-            prepared.sample(self.exe, Place::Desktop, load, count / slices)
+        let samples = rounds::in_turns(&ways, self.plan.slices, |prepared| {
+            prepared.sample(self.exe, Place::Desktop, load, per_slice)
         })?;
         ways.iter()
             .zip(samples)
@@ -688,7 +696,7 @@ fn costs_under<const SIDES: usize>(
                 for _ in 0..slices {
                     let before = programs::counts()?;
                     for &(load, count) in loads {
-                        netbpf.sample(pass.exe, place, load, count.div_ceil(slices))?;
+                        netbpf.sample(pass.exe, place, load, pass.plan.per_slice(count)?)?;
                     }
                     let after = programs::counts()?;
                     costs.push(programs::costs(&ids, &empty, &before, &after));

@@ -41,6 +41,10 @@ pub struct Results {
     /// before ran one).
     #[serde(default = "one")]
     pub slices: usize,
+    /// Client runs a per-program cost round's load was split into, each
+    /// counted on its own (raw figures from before counted it whole).
+    #[serde(default = "one")]
+    pub cost_slices: usize,
     /// The per-program costs' loads, in multiples of `connections` and
     /// `datagrams`.
     #[serde(default = "one")]
@@ -371,20 +375,26 @@ fn page(runs: &[Results], results: &Results) -> String {
         1 => "a way's load".to_owned(),
         factor => format!("{factor} times a way's load"),
     };
+    let figure = match results.cost_slices {
+        1 => "the mean of that many runs of each program, so a run that the hypervisor delays \
+              by microseconds moves it little"
+            .to_owned(),
+        slices => format!(
+            "the median over {slices} client runs, counted each on its own, of each program's \
+             mean time per run (and the empty ones'): a run that the hypervisor delays by \
+             microseconds moves it little, and a burst of the machine's neighbours during one \
+             client run does not move it"
+        ),
+    };
     let _ = write!(
         text,
         "Each side of a per-program cost measures, in each round, {connections} TCP \
-         connections, {datagrams} UDP round trips and {connections} binds ({factor}), split into \
-         {slices} client runs that are counted each on its own: a round's figure is the median \
-         client run's mean time per run of each program (and of the empty ones), so a run \
-         that the hypervisor delays by microseconds moves it little, and a burst of the \
-         machine's neighbours during one client run does not move it. The costs have {cost_rounds} rounds a run (a \
-         round takes seconds), so that a few slow loads of the programs do not move their \
-         quartiles.\n\n",
+         connections, {datagrams} UDP round trips and {connections} binds ({factor}): a round's \
+         figure is {figure}. The costs have {cost_rounds} rounds a run (a round takes seconds), \
+         so that a few slow loads of the programs do not move their quartiles.\n\n",
         connections = results.connections * results.cost_load_factor,
         datagrams = results.datagrams * results.cost_load_factor,
         cost_rounds = results.programs.rounds(),
-        slices = results.slices,
     );
     if results.passes > 1 {
         let _ = write!(
