@@ -50,35 +50,86 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         dialed.addr = addr::loopback_for_wildcard(&dialed.addr, family);
     }
     let port = u16::from_be(dialed.port);
-    let target = if addr::is_localhost(&dialed.addr, family) {
-        localhost_target(ctx, &dialed, port, protocol)
+    // Most destinations are none a rule may rewrite: a localhost port no
+    // scope forwards, or another address on a node without aliases. They
+    // stop at one bit, and never call the rewrite.
+    let localhost = addr::is_localhost(&dialed.addr, family);
+    let candidate = if localhost {
+        forwarded_somewhere(port)
     } else {
-        alias_target(ctx, &dialed, family, port, protocol)
+        scope::lookups().is_some_and(|lookups| lookups.flags & LOOKUP_ALIASES != 0)
+    };
+    if candidate && rewrite(ctx, &dialed, family, localhost, protocol, syscall) {
+        return;
+    }
+    let seen = as_socket_sees(ctx, dialed, family);
+    // A TCP socket connects once: only UDP sockets reach, unrewritten,
+    // a destination they also reached through a rewrite. A TCP socket
+    // may reach a peer that getpeername() would derive otherwise.
+    // (sendmsg sees UDP only: the branch folds away there.)
+    if protocol == PROTO_UDP {
+        reached_directly(ctx, seen, syscall);
+    } else if matches!(syscall, Syscall::Connect)
+        && scope::lookups()
+            .is_some_and(|lookups| lookups.may_be_rewritten_peer(&seen.addr, seen.port))
+    {
+        reached_derived_peer(ctx, seen, family);
+    }
+}
+
+/// [`rewrite_to_target`] made for the program's family and for whether
+/// `dialed` is `localhost`. Both are constants there: the verifier walks
+/// each kind's rewrite only for its own destinations, and LLVM, given the
+/// family as a parameter, wrote the user address through a pointer the
+/// verifier refuses.
+#[inline(always)]
+fn rewrite(
+    ctx: *mut bpf_sock_addr,
+    dialed: &SockAddr,
+    family: u16,
+    localhost: bool,
+    protocol: u8,
+    syscall: Syscall,
+) -> bool {
+    match (family == AF_INET, localhost) {
+        (true, true) => rewrite_to_target::<AF_INET, true>(ctx, dialed, protocol, syscall),
+        (true, false) => rewrite_to_target::<AF_INET, false>(ctx, dialed, protocol, syscall),
+        (false, true) => rewrite_to_target::<AF_INET6, true>(ctx, dialed, protocol, syscall),
+        (false, false) => rewrite_to_target::<AF_INET6, false>(ctx, dialed, protocol, syscall),
+    }
+}
+
+/// Rewrites `dialed` (a localhost port some scope forwards, or an address
+/// on a node with aliases) to the target of the caller's rule, if it has
+/// one, and remembers what the socket dialed; false when no rule of the
+/// caller's scope matches. A function of its own (a BPF-to-BPF call,
+/// with a machine image of its own): inlined, the rewrite spread the path
+/// of the connects it rules out over most of a 6 KB image.
+#[inline(never)]
+fn rewrite_to_target<const FAMILY: u16, const LOCALHOST: bool>(
+    ctx: *mut bpf_sock_addr,
+    dialed: &SockAddr,
+    protocol: u8,
+    syscall: Syscall,
+) -> bool {
+    let family = FAMILY;
+    let port = u16::from_be(dialed.port);
+    let target = if LOCALHOST {
+        localhost_target(ctx, dialed, port, protocol)
+    } else {
+        alias_target(ctx, dialed, family, port, protocol)
     };
     let Some((target, stats)) = target else {
-        let seen = as_socket_sees(ctx, dialed, family);
-        // A TCP socket connects once: only UDP sockets reach, unrewritten,
-        // a destination they also reached through a rewrite. A TCP socket
-        // may reach a peer that getpeername() would derive otherwise.
-        // (sendmsg sees UDP only: the branch folds away there.)
-        if protocol == PROTO_UDP {
-            reached_directly(ctx, seen, syscall);
-        } else if matches!(syscall, Syscall::Connect)
-            && scope::lookups()
-                .is_some_and(|lookups| lookups.may_be_rewritten_peer(&seen.addr, seen.port))
-        {
-            reached_derived_peer(ctx, seen, family);
-        }
-        return;
+        return false;
     };
     // A datagram of an IPv6 socket is left alone for an IPv4 target: it
     // reaches one only through a connected socket.
     let datagram = matches!(syscall, Syscall::SendMsg);
     let Some(to) = addr::forwarded(&target, port, family, datagram) else {
-        return;
+        return true;
     };
     let to_seen = as_socket_sees(ctx, to, family);
-    let dialed_seen = as_socket_sees(ctx, dialed, family);
+    let dialed_seen = as_socket_sees(ctx, *dialed, family);
     // A TCP connect that getpeername() derives exactly keeps nothing: no
     // storage to make, the most a connect could cost.
     let derived = matches!(syscall, Syscall::Connect)
@@ -102,11 +153,14 @@ pub fn rewrite_destination(ctx: *mut bpf_sock_addr, family: u16, syscall: Syscal
         Syscall::Connect => stats.connects += 1,
         Syscall::SendMsg => stats.datagrams += 1,
     }
+    true
 }
 
 /// Where a localhost `port` of the caller's scope leads: its own service
 /// on the port its bind was remapped to; else its forward, unless a
-/// socket of the scope is bound there (counted as a local skip).
+/// socket of the scope is bound there (counted as a local skip). The
+/// caller has ruled out the ports no scope forwards
+/// ([`forwarded_somewhere`]).
 #[inline(always)]
 fn localhost_target(
     ctx: *mut bpf_sock_addr,
@@ -114,9 +168,6 @@ fn localhost_target(
     port: u16,
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
-    if !forwarded_somewhere(port) {
-        return None;
-    }
     let (scope, target) = port_of_scope(ctx.cast(), port, protocol)?;
     let this_port = ScopePort::new(scope, port, protocol);
     if target.is_own_service() {
@@ -208,9 +259,9 @@ fn forward_of(scope: &ScopeEntry, key: ScopePort) -> Option<ForwardTarget> {
 }
 
 /// The alias of the exact address and port `dialed` in the caller's
-/// scope. Most connections dial no alias: on a node without aliases none
-/// is looked up, and a lookup by address alone rules the others out
-/// before the scope is looked up.
+/// scope. Most connections dial no alias: on a node without aliases the
+/// caller looks up none, and a lookup by address alone rules the others
+/// out before the scope is looked up.
 #[inline(always)]
 #[expect(
     clippy::needless_borrows_for_generic_args,
@@ -224,9 +275,6 @@ fn alias_target(
     protocol: u8,
 ) -> Option<(ForwardTarget, &'static mut RuleStats)> {
     let lookups = scope::lookups()?;
-    if lookups.flags & LOOKUP_ALIASES == 0 {
-        return None;
-    }
     let (addr, addr_family) = addr::canonical(&dialed.addr, family);
     // Each key is written once, and only its port changes between its two
     // lookups; both are passed by reference.

@@ -216,8 +216,9 @@ fn unforwarded_work(program: &str) -> &'static str {
 /// The connect of a socket of a scope.
 const REWRITE_WORK: &str = "A rewritten TCP `connect()` whose forward alone reaches its target \
     keeps nothing: `getpeername()` derives what it dialed from the rule, whose forward says so. \
-    What is left is the port's bit in the set of forwarded localhost ports (an array), the \
-    task's cgroup (a helper) and one hash lookup that finds the scope's forward by cgroup and \
+    What is left is the port's bit in the set of forwarded localhost ports (an array), a call \
+    into the rewrite (a function of its own, which keeps the connects it rules out in the \
+    program's first few hundred bytes), the task's cgroup (a helper) and one hash lookup that finds the scope's forward by cgroup and \
     port, the rule's counters (an array) and the rewrite; a scope none of whose sockets \
     listens on a forwarded port skips the local-binds lookup. The helper and a hash lookup, each \
     alone, are in the parts of finding a scope, beside the storage the connect no longer makes \
