@@ -62,8 +62,11 @@ struct Plan {
     /// They are cheap next to a way's rounds.
     cost_load_factor: usize,
     /// Rounds of the per-program costs in a pass: a round takes seconds,
-    /// and with three a pass two slow loads among a run's nine moved the
-    /// unforwarded connect's upper quartile across its goal.
+    /// and each is a load of the programs, whose time per run moves from
+    /// load to load (the unforwarded connect4's from 20 to 60 ns net, a
+    /// fifth of the loads above 40). With seven a pass, the upper quartile
+    /// of a run's 21 loads fell on either side of that goal from one run
+    /// to the next.
     cost_rounds: usize,
     /// Cgroups the agent follows, by size.
     agent_sizes: &'static [usize],
@@ -94,7 +97,7 @@ const FULL: Plan = Plan {
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
     cost_load_factor: 1,
-    cost_rounds: 7,
+    cost_rounds: 21,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 3,
     docker_containers: Some(1000),
