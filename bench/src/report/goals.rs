@@ -218,11 +218,12 @@ const REWRITE_WORK: &str = "A rewritten TCP `connect()` whose forward alone reac
     keeps nothing: `getpeername()` derives what it dialed from the rule, whose forward says so. \
     What is left is the port's bit in the set of forwarded localhost ports (an array), a call \
     into the rewrite (a function of its own, which keeps the connects it rules out in the \
-    program's first few hundred bytes), the task's cgroup (a helper) and one hash lookup that finds the scope's forward by cgroup and \
-    port, the rule's counters (an array) and the rewrite; a scope none of whose sockets \
-    listens on a forwarded port skips the local-binds lookup. The helper and a hash lookup, each \
-    alone, are in the parts of finding a scope, beside the storage the connect no longer makes \
-    (UDP and forwards sharing a target still keep it).";
+    program's first few hundred bytes), the task's cgroup (a helper) and one hash lookup that \
+    finds the scope's forward by cgroup and port, the rule's counters (an array) and the \
+    rewrite; a scope none of whose sockets listens on a forwarded port skips the local-binds \
+    lookup. The helper and a hash lookup, each alone, are in the parts of finding a scope, \
+    beside the storage the connect no longer makes (UDP and forwards sharing a target still \
+    keep it).";
 
 /// What a ratio of rates is made of.
 fn ratio_of_rounds(ratio: &Summary, cpus: usize) -> String {
