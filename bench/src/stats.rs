@@ -14,7 +14,19 @@ pub struct Summary {
     pub q3: f64,
     pub min: f64,
     pub max: f64,
+    /// How low the first quartile of what was measured may lie, and how
+    /// high its third, from these figures alone: the order statistics
+    /// that bound each with [`QUARTILE_CONFIDENCE`] (the least and the
+    /// largest figure when there are too few for that).
+    pub q1_low: f64,
+    pub q3_high: f64,
 }
+
+/// The confidence of [`Summary::q1_low`] and [`Summary::q3_high`], each
+/// on its side: a goal is judged on them, so that what moves a quartile
+/// from one run to the next (a few rounds more or less of a slow stretch
+/// of this machine) does not move a verdict.
+pub const QUARTILE_CONFIDENCE: f64 = 0.95;
 
 impl Summary {
     /// The summary of `values` (none: all zero).
@@ -22,12 +34,18 @@ impl Summary {
     pub fn of(values: &[f64]) -> Self {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
+        let min = sorted.first().copied().unwrap_or_default();
+        let max = sorted.last().copied().unwrap_or_default();
+        // The outer bound of each quartile is the same rank from its end.
+        let rank = quartile_bound_rank(sorted.len());
         Self {
             median: quantile(&sorted, 0.5),
             q1: quantile(&sorted, 0.25),
             q3: quantile(&sorted, 0.75),
-            min: sorted.first().copied().unwrap_or_default(),
-            max: sorted.last().copied().unwrap_or_default(),
+            min,
+            max,
+            q1_low: rank.map_or(min, |rank| sorted[rank - 1]),
+            q3_high: rank.map_or(max, |rank| sorted[sorted.len() - rank]),
         }
     }
 
@@ -60,6 +78,8 @@ impl Summary {
             q3: high,
             min: low,
             max: high,
+            q1_low: self.q1_low / baseline.q3_high,
+            q3_high: self.q3_high / baseline.q1_low,
         }
     }
 
@@ -72,6 +92,8 @@ impl Summary {
             q3: map(self.q3),
             min: map(self.min),
             max: map(self.max),
+            q1_low: map(self.q1_low),
+            q3_high: map(self.q3_high),
         }
     }
 
@@ -92,6 +114,46 @@ impl Summary {
             self.median, self.q1, self.q3
         )
     }
+
+    /// "`q1_low`–`q3_high`" with `decimals` decimals: where the quartiles may
+    /// lie.
+    #[must_use]
+    pub fn show_quartile_bounds(&self, decimals: usize) -> String {
+        format!("{:.decimals$}–{:.decimals$}", self.q1_low, self.q3_high)
+    }
+}
+
+/// The rank (from 1) of the figure of `count` that bounds their first
+/// quartile from below with [`QUARTILE_CONFIDENCE`], if some does: the
+/// largest rank `r` for which fewer than `r` of `count` figures fall
+/// below the quartile with a chance of at most `1 - QUARTILE_CONFIDENCE`
+/// (that count is binomial, of `count` draws of a quarter). The same rank
+/// from the top bounds the third quartile from above.
+fn quartile_bound_rank(count: usize) -> Option<usize> {
+    let miss = 1.0 - QUARTILE_CONFIDENCE;
+    // P(B = k) for B ~ Binomial(count, 1/4), from k = 0 up. P(B = 0) is
+    // 1e-250 for 2,000 figures; for many more (a bench has hundreds at
+    // most) it underflows, and the least and the largest figure bound.
+    #[expect(clippy::cast_precision_loss, reason = "counts of rounds")]
+    let n = count as f64;
+    let mut term = 0.75f64.powf(n);
+    if term < f64::MIN_POSITIVE {
+        return None;
+    }
+    let mut below = 0.0;
+    let mut rank = None;
+    for k in 0..count {
+        // `below` is P(B <= k - 1): rank k + 1 misses with that chance.
+        below += term;
+        if below > miss {
+            break;
+        }
+        rank = Some(k + 1);
+        #[expect(clippy::cast_precision_loss, reason = "counts of rounds")]
+        let k = k as f64;
+        term *= (n - k) / (k + 1.0) / 3.0;
+    }
+    rank
 }
 
 /// The ratios of `values` to `baseline`, round by round (a round whose
@@ -162,36 +224,40 @@ pub enum Bound {
     WithinOf(f64),
 }
 
-/// Whether a goal is met, judged on the figure's interquartile range:
-/// the median alone never decides it.
+/// Whether a goal is met, judged on where the figure's quartiles may lie
+/// ([`Summary::q1_low`], [`Summary::q3_high`]): the median alone never
+/// decides it, nor does a quartile that a few rounds more or less of a
+/// slow stretch would move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Verdict {
-    /// The whole range meets the goal.
+    /// Both quartiles meet the goal, wherever they may lie.
     Met,
-    /// The whole range misses it.
+    /// Both miss it, wherever they may lie.
     NotMet,
-    /// The goal's bound lies within the range: this machine's noise is
-    /// larger than what the goal asks to resolve.
+    /// The goal's bound lies between the quartiles' bounds: this
+    /// machine's noise is larger than what the goal asks to resolve.
     WithinNoise,
 }
 
 impl Bound {
-    /// The verdict on `summary`: met when its whole interquartile range
-    /// meets the bound, not met when none of it does.
+    /// The verdict on `summary`: met when even the third quartile's upper
+    /// bound meets the bound (for a size, both ends), not met when even the
+    /// first quartile's lower bound misses it.
     #[must_use]
     pub fn judge(self, summary: &Summary) -> Verdict {
+        let (low, high) = (summary.q1_low, summary.q3_high);
         let meets = |value: f64| match self {
             Self::AtMost(limit) => value <= limit,
             Self::AtLeast(limit) => value >= limit,
             Self::WithinOf(limit) => value.abs() <= limit,
         };
         // A range across zero holds sizes down to zero.
-        let crosses_zero = summary.q1 < 0.0 && summary.q3 > 0.0;
+        let crosses_zero = low < 0.0 && high > 0.0;
         let (best, worst) = match self {
-            Self::AtMost(_) => (summary.q1, summary.q3),
-            Self::AtLeast(_) => (summary.q3, summary.q1),
+            Self::AtMost(_) => (low, high),
+            Self::AtLeast(_) => (high, low),
             Self::WithinOf(_) => {
-                let (low, high) = (summary.q1.abs(), summary.q3.abs());
+                let (low, high) = (low.abs(), high.abs());
                 let best = if crosses_zero { 0.0 } else { low.min(high) };
                 (best, low.max(high))
             }
@@ -283,6 +349,8 @@ mod tests {
             q3,
             min: q1,
             max: q3,
+            q1_low: q1,
+            q3_high: q3,
         };
         assert_eq!(
             Bound::AtMost(150.0).judge(&range(120.0, 140.0)),
@@ -315,6 +383,45 @@ mod tests {
         );
         assert_eq!(
             Bound::WithinOf(0.05).judge(&range(0.06, 0.09)),
+            Verdict::NotMet
+        );
+    }
+
+    #[test]
+    fn quartiles_are_bounded_by_order_statistics() {
+        // Too few figures to bound a quartile by any but the extremes.
+        assert_eq!(quartile_bound_rank(10), None);
+        // P(Binomial(11, 1/4) = 0) = 0.042; P(B <= 1) = 0.197.
+        assert_eq!(quartile_bound_rank(11), Some(1));
+        assert_eq!(quartile_bound_rank(27), Some(3));
+        assert_eq!(quartile_bound_rank(63), Some(10));
+        assert_eq!(quartile_bound_rank(1_000_000), None);
+        let values: Vec<f64> = (1..=63).map(f64::from).collect();
+        let summary = Summary::of(&values);
+        assert_eq!((summary.q1, summary.q3), (16.5, 47.5));
+        assert_eq!((summary.q1_low, summary.q3_high), (10.0, 54.0));
+        let few = Summary::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((few.q1_low, few.q3_high), (1.0, 3.0));
+    }
+
+    /// bound4's net cost in two runs of the bench, 63 rounds each (their
+    /// quartiles 18–20 and 19–22 ns, on either side of the goal's 20):
+    /// judged on where the quartiles may lie, both are within noise.
+    #[test]
+    fn a_quartile_that_moves_between_runs_moves_no_verdict() {
+        let spread = |low: f64, high: f64| -> Vec<f64> {
+            (0..63)
+                .map(|i| low + (high - low) * f64::from(i) / 62.0)
+                .collect()
+        };
+        let goal = Bound::AtMost(20.0);
+        for run in [spread(16.0, 22.0), spread(17.0, 24.0)] {
+            let summary = Summary::of(&run).rounded(0);
+            assert_eq!(goal.judge(&summary), Verdict::WithinNoise, "{summary:?}");
+        }
+        assert_eq!(goal.judge(&Summary::of(&spread(12.0, 18.0))), Verdict::Met);
+        assert_eq!(
+            goal.judge(&Summary::of(&spread(24.0, 40.0))),
             Verdict::NotMet
         );
     }

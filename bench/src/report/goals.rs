@@ -29,7 +29,8 @@ pub(super) struct Goal {
 
 impl Goal {
     /// The goal that `summary` (of rounds) be within `bound`, judged on
-    /// its interquartile range; shown with `decimals` decimals and `unit`.
+    /// where its quartiles may lie; shown with `decimals` decimals and
+    /// `unit`.
     pub(super) fn judged(
         what: String,
         bound: Bound,
@@ -41,7 +42,11 @@ impl Goal {
         Self {
             what,
             target: bound.show(unit),
-            measured: format!("{}{unit}", summary.show(decimals)),
+            measured: format!(
+                "{}{unit}, quartiles within {}",
+                summary.show(decimals),
+                summary.show_quartile_bounds(decimals)
+            ),
             verdict: bound.judge(&summary.rounded(decimals)),
             why,
         }
@@ -381,6 +386,24 @@ fn memory_goal(results: &Results) -> Goal {
     )
 }
 
+/// How the goals are judged, as the page says it.
+const JUDGING: &str = "\
+    Each goal is judged on its figure's interquartile range, never on the median alone, \
+    and on where its quartiles may lie: the rounds are a sample of what this machine does, \
+    and a run with a few more rounds in a slow stretch has its quartiles further out. So \
+    each quartile is bounded, from the rounds' order statistics, with 95% confidence on \
+    its side (the first from below, the third from above; with ten rounds or fewer, by \
+    the least and the largest). *Met* when the whole of that range meets the target, *not \
+    met* when none of it does, *within noise* when the target lies inside it (this \
+    machine's noise is larger than what the goal asks to resolve). A figure measured once \
+    has no range. Each cell: median (interquartile range), the range the quartiles lie \
+    within, verdict. A figure is judged as it is shown, at its decimals: a range shown as \
+    20–22 ns holds a target of 20 ns. The connection rate's goals compare \
+    each round's median connection time: a round's rate (its connections over its time) \
+    also holds this VM's stalls, which fall on the slowest connections of any way and spread \
+    the rounds' rate ratios several times wider than their median times' ratios; the rates \
+    themselves are in the tables below.";
+
 /// The goals table: each run's figure and verdict, and whether the runs
 /// agree; then why each goal some run did not meet is so.
 pub(super) fn section(text: &mut String, runs: &[Results]) {
@@ -388,19 +411,7 @@ pub(super) fn section(text: &mut String, runs: &[Results]) {
     let Some(last) = tables.last() else {
         return;
     };
-    text.push_str(
-        "## Goals\n\n\
-         Each goal is judged on its figure's interquartile range, never on the median alone: \
-         *met* when the whole range meets the target, *not met* when none of it does, *within \
-         noise* when the target lies inside the range (this machine's noise is larger than what \
-         the goal asks to resolve). A figure measured once has no range. Each cell: median \
-         (interquartile range), verdict. A figure is judged as it is shown, at its decimals: \
-         a range shown as 20–22 ns holds a target of 20 ns. The connection rate's goals compare \
-         each round's median connection time: a round's rate (its connections over its time) \
-         also holds this VM's stalls, which fall on the slowest connections of any way and spread \
-         the rounds' rate ratios several times wider than their median times' ratios; the rates \
-         themselves are in the tables below.\n\n| goal | target |",
-    );
+    let _ = write!(text, "## Goals\n\n{JUDGING}\n\n| goal | target |");
     for run in 1..=runs.len() {
         let _ = write!(text, " run {run} |");
     }
