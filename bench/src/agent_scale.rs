@@ -26,6 +26,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::ways::SCALING_CAPACITY;
 
+/// Reloads of the policy of one scope per cgroup in each round, each
+/// after the template's: a round takes seconds to set up, a reload less
+/// than one, and the reload's goal sits where the quartiles of one reload
+/// a round (nine a run) fell on either side of it from one run to the
+/// next.
+pub const RELOADS_PER_ROUND: usize = 3;
+
 /// The forward every scope gives: map entries only, never dialed.
 const FORWARD: &str = "forward = [{ from = \"localhost:8082\", to = \"192.0.2.1:8082\" }]\n";
 
@@ -62,11 +69,28 @@ pub struct AgentRound {
     pub rss_start: u64,
     pub rss_loaded: u64,
     pub rss_after: u64,
-    /// Seconds `netbpf reload` took to put a policy of one scope per
-    /// workload in force, every workload present (cgroups only).
-    pub reload_s: Option<f64>,
+    /// Seconds each `netbpf reload` of the round took to put a policy of
+    /// one scope per workload in force, every workload present (cgroups
+    /// only): [`RELOADS_PER_ROUND`] of them (raw figures from before have
+    /// one).
+    #[serde(deserialize_with = "one_or_more")]
+    pub reload_s: Vec<f64>,
     /// Seconds `netbpf check` took over that policy (cgroups only).
     pub check_s: Option<f64>,
+}
+
+/// A round's reload times: raw figures from before hold one, or none.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(from: D) -> Result<Vec<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Reloads {
+        One(Option<f64>),
+        More(Vec<f64>),
+    }
+    Ok(match Reloads::deserialize(from)? {
+        Reloads::One(one) => one.into_iter().collect(),
+        Reloads::More(more) => more,
+    })
 }
 
 /// The rounds of one size.
@@ -187,14 +211,17 @@ fn cgroups_round(count: usize) -> anyhow::Result<AgentRound> {
         },
         |agent| {
             let check_s = check(&work.path().join("per-cgroup.toml"), &per_cgroup)?;
-            let reload_s = agent.reload(&setup, &per_cgroup)?;
-            anyhow::ensure!(
-                agent.scopes()? == count,
-                "after the reload, {} of {count} cgroups have a scope",
-                agent.scopes()?
-            );
-            agent.reload(&setup, &template)?;
-            Ok((Some(reload_s), Some(check_s)))
+            let mut reloads_s = Vec::with_capacity(RELOADS_PER_ROUND);
+            for _ in 0..RELOADS_PER_ROUND {
+                reloads_s.push(agent.reload(&setup, &per_cgroup)?);
+                anyhow::ensure!(
+                    agent.scopes()? == count,
+                    "after the reload, {} of {count} cgroups have a scope",
+                    agent.scopes()?
+                );
+                agent.reload(&setup, &template)?;
+            }
+            Ok((reloads_s, Some(check_s)))
         },
         || {
             for path in &paths {
@@ -245,7 +272,7 @@ fn docker_round(count: usize) -> anyhow::Result<AgentRound> {
                     .map(drop)
             })
         },
-        |_| Ok((None, None)),
+        |_| Ok((Vec::new(), None)),
         || {
             batches.iter().try_for_each(|batch| {
                 let mut args = vec!["rm", "--force"];
@@ -358,7 +385,7 @@ impl Agent {
         self,
         count: usize,
         appear: impl FnOnce() -> anyhow::Result<()>,
-        loaded: impl FnOnce(&Self) -> anyhow::Result<(Option<f64>, Option<f64>)>,
+        loaded: impl FnOnce(&Self) -> anyhow::Result<(Vec<f64>, Option<f64>)>,
         remove: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<AgentRound> {
         let appearing = self.usage()?;

@@ -148,7 +148,12 @@ pub fn agent(path: &Path, sizes: &[AgentSize]) -> anyhow::Result<()> {
                 "all gone after the last goes",
                 curve(|round| Some(round.gone_s)),
             ),
-            ("reload of N scopes", curve(|round| round.reload_s)),
+            (
+                "reload of N scopes",
+                curve(|round| {
+                    (!round.reload_s.is_empty()).then(|| Summary::of(&round.reload_s).median)
+                }),
+            ),
             ("netbpf check of N scopes", curve(|round| round.check_s)),
         ],
     )

@@ -47,11 +47,18 @@ struct Plan {
     /// one way and not the next, and the rounds' ratios spread by ±1.5%.
     slices: usize,
     /// iperf3 runs of `iperf_seconds` per path and round, the paths
-    /// taking turns run by run: a multiple of the three paths of a
-    /// measurement, so that each path runs as often in each place of a
-    /// turn.
+    /// taking turns run by run.
     iperf_runs: usize,
     iperf_seconds: u32,
+    /// Rounds of each iperf3 measurement in a pass: a multiple of its
+    /// three paths, each round's turn starting from the next path, so that
+    /// each path runs as often in each place of a turn. One run's
+    /// throughput moves by several percent from one run to the next here;
+    /// with three rounds a pass of nine runs' medians, the rounds' ratios
+    /// were narrower, but their quartiles (of nine rounds) fell on either
+    /// side of the goals' 0.99 from one run of the bench to the next.
+    /// Many rounds of one run each take as long and pin the quartiles.
+    iperf_rounds: usize,
     scaling: &'static [usize],
     test_run_repeat: u32,
     /// The per-program costs' loads, in multiples of a way's (connections,
@@ -68,6 +75,11 @@ struct Plan {
     /// of a run's 21 loads fell on either side of that goal from one run
     /// to the next.
     cost_rounds: usize,
+    /// Rounds of connect4 with and without a host service in a pass, each
+    /// a load of its own with each policy: their difference's goal is
+    /// judged on where its quartiles may lie, which takes more than ten
+    /// rounds a run to say more than the least and the largest do.
+    host_service_rounds: usize,
     /// Cgroups the agent follows, by size.
     agent_sizes: &'static [usize],
     /// Rounds of the agent's measurements over cgroups in a pass: each
@@ -92,12 +104,14 @@ const FULL: Plan = Plan {
     connections: 20_000,
     datagrams: 40_000,
     slices: 10,
-    iperf_runs: 9,
+    iperf_runs: 1,
     iperf_seconds: 1,
+    iperf_rounds: 21,
     scaling: &[1, 100, 1000, 10_000, 100_000],
     test_run_repeat: 1_000_000,
     cost_load_factor: 1,
     cost_rounds: 21,
+    host_service_rounds: 9,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 3,
     docker_containers: Some(1000),
@@ -113,12 +127,14 @@ const QUICK: Plan = Plan {
     connections: 2000,
     datagrams: 4000,
     slices: 2,
-    iperf_runs: 3,
+    iperf_runs: 1,
     iperf_seconds: 1,
+    iperf_rounds: 3,
     scaling: &[1, 1000, 100_000],
     test_run_repeat: 100_000,
     cost_load_factor: 2,
     cost_rounds: 3,
+    host_service_rounds: 3,
     agent_sizes: &[1000],
     agent_rounds: 1,
     docker_containers: None,
@@ -159,15 +175,17 @@ impl Plan {
             })
             .sum::<usize>();
         // Per round: the ways' TCP and UDP and their TCP at each scaling
-        // point, the ways' and the clamps' iperf3, the host-service
-        // check's two policies and the designs.
-        let per_round = 2 + self.scaling.len() + 2 + 2 + designs;
+        // point, and the designs.
+        let per_round = 2 + self.scaling.len() + designs;
+        // The ways' and the clamps' iperf3, the host-service check's two
+        // policies.
+        let own_rounds = 2 * self.iperf_rounds + 2 * self.host_service_rounds;
         let agent = self.agent_rounds * self.agent_sizes.len()
             + usize::from(self.docker_containers.is_some());
         // Setting up the ways, the clamps and the host-service check, the
         // per-program costs, each scaling point's load and the costs at
         // its last.
-        self.rounds * per_round + agent + 4 + self.scaling.len() + 1
+        self.rounds * per_round + own_rounds + agent + 4 + self.scaling.len() + 1
     }
 }
 
@@ -207,6 +225,8 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         reruns: &reruns,
         rounds: rounds_of_pass(pass, plan.rounds),
         cost_rounds: rounds_of_pass(pass, plan.cost_rounds),
+        iperf_rounds: rounds_of_pass(pass, plan.iperf_rounds),
+        host_service_rounds: rounds_of_pass(pass, plan.host_service_rounds),
         agent_rounds: rounds_of_pass(pass, plan.agent_rounds),
         docker_rounds: rounds_of_pass(pass, 1),
     });
@@ -262,6 +282,10 @@ struct Pass<'a> {
     rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the per-program costs.
     cost_rounds: RangeInclusive<usize>,
+    /// The numbers of this pass's rounds of each iperf3 measurement.
+    iperf_rounds: RangeInclusive<usize>,
+    /// The numbers of this pass's rounds of the host-service check.
+    host_service_rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the agent's measurements.
     agent_rounds: RangeInclusive<usize>,
     /// The number of this pass's round of the agent over Docker.
@@ -371,13 +395,19 @@ impl Pass<'_> {
     /// iperf3 through each way's forward.
     fn forward_throughput(&self, ways: &[Prepared]) -> anyhow::Result<Rounds<Way, f64>> {
         let what = "iperf3 through the forward";
-        self.rounds(what, Way::label, &BITS_FIGURES, |round| {
-            self.step(format!("{what}, round {round}"))?;
-            let paths: Vec<_> = rounds::in_turn(ways, round)
-                .map(|prepared| (prepared.way, prepared, prepared.target(IPERF_PORT)))
-                .collect();
-            self.iperf(&paths)
-        })
+        self.rounds_numbered(
+            self.iperf_rounds.clone(),
+            what,
+            Way::label,
+            &BITS_FIGURES,
+            |round| {
+                self.step(format!("{what}, round {round}"))?;
+                let paths: Vec<_> = rounds::in_turn(ways, round)
+                    .map(|prepared| (prepared.way, prepared, prepared.target(IPERF_PORT)))
+                    .collect();
+                self.iperf(&paths)
+            },
+        )
     }
 
     /// iperf3 to the gateway across each kind of MSS clamp.
@@ -389,13 +419,19 @@ impl Pass<'_> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         let gateway = format!("{BRIDGE_V4}:{IPERF_PORT}");
         let what = "iperf3 across the MSS clamps";
-        self.rounds(what, Clamp::label, &BITS_FIGURES, |round| {
-            self.step(format!("{what}, round {round}"))?;
-            let paths: Vec<_> = rounds::in_turn(&clamps, round)
-                .map(|(clamp, prepared)| (*clamp, prepared, gateway.clone()))
-                .collect();
-            self.iperf(&paths)
-        })
+        self.rounds_numbered(
+            self.iperf_rounds.clone(),
+            what,
+            Clamp::label,
+            &BITS_FIGURES,
+            |round| {
+                self.step(format!("{what}, round {round}"))?;
+                let paths: Vec<_> = rounds::in_turn(&clamps, round)
+                    .map(|(clamp, prepared)| (*clamp, prepared, gateway.clone()))
+                    .collect();
+                self.iperf(&paths)
+            },
+        )
     }
 
     /// A round of iperf3 over `paths`, as the plan says.
@@ -452,7 +488,7 @@ impl Pass<'_> {
         let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
         let _stats = BpfStats::enable()?;
         let mut check = report::HostServiceCheck::default();
-        for round in self.rounds.clone() {
+        for round in self.host_service_rounds.clone() {
             for (granted, extra) in [(false, ""), (true, HOST_SERVICE_GRANT)] {
                 self.step(format!(
                     "connect4 with and without a host service, round {round}"

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::{Results, goals::Goal};
 use crate::{
-    agent_scale::{AgentRound, AgentSize, Workloads},
+    agent_scale::{AgentRound, AgentSize, RELOADS_PER_ROUND, Workloads},
     start_window::StartWindow,
     stats::{Bound, Summary},
 };
@@ -12,6 +12,20 @@ use crate::{
 /// Summary of one figure of `size`'s rounds.
 fn of(size: &AgentSize, field: fn(&AgentRound) -> f64) -> Summary {
     let values: Vec<f64> = size.rounds.iter().map(field).collect();
+    Summary::of(&values)
+}
+
+/// Summary of every reload of `size`'s rounds (of NaN where none was
+/// measured, like [`check`]'s).
+fn reloads(size: &AgentSize) -> Summary {
+    let values: Vec<f64> = size
+        .rounds
+        .iter()
+        .flat_map(|round| round.reload_s.iter().copied())
+        .collect();
+    if values.is_empty() {
+        return Summary::of(&[f64::NAN]);
+    }
     Summary::of(&values)
 }
 
@@ -43,10 +57,6 @@ fn rss_loaded(round: &AgentRound) -> f64 {
 /// percent of the start.
 fn rss_back(round: &AgentRound) -> f64 {
     (mib_of(round.rss_after) / mib_of(round.rss_start) - 1.0) * 100.0
-}
-
-fn reload(round: &AgentRound) -> f64 {
-    round.reload_s.unwrap_or(f64::NAN)
 }
 
 fn check(round: &AgentRound) -> f64 {
@@ -114,7 +124,7 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
         ));
         goals.push(seconds_goal(
             "reload of a policy of 20000 scopes, 20000 cgroups present",
-            of(size, reload),
+            reloads(size),
             0.5,
             RELOAD_WHY,
         ));
@@ -166,8 +176,10 @@ pub(super) fn section(text: &mut String, results: &Results) {
         "## The agent at scale\n\n![the agent's times by workloads](bench/agent.svg)\n\n\
          What the agent takes to follow workloads. **Cgroups**: N cgroups made below its cgroup \
          root as fast as the bench can, then removed, all selected by one scope with a forward \
-         (what N instances of one template look like to it). Then a policy of N scopes, one per \
-         cgroup, replaces it (`netbpf reload`, every cgroup present) and `netbpf check` reads it. \
+         (what N instances of one template look like to it). Then `netbpf check` reads a policy of \
+         N scopes, one per cgroup, which replaces the template and gives way to it again, {} \
+         times a round (`netbpf reload`, every cgroup present; the reload's figures are of \
+         every reload). \
          **Docker**: containers (`--network none`: a bridge takes 1,024 ports) started through a \
          daemon of the bench's own, four `docker run` at a time, then removed ten per \
          `docker rm`, one after the other; a round the daemon fails (a `docker rm` stuck for a \
@@ -182,11 +194,11 @@ pub(super) fn section(text: &mut String, results: &Results) {
          figure is the median of the rounds with their range.\n\n\
          | workloads | N | all applied after the last appears | all gone after the last goes | CPU per event | RSS start | RSS loaded | RSS a second after | reload of N scopes | `netbpf check` of N scopes |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        RELOADS_PER_ROUND,
         rounds_a_pass(Workloads::Cgroups).unwrap_or_default(),
     );
     for size in &results.agent {
-        let seconds = |field: fn(&AgentRound) -> f64| {
-            let summary = of(size, field);
+        let seconds = |summary: Summary| {
             if summary.median.is_nan() {
                 "-".to_owned()
             } else {
@@ -198,14 +210,14 @@ pub(super) fn section(text: &mut String, results: &Results) {
             "| {:?} | {} | {} | {} | {} µs | {} MiB | {} MiB | {} MiB | {} | {} |",
             size.workloads,
             size.count,
-            seconds(applied),
-            seconds(gone),
+            seconds(of(size, applied)),
+            seconds(of(size, gone)),
             of(size, cpu).show(0),
             of(size, |round| mib_of(round.rss_start)).show(1),
             of(size, rss_loaded).show(1),
             of(size, |round| mib_of(round.rss_after)).show(1),
-            seconds(reload),
-            seconds(check),
+            seconds(reloads(size)),
+            seconds(of(size, check)),
         );
     }
     text.push('\n');

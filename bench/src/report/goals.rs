@@ -286,10 +286,13 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
             &Summary::of_differences(&check.with_service, &check.without_service),
             1,
             " ns",
-            "The check reads the lookups' flag and port filter (in the cache line the program \
-             reads anyway) and the destination port, in rounds alternated with the policy \
-             without a host service; the rounds' spread is that of connect4 itself."
-                .to_owned(),
+            format!(
+                "The check reads the lookups' flag and port filter (in the cache line the \
+                 program reads anyway) and the destination port, in {} rounds alternated with \
+                 the policy without a host service, each a load of connects with each policy, \
+                 the rounds' spread being that of connect4 itself.",
+                check.with_service.len()
+            ),
         ));
     }
     let ratio = Summary::of(&median_time_ratios(&results.tcp, Way::Netbpf));

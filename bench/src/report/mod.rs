@@ -400,7 +400,8 @@ fn page(runs: &[Results], results: &Results) -> String {
         let _ = write!(
             text,
             "A run measures in {passes} passes, {per_pass} rounds of each measurement per pass (the \
-             per-program costs and the agent have counts of their own, given with them), \
+             per-program costs, the host-service check, iperf3 and the agent have counts of \
+             their own, given with them), \
              and each pass builds everything anew: the ways' topologies, the clamps, the other \
              containers' entries, the agent's cgroups and its Docker daemon. So a figure's rounds \
              are spread over the whole run: its range holds the slower and faster stretches of \
@@ -702,19 +703,39 @@ fn memory_section(text: &mut String, results: &Results) {
     text.push('\n');
 }
 
+/// What one round of iperf3 runs on each path.
+fn runs_of_a_round(runs: usize, seconds: u32) -> String {
+    if runs == 1 {
+        format!("Each round runs it once for {seconds} s on each path")
+    } else {
+        format!(
+            "Each round runs it {runs} times for {seconds} s on each path, a path's figure being \
+             the median of its runs"
+        )
+    }
+}
+
 fn throughput_section(text: &mut String, results: &Results) {
+    let rounds = results
+        .forward_throughput
+        .values()
+        .next()
+        .map_or(0, Vec::len);
     let _ = write!(
         text,
         "## Throughput\n\n\
          iperf3 from the desktop, its client and server pinned to the load's CPU: through the \
          forward, and straight to the gateway across a bridge that clamps the MSS of handshakes \
-         (every packet crosses the clamp, so this measures its fast path). Each round runs it \
-         {} times for {} s on each path, the paths taking turns run by run (each turn starting \
-         from the next path, so that none always runs first or after the same one), and a \
-         path's figure in the round is the median of its runs: one TCP connection's throughput here differs \
-         from the next's by a percent or two, and a second this VM stalls in moves one run, not \
-         the figure.\n\n| path | way | Gbit/s | vs. none |\n| --- | --- | ---: | ---: |\n",
-        results.iperf_runs, results.iperf_seconds
+         (every packet crosses the clamp, so this measures its fast path). {}, the paths \
+         taking turns run by run (each round starting from the next path, so that none always \
+         runs first or after the same one); {rounds} rounds a run, {} a pass. One run's \
+         throughput here moves by several percent from the next's: the interquartile range of \
+         the rounds' ratios shows that spread, and many short rounds keep its quartiles where \
+         they are from one run of the bench to the next (with nine rounds a run, each of nine \
+         runs a path, the range was narrower but fell on either side of the goals from one run \
+         to the next).\n\n| path | way | Gbit/s | vs. none |\n| --- | --- | ---: | ---: |\n",
+        runs_of_a_round(results.iperf_runs, results.iperf_seconds),
+        rounds / results.passes.max(1),
     );
     throughput_rows(
         text,
