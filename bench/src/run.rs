@@ -394,20 +394,11 @@ impl Pass<'_> {
 
     /// iperf3 through each way's forward.
     fn forward_throughput(&self, ways: &[Prepared]) -> anyhow::Result<Rounds<Way, f64>> {
-        let what = "iperf3 through the forward";
-        self.rounds_numbered(
-            self.iperf_rounds.clone(),
-            what,
-            Way::label,
-            &BITS_FIGURES,
-            |round| {
-                self.step(format!("{what}, round {round}"))?;
-                let paths: Vec<_> = rounds::in_turn(ways, round)
-                    .map(|prepared| (prepared.way, prepared, prepared.target(IPERF_PORT)))
-                    .collect();
-                self.iperf(&paths)
-            },
-        )
+        self.iperf_rounds("iperf3 through the forward", Way::label, |round| {
+            rounds::in_turn(ways, round)
+                .map(|prepared| (prepared.way, prepared, prepared.target(IPERF_PORT)))
+                .collect()
+        })
     }
 
     /// iperf3 to the gateway across each kind of MSS clamp.
@@ -418,25 +409,32 @@ impl Pass<'_> {
             .map(|&clamp| Ok((clamp, clamp.prepare(self.exe)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let gateway = format!("{BRIDGE_V4}:{IPERF_PORT}");
-        let what = "iperf3 across the MSS clamps";
+        self.iperf_rounds("iperf3 across the MSS clamps", Clamp::label, |round| {
+            rounds::in_turn(&clamps, round)
+                .map(|(clamp, prepared)| (*clamp, prepared, gateway.clone()))
+                .collect()
+        })
+    }
+
+    /// The pass's iperf3 rounds of `what`, each over the paths `paths`
+    /// gives it (each a key, its topology and the target its desktop
+    /// dials), as the plan says; stalled rounds measured again.
+    fn iperf_rounds<'p, K: Ord + Copy, L: Display>(
+        &self,
+        what: &str,
+        label: impl Fn(K) -> L,
+        paths: impl Fn(usize) -> Vec<(K, &'p Prepared, String)>,
+    ) -> anyhow::Result<Rounds<K, f64>> {
         self.rounds_numbered(
             self.iperf_rounds.clone(),
             what,
-            Clamp::label,
+            label,
             &BITS_FIGURES,
             |round| {
                 self.step(format!("{what}, round {round}"))?;
-                let paths: Vec<_> = rounds::in_turn(&clamps, round)
-                    .map(|(clamp, prepared)| (*clamp, prepared, gateway.clone()))
-                    .collect();
-                self.iperf(&paths)
+                throughput::in_turns(&paths(round), self.plan.iperf_runs, self.plan.iperf_seconds)
             },
         )
-    }
-
-    /// A round of iperf3 over `paths`, as the plan says.
-    fn iperf<K: Copy>(&self, paths: &[(K, &Prepared, String)]) -> anyhow::Result<Vec<(K, f64)>> {
-        throughput::in_turns(paths, self.plan.iperf_runs, self.plan.iperf_seconds)
     }
 
     /// The pass's rounds of `measure_round`, stalled rounds measured again

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::{Results, goals::Goal};
 use crate::{
-    agent_scale::{AgentRound, AgentSize, RELOADS_PER_ROUND, Workloads},
+    agent_scale::{AgentRound, AgentSize, Workloads},
     start_window::StartWindow,
     stats::{Bound, Summary},
 };
@@ -168,6 +168,12 @@ pub(super) fn section(text: &mut String, results: &Results) {
             .find(|size| size.workloads == kind)
             .map(|size| size.rounds.len() / passes)
     };
+    // Raw figures from before reloaded once a round.
+    let reloads_a_round = results
+        .agent
+        .iter()
+        .find_map(|size| size.rounds.first())
+        .map_or(1, |round| round.reload_s.len());
     let docker_rounds = rounds_a_pass(Workloads::Docker)
         .map(|rounds| format!(", Docker in {rounds} (its containers take minutes a round)"))
         .unwrap_or_default();
@@ -177,9 +183,9 @@ pub(super) fn section(text: &mut String, results: &Results) {
          What the agent takes to follow workloads. **Cgroups**: N cgroups made below its cgroup \
          root as fast as the bench can, then removed, all selected by one scope with a forward \
          (what N instances of one template look like to it). Then `netbpf check` reads a policy of \
-         N scopes, one per cgroup, which replaces the template and gives way to it again, {} \
-         times a round (`netbpf reload`, every cgroup present; the reload's figures are of \
-         every reload). \
+         N scopes, one per cgroup, which replaces the template and gives way to it again \
+         (`netbpf reload`, every cgroup present; reloads a round: {}, and the reload's figures \
+         are of every reload). \
          **Docker**: containers (`--network none`: a bridge takes 1,024 ports) started through a \
          daemon of the bench's own, four `docker run` at a time, then removed ten per \
          `docker rm`, one after the other; a round the daemon fails (a `docker rm` stuck for a \
@@ -194,7 +200,7 @@ pub(super) fn section(text: &mut String, results: &Results) {
          figure is the median of the rounds with their range.\n\n\
          | workloads | N | all applied after the last appears | all gone after the last goes | CPU per event | RSS start | RSS loaded | RSS a second after | reload of N scopes | `netbpf check` of N scopes |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        RELOADS_PER_ROUND,
+        reloads_a_round,
         rounds_a_pass(Workloads::Cgroups).unwrap_or_default(),
     );
     for size in &results.agent {
