@@ -66,23 +66,6 @@ impl Summary {
         Self::of(&differences)
     }
 
-    /// This figure divided by `baseline`'s: the medians' ratio, and as its
-    /// range the smallest and largest ratios the two interquartile ranges
-    /// allow.
-    #[must_use]
-    pub fn over(&self, baseline: &Self) -> Self {
-        let (low, high) = (self.q1 / baseline.q3, self.q3 / baseline.q1);
-        Self {
-            median: self.median / baseline.median,
-            q1: low,
-            q3: high,
-            min: low,
-            max: high,
-            q1_low: self.q1_low / baseline.q3_high,
-            q3_high: self.q3_high / baseline.q1_low,
-        }
-    }
-
     /// Every figure mapped through the increasing function `map`.
     #[must_use]
     pub fn map(&self, map: impl Fn(f64) -> f64) -> Self {
@@ -291,16 +274,6 @@ mod tests {
         assert!(close(Summary::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5));
         let summary = Summary::of(&[5.0, 1.0, 9.0]);
         assert!(close(summary.min, 1.0) && close(summary.max, 9.0));
-    }
-
-    #[test]
-    fn a_ratio_of_summaries_spans_both_ranges() {
-        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        let ratio = Summary::of(&[9.0, 10.0, 11.0]).over(&Summary::of(&[4.0, 5.0, 6.0]));
-        assert!(close(ratio.median, 2.0));
-        assert!(close(ratio.q1, 9.5 / 5.5) && close(ratio.q3, 10.5 / 4.5));
-        let percent = ratio.map(|r| (r - 1.0) * 100.0);
-        assert!(close(percent.median, 100.0));
     }
 
     #[test]
