@@ -75,6 +75,11 @@ struct Plan {
     /// of a run's 21 loads fell on either side of that goal from one run
     /// to the next.
     cost_rounds: usize,
+    /// Rounds of the ways' TCP connections in a pass (the UDP round trips
+    /// have `rounds`): the connection rate's goal is their median times'
+    /// ratio, judged on where its quartiles may lie, which takes more than
+    /// ten rounds a run to say more than the least and the largest do.
+    connection_rounds: usize,
     /// Rounds of connect4 with and without a host service in a pass, each
     /// a load of its own with each policy: their difference's goal is
     /// judged on where its quartiles may lie, which takes more than ten
@@ -111,6 +116,7 @@ const FULL: Plan = Plan {
     test_run_repeat: 1_000_000,
     cost_load_factor: 1,
     cost_rounds: 21,
+    connection_rounds: 9,
     host_service_rounds: 9,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 3,
@@ -134,6 +140,7 @@ const QUICK: Plan = Plan {
     test_run_repeat: 100_000,
     cost_load_factor: 2,
     cost_rounds: 3,
+    connection_rounds: 3,
     host_service_rounds: 3,
     agent_sizes: &[1000],
     agent_rounds: 1,
@@ -174,12 +181,13 @@ impl Plan {
                 }
             })
             .sum::<usize>();
-        // Per round: the ways' TCP and UDP and their TCP at each scaling
-        // point, and the designs.
-        let per_round = 2 + self.scaling.len() + designs;
-        // The ways' and the clamps' iperf3, the host-service check's two
-        // policies.
-        let own_rounds = 2 * self.iperf_rounds + 2 * self.host_service_rounds;
+        // Per round: the ways' UDP and their TCP at each scaling point, and
+        // the designs.
+        let per_round = 1 + self.scaling.len() + designs;
+        // The ways' TCP, the ways' and the clamps' iperf3, the host-service
+        // check's two policies.
+        let own_rounds =
+            self.connection_rounds + 2 * self.iperf_rounds + 2 * self.host_service_rounds;
         let agent = self.agent_rounds * self.agent_sizes.len()
             + usize::from(self.docker_containers.is_some());
         // Setting up the ways, the clamps and the host-service check, the
@@ -226,6 +234,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         rounds: rounds_of_pass(pass, plan.rounds),
         cost_rounds: rounds_of_pass(pass, plan.cost_rounds),
         iperf_rounds: rounds_of_pass(pass, plan.iperf_rounds),
+        connection_rounds: rounds_of_pass(pass, plan.connection_rounds),
         host_service_rounds: rounds_of_pass(pass, plan.host_service_rounds),
         agent_rounds: rounds_of_pass(pass, plan.agent_rounds),
         docker_rounds: rounds_of_pass(pass, 1),
@@ -284,6 +293,8 @@ struct Pass<'a> {
     cost_rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of each iperf3 measurement.
     iperf_rounds: RangeInclusive<usize>,
+    /// The numbers of this pass's rounds of the ways' TCP connections.
+    connection_rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the host-service check.
     host_service_rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the agent's measurements.
@@ -360,14 +371,24 @@ impl Pass<'_> {
         &self,
         ways: &[Prepared],
     ) -> anyhow::Result<(Rounds<Way, Measurement>, Rounds<Way, Measurement>)> {
-        let measure = |load: Load, what: &str, count: usize| {
-            self.rounds(what, Way::label, &MEASUREMENT_FIGURES, |round| {
+        let measure = |rounds: RangeInclusive<usize>, load: Load, what: &str, count: usize| {
+            self.rounds_numbered(rounds, what, Way::label, &MEASUREMENT_FIGURES, |round| {
                 self.step(format!("{what}, round {round}"))?;
                 self.load_round(ways, round, load, count)
             })
         };
-        let tcp = measure(Load::Tcp, "TCP connections", self.plan.connections)?;
-        let udp = measure(Load::Udp, "UDP round trips", self.plan.datagrams)?;
+        let tcp = measure(
+            self.connection_rounds.clone(),
+            Load::Tcp,
+            "TCP connections",
+            self.plan.connections,
+        )?;
+        let udp = measure(
+            self.rounds.clone(),
+            Load::Udp,
+            "UDP round trips",
+            self.plan.datagrams,
+        )?;
         Ok((tcp, udp))
     }
 

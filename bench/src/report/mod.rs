@@ -400,8 +400,8 @@ fn page(runs: &[Results], results: &Results) -> String {
         let _ = write!(
             text,
             "A run measures in {passes} passes, {per_pass} rounds of each measurement per pass (the \
-             per-program costs, the host-service check, iperf3 and the agent have counts of \
-             their own, given with them), \
+             TCP connections, the per-program costs, the host-service check, iperf3 and the \
+             agent have counts of their own, given with them), \
              and each pass builds everything anew: the ways' topologies, the clamps, the other \
              containers' entries, the agent's cgroups and its Docker daemon. So a figure's rounds \
              are spread over the whole run: its range holds the slower and faster stretches of \
@@ -527,6 +527,11 @@ pub(super) fn throughput_ratio<K: Ord>(
     )
 }
 
+/// How many rounds a way of `measured` had.
+fn rounds_of<K, V>(measured: &BTreeMap<K, Vec<V>>) -> usize {
+    measured.values().next().map_or(0, Vec::len)
+}
+
 fn connections_section(text: &mut String, results: &Results) {
     let _ = write!(
         text,
@@ -534,12 +539,16 @@ fn connections_section(text: &mut String, results: &Results) {
          ![connections per second](bench/connect-rate.svg)\n\n\
          TCP: {} connections per round and way (connect, `getpeername()`, read one byte, close), {} \
          rounds. UDP: one socket, bound, sending {} datagrams one after the other to the forwarded \
-         port, each waiting for its echo (sendmsg and recvmsg rewritten). A way's round is {} runs \
+         port, each waiting for its echo (sendmsg and recvmsg rewritten), {} rounds. A way's round is {} runs \
          of its client, the ways taking turns run by run; its figures are of all its runs' \
          exchanges.\n\n\
          | way | TCP connections/s | vs. no program | p50 | p99 | TCP retransmits, all rounds | UDP round trips/s | vs. no program | conntrack entries after |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
-        results.connections, results.rounds, results.datagrams, results.slices
+        results.connections,
+        rounds_of(&results.tcp),
+        results.datagrams,
+        rounds_of(&results.udp),
+        results.slices
     );
     for way in Way::ALL {
         let (Some(tcp), Some(udp)) = (results.tcp.get(&way), results.udp.get(&way)) else {
