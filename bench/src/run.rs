@@ -46,9 +46,7 @@ struct Plan {
     /// connection time moved by ±4% from one round to the next) fell on
     /// one way and not the next, and the rounds' ratios spread by ±1.5%.
     slices: usize,
-    /// iperf3 runs of `iperf_seconds` per path and round, the paths
-    /// taking turns run by run.
-    iperf_runs: usize,
+    /// Seconds of each iperf3 run: one per path and round.
     iperf_seconds: u32,
     /// Rounds of each iperf3 measurement in a pass: a multiple of its
     /// three paths, each round's turn starting from the next path, so that
@@ -109,7 +107,6 @@ const FULL: Plan = Plan {
     connections: 20_000,
     datagrams: 40_000,
     slices: 10,
-    iperf_runs: 1,
     iperf_seconds: 1,
     iperf_rounds: 21,
     scaling: &[1, 100, 1000, 10_000, 100_000],
@@ -133,7 +130,6 @@ const QUICK: Plan = Plan {
     connections: 2000,
     datagrams: 4000,
     slices: 2,
-    iperf_runs: 1,
     iperf_seconds: 1,
     iperf_rounds: 3,
     scaling: &[1, 1000, 100_000],
@@ -265,7 +261,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         cost_load_factor: plan.cost_load_factor,
         rounds: plan.passes * plan.rounds,
         passes: plan.passes,
-        iperf_runs: plan.iperf_runs,
+        iperf_runs: 1,
         iperf_seconds: plan.iperf_seconds,
         test_runs,
         verifier,
@@ -453,7 +449,7 @@ impl Pass<'_> {
             &BITS_FIGURES,
             |round| {
                 self.step(format!("{what}, round {round}"))?;
-                throughput::in_turns(&paths(round), self.plan.iperf_runs, self.plan.iperf_seconds)
+                throughput::round(&paths(round), self.plan.iperf_seconds)
             },
         )
     }

@@ -11,8 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     load::LOAD_CPU,
-    rounds,
-    stats::Summary,
     ways::{Prepared, Way},
 };
 
@@ -93,29 +91,20 @@ impl Clamp {
     }
 }
 
-/// A round of iperf3 over `paths` (each a way, its topology and the
-/// target its desktop dials): `runs` runs of `seconds` each, the paths
-/// taking turns run by run ([`rounds::in_turns`]: a run's place in its
-/// turn can move it by a percent); each path's figure is the median of
-/// its runs.
-/// On this VM one TCP connection's throughput differs from the next's by
-/// a percent or two, as much as the goals ask to resolve: five runs of a
-/// second took their median's spread to a third of one run's of five
-/// seconds, in the same time, and a second the VM stalls in moves one run
-/// of each path's, not the figure.
-pub fn in_turns<K: Copy>(
+/// A round of iperf3 over `paths` (each a key, its topology and the
+/// target its desktop dials): one run of `seconds` each, in `paths`'
+/// order (each round starts from the next path). One run's throughput
+/// here moves by several percent from the next's; the rounds' spread
+/// shows it, and many short rounds keep its quartiles where they are
+/// from one run of the bench to the next.
+pub fn round<K: Copy>(
     paths: &[(K, &Prepared, String)],
-    runs: usize,
     seconds: u32,
 ) -> anyhow::Result<Vec<(K, f64)>> {
-    let by_path = rounds::in_turns(paths, runs, |(_, prepared, target)| {
-        iperf(prepared, target, seconds)
-    })?;
-    Ok(paths
+    paths
         .iter()
-        .zip(by_path)
-        .map(|((key, ..), figures)| (*key, Summary::of(&figures).median))
-        .collect())
+        .map(|(key, prepared, target)| Ok((*key, iperf(prepared, target, seconds)?)))
+        .collect()
 }
 
 /// One iperf3 run of `seconds` from the desktop to `target`, pinned
