@@ -49,7 +49,7 @@ pub struct Sample {
 
 /// A way's load in a round (one or more client runs, pooled): its rate and
 /// latencies.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
     /// Connections (TCP) or round trips (UDP) per second.
     pub per_second: f64,
@@ -60,6 +60,13 @@ pub struct Measurement {
     /// path, so a stalled round that has some lost packets.
     #[serde(default)]
     pub retransmits: u64,
+    /// Each client run's median exchange time, in µs, in the order the
+    /// runs took their turns: two ways' runs of the same turn ran next to
+    /// each other, so their ratio is free of the slower and faster
+    /// stretches of the round that fell on one way's runs and not the
+    /// other's.
+    #[serde(default)]
+    pub runs_p50_us: Vec<f64>,
 }
 
 impl Measurement {
@@ -72,18 +79,29 @@ impl Measurement {
             .collect();
         anyhow::ensure!(!latencies.is_empty(), "a load measured no exchange");
         latencies.sort_unstable();
-        let micros = |percent: usize| {
-            Duration::from_nanos(latencies[(latencies.len() - 1) * percent / 100]).as_secs_f64()
-                * 1e6
-        };
         let seconds: f64 = samples.iter().map(|sample| sample.seconds).sum();
         Ok(Self {
             per_second: f64::from(u32::try_from(latencies.len())?) / seconds,
-            p50_us: micros(50),
-            p99_us: micros(99),
+            p50_us: percentile_us(&latencies, 50),
+            p99_us: percentile_us(&latencies, 99),
             retransmits: samples.iter().map(|sample| sample.retransmits).sum(),
+            runs_p50_us: samples
+                .iter()
+                .map(|sample| {
+                    let mut latencies = sample.latencies_ns.clone();
+                    latencies.sort_unstable();
+                    percentile_us(&latencies, 50)
+                })
+                .collect(),
         })
     }
+}
+
+/// The `percent` percentile of `sorted` nanoseconds, in µs (0 for none).
+fn percentile_us(sorted: &[u64], percent: usize) -> f64 {
+    sorted
+        .get(sorted.len().saturating_sub(1) * percent / 100)
+        .map_or(0.0, |&ns| Duration::from_nanos(ns).as_secs_f64() * 1e6)
 }
 
 /// `tcp-server ADDR`: answers every connection with one byte and closes.
@@ -194,6 +212,8 @@ mod tests {
         assert!((pooled.p50_us - 3.0).abs() < 1e-9);
         assert!((pooled.p99_us - 4.0).abs() < 1e-9);
         assert_eq!(pooled.retransmits, 3);
+        // Each run's own median, in the order they ran.
+        assert_eq!(pooled.runs_p50_us, [2.0, 4.0]);
         assert!(Measurement::pooled(&[sample(1.0, &[], 0)]).is_err());
     }
 }

@@ -519,6 +519,7 @@ mod tests {
             p50_us: 100.0 / speed,
             p99_us: 200.0,
             retransmits: 0,
+            runs_p50_us: Vec::new(),
         };
         let mut run = Results::default();
         run.tcp
