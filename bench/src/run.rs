@@ -90,7 +90,8 @@ struct Plan {
     /// one run to the next by more than the reload's goal asks to tell.
     agent_rounds: usize,
     /// Docker containers the agent follows, if measured, in one round a
-    /// pass.
+    /// run (in its last pass): no goal reads it, and a round of 1,000
+    /// containers takes four minutes.
     docker_containers: Option<usize>,
     /// Docker containers whose start window is measured.
     start_window_containers: usize,
@@ -114,7 +115,7 @@ const FULL: Plan = Plan {
     cost_load_factor: 1,
     cost_rounds: 21,
     connection_rounds: 9,
-    host_service_rounds: 9,
+    host_service_rounds: 21,
     agent_sizes: &[1000, 10_000, 20_000, 50_000],
     agent_rounds: 3,
     docker_containers: Some(1000),
@@ -184,8 +185,7 @@ impl Plan {
         // check's two policies.
         let own_rounds =
             self.connection_rounds + 2 * self.iperf_rounds + 2 * self.host_service_rounds;
-        let agent = self.agent_rounds * self.agent_sizes.len()
-            + usize::from(self.docker_containers.is_some());
+        let agent = self.agent_rounds * self.agent_sizes.len();
         // Setting up the ways, the clamps and the host-service check, the
         // per-program costs, each scaling point's load and the costs at
         // its last.
@@ -216,7 +216,8 @@ pub fn run(quick: bool, repeat: usize, out: &Path) -> anyhow::Result<()> {
 /// One run of every measurement of `plan`, in its passes, its progress
 /// shown as `run`.
 fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
-    let steps = plan.passes * plan.steps_per_pass() + 4;
+    let docker = usize::from(plan.docker_containers.is_some());
+    let steps = plan.passes * plan.steps_per_pass() + docker + 4;
     let progress =
         ProgressBar::new(u64::try_from(steps)?).with_style(ProgressStyle::with_template(
             &format!("{run} {{elapsed_precise}} [{{bar:32}}] {{pos}}/{{len}} {{msg}}"),
@@ -233,7 +234,7 @@ fn measure(plan: &Plan, exe: &str, run: &str) -> anyhow::Result<Results> {
         connection_rounds: rounds_of_pass(pass, plan.connection_rounds),
         host_service_rounds: rounds_of_pass(pass, plan.host_service_rounds),
         agent_rounds: rounds_of_pass(pass, plan.agent_rounds),
-        docker_rounds: rounds_of_pass(pass, 1),
+        measures_docker: pass + 1 == plan.passes,
     });
     let first = passes.next().context("a plan of at least one pass")?;
 
@@ -295,8 +296,9 @@ struct Pass<'a> {
     host_service_rounds: RangeInclusive<usize>,
     /// The numbers of this pass's rounds of the agent's measurements.
     agent_rounds: RangeInclusive<usize>,
-    /// The number of this pass's round of the agent over Docker.
-    docker_rounds: RangeInclusive<usize>,
+    /// Whether this pass measures the agent over Docker (the run's one
+    /// round of it).
+    measures_docker: bool,
 }
 
 impl Pass<'_> {
@@ -503,20 +505,19 @@ impl Pass<'_> {
         let empty = EmptyPrograms::attach(netbpf.topology.root.path())?;
         let _stats = BpfStats::enable()?;
         let mut check = report::HostServiceCheck::default();
+        let load = [(Load::TcpUnforwarded, self.plan.connections)];
         for round in self.host_service_rounds.clone() {
-            for (granted, extra) in [(false, ""), (true, HOST_SERVICE_GRANT)] {
+            let mut policies = [(false, ""), (true, HOST_SERVICE_GRANT)];
+            // Each policy goes first in every other round.
+            if round % 2 == 0 {
+                policies.reverse();
+            }
+            for (granted, extra) in policies {
                 self.step(format!(
                     "connect4 with and without a host service, round {round}"
                 ))?;
                 netbpf.repolicy(extra)?;
-                let before = programs::counts()?;
-                netbpf.sample(
-                    self.exe,
-                    Place::Outside,
-                    Load::TcpUnforwarded,
-                    self.plan.connections,
-                )?;
-                let costs = programs::costs(&ids, &empty, &before, &programs::counts()?);
+                let costs = sliced_costs(self, &netbpf, &ids, &empty, Place::Outside, &load)?;
                 let net = costs
                     .get(program::CONNECT4)
                     .map(Cost::net)
@@ -553,10 +554,14 @@ impl Pass<'_> {
 
     /// The agent's measurements of the plan.
     fn agent(&self) -> anyhow::Result<Vec<AgentSize>> {
-        let docker = self.plan.docker_containers.map(|containers| DockerRounds {
-            containers,
-            rounds: self.docker_rounds.clone(),
-        });
+        let docker = self
+            .plan
+            .docker_containers
+            .filter(|_| self.measures_docker)
+            .map(|containers| DockerRounds {
+                containers,
+                rounds: 1..=1,
+            });
         agent_scale::measure(
             self.plan.agent_sizes,
             self.agent_rounds.clone(),
@@ -743,20 +748,10 @@ fn costs_under<const SIDES: usize>(
             }
             let agent = netbpf.agent().context("the netbpf way has an agent")?;
             let ids = agent.programs()?;
-            let slices = pass.plan.slices;
             let mut round = Vec::new();
             for (index, &(_, place, loads)) in sides.iter().enumerate() {
-                let mut costs = Vec::with_capacity(slices);
-                for _ in 0..slices {
-                    let before = programs::counts()?;
-                    for &(load, count) in loads {
-                        netbpf.sample(pass.exe, place, load, pass.plan.per_slice(count)?)?;
-                    }
-                    let after = programs::counts()?;
-                    costs.push(programs::costs(&ids, &empty, &before, &after));
-                }
                 round.extend(
-                    programs::median_over(&costs)
+                    sliced_costs(pass, netbpf, &ids, &empty, place, loads)?
                         .into_iter()
                         .map(|(program, cost)| ((index, program), cost)),
                 );
@@ -769,6 +764,31 @@ fn costs_under<const SIDES: usize>(
         costs[index].insert(program.to_owned(), series);
     }
     Ok(costs)
+}
+
+/// The costs of netbpf's programs `ids` (net of `empty`) under `loads`
+/// made from `place`, split into the plan's slices, each counted on its
+/// own: each program's median slice ([`programs::median_over`]), so that a
+/// burst of the machine's neighbours during one slice does not move it.
+fn sliced_costs(
+    pass: &Pass<'_>,
+    netbpf: &Prepared,
+    ids: &BTreeMap<String, u64>,
+    empty: &EmptyPrograms,
+    place: Place,
+    loads: &[(Load, usize)],
+) -> anyhow::Result<BTreeMap<&'static str, Cost>> {
+    let slices = pass.plan.slices;
+    let mut costs = Vec::with_capacity(slices);
+    for _ in 0..slices {
+        let before = programs::counts()?;
+        for &(load, count) in loads {
+            netbpf.sample(pass.exe, place, load, pass.plan.per_slice(count)?)?;
+        }
+        let after = programs::counts()?;
+        costs.push(programs::costs(ids, empty, &before, &after));
+    }
+    Ok(programs::median_over(&costs))
 }
 
 /// Only the agent's measurements, printed as JSON.

@@ -179,8 +179,16 @@ pub(super) fn section(text: &mut String, results: &Results) {
         .iter()
         .find_map(|size| size.rounds.first())
         .map_or(1, |round| round.reload_s.len());
-    let docker_rounds = rounds_a_pass(Workloads::Docker)
-        .map(|rounds| format!(", Docker in {rounds} (its containers take minutes a round)"))
+    let docker_rounds = results
+        .agent
+        .iter()
+        .find(|size| size.workloads == Workloads::Docker)
+        .map(|size| {
+            format!(
+                ", Docker in {} a run (its containers take minutes a round; no goal reads them)",
+                size.rounds.len()
+            )
+        })
         .unwrap_or_default();
     let _ = write!(
         text,

@@ -288,10 +288,12 @@ pub(super) fn goals(results: &Results) -> Vec<Goal> {
             " ns",
             format!(
                 "The check reads the lookups' flag and port filter (in the cache line the \
-                 program reads anyway) and the destination port, in {} rounds alternated with \
-                 the policy without a host service, each a load of connects with each policy, \
-                 the rounds' spread being that of connect4 itself.",
-                check.with_service.len()
+                 program reads anyway) and the destination port. Measured in {} rounds, each \
+                 a load of connects with each policy, the two policies taking turns to go \
+                 first; each load's figure is the median of its {} client runs, each counted \
+                 on its own; the rounds' spread is that of connect4 itself.",
+                check.with_service.len(),
+                results.cost_slices
             ),
         ));
     }
