@@ -476,7 +476,7 @@ hypervisor took the CPU in the middle of a run) is measured again, as above. The
 const REPRODUCE: &str = "## Reproduce\n\n\
 `cargo xtask bench` rewrites this page, `docs/bench/*.svg` and `docs/bench/results.json`; \
 `cargo xtask bench --repeat 3` runs the whole bench three times in a row and compares the \
-runs' verdicts (about three hours here: a full run takes 50 to 65 minutes, as busy as the \
+runs' verdicts (about two and a half hours here: a full run takes 44 to 50 minutes, as busy as the \
 machine's neighbours keep it); `cargo xtask bench --quick` measures less and writes to `target/bench/` (CI runs it); `cargo xtask bench --report` measures nothing and writes the page \
 again from the raw figures; `cargo xtask bench --check` fails when a program's verifier \
 instruction count grew by more than 20% over `bench/verifier-baseline.json` (CI runs it; \
